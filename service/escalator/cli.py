@@ -1,0 +1,148 @@
+"""The one entry point: ``escalator <command>``.
+
+Commands:
+    kafka start|stop|status   a real local Apache Kafka (KRaft) built from Maven artifacts
+    sim                       the Messages-API simulator
+    topics create             create the service's topics (idempotent)
+    produce FILE|-            publish requests from JSON lines
+    run --tier cheap|strong|all
+    demo                      the whole round trip on embedded defaults
+
+Every expected failure ends as one line on stderr and a non-zero exit code, never a traceback.
+This is the only module that reads ``os.environ`` (through :mod:`escalator.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from escalator import __version__
+from escalator.errors import EscalatorError
+
+EXIT_ERROR = 2
+
+
+def _default_kafka_dir() -> Path:
+    from escalator.kafka_local import cache_root
+
+    return cache_root() / "run" / "local"
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from escalator.kafka_local import (
+        KafkaLaunchError,
+        LocalKafkaCluster,
+        kafka_version_from_log,
+    )
+
+    workdir: Path = args.dir
+    if args.action == "start":
+        with contextlib.suppress(KafkaLaunchError):
+            existing = LocalKafkaCluster.load(workdir)
+            if existing.alive_nodes():
+                print(f"already running: KAFKA_BOOTSTRAP_SERVERS={existing.bootstrap_servers}")
+                return 0
+        shutil.rmtree(workdir, ignore_errors=True)
+        cluster = LocalKafkaCluster(workdir, args.nodes, version=args.kafka_version)
+        cluster.start(timeout_s=args.timeout)
+        version = kafka_version_from_log(cluster.server_log())
+        print(f"Apache Kafka {version} up with {args.nodes} node(s) in {workdir}")
+        print(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
+        return 0
+    cluster = LocalKafkaCluster.load(workdir)
+    if args.action == "stop":
+        cluster.stop()
+        print("stopped")
+        return 0
+    alive = cluster.alive_nodes()
+    total = len(cluster.spec.nodes)
+    print(f"nodes alive: {len(alive)}/{total} {alive}")
+    print(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
+    if len(alive) != total:
+        return 1
+    try:
+        cluster.wait_ready(timeout_s=10)
+    except KafkaLaunchError as exc:
+        print(f"not ready: {exc}")
+        return 1
+    print("ready")
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from escalator.sim import Latency, SimConfig, parse_fault, serve
+
+    try:
+        config = SimConfig(
+            latency=Latency.parse(args.latency),
+            faults=dict(parse_fault(f) for f in args.fault),
+            retry_after_s=args.retry_after_s,
+            cache_min_tokens=args.cache_min_tokens,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise EscalatorError(str(exc)) from exc
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, args.host, args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="escalator", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"escalator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kafka = sub.add_parser("kafka", help="run a local Apache Kafka from Maven artifacts")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.add_argument("--nodes", type=int, default=1, help="cluster size (default 1)")
+    kafka.add_argument("--dir", type=Path, default=_default_kafka_dir(), help="state directory")
+    kafka.add_argument("--kafka-version", default=None, help="Apache Kafka version to fetch")
+    kafka.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for ready")
+    kafka.set_defaults(func=cmd_kafka)
+
+    sim = sub.add_parser("sim", help="run the Messages-API simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    sim.add_argument("--latency", default="0", help="0, fixed:MS or uniform:LO:HI")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="KIND[:RATE], KIND in 429, 529, 500, hang, bad-schema, bad-label; repeatable",
+    )
+    sim.add_argument("--retry-after-s", type=float, default=1.0)
+    sim.add_argument("--cache-min-tokens", type=int, default=1024)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_sim)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("ESCALATOR_LOG_LEVEL", "WARNING").upper())
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "kafka_version", "unset") is None:
+        from escalator.kafka_local import DEFAULT_KAFKA_VERSION
+
+        args.kafka_version = DEFAULT_KAFKA_VERSION
+    try:
+        code: int = args.func(args)
+    except EscalatorError as exc:
+        print(f"escalator: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
