@@ -1,0 +1,320 @@
+"""Environment -> frozen settings, parsed once at start-up.
+
+Variables keep the names their ecosystems use (``KAFKA_BOOTSTRAP_SERVERS``,
+``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``); everything else is ``ESCALATOR_*``. Every
+value is validated here; a bad one raises :class:`ConfigError` naming the variable. Below
+the CLI nothing reads ``os.environ``: each component is handed the part of this it needs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from escalator.errors import ConfigError
+
+T = TypeVar("T")
+
+# Newest Haiku-class and Sonnet-class models known to the pinned anthropic SDK (2.14.0).
+DEFAULT_CHEAP_MODEL = "claude-haiku-5-5"
+DEFAULT_STRONG_MODEL = "claude-sonnet-5-5"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id: str = "escalator"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    requests: str = "escalator.requests"
+    escalations: str = "escalator.escalations"
+    results: str = "escalator.results"
+    dead_letter: str = "escalator.dead-letter"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    api_key: Secret | None
+    base_url: str | None
+    cheap_model: str = DEFAULT_CHEAP_MODEL
+    strong_model: str = DEFAULT_STRONG_MODEL
+    timeout_s: float = 30.0
+    max_tokens: int = 64
+    max_attempts: int = 4
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+    @property
+    def simulated(self) -> bool:
+        """True when no real API key is configured: answers come from the simulator."""
+        return self.api_key is None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    cheap_group: str = "escalator-cheap"
+    strong_group: str = "escalator-strong"
+    max_in_flight: int = 64
+    commit_interval_s: float = 2.0
+    shutdown_grace_s: float = 25.0
+    revoke_wait_s: float = 10.0
+    max_text_chars: int = 20_000
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+    # A record that keeps failing transiently while the API serves others goes to the
+    # dead-letter topic after this many attempts (it must not block its partition forever).
+    poison_max_attempts: int = 12
+    invalid_answer_attempts: int = 3
+    breaker_window: int = 20
+    breaker_failure_ratio: float = 0.5
+    breaker_cooldown_s: float = 2.0
+    breaker_cooldown_max_s: float = 30.0
+    group_instance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    threshold: float = 0.7
+    label_thresholds: Mapping[str, float] = field(default_factory=dict)
+    task_file: Path | None = None
+    prices_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: KafkaSettings
+    model: ModelSettings
+    topics: Topics = field(default_factory=Topics)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    metrics_port: int = 9464
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod must be scrapeable on its IP
+    log_level: str = "INFO"
+    log_text: bool = False
+    topic_partitions: int = 6
+    topic_replication: int = 1
+
+
+class _Env:
+    """Typed access to a mapping of variables; every error names the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def get(self, name: str, default: T, parse: Callable[[str], T], what: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}={value!r} is not {what}") from exc
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.get(name, default, int, "an integer")
+        if value < minimum:
+            raise ConfigError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    def number(self, name: str, default: float, lo: float = 0.0, hi: float = math.inf) -> float:
+        value = self.get(name, default, float, "a number")
+        if not (lo <= value <= hi) or math.isnan(value):
+            raise ConfigError(f"{name}={value} must be between {lo} and {hi}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={value!r} is not a boolean (true/false)")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).upper()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        return value
+
+    def file(self, name: str) -> Path | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"{name}={value!r}: no such file")
+        return path
+
+
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _topic(env: _Env, name: str, default: str) -> str:
+    value = env.text(name, default)
+    if not TOPIC_RE.match(value) or value in (".", ".."):
+        raise ConfigError(f"{name}={value!r} is not a legal Kafka topic name")
+    return value
+
+
+def parse_label_thresholds(name: str, value: str | None) -> dict[str, float]:
+    """``safe=0.85,unsafe=0.6`` -> mapping; the name is used in errors."""
+    if not value:
+        return {}
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        label, sep, number = part.partition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            threshold = math.nan
+        if not sep or not label.strip() or not (0.0 <= threshold <= 1.0):
+            raise ConfigError(f"{name}: {part!r} is not LABEL=THRESHOLD with 0 <= THRESHOLD <= 1")
+        out[label.strip()] = threshold
+    return out
+
+
+def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> Settings:
+    """Parse and validate the whole configuration. Raises ConfigError naming the variable."""
+    env = _Env(environ)
+    bootstrap = env.raw("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap is None and require_kafka:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port[,host:port...])")
+    bootstrap = bootstrap or ""
+    for server in filter(None, bootstrap.split(",")):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {server!r} is not host:port")
+
+    protocol = env.choice("ESCALATOR_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS)
+    mechanism = None
+    username = password = None
+    if protocol.startswith("SASL"):
+        mechanism = env.choice("ESCALATOR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", SASL_MECHANISMS)
+        username = env.raw("ESCALATOR_KAFKA_SASL_USERNAME")
+        secret = env.raw("ESCALATOR_KAFKA_SASL_PASSWORD")
+        if username is None:
+            raise ConfigError(f"ESCALATOR_KAFKA_SASL_USERNAME is required with {protocol}")
+        if secret is None:
+            raise ConfigError(f"ESCALATOR_KAFKA_SASL_PASSWORD is required with {protocol}")
+        password = Secret(secret)
+    kafka = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=username,
+        sasl_password=password,
+        ssl_cafile=env.file("ESCALATOR_KAFKA_SSL_CAFILE"),
+        ssl_certfile=env.file("ESCALATOR_KAFKA_SSL_CERTFILE"),
+        ssl_keyfile=env.file("ESCALATOR_KAFKA_SSL_KEYFILE"),
+        client_id=env.text("ESCALATOR_KAFKA_CLIENT_ID", "escalator"),
+    )
+
+    api_key = env.raw("ANTHROPIC_API_KEY")
+    base_url = env.raw("ANTHROPIC_BASE_URL")
+    if base_url is not None and not re.match(r"^https?://[^\s/]+", base_url):
+        raise ConfigError(f"ANTHROPIC_BASE_URL={base_url!r} is not an http(s) URL")
+    model = ModelSettings(
+        api_key=Secret(api_key) if api_key else None,
+        base_url=base_url,
+        cheap_model=env.text("ESCALATOR_CHEAP_MODEL", DEFAULT_CHEAP_MODEL),
+        strong_model=env.text("ESCALATOR_STRONG_MODEL", DEFAULT_STRONG_MODEL),
+        timeout_s=env.number("ESCALATOR_MODEL_TIMEOUT_S", 30.0, 0.1, 600.0),
+        max_tokens=env.integer("ESCALATOR_MODEL_MAX_TOKENS", 64, 16),
+        max_attempts=env.integer("ESCALATOR_MODEL_MAX_ATTEMPTS", 4, 1),
+        backoff_initial_s=env.number("ESCALATOR_BACKOFF_INITIAL_S", 0.5, 0.0, 60.0),
+        backoff_max_s=env.number("ESCALATOR_BACKOFF_MAX_S", 20.0, 0.0, 600.0),
+    )
+
+    grace = env.number("ESCALATOR_SHUTDOWN_GRACE_S", 25.0, 0.0, 3600.0)
+    pipeline = PipelineSettings(
+        cheap_group=env.text("ESCALATOR_CHEAP_GROUP", "escalator-cheap"),
+        strong_group=env.text("ESCALATOR_STRONG_GROUP", "escalator-strong"),
+        max_in_flight=env.integer("ESCALATOR_MAX_IN_FLIGHT", 64, 1),
+        commit_interval_s=env.number("ESCALATOR_COMMIT_INTERVAL_S", 2.0, 0.05, 600.0),
+        shutdown_grace_s=grace,
+        revoke_wait_s=env.number("ESCALATOR_REVOKE_WAIT_S", min(10.0, grace), 0.0, 3600.0),
+        max_text_chars=env.integer("ESCALATOR_MAX_TEXT_CHARS", 20_000, 1),
+        max_poll_interval_ms=env.integer("ESCALATOR_MAX_POLL_INTERVAL_MS", 300_000, 1000),
+        session_timeout_ms=env.integer("ESCALATOR_SESSION_TIMEOUT_MS", 45_000, 1000),
+        poison_max_attempts=env.integer("ESCALATOR_POISON_MAX_ATTEMPTS", 12, 1),
+        invalid_answer_attempts=env.integer("ESCALATOR_INVALID_ANSWER_ATTEMPTS", 3, 1),
+        breaker_window=env.integer("ESCALATOR_BREAKER_WINDOW", 20, 2),
+        breaker_failure_ratio=env.number("ESCALATOR_BREAKER_FAILURE_RATIO", 0.5, 0.01, 1.0),
+        breaker_cooldown_s=env.number("ESCALATOR_BREAKER_COOLDOWN_S", 2.0, 0.01, 600.0),
+        breaker_cooldown_max_s=env.number("ESCALATOR_BREAKER_COOLDOWN_MAX_S", 30.0, 0.01, 3600.0),
+        group_instance_id=env.raw("ESCALATOR_GROUP_INSTANCE_ID"),
+    )
+    routing = RoutingSettings(
+        threshold=env.number("ESCALATOR_THRESHOLD", 0.7, 0.0, 1.0),
+        label_thresholds=parse_label_thresholds(
+            "ESCALATOR_LABEL_THRESHOLDS", env.raw("ESCALATOR_LABEL_THRESHOLDS")
+        ),
+        task_file=env.file("ESCALATOR_TASK_FILE"),
+        prices_file=env.file("ESCALATOR_PRICES_FILE"),
+    )
+    defaults = Topics()
+    topics = Topics(
+        requests=_topic(env, "ESCALATOR_REQUESTS_TOPIC", defaults.requests),
+        escalations=_topic(env, "ESCALATOR_ESCALATIONS_TOPIC", defaults.escalations),
+        results=_topic(env, "ESCALATOR_RESULTS_TOPIC", defaults.results),
+        dead_letter=_topic(env, "ESCALATOR_DEAD_LETTER_TOPIC", defaults.dead_letter),
+    )
+    log_level = env.text("ESCALATOR_LOG_LEVEL", "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"ESCALATOR_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+    return Settings(
+        kafka=kafka,
+        model=model,
+        topics=topics,
+        pipeline=pipeline,
+        routing=routing,
+        metrics_port=env.integer("ESCALATOR_METRICS_PORT", 9464, 0),
+        metrics_host=env.text("ESCALATOR_METRICS_HOST", "0.0.0.0"),  # noqa: S104
+        log_level=log_level,
+        log_text=env.flag("ESCALATOR_LOG_TEXT", False),
+        topic_partitions=env.integer("ESCALATOR_TOPIC_PARTITIONS", 6, 1),
+        topic_replication=env.integer("ESCALATOR_TOPIC_REPLICATION", 1, 1),
+    )

@@ -1,0 +1,217 @@
+"""The message contract, version 1: requests in; escalations, results and dead letters out.
+
+orjson in, typed objects out. JSON Schemas for each message live in ``schemas/`` and the tests
+validate what the service writes against them. See docs/CONTRACT.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from escalator.errors import InvalidRequest
+
+SCHEMA_VERSION = 1
+ID_MAX_CHARS = 256
+Headers = list[tuple[str, bytes]]
+H_PREFIX = "x-escalator-"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: str
+    text: str
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One model call's answer and what it cost."""
+
+    tier: str
+    model: str
+    label: str | None
+    confidence: float
+    valid: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "model": self.model,
+            "label": self.label,
+            "confidence": self.confidence,
+            "valid": self.valid,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cost_usd": round(self.cost_usd, 10),
+            "latency_ms": round(self.latency_ms, 3),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Attempt:
+        if not isinstance(data, dict):
+            raise InvalidRequest("attempt must be an object", reason="invalid_escalation")
+        try:
+            return cls(
+                tier=str(data["tier"]),
+                model=str(data["model"]),
+                label=None if data.get("label") is None else str(data["label"]),
+                confidence=float(data["confidence"]),
+                valid=bool(data["valid"]),
+                input_tokens=int(data.get("input_tokens", 0)),
+                output_tokens=int(data.get("output_tokens", 0)),
+                cache_write_tokens=int(data.get("cache_write_tokens", 0)),
+                cache_read_tokens=int(data.get("cache_read_tokens", 0)),
+                cost_usd=float(data.get("cost_usd", 0.0)),
+                latency_ms=float(data.get("latency_ms", 0.0)),
+                error=None if data.get("error") is None else str(data["error"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequest(f"bad attempt: {exc}", reason="invalid_escalation") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    request: Request
+    reason: str
+    cheap: Attempt
+
+
+def _fail(reason: str, message: str) -> InvalidRequest:
+    return InvalidRequest(message, reason=reason)
+
+
+def parse_request(value: bytes | None, max_text_chars: int) -> Request:
+    """Validate one request record. Raises InvalidRequest with a stable reason code."""
+    if value is None:
+        raise _fail("empty_value", "record has no value (tombstone)")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail("invalid_utf8", f"value is not valid UTF-8 at byte {exc.start}") from exc
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise _fail("invalid_json", f"value is not JSON: {exc}") from exc
+    return request_from_json(data, max_text_chars)
+
+
+def request_from_json(data: Any, max_text_chars: int) -> Request:
+    if not isinstance(data, dict):
+        raise _fail("wrong_type", f"value must be a JSON object, got {type(data).__name__}")
+    for name in ("id", "text"):
+        if name not in data or data[name] is None:
+            raise _fail("missing_field", f"'{name}' is required")
+        if not isinstance(data[name], str):
+            raise _fail("wrong_type", f"'{name}' must be a string, got {type(data[name]).__name__}")
+        if not data[name].strip():
+            raise _fail("empty_field", f"'{name}' must not be empty")
+    rid: str = data["id"]
+    text: str = data["text"]
+    if len(rid) > ID_MAX_CHARS:
+        raise _fail("id_too_long", f"'id' has {len(rid)} chars, at most {ID_MAX_CHARS} allowed")
+    if len(text) > max_text_chars:
+        raise _fail("text_too_long", f"'text' has {len(text)} chars, limit {max_text_chars}")
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise _fail("wrong_type", f"'metadata' must be an object, got {type(metadata).__name__}")
+    return Request(id=rid, text=text, metadata=metadata)
+
+
+def parse_escalation(value: bytes | None, max_text_chars: int) -> Escalation:
+    if value is None:
+        raise _fail("empty_value", "record has no value (tombstone)")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise _fail("invalid_json", f"escalation is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        raise _fail("invalid_escalation", "escalation must be an object with schema_version 1")
+    request = request_from_json(data.get("request"), max_text_chars)
+    return Escalation(
+        request=request,
+        reason=str(data.get("reason", "low_confidence")),
+        cheap=Attempt.from_json(data.get("cheap")),
+    )
+
+
+def escalation_value(request: Request, reason: str, cheap: Attempt) -> bytes:
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "request": {"id": request.id, "text": request.text, "metadata": request.metadata},
+            "reason": reason,
+            "cheap": cheap.to_json(),
+        }
+    )
+
+
+def result_value(
+    request: Request,
+    final: Attempt,
+    attempts: list[Attempt],
+    *,
+    escalated: bool,
+    escalation_reason: str | None,
+    threshold_version: str,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "id": request.id,
+            "label": final.label,
+            "confidence": final.confidence,
+            "tier": final.tier,
+            "model": final.model,
+            "escalated": escalated,
+            "escalation_reason": escalation_reason,
+            "attempts": [a.to_json() for a in attempts],
+            "cost_usd": round(sum(a.cost_usd for a in attempts), 10),
+            "metadata": request.metadata,
+            "threshold_version": threshold_version,
+            "decided_at": now_iso(),
+        }
+    )
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dead_letter_headers(
+    original: Headers,
+    *,
+    reason: str,
+    error: BaseException,
+    topic: str,
+    partition: int,
+    offset: int,
+    tier: str,
+) -> Headers:
+    """The original headers, plus why and where from. Messages are cut to stay header-sized."""
+    ours: Headers = [
+        (H_PREFIX + "reason", reason.encode()),
+        (H_PREFIX + "error-class", type(error).__name__.encode()),
+        (H_PREFIX + "error-message", str(error)[:1000].encode("utf-8", "replace")),
+        (H_PREFIX + "source-topic", topic.encode()),
+        (H_PREFIX + "source-partition", str(partition).encode()),
+        (H_PREFIX + "source-offset", str(offset).encode()),
+        (H_PREFIX + "tier", tier.encode()),
+        (H_PREFIX + "failed-at", now_iso().encode()),
+        (H_PREFIX + "failed-at-ms", str(int(time.time() * 1000)).encode()),
+    ]
+    return [h for h in original if not h[0].startswith(H_PREFIX)] + ours

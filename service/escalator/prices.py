@@ -1,0 +1,137 @@
+"""Per-model, per-token-type prices, and the cost of one model call.
+
+Defaults, per million tokens, from Anthropic's model overview and pricing pages as stored on
+2026-11-28 (platform.claude.com/docs/en/about-claude/pricing and
+.../models/haiku-5-5/overview, .../models/sonnet-5-5/overview):
+
+| model             | input | output | 5m cache write | 1h cache write | cache read |
+| claude-haiku-5-5  | 0.10  | 0.50   | 0.125          | 0.20           | 0.01       |
+| claude-sonnet-5-5 | 2.00  | 10.00  | 2.50           | 4.00           | 0.10       |
+
+Haiku 5.5 bills a request whose prompt (input + cache reads + cache writes) exceeds 100,000
+tokens at 5x every rate, output included. Sonnet 5.5's cache-read price was cut from $0.20
+to $0.10 on 2026-10-07 (0.05x input); some stored copies of the model page still show $0.20.
+Escalator caches with the default 5-minute TTL, so cache writes are priced at the 5m rate.
+
+Override the whole table with ESCALATOR_PRICES_FILE (JSON, same shape as DEFAULT_TABLE).
+An unknown model is a start-up error, never $0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from escalator.errors import ConfigError
+
+MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_write: float
+    cache_read: float
+    long_prompt_tokens: int | None = None
+    long_prompt_multiplier: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+
+DEFAULT_VERSION = "anthropic-2026-11-28"
+DEFAULT_TABLE: dict[str, dict[str, float | int]] = {
+    "claude-haiku-5-5": {
+        "input": 0.10,
+        "output": 0.50,
+        "cache_write": 0.125,
+        "cache_read": 0.01,
+        "long_prompt_tokens": 100_000,
+        "long_prompt_multiplier": 5.0,
+    },
+    "claude-sonnet-5-5": {"input": 2.0, "output": 10.0, "cache_write": 2.50, "cache_read": 0.10},
+    "claude-opus-5-5": {"input": 4.0, "output": 20.0, "cache_write": 5.0, "cache_read": 0.20},
+    "claude-haiku-4-5": {"input": 1.0, "output": 5.0, "cache_write": 1.25, "cache_read": 0.10},
+    "claude-sonnet-4-6": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
+    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    version: str
+    prices: dict[str, Price]
+
+    def require(self, *models: str) -> None:
+        """Fail at start-up for a model without a price."""
+        missing = [m for m in models if m not in self.prices]
+        if missing:
+            raise ConfigError(
+                f"no price for model(s) {', '.join(missing)} in price table {self.version}; "
+                "add them with ESCALATOR_PRICES_FILE"
+            )
+
+    def cost_usd(self, model: str, usage: Usage) -> float:
+        price = self.prices[model]
+        mult = 1.0
+        if price.long_prompt_tokens is not None and usage.prompt_tokens > price.long_prompt_tokens:
+            mult = price.long_prompt_multiplier
+        total = (
+            usage.input_tokens * price.input
+            + usage.output_tokens * price.output
+            + usage.cache_write_tokens * price.cache_write
+            + usage.cache_read_tokens * price.cache_read
+        )
+        return total * mult / MTOK
+
+
+def _parse(table: object, source: str) -> dict[str, Price]:
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{source}: must map model names to prices")
+    out: dict[str, Price] = {}
+    for model, row in table.items():
+        if not isinstance(row, dict):
+            raise ConfigError(f"{source}: {model}: must be an object")
+        try:
+            values = {k: float(row[k]) for k in ("input", "output", "cache_write", "cache_read")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{source}: {model}: needs numeric input, output, cache_write, cache_read"
+            ) from exc
+        if any(v < 0 for v in values.values()):
+            raise ConfigError(f"{source}: {model}: prices must not be negative")
+        long_tokens = row.get("long_prompt_tokens")
+        out[str(model)] = Price(
+            **values,
+            long_prompt_tokens=int(long_tokens) if long_tokens is not None else None,
+            long_prompt_multiplier=float(row.get("long_prompt_multiplier", 1.0)),
+        )
+    return out
+
+
+def load_prices(path: Path | None) -> PriceTable:
+    if path is None:
+        return PriceTable(DEFAULT_VERSION, _parse(DEFAULT_TABLE, "default price table"))
+    source = f"ESCALATOR_PRICES_FILE={path}"
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a JSON object")
+    version = str(data.get("version") or path.name)
+    return PriceTable(version, _parse(data.get("models"), source))
