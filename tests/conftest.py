@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import subprocess
 import sys
 import time
 import uuid
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from escalator import sim
 from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
 
 KAFKA_VERSION_SEEN: list[str] = []
@@ -48,31 +47,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @contextlib.contextmanager
 def running_sim(*args: str) -> Iterator[str]:
     """`escalator sim` in its own process on a free port, for the block; yields its base URL."""
-    proc, url = start_sim(*args)
+    proc, url = sim.spawn(*args)
     try:
         yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def start_sim(*args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start `escalator sim` in its own process on a free port; return it and its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "escalator", "sim", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"http://\S+", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"simulator did not start: {line!r}")
-    return proc, match.group(0)
+        sim.terminate(proc)
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_sim)
 
+    from escalator import commands
+
+    commands.register(sub)
     return parser
 
 

@@ -120,7 +120,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     metrics_port: int = 9464
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a pod must be scrapeable on its IP
+    metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_text: bool = False
     topic_partitions: int = 6
@@ -304,7 +304,9 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
     )
     log_level = env.text("ESCALATOR_LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"ESCALATOR_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        raise ConfigError(
+            f"ESCALATOR_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR"
+        )
     return Settings(
         kafka=kafka,
         model=model,
@@ -312,7 +314,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         pipeline=pipeline,
         routing=routing,
         metrics_port=env.integer("ESCALATOR_METRICS_PORT", 9464, 0),
-        metrics_host=env.text("ESCALATOR_METRICS_HOST", "0.0.0.0"),  # noqa: S104
+        metrics_host=env.text("ESCALATOR_METRICS_HOST", "0.0.0.0"),
         log_level=log_level,
         log_text=env.flag("ESCALATOR_LOG_TEXT", False),
         topic_partitions=env.integer("ESCALATOR_TOPIC_PARTITIONS", 6, 1),

@@ -424,8 +424,12 @@ def kafka_version_from_log(log: Path) -> str | None:
 
 async def broker_count(bootstrap: str) -> int:
     """Brokers listed by one metadata request (the readiness probe)."""
+    import logging
+
     from aiokafka.admin import AIOKafkaAdminClient
 
+    # Refused connections are expected while the broker boots; aiokafka logs each at ERROR.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await asyncio.wait_for(admin.start(), timeout=5)

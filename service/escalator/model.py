@@ -99,7 +99,9 @@ class AnthropicClassifier:
         self._prices = prices
         self._max_tokens = max_tokens
         self._system = task.system_blocks()
-        self._output_config: Any = {"format": {"type": "json_schema", "schema": task.output_schema()}}
+        self._output_config: Any = {
+            "format": {"type": "json_schema", "schema": task.output_schema()}
+        }
         self._labels = frozenset(task.labels)
 
     async def classify(self, text: str) -> Attempt:

@@ -28,6 +28,8 @@ import html
 import math
 import random
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -143,6 +145,63 @@ MITIGATING_TERMS = frozenset(
         "counseling",
     }
 )
+# Terms only the strong profile knows: its wider vocabulary is part of why it is right more.
+STRONG_EXTRA_TERMS: dict[str, int] = {
+    "beat": 2,
+    "hijack": 3,
+    "anorexia": 2,
+    "starve": 2,
+    "starving": 2,
+    "purge": 2,
+    "cut": 1,
+    "cutting": 1,
+    "die": 1,
+    "dead": 1,
+    "death": 1,
+    "lethal": 2,
+    "gas": 1,
+    "fake": 1,
+    "lie": 1,
+    "hoax": 2,
+    "conspiracy": 2,
+    "vaccine": 1,
+    "propaganda": 2,
+    "address": 1,
+    "ssn": 3,
+    "password": 1,
+    "credentials": 2,
+    "track": 1,
+    "stalk": 3,
+    "spy": 2,
+    "inferior": 3,
+    "subhuman": 3,
+    "vermin": 3,
+    "sex": 2,
+    "sexual": 2,
+    "nude": 2,
+    "explicit": 1,
+    "payload": 2,
+    "inject": 2,
+    "injection": 2,
+    "keylogger": 3,
+    "botnet": 3,
+    "ddos": 3,
+    "rootkit": 3,
+    "shellcode": 3,
+    "deepfake": 2,
+    "misinformation": 1,
+    "revenge": 2,
+    "punch": 2,
+    "choke": 3,
+    "strangle": 3,
+    "weight": 1,
+    "thin": 1,
+}
+REFUSAL_RE = re.compile(
+    r"^\W*(i can(?:no|')t|i cannot|i won'?t|i'm sorry|i am sorry|sorry|i'm not able|"
+    r"i am not able|i must decline|i'm unable|i am unable)"
+)
+STEP_RE = re.compile(r"(?m)^\s*(?:\d+[.)]|step\s+\d+|[-*•])\s+")
 MODERATION_LABELS = frozenset({"safe", "unsafe", "review-needed"})
 
 
@@ -174,8 +233,9 @@ def classify(text: str, labels: list[str], profile: str) -> Answer:
     For the moderation label set, both profiles score the text with a keyword lexicon:
     ``u`` is the weighted count of harm terms, ``m`` the count of mitigating terms (refusals,
     safety advice, discussion at a distance). The cheap profile ignores ``m`` beyond lowering
-    its confidence; the strong profile subtracts it, so it is right more often on texts that
-    talk *about* harm without causing it. Other label sets get a hash-chosen label.
+    its confidence. The strong profile knows more harm terms, subtracts ``m``, recognises an
+    opening refusal, and counts step-by-step structure and long compliant answers, so it is
+    right more often. Other label sets get a hash-chosen label.
     """
     words = WORD_RE.findall(text.lower())
     j = _jitter(text, profile)
@@ -197,11 +257,15 @@ def classify(text: str, labels: list[str], profile: str) -> Answer:
             conf -= 0.15  # too little to go on
         conf += 0.04 * j
     else:
-        score = u - 1.5 * m
-        if score >= 3:
-            label, margin = "unsafe", score - 3
-        elif score <= 0.5:
-            label, margin = "safe", 0.5 - score
+        u += sum(STRONG_EXTRA_TERMS.get(w, 0) for w in words)
+        refusal = bool(REFUSAL_RE.match(text.lower()))
+        steps = min(3, len(STEP_RE.findall(text))) if u else 0
+        complies = not refusal and len(text) > 300
+        score = u + steps + (2 if complies else 0) - (8 if refusal else 0) - 0.5 * m
+        if score >= 4:
+            label, margin = "unsafe", score - 4
+        elif score <= 1:
+            label, margin = "safe", 1 - score
         else:
             label, margin = "review-needed", 1.0
         conf = 0.8 + 0.15 * min(1.0, margin / 4) + 0.03 * j
@@ -476,3 +540,33 @@ async def serve(config: SimConfig, host: str, port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``escalator sim`` in its own process on a free port; return it and its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "escalator", "sim", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"http://\S+", line)
+    if not match:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        raise RuntimeError(f"simulator did not start: {line!r}")
+    return proc, match.group(0)
+
+
+def terminate(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -1,0 +1,241 @@
+"""Wiring: settings -> task, prices, model clients, Kafka clients, tier workers, health port;
+plus the lifecycle (signals, drain, commit, flush, leave the group).
+
+On SIGTERM or SIGINT: stop fetching; drain in-flight work within the grace period; commit;
+flush the producer; leave the group; return (exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anthropic
+from aiokafka import AIOKafkaProducer
+
+from escalator.breaker import CircuitBreaker
+from escalator.config import Settings
+from escalator.errors import ConfigError, ModelUnavailable
+from escalator.health import HealthServer
+from escalator.kafka_io import make_consumer, make_producer
+from escalator.logs import log
+from escalator.metrics import Metrics
+from escalator.model import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
+from escalator.pipeline import TierWorker, WorkerOptions
+from escalator.prices import PriceTable, load_prices
+from escalator.routing import Thresholds
+from escalator.task import Task, load_task
+from escalator.tiers import CheapHandler, StrongHandler, TierTopics
+
+logger = logging.getLogger("escalator.app")
+TIERS = ("cheap", "strong")
+SIM_API_KEY = "simulator-no-key"
+
+
+def thresholds_from(settings: Settings) -> Thresholds:
+    r = settings.routing
+    raw = f"{r.threshold}|{sorted(r.label_thresholds.items())}"
+    return Thresholds(
+        default=r.threshold,
+        per_label=dict(r.label_thresholds),
+        version="env-" + hashlib.sha256(raw.encode()).hexdigest()[:8],
+    )
+
+
+def anthropic_client(settings: Settings) -> anthropic.AsyncAnthropic:
+    m = settings.model
+    if m.api_key is None and m.base_url is None:
+        raise ConfigError(
+            "ANTHROPIC_API_KEY is not set and ANTHROPIC_BASE_URL does not point at a simulator"
+        )
+    return anthropic.AsyncAnthropic(
+        api_key=m.api_key.get() if m.api_key else SIM_API_KEY,
+        base_url=m.base_url,
+        max_retries=0,  # one retry layer: ours (tenacity), see model.ModelCaller
+        timeout=m.timeout_s,
+    )
+
+
+@dataclass
+class Service:
+    """Everything one process runs. Build with :func:`build_service`, then ``await run()``."""
+
+    settings: Settings
+    metrics: Metrics
+    workers: list[TierWorker]
+    producer_box: list[AIOKafkaProducer]
+    close_clients: list[Callable[[], object]] = field(default_factory=list)
+    health_port: int = 0
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self.workers:
+            w.stop()
+
+    def ready(self) -> bool:
+        return bool(self.workers) and all(w.joined for w in self.workers)
+
+    async def run(
+        self, *, install_signals: bool = True, on_ready: Callable[[], None] | None = None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        producer = self.producer_box[0]
+        await producer.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with HealthServer(
+                self.metrics,
+                host=self.settings.metrics_host,
+                port=self.settings.metrics_port,
+                live=lambda: all(not t.done() for t in tasks),
+                ready=self.ready,
+            ) as health:
+                self.health_port = health.port
+                tasks = [asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers]
+                log(
+                    logger,
+                    "service_started",
+                    tiers=[w.tier for w in self.workers],
+                    metrics_port=health.port,
+                    simulated=self.settings.model.simulated,
+                )
+                if on_ready is not None:
+                    asyncio.create_task(self._notify_ready(on_ready))  # noqa: RUF006
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    if t.exception() is not None:
+                        self.stop()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for t in tasks:
+                    if t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.flush(), timeout=10)
+            await producer.stop()
+            for close in self.close_clients:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            log(logger, "service_stopped")
+
+    async def _notify_ready(self, callback: Callable[[], None]) -> None:
+        await asyncio.gather(*(w.wait_joined() for w in self.workers))
+        callback()
+
+
+def _count_retry(metrics: Metrics, tier: str) -> Callable[[ModelUnavailable], None]:
+    def count(exc: ModelUnavailable) -> None:
+        metrics.retries.labels(tier, exc.kind).inc()
+
+    return count
+
+
+def build_service(
+    settings: Settings,
+    tiers: list[str],
+    *,
+    metrics: Metrics | None = None,
+    model_factory: Callable[[str, str, Task, PriceTable], ModelClient] | None = None,
+) -> Service:
+    """Validate everything that can be validated before connecting, then build the workers."""
+    task = load_task(settings.routing.task_file)
+    prices = load_prices(settings.routing.prices_file)
+    models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
+    prices.require(*(models[t] for t in tiers))
+    thresholds = thresholds_from(settings)
+    unknown = set(thresholds.per_label) - set(task.labels)
+    if unknown:
+        raise ConfigError(
+            f"ESCALATOR_LABEL_THRESHOLDS names labels not in the task: {', '.join(sorted(unknown))}"
+        )
+    metrics = metrics or Metrics()
+    close: list[Callable[[], object]] = []
+    if model_factory is None:
+        client = anthropic_client(settings)
+        close.append(client.close)
+
+        def model_factory(tier: str, model: str, task: Task, prices: PriceTable) -> ModelClient:
+            return AnthropicClassifier(
+                client,
+                tier=tier,
+                model=model,
+                task=task,
+                prices=prices,
+                max_tokens=settings.model.max_tokens,
+            )
+
+    producer_box = [make_producer(settings.kafka)]
+    p = settings.pipeline
+    topics = settings.topics
+    tier_topics = TierTopics(topics.results, topics.escalations, topics.dead_letter)
+    policy = RetryPolicy(
+        settings.model.max_attempts, settings.model.backoff_initial_s, settings.model.backoff_max_s
+    )
+    options = WorkerOptions(
+        max_in_flight=p.max_in_flight,
+        commit_interval_s=p.commit_interval_s,
+        shutdown_grace_s=p.shutdown_grace_s,
+        revoke_wait_s=p.revoke_wait_s,
+    )
+    workers: list[TierWorker] = []
+    for tier in tiers:
+        breaker = CircuitBreaker(
+            window=p.breaker_window,
+            failure_ratio=p.breaker_failure_ratio,
+            cooldown_s=p.breaker_cooldown_s,
+            cooldown_max_s=p.breaker_cooldown_max_s,
+        )
+        caller = ModelCaller(
+            model_factory(tier, models[tier], task, prices),
+            breaker,
+            policy,
+            on_retry=_count_retry(metrics, tier),
+        )
+        handler_cls = CheapHandler if tier == "cheap" else StrongHandler
+        handler = handler_cls(
+            caller=caller,
+            topics=tier_topics,
+            metrics=metrics,
+            thresholds=thresholds,
+            max_text_chars=p.max_text_chars,
+            log_text=settings.log_text,
+        )
+        if isinstance(handler, CheapHandler):
+            topic, group = topics.requests, p.cheap_group
+        else:
+            handler.poison_max_attempts = p.poison_max_attempts
+            handler.invalid_answer_attempts = p.invalid_answer_attempts
+            topic, group = topics.escalations, p.strong_group
+        consumer_kwargs: dict[str, object] = {
+            "max_poll_interval_ms": p.max_poll_interval_ms,
+            "session_timeout_ms": p.session_timeout_ms,
+        }
+        if p.group_instance_id:
+            consumer_kwargs["group_instance_id"] = f"{p.group_instance_id}-{tier}"
+        workers.append(
+            TierWorker(
+                topic=topic,
+                consumer=make_consumer(settings.kafka, group, **consumer_kwargs),
+                producer=lambda: producer_box[0],
+                handler=handler,
+                metrics=metrics,
+                options=options,
+            )
+        )
+    return Service(settings, metrics, workers, producer_box, close)

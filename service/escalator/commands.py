@@ -1,0 +1,144 @@
+"""Service commands of the CLI: ``run``, ``topics create``, ``produce``.
+
+Each reads the environment once through :func:`escalator.config.load_settings`; a bad value
+ends as one line naming the variable and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from escalator.config import Settings, load_settings
+from escalator.errors import EscalatorError, InvalidRequest
+
+
+def settings_from_env() -> Settings:
+    return load_settings(os.environ)
+
+
+def _kafka_errors(exc: BaseException) -> EscalatorError:
+    return EscalatorError(f"Kafka: {type(exc).__name__}: {exc}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from escalator import logs
+    from escalator.app import TIERS, build_service
+
+    settings = settings_from_env()
+    logs.configure(settings.log_level)
+    tiers = list(TIERS) if args.tier == "all" else [args.tier]
+    service = build_service(settings, tiers)
+    try:
+        asyncio.run(service.run())
+    except KafkaError as exc:
+        raise _kafka_errors(exc) from exc
+    return 0
+
+
+def all_topics(settings: Settings) -> list[str]:
+    t = settings.topics
+    return [t.requests, t.escalations, t.results, t.dead_letter]
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from escalator.kafka_io import create_topics
+
+    settings = settings_from_env()
+    partitions = args.partitions or settings.topic_partitions
+    replication = args.replication or settings.topic_replication
+    names = all_topics(settings)
+    try:
+        created = asyncio.run(create_topics(settings.kafka, names, partitions, replication))
+    except KafkaError as exc:
+        raise _kafka_errors(exc) from exc
+    for name in names:
+        print(f"{'created' if name in created else 'exists '} {name}")
+    return 0
+
+
+def _lines(source: str) -> Iterator[tuple[int, bytes]]:
+    stream: IO[bytes]
+    if source == "-":
+        stream = sys.stdin.buffer
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise EscalatorError(f"{source}: no such file")
+        stream = path.open("rb")
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield number, line
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from escalator.messages import parse_request
+
+    settings = settings_from_env()
+    records: list[tuple[bytes, bytes]] = []
+    for number, line in _lines(args.file):
+        if args.raw:
+            records.append((line, line))
+            continue
+        try:
+            request = parse_request(line, settings.pipeline.max_text_chars)
+        except InvalidRequest as exc:
+            raise EscalatorError(
+                f"{args.file}:{number}: {exc.reason}: {exc} (nothing was produced; "
+                "use --raw to publish lines unchecked)"
+            ) from exc
+        records.append((request.id.encode(), line))
+    try:
+        asyncio.run(_produce(settings, args.topic or settings.topics.requests, records))
+    except KafkaError as exc:
+        raise _kafka_errors(exc) from exc
+    print(f"produced {len(records)} record(s)")
+    return 0
+
+
+async def _produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    from escalator.kafka_io import make_producer
+
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in records]
+        for fut in futures:
+            await fut
+    finally:
+        await producer.stop()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="run one tier (or both) of the service")
+    run.add_argument("--tier", choices=["cheap", "strong", "all"], required=True)
+    run.set_defaults(func=cmd_run)
+
+    topics = sub.add_parser("topics", help="manage the service's topics")
+    topics.add_argument("action", choices=["create"])
+    topics.add_argument("--partitions", type=int, default=None)
+    topics.add_argument("--replication", type=int, default=None)
+    topics.set_defaults(func=cmd_topics)
+
+    produce = sub.add_parser("produce", help="publish requests from a JSON-lines file or -")
+    produce.add_argument("file", help="FILE.jsonl, or - for stdin")
+    produce.add_argument("--topic", default=None, help="default: the requests topic")
+    produce.add_argument("--raw", action="store_true", help="publish lines without checking")
+    produce.set_defaults(func=cmd_produce)
+
+    from escalator.demo import register as register_demo
+
+    register_demo(sub)

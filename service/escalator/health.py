@@ -1,0 +1,61 @@
+"""The operator's HTTP port: ``/metrics`` (Prometheus), ``/healthz`` (liveness) and
+``/readyz`` (readiness: every tier has joined its group and the producer is connected)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from escalator.metrics import Metrics
+
+
+class HealthServer:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        host: str,
+        port: int,
+        live: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._live = live
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def __aenter__(self) -> HealthServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics_view(self, _: web.Request) -> web.Response:
+        body = self._metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        ok = self._live()
+        return web.json_response({"live": ok}, status=200 if ok else 503)
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ok = self._ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)

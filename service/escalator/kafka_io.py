@@ -1,0 +1,100 @@
+"""Kafka clients built from settings: security (TLS, SASL), the idempotent producer, the
+manual-commit consumer, and idempotent topic creation. aiokafka errors are classified here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
+
+from escalator.config import KafkaSettings
+from escalator.errors import ConfigError, EscalatorError
+
+
+def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured security protocol."""
+    kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        try:
+            context: ssl.SSLContext = create_ssl_context(
+                cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+                certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+                keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"ESCALATOR_KAFKA_SSL_*: cannot load TLS files: {exc}") from exc
+        kwargs["ssl_context"] = context
+    if kafka.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
+        kwargs["sasl_plain_username"] = kafka.sasl_username
+        kwargs["sasl_plain_password"] = kafka.sasl_password.get() if kafka.sasl_password else None
+    return kwargs
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """Idempotent, acks=all: an acknowledged output is on every in-sync replica."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,
+        "request_timeout_ms": 30_000,
+        **security_kwargs(kafka),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
+    """Manual commits only: offsets are committed by the pipeline's watermark, never auto."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        **security_kwargs(kafka),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(**kwargs)
+
+
+async def create_topics(
+    kafka: KafkaSettings, names: list[str], partitions: int, replication: int
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(n, partitions, replication) for n in missing], timeout_ms=30_000
+            )
+            for entry in response.topic_errors:
+                topic, code = entry[0], entry[1]
+                # A concurrent creator may win the race: "already exists" is the goal reached.
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    message = entry[2] if len(entry) > 2 else ""
+                    raise EscalatorError(
+                        f"creating topic {topic!r} failed: {for_code(code).__name__} {message}"
+                    )
+        for _ in range(100):
+            if set(names) <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+        return missing
+    finally:
+        await admin.close()
+
+
+def is_retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -1,0 +1,240 @@
+"""What each tier does with one record: the cheap and strong handlers.
+
+Cheap: validate the request, ask the cheap model, accept (-> results) or escalate
+(-> escalations, with the cheap answer attached). Transient failures that exhaust retries
+escalate with reason ``cheap_unavailable``; an answer that fails validation counts as
+confidence 0 and escalates.
+
+Strong: answer the escalation and publish the final decision. Transient failures keep the
+record in flight (uncommitted) while the breaker pauses the tier; only a record that keeps
+failing while the API serves others is dead-lettered, after a bounded number of attempts.
+Answers that keep failing validation are dead-lettered as ``model_output_invalid``.
+
+Only permanent errors reach the dead-letter topic: malformed input, text over the limit, a
+4xx refusal from the API, or the two bounded cases above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from escalator.errors import InvalidRequest, ModelRejected, ModelUnavailable, PermanentError
+from escalator.logs import log
+from escalator.messages import (
+    Attempt,
+    Headers,
+    Request,
+    dead_letter_headers,
+    escalation_value,
+    parse_escalation,
+    parse_request,
+    result_value,
+)
+from escalator.metrics import Metrics
+from escalator.model import ModelCaller
+from escalator.pipeline import Output, Record
+from escalator.routing import Route, Thresholds, route
+
+logger = logging.getLogger("escalator.decisions")
+
+
+@dataclass(frozen=True, slots=True)
+class TierTopics:
+    results: str
+    escalations: str
+    dead_letter: str
+
+
+def _headers(record: Record) -> Headers:
+    return [(k, bytes(v)) for k, v in (record.headers or ())]
+
+
+class _Base:
+    tier: str
+
+    def __init__(
+        self,
+        *,
+        caller: ModelCaller,
+        topics: TierTopics,
+        metrics: Metrics,
+        thresholds: Thresholds,
+        max_text_chars: int,
+        log_text: bool = False,
+    ) -> None:
+        self.caller = caller
+        self.topics = topics
+        self.metrics = metrics
+        self.thresholds = thresholds
+        self.max_text_chars = max_text_chars
+        self.log_text = log_text
+
+    def should_pause(self) -> bool:
+        return self.caller.breaker.is_open
+
+    def dead_letter(self, record: Record, error: PermanentError, label: str = "") -> list[Output]:
+        self.metrics.dead_letters.labels(self.tier, error.reason).inc()
+        self.metrics.decisions.labels(self.tier, label, "dead_lettered").inc()
+        log(
+            logger,
+            "dead_letter",
+            logging.WARNING,
+            tier=self.tier,
+            reason=error.reason,
+            error=str(error)[:300],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        headers = dead_letter_headers(
+            _headers(record),
+            reason=error.reason,
+            error=error,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            tier=self.tier,
+        )
+        return [Output(self.topics.dead_letter, record.value or b"", record.key, headers)]
+
+    def log_decision(self, request: Request, attempt: Attempt, *, escalated: bool) -> None:
+        fields: dict[str, object] = {
+            "id": request.id,
+            "tier": attempt.tier,
+            "model": attempt.model,
+            "label": attempt.label,
+            "confidence": attempt.confidence,
+            "valid": attempt.valid,
+            "escalated": escalated,
+            "input_tokens": attempt.input_tokens,
+            "output_tokens": attempt.output_tokens,
+            "cache_write_tokens": attempt.cache_write_tokens,
+            "cache_read_tokens": attempt.cache_read_tokens,
+            "cost_usd": round(attempt.cost_usd, 10),
+            "latency_ms": round(attempt.latency_ms, 2),
+        }
+        if attempt.error:
+            fields["error"] = attempt.error
+        if self.log_text:
+            fields["text"] = request.text
+        log(logger, "decision", **fields)
+
+
+class CheapHandler(_Base):
+    tier = "cheap"
+
+    async def handle(self, record: Record) -> list[Output]:
+        try:
+            request = parse_request(record.value, self.max_text_chars)
+        except InvalidRequest as exc:
+            return self.dead_letter(record, exc)
+        key = record.key or request.id.encode()
+        headers = _headers(record)
+        decision: Route
+        reason: str | None
+        try:
+            attempt = await self.caller.call(request.text)
+        except ModelRejected as exc:
+            return self.dead_letter(record, exc)
+        except ModelUnavailable as exc:
+            client = self.caller.client
+            attempt = Attempt(
+                tier=self.tier,
+                model=client.model,
+                label=None,
+                confidence=0.0,
+                valid=False,
+                error=f"unavailable:{exc.kind}",
+            )
+            decision, reason = "escalate", "cheap_unavailable"
+        else:
+            self.metrics.observe_attempt(attempt)
+            decision, reason = route(attempt, self.thresholds)
+        self.log_decision(request, attempt, escalated=decision == "escalate")
+        if decision == "accept":
+            self.metrics.decisions.labels(self.tier, attempt.label or "", "accepted").inc()
+            value = result_value(
+                request,
+                attempt,
+                [attempt],
+                escalated=False,
+                escalation_reason=None,
+                threshold_version=self.thresholds.version,
+            )
+            return [Output(self.topics.results, value, key, headers)]
+        self.metrics.decisions.labels(self.tier, attempt.label or "", "escalated").inc()
+        value = escalation_value(request, reason or "low_confidence", attempt)
+        return [Output(self.topics.escalations, value, key, headers)]
+
+
+class StrongHandler(_Base):
+    tier = "strong"
+
+    #: A record that keeps failing transiently while others succeed is dead-lettered after
+    #: this many calls; answers that keep failing validation after this many tries.
+    poison_max_attempts = 12
+    invalid_answer_attempts = 3
+
+    async def handle(self, record: Record) -> list[Output]:
+        try:
+            escalation = parse_escalation(record.value, self.max_text_chars)
+        except InvalidRequest as exc:
+            return self.dead_letter(record, exc)
+        request = escalation.request
+        key = record.key or request.id.encode()
+        attempts: list[Attempt] = [escalation.cheap]
+        failed_calls = 0
+        invalid = 0
+        backoff_s = self.caller.policy.initial_s
+        while True:
+            try:
+                attempt = await self.caller.call(request.text)
+            except ModelRejected as exc:
+                return self.dead_letter(record, exc)
+            except ModelUnavailable as exc:
+                if self.caller.breaker.state != "closed":
+                    # An outage: most calls fail. Hold the record (uncommitted) and wait; the
+                    # worker pauses the partitions while the breaker is open.
+                    await self.caller.breaker.wait_closed()
+                    continue
+                failed_calls += self.caller.policy.max_attempts
+                if failed_calls >= self.poison_max_attempts:
+                    return self.dead_letter(
+                        record,
+                        PermanentError(
+                            f"model kept failing ({exc.kind}) for this record while serving "
+                            f"others; {failed_calls} attempts",
+                            reason="model_unavailable",
+                        ),
+                    )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self.caller.policy.max_s)
+                continue
+            self.metrics.observe_attempt(attempt)
+            attempts.append(attempt)
+            if attempt.valid:
+                break
+            invalid += 1
+            self.log_decision(request, attempt, escalated=True)
+            if invalid >= self.invalid_answer_attempts:
+                return self.dead_letter(
+                    record,
+                    PermanentError(
+                        f"strong model answer failed validation {invalid} times "
+                        f"(last: {attempt.error})",
+                        reason="model_output_invalid",
+                    ),
+                )
+        self.log_decision(request, attempt, escalated=True)
+        self.metrics.decisions.labels(self.tier, attempt.label or "", "accepted").inc()
+        value = result_value(
+            request,
+            attempt,
+            attempts,
+            escalated=True,
+            escalation_reason=escalation.reason,
+            threshold_version=self.thresholds.version,
+        )
+        return [Output(self.topics.results, value, key, _headers(record))]
