@@ -35,9 +35,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_env()
     logs.configure(settings.log_level)
     tiers = list(TIERS) if args.tier == "all" else [args.tier]
-    service = build_service(settings, tiers)
+
+    async def main() -> None:
+        # aiokafka clients must be created inside the running loop.
+        await build_service(settings, tiers).run()
+
     try:
-        asyncio.run(service.run())
+        asyncio.run(main())
     except KafkaError as exc:
         raise _kafka_errors(exc) from exc
     return 0

@@ -185,7 +185,9 @@ class ModelCaller:
         self.breaker = breaker
         self.policy = policy
         self._on_retry = on_retry
-        self._backoff = wait_exponential_jitter(initial=policy.initial_s, max=policy.max_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+        )
 
     def _wait(self, state: RetryCallState) -> float:
         base: float = self._backoff(state)
