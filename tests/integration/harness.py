@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from referencing import Registry, Resource
 
@@ -148,17 +148,6 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     finally:
         await admin.close()
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
-
-
-async def end_total(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
-    finally:
-        await consumer.stop()
-    return sum(ends.values())
 
 
 async def wait_for(
