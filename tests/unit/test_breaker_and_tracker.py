@@ -1,0 +1,56 @@
+"""The circuit breaker tells outages from single failures; the watermark never skips a gap."""
+
+from __future__ import annotations
+
+from escalator.breaker import CircuitBreaker
+from escalator.pipeline import PartitionTracker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_on_an_outage_and_half_opens_after_cooldown() -> None:
+    """Most calls failing opens it; after the cooldown one success closes it."""
+    clock = Clock()
+    b = CircuitBreaker(window=10, failure_ratio=0.5, cooldown_s=2, cooldown_max_s=8, clock=clock)
+    for _ in range(5):
+        b.record(False)
+    assert b.state == "open"
+    clock.now = 2.0
+    assert b.state == "half_open"
+    b.record(False)  # the probe failed: open again, cooldown doubled
+    assert b.state == "open"
+    clock.now = 5.9
+    assert b.state == "open"
+    clock.now = 6.0
+    b.record(True)
+    assert b.state == "closed"
+
+
+def test_one_failing_record_among_successes_does_not_open_it() -> None:
+    """A poison record failing 4 times while 16 others succeed leaves it closed."""
+    b = CircuitBreaker(window=20, failure_ratio=0.5, clock=Clock())
+    for i in range(20):
+        b.record(i % 5 != 0)
+    assert b.state == "closed"
+
+
+def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
+    """Out-of-order completion commits only below the first gap."""
+    t = PartitionTracker()
+    for offset in (10, 11, 12, 13):
+        t.add(offset)
+    t.complete(12)
+    t.complete(13)
+    assert t.to_commit() is None and t.in_flight == 2
+    t.complete(10)
+    assert t.to_commit() == 11
+    t.committed = 11
+    assert t.to_commit() is None
+    t.complete(11)
+    assert t.to_commit() == 14 and t.in_flight == 0 and t.idle.is_set()

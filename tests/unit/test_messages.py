@@ -1,0 +1,89 @@
+"""Request validation gives stable reason codes; outputs follow the JSON Schemas."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from escalator.errors import InvalidRequest
+from escalator.messages import (
+    Attempt,
+    Request,
+    dead_letter_headers,
+    escalation_value,
+    parse_escalation,
+    parse_request,
+    result_value,
+)
+from tests.integration.harness import validator
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty_value"),
+        (b"\xff\xfe", "invalid_utf8"),
+        (b"{", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"null", "wrong_type"),
+        (b"42", "wrong_type"),
+        (b'{"text": "t"}', "missing_field"),
+        (b'{"id": "a"}', "missing_field"),
+        (b'{"id": null, "text": "t"}', "missing_field"),
+        (b'{"id": "a", "text": ""}', "empty_field"),
+        (b'{"id": " ", "text": "t"}', "empty_field"),
+        (b'{"id": ["a"], "text": "t"}', "wrong_type"),
+        (b'{"id": "a", "text": 5}', "wrong_type"),
+        (b'{"id": "a", "text": "t", "metadata": [1]}', "wrong_type"),
+        (orjson.dumps({"id": "a" * 257, "text": "t"}), "id_too_long"),
+        (orjson.dumps({"id": "a", "text": "x" * 11}), "text_too_long"),
+    ],
+)
+def test_invalid_requests(value: bytes | None, reason: str) -> None:
+    """Every malformed request raises InvalidRequest with its reason code."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(value, max_text_chars=10)
+    assert info.value.reason == reason
+
+
+def test_valid_request_keeps_metadata() -> None:
+    """id, text and metadata pass through; 256-char ids and NUL bytes are allowed."""
+    meta = {"gold_label": "safe", "nested": {"a": [1, 2.5, None]}}
+    req = parse_request(orjson.dumps({"id": "i" * 256, "text": "a\x00b", "metadata": meta}), 10)
+    assert req == Request("i" * 256, "a\x00b", meta)
+
+
+def test_outputs_validate_against_schemas() -> None:
+    """Result, escalation and dead-letter headers match their published JSON Schemas."""
+    req = Request("r1", "hello", {"k": "v"})
+    cheap = Attempt("cheap", "claude-haiku-5-5", "safe", 0.4, True, 10, 5, 0, 1300, 1e-5, 12.5)
+    strong = Attempt("strong", "claude-sonnet-5-5", "unsafe", 0.9, True, 10, 5, 1300, 0, 3e-3, 80)
+    esc = escalation_value(req, "low_confidence", cheap)
+    validator("escalation.v1.json").validate(orjson.loads(esc))
+    parsed = parse_escalation(esc, 100)
+    assert parsed.request == req and parsed.cheap == cheap
+    res = orjson.loads(
+        result_value(
+            req,
+            strong,
+            [cheap, strong],
+            escalated=True,
+            escalation_reason="low_confidence",
+            threshold_version="v1",
+        )
+    )
+    validator("result.v1.json").validate(res)
+    assert res["cost_usd"] == pytest.approx(1e-5 + 3e-3)
+    headers = dead_letter_headers(
+        [("traceparent", b"x"), ("x-escalator-reason", b"spoofed")],
+        reason="invalid_json",
+        error=ValueError("bad"),
+        topic="t",
+        partition=3,
+        offset=9,
+        tier="cheap",
+    )
+    as_dict = {k: v.decode() for k, v in headers}
+    validator("dead-letter-headers.v1.json").validate(as_dict)
+    assert as_dict["x-escalator-reason"] == "invalid_json"  # an upstream header cannot spoof it
+    assert ("traceparent", b"x") in headers

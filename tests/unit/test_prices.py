@@ -1,0 +1,93 @@
+"""Cost arithmetic against hand-computed values, and price-table validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from escalator.errors import ConfigError
+from escalator.prices import PriceTable, Usage, load_prices
+
+TABLE = load_prices(None)
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "expected_usd"),
+    [
+        # Haiku 5.5: $0.10 in, $0.50 out, $0.125 cache write, $0.01 cache read per MTok.
+        ("claude-haiku-5-5", Usage(100_000, 0, 0, 0), 0.01),  # exactly at the band edge
+        ("claude-haiku-5-5", Usage(0, 1_000_000, 0, 0), 0.50),
+        ("claude-haiku-5-5", Usage(0, 0, 100_000, 0), 0.0125),
+        ("claude-haiku-5-5", Usage(0, 0, 0, 100_000), 0.001),
+        ("claude-haiku-5-5", Usage(0, 0, 0, 1_000_000), 0.05),  # long prompt: 5 x $0.01
+        # 100 in + 10 out + 1300 read = 1e-5 + 5e-6 + 1.3e-5
+        ("claude-haiku-5-5", Usage(100, 10, 0, 1300), 2.8e-5),
+        # 100 in + 10 out + 1300 written = 1e-5 + 5e-6 + 1.625e-4
+        ("claude-haiku-5-5", Usage(100, 10, 1300, 0), 1.775e-4),
+        # Over 100k prompt tokens (input + cache): every rate x5, output included.
+        ("claude-haiku-5-5", Usage(100_001, 1000, 0, 0), (100_001 * 0.10 + 1000 * 0.50) * 5 / 1e6),
+        (
+            "claude-haiku-5-5",
+            Usage(50_000, 0, 30_000, 20_001),
+            (50_000 * 0.1 + 30_000 * 0.125 + 20_001 * 0.01) * 5 / 1e6,
+        ),
+        (
+            "claude-haiku-5-5",
+            Usage(50_000, 0, 30_000, 20_000),
+            (50_000 * 0.1 + 30_000 * 0.125 + 20_000 * 0.01) / 1e6,
+        ),
+        # Sonnet 5.5: $2 in, $10 out, $2.50 write, $0.10 read; no long-prompt band.
+        ("claude-sonnet-5-5", Usage(200, 12, 0, 1300), (200 * 2 + 12 * 10 + 1300 * 0.10) / 1e6),
+        ("claude-sonnet-5-5", Usage(200, 12, 1300, 0), (200 * 2 + 12 * 10 + 1300 * 2.5) / 1e6),
+        ("claude-sonnet-5-5", Usage(200_000, 0, 0, 0), 0.4),
+        ("claude-sonnet-5-5", Usage(), 0.0),
+    ],
+)
+def test_cost(model: str, usage: Usage, expected_usd: float) -> None:
+    """Each token type is priced at its own rate; cache reads are not billed as input."""
+    assert TABLE.cost_usd(model, usage) == pytest.approx(expected_usd, rel=1e-12)
+
+
+def test_unknown_model_is_a_startup_error_not_zero() -> None:
+    """A model without a price fails at start-up, naming the model."""
+    with pytest.raises(ConfigError, match="claude-new-9"):
+        TABLE.require("claude-haiku-5-5", "claude-new-9")
+
+
+def test_override_file(tmp_path: Path) -> None:
+    """A prices file replaces the table and carries its own version."""
+    path = tmp_path / "prices.json"
+    path.write_text(
+        '{"version": "negotiated-2026", "models": {"m": {"input": 1, "output": 2, '
+        '"cache_write": 1.25, "cache_read": 0.1}}}'
+    )
+    table = load_prices(path)
+    assert table.version == "negotiated-2026"
+    assert table.cost_usd("m", Usage(1_000_000, 1_000_000, 0, 0)) == pytest.approx(3.0)
+    with pytest.raises(ConfigError):
+        table.require("claude-haiku-5-5")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"models": {}}',
+        '{"models": {"m": {"input": 1}}}',
+        '{"models": {"m": {"input": -1, "output": 1, "cache_write": 1, "cache_read": 1}}}',
+    ],
+)
+def test_bad_price_files_are_rejected(tmp_path: Path, content: str) -> None:
+    """Malformed price files fail with a ConfigError naming the variable."""
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="ESCALATOR_PRICES_FILE"):
+        load_prices(path)
+
+
+def test_table_type() -> None:
+    """The default table knows both default models."""
+    assert isinstance(TABLE, PriceTable)
+    TABLE.require("claude-haiku-5-5", "claude-sonnet-5-5")

@@ -1,0 +1,37 @@
+"""Routing policy, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from escalator.messages import Attempt
+from escalator.routing import Thresholds, route
+
+
+def answer(label: str | None, confidence: float, valid: bool = True) -> Attempt:
+    return Attempt("cheap", "m", label, confidence, valid)
+
+
+PER_LABEL = Thresholds(0.7, {"safe": 0.9, "unsafe": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("attempt", "thresholds", "expected"),
+    [
+        (answer("safe", 0.7), Thresholds(0.7), ("accept", None)),  # at the threshold: accept
+        (answer("safe", 0.6999), Thresholds(0.7), ("escalate", "low_confidence")),
+        (answer("unsafe", 1.0), Thresholds(0.7), ("accept", None)),
+        (answer("safe", 0.0), Thresholds(0.0), ("accept", None)),
+        (answer("safe", 1.0), Thresholds(1.0), ("accept", None)),
+        (answer("safe", 0.99), Thresholds(1.0), ("escalate", "low_confidence")),
+        (answer("safe", 0.85), PER_LABEL, ("escalate", "low_confidence")),  # safe must be surer
+        (answer("unsafe", 0.55), PER_LABEL, ("accept", None)),
+        (answer("review-needed", 0.69), PER_LABEL, ("escalate", "low_confidence")),  # default
+        (answer("review-needed", 0.7), PER_LABEL, ("accept", None)),
+        (answer(None, 0.0, valid=False), Thresholds(0.0), ("escalate", "invalid_answer")),
+        (answer("safe", 0.99, valid=False), Thresholds(0.5), ("escalate", "invalid_answer")),
+    ],
+)
+def test_route(attempt: Attempt, thresholds: Thresholds, expected: tuple[str, str | None]) -> None:
+    """Accept at or above the label's threshold; escalate below it or when invalid."""
+    assert route(attempt, thresholds) == expected
