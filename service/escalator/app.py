@@ -192,6 +192,7 @@ def build_service(
         commit_interval_s=p.commit_interval_s,
         shutdown_grace_s=p.shutdown_grace_s,
         revoke_wait_s=p.revoke_wait_s,
+        max_poll_interval_ms=p.max_poll_interval_ms,
     )
     workers: list[TierWorker] = []
     for tier in tiers:

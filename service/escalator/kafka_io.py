@@ -44,7 +44,9 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "client_id": kafka.client_id,
         "enable_idempotence": True,
         "acks": "all",
-        "linger_ms": 5,
+        "linger_ms": 0,
+        # Many concurrent senders: small batches make aiokafka's accumulator spin on drain.
+        "max_batch_size": 256 * 1024,
         "request_timeout_ms": 30_000,
         **security_kwargs(kafka),
     }

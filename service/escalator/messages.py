@@ -100,12 +100,12 @@ def parse_request(value: bytes | None, max_text_chars: int) -> Request:
     if value is None:
         raise _fail("empty_value", "record has no value (tombstone)")
     try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _fail("invalid_utf8", f"value is not valid UTF-8 at byte {exc.start}") from exc
-    try:
-        data = orjson.loads(value)
+        data = orjson.loads(value)  # orjson also rejects invalid UTF-8
     except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8:
+            raise _fail("invalid_utf8", f"value is not valid UTF-8 at byte {utf8.start}") from exc
         raise _fail("invalid_json", f"value is not JSON: {exc}") from exc
     return request_from_json(data, max_text_chars)
 
@@ -155,7 +155,7 @@ def escalation_value(request: Request, reason: str, cheap: Attempt) -> bytes:
             "schema_version": SCHEMA_VERSION,
             "request": {"id": request.id, "text": request.text, "metadata": request.metadata},
             "reason": reason,
-            "cheap": cheap.to_json(),
+            "cheap": cheap,
         }
     )
 
@@ -179,7 +179,7 @@ def result_value(
             "model": final.model,
             "escalated": escalated,
             "escalation_reason": escalation_reason,
-            "attempts": [a.to_json() for a in attempts],
+            "attempts": attempts,  # orjson writes slotted dataclasses natively, field by field
             "cost_usd": round(sum(a.cost_usd for a in attempts), 10),
             "metadata": request.metadata,
             "threshold_version": threshold_version,

@@ -5,6 +5,8 @@ Every series is documented in docs/OPERATIONS.md; tests check the exposition hol
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from escalator.messages import Attempt
@@ -118,26 +120,69 @@ class Metrics:
         )
         self.ready = Gauge("escalator_ready", "1 when the tier is ready.", ["tier"], registry=r)
 
+        self._models: dict[tuple[str, str], _ModelSeries] = {}
+        self._tiers: dict[str, TierSeries] = {}
+        self._decisions: dict[tuple[str, str, str], Any] = {}
+
+    def tier(self, tier: str) -> TierSeries:
+        """The per-tier series, bound once: ``labels()`` is too slow for the per-record path."""
+        bound = self._tiers.get(tier)
+        if bound is None:
+            bound = self._tiers[tier] = TierSeries(self, tier)
+        return bound
+
+    def decision(self, tier: str, label: str, outcome: str) -> None:
+        key = (tier, label, outcome)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(tier, label, outcome)
+        child.inc()
+
     def observe_attempt(self, attempt: Attempt) -> None:
-        t, m = attempt.tier, attempt.model
-        self.model_latency.labels(t, m).observe(attempt.latency_ms / 1000)
-        for kind, n in zip(
-            TOKEN_TYPES,
-            (
-                attempt.input_tokens,
-                attempt.output_tokens,
-                attempt.cache_write_tokens,
-                attempt.cache_read_tokens,
-            ),
-            strict=True,
+        key = (attempt.tier, attempt.model)
+        series = self._models.get(key)
+        if series is None:
+            series = self._models[key] = _ModelSeries(self, *key)
+        series.latency.observe(attempt.latency_ms / 1000)
+        for child, n in (
+            (series.input, attempt.input_tokens),
+            (series.output, attempt.output_tokens),
+            (series.cache_write, attempt.cache_write_tokens),
+            (series.cache_read, attempt.cache_read_tokens),
         ):
             if n:
-                self.tokens.labels(t, m, kind).inc(n)
-        self.cost.labels(t, m).inc(attempt.cost_usd)
+                child.inc(n)
+        series.cost.inc(attempt.cost_usd)
         if attempt.valid:
-            self.confidence.labels(t, m).observe(attempt.confidence)
+            series.confidence.observe(attempt.confidence)
         else:
-            self.invalid_answers.labels(t, m).inc()
+            series.invalid.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class TierSeries:
+    """Children of the per-tier series, bound to one tier."""
+
+    def __init__(self, m: Metrics, tier: str) -> None:
+        self.requests = m.requests.labels(tier)
+        self.in_flight = m.in_flight.labels(tier)
+        self.in_flight_limit = m.in_flight_limit.labels(tier)
+        self.processing = m.processing.labels(tier)
+        self.paused_partitions = m.paused_partitions.labels(tier)
+        self.circuit_open = m.circuit_open.labels(tier)
+        self.abandoned = m.abandoned.labels(tier)
+        self.produce_errors = m.produce_errors.labels(tier)
+        self.ready = m.ready.labels(tier)
+
+
+class _ModelSeries:
+    def __init__(self, m: Metrics, tier: str, model: str) -> None:
+        self.latency = m.model_latency.labels(tier, model)
+        self.confidence = m.confidence.labels(tier, model)
+        self.cost = m.cost.labels(tier, model)
+        self.invalid = m.invalid_answers.labels(tier, model)
+        self.input, self.output, self.cache_write, self.cache_read = (
+            m.tokens.labels(tier, model, kind) for kind in TOKEN_TYPES
+        )

@@ -9,6 +9,7 @@ with jitter and a cap, honouring ``retry-after``) and the circuit breaker.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -200,10 +201,31 @@ class ModelCaller:
         if isinstance(exc, ModelUnavailable):
             self._on_retry(exc)
 
+    async def _once(self, text: str) -> Attempt:
+        if self.breaker.state != "closed":
+            await self.breaker.wait_closed()
+        try:
+            answer = await self.client.classify(text)
+        except ModelUnavailable:
+            self.breaker.record(False)
+            raise
+        self.breaker.record(True)
+        return answer
+
     async def call(self, text: str) -> Attempt:
         """Answer ``text``; raise ModelUnavailable once attempts are exhausted."""
+        try:
+            # Fast path: most calls succeed first time, and building tenacity's retry state
+            # per call costs more than the rest of the pipeline's per-record work.
+            return await self._once(text)
+        except ModelUnavailable as exc:
+            if self.policy.max_attempts <= 1:
+                raise
+            self._on_retry(exc)
+            first_wait = max(self.policy.initial_s, exc.retry_after_s or 0.0)
+        await asyncio.sleep(first_wait)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.policy.max_attempts),
+            stop=stop_after_attempt(self.policy.max_attempts - 1),
             wait=self._wait,
             retry=retry_if_exception_type(ModelUnavailable),
             before_sleep=self._before_sleep,
@@ -211,12 +233,5 @@ class ModelCaller:
         )
         async for attempt in retrying:
             with attempt:
-                await self.breaker.wait_closed()
-                try:
-                    answer = await self.client.classify(text)
-                except ModelUnavailable:
-                    self.breaker.record(False)
-                    raise
-                self.breaker.record(True)
-                return answer
+                return await self._once(text)
         raise AssertionError("unreachable: tenacity reraises the last error")

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,6 +108,7 @@ class WorkerOptions:
     shutdown_grace_s: float = 25.0
     revoke_wait_s: float = 10.0
     poll_timeout_ms: int = 100
+    max_poll_interval_ms: int = 300_000
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -140,16 +141,25 @@ class TierWorker:
         self._producer = producer
         self._handler = handler
         self._metrics = metrics
+        self._series = metrics.tier(self.tier)
         self._opts = options
         self.max_in_flight = options.max_in_flight
         self._trackers: dict[TopicPartition, PartitionTracker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._task_tp: dict[asyncio.Task[None], TopicPartition] = {}
         self._in_flight = 0
         self._stopping = asyncio.Event()
         self._joined = asyncio.Event()
         self._last_commit = time.monotonic()
-        metrics.in_flight_limit.labels(self.tier).set(self.max_in_flight)
+        self._capacity = asyncio.Event()
+        # When full, fetch again as soon as a slot frees: with a slow model, waiting for
+        # several free slots leaves them idle (B3); with a fast one, completions arrive in
+        # bursts and the next fetch takes them all at once.
+        self._low_water = self.max_in_flight - 1
+        self._paused = False
+        self._keepalive_s = min(5.0, options.max_poll_interval_ms / 4000)
+        # Read at scrape time: no per-record cost on the hot path.
+        self._series.in_flight.set_function(lambda: self._in_flight)
+        self._series.in_flight_limit.set(self.max_in_flight)
 
     # -- state visible to health checks and tests ---------------------------------------------
     @property
@@ -163,6 +173,7 @@ class TierWorker:
     def stop(self) -> None:
         """Ask the worker to stop fetching and drain (idempotent; safe from a signal handler)."""
         self._stopping.set()
+        self._capacity.set()
 
     async def wait_joined(self) -> None:
         await self._joined.wait()
@@ -180,16 +191,34 @@ class TierWorker:
             await self._commit()
         finally:
             await self._cancel_remaining()
-            self._metrics.ready.labels(self.tier).set(0)
+            self._series.ready.set(0)
             await self._consumer.stop()  # leaves the group
             log(logger, "worker_stopped", tier=self.tier)
 
     async def _poll_once(self) -> None:
-        self._apply_pause()
+        if self._handler.should_pause():
+            # The breaker is open: take no new work, but keep polling so the group keeps us.
+            self._set_paused(True)
+            self._dispatch(await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms))
+            return
         free = self.max_in_flight - self._in_flight
-        batch = await self._consumer.getmany(
-            timeout_ms=self._opts.poll_timeout_ms, max_records=max(1, free)
+        if free <= 0:
+            # Full. Wait for a slot without pausing: pausing makes aiokafka drop the records it
+            # has prefetched. Only if no slot frees up for a while (a slow model), pause and
+            # poll empty-handed, so the member never drifts past max_poll_interval_ms.
+            self._capacity.clear()
+            try:
+                await asyncio.wait_for(self._capacity.wait(), self._keepalive_s)
+            except TimeoutError:
+                self._set_paused(True)
+                self._dispatch(await self._consumer.getmany(timeout_ms=0))
+            return
+        self._set_paused(False)
+        self._dispatch(
+            await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms, max_records=free)
         )
+
+    def _dispatch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
             if tracker is None:
@@ -197,32 +226,22 @@ class TierWorker:
             for record in records:
                 tracker.add(record.offset)
                 self._in_flight += 1
-                self._metrics.requests.labels(self.tier).inc()
+                self._series.requests.inc()
                 task = asyncio.create_task(self._process(tp, tracker, record))
                 self._tasks.add(task)
-                self._task_tp[task] = tp
-                task.add_done_callback(self._forget)
-        self._metrics.in_flight.labels(self.tier).set(self._in_flight)
+                task.add_done_callback(self._tasks.discard)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._task_tp.pop(task, None)
-
-    def _apply_pause(self) -> None:
+    def _set_paused(self, pause: bool) -> None:
         assignment = self._consumer.assignment()
-        if not assignment:
-            return
-        want_pause = self._in_flight >= self.max_in_flight or self._handler.should_pause()
         paused = self._consumer.paused()
-        if want_pause:
-            if assignment - paused:
-                self._consumer.pause(*(assignment - paused))
-        elif paused:
+        if pause and assignment - paused:
+            self._consumer.pause(*(assignment - paused))
+        elif not pause and paused:
             self._consumer.resume(*paused)
-        self._metrics.paused_partitions.labels(self.tier).set(
-            len(self._consumer.paused()) if want_pause else 0
-        )
-        self._metrics.circuit_open.labels(self.tier).set(1 if self._handler.should_pause() else 0)
+        if pause != self._paused:
+            self._paused = pause
+            self._series.paused_partitions.set(len(assignment) if pause else 0)
+            self._series.circuit_open.set(1 if self._handler.should_pause() else 0)
 
     async def _process(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
         started = time.perf_counter()
@@ -232,46 +251,56 @@ class TierWorker:
         except asyncio.CancelledError:
             # Not done: the offset stays uncommitted and the record is redone by whoever owns
             # the partition next. That is the duplicate window, and it is counted.
-            self._metrics.abandoned.labels(self.tier).inc()
+            self._series.abandoned.inc()
             raise
         finally:
             self._in_flight -= 1
-            self._metrics.in_flight.labels(self.tier).set(self._in_flight)
+            if self._in_flight <= self._low_water:
+                self._capacity.set()
         # Only here, after every output is acknowledged, does the offset count as done.
         tracker.complete(record.offset)
-        self._metrics.processing.labels(self.tier).observe(time.perf_counter() - started)
+        self._series.processing.observe(time.perf_counter() - started)
 
     async def _produce_all(self, outputs: list[Output]) -> None:
-        futures: list[Awaitable[Any]] = []
+        """Send every output, then wait for every acknowledgement. Retries until acknowledged."""
+        producer = self._producer()
+        pending: list[tuple[Output, Any]] = []
         for out in outputs:
-            futures.append(await self._send_with_retry(out))
-        for fut in futures:
-            await fut
+            try:
+                fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+            except KafkaError as exc:
+                fut = None
+                self._produce_failed(exc)
+            pending.append((out, fut))
+        for out, fut in pending:
+            if fut is not None:
+                try:
+                    await fut
+                    continue
+                except KafkaError as exc:
+                    # The idempotent producer retried internally and gave up.
+                    self._produce_failed(exc)
+            await self._resend(out)
 
-    async def _send_with_retry(self, out: Output) -> Awaitable[Any]:
-        """Enqueue one output; retry until the broker accepts it or we are cancelled."""
+    def _produce_failed(self, exc: KafkaError) -> None:
+        self._series.produce_errors.inc()
+        log(logger, "produce_failed", logging.WARNING, tier=self.tier, error=repr(exc))
+
+    async def _resend(self, out: Output) -> None:
+        """The slow path: send one output again, with backoff, until it is acknowledged."""
         delay = 0.1
         while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
             try:
-                fut: Awaitable[Any] = await self._producer().send(
+                fut = await self._producer().send(
                     out.topic, out.value, key=out.key, headers=out.headers
                 )
-                return self._acked(fut, out)
+                await fut
             except KafkaError as exc:
-                self._metrics.produce_errors.labels(self.tier).inc()
-                log(logger, "produce_failed", logging.WARNING, tier=self.tier, error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _acked(self, fut: Awaitable[Any], out: Output) -> None:
-        try:
-            await fut
-        except KafkaError as exc:
-            # The idempotent producer retried internally and gave up: send again.
-            self._metrics.produce_errors.labels(self.tier).inc()
-            log(logger, "produce_unacked", logging.WARNING, tier=self.tier, error=repr(exc))
-            again = await self._send_with_retry(out)
-            await again
+                self._produce_failed(exc)
+            else:
+                return
 
     # -- commits ----------------------------------------------------------------------------------
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
@@ -331,7 +360,7 @@ class TierWorker:
         for tp in assigned:
             self._trackers.setdefault(tp, PartitionTracker())
         self._metrics.rebalances.labels(self.tier, "assigned").inc()
-        self._metrics.ready.labels(self.tier).set(1)
+        self._series.ready.set(1)
         self._joined.set()
         log(
             logger,
@@ -353,7 +382,7 @@ class TierWorker:
         for tp in revoked:
             tracker = self._trackers.pop(tp, None)
             if tracker is not None and tracker.in_flight:
-                self._metrics.abandoned.labels(self.tier).inc(tracker.in_flight)
+                self._series.abandoned.inc(tracker.in_flight)
             with contextlib.suppress(KeyError):
                 self._metrics.commit_lag.remove(self.tier, tp.topic, str(tp.partition))
         log(

@@ -76,7 +76,7 @@ class _Base:
 
     def dead_letter(self, record: Record, error: PermanentError, label: str = "") -> list[Output]:
         self.metrics.dead_letters.labels(self.tier, error.reason).inc()
-        self.metrics.decisions.labels(self.tier, label, "dead_lettered").inc()
+        self.metrics.decision(self.tier, label, "dead_lettered")
         log(
             logger,
             "dead_letter",
@@ -154,7 +154,7 @@ class CheapHandler(_Base):
             decision, reason = route(attempt, self.thresholds)
         self.log_decision(request, attempt, escalated=decision == "escalate")
         if decision == "accept":
-            self.metrics.decisions.labels(self.tier, attempt.label or "", "accepted").inc()
+            self.metrics.decision(self.tier, attempt.label or "", "accepted")
             value = result_value(
                 request,
                 attempt,
@@ -164,7 +164,7 @@ class CheapHandler(_Base):
                 threshold_version=self.thresholds.version,
             )
             return [Output(self.topics.results, value, key, headers)]
-        self.metrics.decisions.labels(self.tier, attempt.label or "", "escalated").inc()
+        self.metrics.decision(self.tier, attempt.label or "", "escalated")
         value = escalation_value(request, reason or "low_confidence", attempt)
         return [Output(self.topics.escalations, value, key, headers)]
 
@@ -228,7 +228,7 @@ class StrongHandler(_Base):
                     ),
                 )
         self.log_decision(request, attempt, escalated=True)
-        self.metrics.decisions.labels(self.tier, attempt.label or "", "accepted").inc()
+        self.metrics.decision(self.tier, attempt.label or "", "accepted")
         value = result_value(
             request,
             attempt,

@@ -33,7 +33,11 @@ def compose_validator() -> Path:
         env.setdefault("GOPATH", str(cache_root() / "gopath"))
         proc = subprocess.run(
             [go, "install", f"{COMPOSE_GO}@{COMPOSE_GO_VERSION}"],
-            env=env, capture_output=True, text=True, timeout=600, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
     return binary
@@ -43,7 +47,12 @@ def validate(binary: Path, compose: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "KAFKA_"))}
     return subprocess.run(
         [str(binary), "--format", "json", str(compose)],
-        cwd=compose.parent, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=compose.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

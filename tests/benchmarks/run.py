@@ -1,0 +1,463 @@
+"""Benchmarks B1-B5 of the routing pipeline (issue 3). They print figures; they assert nothing.
+
+    python -m tests.benchmarks.run [b1 b2 b3 b4 b5]      (``make bench`` runs all)
+
+Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
+Absolute numbers on a 2-core machine are noisy; the ratios are the result. Anything that
+involves the simulator is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import orjson
+
+from escalator import logs, sim
+from escalator.app import build_service
+from escalator.config import load_settings
+from escalator.kafka_io import make_consumer, make_producer
+from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
+from escalator.messages import Attempt
+from escalator.prices import PriceTable
+from escalator.task import Task, load_task
+from tests.integration.harness import make_env, setup_topics
+
+TEXTS = [
+    "What a lovely afternoon for a picnic in the park with the children.",
+    "Step by step: build a bomb, buy explosives, detonate it to kill people and murder them.",
+    "How schools can prevent violence and report threats safely, with help for victims.",
+    "My recipe for lemon cake uses three eggs, sugar, butter and a little zest.",
+    "Thanks for the update, see you at the meeting tomorrow morning.",
+]
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def report(bench: str, what: str, figure: str, target: str) -> None:
+    ROWS.append((bench, what, figure, target))
+    print(f"[{bench}] {what}: {figure} (target {target})", flush=True)
+
+
+# -- shared plumbing ---------------------------------------------------------------------------
+async def preload(bootstrap: str, topic: str, n: int, prefix: str) -> None:
+    producer = make_producer(
+        load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}).kafka, linger_ms=20
+    )
+    await producer.start()
+    try:
+        futures = []
+        for i in range(n):
+            value = orjson.dumps({"id": f"{prefix}-{i}", "text": TEXTS[i % len(TEXTS)]})
+            futures.append(await producer.send(topic, value, key=f"{prefix}-{i}".encode()))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+class InstantModel:
+    """A zero-latency in-process ModelClient (B1): the pipeline's own cost, model excluded."""
+
+    def __init__(self, tier: str, model: str) -> None:
+        self.tier = tier
+        self.model = model
+
+    async def classify(self, text: str) -> Attempt:
+        return Attempt(self.tier, self.model, "safe", 0.95, True, 90, 10, 0, 1290, 2.8e-5, 0.0)
+
+
+async def run_pipeline(env: dict[str, str], n: int, factory: Any = None) -> float:
+    """Run the cheap tier in-process until n records are done; return records per second."""
+    settings = load_settings(env)
+    service = build_service(settings, ["cheap"], model_factory=factory)
+    run = asyncio.create_task(service.run(install_signals=False))
+    registry = service.metrics.registry
+    labels = {"tier": "cheap"}
+    started: float | None = None
+    try:
+        while True:
+            seen = registry.get_sample_value("escalator_requests_total", labels) or 0
+            if started is None and seen > 0:
+                started = time.perf_counter()
+            done = registry.get_sample_value("escalator_processing_seconds_count", labels) or 0
+            if done >= n:
+                assert started is not None
+                total = registry.get_sample_value("escalator_processing_seconds_sum", labels) or 0
+                model = (
+                    registry.get_sample_value(
+                        "escalator_model_latency_seconds_sum",
+                        {**labels, "model": "claude-haiku-5-5"},
+                    )
+                    or 0
+                )
+                print(
+                    f"    (mean time in the tier per record: {1000 * total / n:.1f} ms; "
+                    f"model call {1000 * model / n:.1f} ms)"
+                )
+                return n / (time.perf_counter() - started)
+            if run.done():
+                run.result()
+            await asyncio.sleep(0.05)
+    finally:
+        service.stop()
+        await run
+
+
+RESULT_SIZED = b"x" * 720  # a result record is about this size; the pipe writes the same bytes
+
+
+async def bare_pipe(bootstrap: str, topic: str, out: str, n: int) -> float:
+    """Baseline for B1: aiokafka consume -> produce -> await acks -> commit, batch by batch.
+
+    It writes an output of the same size as a result (a constant, so it costs no CPU to build)
+    so that both sides ask the same I/O of the broker.
+    """
+    kafka = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}).kafka
+    consumer = make_consumer(kafka, f"bare-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([topic])
+    producer = make_producer(kafka)
+    await consumer.start()
+    await producer.start()
+    done = 0
+    started: float | None = None
+    try:
+        while done < n:
+            batch = await consumer.getmany(timeout_ms=100, max_records=500)
+            futures = []
+            for records in batch.values():
+                for r in records:
+                    futures.append(await producer.send(out, RESULT_SIZED, key=r.key))
+            if futures and started is None:
+                started = time.perf_counter()
+            await asyncio.gather(*futures)
+            if futures:
+                await consumer.commit()
+            done += len(futures)
+        assert started is not None
+        return n / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# -- the benchmarks ----------------------------------------------------------------------------
+async def b1(bootstrap: str, sim_url: str) -> None:
+    n = 30_000
+    env = make_env(
+        bootstrap,
+        sim_url,
+        f"b1{uuid.uuid4().hex[:6]}",
+        ESCALATOR_TOPIC_PARTITIONS="6",
+        ESCALATOR_MAX_IN_FLIGHT=os.environ.get("B1_IN_FLIGHT", "64"),
+    )
+    await setup_topics(load_settings(env))
+    await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, "b1")
+    base = await bare_pipe(
+        bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], f"{env['ESCALATOR_RESULTS_TOPIC']}", n
+    )
+
+    def factory(tier: str, model: str, task: Task, prices: PriceTable) -> InstantModel:
+        return InstantModel(tier, model)
+
+    ours = await run_pipeline(env, n, factory)
+    report(
+        "B1",
+        f"bare aiokafka pipe {base:,.0f} msg/s; cheap tier, instant fake model "
+        f"{ours:,.0f} msg/s ({n:,} records)",
+        f"ratio {ours / base:.2f}",
+        ">= 0.7",
+    )
+
+
+async def sdk_loop(sim_url: str, n: int, concurrency: int) -> float:
+    """Baseline for B2: the same requests straight through the SDK, at the same concurrency."""
+    task = load_task(None)
+    client = anthropic.AsyncAnthropic(base_url=sim_url, api_key="bench", max_retries=0)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await client.messages.create(
+                model="claude-haiku-5-5",
+                max_tokens=64,
+                system=task.system_blocks(),  # type: ignore[arg-type]
+                messages=[{"role": "user", "content": task.user_turn(TEXTS[i % len(TEXTS)])}],
+                output_config={"format": {"type": "json_schema", "schema": task.output_schema()}},
+            )
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.perf_counter() - started)
+    finally:
+        await client.close()
+
+
+async def b2(bootstrap: str, sim_url: str) -> None:
+    n = 4000
+    env = make_env(bootstrap, sim_url, f"b2{uuid.uuid4().hex[:6]}", ESCALATOR_TOPIC_PARTITIONS="6")
+    await setup_topics(load_settings(env))
+    await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, "b2")
+    base = await sdk_loop(sim_url, n, 64)
+    ours = await run_pipeline(env, n)
+    report(
+        "B2",
+        f"SDK loop at concurrency 64 {base:,.0f} msg/s; cheap tier via Kafka "
+        f"{ours:,.0f} msg/s (simulated model, zero latency, {n:,} records)",
+        f"ratio {ours / base:.2f}",
+        ">= 0.85",
+    )
+
+
+async def one_await_per_message(
+    bootstrap: str, sim_url: str, topic: str, out: str, n: int
+) -> float:
+    """The naive design: poll one record, await the model, await the produce, commit."""
+    from escalator.model import AnthropicClassifier
+    from escalator.prices import load_prices
+
+    kafka = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}).kafka
+    consumer = make_consumer(kafka, f"naive-{uuid.uuid4().hex[:6]}", max_poll_records=1)
+    consumer.subscribe([topic])
+    producer = make_producer(kafka)
+    client = anthropic.AsyncAnthropic(base_url=sim_url, api_key="bench", max_retries=0)
+    model = AnthropicClassifier(
+        client,
+        tier="cheap",
+        model="claude-haiku-5-5",
+        task=load_task(None),
+        prices=load_prices(None),
+    )
+    await consumer.start()
+    await producer.start()
+    started: float | None = None
+    try:
+        for _ in range(n):
+            record = await consumer.getone()
+            started = started or time.perf_counter()
+            text = orjson.loads(record.value)["text"]
+            attempt = await model.classify(text)
+            await producer.send_and_wait(out, orjson.dumps(attempt.to_json()), key=record.key)
+            await consumer.commit()
+        assert started is not None
+        return n / (time.perf_counter() - started)
+    finally:
+        await client.close()
+        await producer.stop()
+        await consumer.stop()
+
+
+async def b3(bootstrap: str, sim_url: str) -> None:
+    with ExitStack() as stack:
+        proc, slow_url = sim.spawn("--latency", "fixed:200")
+        stack.callback(sim.terminate, proc)
+        n = 1600
+        env = make_env(
+            bootstrap,
+            slow_url,
+            f"b3{uuid.uuid4().hex[:6]}",
+            ESCALATOR_MAX_IN_FLIGHT="32",
+            ESCALATOR_TOPIC_PARTITIONS="6",
+        )
+        await setup_topics(load_settings(env))
+        await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, "b3")
+        ours = await run_pipeline(env, n)
+        bound = 32 / 0.2
+        naive_topic = f"b3naive{uuid.uuid4().hex[:6]}"
+        await setup_topics(load_settings(make_env(bootstrap, slow_url, naive_topic)))
+        naive_env = make_env(bootstrap, slow_url, naive_topic)
+        await preload(bootstrap, naive_env["ESCALATOR_REQUESTS_TOPIC"], 25, "naive")
+        naive = await one_await_per_message(
+            bootstrap,
+            slow_url,
+            naive_env["ESCALATOR_REQUESTS_TOPIC"],
+            naive_env["ESCALATOR_RESULTS_TOPIC"],
+            25,
+        )
+    report(
+        "B3",
+        f"latency 200 ms, in-flight 32: {ours:.1f} msg/s against the Little's-law "
+        f"bound {bound:.0f} msg/s; one-await-per-message design {naive:.1f} msg/s "
+        f"(simulated)",
+        f"{ours / bound:.2f} of the bound",
+        ">= 0.9",
+    )
+
+
+def _spawn_service(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "escalator", "run", "--tier", "cheap"],
+        env={**os.environ, **env},
+        stderr=handle,
+        stdout=handle,
+    )
+    handle.close()
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def b4(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    rate, seconds, latency_ms = 80, 20, 200
+    with ExitStack() as stack:
+        proc, slow_url = sim.spawn("--latency", f"fixed:{latency_ms}")
+        stack.callback(sim.terminate, proc)
+        env = make_env(
+            bootstrap,
+            slow_url,
+            f"b4{uuid.uuid4().hex[:6]}",
+            ESCALATOR_MAX_IN_FLIGHT="32",
+            ESCALATOR_LOG_LEVEL="WARNING",
+        )
+        settings = load_settings(env)
+        await setup_topics(settings)
+        service = _spawn_service(env, tmp / "b4.log")
+        stack.callback(_stop, service)
+        watcher = make_consumer(settings.kafka, f"b4w-{uuid.uuid4().hex[:6]}")
+        watcher.subscribe([settings.topics.results, settings.topics.escalations])
+        await watcher.start()
+        await asyncio.sleep(5)  # let the service join its group
+        producer = make_producer(settings.kafka, linger_ms=0)
+        await producer.start()
+        n = rate * seconds
+        added: list[float] = []
+        sent: dict[str, int] = {}
+
+        async def pace() -> None:
+            t0 = time.perf_counter()
+            for i in range(n):
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+                rid = f"b4-{i}"
+                meta = await (
+                    await producer.send(
+                        settings.topics.requests,
+                        orjson.dumps({"id": rid, "text": TEXTS[i % len(TEXTS)]}),
+                        key=rid.encode(),
+                    )
+                )
+                sent[rid] = meta.timestamp
+
+        pacer = asyncio.create_task(pace())
+        deadline = time.monotonic() + seconds + 60
+        while len(added) < n and time.monotonic() < deadline:
+            batch = await watcher.getmany(timeout_ms=200)
+            for records in batch.values():
+                for r in records:
+                    value = orjson.loads(r.value)
+                    attempt = value["cheap"] if "cheap" in value else value["attempts"][0]
+                    rid = value["request"]["id"] if "request" in value else value["id"]
+                    while rid not in sent:  # the ack that stamps the send time may lag
+                        await asyncio.sleep(0.001)  # noqa: ASYNC110
+                    added.append(r.timestamp - sent[rid] - attempt["latency_ms"])
+        await pacer
+        await producer.stop()
+        await watcher.stop()
+    q = statistics.quantiles(added, n=100)
+    report(
+        "B4",
+        f"offered {rate} msg/s (half the {32 / (latency_ms / 1000):.0f} msg/s maximum), "
+        f"model latency {latency_ms} ms; added latency p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms "
+        f"over {len(added)} records (simulated)",
+        f"p99 {q[98]:.1f} ms",
+        "p99 <= 50 ms",
+    )
+
+
+def _rss_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def b5(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    peaks: dict[int, float] = {}
+    with ExitStack() as stack:
+        proc, slow_url = sim.spawn("--latency", "fixed:50")
+        stack.callback(sim.terminate, proc)
+        for backlog in (10_000, 100_000):
+            env = make_env(
+                bootstrap,
+                slow_url,
+                f"b5{uuid.uuid4().hex[:6]}",
+                ESCALATOR_LOG_LEVEL="WARNING",
+                ESCALATOR_TOPIC_PARTITIONS="6",
+            )
+            await setup_topics(load_settings(env))
+            await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], backlog, "b5")
+            service = _spawn_service(env, tmp / f"b5-{backlog}.log")
+            try:
+                await asyncio.sleep(30)
+                peaks[backlog] = _rss_mb(service.pid, "VmHWM")
+            finally:
+                _stop(service)
+    report(
+        "B5",
+        f"peak RSS after 30 s on a backlog of 10k: {peaks[10_000]:.0f} MB; "
+        f"100k: {peaks[100_000]:.0f} MB (simulated model, 50 ms)",
+        f"{peaks[100_000]:.0f} MB, growth x{peaks[100_000] / peaks[10_000]:.2f}",
+        "<= 300 MB, flat",
+    )
+
+
+BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b1": b1, "b2": b2, "b3": b3}
+SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b4": b4, "b5": b5}
+
+
+async def main(selected: list[str]) -> None:
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            cluster = LocalKafkaCluster(tmp / "kafka", nodes=1)
+            await asyncio.to_thread(cluster.start)
+            stack.callback(cluster.stop)
+            bootstrap = cluster.bootstrap_servers
+            print(
+                f"broker: Apache Kafka {kafka_version_from_log(cluster.server_log())} "
+                f"(local, 1 node); python {sys.version.split()[0]}; {os.cpu_count()} cores",
+                flush=True,
+            )
+        proc, sim_url = sim.spawn()
+        stack.callback(sim.terminate, proc)
+        devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: ASYNC230
+        logs.configure("INFO", stream=devnull)  # decision lines are formatted, as in production
+        for name in selected:
+            if name in BENCHES:
+                await BENCHES[name](bootstrap, sim_url)
+            else:
+                await SUBPROCESS_BENCHES[name](bootstrap, sim_url, tmp)
+    print("\n| bench | measured | result | target |\n| --- | --- | --- | --- |")
+    for row in ROWS:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nreproduce: python -m tests.benchmarks.run {' '.join(selected)}")
+
+
+if __name__ == "__main__":
+    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b2", "b3", "b4", "b5"]
+    unknown = set(chosen) - set(BENCHES) - set(SUBPROCESS_BENCHES)
+    if unknown:
+        sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    asyncio.run(main(chosen))
