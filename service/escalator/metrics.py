@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from escalator.hotmetrics import HotCounter, HotHistogram
 from escalator.messages import Attempt
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -19,10 +20,10 @@ TOKEN_TYPES = ("input", "output", "cache_write", "cache_read")
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
+        self.requests = HotCounter(
             "escalator_requests", "Records consumed, by tier.", ["tier"], registry=r
         )
-        self.decisions = Counter(
+        self.decisions = HotCounter(
             "escalator_decisions",
             "Final outcomes per record: accepted, escalated, dead_lettered.",
             ["tier", "label", "outcome"],
@@ -34,37 +35,37 @@ class Metrics:
             ["tier", "reason"],
             registry=r,
         )
-        self.confidence = Histogram(
+        self.confidence = HotHistogram(
             "escalator_confidence",
             "Stated confidence of valid answers.",
             ["tier", "model"],
             buckets=CONFIDENCE_BUCKETS,
             registry=r,
         )
-        self.model_latency = Histogram(
+        self.model_latency = HotHistogram(
             "escalator_model_latency_seconds",
             "Latency of answered model calls.",
             ["tier", "model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.processing = Histogram(
+        self.processing = HotHistogram(
             "escalator_processing_seconds",
             "From dispatch to output acknowledged by the broker, per record.",
             ["tier"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter(
+        self.tokens = HotCounter(
             "escalator_tokens", "Tokens billed, by type.", ["tier", "model", "type"], registry=r
         )
-        self.cost = Counter(
+        self.cost = HotCounter(
             "escalator_cost_usd",
             "Spend in USD, from observed tokens.",
             ["tier", "model"],
             registry=r,
         )
-        self.invalid_answers = Counter(
+        self.invalid_answers = HotCounter(
             "escalator_invalid_answers",
             "Answers that failed validation.",
             ["tier", "model"],

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 
 from escalator.errors import InvalidRequest, ModelRejected, ModelUnavailable, PermanentError
-from escalator.logs import log
+from escalator.logs import EventLog, log
 from escalator.messages import (
     Attempt,
     Headers,
@@ -38,6 +38,7 @@ from escalator.pipeline import Output, Record
 from escalator.routing import Route, Thresholds, route
 
 logger = logging.getLogger("escalator.decisions")
+decision_log = EventLog("escalator.decisions", "decision")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ class _Base:
             fields["error"] = attempt.error
         if self.log_text:
             fields["text"] = request.text
-        log(logger, "decision", **fields)
+        decision_log(fields)
 
 
 class CheapHandler(_Base):
