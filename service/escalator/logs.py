@@ -48,7 +48,7 @@ class BufferedLineHandler(logging.Handler):
         self._lines: list[str] = []
         self._size = 0
         self._max_bytes = max_bytes
-        self._closed = threading.Event()
+        self._stop_flush = threading.Event()
         self._flusher = threading.Thread(
             target=self._flush_every, args=(max_delay_s,), name="log-flush", daemon=True
         )
@@ -56,7 +56,7 @@ class BufferedLineHandler(logging.Handler):
         atexit.register(self.close)
 
     def _flush_every(self, interval_s: float) -> None:
-        while not self._closed.wait(interval_s):
+        while not self._stop_flush.wait(interval_s):
             self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -74,7 +74,7 @@ class BufferedLineHandler(logging.Handler):
             self.flush()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stop_flush.set()
         self.flush()
         super().close()
 

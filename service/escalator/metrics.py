@@ -80,6 +80,12 @@ class Metrics:
         self.in_flight = Gauge(
             "escalator_in_flight", "Records being processed now.", ["tier"], registry=r
         )
+        self.awaiting_ack = Gauge(
+            "escalator_awaiting_ack",
+            "Records answered and produced, waiting for the broker's acknowledgement.",
+            ["tier"],
+            registry=r,
+        )
         self.in_flight_limit = Gauge(
             "escalator_in_flight_limit", "Current in-flight limit.", ["tier"], registry=r
         )
@@ -169,6 +175,7 @@ class TierSeries:
     def __init__(self, m: Metrics, tier: str) -> None:
         self.requests = m.requests.labels(tier)
         self.in_flight = m.in_flight.labels(tier)
+        self.awaiting_ack = m.awaiting_ack.labels(tier)
         self.in_flight_limit = m.in_flight_limit.labels(tier)
         self.processing = m.processing.labels(tier)
         self.paused_partitions = m.paused_partitions.labels(tier)

@@ -151,14 +151,17 @@ class TierWorker:
         self._joined = asyncio.Event()
         self._last_commit = time.monotonic()
         self._capacity = asyncio.Event()
-        # When full, fetch again as soon as a slot frees: with a slow model, waiting for
-        # several free slots leaves them idle (B3); with a fast one, completions arrive in
-        # bursts and the next fetch takes them all at once.
-        self._low_water = self.max_in_flight - 1
+        # A record holds a model slot until its answer is in, then waits for its outputs'
+        # acknowledgements outside the slot: the limit protects the model API, and a slot that
+        # idles through a produce round trip is lost throughput (B3). Records awaiting acks
+        # are bounded too, at four times the limit; both count towards the duplicate window.
+        self._awaiting_ack = 0
+        self.max_pending = 4 * self.max_in_flight
         self._paused = False
         self._keepalive_s = min(5.0, options.max_poll_interval_ms / 4000)
         # Read at scrape time: no per-record cost on the hot path.
         self._series.in_flight.set_function(lambda: self._in_flight)
+        self._series.awaiting_ack.set_function(lambda: self._awaiting_ack)
         self._series.in_flight_limit.set(self.max_in_flight)
 
     # -- state visible to health checks and tests ---------------------------------------------
@@ -201,7 +204,10 @@ class TierWorker:
             self._set_paused(True)
             self._dispatch(await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms))
             return
-        free = self.max_in_flight - self._in_flight
+        free = min(
+            self.max_in_flight - self._in_flight,
+            self.max_pending - self._in_flight - self._awaiting_ack,
+        )
         if free <= 0:
             # Full. Wait for a slot without pausing: pausing makes aiokafka drop the records it
             # has prefetched. Only if no slot frees up for a while (a slow model), pause and
@@ -245,21 +251,32 @@ class TierWorker:
 
     async def _process(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
         started = time.perf_counter()
+        holds_slot = True
         try:
             outputs = await self._handler.handle(record)
-            await self._produce_all(outputs)
+            self._release_slot()
+            holds_slot = False
+            self._awaiting_ack += 1
+            try:
+                await self._produce_all(outputs)
+            finally:
+                self._awaiting_ack -= 1
+                self._capacity.set()
         except asyncio.CancelledError:
             # Not done: the offset stays uncommitted and the record is redone by whoever owns
             # the partition next. That is the duplicate window, and it is counted.
             self._series.abandoned.inc()
             raise
         finally:
-            self._in_flight -= 1
-            if self._in_flight <= self._low_water:
-                self._capacity.set()
+            if holds_slot:
+                self._release_slot()
         # Only here, after every output is acknowledged, does the offset count as done.
         tracker.complete(record.offset)
         self._series.processing.observe(time.perf_counter() - started)
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        self._capacity.set()
 
     async def _produce_all(self, outputs: list[Output]) -> None:
         """Send every output, then wait for every acknowledgement. Retries until acknowledged."""
