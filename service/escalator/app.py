@@ -30,6 +30,7 @@ from escalator.pipeline import TierWorker, WorkerOptions
 from escalator.prices import PriceTable, load_prices
 from escalator.routing import Thresholds
 from escalator.task import Task, load_task
+from escalator.thresholds import load_threshold_file
 from escalator.tiers import CheapHandler, StrongHandler, TierTopics
 
 logger = logging.getLogger("escalator.app")
@@ -158,7 +159,15 @@ def build_service(
     prices = load_prices(settings.routing.prices_file)
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     prices.require(*(models[t] for t in tiers))
-    thresholds = thresholds_from(settings)
+    if settings.routing.thresholds_file is not None:
+        thresholds = load_threshold_file(
+            settings.routing.thresholds_file,
+            labels=task.labels,
+            cheap_model=models["cheap"],
+            strong_model=models["strong"],
+        )
+    else:
+        thresholds = thresholds_from(settings)
     unknown = set(thresholds.per_label) - set(task.labels)
     if unknown:
         raise ConfigError(
@@ -183,7 +192,9 @@ def build_service(
     producer_box = [make_producer(settings.kafka)]
     p = settings.pipeline
     topics = settings.topics
-    tier_topics = TierTopics(topics.results, topics.escalations, topics.dead_letter)
+    tier_topics = TierTopics(
+        topics.results, topics.escalations, topics.dead_letter, topics.decisions
+    )
     policy = RetryPolicy(
         settings.model.max_attempts, settings.model.backoff_initial_s, settings.model.backoff_max_s
     )
@@ -216,6 +227,7 @@ def build_service(
             thresholds=thresholds,
             max_text_chars=p.max_text_chars,
             log_text=settings.log_text,
+            shadow_rate=settings.routing.shadow_rate,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group

@@ -131,16 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("ESCALATOR_LOG_LEVEL", "WARNING").upper())
+    # aiokafka logs every refused connection at ERROR; the CLI reports failures in one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "kafka_version", "unset") is None:
         from escalator.kafka_local import DEFAULT_KAFKA_VERSION
 
         args.kafka_version = DEFAULT_KAFKA_VERSION
+    from aiokafka.errors import KafkaError
+
     try:
         code: int = args.func(args)
     except EscalatorError as exc:
         print(f"escalator: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KafkaError as exc:
+        print(f"escalator: error: Kafka: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -22,13 +22,7 @@ def settings_from_env() -> Settings:
     return load_settings(os.environ)
 
 
-def _kafka_errors(exc: BaseException) -> EscalatorError:
-    return EscalatorError(f"Kafka: {type(exc).__name__}: {exc}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from aiokafka.errors import KafkaError
-
     from escalator import logs
     from escalator.app import TIERS, build_service
 
@@ -40,31 +34,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         # aiokafka clients must be created inside the running loop.
         await build_service(settings, tiers).run()
 
-    try:
-        asyncio.run(main())
-    except KafkaError as exc:
-        raise _kafka_errors(exc) from exc
+    asyncio.run(main())
     return 0
 
 
 def all_topics(settings: Settings) -> list[str]:
     t = settings.topics
-    return [t.requests, t.escalations, t.results, t.dead_letter]
+    return [t.requests, t.escalations, t.results, t.dead_letter, t.decisions]
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from aiokafka.errors import KafkaError
-
     from escalator.kafka_io import create_topics
 
     settings = settings_from_env()
     partitions = args.partitions or settings.topic_partitions
     replication = args.replication or settings.topic_replication
     names = all_topics(settings)
-    try:
-        created = asyncio.run(create_topics(settings.kafka, names, partitions, replication))
-    except KafkaError as exc:
-        raise _kafka_errors(exc) from exc
+    created = asyncio.run(create_topics(settings.kafka, names, partitions, replication))
     for name in names:
         print(f"{'created' if name in created else 'exists '} {name}")
     return 0
@@ -87,8 +73,6 @@ def _lines(source: str) -> Iterator[tuple[int, bytes]]:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from aiokafka.errors import KafkaError
-
     from escalator.messages import parse_request
 
     settings = settings_from_env()
@@ -105,10 +89,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 "use --raw to publish lines unchecked)"
             ) from exc
         records.append((request.id.encode(), line))
-    try:
-        asyncio.run(_produce(settings, args.topic or settings.topics.requests, records))
-    except KafkaError as exc:
-        raise _kafka_errors(exc) from exc
+    asyncio.run(_produce(settings, args.topic or settings.topics.requests, records))
     print(f"produced {len(records)} record(s)")
     return 0
 
@@ -144,5 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     produce.set_defaults(func=cmd_produce)
 
     from escalator.demo import register as register_demo
+    from escalator.measure import register as register_measure
 
+    register_measure(sub)
     register_demo(sub)

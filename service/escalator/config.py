@@ -62,6 +62,7 @@ class Topics:
     escalations: str = "escalator.escalations"
     results: str = "escalator.results"
     dead_letter: str = "escalator.dead-letter"
+    decisions: str = "escalator.decisions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,9 @@ class RoutingSettings:
     label_thresholds: Mapping[str, float] = field(default_factory=dict)
     task_file: Path | None = None
     prices_file: Path | None = None
+    thresholds_file: Path | None = None
+    # Fraction of cheap-tier *accepted* requests also answered by the strong tier (shadow).
+    shadow_rate: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +298,8 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         ),
         task_file=env.file("ESCALATOR_TASK_FILE"),
         prices_file=env.file("ESCALATOR_PRICES_FILE"),
+        thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
+        shadow_rate=env.number("ESCALATOR_SHADOW_RATE", 0.05, 0.0, 1.0),
     )
     defaults = Topics()
     topics = Topics(
@@ -301,6 +307,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         escalations=_topic(env, "ESCALATOR_ESCALATIONS_TOPIC", defaults.escalations),
         results=_topic(env, "ESCALATOR_RESULTS_TOPIC", defaults.results),
         dead_letter=_topic(env, "ESCALATOR_DEAD_LETTER_TOPIC", defaults.dead_letter),
+        decisions=_topic(env, "ESCALATOR_DECISIONS_TOPIC", defaults.decisions),
     )
     log_level = env.text("ESCALATOR_LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

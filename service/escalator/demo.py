@@ -59,6 +59,7 @@ def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, 
         ("ESCALATOR_ESCALATIONS_TOPIC", "escalations"),
         ("ESCALATOR_RESULTS_TOPIC", "results"),
         ("ESCALATOR_DEAD_LETTER_TOPIC", "dead-letter"),
+        ("ESCALATOR_DECISIONS_TOPIC", "decisions"),
     ):
         env[var] = f"escalator.{suffix}.{name}"
     env["ESCALATOR_CHEAP_GROUP"] = f"escalator-cheap-{suffix}"

@@ -89,6 +89,10 @@ class Escalation:
     request: Request
     reason: str
     cheap: Attempt
+    # A shadow escalation was *accepted* at the cheap tier and sampled with probability
+    # ``sample_rate`` for measurement: its strong answer goes to the decisions log only.
+    shadow: bool = False
+    sample_rate: float = 1.0
 
 
 def _fail(reason: str, message: str) -> InvalidRequest:
@@ -142,20 +146,63 @@ def parse_escalation(value: bytes | None, max_text_chars: int) -> Escalation:
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         raise _fail("invalid_escalation", "escalation must be an object with schema_version 1")
     request = request_from_json(data.get("request"), max_text_chars)
+    shadow = data.get("shadow", False)
+    rate = data.get("sample_rate", 1.0)
+    if not isinstance(shadow, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+        raise _fail("invalid_escalation", "shadow must be a boolean, sample_rate in (0, 1]")
     return Escalation(
         request=request,
         reason=str(data.get("reason", "low_confidence")),
         cheap=Attempt.from_json(data.get("cheap")),
+        shadow=shadow,
+        sample_rate=float(rate),
     )
 
 
-def escalation_value(request: Request, reason: str, cheap: Attempt) -> bytes:
+def escalation_value(
+    request: Request, reason: str, cheap: Attempt, *, shadow: bool = False, sample_rate: float = 1.0
+) -> bytes:
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
             "request": {"id": request.id, "text": request.text, "metadata": request.metadata},
             "reason": reason,
             "cheap": cheap,
+            "shadow": shadow,
+            "sample_rate": sample_rate,
+        }
+    )
+
+
+def gold_label(request: Request) -> str | None:
+    """The optional ``metadata.gold_label``: used by calibrate, never shown to a model."""
+    gold = (request.metadata or {}).get("gold_label")
+    return gold if isinstance(gold, str) else None
+
+
+def decision_value(
+    request: Request,
+    attempt: Attempt,
+    *,
+    outcome: str,
+    threshold_version: str,
+    shadow: bool = False,
+    sample_rate: float | None = None,
+) -> bytes:
+    """One record per model call for the decisions log (schemas/decision.v1.json)."""
+    now = time.time()
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "id": request.id,
+            "attempt": attempt,
+            "outcome": outcome,
+            "threshold_version": threshold_version,
+            "shadow": shadow,
+            "sample_rate": sample_rate,
+            "gold_label": gold_label(request),
+            "ts": iso_from(now),
+            "ts_ms": int(now * 1000),
         }
     )
 
@@ -189,7 +236,15 @@ def result_value(
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_from(time.time())
+
+
+def iso_from(epoch_s: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch_s, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def dead_letter_headers(

@@ -57,12 +57,15 @@ class Metrics:
             registry=r,
         )
         self.tokens = HotCounter(
-            "escalator_tokens", "Tokens billed, by type.", ["tier", "model", "type"], registry=r
+            "escalator_tokens",
+            "Tokens billed, by type; shadow=true for measurement calls.",
+            ["tier", "model", "type", "shadow"],
+            registry=r,
         )
         self.cost = HotCounter(
             "escalator_cost_usd",
-            "Spend in USD, from observed tokens.",
-            ["tier", "model"],
+            "Spend in USD, from observed tokens; shadow=true for measurement calls.",
+            ["tier", "model", "shadow"],
             registry=r,
         )
         self.invalid_answers = HotCounter(
@@ -75,6 +78,12 @@ class Metrics:
             "escalator_retries",
             "Model-call retries, by error type.",
             ["tier", "error"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "escalator_shadow_failures",
+            "Shadow (measurement) calls abandoned; the request already had its result.",
+            ["reason"],
             registry=r,
         )
         self.in_flight = Gauge(
@@ -127,7 +136,7 @@ class Metrics:
         )
         self.ready = Gauge("escalator_ready", "1 when the tier is ready.", ["tier"], registry=r)
 
-        self._models: dict[tuple[str, str], _ModelSeries] = {}
+        self._models: dict[tuple[str, str, str], _ModelSeries] = {}
         self._tiers: dict[str, TierSeries] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}
 
@@ -145,8 +154,8 @@ class Metrics:
             child = self._decisions[key] = self.decisions.labels(tier, label, outcome)
         child.inc()
 
-    def observe_attempt(self, attempt: Attempt) -> None:
-        key = (attempt.tier, attempt.model)
+    def observe_attempt(self, attempt: Attempt, shadow: bool = False) -> None:
+        key = (attempt.tier, attempt.model, "true" if shadow else "false")
         series = self._models.get(key)
         if series is None:
             series = self._models[key] = _ModelSeries(self, *key)
@@ -186,11 +195,11 @@ class TierSeries:
 
 
 class _ModelSeries:
-    def __init__(self, m: Metrics, tier: str, model: str) -> None:
+    def __init__(self, m: Metrics, tier: str, model: str, shadow: str) -> None:
         self.latency = m.model_latency.labels(tier, model)
         self.confidence = m.confidence.labels(tier, model)
-        self.cost = m.cost.labels(tier, model)
+        self.cost = m.cost.labels(tier, model, shadow)
         self.invalid = m.invalid_answers.labels(tier, model)
         self.input, self.output, self.cache_write, self.cache_read = (
-            m.tokens.labels(tier, model, kind) for kind in TOKEN_TYPES
+            m.tokens.labels(tier, model, kind, shadow) for kind in TOKEN_TYPES
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 
 from escalator.errors import InvalidRequest, ModelRejected, ModelUnavailable, PermanentError
@@ -27,6 +28,7 @@ from escalator.messages import (
     Headers,
     Request,
     dead_letter_headers,
+    decision_value,
     escalation_value,
     parse_escalation,
     parse_request,
@@ -46,6 +48,7 @@ class TierTopics:
     results: str
     escalations: str
     dead_letter: str
+    decisions: str
 
 
 def _headers(record: Record) -> Headers:
@@ -64,7 +67,11 @@ class _Base:
         thresholds: Thresholds,
         max_text_chars: int,
         log_text: bool = False,
+        shadow_rate: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
+        self.shadow_rate = shadow_rate
+        self.rng = rng or random.Random()
         self.caller = caller
         self.topics = topics
         self.metrics = metrics
@@ -99,6 +106,28 @@ class _Base:
             tier=self.tier,
         )
         return [Output(self.topics.dead_letter, record.value or b"", record.key, headers)]
+
+    def decision(
+        self,
+        request: Request,
+        attempt: Attempt,
+        key: bytes,
+        *,
+        outcome: str,
+        shadow: bool = False,
+        sample_rate: float | None = None,
+    ) -> Output:
+        """The decisions-log record of one model answer (counted in metrics here, once)."""
+        self.metrics.observe_attempt(attempt, shadow=shadow)
+        value = decision_value(
+            request,
+            attempt,
+            outcome=outcome,
+            threshold_version=self.thresholds.version,
+            shadow=shadow,
+            sample_rate=sample_rate,
+        )
+        return Output(self.topics.decisions, value, key)
 
     def log_decision(self, request: Request, attempt: Attempt, *, escalated: bool) -> None:
         fields: dict[str, object] = {
@@ -135,15 +164,15 @@ class CheapHandler(_Base):
         headers = _headers(record)
         decision: Route
         reason: str | None
+        outputs: list[Output] = []
         try:
             attempt = await self.caller.call(request.text)
         except ModelRejected as exc:
             return self.dead_letter(record, exc)
         except ModelUnavailable as exc:
-            client = self.caller.client
             attempt = Attempt(
                 tier=self.tier,
-                model=client.model,
+                model=self.caller.client.model,
                 label=None,
                 confidence=0.0,
                 valid=False,
@@ -151,8 +180,9 @@ class CheapHandler(_Base):
             )
             decision, reason = "escalate", "cheap_unavailable"
         else:
-            self.metrics.observe_attempt(attempt)
             decision, reason = route(attempt, self.thresholds)
+            outcome = "accepted" if decision == "accept" else "escalated"
+            outputs.append(self.decision(request, attempt, key, outcome=outcome))
         self.log_decision(request, attempt, escalated=decision == "escalate")
         if decision == "accept":
             self.metrics.decision(self.tier, attempt.label or "", "accepted")
@@ -164,10 +194,19 @@ class CheapHandler(_Base):
                 escalation_reason=None,
                 threshold_version=self.thresholds.version,
             )
-            return [Output(self.topics.results, value, key, headers)]
+            outputs.append(Output(self.topics.results, value, key, headers))
+            if self.shadow_rate > 0 and self.rng.random() < self.shadow_rate:
+                # Measurement: the strong tier answers this one too, for the decisions log
+                # only. The rate travels with it so estimates can be weighted by 1/rate.
+                shadow = escalation_value(
+                    request, "shadow", attempt, shadow=True, sample_rate=self.shadow_rate
+                )
+                outputs.append(Output(self.topics.escalations, shadow, key, headers))
+            return outputs
         self.metrics.decision(self.tier, attempt.label or "", "escalated")
         value = escalation_value(request, reason or "low_confidence", attempt)
-        return [Output(self.topics.escalations, value, key, headers)]
+        outputs.append(Output(self.topics.escalations, value, key, headers))
+        return outputs
 
 
 class StrongHandler(_Base):
@@ -178,6 +217,16 @@ class StrongHandler(_Base):
     poison_max_attempts = 12
     invalid_answer_attempts = 3
 
+    def _give_up(
+        self, record: Record, error: PermanentError, decisions: list[Output], shadow: bool
+    ) -> list[Output]:
+        if shadow:
+            # A measurement call never dead-letters a request that already has its result.
+            self.metrics.shadow_failures.labels(error.reason).inc()
+            log(logger, "shadow_failed", logging.WARNING, reason=error.reason, offset=record.offset)
+            return decisions
+        return decisions + self.dead_letter(record, error)
+
     async def handle(self, record: Record) -> list[Output]:
         try:
             escalation = parse_escalation(record.value, self.max_text_chars)
@@ -185,6 +234,8 @@ class StrongHandler(_Base):
             return self.dead_letter(record, exc)
         request = escalation.request
         key = record.key or request.id.encode()
+        shadow = escalation.shadow
+        decisions: list[Output] = []
         attempts: list[Attempt] = [escalation.cheap]
         failed_calls = 0
         invalid = 0
@@ -193,7 +244,7 @@ class StrongHandler(_Base):
             try:
                 attempt = await self.caller.call(request.text)
             except ModelRejected as exc:
-                return self.dead_letter(record, exc)
+                return self._give_up(record, exc, decisions, shadow)
             except ModelUnavailable as exc:
                 if self.caller.breaker.state != "closed":
                     # An outage: most calls fail. Hold the record (uncommitted) and wait; the
@@ -202,33 +253,50 @@ class StrongHandler(_Base):
                     continue
                 failed_calls += self.caller.policy.max_attempts
                 if failed_calls >= self.poison_max_attempts:
-                    return self.dead_letter(
-                        record,
-                        PermanentError(
-                            f"model kept failing ({exc.kind}) for this record while serving "
-                            f"others; {failed_calls} attempts",
-                            reason="model_unavailable",
-                        ),
+                    error = PermanentError(
+                        f"model kept failing ({exc.kind}) for this record while serving "
+                        f"others; {failed_calls} attempts",
+                        reason="model_unavailable",
                     )
+                    return self._give_up(record, error, decisions, shadow)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self.caller.policy.max_s)
                 continue
-            self.metrics.observe_attempt(attempt)
             attempts.append(attempt)
             if attempt.valid:
                 break
             invalid += 1
+            decisions.append(
+                self.decision(
+                    request,
+                    attempt,
+                    key,
+                    outcome="invalid",
+                    shadow=shadow,
+                    sample_rate=escalation.sample_rate,
+                )
+            )
             self.log_decision(request, attempt, escalated=True)
             if invalid >= self.invalid_answer_attempts:
-                return self.dead_letter(
-                    record,
-                    PermanentError(
-                        f"strong model answer failed validation {invalid} times "
-                        f"(last: {attempt.error})",
-                        reason="model_output_invalid",
-                    ),
+                error = PermanentError(
+                    f"strong model answer failed validation {invalid} times "
+                    f"(last: {attempt.error})",
+                    reason="model_output_invalid",
                 )
+                return self._give_up(record, error, decisions, shadow)
         self.log_decision(request, attempt, escalated=True)
+        decisions.append(
+            self.decision(
+                request,
+                attempt,
+                key,
+                outcome="shadow" if shadow else "final",
+                shadow=shadow,
+                sample_rate=escalation.sample_rate,
+            )
+        )
+        if shadow:
+            return decisions  # one decision per request, always: shadow answers never go to results
         self.metrics.decision(self.tier, attempt.label or "", "accepted")
         value = result_value(
             request,
@@ -238,4 +306,4 @@ class StrongHandler(_Base):
             escalation_reason=escalation.reason,
             threshold_version=self.thresholds.version,
         )
-        return [Output(self.topics.results, value, key, _headers(record))]
+        return [*decisions, Output(self.topics.results, value, key, _headers(record))]

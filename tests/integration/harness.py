@@ -29,6 +29,7 @@ def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dic
         "ESCALATOR_ESCALATIONS_TOPIC": f"esc-{unique}",
         "ESCALATOR_RESULTS_TOPIC": f"res-{unique}",
         "ESCALATOR_DEAD_LETTER_TOPIC": f"dlq-{unique}",
+        "ESCALATOR_DECISIONS_TOPIC": f"dec-{unique}",
         "ESCALATOR_CHEAP_GROUP": f"cheap-{unique}",
         "ESCALATOR_STRONG_GROUP": f"strong-{unique}",
         "ESCALATOR_METRICS_PORT": "0",
@@ -45,7 +46,7 @@ async def setup_topics(settings: Settings) -> None:
     t = settings.topics
     await create_topics(
         settings.kafka,
-        [t.requests, t.escalations, t.results, t.dead_letter],
+        [t.requests, t.escalations, t.results, t.dead_letter, t.decisions],
         settings.topic_partitions,
         1,
     )
