@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -71,28 +72,123 @@ def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     wheel = datasets.fetch_pyrit_wheel()
-    samples = datasets.sample(datasets.load_harm_samples(wheel), args.count)
+    pool = datasets.sample(datasets.load_harm_samples(wheel), 2 * args.count)
+    measure, rollout = pool[: args.count], pool[args.count :]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         env, broker, simulated = _environment(stack, args)
-        settings = load_settings(env)
         from escalator import logs
 
-        logs.configure(settings.log_level)
+        logs.configure(env["ESCALATOR_LOG_LEVEL"])
         # A fresh broker answers "coordinator not available" for a moment; aiokafka retries
         # and logs each at ERROR. The demo's own summary reports anything that matters.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-        tag = " (SIMULATED models)" if simulated else ""
+        tag = " [simulated]" if simulated else ""
+        settings = load_settings({**env, "ESCALATOR_SHADOW_RATE": "1"})
         print(
             f"broker: {broker}; models: {settings.model.cheap_model} -> "
-            f"{settings.model.strong_model}{tag}"
+            f"{settings.model.strong_model}{' (SIMULATED models)' if simulated else ''}"
         )
         print(
-            f"texts: {len(samples)} human-labelled responses from pyrit {datasets.PYRIT_VERSION} "
-            "(MIT licence, Microsoft; scorer_evals/harm)"
+            f"texts: {len(pool)} human-labelled responses from pyrit {datasets.PYRIT_VERSION} "
+            "(MIT licence, Microsoft; scorer_evals/harm)\n"
         )
-        tally, elapsed = asyncio.run(_round_trip(settings, samples))
-        _summary(settings, samples, tally, elapsed, simulated)
+
+        print(
+            f"Phase 1: measure. {len(measure)} requests, threshold "
+            f"{settings.routing.threshold}, every accepted request also shadowed (p=1)."
+        )
+        tally, elapsed = asyncio.run(_round_trip(settings, measure))
+        _summary(settings, measure, tally, elapsed, simulated)
+        before = asyncio.run(_decisions(settings, measure))
+
+        print("\nPhase 2: calibrate on the phase-1 decisions log.")
+        result, version = _calibrate(before, args.target, out_dir)
+        print(
+            f"  chosen threshold {result.threshold:.2f} (version {version}): the cheapest whose "
+            f"95% lower bound on agreement with the strong model is >= {args.target}"
+        )
+
+        print(
+            f"\nPhase 3: run with the calibrated thresholds on {len(rollout)} new requests "
+            "(still shadowed, so that agreement can be measured; shadow spend is reported "
+            "apart)."
+        )
+        settings = load_settings(
+            {
+                **env,
+                "ESCALATOR_SHADOW_RATE": "1",
+                "ESCALATOR_THRESHOLDS_FILE": str(out_dir / "thresholds.json"),
+            }
+        )
+        tally, elapsed = asyncio.run(_round_trip(settings, rollout))
+        _summary(settings, rollout, tally, elapsed, simulated)
+        after = asyncio.run(_decisions(settings, rollout))
+
+        print(f"\nBefore and after{tag}:")
+        _compare("before: threshold 0.70 (phase 1)", before, 0.7)
+        _compare(f"after:  threshold {result.threshold:.2f} (phase 3)", after, result.threshold)
+        print(
+            f"\nthreshold file: {out_dir / 'thresholds.json'}; plot: {out_dir / 'calibration.png'}"
+        )
     return 0
+
+
+async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
+    """The phase's decisions, once every request has its cheap and strong answers logged."""
+    from escalator.calibrate import pair_decisions
+    from escalator.decisions_log import read_topic
+
+    wanted = {s.id for s in samples}
+    deadline = time.monotonic() + 300
+    while True:
+        records = [
+            r
+            for r in await read_topic(settings.kafka, settings.topics.decisions)
+            if r.get("id") in wanted
+        ]
+        strong = {r["id"] for r in records if r["attempt"]["tier"] == "strong"}
+        if strong >= wanted or time.monotonic() > deadline:
+            return pair_decisions(records)
+        await asyncio.sleep(0.5)
+
+
+def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
+    from escalator import calibrate as cal
+    from escalator.measure import _plot, _point
+    from escalator.prices import load_prices
+    from escalator.thresholds import write_threshold_file
+
+    result = cal.calibrate(data, objective="quality", target=target, bootstrap=1000)
+    base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
+    version = write_threshold_file(
+        out_dir / "thresholds.json",
+        {
+            "created_from": "escalator demo, phase 1",
+            "objective": {"name": "quality", "target": target},
+            "threshold": result.threshold,
+            "label_thresholds": {},
+            "models": {"cheap": data.cheap_model, "strong": data.strong_model},
+            "price_table_version": load_prices(None).version,
+            "dataset": {"sha256": data.fingerprint(), "requests": data.n},
+            "estimates": _point(result.curve, result.chosen),
+        },
+    )
+    print("  " + _plot(out_dir / "calibration.png", result, base))
+    return result, version
+
+
+def _compare(name: str, data: Any, threshold: float) -> None:
+    """Routed cost and agreement at the threshold in force, measured on that phase's traffic."""
+    from escalator.calibrate import curve
+
+    c = curve(data, [threshold], bootstrap=1)
+    acc = "" if c.accuracy is None else f", accuracy vs human labels {c.accuracy[0]:.1%}"
+    print(
+        f"  {name}: escalated {c.escalation[0]:.1%}, agreement with the strong model "
+        f"{c.agreement[0]:.1%}{acc}, ${c.cost_per_1k[0]:.4f} per 1,000 requests"
+    )
 
 
 async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tuple[Tally, float]:
@@ -124,6 +220,7 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
             await producer.send(settings.topics.requests, value, key=s.id.encode())
         await producer.flush()
         last_print = 0.0
+        wanted = {s.id for s in samples}
         while len(tally.results) + sum(tally.dead_letters.values()) < len(samples):
             if run.done():
                 run.result()
@@ -133,7 +230,7 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
             batch = await watcher.getmany(timeout_ms=500)
             for records in batch.values():
                 for r in records:
-                    _count(settings, tally, r, sent_ms)
+                    _count(settings, tally, r, sent_ms, wanted)
             if time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
                 _progress(tally, len(samples))
@@ -148,13 +245,19 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
     return tally, elapsed
 
 
-def _count(settings: Settings, tally: Tally, record: Any, sent_ms: dict[str, float]) -> None:
+def _count(
+    settings: Settings, tally: Tally, record: Any, sent_ms: dict[str, float], wanted: set[str]
+) -> None:
     if record.topic == settings.topics.dead_letter:
+        if (record.key or b"").decode("utf-8", "replace") not in wanted:
+            return  # an earlier phase's dead letter
         headers = dict(record.headers or ())
         tally.dead_letters[bytes(headers.get("x-escalator-reason", b"?")).decode()] += 1
         return
     result = orjson.loads(record.value)
     rid = result["id"]
+    if rid not in wanted:
+        return  # an earlier phase's result
     if rid in tally.results:
         tally.duplicates += 1
         return
@@ -201,12 +304,13 @@ def _summary(
     )
     print(f"  decided at cheap tier ({settings.model.cheap_model}): {n - len(escalated)}")
     print(f"  decided at strong tier ({settings.model.strong_model}): {len(escalated)}")
-    print(
-        f"  escalation rate: {len(escalated) / max(1, n):.1%} "
-        f"(threshold {settings.routing.threshold})"
-    )
+    versions = sorted({r["threshold_version"] for r in results})
+    print(f"  escalation rate: {len(escalated) / max(1, n):.1%} (thresholds {', '.join(versions)})")
     print(f"  accuracy against human labels: {correct / max(1, n):.1%}")
-    print(f"  cost: ${cost:.6f} for {n} requests (${1000 * cost / max(1, n):.5f} per 1k){tag}")
+    print(
+        f"  cost of decisions: ${cost:.6f} for {n} requests (${1000 * cost / max(1, n):.5f} "
+        f"per 1k; shadow calls not included){tag}"
+    )
     if strong_costs:
         all_strong = statistics.fmean(strong_costs) * n
         print(
@@ -221,5 +325,12 @@ def _summary(
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the whole round trip on embedded defaults")
-    demo.add_argument("--count", type=int, default=300, help="texts to publish (default 300)")
+    demo.add_argument("--count", type=int, default=300, help="texts per phase (default 300)")
+    demo.add_argument(
+        "--target",
+        type=float,
+        default=0.95,
+        help="agreement lower bound that calibration must guarantee",
+    )
+    demo.add_argument("--output-dir", default="demo-output", help="threshold file and plot")
     demo.set_defaults(func=cmd_demo)

@@ -255,6 +255,8 @@ def classify(text: str, labels: list[str], profile: str) -> Answer:
             label, conf = "review-needed", 0.5
         if len(words) < 4:
             conf -= 0.15  # too little to go on
+        if len(text) > 300:
+            conf -= 0.2  # long answers hide what a keyword reader cannot see
         conf += 0.04 * j
     else:
         u += sum(STRONG_EXTRA_TERMS.get(w, 0) for w in words)
