@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -128,12 +127,3 @@ def load(
     if kafka is None:
         raise EscalatorError("give --input FILE, or set KAFKA_BOOTSTRAP_SERVERS to read the topic")
     return asyncio.run(read_topic(kafka, topic, since_ms, until_ms))
-
-
-def iter_ids(records: list[dict[str, Any]]) -> Iterator[str]:
-    seen: set[str] = set()
-    for r in records:
-        rid = r.get("id")
-        if isinstance(rid, str) and rid not in seen:
-            seen.add(rid)
-            yield rid

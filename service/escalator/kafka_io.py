@@ -10,7 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from escalator.config import KafkaSettings
@@ -96,7 +96,3 @@ async def create_topics(
         return missing
     finally:
         await admin.close()
-
-
-def is_retriable(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -117,14 +117,17 @@ async def run_pipeline(env: dict[str, str], n: int, factory: Any = None) -> floa
         await run
 
 
-RESULT_SIZED = b"x" * 720  # a result record is about this size; the pipe writes the same bytes
+# Per request the cheap tier writes a result (~720 bytes) and a decisions-log record (~480
+# bytes); the bare pipe writes the same two records, so both ask the same I/O of the broker.
+RESULT_SIZED = b"x" * 720
+DECISION_SIZED = b"y" * 480
 
 
 async def bare_pipe(bootstrap: str, topic: str, out: str, n: int) -> float:
     """Baseline for B1: aiokafka consume -> produce -> await acks -> commit, batch by batch.
 
-    It writes an output of the same size as a result (a constant, so it costs no CPU to build)
-    so that both sides ask the same I/O of the broker.
+    It writes outputs of the same sizes as a result and a decision (constants, so they cost no
+    CPU to build) so that both sides ask the same I/O of the broker.
     """
     kafka = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}).kafka
     consumer = make_consumer(kafka, f"bare-{uuid.uuid4().hex[:6]}")
@@ -141,12 +144,13 @@ async def bare_pipe(bootstrap: str, topic: str, out: str, n: int) -> float:
             for records in batch.values():
                 for r in records:
                     futures.append(await producer.send(out, RESULT_SIZED, key=r.key))
+                    futures.append(await producer.send(out, DECISION_SIZED, key=r.key))
             if futures and started is None:
                 started = time.perf_counter()
             await asyncio.gather(*futures)
             if futures:
                 await consumer.commit()
-            done += len(futures)
+            done += len(futures) // 2
         assert started is not None
         return n / (time.perf_counter() - started)
     finally:
@@ -350,14 +354,14 @@ async def b4(bootstrap: str, sim_url: str, tmp: Path) -> None:
             for i in range(n):
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
                 rid = f"b4-{i}"
-                meta = await (
-                    await producer.send(
-                        settings.topics.requests,
-                        orjson.dumps({"id": rid, "text": TEXTS[i % len(TEXTS)]}),
-                        key=rid.encode(),
-                    )
+                stamp = int(time.time() * 1000)
+                sent[rid] = stamp  # the record's CreateTime, set here before sending
+                await producer.send(
+                    settings.topics.requests,
+                    orjson.dumps({"id": rid, "text": TEXTS[i % len(TEXTS)]}),
+                    key=rid.encode(),
+                    timestamp_ms=stamp,
                 )
-                sent[rid] = meta.timestamp
 
         pacer = asyncio.create_task(pace())
         deadline = time.monotonic() + seconds + 60
