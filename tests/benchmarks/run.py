@@ -69,6 +69,17 @@ async def preload(bootstrap: str, topic: str, n: int, prefix: str) -> None:
         await producer.stop()
 
 
+async def with_backlog(
+    bootstrap: str, sim_url: str, name: str, n: int, **overrides: str
+) -> dict[str, str]:
+    """Fresh topics (6 partitions) with n requests waiting; returns the service environment."""
+    settings = {"ESCALATOR_TOPIC_PARTITIONS": "6", **overrides}
+    env = make_env(bootstrap, sim_url, f"{name}{uuid.uuid4().hex[:6]}", **settings)
+    await setup_topics(load_settings(env))
+    await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, name)
+    return env
+
+
 class InstantModel:
     """A zero-latency in-process ModelClient (B1): the pipeline's own cost, model excluded."""
 
@@ -161,15 +172,7 @@ async def bare_pipe(bootstrap: str, topic: str, out: str, n: int) -> float:
 # -- the benchmarks ----------------------------------------------------------------------------
 async def b1(bootstrap: str, sim_url: str) -> None:
     n = 30_000
-    env = make_env(
-        bootstrap,
-        sim_url,
-        f"b1{uuid.uuid4().hex[:6]}",
-        ESCALATOR_TOPIC_PARTITIONS="6",
-        ESCALATOR_MAX_IN_FLIGHT=os.environ.get("B1_IN_FLIGHT", "64"),
-    )
-    await setup_topics(load_settings(env))
-    await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, "b1")
+    env = await with_backlog(bootstrap, sim_url, "b1", n)
     base = await bare_pipe(
         bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], f"{env['ESCALATOR_RESULTS_TOPIC']}", n
     )
@@ -213,9 +216,7 @@ async def sdk_loop(sim_url: str, n: int, concurrency: int) -> float:
 
 async def b2(bootstrap: str, sim_url: str) -> None:
     n = 4000
-    env = make_env(bootstrap, sim_url, f"b2{uuid.uuid4().hex[:6]}", ESCALATOR_TOPIC_PARTITIONS="6")
-    await setup_topics(load_settings(env))
-    await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, "b2")
+    env = await with_backlog(bootstrap, sim_url, "b2", n)
     base = await sdk_loop(sim_url, n, 64)
     ours = await run_pipeline(env, n)
     report(
@@ -270,21 +271,10 @@ async def b3(bootstrap: str, sim_url: str) -> None:
         proc, slow_url = sim.spawn("--latency", "fixed:200")
         stack.callback(sim.terminate, proc)
         n = 1600
-        env = make_env(
-            bootstrap,
-            slow_url,
-            f"b3{uuid.uuid4().hex[:6]}",
-            ESCALATOR_MAX_IN_FLIGHT="32",
-            ESCALATOR_TOPIC_PARTITIONS="6",
-        )
-        await setup_topics(load_settings(env))
-        await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], n, "b3")
+        env = await with_backlog(bootstrap, slow_url, "b3", n, ESCALATOR_MAX_IN_FLIGHT="32")
         ours = await run_pipeline(env, n)
         bound = 32 / 0.2
-        naive_topic = f"b3naive{uuid.uuid4().hex[:6]}"
-        await setup_topics(load_settings(make_env(bootstrap, slow_url, naive_topic)))
-        naive_env = make_env(bootstrap, slow_url, naive_topic)
-        await preload(bootstrap, naive_env["ESCALATOR_REQUESTS_TOPIC"], 25, "naive")
+        naive_env = await with_backlog(bootstrap, slow_url, "naive", 25)
         naive = await one_await_per_message(
             bootstrap,
             slow_url,
@@ -400,15 +390,9 @@ async def b5(bootstrap: str, sim_url: str, tmp: Path) -> None:
         proc, slow_url = sim.spawn("--latency", "fixed:50")
         stack.callback(sim.terminate, proc)
         for backlog in (10_000, 100_000):
-            env = make_env(
-                bootstrap,
-                slow_url,
-                f"b5{uuid.uuid4().hex[:6]}",
-                ESCALATOR_LOG_LEVEL="WARNING",
-                ESCALATOR_TOPIC_PARTITIONS="6",
+            env = await with_backlog(
+                bootstrap, slow_url, "b5", backlog, ESCALATOR_LOG_LEVEL="WARNING"
             )
-            await setup_topics(load_settings(env))
-            await preload(bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], backlog, "b5")
             service = _spawn_service(env, tmp / f"b5-{backlog}.log")
             try:
                 await asyncio.sleep(30)
