@@ -1,0 +1,99 @@
+"""Report arithmetic against hand-computed values: every token type, cache and shadow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from escalator.prices import load_prices
+from escalator.report import build_report, render_text
+
+PRICES = load_prices(None)  # haiku 5.5: .10/.50/.125/.01; sonnet 5.5: 2/10/2.5/.10 per MTok
+
+
+def rec(
+    rid: str,
+    tier: str,
+    tokens: tuple[int, int, int, int],
+    *,
+    outcome: str,
+    shadow: bool = False,
+    rate: float | None = None,
+    label: str = "safe",
+) -> dict[str, Any]:
+    model = "claude-haiku-5-5" if tier == "cheap" else "claude-sonnet-5-5"
+    i, o, w, r = tokens
+    return {
+        "id": rid,
+        "outcome": outcome,
+        "shadow": shadow,
+        "sample_rate": rate,
+        "attempt": {
+            "tier": tier,
+            "model": model,
+            "label": label,
+            "confidence": 0.9,
+            "valid": True,
+            "input_tokens": i,
+            "output_tokens": o,
+            "cache_write_tokens": w,
+            "cache_read_tokens": r,
+            "cost_usd": 0.0,
+        },
+    }
+
+
+RECORDS = [
+    # a: accepted; the first call wrote the cache. b: accepted, read it, and was shadowed.
+    rec("a", "cheap", (100, 10, 1300, 0), outcome="accepted"),
+    rec("b", "cheap", (100, 10, 0, 1300), outcome="accepted"),
+    rec("b", "strong", (120, 12, 1300, 0), outcome="shadow", shadow=True, rate=0.5),
+    # c: escalated; the strong call read the cache.
+    rec("c", "cheap", (200, 10, 0, 1300), outcome="escalated", label="unsafe"),
+    rec("c", "strong", (220, 12, 0, 1300), outcome="final", rate=1.0, label="unsafe"),
+]
+# By hand, USD:
+CHEAP_A = (100 * 0.10 + 10 * 0.50 + 1300 * 0.125) / 1e6  # 1.775e-4
+CHEAP_B = (100 * 0.10 + 10 * 0.50 + 1300 * 0.01) / 1e6  # 2.8e-5
+CHEAP_C = (200 * 0.10 + 10 * 0.50 + 1300 * 0.01) / 1e6  # 3.8e-5
+SHADOW_B = (120 * 2 + 12 * 10 + 1300 * 2.5) / 1e6  # 3.61e-3
+STRONG_C = (220 * 2 + 12 * 10 + 1300 * 0.10) / 1e6  # 6.9e-4
+
+
+def test_spend_shadow_counterfactual_and_savings() -> None:
+    """Actual spend excludes shadow; the counterfactual uses observed strong costs."""
+    r = build_report(RECORDS, PRICES, monthly_volume=3_000_000)
+    assert r["actual_usd"] == pytest.approx(CHEAP_A + CHEAP_B + CHEAP_C + STRONG_C)
+    assert r["shadow_usd"] == pytest.approx(SHADOW_B)
+    # a has no strong answer: it is priced at the 1/p-weighted mean of the observed ones.
+    mean_strong = (SHADOW_B * 2 + STRONG_C * 1) / 3
+    assert r["all_strong_usd"] == pytest.approx(mean_strong + SHADOW_B + STRONG_C)
+    assert r["savings_usd"] == pytest.approx(r["all_strong_usd"] - r["actual_usd"])
+    assert r["monthly"]["usd"] == pytest.approx(r["actual_usd"] / 3 * 3_000_000)
+    assert r["escalation_rate_by_label"] == {
+        "safe": {"requests": 2, "escalated": 0, "rate": 0.0},
+        "unsafe": {"requests": 1, "escalated": 1, "rate": 1.0},
+    }
+
+
+def test_cost_by_token_type() -> None:
+    """Each token type is priced at its own rate: writes at the write rate, reads at the read."""
+    r = build_report(RECORDS, PRICES)
+    cheap = next(row for row in r["spend"] if row["tier"] == "cheap")
+    assert cheap["cache_write_tokens"] == 1300 and cheap["cache_read_tokens"] == 2600
+    assert cheap["cost_by_type_usd"]["cache_write"] == pytest.approx(1300 * 0.125 / 1e6)
+    assert cheap["cost_by_type_usd"]["cache_read"] == pytest.approx(2600 * 0.01 / 1e6)
+    assert cheap["cost_by_type_usd"]["input"] == pytest.approx(400 * 0.10 / 1e6)
+    assert sum(cheap["cost_by_type_usd"].values()) == pytest.approx(cheap["cost_usd"])
+    shadow = next(row for row in r["spend"] if row["shadow"])
+    assert shadow["calls"] == 1 and shadow["cost_usd"] == pytest.approx(SHADOW_B)
+    assert "shadow spend" in render_text(r)
+
+
+def test_unknown_model_is_refused_not_zero() -> None:
+    """A model missing from the price table is an error, never $0."""
+    bad = rec("x", "cheap", (1, 1, 0, 0), outcome="accepted")
+    bad["attempt"]["model"] = "claude-unknown-9"
+    with pytest.raises(Exception, match="claude-unknown-9"):
+        build_report([bad], PRICES)
