@@ -76,6 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     measure, rollout = pool[: args.count], pool[args.count :]
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "PYRIT-LICENSE.txt").write_text(datasets.license_notice(wheel))
     with ExitStack() as stack:
         env, broker, simulated = _environment(stack, args)
         from escalator import logs
@@ -131,6 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _compare(f"after:  threshold {result.threshold:.2f} (phase 3)", after, result.threshold)
         print(
             f"\nthreshold file: {out_dir / 'thresholds.json'}; plot: {out_dir / 'calibration.png'}"
+            f"; PyRIT licence notice: {out_dir / 'PYRIT-LICENSE.txt'}"
         )
     return 0
 
