@@ -1,6 +1,6 @@
 """Prometheus metrics. One Metrics object per process (or per test), on its own registry.
 
-Every series is documented in docs/OPERATIONS.md; tests check the exposition holds them.
+Every series is listed in the README (Operations); tests check the exposition holds them.
 """
 
 from __future__ import annotations
