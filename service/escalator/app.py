@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import anthropic
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from escalator.breaker import CircuitBreaker
 from escalator.config import Settings
@@ -92,6 +93,7 @@ class Service:
         producer = self.producer_box[0]
         await producer.start()
         tasks: list[asyncio.Task[None]] = []
+        helpers: list[asyncio.Task[None]] = []
         try:
             async with HealthServer(
                 self.metrics,
@@ -110,7 +112,7 @@ class Service:
                     simulated=self.settings.model.simulated,
                 )
                 if on_ready is not None:
-                    asyncio.create_task(self._notify_ready(on_ready))  # noqa: RUF006
+                    helpers.append(asyncio.create_task(self._notify_ready(on_ready)))
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for t in done:
                     if t.exception() is not None:
@@ -120,10 +122,10 @@ class Service:
                     if t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
         finally:
-            for t in tasks:
+            for t in [*tasks, *helpers]:
                 if not t.done():
                     t.cancel()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(producer.flush(), timeout=10)
             await producer.stop()
             for close in self.close_clients:
