@@ -45,22 +45,6 @@ class Attempt:
     latency_ms: float = 0.0
     error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tier": self.tier,
-            "model": self.model,
-            "label": self.label,
-            "confidence": self.confidence,
-            "valid": self.valid,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cost_usd": round(self.cost_usd, 10),
-            "latency_ms": round(self.latency_ms, 3),
-            "error": self.error,
-        }
-
     @classmethod
     def from_json(cls, data: Any) -> Attempt:
         if not isinstance(data, dict):

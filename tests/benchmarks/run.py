@@ -256,7 +256,7 @@ async def one_await_per_message(
             started = started or time.perf_counter()
             text = orjson.loads(record.value)["text"]
             attempt = await model.classify(text)
-            await producer.send_and_wait(out, orjson.dumps(attempt.to_json()), key=record.key)
+            await producer.send_and_wait(out, orjson.dumps(attempt), key=record.key)
             await consumer.commit()
         assert started is not None
         return n / (time.perf_counter() - started)
