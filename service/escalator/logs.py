@@ -8,7 +8,6 @@ no secret is ever passed here.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import sys
 import threading
@@ -17,13 +16,15 @@ from typing import Any, TextIO
 
 import orjson
 
+from escalator.messages import iso_from
+
 _HANDLER: BufferedLineHandler | None = None
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": iso_from(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -91,16 +92,6 @@ class BufferedLineHandler(logging.Handler):
             self.release()
 
 
-def _iso(created: float) -> str:
-    seconds = int(created)
-    return f"{_second(seconds)}.{int((created - seconds) * 1000):03d}Z"
-
-
-@functools.lru_cache(maxsize=4)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
 def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
     # One decision line per record is on the hot path: skip what our JSON lines never show
     # (caller frame lookup, thread and process names). _srcfile=None is the documented way
@@ -146,7 +137,7 @@ class EventLog:
             log(self._logger, self._event, **fields)
             return
         head = {
-            "ts": _iso(time.time()),
+            "ts": iso_from(time.time()),
             "level": "info",
             "logger": self._name,
             "event": self._event,

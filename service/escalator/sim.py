@@ -563,10 +563,11 @@ def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, match.group(0)
 
 
-def terminate(proc: subprocess.Popen[str]) -> None:
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL; close the stdout pipe if there is one."""
     proc.terminate()
     try:
-        proc.wait(10)
+        proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

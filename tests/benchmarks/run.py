@@ -308,12 +308,7 @@ def _spawn_service(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    sim.terminate(proc, timeout_s=40)  # the service drains for up to 25 s
 
 
 async def b4(bootstrap: str, sim_url: str, tmp: Path) -> None:
