@@ -8,7 +8,6 @@ flush the producer; leave the group; return (exit 0).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import signal
@@ -16,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anthropic
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from escalator.breaker import CircuitBreaker
 from escalator.config import Settings
 from escalator.errors import ConfigError, ModelUnavailable
 from escalator.health import HealthServer
-from escalator.kafka_io import make_consumer, make_producer
+from escalator.kafka_io import ProducerHandle, make_consumer, make_producer
+from escalator.limits import AdaptiveLimit
 from escalator.logs import log
 from escalator.metrics import Metrics
 from escalator.model import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
@@ -70,7 +69,7 @@ class Service:
     settings: Settings
     metrics: Metrics
     workers: list[TierWorker]
-    producer_box: list[AIOKafkaProducer]
+    producer: ProducerHandle
     close_clients: list[Callable[[], object]] = field(default_factory=list)
     health_port: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -90,7 +89,7 @@ class Service:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        producer = self.producer_box[0]
+        producer = self.producer
         await producer.start()
         tasks: list[asyncio.Task[None]] = []
         helpers: list[asyncio.Task[None]] = []
@@ -125,8 +124,6 @@ class Service:
             for t in [*tasks, *helpers]:
                 if not t.done():
                     t.cancel()
-            with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(producer.flush(), timeout=10)
             await producer.stop()
             for close in self.close_clients:
                 result = close()
@@ -191,8 +188,12 @@ def build_service(
                 max_tokens=settings.model.max_tokens,
             )
 
-    producer_box = [make_producer(settings.kafka)]
+    producer = ProducerHandle(
+        lambda: make_producer(settings.kafka),
+        on_recreate=lambda reason: metrics.producer_recreated.labels(reason).inc(),
+    )
     p = settings.pipeline
+    exactly_once = p.processing_guarantee == "exactly_once"
     topics = settings.topics
     tier_topics = TierTopics(
         topics.results, topics.escalations, topics.dead_letter, topics.decisions
@@ -200,15 +201,9 @@ def build_service(
     policy = RetryPolicy(
         settings.model.max_attempts, settings.model.backoff_initial_s, settings.model.backoff_max_s
     )
-    options = WorkerOptions(
-        max_in_flight=p.max_in_flight,
-        commit_interval_s=p.commit_interval_s,
-        shutdown_grace_s=p.shutdown_grace_s,
-        revoke_wait_s=p.revoke_wait_s,
-        max_poll_interval_ms=p.max_poll_interval_ms,
-    )
     workers: list[TierWorker] = []
     for tier in tiers:
+        limit = AdaptiveLimit(p.max_in_flight, enabled=p.adaptive_concurrency)
         breaker = CircuitBreaker(
             window=p.breaker_window,
             failure_ratio=p.breaker_failure_ratio,
@@ -220,6 +215,7 @@ def build_service(
             breaker,
             policy,
             on_retry=_count_retry(metrics, tier),
+            limit=limit,
         )
         handler_cls = CheapHandler if tier == "cheap" else StrongHandler
         handler = handler_cls(
@@ -240,17 +236,55 @@ def build_service(
         consumer_kwargs: dict[str, object] = {
             "max_poll_interval_ms": p.max_poll_interval_ms,
             "session_timeout_ms": p.session_timeout_ms,
+            # Never act on records of aborted transactions (ours in exactly-once mode, or a
+            # transactional upstream producer's).
+            "isolation_level": "read_committed",
         }
         if p.group_instance_id:
             consumer_kwargs["group_instance_id"] = f"{p.group_instance_id}-{tier}"
+        options = WorkerOptions(
+            max_in_flight=p.max_in_flight,
+            max_uncommitted=p.max_uncommitted,
+            commit_interval_s=p.commit_interval_s,
+            shutdown_grace_s=p.shutdown_grace_s,
+            revoke_wait_s=p.revoke_wait_s,
+            max_poll_interval_ms=p.max_poll_interval_ms,
+            exactly_once=exactly_once,
+            group_id=group,
+        )
         workers.append(
             TierWorker(
                 topic=topic,
                 consumer=make_consumer(settings.kafka, group, **consumer_kwargs),
-                producer=lambda: producer_box[0],
+                producer=producer,
                 handler=handler,
                 metrics=metrics,
                 options=options,
+                limit=limit,
+                transactional_producer=(
+                    _transactional_factory(settings, group) if exactly_once else None
+                ),
             )
         )
-    return Service(settings, metrics, workers, producer_box, close)
+    return Service(settings, metrics, workers, producer, close)
+
+
+def _transactional_factory(
+    settings: Settings, group: str
+) -> Callable[[TopicPartition], AIOKafkaProducer]:
+    """One transactional id per input partition, stable across restarts and owners.
+
+    A new owner of a partition reuses its id, so ``init_transactions`` fences the previous
+    owner and aborts its open transaction. aiokafka sends TxnOffsetCommit v0 (no KIP-447
+    generation fencing), which is why the id is per partition, not per process.
+    """
+    prefix = settings.pipeline.transactional_id_prefix
+
+    def make(tp: TopicPartition) -> AIOKafkaProducer:
+        return make_producer(
+            settings.kafka,
+            transactional_id=f"{prefix}-{group}-{tp.topic}-{tp.partition}",
+            transaction_timeout_ms=60_000,
+        )
+
+    return make

@@ -103,6 +103,12 @@ class PipelineSettings:
     breaker_cooldown_s: float = 2.0
     breaker_cooldown_max_s: float = 30.0
     group_instance_id: str | None = None
+    # Records not yet committed (in flight, awaiting acks, or done above a slower record) are
+    # capped at this many per worker: it bounds the work a crash can repeat.
+    max_uncommitted: int = 256
+    adaptive_concurrency: bool = True
+    processing_guarantee: str = "at_least_once"
+    transactional_id_prefix: str = "escalator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,10 +279,11 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
     )
 
     grace = env.number("ESCALATOR_SHUTDOWN_GRACE_S", 25.0, 0.0, 3600.0)
+    max_in_flight = env.integer("ESCALATOR_MAX_IN_FLIGHT", 64, 1)
     pipeline = PipelineSettings(
         cheap_group=env.text("ESCALATOR_CHEAP_GROUP", "escalator-cheap"),
         strong_group=env.text("ESCALATOR_STRONG_GROUP", "escalator-strong"),
-        max_in_flight=env.integer("ESCALATOR_MAX_IN_FLIGHT", 64, 1),
+        max_in_flight=max_in_flight,
         commit_interval_s=env.number("ESCALATOR_COMMIT_INTERVAL_S", 2.0, 0.05, 600.0),
         shutdown_grace_s=grace,
         revoke_wait_s=env.number("ESCALATOR_REVOKE_WAIT_S", min(10.0, grace), 0.0, 3600.0),
@@ -290,6 +297,12 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         breaker_cooldown_s=env.number("ESCALATOR_BREAKER_COOLDOWN_S", 2.0, 0.01, 600.0),
         breaker_cooldown_max_s=env.number("ESCALATOR_BREAKER_COOLDOWN_MAX_S", 30.0, 0.01, 3600.0),
         group_instance_id=env.raw("ESCALATOR_GROUP_INSTANCE_ID"),
+        max_uncommitted=env.integer("ESCALATOR_MAX_UNCOMMITTED", 4 * max_in_flight, max_in_flight),
+        adaptive_concurrency=env.flag("ESCALATOR_ADAPTIVE_CONCURRENCY", True),
+        processing_guarantee=env.choice(
+            "ESCALATOR_PROCESSING_GUARANTEE", "AT_LEAST_ONCE", ("AT_LEAST_ONCE", "EXACTLY_ONCE")
+        ).lower(),
+        transactional_id_prefix=env.text("ESCALATOR_TRANSACTIONAL_ID_PREFIX", "escalator"),
     )
     routing = RoutingSettings(
         threshold=env.number("ESCALATOR_THRESHOLD", 0.7, 0.0, 1.0),

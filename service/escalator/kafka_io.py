@@ -5,16 +5,98 @@ manual-commit consumer, and idempotent topic creation. aiokafka errors are class
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
 
 from escalator.config import KafkaSettings
 from escalator.errors import ConfigError, EscalatorError
+from escalator.logs import log
+
+logger = logging.getLogger("escalator.kafka")
+
+#: Errors after which aiokafka's idempotent producer does not recover by itself: its sender
+#: task has died (aiokafka issue 1017) or its producer id is no longer valid.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId)
+
+
+def sender_alive(producer: AIOKafkaProducer) -> bool:
+    """False once aiokafka's background sender task has died.
+
+    After ``OutOfOrderSequenceNumber`` the sender task re-raises and ends; every later send
+    waits in the accumulator until it times out, forever (aiokafka issue 1017). aiokafka has
+    no public health check, so this reads its ``_sender`` attribute, defensively.
+    """
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is None or not task.done()
+
+
+class ProducerHandle:
+    """The process's output producer, replaced by a fresh one when it cannot recover.
+
+    Callers take :meth:`get` each time they send, so a replacement is picked up at once.
+    :meth:`repair` is single-flight: many failing sends cause one replacement.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], AIOKafkaProducer],
+        on_recreate: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._factory = factory
+        self._producer = factory()
+        self._lock = asyncio.Lock()
+        self._on_recreate = on_recreate
+        self.generation = 0
+
+    def get(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    def healthy(self) -> bool:
+        return sender_alive(self._producer)
+
+    async def repair(self, error: BaseException | None = None) -> bool:
+        """Replace the producer if ``error`` is fatal or its sender died. True if replaced."""
+        seen = self.generation
+        async with self._lock:
+            if self.generation != seen:
+                return True  # another caller already replaced it
+            if self.healthy() and not isinstance(error, FATAL_PRODUCER_ERRORS):
+                return False
+            reason = type(error).__name__ if error is not None else "sender_died"
+            log(logger, "producer_recreate", logging.WARNING, reason=reason)
+            old = self._producer
+            with contextlib.suppress(KafkaError, TimeoutError, OSError):
+                await asyncio.wait_for(old.stop(), timeout=5)
+            fresh = self._factory()
+            await fresh.start()
+            self._producer = fresh
+            self.generation += 1
+            self._on_recreate(reason)
+            return True
+
+    async def stop(self, flush_timeout_s: float = 10.0) -> None:
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self._producer.flush(), timeout=flush_timeout_s)
+        await self._producer.stop()
 
 
 def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:

@@ -127,8 +127,34 @@ class Metrics:
         )
         self.abandoned = Counter(
             "escalator_abandoned_in_flight",
-            "Records left in flight at revoke or shutdown; they will be redone (duplicate bound).",
+            "Records let go uncommitted (revoke, fencing, shutdown); the next owner redoes them.",
             ["tier"],
+            registry=r,
+        )
+        self.uncommitted = Gauge(
+            "escalator_uncommitted",
+            "Records dispatched but not yet committed: what a crash now would make the next "
+            "owner redo (bounded by ESCALATOR_MAX_UNCOMMITTED plus one commit batch).",
+            ["tier"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "escalator_transactions",
+            "Exactly-once transactions, by result (committed, aborted, fenced).",
+            ["tier", "result"],
+            registry=r,
+        )
+        self.discarded_answers = Counter(
+            "escalator_discarded_answers",
+            "Exactly-once: model answers thrown away because their transaction did not commit; "
+            "the model is called again for them.",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.producer_recreated = Counter(
+            "escalator_producer_recreated",
+            "Output producer replaced after an unrecoverable error (OutOfOrderSequenceNumber...).",
+            ["reason"],
             registry=r,
         )
         self.produce_errors = Counter(
@@ -190,6 +216,7 @@ class TierSeries:
         self.paused_partitions = m.paused_partitions.labels(tier)
         self.circuit_open = m.circuit_open.labels(tier)
         self.abandoned = m.abandoned.labels(tier)
+        self.uncommitted = m.uncommitted.labels(tier)
         self.produce_errors = m.produce_errors.labels(tier)
         self.ready = m.ready.labels(tier)
 

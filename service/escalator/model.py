@@ -27,6 +27,7 @@ from tenacity import (
 
 from escalator.breaker import CircuitBreaker
 from escalator.errors import ModelRejected, ModelUnavailable
+from escalator.limits import AdaptiveLimit
 from escalator.messages import Attempt
 from escalator.prices import PriceTable, Usage
 from escalator.task import Task
@@ -173,7 +174,11 @@ class RetryPolicy:
 
 
 class ModelCaller:
-    """One retry layer around a ModelClient, gated by a circuit breaker."""
+    """One retry layer around a ModelClient, gated by a circuit breaker.
+
+    Rate-limit answers (429) also shrink the shared :class:`AdaptiveLimit` (AIMD), which the
+    tier's worker reads as its in-flight limit; successful answers grow it back.
+    """
 
     def __init__(
         self,
@@ -181,8 +186,10 @@ class ModelCaller:
         breaker: CircuitBreaker,
         policy: RetryPolicy,
         on_retry: Callable[[ModelUnavailable], None] = lambda exc: None,
+        limit: AdaptiveLimit | None = None,
     ) -> None:
         self.client = client
+        self.limit = limit or AdaptiveLimit(1, enabled=False)
         self.breaker = breaker
         self.policy = policy
         self._on_retry = on_retry
@@ -206,10 +213,13 @@ class ModelCaller:
             await self.breaker.wait_closed()
         try:
             answer = await self.client.classify(text)
-        except ModelUnavailable:
+        except ModelUnavailable as exc:
             self.breaker.record(False)
+            if exc.kind == "rate_limit":
+                self.limit.on_rate_limited()
             raise
         self.breaker.record(True)
+        self.limit.on_success()
         return answer
 
     async def call(self, text: str) -> Attempt:

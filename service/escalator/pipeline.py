@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
+from escalator.kafka_io import ProducerHandle
+from escalator.limits import AdaptiveLimit
 from escalator.logs import log
 from escalator.messages import Headers
 from escalator.metrics import Metrics
@@ -68,13 +70,15 @@ class Handler(Protocol):
 class PartitionTracker:
     """Offsets dispatched on one partition, and the watermark below which all are done."""
 
-    __slots__ = ("committable", "committed", "done", "idle", "pending")
+    __slots__ = ("committable", "committed", "done", "idle", "outputs", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()
         self.done: set[int] = set()
         self.committable: int | None = None
         self.committed: int | None = None
+        # Exactly-once only: outputs held until their transaction commits, by input offset.
+        self.outputs: dict[int, list[Output]] = {}
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -86,14 +90,18 @@ class PartitionTracker:
         self.pending.append(offset)
         self.idle.clear()
 
-    def complete(self, offset: int) -> None:
+    def complete(self, offset: int) -> int:
+        """Mark ``offset`` done; return how many offsets became committable."""
         self.done.add(offset)
+        popped = 0
         while self.pending and self.pending[0] in self.done:
             first = self.pending.popleft()
             self.done.discard(first)
             self.committable = first + 1
+            popped += 1
         if not self.pending:
             self.idle.set()
+        return popped
 
     def to_commit(self) -> int | None:
         if self.committable is not None and self.committable != self.committed:
@@ -104,11 +112,16 @@ class PartitionTracker:
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     max_in_flight: int = 64
+    #: Records dispatched but not yet committed, at most (the duplicate window of a crash).
+    max_uncommitted: int = 256
     commit_interval_s: float = 2.0
     shutdown_grace_s: float = 25.0
     revoke_wait_s: float = 10.0
     poll_timeout_ms: int = 100
     max_poll_interval_ms: int = 300_000
+    #: "exactly_once": outputs and input offsets commit in one transaction per partition.
+    exactly_once: bool = False
+    group_id: str = ""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -119,7 +132,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker.on_assigned(set(assigned))
+        await self._worker.on_assigned(set(assigned))
 
 
 class TierWorker:
@@ -130,10 +143,12 @@ class TierWorker:
         *,
         topic: str,
         consumer: AIOKafkaConsumer,
-        producer: Callable[[], AIOKafkaProducer],
+        producer: ProducerHandle,
         handler: Handler,
         metrics: Metrics,
         options: WorkerOptions,
+        limit: AdaptiveLimit | None = None,
+        transactional_producer: Callable[[TopicPartition], AIOKafkaProducer] | None = None,
     ) -> None:
         self.topic = topic
         self.tier = handler.tier
@@ -143,7 +158,7 @@ class TierWorker:
         self._metrics = metrics
         self._series = metrics.tier(self.tier)
         self._opts = options
-        self.max_in_flight = options.max_in_flight
+        self.limit = limit or AdaptiveLimit(options.max_in_flight, enabled=False)
         self._trackers: dict[TopicPartition, PartitionTracker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
@@ -153,16 +168,33 @@ class TierWorker:
         self._capacity = asyncio.Event()
         # A record holds a model slot until its answer is in, then waits for its outputs'
         # acknowledgements outside the slot: the limit protects the model API, and a slot that
-        # idles through a produce round trip is lost throughput (B3). Records awaiting acks
-        # are bounded too, at four times the limit; both count towards the duplicate window.
+        # idles through a produce round trip is lost throughput (B3). Every record dispatched
+        # and not yet committable counts against max_uncommitted: in flight, awaiting acks,
+        # or done above a slower record. With the records committable but not yet committed
+        # (a commit is forced once there are max_in_flight of them), that bounds what a crash
+        # can make the next owner redo.
         self._awaiting_ack = 0
-        self.max_pending = 4 * self.max_in_flight
+        self._pending = 0
+        self._uncommitted_done = 0
+        self.max_pending = options.max_uncommitted
         self._paused = False
         self._keepalive_s = min(5.0, options.max_poll_interval_ms / 4000)
+        self._eos = options.exactly_once
+        self._txn_factory = transactional_producer
+        self._txn_producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        if self._eos and transactional_producer is None:
+            raise ValueError("exactly_once needs a transactional producer factory")
         # Read at scrape time: no per-record cost on the hot path.
         self._series.in_flight.set_function(lambda: self._in_flight)
         self._series.awaiting_ack.set_function(lambda: self._awaiting_ack)
-        self._series.in_flight_limit.set(self.max_in_flight)
+        self._series.uncommitted.set_function(lambda: self._pending + self._uncommitted_done)
+        self._series.in_flight_limit.set_function(lambda: self.limit.limit)
+        self._series.circuit_open.set_function(lambda: 1 if handler.should_pause() else 0)
+
+    @property
+    def duplicate_window(self) -> int:
+        """The most records a crash of this worker can make the next owner redo."""
+        return self.max_pending + self._opts.max_in_flight
 
     # -- state visible to health checks and tests ---------------------------------------------
     @property
@@ -188,7 +220,7 @@ class TierWorker:
         try:
             while not self._stopping.is_set():
                 await self._poll_once()
-                if time.monotonic() - self._last_commit >= self._opts.commit_interval_s:
+                if self._commit_due():
                     await self._commit()
             await self._drain(self._opts.shutdown_grace_s)
             await self._commit()
@@ -196,7 +228,14 @@ class TierWorker:
             await self._cancel_remaining()
             self._series.ready.set(0)
             await self._consumer.stop()  # leaves the group
+            await self._close_transactional(set(self._txn_producers))
             log(logger, "worker_stopped", tier=self.tier)
+
+    def _commit_due(self) -> bool:
+        return (
+            self._uncommitted_done >= self._opts.max_in_flight
+            or time.monotonic() - self._last_commit >= self._opts.commit_interval_s
+        )
 
     async def _poll_once(self) -> None:
         if self._handler.should_pause():
@@ -204,10 +243,7 @@ class TierWorker:
             self._set_paused(True)
             self._dispatch(await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms))
             return
-        free = min(
-            self.max_in_flight - self._in_flight,
-            self.max_pending - self._in_flight - self._awaiting_ack,
-        )
+        free = min(self.limit.limit - self._in_flight, self.max_pending - self._pending)
         if free <= 0:
             # Full. Wait for a slot without pausing: pausing makes aiokafka drop the records it
             # has prefetched. Only if no slot frees up for a while (a slow model), pause and
@@ -232,6 +268,7 @@ class TierWorker:
             for record in records:
                 tracker.add(record.offset)
                 self._in_flight += 1
+                self._pending += 1
                 self._series.requests.inc()
                 task = asyncio.create_task(self._process(tp, tracker, record))
                 self._tasks.add(task)
@@ -247,7 +284,6 @@ class TierWorker:
         if pause != self._paused:
             self._paused = pause
             self._series.paused_partitions.set(len(assignment) if pause else 0)
-            self._series.circuit_open.set(1 if self._handler.should_pause() else 0)
 
     async def _process(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
         started = time.perf_counter()
@@ -256,12 +292,15 @@ class TierWorker:
             outputs = await self._handler.handle(record)
             self._release_slot()
             holds_slot = False
-            self._awaiting_ack += 1
-            try:
-                await self._produce_all(outputs)
-            finally:
-                self._awaiting_ack -= 1
-                self._capacity.set()
+            if self._eos:
+                # Produced and committed with the offsets, in the partition's next transaction.
+                tracker.outputs[record.offset] = outputs
+            else:
+                self._awaiting_ack += 1
+                try:
+                    await self._produce_all(outputs)
+                finally:
+                    self._awaiting_ack -= 1
         except asyncio.CancelledError:
             # Not done: the offset stays uncommitted and the record is redone by whoever owns
             # the partition next. That is the duplicate window, and it is counted.
@@ -271,7 +310,11 @@ class TierWorker:
             if holds_slot:
                 self._release_slot()
         # Only here, after every output is acknowledged, does the offset count as done.
-        tracker.complete(record.offset)
+        if self._trackers.get(tp) is tracker:
+            popped = tracker.complete(record.offset)
+            self._pending -= popped
+            self._uncommitted_done += popped
+        self._capacity.set()
         self._series.processing.observe(time.perf_counter() - started)
 
     def _release_slot(self) -> None:
@@ -280,14 +323,14 @@ class TierWorker:
 
     async def _produce_all(self, outputs: list[Output]) -> None:
         """Send every output, then wait for every acknowledgement. Retries until acknowledged."""
-        producer = self._producer()
+        producer = self._producer.get()
         pending: list[tuple[Output, Any]] = []
         for out in outputs:
             try:
                 fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
             except KafkaError as exc:
                 fut = None
-                self._produce_failed(exc)
+                await self._produce_failed(exc)
             pending.append((out, fut))
         for out, fut in pending:
             if fut is not None:
@@ -296,12 +339,14 @@ class TierWorker:
                     continue
                 except KafkaError as exc:
                     # The idempotent producer retried internally and gave up.
-                    self._produce_failed(exc)
+                    await self._produce_failed(exc)
             await self._resend(out)
 
-    def _produce_failed(self, exc: KafkaError) -> None:
+    async def _produce_failed(self, exc: KafkaError) -> None:
         self._series.produce_errors.inc()
         log(logger, "produce_failed", logging.WARNING, tier=self.tier, error=repr(exc))
+        with contextlib.suppress(KafkaError):
+            await self._producer.repair(exc)
 
     async def _resend(self, out: Output) -> None:
         """The slow path: send one output again, with backoff, until it is acknowledged."""
@@ -310,56 +355,163 @@ class TierWorker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             try:
-                fut = await self._producer().send(
+                fut = await self._producer.get().send(
                     out.topic, out.value, key=out.key, headers=out.headers
                 )
                 await fut
             except KafkaError as exc:
-                self._produce_failed(exc)
+                await self._produce_failed(exc)
             else:
                 return
 
     # -- commits ----------------------------------------------------------------------------------
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         self._last_commit = time.monotonic()
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._uncommitted_done = 0
+        if not self._producer.healthy():
+            # The sender died between sends (aiokafka issue 1017): replace it now, not after
+            # the next send times out.
+            with contextlib.suppress(KafkaError):
+                await self._producer.repair()
+        if self._eos:
+            await self._commit_transactions(only)
+        else:
+            await self._commit_offsets(only)
+        self._update_lag()
+
+    def _due(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
+        due: dict[TopicPartition, int] = {}
         for tp, tracker in self._trackers.items():
             if only is not None and tp not in only:
                 continue
             offset = tracker.to_commit()
             if offset is not None:
-                offsets[tp] = OffsetAndMetadata(offset, "")
-        if offsets:
-            try:
-                await self._consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group moved on: these partitions are lost to us. Their uncommitted
-                # records will be redone by the new owner (at-least-once), not dropped.
-                self._metrics.commits.labels(self.tier, "failed").inc()
-                log(
-                    logger,
-                    "commit_failed_partition_lost",
-                    logging.WARNING,
-                    tier=self.tier,
-                    error=repr(exc),
+                due[tp] = offset
+        return due
+
+    async def _commit_offsets(self, only: set[TopicPartition] | None) -> None:
+        offsets = {tp: OffsetAndMetadata(o, "") for tp, o in self._due(only).items()}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on: these partitions are lost to us. Their uncommitted
+            # records will be redone by the new owner (at-least-once), not dropped.
+            self._metrics.commits.labels(self.tier, "failed").inc()
+            log(
+                logger,
+                "commit_failed_partition_lost",
+                logging.WARNING,
+                tier=self.tier,
+                error=repr(exc),
+            )
+            return
+        except KafkaError as exc:
+            self._metrics.commits.labels(self.tier, "retry").inc()
+            log(
+                logger, "commit_failed_will_retry", logging.WARNING, tier=self.tier, error=repr(exc)
+            )
+            return
+        for tp, meta in offsets.items():
+            owned = self._trackers.get(tp)
+            if owned is not None:
+                owned.committed = meta.offset
+        self._metrics.commits.labels(self.tier, "ok").inc()
+
+    async def _commit_transactions(self, only: set[TopicPartition] | None) -> None:
+        due = self._due(only)
+        if due:
+            await asyncio.gather(*(self._commit_partition(tp, upto) for tp, upto in due.items()))
+
+    async def _commit_partition(self, tp: TopicPartition, upto: int) -> None:
+        """One transaction: the outputs of every record below ``upto``, and offset ``upto``."""
+        tracker = self._trackers[tp]
+        producer = self._txn_producers.get(tp)
+        if producer is None:
+            return
+        offsets = sorted(o for o in tracker.outputs if o < upto)
+        try:
+            async with producer.transaction():
+                futures = []
+                for offset in offsets:
+                    for out in tracker.outputs[offset]:
+                        futures.append(
+                            await producer.send(
+                                out.topic, out.value, key=out.key, headers=out.headers
+                            )
+                        )
+                await producer.send_offsets_to_transaction(
+                    {tp: OffsetAndMetadata(upto, "")}, self._opts.group_id
                 )
-                return
-            except KafkaError as exc:
-                self._metrics.commits.labels(self.tier, "retry").inc()
-                log(
-                    logger,
-                    "commit_failed_will_retry",
-                    logging.WARNING,
-                    tier=self.tier,
-                    error=repr(exc),
-                )
-                return
-            for tp, meta in offsets.items():
-                owned = self._trackers.get(tp)
-                if owned is not None:
-                    owned.committed = meta.offset
-            self._metrics.commits.labels(self.tier, "ok").inc()
-        self._update_lag()
+            await asyncio.gather(*futures)
+        except ProducerFenced:
+            # Another member owns this partition now and has fenced our transactional id: it
+            # will redo these records. Let go of them.
+            self._metrics.transactions.labels(self.tier, "fenced").inc()
+            self._drop_partition(tp, reason="fenced")
+            return
+        except KafkaError as exc:
+            # The transaction was aborted (or could not complete): keep the outputs and try
+            # again at the next commit, with a fresh producer if this one is broken.
+            self._metrics.transactions.labels(self.tier, "aborted").inc()
+            log(logger, "transaction_failed", logging.WARNING, tier=self.tier, error=repr(exc))
+            await self._replace_transactional(tp)
+            return
+        for offset in offsets:
+            del tracker.outputs[offset]
+        tracker.committed = upto
+        self._metrics.transactions.labels(self.tier, "committed").inc()
+
+    def _drop_partition(self, tp: TopicPartition, reason: str) -> None:
+        """Let go of a partition; count what its next owner will redo."""
+        tracker = self._trackers.pop(tp, None)
+        if tracker is None:
+            return
+        redo = set(tracker.pending) | set(tracker.outputs)
+        if redo:
+            self._series.abandoned.inc(len(redo))
+        if tracker.outputs:
+            # Answers already paid for whose transaction never committed: the model will be
+            # called again for these records.
+            self._metrics.discarded_answers.labels(self.tier, reason).inc(len(tracker.outputs))
+        self._pending -= len(tracker.pending)
+        self._capacity.set()
+
+    async def _open_transactional(self, assigned: set[TopicPartition]) -> None:
+        assert self._txn_factory is not None
+        for tp in sorted(assigned):
+            if tp in self._txn_producers:
+                continue
+            producer = self._txn_factory(tp)
+            # init_transactions fences any previous owner of this partition's transactional id
+            # and completes its open transaction before we read the committed offset.
+            await producer.start()
+            self._txn_producers[tp] = producer
+        # Read the committed offsets again now that no earlier transaction can still commit
+        # (aiokafka sends TxnOffsetCommit v0: there is no KIP-447 fencing by generation).
+        await self._consumer.seek_to_committed(*assigned)
+
+    async def _replace_transactional(self, tp: TopicPartition) -> None:
+        assert self._txn_factory is not None
+        old = self._txn_producers.pop(tp, None)
+        if old is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(old.stop(), timeout=5)
+        fresh = self._txn_factory(tp)
+        try:
+            await fresh.start()
+        except KafkaError as exc:
+            log(logger, "transactional_producer_failed", logging.WARNING, error=repr(exc))
+            return
+        self._txn_producers[tp] = fresh
+
+    async def _close_transactional(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            producer = self._txn_producers.pop(tp, None)
+            if producer is not None:
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    await asyncio.wait_for(producer.stop(), timeout=10)
 
     def _update_lag(self) -> None:
         for tp, tracker in self._trackers.items():
@@ -373,7 +525,9 @@ class TierWorker:
                 )
 
     # -- rebalances -----------------------------------------------------------------------------
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._eos and assigned:
+            await self._open_transactional(assigned)
         for tp in assigned:
             self._trackers.setdefault(tp, PartitionTracker())
         self._metrics.rebalances.labels(self.tier, "assigned").inc()
@@ -395,13 +549,16 @@ class TierWorker:
             _, pending = await asyncio.wait(waits, timeout=self._opts.revoke_wait_s)
             for w in pending:
                 w.cancel()
-        await self._commit(only=revoked)
+        if self._eos:
+            await self._commit_transactions(revoked)
+        else:
+            await self._commit_offsets(revoked)
         for tp in revoked:
-            tracker = self._trackers.pop(tp, None)
-            if tracker is not None and tracker.in_flight:
-                self._series.abandoned.inc(tracker.in_flight)
+            self._drop_partition(tp, reason="revoked")
             with contextlib.suppress(KeyError):
                 self._metrics.commit_lag.remove(self.tier, tp.topic, str(tp.partition))
+        if self._eos:
+            await self._close_transactional(revoked)
         log(
             logger,
             "partitions_revoked",

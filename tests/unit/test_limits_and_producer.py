@@ -1,0 +1,104 @@
+"""AIMD concurrency limit, and replacing a producer whose sender died (aiokafka issue 1017)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
+
+from escalator.kafka_io import ProducerHandle
+from escalator.limits import AdaptiveLimit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_limit_halves_on_rate_limit_once_per_cooldown_then_grows_back() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(64, cooldown_s=1.0, clock=clock)
+    limit.on_rate_limited()
+    assert limit.limit == 32
+    limit.on_rate_limited()  # same burst: ignored
+    assert limit.limit == 32
+    clock.now = 1.5
+    limit.on_rate_limited()
+    assert limit.limit == 16
+    # Additive increase: about one slot per `limit` successes.
+    for _ in range(17):
+        limit.on_success()
+    assert limit.limit == 17
+    for _ in range(10_000):
+        limit.on_success()
+    assert limit.limit == 64  # capped at the configured maximum
+
+
+def test_limit_never_below_minimum_and_disabled_limit_is_fixed() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(4, minimum=2, cooldown_s=0.0, clock=clock)
+    for _ in range(10):
+        limit.on_rate_limited()
+    assert limit.limit == 2
+    fixed = AdaptiveLimit(8, enabled=False)
+    fixed.on_rate_limited()
+    assert fixed.limit == 8
+
+
+class _Task:
+    def __init__(self) -> None:
+        self.dead = False
+
+    def done(self) -> bool:
+        return self.dead
+
+
+class FakeProducer:
+    """Stands in for AIOKafkaProducer: only what ProducerHandle touches."""
+
+    def __init__(self) -> None:
+        self._sender = type("S", (), {})()
+        self._sender.sender_task = _Task()
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def flush(self) -> None:
+        return None
+
+
+def test_handle_replaces_producer_whose_sender_died() -> None:
+    made: list[FakeProducer] = []
+    reasons: list[str] = []
+
+    def factory() -> Any:
+        made.append(FakeProducer())
+        return made[-1]
+
+    async def scenario() -> None:
+        handle = ProducerHandle(factory, on_recreate=reasons.append)
+        await handle.start()
+        # A timeout on a healthy producer is not a reason to replace it.
+        assert not await handle.repair(KafkaTimeoutError())
+        assert handle.get() is made[0]
+        made[0]._sender.sender_task.dead = True  # what OutOfOrderSequenceNumber does
+        assert not handle.healthy()
+        # Many failing sends at once: one replacement.
+        results = await asyncio.gather(*(handle.repair(KafkaTimeoutError()) for _ in range(5)))
+        assert all(results)
+        assert len(made) == 2 and made[0].stopped and made[1].started
+        assert handle.get() is made[1] and handle.healthy()
+        # A fatal error replaces even a producer whose sender still runs.
+        assert await handle.repair(OutOfOrderSequenceNumber())
+        assert len(made) == 3
+
+    asyncio.run(scenario())
+    assert reasons == ["KafkaTimeoutError", "OutOfOrderSequenceNumber"]
