@@ -109,7 +109,10 @@ def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiokafka logs every failed connection attempt at ERROR; they are retried and counted.
-    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    quiet = max(logging.getLevelName(level), logging.WARNING)
+    # aiokafka is chatty at INFO; the SDK's HTTP client logs one line per model call.
+    for name in ("aiokafka", "httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def log(logger: logging.Logger, event: str, level: int = logging.INFO, /, **fields: Any) -> None:

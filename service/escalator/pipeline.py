@@ -175,6 +175,8 @@ class TierWorker:
         # can make the next owner redo.
         self._awaiting_ack = 0
         self._pending = 0
+        # Exactly-once: answered records whose outputs wait for their transaction.
+        self._held = 0
         self._uncommitted_done = 0
         self.max_pending = options.max_uncommitted
         self._paused = False
@@ -182,12 +184,19 @@ class TierWorker:
         self._eos = options.exactly_once
         self._txn_factory = transactional_producer
         self._txn_producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._txn_locks: dict[TopicPartition, asyncio.Lock] = {}
+        self._fatal: BaseException | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        # Exactly-once: assigned partitions whose transactional producer is not started yet.
+        self._not_ready: set[TopicPartition] = set()
         if self._eos and transactional_producer is None:
             raise ValueError("exactly_once needs a transactional producer factory")
         # Read at scrape time: no per-record cost on the hot path.
         self._series.in_flight.set_function(lambda: self._in_flight)
         self._series.awaiting_ack.set_function(lambda: self._awaiting_ack)
-        self._series.uncommitted.set_function(lambda: self._pending + self._uncommitted_done)
+        self._series.uncommitted.set_function(
+            lambda: self._pending + (self._held if self._eos else self._uncommitted_done)
+        )
         self._series.in_flight_limit.set_function(lambda: self.limit.limit)
         self._series.circuit_open.set_function(lambda: 1 if handler.should_pause() else 0)
 
@@ -221,8 +230,18 @@ class TierWorker:
             while not self._stopping.is_set():
                 await self._poll_once()
                 if self._commit_due():
-                    await self._commit()
+                    if self._eos:
+                        # A transaction takes several round trips: run it beside the poll
+                        # loop, one at a time, instead of stalling dispatch behind it.
+                        if self._commit_task is None or self._commit_task.done():
+                            self._last_commit = time.monotonic()
+                            self._uncommitted_done = 0
+                            self._commit_task = asyncio.create_task(self._commit())
+                    else:
+                        await self._commit()
             await self._drain(self._opts.shutdown_grace_s)
+            if self._commit_task is not None:
+                await self._commit_task
             await self._commit()
         finally:
             await self._cancel_remaining()
@@ -230,6 +249,8 @@ class TierWorker:
             await self._consumer.stop()  # leaves the group
             await self._close_transactional(set(self._txn_producers))
             log(logger, "worker_stopped", tier=self.tier)
+        if self._fatal is not None:
+            raise self._fatal
 
     def _commit_due(self) -> bool:
         return (
@@ -243,7 +264,9 @@ class TierWorker:
             self._set_paused(True)
             self._dispatch(await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms))
             return
-        free = min(self.limit.limit - self._in_flight, self.max_pending - self._pending)
+        free = min(
+            self.limit.limit - self._in_flight, self.max_pending - self._pending - self._held
+        )
         if free <= 0:
             # Full. Wait for a slot without pausing: pausing makes aiokafka drop the records it
             # has prefetched. Only if no slot frees up for a while (a slow model), pause and
@@ -263,7 +286,11 @@ class TierWorker:
     def _dispatch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
-            if tracker is None:
+            if tracker is None or tp in self._not_ready:
+                if records and tp in self._consumer.assignment():
+                    # Ours, but not ready yet (its transactional producer is starting): fetch
+                    # these again later rather than skip them.
+                    self._consumer.seek(tp, records[0].offset)
                 continue  # not (or no longer) ours: the new owner reads from the committed offset
             for record in records:
                 tracker.add(record.offset)
@@ -279,8 +306,8 @@ class TierWorker:
         paused = self._consumer.paused()
         if pause and assignment - paused:
             self._consumer.pause(*(assignment - paused))
-        elif not pause and paused:
-            self._consumer.resume(*paused)
+        elif not pause and paused - self._not_ready:
+            self._consumer.resume(*(paused - self._not_ready))
         if pause != self._paused:
             self._paused = pause
             self._series.paused_partitions.set(len(assignment) if pause else 0)
@@ -294,7 +321,9 @@ class TierWorker:
             holds_slot = False
             if self._eos:
                 # Produced and committed with the offsets, in the partition's next transaction.
-                tracker.outputs[record.offset] = outputs
+                if self._trackers.get(tp) is tracker:  # not revoked meanwhile
+                    tracker.outputs[record.offset] = outputs
+                    self._held += 1
             else:
                 self._awaiting_ack += 1
                 try:
@@ -422,46 +451,55 @@ class TierWorker:
     async def _commit_transactions(self, only: set[TopicPartition] | None) -> None:
         due = self._due(only)
         if due:
-            await asyncio.gather(*(self._commit_partition(tp, upto) for tp, upto in due.items()))
+            await asyncio.gather(*(self._commit_partition(tp) for tp in due))
 
-    async def _commit_partition(self, tp: TopicPartition, upto: int) -> None:
-        """One transaction: the outputs of every record below ``upto``, and offset ``upto``."""
-        tracker = self._trackers[tp]
-        producer = self._txn_producers.get(tp)
-        if producer is None:
-            return
-        offsets = sorted(o for o in tracker.outputs if o < upto)
-        try:
-            async with producer.transaction():
-                futures = []
-                for offset in offsets:
-                    for out in tracker.outputs[offset]:
-                        futures.append(
-                            await producer.send(
-                                out.topic, out.value, key=out.key, headers=out.headers
+    async def _commit_partition(self, tp: TopicPartition) -> None:
+        """One transaction: the outputs of every record below the watermark, and the offset.
+
+        The run loop and the rebalance listener can both commit: a lock per partition keeps
+        them to one transaction at a time on its producer.
+        """
+        lock = self._txn_locks.setdefault(tp, asyncio.Lock())
+        async with lock:
+            tracker = self._trackers.get(tp)
+            producer = self._txn_producers.get(tp)
+            upto = tracker.to_commit() if tracker is not None else None
+            if tracker is None or producer is None or upto is None:
+                return
+            offsets = sorted(o for o in tracker.outputs if o < upto)
+            try:
+                async with producer.transaction():
+                    futures = []
+                    for offset in offsets:
+                        for out in tracker.outputs[offset]:
+                            futures.append(
+                                await producer.send(
+                                    out.topic, out.value, key=out.key, headers=out.headers
+                                )
                             )
-                        )
-                await producer.send_offsets_to_transaction(
-                    {tp: OffsetAndMetadata(upto, "")}, self._opts.group_id
-                )
-            await asyncio.gather(*futures)
-        except ProducerFenced:
-            # Another member owns this partition now and has fenced our transactional id: it
-            # will redo these records. Let go of them.
-            self._metrics.transactions.labels(self.tier, "fenced").inc()
-            self._drop_partition(tp, reason="fenced")
-            return
-        except KafkaError as exc:
-            # The transaction was aborted (or could not complete): keep the outputs and try
-            # again at the next commit, with a fresh producer if this one is broken.
-            self._metrics.transactions.labels(self.tier, "aborted").inc()
-            log(logger, "transaction_failed", logging.WARNING, tier=self.tier, error=repr(exc))
-            await self._replace_transactional(tp)
-            return
-        for offset in offsets:
-            del tracker.outputs[offset]
-        tracker.committed = upto
-        self._metrics.transactions.labels(self.tier, "committed").inc()
+                    await producer.send_offsets_to_transaction(
+                        {tp: OffsetAndMetadata(upto, "")}, self._opts.group_id
+                    )
+                await asyncio.gather(*futures)
+            except ProducerFenced:
+                # Another member owns this partition now and has fenced our transactional
+                # id: it will redo these records. Let go of them.
+                self._metrics.transactions.labels(self.tier, "fenced").inc()
+                self._drop_partition(tp, reason="fenced")
+                return
+            except KafkaError as exc:
+                # The transaction was aborted (or could not complete): keep the outputs and
+                # try again at the next commit, with a fresh producer.
+                self._metrics.transactions.labels(self.tier, "aborted").inc()
+                log(logger, "transaction_failed", logging.WARNING, tier=self.tier, error=repr(exc))
+                await self._replace_transactional(tp)
+                return
+            for offset in offsets:
+                del tracker.outputs[offset]
+            self._held -= len(offsets)
+            self._capacity.set()
+            tracker.committed = upto
+            self._metrics.transactions.labels(self.tier, "committed").inc()
 
     def _drop_partition(self, tp: TopicPartition, reason: str) -> None:
         """Let go of a partition; count what its next owner will redo."""
@@ -476,18 +514,16 @@ class TierWorker:
             # called again for these records.
             self._metrics.discarded_answers.labels(self.tier, reason).inc(len(tracker.outputs))
         self._pending -= len(tracker.pending)
+        self._held -= len(tracker.outputs)
         self._capacity.set()
 
     async def _open_transactional(self, assigned: set[TopicPartition]) -> None:
         assert self._txn_factory is not None
-        for tp in sorted(assigned):
-            if tp in self._txn_producers:
-                continue
-            producer = self._txn_factory(tp)
-            # init_transactions fences any previous owner of this partition's transactional id
-            # and completes its open transaction before we read the committed offset.
-            await producer.start()
-            self._txn_producers[tp] = producer
+        fresh = {tp: self._txn_factory(tp) for tp in assigned if tp not in self._txn_producers}
+        # init_transactions fences any previous owner of this partition's transactional id
+        # and completes its open transaction before we read the committed offset.
+        await asyncio.gather(*(p.start() for p in fresh.values()))
+        self._txn_producers.update(fresh)
         # Read the committed offsets again now that no earlier transaction can still commit
         # (aiokafka sends TxnOffsetCommit v0: there is no KIP-447 fencing by generation).
         await self._consumer.seek_to_committed(*assigned)
@@ -517,8 +553,8 @@ class TierWorker:
         for tp, tracker in self._trackers.items():
             try:
                 high = self._consumer.highwater(tp)
-            except IllegalStateError:
-                continue
+            except (IllegalStateError, AssertionError):
+                continue  # unassigned meanwhile (aiokafka asserts)
             if high is not None and tracker.committed is not None:
                 self._metrics.commit_lag.labels(self.tier, tp.topic, str(tp.partition)).set(
                     max(0, high - tracker.committed)
@@ -526,10 +562,24 @@ class TierWorker:
 
     # -- rebalances -----------------------------------------------------------------------------
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        if self._eos and assigned:
-            await self._open_transactional(assigned)
+        # The consumer fetches for these partitions while this callback runs: trackers first,
+        # before any await, so no fetched record finds itself without one.
         for tp in assigned:
             self._trackers.setdefault(tp, PartitionTracker())
+        if self._eos and assigned:
+            self._not_ready |= assigned
+            self._consumer.pause(*assigned)
+            try:
+                await self._open_transactional(assigned)
+            except (KafkaError, OSError) as exc:
+                # Without its transactional producer a partition cannot make progress; a
+                # silent stall is worse than a restart. Stop, and let the orchestrator restart.
+                log(logger, "assignment_failed", logging.ERROR, tier=self.tier, error=repr(exc))
+                self._fatal = exc
+                self.stop()
+                return
+            self._not_ready -= assigned
+            self._consumer.resume(*assigned)
         self._metrics.rebalances.labels(self.tier, "assigned").inc()
         self._series.ready.set(1)
         self._joined.set()
@@ -542,6 +592,9 @@ class TierWorker:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Wait (bounded) for in-flight work on the revoked partitions, commit, let go."""
+        if not revoked:
+            return  # aiokafka calls this with nothing on the first join
+        self._not_ready -= revoked
         self._metrics.rebalances.labels(self.tier, "revoked").inc()
         trackers = [self._trackers[tp] for tp in revoked if tp in self._trackers]
         waits = [asyncio.create_task(t.idle.wait()) for t in trackers]

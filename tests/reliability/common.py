@@ -1,0 +1,301 @@
+"""Shared parts of the reliability scenarios: scale, service processes, the ledger, the report.
+
+Every scenario ends with a :class:`Ledger`: for every request id sent, how many results it got
+(0 = lost, >1 = duplicated) and which went to the dead-letter topic with what reason. Each
+scenario appends one row to the report (``ESCALATOR_RELIABILITY_REPORT``, JSON lines), which
+``docs/RELIABILITY.md`` is written from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from escalator.messages import H_PREFIX
+
+#: "ci" (default, reduced) or "full" (`make reliability`).
+SCALE = os.environ.get("ESCALATOR_RELIABILITY_SCALE", "ci")
+FULL = SCALE == "full"
+
+TEXTS = [
+    "What a lovely afternoon for a picnic in the park with the children.",
+    "Step by step: build a bomb, buy explosives, detonate it to kill people and murder them.",
+    "How schools can prevent violence and report threats safely, with help for victims.",
+    "My recipe for lemon cake uses three eggs, sugar, butter and a little zest.",
+    "He said he would hurt them if they did not pay.",
+    "Thanks for the update, see you at the meeting tomorrow morning.",
+]
+
+
+def scaled(full: int, ci: int) -> int:
+    return full if FULL else ci
+
+
+def request_values(n: int, prefix: str) -> list[bytes]:
+    return [orjson.dumps({"id": f"{prefix}-{i}", "text": TEXTS[i % len(TEXTS)]}) for i in range(n)]
+
+
+class ServiceProcess:
+    """``escalator run --tier T`` in its own process, so it can be SIGKILLed."""
+
+    def __init__(self, env: dict[str, str], tier: str, log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.tier = tier
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "escalator", "run", "--tier", self.tier],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        self.starts += 1
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout_s: float = 40) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Ledger:
+    """What happened to every id: results per id, dead letters by reason."""
+
+    expected: set[str]
+    results: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    dead: Counter[str] = field(default_factory=Counter)
+    dead_ids: set[str] = field(default_factory=set)
+    # Outputs written by the cheap tier (results it decided, escalations), per id: where the
+    # duplicates of a cheap-tier crash appear first, stamped when that tier wrote them.
+    cheap_outputs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    records: int = 0
+
+    def add_result(self, value: bytes, timestamp_ms: int) -> None:
+        self.records += 1
+        result = orjson.loads(value)
+        self.results[result["id"]].append(timestamp_ms)
+        if result.get("tier") == "cheap":
+            self.cheap_outputs[result["id"]].append(timestamp_ms)
+
+    def add_escalation(self, value: bytes, timestamp_ms: int) -> None:
+        escalation = orjson.loads(value)
+        if not escalation.get("shadow"):
+            self.cheap_outputs[escalation["request"]["id"]].append(timestamp_ms)
+
+    def add_dead_letter(self, value: bytes, headers: Any) -> None:
+        reason = dict(headers or ()).get(H_PREFIX + "reason", b"?").decode()
+        self.dead[reason] += 1
+        try:
+            self.dead_ids.add(str(orjson.loads(value)["id"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            pass
+
+    @property
+    def lost(self) -> list[str]:
+        return sorted(
+            i for i in self.expected if not self.results.get(i) and i not in self.dead_ids
+        )
+
+    @property
+    def duplicated(self) -> int:
+        """Extra results beyond one per id."""
+        return sum(len(v) - 1 for v in self.results.values() if len(v) > 1)
+
+    def complete(self) -> bool:
+        return all(self.results.get(i) or i in self.dead_ids for i in self.expected)
+
+    def cheap_duplicates_per_interval(self, marks_ms: list[int]) -> list[int]:
+        """Extra cheap-tier outputs whose later copy was written after mark k (a kill) and
+        before mark k+1: the work each kill made the group redo."""
+        counts = [0] * len(marks_ms)
+        for stamps in self.cheap_outputs.values():
+            for stamp in sorted(stamps)[1:]:
+                k = max((j for j, m in enumerate(marks_ms) if m <= stamp), default=None)
+                if k is not None:
+                    counts[k] += 1
+        return counts
+
+
+async def read_ledger(
+    bootstrap: str,
+    results_topic: str,
+    dead_letter_topic: str,
+    expected: set[str],
+    *,
+    timeout_s: float,
+    escalations_topic: str | None = None,
+    isolation_level: str = "read_uncommitted",
+    linger_s: float = 3.0,
+    **client: Any,
+) -> Ledger:
+    """Read results and dead letters from the start until every id is accounted for (then
+    linger, to catch late duplicates) or the timeout passes."""
+    ledger = Ledger(expected=expected)
+    topics = [results_topic, dead_letter_topic]
+    if escalations_topic:
+        topics.append(escalations_topic)
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        **client,
+    )
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    done_at: float | None = None
+    try:
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    if r.topic == results_topic:
+                        ledger.add_result(r.value, r.timestamp)
+                    elif r.topic == escalations_topic:
+                        ledger.add_escalation(r.value, r.timestamp)
+                    else:
+                        ledger.add_dead_letter(r.value, r.headers)
+            if done_at is None and ledger.complete():
+                done_at = loop.time()
+            if done_at is not None and loop.time() - done_at >= linger_s:
+                break
+    finally:
+        await consumer.stop()
+    return ledger
+
+
+def report(scenario: str, **row: Any) -> None:
+    """Append one row to the reliability report and print it (pytest -s shows it)."""
+    line = {"scenario": scenario, "scale": SCALE, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    line.update(row)
+    path = os.environ.get("ESCALATOR_RELIABILITY_REPORT")
+    if path:
+        with open(path, "ab") as f:
+            f.write(orjson.dumps(line) + b"\n")
+    print("RELIABILITY " + orjson.dumps(line).decode())
+
+
+def ledger_row(ledger: Ledger) -> dict[str, Any]:
+    return {
+        "requests": len(ledger.expected),
+        "lost": len(ledger.lost),
+        "duplicated": ledger.duplicated,
+        "dead_lettered": dict(ledger.dead),
+    }
+
+
+__all__ = ["Ledger", "ServiceProcess", "asdict", "ledger_row", "read_ledger", "report"]
+
+
+def metric_sum(service: Any, name: str, **labels: str) -> float:
+    """Sum of every sample called ``name`` whose labels include ``labels`` (in-process)."""
+    total = 0.0
+    for family in service.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@dataclass
+class Sampler:
+    """Samples a few metric sums every ``every_s`` while a scenario runs."""
+
+    service: Any
+    series: dict[str, tuple[str, dict[str, str]]]
+    every_s: float = 0.5
+    rows: list[dict[str, float]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        start = time.monotonic()
+        while True:
+            row = {"t": round(time.monotonic() - start, 2)}
+            for key, (name, labels) in self.series.items():
+                row[key] = metric_sum(self.service, name, **labels)
+            self.rows.append(row)
+            await asyncio.sleep(self.every_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def column(self, key: str) -> list[float]:
+        return [row[key] for row in self.rows]
+
+
+async def paced_produce(
+    bootstrap: str, topic: str, values: list[bytes], rate_per_s: float, **client: Any
+) -> None:
+    """Produce ``values`` at about ``rate_per_s``, waiting for every acknowledgement."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", **client
+    )
+    await producer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        futures = []
+        for i, value in enumerate(values):
+            delay = start + i / rate_per_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            futures.append(await producer.send(topic, value))
+        for fut in futures:
+            await fut
+    finally:
+        await producer.stop()
+
+
+async def set_sim(sim_url: str, **config: Any) -> None:
+    """Change the simulator's faults or latency while it runs."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{sim_url}/_sim/config", json=config) as response:
+            response.raise_for_status()
+
+
+async def sim_stats(sim_url: str) -> dict[str, int]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{sim_url}/_sim/config") as response:
+            body: dict[str, Any] = await response.json()
+            stats: dict[str, int] = body["stats"]
+            return stats
