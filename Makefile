@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
-.PHONY: help venv lint types unit check integration test demo bench lock clean
+.PHONY: help venv lint types audit unit check integration reliability-ci reliability test demo bench lock clean
 
 help:
 	@echo "make demo | test | check | bench | lock"
@@ -28,13 +28,27 @@ types: $(STAMP)
 unit: $(STAMP)
 	$(PYTEST) tests/unit -q
 
-check: lint types unit
+# Known vulnerabilities in every pinned package (PyPI's advisory data, via pip-audit).
+audit: $(STAMP)
+	$(BIN)/pip-audit -r requirements.lock --progress-spinner off
+
+check: lint types audit unit
 
 integration: $(STAMP)
 	$(PYTEST) tests/integration -q
 
-# The whole suite: static checks, unit tests, and integration tests against a real broker.
-test: check integration
+# Fault scenarios at the reduced CI scale.
+reliability-ci: $(STAMP)
+	$(PYTEST) tests/reliability -q
+
+# Fault scenarios at full scale; one JSON row per scenario in reliability-report.jsonl.
+reliability: $(STAMP)
+	ESCALATOR_RELIABILITY_SCALE=full ESCALATOR_RELIABILITY_REPORT=reliability-report.jsonl \
+		$(PYTEST) tests/reliability -q -s
+
+# The whole suite: static checks, unit tests, integration tests against a real broker, and
+# the reduced reliability scenarios.
+test: check integration reliability-ci
 
 demo: $(STAMP)
 	$(BIN)/escalator demo

@@ -68,6 +68,13 @@ class ServiceProcess:
             )
         self.starts += 1
 
+    def assignments(self) -> int:
+        """How many partition assignments this process (all its runs) has logged."""
+        try:
+            return self.log_path.read_bytes().count(b'"event":"partitions_assigned"')
+        except FileNotFoundError:
+            return 0
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,177 @@
+"""Scenario 2: broker failures. One broker of three SIGKILLed and restarted mid-run; a
+single-node broker restarted fully; and aiokafka's idempotent producer dying on
+OutOfOrderSequenceNumber (aiokafka issue 1017), which the service must detect and repair.
+The service is never restarted in these tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.errors import OutOfOrderSequenceNumber
+
+from escalator.config import load_settings
+from escalator.kafka_io import create_topics
+from escalator.kafka_local import LocalKafkaCluster
+from tests.conftest import running_sim
+from tests.integration.harness import make_env, produce, running_service
+from tests.reliability.common import (
+    ledger_row,
+    metric_sum,
+    paced_produce,
+    read_ledger,
+    report,
+    request_values,
+    scaled,
+)
+
+
+async def _topics(env: dict[str, str], replication: int) -> Any:
+    settings = load_settings(env)
+    t = settings.topics
+    await create_topics(
+        settings.kafka,
+        [t.requests, t.escalations, t.results, t.dead_letter, t.decisions],
+        settings.topic_partitions,
+        replication,
+    )
+    return settings
+
+
+@pytest.mark.timeout(1200)
+async def test_one_of_three_brokers_killed_and_restarted(unique: str, tmp_path: Path) -> None:
+    cluster = LocalKafkaCluster(tmp_path / "kafka3", nodes=3)
+    await asyncio.to_thread(cluster.start, 180)
+    try:
+        bootstrap = cluster.bootstrap_servers
+        rate = 40.0
+        n = scaled(8_000, 1_600)
+        with running_sim() as sim_url:
+            env = make_env(bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
+            settings = await _topics(env, replication=3)
+            ids = {f"{unique}-{i}" for i in range(n)}
+            async with running_service(env, ["cheap", "strong"]) as service:
+                started = time.monotonic()
+                producing = asyncio.create_task(
+                    paced_produce(
+                        bootstrap, settings.topics.requests, request_values(n, unique), rate
+                    )
+                )
+                await asyncio.sleep(n / rate / 3)
+                await asyncio.to_thread(cluster.kill_node, 2)
+                await asyncio.sleep(10)
+                await asyncio.to_thread(cluster.start_node, 2, 180)
+                await producing
+                ledger = await read_ledger(
+                    bootstrap,
+                    settings.topics.results,
+                    settings.topics.dead_letter,
+                    ids,
+                    timeout_s=300,
+                )
+                recreated = metric_sum(service, "escalator_producer_recreated_total")
+                assert service.ready(), "the service did not recover by itself"
+            elapsed = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    report(
+        "broker failure (1 of 3)",
+        load=f"{n} requests at {rate:g}/s, RF 3, min.insync.replicas 2",
+        fault="SIGKILL broker 2 a third of the way in, restart it 10 s later",
+        duration_s=round(elapsed, 1),
+        producer_recreated=recreated,
+        **ledger_row(ledger),
+    )
+    assert ledger.lost == [], f"lost {len(ledger.lost)}"
+    assert not ledger.dead, dict(ledger.dead)
+
+
+@pytest.mark.timeout(1200)
+async def test_single_broker_restarted_fully(unique: str, tmp_path: Path) -> None:
+    cluster = LocalKafkaCluster(tmp_path / "kafka1", nodes=1)
+    await asyncio.to_thread(cluster.start, 120)
+    try:
+        bootstrap = cluster.bootstrap_servers
+        n = scaled(6_000, 1_500)
+        with running_sim("--latency", "uniform:5:20") as sim_url:
+            env = make_env(bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
+            settings = await _topics(env, replication=1)
+            ids = {f"{unique}-{i}" for i in range(n)}
+            await produce(bootstrap, settings.topics.requests, request_values(n, unique))
+            async with running_service(env, ["cheap", "strong"]) as service:
+                started = time.monotonic()
+                await asyncio.sleep(4)
+                await asyncio.to_thread(cluster.kill_node, 1)
+                await asyncio.sleep(8)
+                await asyncio.to_thread(cluster.start_node, 1, 120)
+                ledger = await read_ledger(
+                    bootstrap,
+                    settings.topics.results,
+                    settings.topics.dead_letter,
+                    ids,
+                    timeout_s=300,
+                )
+                recreated = metric_sum(service, "escalator_producer_recreated_total")
+                produce_errors = metric_sum(service, "escalator_produce_errors_total")
+                assert service.ready()
+            elapsed = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    report(
+        "broker restart (single node)",
+        load=f"{n}-request backlog",
+        fault="SIGKILL the only broker 4 s in, restart it 8 s later",
+        duration_s=round(elapsed, 1),
+        producer_recreated=recreated,
+        produce_errors=produce_errors,
+        **ledger_row(ledger),
+    )
+    assert ledger.lost == [], f"lost {len(ledger.lost)}"
+    assert not ledger.dead, dict(ledger.dead)
+
+
+@pytest.mark.timeout(600)
+async def test_producer_dead_after_out_of_order_sequence_is_replaced(
+    kafka_bootstrap: str, sim_url: str, unique: str
+) -> None:
+    """Make aiokafka's sender task die the way issue 1017 describes, mid-stream."""
+    env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
+    settings = load_settings(env)
+    n = 400
+    ids = {f"{unique}-{i}" for i in range(n)}
+    values = request_values(n, unique)
+    async with running_service(env, ["cheap", "strong"]) as service:
+        await produce(kafka_bootstrap, settings.topics.requests, values[:100])
+        sender = service.producer.get()._sender
+        real = sender._send_produce_req
+        fired: list[bool] = []
+
+        async def once_out_of_order(*args: Any, **kwargs: Any) -> Any:
+            if not fired:
+                fired.append(True)
+                raise OutOfOrderSequenceNumber()
+            return await real(*args, **kwargs)
+
+        sender._send_produce_req = once_out_of_order
+        await produce(kafka_bootstrap, settings.topics.requests, values[100:])
+        ledger = await read_ledger(
+            kafka_bootstrap,
+            settings.topics.results,
+            settings.topics.dead_letter,
+            ids,
+            timeout_s=180,
+        )
+        recreated = metric_sum(service, "escalator_producer_recreated_total")
+    report(
+        "producer OutOfOrderSequenceNumber",
+        load=f"{n} requests",
+        fault="aiokafka's sender task dies on OutOfOrderSequenceNumber (issue 1017)",
+        producer_recreated=recreated,
+        **ledger_row(ledger),
+    )
+    assert fired, "the fault was never injected"
+    assert recreated >= 1
+    assert ledger.lost == [] and not ledger.dead
