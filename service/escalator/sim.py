@@ -401,7 +401,7 @@ def _pick_fault(state: SimState, request: web.Request, text: str) -> str | None:
 async def messages(request: web.Request) -> web.StreamResponse:
     state: SimState = request.app["state"]
     state.stats["requests"] += 1
-    if request.headers.get("x-api-key"):
+    if request.headers.get("x-api-key") or request.headers.get("authorization"):
         state.stats["with_api_key"] += 1  # counted, never stored or logged
     try:
         body = orjson.loads(await request.read())

@@ -212,8 +212,8 @@ def report(scenario: str, **row: Any) -> None:
     path = os.environ.get("ESCALATOR_RELIABILITY_REPORT")
     if path:
         with open(path, "ab") as f:
-            f.write(orjson.dumps(line) + b"\n")
-    print("RELIABILITY " + orjson.dumps(line).decode())
+            f.write(orjson.dumps(line, option=orjson.OPT_NON_STR_KEYS) + b"\n")
+    print("RELIABILITY " + orjson.dumps(line, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 def ledger_row(ledger: Ledger) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from escalator.kafka_local import LocalKafkaCluster
 from tests.conftest import running_sim
 from tests.integration.harness import make_env, produce, running_service
 from tests.reliability.common import (
+    FULL,
     ledger_row,
     metric_sum,
     paced_produce,
@@ -27,6 +28,11 @@ from tests.reliability.common import (
     request_values,
     scaled,
 )
+
+
+# Written at the end of session 2 and not yet run once: kept out of the CI set until it has
+# been seen to pass. `make reliability` (full scale) runs it.
+pytestmark = pytest.mark.skipif(not FULL, reason="broker-failure scenarios: full scale only")
 
 
 async def _topics(env: dict[str, str], replication: int) -> Any:
