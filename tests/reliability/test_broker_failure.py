@@ -29,7 +29,6 @@ from tests.reliability.common import (
     scaled,
 )
 
-
 # Written at the end of session 2 and not yet run once: kept out of the CI set until it has
 # been seen to pass. `make reliability` (full scale) runs it.
 pytestmark = pytest.mark.skipif(not FULL, reason="broker-failure scenarios: full scale only")
