@@ -126,4 +126,4 @@ async def test_crash_loop_at_least_once_loses_nothing(
 async def test_crash_loop_exactly_once_reads_every_id_once(
     kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
-    await crash_loop(kafka_bootstrap, unique, tmp_path, "exactly_once", scaled(20_000, 1_000), 5.0)
+    await crash_loop(kafka_bootstrap, unique, tmp_path, "exactly_once", scaled(20_000, 2_500), 3.0)
