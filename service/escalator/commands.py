@@ -25,12 +25,16 @@ def settings_from_env() -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     from escalator import logs
     from escalator.app import TIERS, build_service
+    from escalator.kafka_io import check_connection
 
     settings = settings_from_env()
     logs.configure(settings.log_level)
     tiers = list(TIERS) if args.tier == "all" else [args.tier]
 
     async def main() -> None:
+        # aiokafka reports every failed bootstrap as "Unable to bootstrap from [...]": connect
+        # once first, so that a wrong password or a missing CA is named before anything starts.
+        await check_connection(settings.kafka)
         # aiokafka clients must be created inside the running loop.
         await build_service(settings, tiers).run()
 

@@ -13,12 +13,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    KafkaConnectionError,
     KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     UnknownProducerId,
+    UnsupportedSaslMechanismError,
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
@@ -73,11 +77,17 @@ class ProducerHandle:
     def healthy(self) -> bool:
         return sender_alive(self._producer)
 
-    async def repair(self, error: BaseException | None = None) -> bool:
-        """Replace the producer if ``error`` is fatal or its sender died. True if replaced."""
+    async def repair(
+        self, error: BaseException | None = None, failed: AIOKafkaProducer | None = None
+    ) -> bool:
+        """Replace the producer if ``error`` is fatal or its sender died. True if replaced.
+
+        ``failed`` is the producer the error came from. Sends still waiting on a replaced
+        producer fail late; their errors must not replace its healthy successor.
+        """
         seen = self.generation
         async with self._lock:
-            if self.generation != seen:
+            if self.generation != seen or (failed is not None and failed is not self._producer):
                 return True  # another caller already replaced it
             if self.healthy() and not isinstance(error, FATAL_PRODUCER_ERRORS):
                 return False
@@ -117,6 +127,83 @@ def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = kafka.sasl_username
         kwargs["sasl_plain_password"] = kafka.sasl_password.get() if kafka.sasl_password else None
     return kwargs
+
+
+class KafkaUnreachable(EscalatorError):
+    """No bootstrap server accepted a connection with the configured security settings."""
+
+
+def _explain(kafka: KafkaSettings, address: str, exc: BaseException) -> tuple[bool, str]:
+    """(definitive, one-line explanation naming the variable to check) for a failed connect.
+
+    aiokafka's own bootstrap reports every cause as "Unable to bootstrap from [...]"; this is
+    what an operator needs instead. Definitive causes (credentials, certificates) stop the
+    search at once; the others let the next bootstrap server be tried.
+    """
+    protocol = kafka.security_protocol
+    if isinstance(exc, SaslAuthenticationFailed):
+        return True, (
+            f"Kafka at {address} rejected the credentials of SASL user {kafka.sasl_username!r}"
+            f" ({kafka.sasl_mechanism}): check ESCALATOR_KAFKA_SASL_USERNAME and"
+            " ESCALATOR_KAFKA_SASL_PASSWORD"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return True, (
+            f"Kafka at {address} does not enable SASL mechanism {kafka.sasl_mechanism} on this"
+            " listener: check ESCALATOR_KAFKA_SASL_MECHANISM"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True, (
+            f"TLS: the certificate of Kafka at {address} failed verification"
+            f" ({exc.verify_message}): check ESCALATOR_KAFKA_SSL_CAFILE"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return False, (
+            f"TLS handshake with Kafka at {address} failed ({exc.reason}): does this listener"
+            f" speak TLS? ESCALATOR_KAFKA_SECURITY_PROTOCOL is {protocol}"
+        )
+    if isinstance(exc, (KafkaConnectionError, ConnectionResetError)) and not isinstance(
+        exc.__cause__, OSError
+    ):
+        return False, (
+            f"Kafka at {address} closed the connection during the handshake: the listener"
+            f" expects another protocol than ESCALATOR_KAFKA_SECURITY_PROTOCOL={protocol}"
+            " (TLS or SASL?)"
+        )
+    if isinstance(exc, TimeoutError):
+        return False, f"no answer from Kafka at {address}: check KAFKA_BOOTSTRAP_SERVERS"
+    return False, f"cannot connect to Kafka at {address} ({exc!r}): check KAFKA_BOOTSTRAP_SERVERS"
+
+
+async def check_connection(kafka: KafkaSettings, timeout_s: float = 15.0) -> str:
+    """Connect to the bootstrap servers with the configured security; return the one reached.
+
+    Raises :class:`KafkaUnreachable` with a one-line cause when none can be used.
+    """
+    security = security_kwargs(kafka)
+    reasons: list[str] = []
+    for address in kafka.bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host,
+                    int(port),
+                    client_id=kafka.client_id,
+                    request_timeout_ms=int(timeout_s * 1000),
+                    **security,
+                ),
+                timeout=timeout_s,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            definitive, reason = _explain(kafka, address, exc)
+            if definitive:
+                raise KafkaUnreachable(reason) from exc
+            reasons.append(reason)
+            continue
+        conn.close()
+        return address
+    raise KafkaUnreachable("; ".join(reasons))
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:

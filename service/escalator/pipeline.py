@@ -359,7 +359,7 @@ class TierWorker:
                 fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
             except KafkaError as exc:
                 fut = None
-                await self._produce_failed(exc)
+                await self._produce_failed(exc, producer)
             pending.append((out, fut))
         for out, fut in pending:
             if fut is not None:
@@ -368,14 +368,14 @@ class TierWorker:
                     continue
                 except KafkaError as exc:
                     # The idempotent producer retried internally and gave up.
-                    await self._produce_failed(exc)
+                    await self._produce_failed(exc, producer)
             await self._resend(out)
 
-    async def _produce_failed(self, exc: KafkaError) -> None:
+    async def _produce_failed(self, exc: KafkaError, producer: AIOKafkaProducer) -> None:
         self._series.produce_errors.inc()
         log(logger, "produce_failed", logging.WARNING, tier=self.tier, error=repr(exc))
         with contextlib.suppress(KafkaError):
-            await self._producer.repair(exc)
+            await self._producer.repair(exc, failed=producer)
 
     async def _resend(self, out: Output) -> None:
         """The slow path: send one output again, with backoff, until it is acknowledged."""
@@ -383,13 +383,12 @@ class TierWorker:
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+            producer = self._producer.get()
             try:
-                fut = await self._producer.get().send(
-                    out.topic, out.value, key=out.key, headers=out.headers
-                )
+                fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
                 await fut
             except KafkaError as exc:
-                await self._produce_failed(exc)
+                await self._produce_failed(exc, producer)
             else:
                 return
 

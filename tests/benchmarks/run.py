@@ -1,6 +1,7 @@
-"""Benchmarks B1-B5 of the routing pipeline (issue 3). They print figures; they assert nothing.
+"""Benchmarks B1-B5 of the routing pipeline (issue 3) and B6, the cost of exactly-once
+(issue 5). They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b2 b3 b4 b5]      (``make bench`` runs all)
+    python -m tests.benchmarks.run [b1 b2 b3 b4 b5 b6]      (``make bench`` runs all)
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
 Absolute numbers on a 2-core machine are noisy; the ratios are the result. Anything that
@@ -33,7 +34,7 @@ from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from escalator.messages import Attempt
 from escalator.prices import PriceTable
 from escalator.task import Task, load_task
-from tests.integration.harness import make_env, setup_topics
+from tests.integration.harness import committed_total, make_env, setup_topics
 
 TEXTS = [
     "What a lovely afternoon for a picnic in the park with the children.",
@@ -406,7 +407,85 @@ async def b5(bootstrap: str, sim_url: str, tmp: Path) -> None:
     )
 
 
-BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b1": b1, "b2": b2, "b3": b3}
+async def run_until_committed(env: dict[str, str], n: int, factory: Any = None) -> float:
+    """Run the cheap tier in-process until the group's committed offsets cover n records.
+
+    Committed, not processed: under exactly-once an output is visible only once its
+    transaction commits, and the offsets commit in that same transaction.
+    """
+    settings = load_settings(env)
+    service = build_service(settings, ["cheap"], model_factory=factory)
+    run = asyncio.create_task(service.run(install_signals=False))
+    registry = service.metrics.registry
+    started: float | None = None
+    try:
+        while True:
+            if started is None and registry.get_sample_value(
+                "escalator_requests_total", {"tier": "cheap"}
+            ):
+                started = time.perf_counter()
+            if started is not None:
+                done = await committed_total(
+                    env["KAFKA_BOOTSTRAP_SERVERS"],
+                    settings.pipeline.cheap_group,
+                    settings.topics.requests,
+                )
+                if done >= n:
+                    return n / (time.perf_counter() - started)
+            if run.done():
+                run.result()
+            await asyncio.sleep(0.2)
+    finally:
+        service.stop()
+        await run
+
+
+async def b6(bootstrap: str, sim_url: str) -> None:
+    """Exactly-once against at-least-once, same run: instant model, then 200 ms simulated."""
+
+    def instant(tier: str, model: str, task: Task, prices: PriceTable) -> InstantModel:
+        return InstantModel(tier, model)
+
+    figures: dict[str, dict[str, float]] = {}
+    cases: list[tuple[str, str, Any, int, str]] = [
+        ("instant in-process model", sim_url, instant, 6_000, "64")
+    ]
+    with ExitStack() as stack:
+        proc, slow_url = sim.spawn("--latency", "fixed:200")
+        stack.callback(sim.terminate, proc)
+        cases.append(("simulated model, 200 ms", slow_url, None, 3_000, "64"))
+        for case, url, factory, n, in_flight in cases:
+            for guarantee in ("at_least_once", "exactly_once"):
+                env = await with_backlog(
+                    bootstrap,
+                    url,
+                    "b6",
+                    n,
+                    ESCALATOR_PROCESSING_GUARANTEE=guarantee,
+                    ESCALATOR_MAX_IN_FLIGHT=in_flight,
+                    ESCALATOR_COMMIT_INTERVAL_S="1",
+                )
+                rate = await run_until_committed(env, n, factory)
+                figures.setdefault(case, {})[guarantee] = rate
+                print(f"    ({case}, {guarantee}: {rate:,.1f} msg/s committed)", flush=True)
+    for case, _, factory, n, in_flight in cases:
+        alo, eos = figures[case]["at_least_once"], figures[case]["exactly_once"]
+        report(
+            "B6",
+            f"{case}, in-flight {in_flight}, {n:,} records, commit interval 1 s: "
+            f"at-least-once {alo:,.1f} msg/s, exactly-once {eos:,.1f} msg/s"
+            + (" (simulated)" if factory is None else ""),
+            f"ratio {eos / alo:.2f}",
+            "reported (issue 5)",
+        )
+
+
+BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
+    "b1": b1,
+    "b2": b2,
+    "b3": b3,
+    "b6": b6,
+}
 SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b4": b4, "b5": b5}
 
 
@@ -440,7 +519,7 @@ async def main(selected: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b2", "b3", "b4", "b5"]
+    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b2", "b3", "b4", "b5", "b6"]
     unknown = set(chosen) - set(BENCHES) - set(SUBPROCESS_BENCHES)
     if unknown:
         sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")

@@ -99,6 +99,9 @@ def test_handle_replaces_producer_whose_sender_died() -> None:
         # A fatal error replaces even a producer whose sender still runs.
         assert await handle.repair(OutOfOrderSequenceNumber())
         assert len(made) == 3
+        # A send that was waiting on a replaced producer fails late: the healthy successor stays.
+        assert await handle.repair(OutOfOrderSequenceNumber(), failed=made[1])  # type: ignore[arg-type]
+        assert len(made) == 3 and handle.get() is made[2]
 
     asyncio.run(scenario())
     assert reasons == ["KafkaTimeoutError", "OutOfOrderSequenceNumber"]
