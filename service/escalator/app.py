@@ -173,6 +173,11 @@ def build_service(
             f"ESCALATOR_LABEL_THRESHOLDS names labels not in the task: {', '.join(sorted(unknown))}"
         )
     metrics = metrics or Metrics()
+    if thresholds.expected_escalation is not None:
+        for bound, value in zip(
+            ("low", "expected", "high"), thresholds.expected_escalation, strict=True
+        ):
+            metrics.calibrated_escalation.labels(bound, thresholds.version).set(value)
     close: list[Callable[[], object]] = []
     if model_factory is None:
         client = anthropic_client(settings)

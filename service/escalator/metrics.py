@@ -160,6 +160,13 @@ class Metrics:
         self.produce_errors = Counter(
             "escalator_produce_errors", "Failed produce attempts (retried).", ["tier"], registry=r
         )
+        self.calibrated_escalation = Gauge(
+            "escalator_calibrated_escalation_rate",
+            "Escalation rate that calibration predicted for the thresholds in force "
+            "(bound: low, expected, high of the 95% interval). Absent without a thresholds file.",
+            ["bound", "version"],
+            registry=r,
+        )
         self.ready = Gauge("escalator_ready", "1 when the tier is ready.", ["tier"], registry=r)
 
         self._models: dict[tuple[str, str, str], _ModelSeries] = {}

@@ -20,6 +20,9 @@ class Thresholds:
     default: float = 0.7
     per_label: Mapping[str, float] = field(default_factory=dict)
     version: str = "default"
+    #: (low, expected, high) escalation rate that calibration predicted for these thresholds,
+    #: with its 95% interval; None when the thresholds were set by hand.
+    expected_escalation: tuple[float, float, float] | None = None
 
     def for_label(self, label: str | None) -> float:
         if label is not None and label in self.per_label:

@@ -58,8 +58,13 @@ def load_threshold_file(
     unknown = set(per_label) - set(labels)
     if unknown:
         raise ConfigError(f"{name}: labels not in the task: {', '.join(sorted(unknown))}")
+    rate = (doc.get("estimates") or {}).get("escalation_rate")
+    expected = None
+    if isinstance(rate, list) and len(rate) == 3 and all(isinstance(x, int | float) for x in rate):
+        expected = (float(rate[0]), float(rate[1]), float(rate[2]))
     return Thresholds(
         default=float(threshold),
         per_label={str(k): float(v) for k, v in per_label.items()},
         version=str(doc.get("version")),
+        expected_escalation=expected,
     )

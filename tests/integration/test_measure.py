@@ -118,7 +118,16 @@ async def test_shadow_calibrate_then_run_with_the_new_thresholds(
         "ESCALATOR_RESULTS_TOPIC": f"res2-{unique}",
         "ESCALATOR_REQUESTS_TOPIC": f"req2-{unique}",
     }
-    async with running_service(env2, ["cheap", "strong"]):
+    async with running_service(env2, ["cheap", "strong"]) as service:
+        # The calibrated escalation rate is exported, for the drift alert to compare against.
+        registry = service.metrics.registry
+        exported_rate = [
+            registry.get_sample_value(
+                "escalator_calibrated_escalation_rate", {"bound": b, "version": doc["version"]}
+            )
+            for b in ("low", "expected", "high")
+        ]
+        assert exported_rate == doc["estimates"]["escalation_rate"]
         await produce(
             kafka_bootstrap, env2["ESCALATOR_REQUESTS_TOPIC"], requests(10, "after", TEXTS)
         )
