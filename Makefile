@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
-.PHONY: help venv lint types audit unit check integration reliability-ci reliability test demo bench lock clean
+.PHONY: help venv tools lint types audit unit check integration deploy-check reliability-ci reliability test demo bench lock clean
 
 help:
 	@echo "make demo | test | check | bench | lock"
@@ -17,6 +17,38 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $@
 
 venv: $(STAMP)
+
+# Tools for the deployment checks, pinned, in .tools/ (git-ignored):
+# kustomize (Go module proxy), the KEDA and Prometheus Operator CRDs (from their Go modules),
+# the AsyncAPI parser (npm), and promtool + prometheus (Debian's `prometheus` package).
+TOOLS := $(CURDIR)/.tools
+KUSTOMIZE_VERSION := v5.7.1
+KEDA_VERSION := v2.17.0
+PROMETHEUS_OPERATOR_VERSION := v0.85.0
+ASYNCAPI_PARSER_VERSION := 3.6.6
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(TOOLS)/bin/kustomize:
+	GOBIN=$(TOOLS)/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(TOOLS)/crds/.done:
+	mkdir -p $(TOOLS)/crds
+	keda=$$(go mod download -json github.com/kedacore/keda/v2@$(KEDA_VERSION) | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+	  && cp $$keda/config/crd/bases/keda.sh_scaledobjects.yaml $$keda/config/crd/bases/keda.sh_triggerauthentications.yaml $(TOOLS)/crds/
+	promop=$$(go mod download -json github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION) | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+	  && cp $$promop/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml $(TOOLS)/crds/
+	chmod u+w $(TOOLS)/crds/*.yaml
+	touch $@
+
+$(TOOLS)/node_modules/@asyncapi/parser/package.json:
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error @asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)
+
+/usr/bin/promtool:
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+
+tools: $(TOOLS)/bin/kustomize $(TOOLS)/crds/.done $(TOOLS)/node_modules/@asyncapi/parser/package.json /usr/bin/promtool
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check service tests
@@ -34,8 +66,12 @@ audit: $(STAMP)
 
 check: lint types audit unit
 
-integration: $(STAMP)
-	$(PYTEST) tests/integration -q
+integration: $(STAMP) tools
+	PATH=$(TOOLS)/bin:$$PATH $(PYTEST) tests/integration -q
+
+# Kubernetes manifests, Prometheus rules (promtool), dashboard queries, AsyncAPI document.
+deploy-check: $(STAMP) tools
+	PATH=$(TOOLS)/bin:$$PATH ESCALATOR_TOOLS=$(TOOLS) $(PYTEST) tests/deploy -q
 
 # Fault scenarios at the reduced CI scale.
 reliability-ci: $(STAMP)
@@ -48,7 +84,7 @@ reliability: $(STAMP)
 
 # The whole suite: static checks, unit tests, integration tests against a real broker, and
 # the reduced reliability scenarios.
-test: check integration reliability-ci
+test: check deploy-check integration reliability-ci
 
 demo: $(STAMP)
 	$(BIN)/escalator demo

@@ -210,6 +210,28 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def catalogue(self) -> dict[str, tuple[str, ...]]:
+        """Every series name this process can expose, with its label names.
+
+        Dashboards and alert rules are checked against it, so that a renamed metric cannot
+        leave a panel or an alert silently empty.
+        """
+        suffixes = {
+            "counter": ("_total",),
+            "gauge": ("",),
+            "histogram": ("_bucket", "_sum", "_count"),
+        }
+        out: dict[str, tuple[str, ...]] = {}
+        for collector in set(self.registry._collector_to_names):
+            labels = tuple(
+                getattr(collector, "labelnames", None) or getattr(collector, "_labelnames", ())
+            )
+            for family in list(collector.describe()) or list(collector.collect()):
+                for suffix in suffixes[family.type]:
+                    extra = ("le",) if suffix == "_bucket" else ()
+                    out[family.name + suffix] = labels + extra
+        return out
+
 
 class TierSeries:
     """Children of the per-tier series, bound to one tier."""

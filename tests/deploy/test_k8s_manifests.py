@@ -1,0 +1,254 @@
+"""The Kubernetes manifests: they build with kustomize, every built-in object validates
+against the Kubernetes schemas (kubernetes-validate, offline), the KEDA and Prometheus
+Operator resources against their own CRDs' schemas, the Strimzi topics structurally, and the
+settings that must agree with each other do."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import orjson
+import pytest
+import yaml
+
+from escalator.config import load_settings
+from escalator.task import load_task, parse_task
+from tests.deploy.tools import ROOT, crd_file, tool
+
+K8S_VERSION = "1.33.0"
+KUSTOMIZATIONS = ["deploy/k8s/base", "deploy/k8s/overlays/example"]
+CRDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentications.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
+}
+# Strimzi publishes its CRDs in no registry this machine reaches: the fields Escalator uses,
+# as Strimzi's documentation describes them (kafka.strimzi.io/v1beta2 KafkaTopic).
+STRIMZI_TOPIC = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "labels"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                "labels": {"type": "object", "required": ["strimzi.io/cluster"]},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["partitions", "replicas"],
+            "properties": {
+                "topicName": {"type": "string"},
+                "partitions": {"type": "integer", "minimum": 1},
+                "replicas": {"type": "integer", "minimum": 1, "maximum": 32767},
+                "config": {"type": "object"},
+            },
+        },
+    },
+}
+
+
+@cache
+def build(path: str) -> tuple[dict[str, Any], ...]:
+    proc = subprocess.run(
+        [tool("kustomize"), "build", str(ROOT / path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
+
+
+def objects(path: str, kind: str | None = None) -> Iterator[dict[str, Any]]:
+    for obj in build(path):
+        if kind is None or obj["kind"] == kind:
+            yield obj
+
+
+def named(path: str, kind: str, name: str) -> dict[str, Any]:
+    for obj in objects(path, kind):
+        if obj["metadata"]["name"] == name:
+            return obj
+    raise AssertionError(f"no {kind} {name} in {path}")
+
+
+@cache
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    crd = yaml.safe_load(crd_file(CRDS[(api_version, kind)]).read_text())
+    version = api_version.split("/")[1]
+    for v in crd["spec"]["versions"]:
+        if v["name"] == version:
+            schema: dict[str, Any] = v["schema"]["openAPIV3Schema"]
+            return schema
+    raise AssertionError(f"{kind}: the CRD has no version {version}")
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_builds_with_every_expected_object(path: str) -> None:
+    kinds = sorted(o["kind"] for o in objects(path))
+    for kind, count in {
+        "Deployment": 2,
+        "PodDisruptionBudget": 2,
+        "ScaledObject": 2,
+        "Service": 1,
+        "ServiceMonitor": 1,
+        "KafkaTopic": 5,
+        "ConfigMap": 2,
+    }.items():
+        assert kinds.count(kind) == count, (kind, kinds)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_builtin_objects_match_the_kubernetes_schemas(path: str) -> None:
+    checked = 0
+    for obj in objects(path):
+        if "/" in obj["apiVersion"] and obj["apiVersion"].split("/")[0].endswith(
+            (".sh", ".coreos.com", ".strimzi.io")
+        ):
+            continue
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc}") from exc
+        checked += 1
+    assert checked >= 7
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_custom_resources_match_their_crds(path: str) -> None:
+    checked = 0
+    for obj in objects(path):
+        key = (obj["apiVersion"], obj["kind"])
+        if key in CRDS:
+            jsonschema.validate(obj, crd_schema(*key))
+        elif obj["kind"] == "KafkaTopic":
+            jsonschema.validate(obj, STRIMZI_TOPIC)
+        else:
+            continue
+        checked += 1
+    assert checked >= 8
+
+
+def test_crd_validation_can_fail() -> None:
+    """The CRD schemas are strict enough to catch a typo in a ScaledObject."""
+    bad = named("deploy/k8s/base", "ScaledObject", "escalator-cheap")
+    bad = orjson.loads(orjson.dumps(bad))
+    bad["spec"]["maxReplicaCount"] = "six"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, crd_schema("keda.sh/v1alpha1", "ScaledObject"))
+
+
+def _env(container: dict[str, Any], config: dict[str, str]) -> dict[str, str]:
+    env = dict(config)
+    env.update({e["name"]: e.get("value", "<ref>") for e in container.get("env", [])})
+    return env
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+@pytest.mark.parametrize(
+    ("tier", "topic_var", "group"),
+    [
+        ("cheap", "ESCALATOR_REQUESTS_TOPIC", "escalator-cheap"),
+        ("strong", "ESCALATOR_ESCALATIONS_TOPIC", "escalator-strong"),
+    ],
+)
+def test_each_tier_is_configured_consistently(
+    path: str, tier: str, topic_var: str, group: str, tmp_path: Path
+) -> None:
+    deployment = named(path, "Deployment", f"escalator-{tier}")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    config_name = container["envFrom"][0]["configMapRef"]["name"]
+    config = next(
+        c["data"] for c in objects(path, "ConfigMap") if c["metadata"]["name"] == config_name
+    )
+    env = _env(container, config)
+
+    # The configuration the pod gets is one the service accepts at start-up. Files the pod
+    # mounts are stood in for by local copies (the task) or empty files (the CA).
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    local = dict(env)
+    for name, value in env.items():
+        if value.startswith("/etc/escalator/"):
+            assert any(value.startswith(m + "/") for m in mounted), (name, value)
+            stand_in = tmp_path / name
+            stand_in.write_text(task_json(path) if name == "ESCALATOR_TASK_FILE" else "")
+            local[name] = str(stand_in)
+    settings = load_settings({**local, "ANTHROPIC_API_KEY": "sk-placeholder"})
+    assert container["args"] == ["run", "--tier", tier]
+    assert settings.pipeline.shutdown_grace_s < pod["terminationGracePeriodSeconds"]
+
+    # The API key comes from a Secret, never from a literal.
+    (key,) = [e for e in container["env"] if e["name"] == "ANTHROPIC_API_KEY"]
+    assert "secretKeyRef" in key["valueFrom"]
+
+    # Non-root, read-only root filesystem, no privilege escalation, resources set.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert {"requests", "limits"} <= set(container["resources"])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    assert port == settings.metrics_port
+
+    # KEDA scales this Deployment on this tier's group and input topic, never past the
+    # topic's partition count, with a lag target above the in-flight limit (see the
+    # comment in scaledobjects.yaml: committed offsets trail the work by about that much).
+    scaled = named(path, "ScaledObject", f"escalator-{tier}")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    trigger = scaled["spec"]["triggers"][0]["metadata"]
+    assert trigger["consumerGroup"] == group
+    assert trigger["topic"] == env[topic_var]
+    assert trigger["bootstrapServers"] == env["KAFKA_BOOTSTRAP_SERVERS"]
+    topic = named(path, "KafkaTopic", env[topic_var])
+    assert scaled["spec"]["maxReplicaCount"] <= topic["spec"]["partitions"]
+    assert int(trigger["lagThreshold"]) > 2 * int(env["ESCALATOR_MAX_IN_FLIGHT"])
+
+    # A PodDisruptionBudget selects exactly this tier's pods.
+    labels = pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = named(path, "PodDisruptionBudget", f"escalator-{tier}")
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    other = named(path, "Deployment", f"escalator-{'strong' if tier == 'cheap' else 'cheap'}")
+    assert not selector.items() <= other["spec"]["template"]["metadata"]["labels"].items()
+
+    # The metrics Service selects this tier's pods, and the ServiceMonitor selects the Service.
+    service = next(iter(objects(path, "Service")))
+    assert service["spec"]["selector"].items() <= labels.items()
+    monitor = next(iter(objects(path, "ServiceMonitor")))
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+
+def test_every_output_topic_is_a_kafka_topic() -> None:
+    data = next(c for c in objects("deploy/k8s/base", "ConfigMap") if "task.json" not in c["data"])[
+        "data"
+    ]
+    topics = {o["metadata"]["name"] for o in objects("deploy/k8s/base", "KafkaTopic")}
+    wanted = {v for k, v in data.items() if k.endswith("_TOPIC")}
+    assert wanted == topics
+
+
+def task_json(path: str) -> str:
+    task_map = next(c for c in objects(path, "ConfigMap") if "task.json" in c.get("data", {}))
+    text: str = task_map["data"]["task.json"]
+    return text
+
+
+def test_the_task_in_the_config_map_is_a_valid_task() -> None:
+    task = parse_task(task_json("deploy/k8s/base").encode(), "deploy task.json")
+    assert task.labels == load_task(None).labels

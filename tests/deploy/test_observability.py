@@ -1,0 +1,154 @@
+"""Dashboards and alerts against what the service exports: every series a panel or a rule
+queries exists, with the labels it filters and groups on; the rules pass promtool's checks and
+unit tests; every alert has a runbook."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from escalator.metrics import Metrics
+from tests.deploy.tools import ROOT, tool
+
+DASHBOARD = ROOT / "deploy/grafana/dashboards/escalator.json"
+RULES = ROOT / "deploy/prometheus/rules.yml"
+RULE_TESTS = ROOT / "deploy/prometheus/rules.test.yml"
+OPERATIONS = ROOT / "docs/OPERATIONS.md"
+
+SERIES = re.compile(r"\b(escalator_[a-z0-9_]+)(\{[^}]*\})?")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|on|without)\s*\(([^)]*)\)")
+# Labels Prometheus attaches at scrape time, not the service.
+TARGET_LABELS = {"job", "instance", "component"}
+
+
+def dashboard_exprs() -> Iterator[tuple[str, str]]:
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel["targets"]:
+            yield panel["title"], target["expr"]
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def check_expr(expr: str, catalogue: dict[str, tuple[str, ...]], recorded: set[str]) -> None:
+    used = SERIES.findall(expr)
+    names = [name for name, _ in used]
+    assert names or any(r in expr for r in recorded), f"queries no escalator series: {expr}"
+    labels: set[str] = set(TARGET_LABELS) | {"le"}
+    for name, selector in used:
+        assert name in catalogue, f"{name} is not exported by the service"
+        labels |= set(catalogue[name])
+        for label in MATCHER.findall(selector):
+            assert label in catalogue[name] or label in TARGET_LABELS, (
+                f"{name} has no label {label!r}"
+            )
+    for group in GROUPING.findall(expr):
+        for label in filter(None, (x.strip() for x in group.split(","))):
+            assert label in labels, f"grouping on {label!r}, which no series in {expr} has"
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> dict[str, tuple[str, ...]]:
+    return Metrics().catalogue()
+
+
+def test_every_dashboard_query_uses_exported_series(catalogue: dict[str, tuple[str, ...]]) -> None:
+    exprs = list(dashboard_exprs())
+    assert len(exprs) >= 12
+    for title, expr in exprs:
+        try:
+            check_expr(expr, catalogue, set())
+        except AssertionError as exc:
+            raise AssertionError(f"panel {title!r}: {exc}") from exc
+
+
+def test_the_check_catches_a_renamed_metric(catalogue: dict[str, tuple[str, ...]]) -> None:
+    with pytest.raises(AssertionError, match="not exported"):
+        check_expr("rate(escalator_decision_total[5m])", catalogue, set())
+    with pytest.raises(AssertionError, match="no label"):
+        check_expr('escalator_circuit_open{model="x"}', catalogue, set())
+    with pytest.raises(AssertionError, match="grouping on"):
+        check_expr("sum by (reason) (escalator_in_flight)", catalogue, set())
+
+
+def test_the_dashboard_shows_what_operators_asked_for() -> None:
+    titles = " | ".join(t for t, _ in dashboard_exprs()).lower()
+    for topic in (
+        "throughput",
+        "escalation rate",
+        "spend per hour",
+        "shadow",
+        "p50 and p99",
+        "commit lag",
+        "dead letters",
+        "retries",
+        "circuit breaker",
+        "in flight",
+    ):
+        assert topic in titles, topic
+
+
+def test_every_rule_uses_exported_series(catalogue: dict[str, tuple[str, ...]]) -> None:
+    recorded = {r["record"] for r in rules() if "record" in r}
+    for rule in rules():
+        check_expr(rule["expr"], catalogue, recorded)
+
+
+def test_every_alert_has_a_runbook() -> None:
+    text = OPERATIONS.read_text()
+    headings = {m.lower() for m in re.findall(r"^#{2,4} (\S+)", text, flags=re.M)}
+    alerts = [r for r in rules() if "alert" in r]
+    assert {a["alert"] for a in alerts} >= {
+        "EscalatorEscalationRateDrift",
+        "EscalatorDeadLetters",
+        "EscalatorLagGrowing",
+        "EscalatorCircuitOpen",
+        "EscalatorSpendOverBudget",
+        "EscalatorNoDecisions",
+    }
+    for alert in alerts:
+        assert alert["alert"].lower() in headings, f"no runbook section for {alert['alert']}"
+        anchor = alert["annotations"]["runbook_url"].split("#")[1]
+        assert anchor == alert["alert"].lower()
+
+
+def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
+    promtool = tool("promtool")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(
+        [promtool, "test", "rules", str(RULE_TESTS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=RULE_TESTS.parent,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "SUCCESS" in test.stdout + test.stderr
+
+
+def test_compose_provisions_the_dashboard_and_the_rules() -> None:
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    mounts = {
+        v.split(":")[0]: v.split(":")[1]
+        for service in ("grafana", "prometheus")
+        for v in compose["services"][service]["volumes"]
+    }
+    for source in mounts:
+        assert (ROOT / "deploy" / source).exists(), source
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert prometheus["rule_files"] == [mounts["./prometheus/rules.yml"]]
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/escalator.yaml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == mounts["./grafana/dashboards"]
