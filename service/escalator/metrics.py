@@ -223,10 +223,12 @@ class Metrics:
         }
         out: dict[str, tuple[str, ...]] = {}
         for collector in set(self.registry._collector_to_names):
-            labels = tuple(
-                getattr(collector, "labelnames", None) or getattr(collector, "_labelnames", ())
+            names: Any = getattr(collector, "labelnames", None) or getattr(
+                collector, "_labelnames", ()
             )
-            for family in list(collector.describe()) or list(collector.collect()):
+            labels = tuple(names)
+            describe: Any = getattr(collector, "describe", lambda: ())
+            for family in list(describe()) or list(collector.collect()):
                 for suffix in suffixes[family.type]:
                     extra = ("le",) if suffix == "_bucket" else ()
                     out[family.name + suffix] = labels + extra
