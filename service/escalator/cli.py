@@ -6,6 +6,7 @@ Commands:
     topics create             create the service's topics (idempotent)
     produce FILE|-            publish requests from JSON lines
     run --tier cheap|strong|all
+    dead-letters summary|replay   count dead letters by reason; send chosen ones back
     demo                      the whole round trip on embedded defaults
 
 Every expected failure ends as one line on stderr and a non-zero exit code, never a traceback.

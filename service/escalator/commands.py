@@ -128,8 +128,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     produce.add_argument("--raw", action="store_true", help="publish lines without checking")
     produce.set_defaults(func=cmd_produce)
 
+    from escalator.deadletters import register as register_dead_letters
     from escalator.demo import register as register_demo
     from escalator.measure import register as register_measure
 
     register_measure(sub)
+    register_dead_letters(sub)
     register_demo(sub)
