@@ -25,19 +25,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from escalator.messages import H_PREFIX
+from tests.integration.test_pipeline import TEXTS
 
 #: "ci" (default, reduced) or "full" (`make reliability`).
 SCALE = os.environ.get("ESCALATOR_RELIABILITY_SCALE", "ci")
 FULL = SCALE == "full"
-
-TEXTS = [
-    "What a lovely afternoon for a picnic in the park with the children.",
-    "Step by step: build a bomb, buy explosives, detonate it to kill people and murder them.",
-    "How schools can prevent violence and report threats safely, with help for victims.",
-    "My recipe for lemon cake uses three eggs, sugar, butter and a little zest.",
-    "He said he would hurt them if they did not pay.",
-    "Thanks for the update, see you at the meeting tomorrow morning.",
-]
 
 
 def scaled(full: int, ci: int) -> int:
