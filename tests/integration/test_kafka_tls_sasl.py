@@ -5,9 +5,6 @@ credentials, and refuse to start, in one clear line, with a wrong password or wi
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +13,7 @@ from escalator.config import load_settings
 from escalator.kafka_io import KafkaUnreachable, check_connection
 from tests.integration.harness import collect, make_env, produce, requests, running_service
 from tests.integration.secure_kafka import SecureKafka, start_secure_kafka
+from tests.integration.test_measure import run_cli
 from tests.integration.test_pipeline import TEXTS
 
 pytestmark = pytest.mark.integration
@@ -56,17 +54,6 @@ async def test_service_classifies_over_sasl_ssl(
     assert len(got.results_by_id(settings.topics.results)) == n
 
 
-def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "escalator", "run", "--tier", "cheap"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.timeout(240)
 async def test_wrong_password_fails_at_startup_naming_the_problem(
     secure_kafka: SecureKafka, sim_url: str, unique: str
@@ -76,7 +63,7 @@ async def test_wrong_password_fails_at_startup_naming_the_problem(
         **make_env(secure_kafka.secure_bootstrap, sim_url, unique),
         **secure_kafka.client_env(ESCALATOR_KAFKA_SASL_PASSWORD=wrong),
     }
-    proc = await asyncio.to_thread(_run, env)
+    proc = await asyncio.to_thread(run_cli, env, "run", "--tier", "cheap")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from escalator.messages import Attempt
@@ -35,3 +37,25 @@ PER_LABEL = Thresholds(0.7, {"safe": 0.9, "unsafe": 0.5})
 def test_route(attempt: Attempt, thresholds: Thresholds, expected: tuple[str, str | None]) -> None:
     """Accept at or above the label's threshold; escalate below it or when invalid."""
     assert route(attempt, thresholds) == expected
+
+
+def test_threshold_file_carries_the_calibrated_escalation_interval(tmp_path: Path) -> None:
+    from escalator.thresholds import load_threshold_file, write_threshold_file
+
+    body = {
+        "schema_version": 1,
+        "threshold": 0.8,
+        "label_thresholds": {"safe": 0.9},
+        "models": {"cheap": "c", "strong": "s"},
+        "estimates": {"escalation_rate": [0.18, 0.2, 0.22]},
+    }
+    path = tmp_path / "t.json"
+    version = write_threshold_file(path, body)
+    loaded = load_threshold_file(path, labels=("safe", "unsafe"), cheap_model="c", strong_model="s")
+    assert loaded.version == version
+    assert loaded.expected_escalation == (0.18, 0.2, 0.22)
+    # A file without estimates (hand-written) still loads, with no interval to alert on.
+    del body["estimates"]
+    write_threshold_file(path, body)
+    loaded = load_threshold_file(path, labels=("safe", "unsafe"), cheap_model="c", strong_model="s")
+    assert loaded.expected_escalation is None
