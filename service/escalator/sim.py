@@ -30,10 +30,11 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from aiohttp import web
@@ -562,7 +563,21 @@ def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
         proc.wait()
         proc.stdout.close()
         raise RuntimeError(f"simulator did not start: {line!r}")
+    # Keep reading its output. Nobody else reads this pipe: once its 64 KiB buffer fills (a
+    # crash loop's reset connections log enough in minutes), the simulator blocks on write
+    # and stops answering every caller.
+    drain = threading.Thread(target=_drain, args=(proc.stdout,), daemon=True)
+    drain.start()
+    proc.escalator_drain = drain  # type: ignore[attr-defined]
     return proc, match.group(0)
+
+
+def _drain(stream: IO[str]) -> None:
+    try:
+        for _ in stream:
+            pass
+    except (OSError, ValueError):  # closed by terminate()
+        return
 
 
 def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
@@ -573,5 +588,8 @@ def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    drain = getattr(proc, "escalator_drain", None)
+    if drain is not None:
+        drain.join(timeout_s)  # the pipe is at EOF once the process has exited
     if proc.stdout is not None:
         proc.stdout.close()
