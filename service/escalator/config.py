@@ -43,6 +43,17 @@ class Secret:
     __str__ = __repr__
 
 
+def parse_bootstrap(value: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` as (host, port) pairs; ValueError names a bad entry."""
+    addresses = []
+    for server in filter(None, (part.strip() for part in value.split(","))):
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{server!r} is not host:port")
+        addresses.append((host, int(port)))
+    return addresses
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     bootstrap_servers: str
@@ -54,6 +65,10 @@ class KafkaSettings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     client_id: str = "escalator"
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return parse_bootstrap(self.bootstrap_servers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +248,10 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
     if bootstrap is None and require_kafka:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port[,host:port...])")
     bootstrap = bootstrap or ""
-    for server in filter(None, bootstrap.split(",")):
-        host, sep, port = server.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {server!r} is not host:port")
+    try:
+        parse_bootstrap(bootstrap)
+    except ValueError as exc:
+        raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {exc}") from None
 
     protocol = env.choice("ESCALATOR_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS)
     mechanism = None

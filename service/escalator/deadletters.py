@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
-from escalator.config import Settings, load_settings
+from escalator.commands import settings_from_env
+from escalator.config import Settings
+from escalator.decisions_log import parse_time
 from escalator.errors import EscalatorError
-from escalator.kafka_io import check_connection, make_producer, security_kwargs
+from escalator.kafka_io import check_connection, make_producer, read_to_end
 from escalator.messages import H_PREFIX
 
 REPLAY_HEADER = H_PREFIX + "replay-of"
@@ -42,63 +38,6 @@ class Scan:
     matched: Counter[str] = field(default_factory=Counter)
     replayed: Counter[str] = field(default_factory=Counter)
     unreplayable: int = 0
-
-
-def _time_ms(value: str | None, flag: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise EscalatorError(f"{flag}: {value!r} is not an ISO 8601 time") from exc
-    if moment.tzinfo is None:
-        raise EscalatorError(f"{flag}: {value!r} has no time zone (add Z or +00:00)")
-    return int(moment.timestamp() * 1000)
-
-
-async def _partitions(settings: Settings, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, **security_kwargs(settings.kafka)
-    )
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] != 0 or not described["partitions"]:
-        raise EscalatorError(f"topic {topic!r} does not exist")
-    return sorted(p["partition"] for p in described["partitions"])
-
-
-async def _records(settings: Settings, topic: str) -> AsyncIterator[Any]:
-    """Every record of ``topic`` up to the high watermarks seen at the start."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=settings.kafka.client_id + "-dead-letters",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        **security_kwargs(settings.kafka),
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await _partitions(settings, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < end[tp]:
-                        yield record
-                if records and records[-1].offset >= end[tp] - 1:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
 
 
 async def scan(
@@ -115,7 +54,13 @@ async def scan(
         await producer.start()
     pending: list[tuple[str, Any]] = []
     try:
-        async for record in _records(settings, settings.topics.dead_letter):
+        dead_letters = read_to_end(
+            settings.kafka,
+            settings.topics.dead_letter,
+            client_id=settings.kafka.client_id + "-dead-letters",
+            isolation_level="read_committed",
+        )
+        async for record in dead_letters:
             result.scanned += 1
             headers = {k: v for k, v in record.headers or ()}
             reason = headers.get(H_PREFIX + "reason", b"").decode("utf-8", "replace") or "?"
@@ -152,11 +97,9 @@ async def scan(
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    import os
-
-    settings = load_settings(os.environ)
-    since_ms = _time_ms(args.since, "--since")
-    until_ms = _time_ms(args.until, "--until")
+    settings = settings_from_env()
+    since_ms = parse_time(args.since, "--since")
+    until_ms = parse_time(args.until, "--until")
     replay = args.action == "replay"
     if replay and not args.reason and not args.all:
         raise EscalatorError("replay needs --reason REASON (repeatable) or --all")
@@ -172,15 +115,14 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         )
 
     result = asyncio.run(main())
-    out = sys.stdout
-    print(f"dead-letter topic {settings.topics.dead_letter}: {result.scanned} records", file=out)
+    print(f"dead-letter topic {settings.topics.dead_letter}: {result.scanned} records")
     for reason, count in sorted(result.matched.items()):
         done = f", replayed {result.replayed[reason]}" if replay and not args.dry_run else ""
-        print(f"  {reason}: {count}{done}", file=out)
+        print(f"  {reason}: {count}{done}")
     if result.unreplayable:
-        print(f"  not replayed (source is not an input topic): {result.unreplayable}", file=out)
+        print(f"  not replayed (source is not an input topic): {result.unreplayable}")
     if replay and args.dry_run:
-        print("dry run: nothing was published", file=out)
+        print("dry run: nothing was published")
     return 0
 
 
@@ -191,7 +133,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("action", choices=["summary", "replay"])
     p.add_argument("--reason", action="append", default=[], help="only this reason; repeatable")
     p.add_argument("--all", action="store_true", help="replay every reason")
-    p.add_argument("--since", default=None, help="failed at or after this ISO 8601 time")
-    p.add_argument("--until", default=None, help="failed before this ISO 8601 time")
+    p.add_argument(
+        "--since",
+        default=None,
+        help="failed at or after this time (ISO 8601, UTC if no zone, or epoch ms)",
+    )
+    p.add_argument("--until", default=None, help="failed before this time (same forms as --since)")
     p.add_argument("--dry-run", action="store_true", help="count what would be replayed")
     p.set_defaults(func=cmd_dead_letters)

@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from escalator.config import KafkaSettings
 from escalator.errors import EscalatorError
-from escalator.kafka_io import make_consumer, security_kwargs
+from escalator.kafka_io import read_to_end
 
 
 def parse_time(value: str | None, name: str) -> int | None:
@@ -35,57 +33,17 @@ async def read_topic(
     kafka: KafkaSettings, topic: str, since_ms: int | None = None, until_ms: int | None = None
 ) -> list[dict[str, Any]]:
     """Every decision in [since, until), read up to the end offsets seen at the start."""
-    consumer = make_consumer(kafka, group_id=None, enable_auto_commit=False)  # type: ignore[arg-type]
-    try:
-        await consumer.start()
-        partitions = await topic_partitions(kafka, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-            for tp in tps:
-                hit = found.get(tp)
-                consumer.seek(tp, hit.offset if hit is not None else end[tp])
-        else:
-            await consumer.seek_to_beginning(*tps)
-        out: list[dict[str, Any]] = []
-        remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset >= end[tp]:
-                        continue
-                    if until_ms is not None and r.timestamp >= until_ms:
-                        continue
-                    try:
-                        value = orjson.loads(r.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(value, dict):
-                        out.append(value)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
-    try:
-        await admin.start()
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    for entry in described:
-        if entry.get("topic") == topic and entry.get("error_code", 0) == 0:
-            found = [int(p["partition"]) for p in entry.get("partitions", [])]
-            if found:
-                return found
-    raise EscalatorError(f"topic {topic!r} does not exist")
+    out: list[dict[str, Any]] = []
+    async for record in read_to_end(kafka, topic, since_ms=since_ms):
+        if until_ms is not None and record.timestamp >= until_ms:
+            continue
+        try:
+            value = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

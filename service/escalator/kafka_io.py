@@ -8,10 +8,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -182,13 +182,13 @@ async def check_connection(kafka: KafkaSettings, timeout_s: float = 15.0) -> str
     """
     security = security_kwargs(kafka)
     reasons: list[str] = []
-    for address in kafka.bootstrap_servers.split(","):
-        host, _, port = address.strip().rpartition(":")
+    for host, port in kafka.addresses:
+        address = f"{host}:{port}"
         try:
             conn = await asyncio.wait_for(
                 create_conn(
                     host,
-                    int(port),
+                    port,
                     client_id=kafka.client_id,
                     request_timeout_ms=int(timeout_s * 1000),
                     **security,
@@ -223,8 +223,11 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**kwargs)
 
 
-def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
-    """Manual commits only: offsets are committed by the pipeline's watermark, never auto."""
+def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """Manual commits only: offsets are committed by the pipeline's watermark, never auto.
+
+    ``group_id=None`` makes a group-less reader that assigns its partitions itself.
+    """
     kwargs: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": kafka.client_id,
@@ -235,6 +238,56 @@ def make_consumer(kafka: KafkaSettings, group_id: str, **overrides: Any) -> AIOK
     }
     kwargs.update(overrides)
     return AIOKafkaConsumer(**kwargs)
+
+
+async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The topic's partition numbers, sorted, from the broker (not aiokafka's metadata cache)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry.get("topic") == topic and entry.get("error_code", 0) == 0:
+            found = sorted(int(p["partition"]) for p in entry.get("partitions", []))
+            if found:
+                return found
+    raise EscalatorError(f"topic {topic!r} does not exist")
+
+
+async def read_to_end(
+    kafka: KafkaSettings, topic: str, *, since_ms: int | None = None, **overrides: Any
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` (from ``since_ms`` if given) up to the end offsets seen at the
+    start, read group-less: nothing is committed and no group is joined."""
+    consumer = make_consumer(kafka, None, **overrides)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            for tp in tps:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else end[tp])
+        remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < end[tp]:
+                        yield record
+            # Positions, not the last offset read: transaction markers and aborted records
+            # occupy offsets that are never returned.
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
 
 
 async def create_topics(

@@ -25,10 +25,11 @@ from typing import Any
 
 import anthropic
 import orjson
+from prometheus_client import CollectorRegistry
 
 from escalator import logs, sim
 from escalator.app import build_service
-from escalator.config import load_settings
+from escalator.config import Settings, load_settings
 from escalator.kafka_io import make_consumer, make_producer
 from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from escalator.messages import Attempt
@@ -92,41 +93,54 @@ class InstantModel:
         return Attempt(self.tier, self.model, "safe", 0.95, True, 90, 10, 0, 1290, 2.8e-5, 0.0)
 
 
-async def run_pipeline(env: dict[str, str], n: int, factory: Any = None) -> float:
-    """Run the cheap tier in-process until n records are done; return records per second."""
+async def run_cheap_tier(
+    env: dict[str, str],
+    factory: Any,
+    finished: Callable[[Settings, CollectorRegistry], Awaitable[bool]],
+    poll_s: float,
+) -> tuple[float, CollectorRegistry]:
+    """Run the cheap tier in-process until `finished`.
+
+    Returns the seconds from its first request to `finished`, and its metrics registry.
+    """
     settings = load_settings(env)
     service = build_service(settings, ["cheap"], model_factory=factory)
     run = asyncio.create_task(service.run(install_signals=False))
     registry = service.metrics.registry
-    labels = {"tier": "cheap"}
     started: float | None = None
     try:
         while True:
-            seen = registry.get_sample_value("escalator_requests_total", labels) or 0
-            if started is None and seen > 0:
+            if started is None and registry.get_sample_value(
+                "escalator_requests_total", {"tier": "cheap"}
+            ):
                 started = time.perf_counter()
-            done = registry.get_sample_value("escalator_processing_seconds_count", labels) or 0
-            if done >= n:
-                assert started is not None
-                total = registry.get_sample_value("escalator_processing_seconds_sum", labels) or 0
-                model = (
-                    registry.get_sample_value(
-                        "escalator_model_latency_seconds_sum",
-                        {**labels, "model": "claude-haiku-5-5"},
-                    )
-                    or 0
-                )
-                print(
-                    f"    (mean time in the tier per record: {1000 * total / n:.1f} ms; "
-                    f"model call {1000 * model / n:.1f} ms)"
-                )
-                return n / (time.perf_counter() - started)
+            if started is not None and await finished(settings, registry):
+                return time.perf_counter() - started, registry
             if run.done():
                 run.result()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll_s)
     finally:
         service.stop()
         await run
+
+
+async def run_pipeline(env: dict[str, str], n: int, factory: Any = None) -> float:
+    """Run the cheap tier in-process until n records are done; return records per second."""
+    labels = {"tier": "cheap"}
+
+    async def processed(settings: Settings, registry: CollectorRegistry) -> bool:
+        return (registry.get_sample_value("escalator_processing_seconds_count", labels) or 0) >= n
+
+    def mean_ms(registry: CollectorRegistry, name: str, extra: dict[str, str]) -> float:
+        return 1000 * (registry.get_sample_value(name, {**labels, **extra}) or 0) / n
+
+    elapsed, registry = await run_cheap_tier(env, factory, processed, 0.05)
+    tier_ms = mean_ms(registry, "escalator_processing_seconds_sum", {})
+    model_ms = mean_ms(
+        registry, "escalator_model_latency_seconds_sum", {"model": "claude-haiku-5-5"}
+    )
+    print(f"    (mean time in the tier per record: {tier_ms:.1f} ms; model call {model_ms:.1f} ms)")
+    return n / elapsed
 
 
 # Per request the cheap tier writes a result (~720 bytes) and a decisions-log record (~480
@@ -413,31 +427,15 @@ async def run_until_committed(env: dict[str, str], n: int, factory: Any = None) 
     Committed, not processed: under exactly-once an output is visible only once its
     transaction commits, and the offsets commit in that same transaction.
     """
-    settings = load_settings(env)
-    service = build_service(settings, ["cheap"], model_factory=factory)
-    run = asyncio.create_task(service.run(install_signals=False))
-    registry = service.metrics.registry
-    started: float | None = None
-    try:
-        while True:
-            if started is None and registry.get_sample_value(
-                "escalator_requests_total", {"tier": "cheap"}
-            ):
-                started = time.perf_counter()
-            if started is not None:
-                done = await committed_total(
-                    env["KAFKA_BOOTSTRAP_SERVERS"],
-                    settings.pipeline.cheap_group,
-                    settings.topics.requests,
-                )
-                if done >= n:
-                    return n / (time.perf_counter() - started)
-            if run.done():
-                run.result()
-            await asyncio.sleep(0.2)
-    finally:
-        service.stop()
-        await run
+
+    async def committed(settings: Settings, registry: CollectorRegistry) -> bool:
+        done = await committed_total(
+            env["KAFKA_BOOTSTRAP_SERVERS"], settings.pipeline.cheap_group, settings.topics.requests
+        )
+        return done >= n
+
+    elapsed, _ = await run_cheap_tier(env, factory, committed, 0.2)
+    return n / elapsed
 
 
 async def b6(bootstrap: str, sim_url: str) -> None:

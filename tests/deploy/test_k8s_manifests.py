@@ -217,7 +217,7 @@ def test_each_tier_is_configured_consistently(
     assert int(trigger["lagThreshold"]) > 2 * int(env["ESCALATOR_MAX_IN_FLIGHT"])
 
     # A PodDisruptionBudget selects exactly this tier's pods.
-    labels = pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     pdb = named(path, "PodDisruptionBudget", f"escalator-{tier}")
     selector = pdb["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod_labels.items()
@@ -226,7 +226,7 @@ def test_each_tier_is_configured_consistently(
 
     # The metrics Service selects this tier's pods, and the ServiceMonitor selects the Service.
     service = next(iter(objects(path, "Service")))
-    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
     monitor = next(iter(objects(path, "ServiceMonitor")))
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()

@@ -67,7 +67,7 @@ async def crash_loop(
                 ids,
                 escalations_topic=settings.topics.escalations,
                 isolation_level=isolation,
-                timeout_s=scaled(1800, 900),
+                timeout_s=scaled(5400, 900),
                 linger_s=8.0,
             )
         )
@@ -115,14 +115,14 @@ async def crash_loop(
         assert max(per_kill, default=0) <= WINDOW, (per_kill, WINDOW)
 
 
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(6000)
 async def test_crash_loop_at_least_once_loses_nothing(
     kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     await crash_loop(kafka_bootstrap, unique, tmp_path, "at_least_once", scaled(20_000, 2_000), 5.0)
 
 
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(6000)
 async def test_crash_loop_exactly_once_reads_every_id_once(
     kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:

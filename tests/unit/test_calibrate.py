@@ -41,6 +41,9 @@ def true_agreement(rng: np.random.Generator, t: float, n: int = 200_000) -> floa
     return float(np.mean((conf < t) | agree))
 
 
+# 200 calibrations of 200 bootstrap resamples each: slow by design, and it passed 120 s on a
+# throttled machine busy with another run. The suite-wide 120 s timeout is for hangs.
+@pytest.mark.timeout(600)
 def test_quality_objective_meets_the_target_on_held_out_data_in_95_percent_of_runs() -> None:
     """200 repetitions: the chosen threshold's true agreement reaches the target >= 95% of runs."""
     rng = np.random.default_rng(20261128)
