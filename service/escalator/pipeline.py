@@ -70,13 +70,15 @@ class Handler(Protocol):
 class PartitionTracker:
     """Offsets dispatched on one partition, and the watermark below which all are done."""
 
-    __slots__ = ("committable", "committed", "done", "idle", "outputs", "pending")
+    __slots__ = ("committable", "committed", "done", "finished", "idle", "outputs", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()
         self.done: set[int] = set()
         self.committable: int | None = None
         self.committed: int | None = None
+        # At-least-once: records below the watermark whose offset is not committed yet.
+        self.finished = 0
         # Exactly-once only: outputs held until their transaction commits, by input offset.
         self.outputs: dict[int, list[Output]] = {}
         self.idle = asyncio.Event()
@@ -178,6 +180,10 @@ class TierWorker:
         # Exactly-once: answered records whose outputs wait for their transaction.
         self._held = 0
         self._uncommitted_done = 0
+        # At-least-once: records done but not yet covered by a successful commit (the sum of
+        # the trackers' `finished`). Commits run beside the poll loop, so records keep being
+        # dispatched while one is in flight; this count keeps the duplicate window bounded.
+        self._finished = 0
         self.max_pending = options.max_uncommitted
         self._paused = False
         self._keepalive_s = min(5.0, options.max_poll_interval_ms / 4000)
@@ -195,7 +201,7 @@ class TierWorker:
         self._series.in_flight.set_function(lambda: self._in_flight)
         self._series.awaiting_ack.set_function(lambda: self._awaiting_ack)
         self._series.uncommitted.set_function(
-            lambda: self._pending + (self._held if self._eos else self._uncommitted_done)
+            lambda: self._pending + (self._held if self._eos else self._finished)
         )
         self._series.in_flight_limit.set_function(lambda: self.limit.limit)
         self._series.circuit_open.set_function(lambda: 1 if handler.should_pause() else 0)
@@ -229,16 +235,13 @@ class TierWorker:
         try:
             while not self._stopping.is_set():
                 await self._poll_once()
-                if self._commit_due():
-                    if self._eos:
-                        # A transaction takes several round trips: run it beside the poll
-                        # loop, one at a time, instead of stalling dispatch behind it.
-                        if self._commit_task is None or self._commit_task.done():
-                            self._last_commit = time.monotonic()
-                            self._uncommitted_done = 0
-                            self._commit_task = asyncio.create_task(self._commit())
-                    else:
-                        await self._commit()
+                if self._commit_due() and self._commit_idle():
+                    # A commit (a round trip, or a transaction's several) runs beside the poll
+                    # loop, one at a time: awaited here it would leave freed model slots idle
+                    # until it returned (B1, B3). aiokafka's commit lock keeps commits in order.
+                    self._last_commit = time.monotonic()
+                    self._uncommitted_done = 0
+                    self._commit_task = asyncio.create_task(self._commit())
             await self._drain(self._opts.shutdown_grace_s)
             if self._commit_task is not None:
                 await self._commit_task
@@ -252,6 +255,15 @@ class TierWorker:
         if self._fatal is not None:
             raise self._fatal
 
+    def _commit_idle(self) -> bool:
+        task = self._commit_task
+        if task is None:
+            return True
+        if not task.done():
+            return False
+        task.result()  # a commit that raised (not a KafkaError: those are handled) stops us
+        return True
+
     def _commit_due(self) -> bool:
         return (
             self._uncommitted_done >= self._opts.max_in_flight
@@ -264,8 +276,12 @@ class TierWorker:
             self._set_paused(True)
             self._dispatch(await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms))
             return
+        # Done-but-uncommitted records beyond the max_in_flight that force a commit take
+        # from the dispatch budget, so a slow commit cannot widen the duplicate window.
+        excess = max(0, self._finished - self._opts.max_in_flight)
         free = min(
-            self.limit.limit - self._in_flight, self.max_pending - self._pending - self._held
+            self.limit.limit - self._in_flight,
+            self.max_pending - self._pending - self._held - excess,
         )
         if free <= 0:
             # Full. Wait for a slot without pausing: pausing makes aiokafka drop the records it
@@ -343,6 +359,9 @@ class TierWorker:
             popped = tracker.complete(record.offset)
             self._pending -= popped
             self._uncommitted_done += popped
+            if not self._eos:
+                tracker.finished += popped
+                self._finished += popped
         self._capacity.set()
         self._series.processing.observe(time.perf_counter() - started)
 
@@ -421,6 +440,8 @@ class TierWorker:
         offsets = {tp: OffsetAndMetadata(o, "") for tp, o in self._due(only).items()}
         if not offsets:
             return
+        # What this commit covers, taken with the offsets, before the await.
+        covered = [(tp, self._trackers[tp], self._trackers[tp].finished) for tp in offsets]
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -441,10 +462,12 @@ class TierWorker:
                 logger, "commit_failed_will_retry", logging.WARNING, tier=self.tier, error=repr(exc)
             )
             return
-        for tp, meta in offsets.items():
-            owned = self._trackers.get(tp)
-            if owned is not None:
-                owned.committed = meta.offset
+        for tp, tracker, finished in covered:
+            tracker.committed = offsets[tp].offset
+            tracker.finished -= finished
+            if self._trackers.get(tp) is tracker:  # not dropped (revoked) meanwhile
+                self._finished -= finished
+        self._capacity.set()
         self._metrics.commits.labels(self.tier, "ok").inc()
 
     async def _commit_transactions(self, only: set[TopicPartition] | None) -> None:
@@ -514,6 +537,8 @@ class TierWorker:
             self._metrics.discarded_answers.labels(self.tier, reason).inc(len(tracker.outputs))
         self._pending -= len(tracker.pending)
         self._held -= len(tracker.outputs)
+        self._finished -= tracker.finished
+        tracker.finished = 0
         self._capacity.set()
 
     async def _open_transactional(self, assigned: set[TopicPartition]) -> None:
