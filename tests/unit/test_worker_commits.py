@@ -2,8 +2,8 @@
 
 The consumer and producer here are fakes (the integration and reliability suites run the same
 worker against the real broker). The fake consumer makes every commit slow, and records, at
-every fetch, how many dispatched records a crash at that moment would make the next owner
-redo: those at or above the last committed offset.
+every fetch, how many records handed out (this batch included) a crash would make the next
+owner redo: those at or above the last committed offset.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class SlowCommitConsumer:
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[FakeRecord]]:
-        self.redo_at_fetch.append(self.position - self.committed)
         self.fetches_during_commit += self.committing
         if TP in self._paused or self.position >= self.n:
             await asyncio.sleep(timeout_ms / 1000)
@@ -78,6 +77,8 @@ class SlowCommitConsumer:
         end = min(self.n, self.position + (max_records or 500))
         batch = [FakeRecord(o) for o in range(self.position, end)]
         self.position = end
+        # Counted with this batch: everything handed out at or above the committed offset.
+        self.redo_at_fetch.append(self.position - self.committed)
         return {TP: batch}
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
