@@ -8,10 +8,11 @@ flush the producer; leave the group; return (exit 0).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anthropic
@@ -20,14 +21,16 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from escalator.breaker import CircuitBreaker
 from escalator.config import Settings
 from escalator.errors import ConfigError, ModelUnavailable
-from escalator.health import HealthServer
+from escalator.health import HealthServer, TierHealth
 from escalator.kafka_io import ProducerHandle, make_consumer, make_producer
 from escalator.limits import AdaptiveLimit
 from escalator.logs import log
 from escalator.metrics import Metrics
 from escalator.model import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
+from escalator.model_check import ModelFacts, check_model
 from escalator.pipeline import TierWorker, WorkerOptions
 from escalator.prices import PriceTable, load_prices
+from escalator.profiles import ModelProfile, ProfileTable, load_profiles
 from escalator.routing import Thresholds
 from escalator.task import Task, load_task
 from escalator.thresholds import load_threshold_file
@@ -35,7 +38,9 @@ from escalator.tiers import CheapHandler, StrongHandler, TierTopics
 
 logger = logging.getLogger("escalator.app")
 TIERS = ("cheap", "strong")
+MODEL_VARIABLES = {"cheap": "ESCALATOR_CHEAP_MODEL", "strong": "ESCALATOR_STRONG_MODEL"}
 SIM_API_KEY = "simulator-no-key"
+CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 
 
 def thresholds_from(settings: Settings) -> Thresholds:
@@ -72,6 +77,9 @@ class Service:
     producer: ProducerHandle
     close_clients: list[Callable[[], object]] = field(default_factory=list)
     health_port: int = 0
+    callers: dict[str, ModelCaller] = field(default_factory=dict)
+    #: Start-up checks of each configured model (GET /v1/models/{id}); empty with fakes.
+    model_checks: list[Callable[[], Awaitable[ModelFacts]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -80,7 +88,33 @@ class Service:
             w.stop()
 
     def ready(self) -> bool:
-        return bool(self.workers) and all(w.joined for w in self.workers)
+        return bool(self.workers) and all(h.ready for h in self.health())
+
+    def health(self) -> list[TierHealth]:
+        """Per tier: joined its group, and whether the account holds its traffic (and why)."""
+        out = []
+        for w in self.workers:
+            caller = self.callers.get(w.tier)
+            breaker = caller.breaker if caller is not None else None
+            reason = breaker.hold_reason if breaker is not None else None
+            message = None
+            if breaker is not None and reason is not None:
+                message = breaker.blocked_message or f"every call rejected ({breaker.open_reason})"
+            out.append(TierHealth(w.tier, w.joined, reason, message))
+        return out
+
+    async def check_models(self) -> None:
+        """Ask the API about each model; ConfigError names the variable. An unreachable API
+        is logged and tolerated: the tiers hold traffic through an outage anyway."""
+        for check in self.model_checks:
+            try:
+                facts = await check()
+            except ModelUnavailable as exc:
+                log(logger, "model_check_skipped", logging.WARNING, error=str(exc))
+                continue
+            for warning in facts.warnings:
+                log(logger, "model_deprecated", logging.WARNING, model=facts.model, note=warning)
+            log(logger, "model_checked", model=facts.model, summary=facts.summary())
 
     async def run(
         self, *, install_signals: bool = True, on_ready: Callable[[], None] | None = None
@@ -89,6 +123,7 @@ class Service:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+        await self.check_models()
         producer = self.producer
         await producer.start()
         tasks: list[asyncio.Task[None]] = []
@@ -99,7 +134,7 @@ class Service:
                 host=self.settings.metrics_host,
                 port=self.settings.metrics_port,
                 live=lambda: all(not t.done() for t in tasks),
-                ready=self.ready,
+                ready=self.health,
             ) as health:
                 self.health_port = health.port
                 tasks = [asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers]
@@ -146,6 +181,41 @@ def _count_retry(metrics: Metrics, tier: str) -> Callable[[ModelUnavailable], No
     return count
 
 
+def _hold_gauge(metrics: Metrics, tier: str) -> Callable[[str | None], None]:
+    """Keeps ``api_blocked{tier,reason}`` at 1 for the current hold reason, 0 for the last."""
+    last: list[str] = []
+
+    def change(reason: str | None) -> None:
+        for old in last:
+            metrics.api_blocked.labels(tier, old).set(0)
+        last.clear()
+        if reason is not None:
+            metrics.api_blocked.labels(tier, reason).set(1)
+            last.append(reason)
+        log(
+            logger,
+            "api_hold" if reason else "api_hold_cleared",
+            logging.WARNING,
+            tier=tier,
+            reason=reason,
+        )
+
+    return change
+
+
+def model_profiles(settings: Settings, tiers: list[str]) -> dict[str, ModelProfile]:
+    """The request profile of each tier's model (a start-up error if there is none)."""
+    table: ProfileTable = load_profiles(settings.model.profiles_file)
+    models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
+    out = {}
+    for tier in tiers:
+        profile = table.require(models[tier], MODEL_VARIABLES[tier])
+        if settings.model.max_tokens is not None:
+            profile = dataclasses.replace(profile, max_tokens=settings.model.max_tokens)
+        out[tier] = profile
+    return out
+
+
 def build_service(
     settings: Settings,
     tiers: list[str],
@@ -158,6 +228,7 @@ def build_service(
     prices = load_prices(settings.routing.prices_file)
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     prices.require(*(models[t] for t in tiers))
+    profiles = model_profiles(settings, tiers)
     if settings.routing.thresholds_file is not None:
         thresholds = load_threshold_file(
             settings.routing.thresholds_file,
@@ -179,9 +250,13 @@ def build_service(
         ):
             metrics.calibrated_escalation.labels(bound, thresholds.version).set(value)
     close: list[Callable[[], object]] = []
+    checks: list[Callable[[], Awaitable[ModelFacts]]] = []
     if model_factory is None:
         client = anthropic_client(settings)
         close.append(client.close)
+        if settings.model.check_models:
+            for tier in tiers:
+                checks.append(_check(client, models[tier], profiles[tier], MODEL_VARIABLES[tier]))
 
         def model_factory(tier: str, model: str, task: Task, prices: PriceTable) -> ModelClient:
             return AnthropicClassifier(
@@ -190,7 +265,9 @@ def build_service(
                 model=model,
                 task=task,
                 prices=prices,
-                max_tokens=settings.model.max_tokens,
+                profile=profiles[tier],
+                cache_ttl=settings.model.cache_ttl,
+                on_rate_limits=metrics.observe_rate_limits,
             )
 
     producer = ProducerHandle(
@@ -204,9 +281,13 @@ def build_service(
         topics.results, topics.escalations, topics.dead_letter, topics.decisions
     )
     policy = RetryPolicy(
-        settings.model.max_attempts, settings.model.backoff_initial_s, settings.model.backoff_max_s
+        settings.model.max_attempts,
+        settings.model.backoff_initial_s,
+        settings.model.backoff_max_s,
+        poison_max_attempts=p.poison_max_attempts,
     )
     workers: list[TierWorker] = []
+    callers: dict[str, ModelCaller] = {}
     for tier in tiers:
         limit = AdaptiveLimit(p.max_in_flight, enabled=p.adaptive_concurrency)
         breaker = CircuitBreaker(
@@ -214,13 +295,18 @@ def build_service(
             failure_ratio=p.breaker_failure_ratio,
             cooldown_s=p.breaker_cooldown_s,
             cooldown_max_s=p.breaker_cooldown_max_s,
+            blocked_cooldown_s=p.blocked_probe_s,
+            on_hold_change=_hold_gauge(metrics, tier),
         )
-        caller = ModelCaller(
-            model_factory(tier, models[tier], task, prices),
+        model = models[tier]
+        caller = callers[tier] = ModelCaller(
+            model_factory(tier, model, task, prices),
             breaker,
             policy,
             on_retry=_count_retry(metrics, tier),
             limit=limit,
+            warm_ttl_s=0.9 * CACHE_TTL_S[settings.model.cache_ttl],
+            on_warmup=metrics.warmups.labels(tier, model).inc,
         )
         handler_cls = CheapHandler if tier == "cheap" else StrongHandler
         handler = handler_cls(
@@ -231,12 +317,13 @@ def build_service(
             max_text_chars=p.max_text_chars,
             log_text=settings.log_text,
             shadow_rate=settings.routing.shadow_rate,
+            task=task,
+            escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
+            invalid_answer_attempts=p.invalid_answer_attempts,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group
         else:
-            handler.poison_max_attempts = p.poison_max_attempts
-            handler.invalid_answer_attempts = p.invalid_answer_attempts
             topic, group = topics.escalations, p.strong_group
         consumer_kwargs: dict[str, object] = {
             "max_poll_interval_ms": p.max_poll_interval_ms,
@@ -271,7 +358,15 @@ def build_service(
                 ),
             )
         )
-    return Service(settings, metrics, workers, producer, close)
+    return Service(
+        settings, metrics, workers, producer, close, callers=callers, model_checks=checks
+    )
+
+
+def _check(
+    client: anthropic.AsyncAnthropic, model: str, profile: ModelProfile, variable: str
+) -> Callable[[], Awaitable[ModelFacts]]:
+    return lambda: check_model(client, model, profile, variable)
 
 
 def _transactional_factory(

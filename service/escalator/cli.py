@@ -79,21 +79,36 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from escalator.sim import Latency, SimConfig, parse_fault, serve
+    from escalator.sim import Latency, SimConfig, parse_fault, parse_limits, serve
 
     try:
+        limits = dict(_model_limits(spec) for spec in args.rate_limit)
         config = SimConfig(
             latency=Latency.parse(args.latency),
             faults=dict(parse_fault(f) for f in args.fault),
             retry_after_s=args.retry_after_s,
-            cache_min_tokens=args.cache_min_tokens,
             seed=args.seed,
+            api_key=args.api_key,
+            retired=set(args.retire),
+            limits=limits,
+            default_limits=parse_limits(args.tier),
+            enum_case_rate=args.enum_case_rate,
+            refusals=not args.no_refusals,
         )
     except ValueError as exc:
         raise EscalatorError(str(exc)) from exc
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
     return 0
+
+
+def _model_limits(spec: str) -> tuple[str, tuple[int, int, int]]:
+    from escalator.sim import parse_limits
+
+    model, sep, value = spec.partition("=")
+    if not sep:
+        raise ValueError(f"--rate-limit wants MODEL=RPM:ITPM:OTPM, got {spec!r}")
+    return model, parse_limits(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,11 +132,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault",
         action="append",
         default=[],
-        help="KIND[:RATE], KIND in 429, 529, 500, hang, bad-schema, bad-label; repeatable",
+        help="KIND[:RATE], KIND in 429, 529, 500, hang, bad-schema, bad-label, refuse, "
+        "spend-limit, billing, spend-cap, contract-cap, ramp, auth, permission; repeatable",
     )
     sim.add_argument("--retry-after-s", type=float, default=1.0)
-    sim.add_argument("--cache-min-tokens", type=int, default=1024)
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--api-key", default=None, help="accept only this key (default: any)")
+    sim.add_argument(
+        "--tier",
+        default="custom",
+        help="rate limits of every model: start, build, scale (documented tiers), custom "
+        "(default, 100,000 RPM), or RPM:ITPM:OTPM",
+    )
+    sim.add_argument(
+        "--rate-limit",
+        action="append",
+        default=[],
+        help="MODEL=RPM:ITPM:OTPM for one model; repeatable",
+    )
+    sim.add_argument("--retire", action="append", default=[], help="treat MODEL as retired")
+    sim.add_argument(
+        "--enum-case-rate",
+        type=float,
+        default=0.03,
+        help="fraction of answers whose label comes back in another capitalization",
+    )
+    sim.add_argument(
+        "--no-refusals", action="store_true", help="turn the safety-classifier refusals off"
+    )
     sim.set_defaults(func=cmd_sim)
 
     from escalator import commands

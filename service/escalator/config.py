@@ -87,10 +87,17 @@ class ModelSettings:
     cheap_model: str = DEFAULT_CHEAP_MODEL
     strong_model: str = DEFAULT_STRONG_MODEL
     timeout_s: float = 30.0
-    max_tokens: int = 64
+    #: Overrides every profile's max_tokens when set (ESCALATOR_MODEL_MAX_TOKENS).
+    max_tokens: int | None = None
     max_attempts: int = 4
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 20.0
+    profiles_file: Path | None = None
+    #: "hold" (default) or "escalate": what the cheap tier does when its model is down.
+    cheap_unavailable: str = "hold"
+    #: Ask GET /v1/models/{id} about each model at start-up.
+    check_models: bool = True
+    cache_ttl: str = "5m"
 
     @property
     def simulated(self) -> bool:
@@ -117,6 +124,8 @@ class PipelineSettings:
     breaker_failure_ratio: float = 0.5
     breaker_cooldown_s: float = 2.0
     breaker_cooldown_max_s: float = 30.0
+    #: While the account is blocked (spend limit, billing, key, model), one probe call per this.
+    blocked_probe_s: float = 30.0
     group_instance_id: str | None = None
     # Records not yet committed (in flight, awaiting acks, or done above a slower record) are
     # capped at this many per worker: it bounds the work a crash can repeat.
@@ -287,10 +296,20 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         cheap_model=env.text("ESCALATOR_CHEAP_MODEL", DEFAULT_CHEAP_MODEL),
         strong_model=env.text("ESCALATOR_STRONG_MODEL", DEFAULT_STRONG_MODEL),
         timeout_s=env.number("ESCALATOR_MODEL_TIMEOUT_S", 30.0, 0.1, 600.0),
-        max_tokens=env.integer("ESCALATOR_MODEL_MAX_TOKENS", 64, 16),
+        max_tokens=(
+            env.integer("ESCALATOR_MODEL_MAX_TOKENS", 64, 16)
+            if env.raw("ESCALATOR_MODEL_MAX_TOKENS") is not None
+            else None
+        ),
         max_attempts=env.integer("ESCALATOR_MODEL_MAX_ATTEMPTS", 4, 1),
         backoff_initial_s=env.number("ESCALATOR_BACKOFF_INITIAL_S", 0.5, 0.0, 60.0),
         backoff_max_s=env.number("ESCALATOR_BACKOFF_MAX_S", 20.0, 0.0, 600.0),
+        profiles_file=env.file("ESCALATOR_MODEL_PROFILES_FILE"),
+        cheap_unavailable=env.choice(
+            "ESCALATOR_CHEAP_UNAVAILABLE", "HOLD", ("HOLD", "ESCALATE")
+        ).lower(),
+        check_models=env.flag("ESCALATOR_MODEL_CHECK", True),
+        cache_ttl=env.choice("ESCALATOR_CACHE_TTL", "5M", ("5M", "1H")).lower(),
     )
 
     grace = env.number("ESCALATOR_SHUTDOWN_GRACE_S", 25.0, 0.0, 3600.0)
@@ -311,6 +330,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         breaker_failure_ratio=env.number("ESCALATOR_BREAKER_FAILURE_RATIO", 0.5, 0.01, 1.0),
         breaker_cooldown_s=env.number("ESCALATOR_BREAKER_COOLDOWN_S", 2.0, 0.01, 600.0),
         breaker_cooldown_max_s=env.number("ESCALATOR_BREAKER_COOLDOWN_MAX_S", 30.0, 0.01, 3600.0),
+        blocked_probe_s=env.number("ESCALATOR_BLOCKED_PROBE_S", 30.0, 0.05, 3600.0),
         group_instance_id=env.raw("ESCALATOR_GROUP_INSTANCE_ID"),
         max_uncommitted=env.integer("ESCALATOR_MAX_UNCOMMITTED", 4 * max_in_flight, max_in_flight),
         adaptive_concurrency=env.flag("ESCALATOR_ADAPTIVE_CONCURRENCY", True),

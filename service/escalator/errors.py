@@ -5,9 +5,16 @@
     ├── KafkaLaunchError         (kafka_local) the local broker could not be started
     ├── RetryableError           transient: retry with backoff, never dead-letter for it
     │   └── ModelUnavailable     the model API is failing (429, 529, 5xx, timeout, connection)
+    │       └── ApiBlocked       the *account* cannot call the model: spend limit, billing,
+    │                            credentials, permission, unknown or retired model. Traffic is
+    │                            held (never dead-lettered, never escalated) until it clears.
     └── PermanentError           this input can never succeed: dead-letter it with `reason`
         ├── InvalidRequest       malformed input (not JSON, bad UTF-8, schema violation, too long)
-        └── ModelRejected        the API refused the request (400-class) or kept answering badly
+        └── ModelRejected        the API refused this request (a 400 while other requests
+                                 succeed), or its answers kept failing validation
+
+A refusal (``stop_reason: "refusal"``) is not an error: it is an answer, carried on the
+:class:`~escalator.messages.Attempt`, and each tier applies its refusal policy to it.
 
 Third-party errors (anthropic, aiokafka) are translated once, at their boundary, and re-raised
 ``from`` the original.
@@ -27,14 +34,31 @@ class ConfigError(EscalatorError):
 class RetryableError(EscalatorError):
     """A transient failure: retry later."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None, kind: str = "other"):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        kind: str = "other",
+        request_id: str | None = None,
+    ):
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.kind = kind
+        self.request_id = request_id
 
 
 class ModelUnavailable(RetryableError):
     """The model API failed transiently (rate limit, overload, 5xx, timeout, connection)."""
+
+
+class ApiBlocked(ModelUnavailable):
+    """The account cannot use the model until someone acts (or the month turns).
+
+    ``kind`` is the blocked reason, a stable code exported as ``api_blocked{reason}``:
+    ``spend_limit``, ``billing``, ``credentials``, ``permission``, ``model_not_found``,
+    ``organization_on_hold``.
+    """
 
 
 class PermanentError(EscalatorError):
@@ -58,3 +82,9 @@ class ModelRejected(PermanentError):
     """The model API rejected the request, or its answers never validated."""
 
     reason = "model_rejected"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.request_id = request_id

@@ -1,14 +1,33 @@
 """The operator's HTTP port: ``/metrics`` (Prometheus), ``/healthz`` (liveness) and
-``/readyz`` (readiness: every tier has joined its group and the producer is connected)."""
+``/readyz`` (readiness: every tier has joined its group, and no tier's traffic is held
+because the account cannot call its model). A not-ready answer says why, per tier::
+
+    {"ready": false, "tiers": [{"tier": "cheap", "joined": true, "held": "spend_limit",
+     "message": "spend limit reached (400): ..."}]}
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from escalator.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class TierHealth:
+    tier: str
+    joined: bool
+    #: The api_blocked reason while the account holds this tier's traffic, else None.
+    held: str | None = None
+    message: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.joined and self.held is None
 
 
 class HealthServer:
@@ -19,7 +38,7 @@ class HealthServer:
         host: str,
         port: int,
         live: Callable[[], bool],
-        ready: Callable[[], bool],
+        ready: Callable[[], list[TierHealth]],
     ) -> None:
         self._metrics = metrics
         self._host = host
@@ -57,5 +76,13 @@ class HealthServer:
         return web.json_response({"live": ok}, status=200 if ok else 503)
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        ok = self._ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        tiers = self._ready()
+        ok = bool(tiers) and all(t.ready for t in tiers)
+        body = {
+            "ready": ok,
+            "tiers": [
+                {"tier": t.tier, "joined": t.joined, "held": t.held, "message": t.message}
+                for t in tiers
+            ],
+        }
+        return web.json_response(body, status=200 if ok else 503)

@@ -44,6 +44,22 @@ class Attempt:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    #: The API's ``stop_reason`` (``end_turn``, ``max_tokens``, ``refusal``...); None when
+    #: no response came back.
+    stop_reason: str | None = None
+    #: ``stop_details.category`` of a refusal (``cyber``, ``bio``, ``general_harms``...), or
+    #: ``uncategorized`` when the API names none; None unless ``stop_reason`` is ``refusal``.
+    refusal_category: str | None = None
+    #: The 1-hour-TTL part of ``cache_write_tokens`` (priced apart from 5-minute writes).
+    cache_write_1h_tokens: int = 0
+    #: ``usage.inference_geo`` (``us`` is priced higher on the models that support it).
+    inference_geo: str | None = None
+    #: The ``request-id`` header: what Anthropic's support asks for.
+    request_id: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.stop_reason == "refusal"
 
     @classmethod
     def from_json(cls, data: Any) -> Attempt:
@@ -62,10 +78,19 @@ class Attempt:
                 cache_read_tokens=int(data.get("cache_read_tokens", 0)),
                 cost_usd=float(data.get("cost_usd", 0.0)),
                 latency_ms=float(data.get("latency_ms", 0.0)),
-                error=None if data.get("error") is None else str(data["error"]),
+                error=_opt_str(data.get("error")),
+                stop_reason=_opt_str(data.get("stop_reason")),
+                refusal_category=_opt_str(data.get("refusal_category")),
+                cache_write_1h_tokens=int(data.get("cache_write_1h_tokens", 0)),
+                inference_geo=_opt_str(data.get("inference_geo")),
+                request_id=_opt_str(data.get("request_id")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest(f"bad attempt: {exc}", reason="invalid_escalation") from exc
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +237,7 @@ def result_value(
             "escalation_reason": escalation_reason,
             "attempts": attempts,  # orjson writes slotted dataclasses natively, field by field
             "cost_usd": round(sum(a.cost_usd for a in attempts), 10),
+            "refusal_category": final.refusal_category,
             "metadata": request.metadata,
             "threshold_version": threshold_version,
             "decided_at": now_iso(),

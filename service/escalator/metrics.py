@@ -167,9 +167,45 @@ class Metrics:
             ["bound", "version"],
             registry=r,
         )
+        self.refusals = Counter(
+            "escalator_refusals",
+            "Answers that ended with stop_reason refusal, by stop_details.category "
+            "(uncategorized when the API names none). Never retried.",
+            ["tier", "model", "category"],
+            registry=r,
+        )
+        self.api_blocked = Gauge(
+            "escalator_api_blocked",
+            "1 while the tier holds traffic because the account cannot call its model "
+            "(spend_limit, billing, credentials, permission, model_not_found, "
+            "organization_on_hold) or every call is rejected (request_rejected).",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.ratelimit_limit = Gauge(
+            "escalator_ratelimit_limit",
+            "The organisation's rate limit per model from the last anthropic-ratelimit-*-limit "
+            "headers (kind: requests, input_tokens, output_tokens, tokens; per minute).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.ratelimit_remaining = Gauge(
+            "escalator_ratelimit_remaining",
+            "What is left of it, from the last anthropic-ratelimit-*-remaining headers "
+            "(token counts are rounded to the thousand by the API).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.warmups = Counter(
+            "escalator_cache_warmups",
+            "Calls sent alone to write the prompt cache before fanning out (start-up, idle).",
+            ["tier", "model"],
+            registry=r,
+        )
         self.ready = Gauge("escalator_ready", "1 when the tier is ready.", ["tier"], registry=r)
 
         self._models: dict[tuple[str, str, str], _ModelSeries] = {}
+        self._limits: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._tiers: dict[str, TierSeries] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}
 
@@ -202,10 +238,29 @@ class Metrics:
             if n:
                 child.inc(n)
         series.cost.inc(attempt.cost_usd)
-        if attempt.valid:
+        if attempt.refused:
+            # Also when the task's refusal_label made it a valid answer: its confidence is
+            # a policy's, not the model's, and stays out of the histogram.
+            self.refusals.labels(
+                attempt.tier, attempt.model, attempt.refusal_category or "uncategorized"
+            ).inc()
+        elif attempt.valid:
             series.confidence.observe(attempt.confidence)
         else:
             series.invalid.inc()
+
+    def observe_rate_limits(self, model: str, limits: dict[str, tuple[float, float]]) -> None:
+        """``{kind: (limit, remaining)}`` from one response's headers."""
+        for kind, (limit, remaining) in limits.items():
+            key = (model, kind)
+            pair = self._limits.get(key)
+            if pair is None:
+                pair = self._limits[key] = (
+                    self.ratelimit_limit.labels(model, kind),
+                    self.ratelimit_remaining.labels(model, kind),
+                )
+            pair[0].set(limit)
+            pair[1].set(remaining)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,9 @@ Defaults, per million tokens, from Anthropic's model overview and pricing pages 
 Haiku 5.5 bills a request whose prompt (input + cache reads + cache writes) exceeds 100,000
 tokens at 5x every rate, output included. Sonnet 5.5's cache-read price was cut from $0.20
 to $0.10 on 2026-10-07 (0.05x input); some stored copies of the model page still show $0.20.
-Escalator caches with the default 5-minute TTL, so cache writes are priced at the 5m rate.
+Cache writes are priced by TTL, as billed: ``usage.cache_creation`` splits them into 5-minute
+(1.25x input) and 1-hour (2x input) writes. Inference pinned to the US (``inference_geo:
+"us"``) costs 1.1x on every token type, on Claude Opus 4.6, Sonnet 4.6 and later models.
 
 Override the whole table with ESCALATOR_PRICES_FILE (JSON, same shape as DEFAULT_TABLE).
 An unknown model is a start-up error, never $0.
@@ -39,6 +41,20 @@ class Price:
     cache_read: float
     long_prompt_tokens: int | None = None
     long_prompt_multiplier: float = 1.0
+    #: 1-hour cache writes; None means the documented 2x input.
+    cache_write_1h: float | None = None
+    #: Price multiplier per ``usage.inference_geo`` value (e.g. ``{"us": 1.1}``).
+    geo_multipliers: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def write_1h(self) -> float:
+        return self.cache_write_1h if self.cache_write_1h is not None else 2.0 * self.input
+
+    def geo_multiplier(self, geo: str | None) -> float:
+        for name, factor in self.geo_multipliers:
+            if name == geo:
+                return factor
+        return 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +63,9 @@ class Usage:
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    #: The part of ``cache_write_tokens`` written with the 1-hour TTL.
+    cache_write_1h_tokens: int = 0
+    inference_geo: str | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -54,20 +73,64 @@ class Usage:
 
 
 DEFAULT_VERSION = "anthropic-2026-11-28"
-DEFAULT_TABLE: dict[str, dict[str, float | int]] = {
+US = {"us": 1.1}
+DEFAULT_TABLE: dict[str, dict[str, object]] = {
     "claude-haiku-5-5": {
         "input": 0.10,
         "output": 0.50,
         "cache_write": 0.125,
+        "cache_write_1h": 0.20,
         "cache_read": 0.01,
         "long_prompt_tokens": 100_000,
         "long_prompt_multiplier": 5.0,
+        "inference_geo": US,
     },
-    "claude-sonnet-5-5": {"input": 2.0, "output": 10.0, "cache_write": 2.50, "cache_read": 0.10},
-    "claude-opus-5-5": {"input": 4.0, "output": 20.0, "cache_write": 5.0, "cache_read": 0.20},
-    "claude-haiku-4-5": {"input": 1.0, "output": 5.0, "cache_write": 1.25, "cache_read": 0.10},
-    "claude-sonnet-4-6": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
-    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
+    "claude-sonnet-5-5": {
+        "input": 2.0,
+        "output": 10.0,
+        "cache_write": 2.50,
+        "cache_write_1h": 4.0,
+        "cache_read": 0.10,
+        "inference_geo": US,
+    },
+    "claude-opus-5-5": {
+        "input": 4.0,
+        "output": 20.0,
+        "cache_write": 5.0,
+        "cache_write_1h": 8.0,
+        "cache_read": 0.20,
+        "inference_geo": US,
+    },
+    "claude-fable-5-1": {
+        "input": 10.0,
+        "output": 50.0,
+        "cache_write": 12.5,
+        "cache_write_1h": 20.0,
+        "cache_read": 0.25,
+        "inference_geo": US,
+    },
+    "claude-haiku-4-5": {
+        "input": 1.0,
+        "output": 5.0,
+        "cache_write": 1.25,
+        "cache_write_1h": 2.0,
+        "cache_read": 0.10,
+    },
+    "claude-sonnet-4-6": {
+        "input": 3.0,
+        "output": 15.0,
+        "cache_write": 3.75,
+        "cache_write_1h": 6.0,
+        "cache_read": 0.30,
+        "inference_geo": US,
+    },
+    "claude-sonnet-4-5": {
+        "input": 3.0,
+        "output": 15.0,
+        "cache_write": 3.75,
+        "cache_write_1h": 6.0,
+        "cache_read": 0.30,
+    },
 }
 
 
@@ -87,13 +150,15 @@ class PriceTable:
 
     def cost_usd(self, model: str, usage: Usage) -> float:
         price = self.prices[model]
-        mult = 1.0
+        mult = price.geo_multiplier(usage.inference_geo)
         if price.long_prompt_tokens is not None and usage.prompt_tokens > price.long_prompt_tokens:
-            mult = price.long_prompt_multiplier
+            mult *= price.long_prompt_multiplier
+        writes_1h = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
         total = (
             usage.input_tokens * price.input
             + usage.output_tokens * price.output
-            + usage.cache_write_tokens * price.cache_write
+            + (usage.cache_write_tokens - writes_1h) * price.cache_write
+            + writes_1h * price.write_1h
             + usage.cache_read_tokens * price.cache_read
         )
         return total * mult / MTOK
@@ -115,11 +180,22 @@ def _parse(table: object, source: str) -> dict[str, Price]:
         if any(v < 0 for v in values.values()):
             raise ConfigError(f"{source}: {model}: prices must not be negative")
         long_tokens = row.get("long_prompt_tokens")
-        out[str(model)] = Price(
-            **values,
-            long_prompt_tokens=int(long_tokens) if long_tokens is not None else None,
-            long_prompt_multiplier=float(row.get("long_prompt_multiplier", 1.0)),
-        )
+        write_1h = row.get("cache_write_1h")
+        geo = row.get("inference_geo") or {}
+        try:
+            geo_multipliers = tuple((str(k), float(v)) for k, v in dict(geo).items())
+            out[str(model)] = Price(
+                **values,
+                long_prompt_tokens=int(long_tokens) if long_tokens is not None else None,
+                long_prompt_multiplier=float(row.get("long_prompt_multiplier", 1.0)),
+                cache_write_1h=float(write_1h) if write_1h is not None else None,
+                geo_multipliers=geo_multipliers,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{source}: {model}: cache_write_1h, long_prompt_* must be numbers and "
+                'inference_geo an object like {"us": 1.1}'
+            ) from exc
     return out
 
 

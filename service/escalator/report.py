@@ -30,7 +30,7 @@ def build_report(
         a = rec.get("attempt") or {}
         tier, model, shadow = str(a.get("tier")), str(a.get("model")), bool(rec.get("shadow"))
         prices.require(model)
-        usage = Usage(*(int(a.get(f, 0)) for f in TOKEN_FIELDS))
+        usage = usage_of(a)
         row = spend.setdefault(
             (tier, model, shadow),
             {
@@ -51,8 +51,8 @@ def build_report(
         row["cost_usd"] += prices.cost_usd(model, usage)
         for f in TOKEN_FIELDS:
             row[f] += int(a.get(f, 0))
-        for kind, field in zip(TYPES, TOKEN_FIELDS, strict=True):
-            row["cost_by_type_usd"][kind] += prices.cost_usd(model, _only(kind, a.get(field, 0)))
+        for kind in TYPES:
+            row["cost_by_type_usd"][kind] += prices.cost_usd(model, _only(kind, usage))
         rid = rec.get("id")
         if not isinstance(rid, str):
             continue
@@ -107,8 +107,33 @@ def build_report(
     return report
 
 
-def _only(kind: str, n: Any) -> Usage:
-    return Usage(**{f"{kind}_tokens": int(n)})
+def usage_of(attempt: dict[str, Any]) -> Usage:
+    """The billed usage of one logged attempt (older records lack the 1h and geo fields)."""
+    geo = attempt.get("inference_geo")
+    return Usage(
+        input_tokens=int(attempt.get("input_tokens", 0)),
+        output_tokens=int(attempt.get("output_tokens", 0)),
+        cache_write_tokens=int(attempt.get("cache_write_tokens", 0)),
+        cache_read_tokens=int(attempt.get("cache_read_tokens", 0)),
+        cache_write_1h_tokens=int(attempt.get("cache_write_1h_tokens", 0)),
+        inference_geo=geo if isinstance(geo, str) else None,
+    )
+
+
+def _only(kind: str, usage: Usage) -> Usage:
+    """The part of ``usage`` of one token type (cache writes keep their TTL split)."""
+    geo = usage.inference_geo
+    if kind == "input":
+        return Usage(input_tokens=usage.input_tokens, inference_geo=geo)
+    if kind == "output":
+        return Usage(output_tokens=usage.output_tokens, inference_geo=geo)
+    if kind == "cache_write":
+        return Usage(
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            inference_geo=geo,
+        )
+    return Usage(cache_read_tokens=usage.cache_read_tokens, inference_geo=geo)
 
 
 def render_text(report: dict[str, Any], simulated_note: str = "") -> str:

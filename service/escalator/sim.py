@@ -1,23 +1,31 @@
-"""A local simulator of the part of Anthropic's Messages API that Escalator uses.
+"""An emulator of the Messages API as Anthropic documents it (``escalator sim``).
 
 It stands in for Claude where no API key (or no network) exists: in tests, in CI, in the demo.
-Everything measured against it is *simulated* and is labelled so.
+Everything measured against it is *simulated* and is labelled so. It is not a model of
+Escalator's assumptions: each behaviour follows a documentation page, listed with its source
+in docs/SIMULATOR.md ("Conformance"); where the docs are silent or disagree it takes the
+stricter reading. The per-model facts are one table (``sim_models.py``); the rules that
+produce 400s, thinking, token counts and rate-limit buckets are in ``sim_rules.py``.
 
-What it implements, for ``POST /v1/messages``:
-- ``model``, ``system`` (a string, or text blocks with ``cache_control``), ``messages``,
-  ``max_tokens`` and ``output_config.format`` (a JSON schema; the label enum is read from it);
-- a well-formed Message back, with ``usage`` computed deterministically from the request,
-  including ``cache_creation_input_tokens`` / ``cache_read_input_tokens`` when a cached system
-  prefix of at least ``cache_min_tokens`` tokens is reused within its TTL;
-- Anthropic-shaped errors (``{"type": "error", "error": {...}}``) with the real status codes.
+What it serves:
+- ``POST /v1/messages``: authentication (401), ``anthropic-version``, per-model validation
+  (the documented 400s: sampling parameters, prefill, thinking types and effort, unsupported
+  schema keywords, forced tool use), unknown and retired models (404); thinking when the
+  request lets the model think, consuming ``max_tokens``; refusals (``stop_reason:
+  "refusal"`` with ``stop_details``); enum values in another capitalization at a
+  configurable rate; prompt caching per model minimum, readable only once the writing
+  response has been sent; per-model rate-limit buckets with ``anthropic-ratelimit-*``
+  headers on every response and 429 + ``retry-after`` when one is empty; ``request-id``.
+- ``GET /v1/models/{id}`` and ``GET /v1/models``: ModelInfo with capabilities and lifecycle.
+- ``GET``/``POST /_sim/config``: faults, latency, retirements, keys and limits, live.
 
-The answering rule (deterministic from the text; the simulator never sees gold labels) is
+The answering rule (deterministic from the text; the emulator never sees gold labels) is
 documented in ``docs/SIMULATOR.md`` and implemented in :func:`classify`.
 
 Faults are injected per run (``--fault KIND:RATE``, ``--latency``), per request (header
 ``x-sim-fault: KIND``, ``x-sim-latency-ms: N``), by a marker in the text (``[[sim:KIND]]``, so
-that a pipeline test can make one record fail every time), or at run time through
-``POST /_sim/config``. KIND is one of 429, 529, 500, hang, bad-schema, bad-label.
+that a pipeline test can make one record fail every time), per model, or at run time through
+``POST /_sim/config``. KIND is one of :data:`FAULT_KINDS`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
-import math
 import random
 import re
 import subprocess
@@ -34,14 +41,47 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import IO, Any
 
 import orjson
 from aiohttp import web
 
-FAULT_KINDS = ("429", "529", "500", "hang", "bad-schema", "bad-label")
+from escalator.sim_models import DEFAULT_LIMITS, TIERS, ModelSpec, model_index
+from escalator.sim_rules import (
+    API_VERSIONS,
+    ApiError,
+    RateLimiter,
+    Settings,
+    bad_request,
+    schema_key,
+    thinking_tokens,
+    tokens,
+    unit,
+    validate,
+)
+
+#: Transient (429, 529, 500, hang), answer (bad-schema, bad-label, refuse) and account
+#: (spend-limit 400, billing 402, spend-cap/contract-cap 429, ramp 429, auth 401,
+#: permission 403) faults.
+FAULT_KINDS = (
+    "429",
+    "529",
+    "500",
+    "hang",
+    "bad-schema",
+    "bad-label",
+    "refuse",
+    "spend-limit",
+    "billing",
+    "spend-cap",
+    "contract-cap",
+    "ramp",
+    "auth",
+    "permission",
+)
 DOCUMENT_RE = re.compile(r"<document>(.*?)</document>", re.DOTALL)
-MARKER_RE = re.compile(r"\[\[sim:([a-z0-9-]+)\]\]")
+MARKER_RE = re.compile(r"\[\[sim:([a-z0-9-]+)(?::([a-z_]+))?\]\]")
 WORD_RE = re.compile(r"[a-z][a-z'-]*")
 
 # Words that push towards "unsafe", with weights. Deliberately crude: a keyword model.
@@ -275,9 +315,32 @@ def classify(text: str, labels: list[str], profile: str) -> Answer:
     return Answer(label, round(max(0.0, min(1.0, conf)), 3))
 
 
-def tokens(text: str) -> int:
-    """Deterministic token estimate: one token per four UTF-8 bytes, rounded up."""
-    return math.ceil(len(text.encode()) / 4)
+#: Words whose presence makes the emulated safety classifiers decline, by stop_details
+#: category. The docs say classifiers "can decline a request" on the 5.x models; which texts
+#: they decline is not documented, so this lexicon is the emulator's (configurable).
+REFUSAL_LEXICON: dict[str, str] = {
+    "bioweapon": "bio",
+    "bioweapons": "bio",
+    "pathogen": "bio",
+    "anthrax": "bio",
+    "ricin": "bio",
+    "sarin": "bio",
+    "weaponize": "bio",
+    "weaponized": "bio",
+    "ransomware": "cyber",
+    "keylogger": "cyber",
+    "botnet": "cyber",
+    "shellcode": "cyber",
+    "rootkit": "cyber",
+}
+REFUSAL_EXPLANATIONS = {
+    "bio": "This request was declined because it could enable biological harm.",
+    "cyber": "This request was declined because it could enable cyber harm.",
+    "general_harms": "This request was declined because it could be related to harm.",
+}
+#: Extra input the API adds for structured outputs ("an additional system prompt explaining
+#: the expected output format"); the size is the emulator's.
+FORMAT_PROMPT_TOKENS = 40
 
 
 # -- runtime configuration ---------------------------------------------------------------------
@@ -321,31 +384,82 @@ def parse_fault(spec: str) -> tuple[str, float]:
     return kind, value
 
 
+def parse_limits(spec: str) -> tuple[int, int, int]:
+    """``RPM:ITPM:OTPM`` or a tier name (start, build, scale, custom)."""
+    if spec in TIERS:
+        return TIERS[spec]
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"rate limits must be RPM:ITPM:OTPM or one of {', '.join(TIERS)}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 @dataclass(slots=True)
 class SimConfig:
     latency: Latency = field(default_factory=Latency)
     faults: dict[str, float] = field(default_factory=dict)
+    #: Faults for one model only: {model id: {kind: rate}}.
+    model_faults: dict[str, dict[str, float]] = field(default_factory=dict)
     retry_after_s: float = 1.0
     hang_s: float = 3600.0
-    cache_min_tokens: int = 1024
     seed: int = 0
+    #: The only key accepted (None: any non-empty key).
+    api_key: str | None = None
+    revoked_keys: set[str] = field(default_factory=set)
+    #: Models retired at run time (on top of the table's retirement dates).
+    retired: set[str] = field(default_factory=set)
+    #: (RPM, ITPM, OTPM) per model id; models not named get ``default_limits``.
+    limits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    default_limits: tuple[int, int, int] = DEFAULT_LIMITS
+    #: Fraction of answers whose label comes back in another capitalization.
+    enum_case_rate: float = 0.03
+    refusals: bool = True
+    #: The emulator's date, for lifecycles (None: today, UTC).
+    today: date | None = None
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    readable_at: float
+    expires_at: float
 
 
 @dataclass(slots=True)
 class SimState:
     config: SimConfig
     rng: random.Random
-    cache: dict[tuple[str, str], float] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=model_index)
+    cache: dict[tuple[str, ...], CacheEntry] = field(default_factory=dict)
+    limiters: dict[str, RateLimiter] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
+    serial: int = 0
+
+    def today(self) -> date:
+        return self.config.today or datetime.now(UTC).date()
+
+    def limiter(self, spec: ModelSpec) -> RateLimiter:
+        limiter = self.limiters.get(spec.id)
+        if limiter is None:
+            rpm, itpm, otpm = self.config.limits.get(spec.id, self.config.default_limits)
+            limiter = self.limiters[spec.id] = RateLimiter(rpm, itpm, otpm)
+        return limiter
+
+    def request_id(self) -> str:
+        self.serial += 1
+        return f"req_sim_{self.serial:012x}{self.rng.getrandbits(32):08x}"
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
-def _error(
-    status: int, kind: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    body = {"type": "error", "error": {"type": kind, "message": message}}
+def _error_response(error: ApiError, request_id: str, headers: dict[str, str]) -> web.Response:
+    inner: dict[str, Any] = {"type": error.kind, "message": error.message}
+    if error.error_code is not None:
+        inner["details"] = {"error_code": error.error_code}
+    body = {"type": "error", "error": inner, "request_id": request_id}
     return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+        status=error.status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={**headers, **error.headers, "request-id": request_id},
     )
 
 
@@ -369,127 +483,374 @@ def _system_blocks(system: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _cache_usage(state: SimState, model: str, system: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """(prefix tokens, cache-creation tokens, cache-read tokens) for the cached system prefix."""
+def _authenticate(state: SimState, request: web.Request) -> None:
+    key = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if key is None and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    if not key:
+        raise ApiError(401, "authentication_error", "x-api-key header is required")
+    state.stats["with_api_key"] += 1  # counted, never stored or logged
+    wanted = state.config.api_key
+    if (wanted is not None and key != wanted) or key in state.config.revoked_keys:
+        raise ApiError(401, "authentication_error", "invalid x-api-key")
+
+
+def _version(request: web.Request) -> str:
+    version = request.headers.get("anthropic-version")
+    if not version:
+        raise bad_request("anthropic-version: header is required")
+    if version not in API_VERSIONS:
+        raise bad_request(f"anthropic-version: {version!r} is not a valid version")
+    return version
+
+
+def _model(state: SimState, model: Any) -> ModelSpec:
+    if not isinstance(model, str):
+        raise bad_request("model: Field required")
+    spec = state.models.get(model)
+    if spec is None:
+        raise ApiError(404, "not_found_error", f"model: {model}")
+    if model in state.config.retired or spec.lifecycle(state.today()) == "retired":
+        # Model deprecations: "Requests to retired models will fail." (404, as for an
+        # unknown id: the docs give no other status.)
+        raise ApiError(404, "not_found_error", f"model: {model}")
+    return spec
+
+
+def _cache_prefix(
+    spec: ModelSpec, system: list[dict[str, Any]], settings: Settings
+) -> tuple[tuple[str, ...] | None, int, float]:
+    """(cache key, prefix tokens, TTL) of the system prefix up to the last breakpoint, or no
+    key when there is none or it is below the model's minimum (then nothing is cached and no
+    error is returned)."""
     last = max((i for i, b in enumerate(system) if b.get("cache_control")), default=-1)
     if last < 0:
-        return 0, 0, 0
+        return None, 0, 0.0
     prefix = "".join(str(b.get("text", "")) for b in system[: last + 1])
-    n = tokens(prefix)
-    if n < state.config.cache_min_tokens:
-        return 0, 0, 0  # too short to cache: the real API silently caches nothing
+    n = tokens(prefix, spec.tokenizer_factor)
+    if n < spec.cache_min_tokens:
+        return None, 0, 0.0
     ttl = 3600.0 if (system[last].get("cache_control") or {}).get("ttl") == "1h" else 300.0
-    key = (model, hashlib.sha256(prefix.encode()).hexdigest())
-    now = time.monotonic()
-    hit = state.cache.get(key, 0.0) > now
-    state.cache[key] = now + ttl
-    return n, (0 if hit else n), (n if hit else 0)
+    digest = hashlib.sha256(prefix.encode()).hexdigest()
+    # Changing the output format or the thinking settings invalidates the cache.
+    key = (spec.id, digest, schema_key(settings.schema), settings.thinking, str(ttl))
+    return key, n, ttl
 
 
-def _pick_fault(state: SimState, request: web.Request, text: str) -> str | None:
+def _pick_fault(
+    state: SimState, request: web.Request, text: str, model: str
+) -> tuple[str | None, str | None]:
+    """(kind, argument) of the fault for this request, if any."""
     header = request.headers.get("x-sim-fault")
     if header:
-        return header if header in FAULT_KINDS else None
+        return (header if header in FAULT_KINDS else None), None
     marker = MARKER_RE.search(text)
     if marker and marker.group(1) in FAULT_KINDS:
-        return marker.group(1)
-    for kind, rate in state.config.faults.items():
-        if rate > 0 and state.rng.random() < rate:
-            return kind
+        return marker.group(1), marker.group(2)
+    for faults in (state.config.model_faults.get(model, {}), state.config.faults):
+        for kind, rate in faults.items():
+            if rate > 0 and state.rng.random() < rate:
+                return kind, None
+    return None, None
+
+
+def _next_month() -> str:
+    today = datetime.now(UTC).date()
+    first = date(today.year + (today.month == 12), today.month % 12 + 1, 1)
+    return first.isoformat()
+
+
+def _fault_error(kind: str, retry_after_s: float) -> ApiError | None:
+    """The documented response of each injected fault (None: not an HTTP error)."""
+    retry = {"retry-after": f"{retry_after_s:g}"}
+    resume = f"You will regain access on {_next_month()} at 00:00 UTC."
+    if kind == "429":
+        return ApiError(
+            429,
+            "rate_limit_error",
+            "This request would exceed your account's rate limit. Please try again later.",
+            headers=retry,
+        )
+    if kind == "529":
+        return ApiError(529, "overloaded_error", "Overloaded")
+    if kind == "500":
+        return ApiError(500, "api_error", "Internal server error")
+    if kind == "spend-limit":
+        return bad_request(f"You have reached your specified API usage limits. {resume}")
+    if kind == "billing":
+        return ApiError(
+            402, "billing_error", "Your credit balance is too low to access the Anthropic API."
+        )
+    if kind == "spend-cap":
+        return ApiError(
+            429,
+            "rate_limit_error",
+            "You have reached your API usage limits: your organization has crossed its monthly "
+            f"API usage threshold, set based on your organization's API tier. {resume}",
+            error_code="enforced_spend_limit_reached",
+        )
+    if kind == "contract-cap":
+        return ApiError(
+            429,
+            "rate_limit_error",
+            f"You have reached the spend limit of your contract. {resume}",
+            error_code="contract_spend_limit_reached",
+        )
+    if kind == "ramp":
+        return ApiError(
+            429,
+            "rate_limit_error",
+            "This request would exceed a ramp limit, which caps how fast usage can grow.",
+            headers=retry,
+            error_code="ramp_limit_exceeded",
+        )
+    if kind == "auth":
+        return ApiError(401, "authentication_error", "invalid x-api-key")
+    if kind == "permission":
+        return ApiError(
+            403, "permission_error", "Your API key does not have permission to use this model."
+        )
+    return None
+
+
+def _refusal_category(state: SimState, spec: ModelSpec, text: str) -> str | None:
+    if not (state.config.refusals and spec.refuses):
+        return None
+    for word in WORD_RE.findall(text.lower()):
+        category = REFUSAL_LEXICON.get(word)
+        if category is not None:
+            return category
     return None
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     state: SimState = request.app["state"]
     state.stats["requests"] += 1
-    if request.headers.get("x-api-key") or request.headers.get("authorization"):
-        state.stats["with_api_key"] += 1  # counted, never stored or logged
+    request_id = state.request_id()
+    headers: dict[str, str] = {}
     try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _error(400, "invalid_request_error", "request body is not valid JSON")
-    if not isinstance(body, dict):
-        return _error(400, "invalid_request_error", "request body must be an object")
-    model = body.get("model")
-    max_tokens = body.get("max_tokens")
-    msgs = body.get("messages")
-    if not isinstance(model, str) or not isinstance(max_tokens, int) or not isinstance(msgs, list):
-        return _error(400, "invalid_request_error", "model, max_tokens and messages are required")
-    if not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "user":
-        return _error(400, "invalid_request_error", "messages must end with a user turn")
-    profile = profile_for(model)
-    if profile is None:
-        return _error(404, "not_found_error", f"model: {model}")
+        _authenticate(state, request)
+        version = _version(request)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise bad_request("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise bad_request("request body must be an object")
+        spec = _model(state, body.get("model"))
+        limiter = state.limiter(spec)
+        headers = limiter.headers()
+        settings = validate(body, spec, version)
+        response = await _answer(state, request, spec, body, settings, limiter)
+    except ApiError as exc:
+        state.stats[f"status:{exc.status}"] += 1
+        return _error_response(exc, request_id, headers)
+    response.headers["request-id"] = request_id
+    return response
+
+
+async def _answer(
+    state: SimState,
+    request: web.Request,
+    spec: ModelSpec,
+    body: dict[str, Any],
+    settings: Settings,
+    limiter: RateLimiter,
+) -> web.Response:
+    msgs = body["messages"]
     user_text = _text_of(msgs[-1].get("content"))
     doc = DOCUMENT_RE.search(user_text)
     text = html.unescape(doc.group(1)) if doc else user_text
+
+    system = _system_blocks(body.get("system"))
+    all_input = "".join(str(b.get("text", "")) for b in system) + "".join(
+        _text_of(m.get("content")) for m in msgs
+    )
+    factor = spec.tokenizer_factor
+    schema = settings.schema
+    schema_tokens = (
+        (tokens(orjson.dumps(schema).decode(), factor) + FORMAT_PROMPT_TOKENS) if schema else 0
+    )
+    key, prefix, ttl = _cache_prefix(spec, system, settings)
+    now = time.monotonic()
+    entry = state.cache.get(key) if key is not None else None
+    hit = entry is not None and entry.readable_at <= now < entry.expires_at
+    created = 0 if (key is None or hit) else prefix
+    read = prefix if hit else 0
+    uncached = 8 + tokens(all_input, factor) + schema_tokens - (prefix if key is not None else 0)
+
+    fault, argument = _pick_fault(state, request, text, spec.id)
+    if fault:
+        state.stats[f"fault:{fault}"] += 1
+    error = _fault_error(fault, state.config.retry_after_s) if fault else None
+    if error is not None:
+        error.headers = {**limiter.headers(), **error.headers}
+        raise error
+    # Input TPM counts uncached input and cache writes; cache reads do not count. Output TPM
+    # is charged at max_tokens now and corrected when the answer is known.
+    exceeded = limiter.admit(uncached + created, settings.max_tokens)
+    if exceeded is not None:
+        retry = limiter.retry_after_s(exceeded, uncached + created, settings.max_tokens)
+        state.stats["rate_limited"] += 1
+        raise ApiError(
+            429,
+            "rate_limit_error",
+            f"This request would exceed your organization's rate limit for {exceeded} per "
+            f"minute ({spec.id}). Please try again later.",
+            headers={**limiter.headers(), "retry-after": str(retry)},
+        )
 
     latency = state.config.latency
     header_latency = request.headers.get("x-sim-latency-ms")
     if header_latency:
         latency = Latency(float(header_latency), float(header_latency))
     delay = latency.sample_s(state.rng)
-    fault = _pick_fault(state, request, text)
-    if fault:
-        state.stats[f"fault:{fault}"] += 1
     if fault == "hang":
         await asyncio.sleep(state.config.hang_s)
     if delay:
         await asyncio.sleep(delay)
-    if fault == "429":
-        retry = state.config.retry_after_s
-        return _error(
-            429, "rate_limit_error", "simulated rate limit", {"retry-after": f"{retry:g}"}
-        )
-    if fault == "529":
-        return _error(529, "overloaded_error", "simulated overload")
-    if fault == "500":
-        return _error(500, "api_error", "simulated internal error")
 
+    if fault == "refuse":
+        refusal: str | None = argument or "general_harms"
+    else:
+        refusal = _refusal_category(state, spec, text)
+    if refusal is not None:
+        content, out_tokens, stop_reason = _refusal_content(factor)
+        stop_details: dict[str, Any] | None = {
+            "type": "refusal",
+            "category": refusal,
+            "explanation": REFUSAL_EXPLANATIONS.get(refusal),
+        }
+        thought = 0
+        state.stats["refusals"] += 1
+    else:
+        content, out_tokens, thought, stop_reason = _content(state, spec, text, settings, fault)
+        stop_details = None
+        if stop_reason == "max_tokens" and thought >= settings.max_tokens:
+            state.stats["max_tokens_in_thinking"] += 1
+    limiter.settle(settings.max_tokens, out_tokens)
+    if key is not None:
+        done = time.monotonic()
+        if hit and entry is not None:
+            entry.expires_at = done + ttl  # each read refreshes the TTL, free of charge
+            state.stats["cache_reads"] += 1
+        else:
+            # The entry becomes readable now that its response is on its way, not before:
+            # requests sent meanwhile all paid for a write.
+            state.cache[key] = CacheEntry(readable_at=done, expires_at=done + ttl)
+            state.stats["cache_writes"] += 1
+    state.stats["answered"] += 1
+    message = {
+        "id": "msg_sim_" + hashlib.sha256(f"{spec.id}:{text}".encode()).hexdigest()[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": spec.id,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "stop_details": stop_details,
+        "usage": {
+            "input_tokens": uncached,
+            "output_tokens": out_tokens,
+            "cache_creation_input_tokens": created,
+            "cache_read_input_tokens": read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": created if ttl == 300.0 else 0,
+                "ephemeral_1h_input_tokens": created if ttl == 3600.0 else 0,
+            },
+            "output_tokens_details": {"thinking_tokens": thought},
+            "service_tier": "standard",
+            "inference_geo": settings.geo if spec.inference_geo else None,
+        },
+    }
+    return web.Response(
+        body=orjson.dumps(message), content_type="application/json", headers=limiter.headers()
+    )
+
+
+def _refusal_content(factor: float) -> tuple[list[dict[str, Any]], int, str]:
+    """A refusal can cut the answer off mid-way: the partial text does not match the schema."""
+    partial = '{"label": "'
+    return [{"type": "text", "text": partial}], tokens(partial, factor), "refusal"
+
+
+def _content(
+    state: SimState, spec: ModelSpec, text: str, settings: Settings, fault: str | None
+) -> tuple[list[dict[str, Any]], int, int, str]:
+    """(content blocks, output tokens, thinking tokens, stop_reason)."""
     labels: list[str] = ["safe", "unsafe", "review-needed"]
-    schema = ((body.get("output_config") or {}).get("format") or {}).get("schema")
+    schema = settings.schema
     if isinstance(schema, dict):
         enum = ((schema.get("properties") or {}).get("label") or {}).get("enum")
         if isinstance(enum, list) and enum and all(isinstance(x, str) for x in enum):
             labels = enum
-    answer = classify(text, labels, profile)
+    answer = classify(text, labels, spec.answers)
+    label = answer.label
+    if unit(text, spec.id + ":case") < state.config.enum_case_rate:
+        # Structured outputs may return an enum value in another capitalization.
+        label = label.upper() if unit(text, "which-case") < 0.5 else label.capitalize()
+        state.stats["case_varied"] += 1
     if fault == "bad-schema":
-        out = orjson.dumps({"label": answer.label}).decode()
+        out = orjson.dumps({"label": label}).decode()
     elif fault == "bad-label":
         out = orjson.dumps({"label": "definitely-not-a-label", "confidence": 1.0}).decode()
     else:
-        out = orjson.dumps({"label": answer.label, "confidence": answer.confidence}).decode()
+        out = orjson.dumps({"label": label, "confidence": answer.confidence}).decode()
+    factor = spec.tokenizer_factor
+    thought = thinking_tokens(text, settings)
+    blocks: list[dict[str, Any]] = []
+    budget = settings.max_tokens
+    if thought:
+        summary = (
+            "" if settings.display == "omitted" else "Weighing the document against the labels."
+        )
+        signature = hashlib.sha256(f"sig:{spec.id}:{text}".encode()).hexdigest()
+        blocks.append({"type": "thinking", "thinking": summary, "signature": signature})
+        if thought >= budget:
+            # Thinking used the whole max_tokens: no text at all.
+            return blocks, budget, budget, "max_tokens"
+    out_tokens = tokens(out, factor)
+    room = budget - thought
+    if out_tokens > room:
+        cut = out[: max(0, int(room * 4 / factor))]
+        blocks.append({"type": "text", "text": cut})
+        return blocks, budget, thought, "max_tokens"
+    blocks.append({"type": "text", "text": out})
+    return blocks, thought + out_tokens, thought, "end_turn"
 
-    system = _system_blocks(body.get("system"))
-    all_input = "".join(str(b.get("text", "")) for b in system) + "".join(
-        _text_of(m.get("content")) for m in msgs if isinstance(m, dict)
-    )
-    schema_tokens = tokens(orjson.dumps(schema).decode()) if schema else 0
-    prefix, created, read = _cache_usage(state, model, system)
-    input_tokens = 8 + tokens(all_input) + schema_tokens - prefix
-    out_tokens = tokens(out)
-    stop_reason = "end_turn"
-    if out_tokens > max_tokens:
-        out = out[: max_tokens * 4]
-        out_tokens = max_tokens
-        stop_reason = "max_tokens"
-    state.stats["answered"] += 1
-    message = {
-        "id": "msg_sim_" + hashlib.sha256(f"{model}:{text}".encode()).hexdigest()[:24],
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": out}],
-        "stop_reason": stop_reason,
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": input_tokens,
-            "output_tokens": out_tokens,
-            "cache_creation_input_tokens": created,
-            "cache_read_input_tokens": read,
-        },
+
+async def get_model(request: web.Request) -> web.Response:
+    state: SimState = request.app["state"]
+    request_id = state.request_id()
+    try:
+        _authenticate(state, request)
+    except ApiError as exc:
+        return _error_response(exc, request_id, {})
+    name = request.match_info["model"]
+    spec = state.models.get(name)
+    if spec is None:
+        return _error_response(ApiError(404, "not_found_error", f"model: {name}"), request_id, {})
+    info = spec.info(state.today(), retired=name in state.config.retired)
+    return web.json_response(info, headers={"request-id": request_id})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state: SimState = request.app["state"]
+    request_id = state.request_id()
+    try:
+        _authenticate(state, request)
+    except ApiError as exc:
+        return _error_response(exc, request_id, {})
+    specs = sorted({s.id: s for s in state.models.values()}.values(), key=lambda s: s.released)
+    data = [s.info(state.today(), retired=s.id in state.config.retired) for s in reversed(specs)]
+    body = {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
     }
-    return web.Response(body=orjson.dumps(message), content_type="application/json")
+    return web.json_response(body, headers={"request-id": request_id})
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -499,26 +860,54 @@ async def get_config(request: web.Request) -> web.Response:
         {
             "latency_ms": [cfg.latency.low_ms, cfg.latency.high_ms],
             "faults": cfg.faults,
+            "model_faults": cfg.model_faults,
             "retry_after_s": cfg.retry_after_s,
+            "retired": sorted(cfg.retired),
+            "limits": {k: list(v) for k, v in cfg.limits.items()},
+            "default_limits": list(cfg.default_limits),
+            "enum_case_rate": cfg.enum_case_rate,
+            "refusals": cfg.refusals,
             "stats": dict(state.stats),
         }
     )
 
 
 async def set_config(request: web.Request) -> web.Response:
-    """Change faults and latency while running (e.g. a 60 s outage in a reliability test)."""
+    """Change faults, latency, retirements, keys and limits while running (a 60 s outage in a
+    reliability test, a revoked key, a model retired mid-run)."""
     state: SimState = request.app["state"]
+    cfg = state.config
     try:
         body = orjson.loads(await request.read())
         if "latency" in body:
-            state.config.latency = Latency.parse(str(body["latency"]))
+            cfg.latency = Latency.parse(str(body["latency"]))
         if "faults" in body:
-            faults = dict(parse_fault(f"{k}:{v}") for k, v in dict(body["faults"]).items())
-            state.config.faults = faults
+            cfg.faults = dict(parse_fault(f"{k}:{v}") for k, v in dict(body["faults"]).items())
+        if "model_faults" in body:
+            cfg.model_faults = {
+                str(model): dict(parse_fault(f"{k}:{v}") for k, v in dict(faults).items())
+                for model, faults in dict(body["model_faults"]).items()
+            }
         if "retry_after_s" in body:
-            state.config.retry_after_s = float(body["retry_after_s"])
-    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-        return _error(400, "invalid_request_error", str(exc))
+            cfg.retry_after_s = float(body["retry_after_s"])
+        if "retired" in body:
+            cfg.retired = {str(m) for m in body["retired"]}
+        if "revoked_keys" in body:
+            cfg.revoked_keys = {str(k) for k in body["revoked_keys"]}
+        if "api_key" in body:
+            cfg.api_key = None if body["api_key"] is None else str(body["api_key"])
+        if "limits" in body:
+            cfg.limits = {str(m): parse_limits(str(v)) for m, v in dict(body["limits"]).items()}
+            state.limiters.clear()
+        if "default_limits" in body:
+            cfg.default_limits = parse_limits(str(body["default_limits"]))
+            state.limiters.clear()
+        if "enum_case_rate" in body:
+            cfg.enum_case_rate = float(body["enum_case_rate"])
+        if "refusals" in body:
+            cfg.refusals = bool(body["refusals"])
+    except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+        return _error_response(bad_request(str(exc)), state.request_id(), {})
     return await get_config(request)
 
 
@@ -526,6 +915,8 @@ def make_app(config: SimConfig) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app["state"] = SimState(config=config, rng=random.Random(config.seed))
     app.router.add_post("/v1/messages", messages)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/_sim/config", get_config)
     app.router.add_post("/_sim/config", set_config)
     return app

@@ -7,6 +7,7 @@ into the user turn only as delimited data: between ``<document>`` tags, with ``&
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ class Task:
     version: str
     labels: tuple[str, ...]
     instructions: str
+    #: What a refusal (``stop_reason: "refusal"``) at the strong tier means: this label, or
+    #: None to dead-letter the request as ``model_refused``.
+    refusal_label: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -35,25 +39,42 @@ class Task:
         return hashlib.sha256(raw).hexdigest()[:12]
 
     def output_schema(self) -> dict[str, Any]:
-        """JSON schema for structured output: the label enum and a confidence in [0, 1]."""
+        """JSON schema for structured output: the label enum and a confidence.
+
+        Only keywords structured outputs support: numerical constraints (``minimum``,
+        ``maximum``) are documented to return a 400, so the range of ``confidence`` is said
+        in its description and checked in code (``model.AnthropicClassifier``).
+        """
         return {
             "type": "object",
             "properties": {
                 "label": {"type": "string", "enum": list(self.labels)},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                "confidence": {
+                    "type": "number",
+                    "description": "How sure you are that the label is right, from 0 to 1.",
+                },
             },
             "required": ["label", "confidence"],
             "additionalProperties": False,
         }
 
-    def system_blocks(self) -> list[dict[str, Any]]:
+    def system_blocks(self, ttl: str = "5m") -> list[dict[str, Any]]:
+        """The instructions as one system block marked for caching (TTL ``5m`` or ``1h``)."""
+        cache: dict[str, str] = {"type": "ephemeral"}
+        if ttl != "5m":
+            cache["ttl"] = ttl
         return [
             {
                 "type": "text",
                 "text": self.instructions + "\n\nLabels: " + ", ".join(self.labels) + ".",
-                "cache_control": {"type": "ephemeral"},
+                "cache_control": cache,
             }
         ]
+
+    def canonical_label(self, answer: str) -> str | None:
+        """The task's spelling of ``answer``, compared case-insensitively (enum values may come
+        back in another capitalization, as the structured-outputs docs warn), or None."""
+        return _folded(self.labels).get(answer.strip().casefold())
 
     @staticmethod
     def user_turn(text: str) -> str:
@@ -81,12 +102,23 @@ def parse_task(raw: bytes, source: str) -> Task:
         raise ConfigError(f"{source}: 'labels' must be a list of 2+ distinct non-empty strings")
     if not isinstance(instructions, str) or not instructions.strip():
         raise ConfigError(f"{source}: 'instructions' must be a non-empty string")
+    if len(_folded(tuple(labels))) != len(labels):
+        raise ConfigError(f"{source}: 'labels' must differ by more than capitalization")
+    refusal = data.get("refusal_label")
+    if refusal is not None and refusal not in labels:
+        raise ConfigError(f"{source}: 'refusal_label' must be null or one of the labels")
     return Task(
         name=str(data.get("name", "custom")),
         version=str(data.get("version", "1")),
         labels=tuple(labels),
         instructions=instructions,
+        refusal_label=refusal,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _folded(labels: tuple[str, ...]) -> dict[str, str]:
+    return {label.casefold(): label for label in labels}
 
 
 def load_task(path: Path | None) -> Task:

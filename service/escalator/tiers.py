@@ -1,30 +1,40 @@
 """What each tier does with one record: the cheap and strong handlers.
 
 Cheap: validate the request, ask the cheap model, accept (-> results) or escalate
-(-> escalations, with the cheap answer attached). Transient failures that exhaust retries
-escalate with reason ``cheap_unavailable``; an answer that fails validation counts as
-confidence 0 and escalates.
+(-> escalations, with the cheap answer attached). An answer that fails validation counts as
+confidence 0 and escalates (``invalid_answer``); a refusal escalates (``cheap_refused``) and
+is never retried. When the cheap model is down or rate-limited the record is *held*
+(uncommitted, partitions paused), not escalated: escalating would multiply its cost by about
+20. ``ESCALATOR_CHEAP_UNAVAILABLE=escalate`` restores escalation (``cheap_unavailable``) for
+transient failures that exhaust their retries. A record whose cheap calls keep failing while
+others succeed is escalated as ``cheap_unavailable`` after a bounded number of attempts.
 
-Strong: answer the escalation and publish the final decision. Transient failures keep the
-record in flight (uncommitted) while the breaker pauses the tier; only a record that keeps
-failing while the API serves others is dead-lettered, after a bounded number of attempts.
-Answers that keep failing validation are dead-lettered as ``model_output_invalid``.
+Strong: answer the escalation and publish the final decision. Transient failures hold the
+record while the breaker pauses the tier; only a record that keeps failing while the API
+serves others is dead-lettered, after a bounded number of attempts. Answers that keep failing
+validation are dead-lettered as ``model_output_invalid``. A refusal becomes the task's
+``refusal_label`` when it names one, else a dead letter ``model_refused``; never retried.
+
+Account-level failures (spend limit, billing, credentials, an unknown or retired model) hold
+traffic at both tiers: nothing is dead-lettered or escalated for them (see ``model.py``).
 
 Only permanent errors reach the dead-letter topic: malformed input, text over the limit, a
-4xx refusal from the API, or the two bounded cases above.
+400 for this request while others succeed, a refusal without a refusal label, or the two
+bounded cases above.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from escalator.errors import InvalidRequest, ModelRejected, ModelUnavailable, PermanentError
+from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
 from escalator.logs import EventLog, log
 from escalator.messages import (
+    H_PREFIX,
     Attempt,
+    Escalation,
     Headers,
     Request,
     dead_letter_headers,
@@ -38,6 +48,7 @@ from escalator.metrics import Metrics
 from escalator.model import ModelCaller
 from escalator.pipeline import Output, Record
 from escalator.routing import Route, Thresholds, route
+from escalator.task import Task
 
 logger = logging.getLogger("escalator.decisions")
 decision_log = EventLog("escalator.decisions", "decision")
@@ -69,7 +80,13 @@ class _Base:
         log_text: bool = False,
         shadow_rate: float = 0.0,
         rng: random.Random | None = None,
+        task: Task | None = None,
+        escalate_when_unavailable: bool = False,
+        invalid_answer_attempts: int = 3,
     ) -> None:
+        self.refusal_label = task.refusal_label if task is not None else None
+        self.escalate_when_unavailable = escalate_when_unavailable
+        self.invalid_answer_attempts = invalid_answer_attempts
         self.shadow_rate = shadow_rate
         self.rng = rng or random.Random()
         self.caller = caller
@@ -80,9 +97,15 @@ class _Base:
         self.log_text = log_text
 
     def should_pause(self) -> bool:
-        return self.caller.breaker.is_open
+        return self.caller.paused
 
-    def dead_letter(self, record: Record, error: PermanentError, label: str = "") -> list[Output]:
+    def dead_letter(
+        self,
+        record: Record,
+        error: PermanentError,
+        label: str = "",
+        extra: Headers | None = None,
+    ) -> list[Output]:
         self.metrics.dead_letters.labels(self.tier, error.reason).inc()
         self.metrics.decision(self.tier, label, "dead_lettered")
         log(
@@ -105,7 +128,11 @@ class _Base:
             offset=record.offset,
             tier=self.tier,
         )
-        return [Output(self.topics.dead_letter, record.value or b"", record.key, headers)]
+        return [
+            Output(
+                self.topics.dead_letter, record.value or b"", record.key, headers + (extra or [])
+            )
+        ]
 
     def decision(
         self,
@@ -147,6 +174,10 @@ class _Base:
         }
         if attempt.error:
             fields["error"] = attempt.error
+        if attempt.refusal_category:
+            fields["refusal_category"] = attempt.refusal_category
+        if attempt.request_id:
+            fields["request_id"] = attempt.request_id
         if self.log_text:
             fields["text"] = request.text
         decision_log(fields)
@@ -166,21 +197,22 @@ class CheapHandler(_Base):
         reason: str | None
         outputs: list[Output] = []
         try:
-            attempt = await self.caller.call(request.text)
-        except ModelRejected as exc:
-            return self.dead_letter(record, exc)
-        except ModelUnavailable as exc:
-            attempt = Attempt(
-                tier=self.tier,
-                model=self.caller.client.model,
-                label=None,
-                confidence=0.0,
-                valid=False,
-                error=f"unavailable:{exc.kind}",
+            attempt = await self.caller.answer(
+                request.text, give_up_when_unavailable=self.escalate_when_unavailable
             )
+        except ModelUnavailable as exc:
+            attempt = self._unavailable(f"unavailable:{exc.kind}")
+            decision, reason = "escalate", "cheap_unavailable"
+        except PermanentError as exc:
+            if exc.reason != "model_unavailable":
+                return self.dead_letter(record, exc)  # a 400 for this request alone
+            attempt = self._unavailable("unavailable:poison")
             decision, reason = "escalate", "cheap_unavailable"
         else:
-            decision, reason = route(attempt, self.thresholds)
+            if attempt.refused:
+                decision, reason = "escalate", "cheap_refused"
+            else:
+                decision, reason = route(attempt, self.thresholds)
             outcome = "accepted" if decision == "accept" else "escalated"
             outputs.append(self.decision(request, attempt, key, outcome=outcome))
         self.log_decision(request, attempt, escalated=decision == "escalate")
@@ -208,24 +240,34 @@ class CheapHandler(_Base):
         outputs.append(Output(self.topics.escalations, value, key, headers))
         return outputs
 
+    def _unavailable(self, error: str) -> Attempt:
+        return Attempt(
+            tier=self.tier,
+            model=self.caller.model,
+            label=None,
+            confidence=0.0,
+            valid=False,
+            error=error,
+        )
+
 
 class StrongHandler(_Base):
     tier = "strong"
 
-    #: A record that keeps failing transiently while others succeed is dead-lettered after
-    #: this many calls; answers that keep failing validation after this many tries.
-    poison_max_attempts = 12
-    invalid_answer_attempts = 3
-
     def _give_up(
-        self, record: Record, error: PermanentError, decisions: list[Output], shadow: bool
+        self,
+        record: Record,
+        error: PermanentError,
+        decisions: list[Output],
+        shadow: bool,
+        extra: Headers | None = None,
     ) -> list[Output]:
         if shadow:
             # A measurement call never dead-letters a request that already has its result.
             self.metrics.shadow_failures.labels(error.reason).inc()
             log(logger, "shadow_failed", logging.WARNING, reason=error.reason, offset=record.offset)
             return decisions
-        return decisions + self.dead_letter(record, error)
+        return decisions + self.dead_letter(record, error, extra=extra)
 
     async def handle(self, record: Record) -> list[Output]:
         try:
@@ -237,34 +279,18 @@ class StrongHandler(_Base):
         shadow = escalation.shadow
         decisions: list[Output] = []
         attempts: list[Attempt] = [escalation.cheap]
-        failed_calls = 0
         invalid = 0
-        backoff_s = self.caller.policy.initial_s
         while True:
             try:
-                attempt = await self.caller.call(request.text)
-            except ModelRejected as exc:
+                attempt = await self.caller.answer(request.text)
+            except PermanentError as exc:
                 return self._give_up(record, exc, decisions, shadow)
-            except ModelUnavailable as exc:
-                if self.caller.breaker.state != "closed":
-                    # An outage: most calls fail. Hold the record (uncommitted) and wait; the
-                    # worker pauses the partitions while the breaker is open.
-                    await self.caller.breaker.wait_closed()
-                    continue
-                failed_calls += self.caller.policy.max_attempts
-                if failed_calls >= self.poison_max_attempts:
-                    error = PermanentError(
-                        f"model kept failing ({exc.kind}) for this record while serving "
-                        f"others; {failed_calls} attempts",
-                        reason="model_unavailable",
-                    )
-                    return self._give_up(record, error, decisions, shadow)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, self.caller.policy.max_s)
-                continue
             attempts.append(attempt)
             if attempt.valid:
                 break
+            if attempt.refused:
+                # Retrying a refusal usually refuses again, and each one is billed.
+                return self._refused(record, request, escalation, attempt, attempts, decisions)
             invalid += 1
             decisions.append(
                 self.decision(
@@ -284,6 +310,19 @@ class StrongHandler(_Base):
                     reason="model_output_invalid",
                 )
                 return self._give_up(record, error, decisions, shadow)
+        return self._final(record, request, escalation, attempt, attempts, decisions)
+
+    def _final(
+        self,
+        record: Record,
+        request: Request,
+        escalation: Escalation,
+        attempt: Attempt,
+        attempts: list[Attempt],
+        decisions: list[Output],
+    ) -> list[Output]:
+        key = record.key or request.id.encode()
+        shadow = escalation.shadow
         self.log_decision(request, attempt, escalated=True)
         decisions.append(
             self.decision(
@@ -307,3 +346,37 @@ class StrongHandler(_Base):
             threshold_version=self.thresholds.version,
         )
         return [*decisions, Output(self.topics.results, value, key, _headers(record))]
+
+    def _refused(
+        self,
+        record: Record,
+        request: Request,
+        escalation: Escalation,
+        attempt: Attempt,
+        attempts: list[Attempt],
+        decisions: list[Output],
+    ) -> list[Output]:
+        """The task's refusal policy: its ``refusal_label``, or a dead letter."""
+        category = attempt.refusal_category or "uncategorized"
+        if self.refusal_label is not None:
+            decided = replace(attempt, label=self.refusal_label, confidence=1.0, valid=True)
+            attempts[-1] = decided
+            return self._final(record, request, escalation, decided, attempts, decisions)
+        key = record.key or request.id.encode()
+        self.log_decision(request, attempt, escalated=True)
+        decisions.append(
+            self.decision(
+                request,
+                attempt,
+                key,
+                outcome="refused",
+                shadow=escalation.shadow,
+                sample_rate=escalation.sample_rate,
+            )
+        )
+        error = PermanentError(
+            f"the strong model refused ({category}) and the task names no refusal_label",
+            reason="model_refused",
+        )
+        extra = [(H_PREFIX + "refusal-category", category.encode())]
+        return self._give_up(record, error, decisions, escalation.shadow, extra)

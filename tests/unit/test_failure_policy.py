@@ -1,0 +1,227 @@
+"""The one failure policy (ModelCaller.answer) and the breaker under it: outages and account
+blocks hold the record, a request rejected alone is given up on, the cache warms first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from escalator.breaker import CircuitBreaker
+from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
+from escalator.messages import Attempt
+from escalator.model import ModelCaller, RetryPolicy
+
+
+class ScriptedModel:
+    """A ModelClient whose answer for a text is decided by ``behaviour(text, call_number)``."""
+
+    tier = "cheap"
+    model = "fake"
+
+    def __init__(self, behaviour: Callable[[str, int], Exception | None]) -> None:
+        self.behaviour = behaviour
+        self.calls: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def classify(self, text: str) -> Attempt:
+        self.calls.append(text)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.002)
+            error = self.behaviour(text, len(self.calls))
+        finally:
+            self.in_flight -= 1
+        if error is not None:
+            raise error
+        return Attempt("cheap", "fake", "safe", 0.9, True)
+
+
+def make_caller(
+    model: ScriptedModel, *, warm: bool = False, poison: int = 12, blocked_probe_s: float = 0.05
+) -> ModelCaller:
+    breaker = CircuitBreaker(
+        window=10,
+        failure_ratio=0.5,
+        cooldown_s=0.05,
+        cooldown_max_s=0.1,
+        blocked_cooldown_s=blocked_probe_s,
+    )
+    return ModelCaller(
+        model,
+        breaker,
+        RetryPolicy(max_attempts=2, initial_s=0.001, max_s=0.01, poison_max_attempts=poison),
+        warm_ttl_s=60.0 if warm else None,
+    )
+
+
+async def test_a_request_rejected_while_others_succeed_is_given_up_after_two_calls() -> None:
+    """A 400 for one text, while the others are answered, ends as ModelRejected: the record is
+    bad, not the account (two calls: 400s are not billed, and one success in between)."""
+
+    def behaviour(text: str, n: int) -> Exception | None:
+        return ModelRejected("bad", reason="api_400") if text == "bad" else None
+
+    model = ScriptedModel(behaviour)
+    caller = make_caller(model)
+
+    async def others() -> None:
+        for _ in range(30):
+            await caller.answer("good")
+
+    other = asyncio.create_task(others())
+    with pytest.raises(ModelRejected):
+        await asyncio.wait_for(caller.answer("bad"), 5)
+    await other
+    assert model.calls.count("bad") == 2
+
+
+async def test_when_every_call_is_rejected_the_traffic_is_held_not_given_up() -> None:
+    """A 400 for everything (a schema the API refuses, a spend limit with unknown wording) opens
+    the breaker with reason request_rejected; records wait, and finish once it clears."""
+    broken = True
+
+    def behaviour(text: str, n: int) -> Exception | None:
+        return ModelRejected("schema", reason="api_400") if broken else None
+
+    model = ScriptedModel(behaviour)
+    caller = make_caller(model)
+    tasks = [asyncio.create_task(caller.answer(f"t{i}")) for i in range(12)]
+    for _ in range(200):
+        if caller.breaker.hold_reason == "request_rejected":
+            break
+        await asyncio.sleep(0.01)
+    assert caller.breaker.hold_reason == "request_rejected"
+    assert not any(t.done() for t in tasks), "a record was given up on during the hold"
+    broken = False
+    done = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert all(a.valid for a in done)
+    assert caller.breaker.hold_reason is None
+
+
+@pytest.mark.parametrize("reason", ["spend_limit", "billing", "credentials", "model_not_found"])
+async def test_an_account_block_holds_every_record_and_probes_one_call_at_a_time(
+    reason: str,
+) -> None:
+    """ApiBlocked opens the breaker at once with the reason; while blocked only the probe
+    calls; when the probe succeeds every held record is answered; nothing is raised."""
+    blocked = True
+
+    def behaviour(text: str, n: int) -> Exception | None:
+        return ApiBlocked("account", kind=reason) if blocked else None
+
+    model = ScriptedModel(behaviour)
+    caller = make_caller(model)
+    tasks = [asyncio.create_task(caller.answer(f"t{i}")) for i in range(20)]
+    await asyncio.sleep(0.3)
+    assert caller.breaker.blocked_reason == reason and caller.paused
+    calls_while_blocked = len(model.calls)
+    await asyncio.sleep(0.3)
+    # About one probe per 0.05 s, never the whole backlog at once.
+    assert len(model.calls) - calls_while_blocked < 20
+    assert not any(t.done() for t in tasks)
+    blocked = False
+    done = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert len(done) == 20 and caller.breaker.blocked_reason is None
+
+
+async def test_an_outage_holds_and_a_record_failing_alone_is_given_up_as_poison() -> None:
+    """529 for everything holds (breaker open); 529 for one text among successes ends as
+    PermanentError model_unavailable after poison_max_attempts calls."""
+
+    def behaviour(text: str, n: int) -> Exception | None:
+        return ModelUnavailable("529", kind="overloaded") if text == "poison" else None
+
+    model = ScriptedModel(behaviour)
+    caller = make_caller(model, poison=6)
+
+    async def others() -> None:
+        for _ in range(60):
+            await caller.answer("good")
+
+    other = asyncio.create_task(others())
+    with pytest.raises(PermanentError) as info:
+        await asyncio.wait_for(caller.answer("poison"), 10)
+    await other
+    assert info.value.reason == "model_unavailable"
+    assert model.calls.count("poison") == 6
+
+
+async def test_give_up_when_unavailable_raises_the_transient_error_but_holds_a_block() -> None:
+    """The cheap tier's escalate option: an outage raises (to escalate); a block never does."""
+    model = ScriptedModel(lambda t, n: ModelUnavailable("down", kind="overloaded"))
+    caller = make_caller(model)
+    with pytest.raises(ModelUnavailable):
+        await caller.answer("x", give_up_when_unavailable=True)
+    state = {"blocked": True}
+    blocked = ScriptedModel(
+        lambda t, n: ApiBlocked("cap", kind="spend_limit") if state["blocked"] else None
+    )
+    caller = make_caller(blocked)
+    task = asyncio.create_task(caller.answer("x", give_up_when_unavailable=True))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    state["blocked"] = False
+    assert (await asyncio.wait_for(task, 5)).valid
+
+
+async def test_the_first_call_warms_the_cache_alone() -> None:
+    """After start-up one call goes first; the others wait for its answer (each would pay a
+    cache write otherwise); then they fan out."""
+    model = ScriptedModel(lambda t, n: None)
+    caller = make_caller(model, warm=True)
+    await asyncio.gather(*(caller.answer(f"t{i}") for i in range(16)))
+    assert model.calls[0] == "t0"
+    assert model.max_in_flight > 1, "never fanned out after the warm-up"
+    # The first call was alone in flight: the second started only after it answered.
+    model2 = ScriptedModel(lambda t, n: None)
+    caller2 = make_caller(model2, warm=True)
+    first = asyncio.create_task(caller2.answer("first"))
+    await asyncio.sleep(0)
+    rest = asyncio.gather(*(caller2.answer(f"r{i}") for i in range(8)))
+    await asyncio.sleep(0.001)
+    assert model2.calls == ["first"]
+    await first
+    await rest
+
+
+def test_the_breaker_lets_exactly_one_probe_through_when_half_open() -> None:
+    """Half-open means one call: is_open stays true for the others while the probe is out."""
+    now = [0.0]
+    breaker = CircuitBreaker(window=4, cooldown_s=1.0, clock=lambda: now[0])
+    for _ in range(4):
+        breaker.record(False, "overloaded")
+    assert breaker.state == "open" and breaker.open_reason == "overloaded"
+    now[0] = 1.5
+    assert breaker.state == "half_open" and not breaker.is_open
+
+    async def two() -> tuple[bool, bool]:
+        first = await breaker.acquire()
+        waiting = asyncio.create_task(breaker.acquire())
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and breaker.is_open
+        breaker.record(True, probe=True)
+        return first, await asyncio.wait_for(waiting, 2)
+
+    first, second = asyncio.run(two())
+    assert first is True and second is False and breaker.state == "closed"
+
+
+def test_hold_reason_names_blocks_and_rejections_but_not_outages() -> None:
+    """Readiness and api_blocked report account trouble; an outage is not account trouble."""
+    changes: list[str | None] = []
+    breaker = CircuitBreaker(window=4, on_hold_change=changes.append)
+    for _ in range(4):
+        breaker.record(False, "overloaded")
+    assert breaker.state == "open" and breaker.hold_reason is None
+    breaker.block("spend_limit", "cap reached")
+    assert breaker.hold_reason == "spend_limit"
+    breaker.record(True)
+    assert breaker.hold_reason is None
+    for _ in range(4):
+        breaker.record(False, "api_400")
+    assert breaker.hold_reason == "request_rejected"
+    assert changes == ["spend_limit", None, "request_rejected"]

@@ -1,0 +1,61 @@
+"""Request profiles per model and the task's schema and label rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from escalator.errors import ConfigError
+from escalator.profiles import load_profiles
+from escalator.task import load_task, parse_task
+
+TASK = load_task(None)
+
+
+def test_profiles_match_dated_snapshots_and_unknown_models_are_a_startup_error() -> None:
+    """claude-haiku-4-5-20251001 uses the claude-haiku-4-5 profile; an unknown id names the
+    variable and the file that can describe it."""
+    table = load_profiles(None)
+    assert table.require("claude-haiku-4-5-20251001", "V") == table.require("claude-haiku-4-5", "V")
+    with pytest.raises(ConfigError, match=r"ESCALATOR_CHEAP_MODEL='claude-nova-1'.*PROFILES_FILE"):
+        table.require("claude-nova-1", "ESCALATOR_CHEAP_MODEL")
+
+
+def test_a_profiles_file_adds_models_and_is_validated(tmp_path: Path) -> None:
+    """A user-supplied profile is used; a bad one is one line naming the file."""
+    path = tmp_path / "p.json"
+    path.write_text('{"models": {"claude-nova-1": {"thinking": "disabled", "max_tokens": 256}}}')
+    profile = load_profiles(path).require("claude-nova-1", "V")
+    assert profile.thinking == "disabled" and profile.max_tokens == 256
+    assert profile.request_fields() == {"max_tokens": 256, "thinking": {"type": "disabled"}}
+    path.write_text('{"models": {"m": {"thinking": "sometimes", "max_tokens": 256}}}')
+    with pytest.raises(ConfigError, match=r"ESCALATOR_MODEL_PROFILES_FILE=.*thinking"):
+        load_profiles(path)
+
+
+def test_the_output_schema_uses_only_supported_keywords() -> None:
+    """No numerical or string constraints (documented 400s); every object closed."""
+    schema = TASK.output_schema()
+    confidence = schema["properties"]["confidence"]
+    assert confidence["type"] == "number"
+    assert not {"minimum", "maximum", "multipleOf"} & set(confidence)
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [("safe", "safe"), ("SAFE", "safe"), ("Review-Needed", "review-needed"), ("nope", None)],
+)
+def test_labels_are_matched_case_insensitively(answer: str, expected: str | None) -> None:
+    """Enum values may come back in another capitalization; the task's spelling wins."""
+    assert TASK.canonical_label(answer) == expected
+
+
+def test_refusal_label_must_be_one_of_the_labels_and_labels_must_differ_in_more_than_case() -> None:
+    """Both are start-up errors naming the task file."""
+    with pytest.raises(ConfigError, match="refusal_label"):
+        parse_task(b'{"labels": ["a", "b"], "instructions": "x", "refusal_label": "c"}', "F")
+    with pytest.raises(ConfigError, match="capitalization"):
+        parse_task(b'{"labels": ["a", "A"], "instructions": "x"}', "F")
+    assert TASK.refusal_label == "unsafe"

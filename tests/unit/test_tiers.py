@@ -1,0 +1,194 @@
+"""What each tier does with one record, against a fake model: refusal policies, holding when
+the cheap model is down (and the escalate option), rejection of one request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import pytest
+
+from escalator.breaker import CircuitBreaker
+from escalator.errors import ModelRejected, ModelUnavailable
+from escalator.messages import Attempt, escalation_value, parse_request
+from escalator.metrics import Metrics
+from escalator.model import ModelCaller, RetryPolicy
+from escalator.pipeline import Output
+from escalator.routing import Thresholds
+from escalator.task import load_task
+from escalator.tiers import CheapHandler, StrongHandler, TierTopics
+
+TOPICS = TierTopics("results", "escalations", "dead", "decisions")
+TASK = load_task(None)
+
+
+@dataclass
+class FakeRecord:
+    value: bytes | None
+    topic: str = "requests"
+    partition: int = 0
+    offset: int = 7
+    key: bytes | None = None
+    headers: Any = ()
+
+
+class FakeModel:
+    tier = "cheap"
+    model = "fake-model"
+
+    def __init__(self, answer: Callable[[int], Attempt | Exception]) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.texts: list[str] = []
+
+    async def classify(self, text: str) -> Attempt:
+        self.calls += 1
+        self.texts.append(text)
+        await asyncio.sleep(0)
+        out = self.answer(self.calls) if text != "another record" else ok()
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+
+def refusal(tier: str = "cheap") -> Attempt:
+    return Attempt(
+        tier, "fake-model", None, 0.0, False, 10, 2, error="refused", stop_reason="refusal",
+        refusal_category="cyber",
+    )  # fmt: skip
+
+
+def ok(label: str = "safe", confidence: float = 0.95, tier: str = "cheap") -> Attempt:
+    return Attempt(tier, "fake-model", label, confidence, True, 10, 5, stop_reason="end_turn")
+
+
+def caller(model: FakeModel) -> ModelCaller:
+    breaker = CircuitBreaker(window=4, failure_ratio=0.5, cooldown_s=0.05, cooldown_max_s=0.1)
+    return ModelCaller(model, breaker, RetryPolicy(2, 0.001, 0.01, poison_max_attempts=4))
+
+
+def handler(cls: type[Any], model: FakeModel, **kw: Any) -> Any:
+    options: dict[str, Any] = {
+        "caller": caller(model),
+        "topics": TOPICS,
+        "metrics": Metrics(),
+        "thresholds": Thresholds(0.7),
+        "max_text_chars": 1000,
+        "task": TASK,
+    }
+    options.update(kw)
+    return cls(**options)
+
+
+def request(text: str = "some text") -> bytes:
+    return orjson.dumps({"id": "r1", "text": text})
+
+
+def escalation(reason: str = "low_confidence", shadow: bool = False) -> bytes:
+    req = parse_request(request(), 1000)
+    return escalation_value(req, reason, ok(confidence=0.4), shadow=shadow, sample_rate=1.0)
+
+
+def on(outputs: list[Output], topic: str) -> list[Output]:
+    return [o for o in outputs if o.topic == topic]
+
+
+async def test_cheap_refusal_escalates_once_with_its_reason_and_category() -> None:
+    """A cheap refusal is escalated as cheap_refused, with the refused attempt attached; it is
+    not retried, and the decision records the category."""
+    model = FakeModel(lambda n: refusal())
+    h = handler(CheapHandler, model)
+    outputs = await h.handle(FakeRecord(request()))
+    assert model.calls == 1
+    (esc,) = on(outputs, "escalations")
+    body = orjson.loads(esc.value)
+    assert body["reason"] == "cheap_refused"
+    assert body["cheap"]["refusal_category"] == "cyber"
+    (decision,) = on(outputs, "decisions")
+    assert orjson.loads(decision.value)["attempt"]["stop_reason"] == "refusal"
+    assert not on(outputs, "results") and not on(outputs, "dead")
+    exposition = h.metrics.exposition().decode()
+    assert 'escalator_refusals_total{category="cyber",model="fake-model",tier="cheap"} 1.0' in (
+        exposition
+    )
+
+
+async def test_strong_refusal_becomes_the_tasks_refusal_label() -> None:
+    """With refusal_label (moderation: unsafe), a strong refusal is a result with that label,
+    its category on the result; one call."""
+    model = FakeModel(lambda n: refusal("strong"))
+    h = handler(StrongHandler, model)
+    outputs = await h.handle(FakeRecord(escalation()))
+    assert model.calls == 1
+    (result,) = on(outputs, "results")
+    body = orjson.loads(result.value)
+    assert body["label"] == TASK.refusal_label == "unsafe"
+    assert body["refusal_category"] == "cyber" and body["tier"] == "strong"
+    assert not on(outputs, "dead")
+
+
+async def test_strong_refusal_without_a_refusal_label_is_dead_lettered_once() -> None:
+    """No refusal_label: dead letter model_refused with the category header; one call."""
+    model = FakeModel(lambda n: refusal("strong"))
+    h = handler(StrongHandler, model, task=replace(TASK, refusal_label=None))
+    outputs = await h.handle(FakeRecord(escalation()))
+    assert model.calls == 1
+    (dead,) = on(outputs, "dead")
+    headers = dict(dead.headers)
+    assert headers["x-escalator-reason"] == b"model_refused"
+    assert headers["x-escalator-refusal-category"] == b"cyber"
+    assert not on(outputs, "results")
+
+
+async def test_a_shadow_refusal_never_dead_letters() -> None:
+    """A measurement call refused: its decision is logged; no dead letter, no result."""
+    model = FakeModel(lambda n: refusal("strong"))
+    h = handler(StrongHandler, model, task=replace(TASK, refusal_label=None))
+    outputs = await h.handle(FakeRecord(escalation("shadow", shadow=True)))
+    assert on(outputs, "decisions") and not on(outputs, "dead") and not on(outputs, "results")
+
+
+async def test_cheap_tier_holds_through_an_outage_by_default() -> None:
+    """529s from the cheap model: the record waits (no escalation to the 20x model) and is
+    answered at the cheap tier when the model comes back."""
+    model = FakeModel(lambda n: ModelUnavailable("529", kind="overloaded") if n <= 8 else ok())
+    h = handler(CheapHandler, model)
+    outputs = await asyncio.wait_for(h.handle(FakeRecord(request())), 10)
+    (result,) = on(outputs, "results")
+    assert orjson.loads(result.value)["tier"] == "cheap"
+    assert not on(outputs, "escalations") and model.calls > 8
+
+
+async def test_cheap_unavailable_escalates_only_when_asked() -> None:
+    """ESCALATOR_CHEAP_UNAVAILABLE=escalate: retries exhausted -> cheap_unavailable."""
+    model = FakeModel(lambda n: ModelUnavailable("529", kind="overloaded"))
+    h = handler(CheapHandler, model, escalate_when_unavailable=True)
+    outputs = await asyncio.wait_for(h.handle(FakeRecord(request())), 10)
+    (esc,) = on(outputs, "escalations")
+    assert orjson.loads(esc.value)["reason"] == "cheap_unavailable"
+
+
+@pytest.mark.parametrize("cls", [CheapHandler, StrongHandler])
+async def test_a_request_rejected_alone_is_dead_lettered_with_the_api_status(
+    cls: type[Any],
+) -> None:
+    """A 400 for this record while other calls succeed: dead letter api_400."""
+    model = FakeModel(lambda n: ModelRejected("bad", reason="api_400"))
+    h = handler(cls, model)
+    value = request() if cls is CheapHandler else escalation()
+    task = asyncio.create_task(h.handle(FakeRecord(value)))
+
+    async def others() -> None:
+        # Other records' successes between its rejections are what mark this one as bad.
+        while not task.done():
+            await h.caller.answer("another record")
+
+    other = asyncio.create_task(others())
+    outputs = await asyncio.wait_for(task, 10)
+    await other
+    (dead,) = on(outputs, "dead")
+    assert dict(dead.headers)["x-escalator-reason"] == b"api_400"
+    assert model.texts.count("some text") == 2
