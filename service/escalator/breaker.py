@@ -87,9 +87,12 @@ class CircuitBreaker:
 
     @property
     def is_open(self) -> bool:
-        """True while the tier must take no new work (open, or half-open with a probe out)."""
+        """True while the tier must take no new work: open, half-open with a probe out, or
+        blocked until a probe succeeds."""
         state = self.state
-        return state == "open" or (state == "half_open" and self._probing)
+        if state == "closed":
+            return False
+        return state == "open" or self._probing or self.blocked_reason is not None
 
     def record(self, success: bool, kind: str = "other", *, probe: bool = False) -> None:
         """One call's outcome. ``probe`` is True for the call that :meth:`acquire` let through."""

@@ -371,8 +371,12 @@ class ModelCaller:
             self._warming = None
 
     async def _once(self, text: str) -> Attempt:
-        probe = await self.breaker.acquire()
-        warmer = await self._warm_gate()
+        while True:
+            probe = await self.breaker.acquire()
+            warmer = await self._warm_gate()
+            if probe or warmer or self.breaker.state == "closed":
+                break
+            # The breaker opened while this call waited for the warm-up: wait for it again.
         try:
             answer = await self.client.classify(text)
         except ApiBlocked as exc:

@@ -683,6 +683,15 @@ async def _answer(
     fault, argument = _pick_fault(state, request, text, spec.id)
     if fault:
         state.stats[f"fault:{fault}"] += 1
+    latency = state.config.latency
+    header_latency = request.headers.get("x-sim-latency-ms")
+    if header_latency:
+        latency = Latency(float(header_latency), float(header_latency))
+    delay = latency.sample_s(state.rng)
+    if fault == "hang":
+        await asyncio.sleep(state.config.hang_s)
+    if delay:
+        await asyncio.sleep(delay)
     error = _fault_error(fault, state.config.retry_after_s) if fault else None
     if error is not None:
         error.headers = {**limiter.headers(), **error.headers}
@@ -700,16 +709,6 @@ async def _answer(
             f"minute ({spec.id}). Please try again later.",
             headers={**limiter.headers(), "retry-after": str(retry)},
         )
-
-    latency = state.config.latency
-    header_latency = request.headers.get("x-sim-latency-ms")
-    if header_latency:
-        latency = Latency(float(header_latency), float(header_latency))
-    delay = latency.sample_s(state.rng)
-    if fault == "hang":
-        await asyncio.sleep(state.config.hang_s)
-    if delay:
-        await asyncio.sleep(delay)
 
     if fault == "refuse":
         refusal: str | None = argument or "general_harms"
