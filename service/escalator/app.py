@@ -123,7 +123,18 @@ class Service:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        await self.check_models()
+        try:
+            await self.check_models()
+        except BaseException:
+            # Nothing started: close what was built, so no client is left unclosed.
+            for w in self.workers:
+                await w.discard()
+            await self.producer.get().stop()
+            for close in self.close_clients:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+            raise
         producer = self.producer
         await producer.start()
         tasks: list[asyncio.Task[None]] = []

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="KIND[:RATE], KIND in 429, 529, 500, hang, bad-schema, bad-label, refuse, "
-        "spend-limit, billing, spend-cap, contract-cap, ramp, auth, permission; repeatable",
+        "spend-limit, billing, spend-cap, contract-cap, ramp, auth, permission, schema-rejected; "
+        "repeatable",
     )
     sim.add_argument("--retry-after-s", type=float, default=1.0)
     sim.add_argument("--seed", type=int, default=0)

@@ -18,8 +18,8 @@ from escalator.config import Settings, load_settings
 from escalator.errors import EscalatorError, InvalidRequest
 
 
-def settings_from_env() -> Settings:
-    return load_settings(os.environ)
+def settings_from_env(*, require_kafka: bool = True) -> Settings:
+    return load_settings(os.environ, require_kafka=require_kafka)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,8 +130,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     from escalator.deadletters import register as register_dead_letters
     from escalator.demo import register as register_demo
+    from escalator.doctor import register as register_doctor
     from escalator.measure import register as register_measure
 
+    register_doctor(sub)
     register_measure(sub)
     register_dead_letters(sub)
     register_demo(sub)

@@ -228,6 +228,10 @@ class TierWorker:
     async def wait_joined(self) -> None:
         await self._joined.wait()
 
+    async def discard(self) -> None:
+        """Close the consumer of a worker that will never run (start-up failed)."""
+        await self._consumer.stop()
+
     # -- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         self._consumer.subscribe([self.topic], listener=_Listener(self))

@@ -61,9 +61,9 @@ from escalator.sim_rules import (
     validate,
 )
 
-#: Transient (429, 529, 500, hang), answer (bad-schema, bad-label, refuse) and account
+#: Transient (429, 529, 500, hang), answer (bad-schema, bad-label, refuse), account
 #: (spend-limit 400, billing 402, spend-cap/contract-cap 429, ramp 429, auth 401,
-#: permission 403) faults.
+#: permission 403) and request (schema-rejected 400) faults.
 FAULT_KINDS = (
     "429",
     "529",
@@ -79,6 +79,7 @@ FAULT_KINDS = (
     "ramp",
     "auth",
     "permission",
+    "schema-rejected",
 )
 DOCUMENT_RE = re.compile(r"<document>(.*?)</document>", re.DOTALL)
 MARKER_RE = re.compile(r"\[\[sim:([a-z0-9-]+)(?::([a-z_]+))?\]\]")
@@ -607,6 +608,12 @@ def _fault_error(kind: str, retry_after_s: float) -> ApiError | None:
         )
     if kind == "auth":
         return ApiError(401, "authentication_error", "invalid x-api-key")
+    if kind == "schema-rejected":
+        # What a schema with numerical constraints gets (the real message, from a live 400).
+        return bad_request(
+            "output_config.format.schema: For 'number' type, properties maximum, minimum are "
+            "not supported"
+        )
     if kind == "permission":
         return ApiError(
             403, "permission_error", "Your API key does not have permission to use this model."
