@@ -111,6 +111,7 @@ def test_every_alert_has_a_runbook() -> None:
         "EscalatorDeadLetters",
         "EscalatorLagGrowing",
         "EscalatorCircuitOpen",
+        "EscalatorApiBlocked",
         "EscalatorSpendOverBudget",
         "EscalatorNoDecisions",
     }
