@@ -309,6 +309,15 @@ def _summary(
     versions = sorted({r["threshold_version"] for r in results})
     print(f"  escalation rate: {len(escalated) / max(1, n):.1%} (thresholds {', '.join(versions)})")
     print(f"  accuracy against human labels: {correct / max(1, n):.1%}")
+    refused = Counter(
+        str(r.get("refusal_category")) for r in results if r.get("refusal_category") is not None
+    )
+    cheap_refused = sum(1 for r in results if r.get("escalation_reason") == "cheap_refused")
+    if refused or cheap_refused:
+        print(
+            f"  refusals: {cheap_refused} escalated as cheap_refused; {sum(refused.values())} "
+            f"decided by the task's refusal_label {dict(refused)}{tag}"
+        )
     print(
         f"  cost of decisions: ${cost:.6f} for {n} requests (${1000 * cost / max(1, n):.5f} "
         f"per 1k; shadow calls not included){tag}"

@@ -14,7 +14,14 @@ import pytest
 
 from escalator import datasets
 from tests.conftest import running_sim
-from tests.integration.harness import collect, make_env, produce, requests, running_service
+from tests.integration.harness import (
+    collect,
+    make_env,
+    produce,
+    requests,
+    running_service,
+    validator,
+)
 from tests.reliability.common import set_sim, sim_stats
 
 pytestmark = pytest.mark.integration
@@ -70,6 +77,9 @@ async def test_two_thousand_real_texts_through_both_tiers_dead_letter_nothing(
     assert stats.get("status:400", 0) == 0 and stats.get("max_tokens_in_thinking", 0) == 0
     assert stats["case_varied"] > 0, "the run never exercised enum capitalization"
     assert invalid == 0
+    check = validator("result.v1.json")
+    for results in by_id.values():
+        check.validate(results[0])
     refused = [r[0] for r in by_id.values() if r[0].get("refusal_category")]
     assert stats.get("refusals", 0) > 0 and refused, "no refusal in 2,000 real texts"
     assert all(r["label"] == "unsafe" and r["tier"] == "strong" for r in refused)
@@ -108,8 +118,10 @@ async def test_refusals_are_never_retried_and_each_request_has_one_outcome(
     dead = got.on(env["ESCALATOR_DEAD_LETTER_TOPIC"])
     results = got.on(env["ESCALATOR_RESULTS_TOPIC"])
     assert len(dead) == n // 2 and len(results) == n // 2
+    check = validator("dead-letter-headers.v1.json")
     for record in dead:
         headers = dict(record.headers)
+        check.validate({k: v.decode() for k, v in headers.items()})
         assert headers["x-escalator-reason"] == b"model_refused"
         assert headers["x-escalator-refusal-category"] == b"bio"
     # Exactly one refusal per tier per refused request: nothing was retried.
