@@ -34,6 +34,7 @@ from escalator.kafka_io import make_consumer, make_producer
 from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from escalator.messages import Attempt
 from escalator.prices import PriceTable
+from escalator.profiles import load_profiles
 from escalator.task import Task, load_task
 from tests.integration.harness import committed_total, make_env, setup_topics
 
@@ -45,6 +46,7 @@ TEXTS = [
     "Thanks for the update, see you at the meeting tomorrow morning.",
 ]
 ROWS: list[tuple[str, str, str, str]] = []
+PROFILE = load_profiles(None).require("claude-haiku-5-5", "ESCALATOR_CHEAP_MODEL")
 
 
 def report(bench: str, what: str, figure: str, target: str) -> None:
@@ -207,19 +209,24 @@ async def b1(bootstrap: str, sim_url: str) -> None:
 
 async def sdk_loop(sim_url: str, n: int, concurrency: int) -> float:
     """Baseline for B2: the same requests straight through the SDK, at the same concurrency."""
-    task = load_task(None)
+    from escalator.model import AnthropicClassifier
+    from escalator.prices import load_prices
+
     client = anthropic.AsyncAnthropic(base_url=sim_url, api_key="bench", max_retries=0)
+    # The very request the cheap tier sends (its profile: thinking off, effort, max_tokens).
+    request = AnthropicClassifier(
+        client,
+        tier="cheap",
+        model="claude-haiku-5-5",
+        task=load_task(None),
+        prices=load_prices(None),
+        profile=PROFILE,
+    ).request
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with sem:
-            await client.messages.create(
-                model="claude-haiku-5-5",
-                max_tokens=64,
-                system=task.system_blocks(),  # type: ignore[arg-type]
-                messages=[{"role": "user", "content": task.user_turn(TEXTS[i % len(TEXTS)])}],
-                output_config={"format": {"type": "json_schema", "schema": task.output_schema()}},
-            )
+            await client.messages.create(**request(TEXTS[i % len(TEXTS)]))
 
     try:
         started = time.perf_counter()
@@ -261,6 +268,7 @@ async def one_await_per_message(
         model="claude-haiku-5-5",
         task=load_task(None),
         prices=load_prices(None),
+        profile=PROFILE,
     )
     await consumer.start()
     await producer.start()
