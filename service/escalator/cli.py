@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
+
 from escalator import __version__
 from escalator.errors import EscalatorError
 
@@ -79,9 +81,12 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from escalator.sim import Latency, SimConfig, parse_fault, parse_limits, serve
+    from escalator.sim import Latency, SimConfig, parse_fault, parse_lexicon, parse_limits, serve
 
     try:
+        lexicon = None
+        if args.refusal_lexicon is not None:
+            lexicon = parse_lexicon(orjson.loads(Path(args.refusal_lexicon).read_bytes()))
         limits = dict(_model_limits(spec) for spec in args.rate_limit)
         config = SimConfig(
             latency=Latency.parse(args.latency),
@@ -94,8 +99,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
             default_limits=parse_limits(args.tier),
             enum_case_rate=args.enum_case_rate,
             refusals=not args.no_refusals,
+            refusal_lexicon=lexicon,
         )
-    except ValueError as exc:
+    except (ValueError, OSError, orjson.JSONDecodeError) as exc:
         raise EscalatorError(str(exc)) from exc
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
@@ -160,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--no-refusals", action="store_true", help="turn the safety-classifier refusals off"
+    )
+    sim.add_argument(
+        "--refusal-lexicon",
+        default=None,
+        help="JSON file {word: category} replacing the built-in refusal lexicon",
     )
     sim.set_defaults(func=cmd_sim)
 

@@ -385,6 +385,15 @@ def parse_fault(spec: str) -> tuple[str, float]:
     return kind, value
 
 
+def parse_lexicon(raw: object) -> dict[str, str]:
+    """``{word: category}`` (lower-case words) for the refusal classifier."""
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise ValueError("a refusal lexicon is a JSON object of word: category")
+    return {k.lower(): v for k, v in raw.items()}
+
+
 def parse_limits(spec: str) -> tuple[int, int, int]:
     """``RPM:ITPM:OTPM`` or a tier name (start, build, scale, custom)."""
     if spec in TIERS:
@@ -415,6 +424,8 @@ class SimConfig:
     #: Fraction of answers whose label comes back in another capitalization.
     enum_case_rate: float = 0.03
     refusals: bool = True
+    #: word -> stop_details category; the built-in lexicon when None.
+    refusal_lexicon: dict[str, str] | None = None
     #: The emulator's date, for lifecycles (None: today, UTC).
     today: date | None = None
 
@@ -624,8 +635,11 @@ def _fault_error(kind: str, retry_after_s: float) -> ApiError | None:
 def _refusal_category(state: SimState, spec: ModelSpec, text: str) -> str | None:
     if not (state.config.refusals and spec.refuses):
         return None
+    lexicon = state.config.refusal_lexicon
+    if lexicon is None:
+        lexicon = REFUSAL_LEXICON
     for word in WORD_RE.findall(text.lower()):
-        category = REFUSAL_LEXICON.get(word)
+        category = lexicon.get(word)
         if category is not None:
             return category
     return None
@@ -873,6 +887,7 @@ async def get_config(request: web.Request) -> web.Response:
             "default_limits": list(cfg.default_limits),
             "enum_case_rate": cfg.enum_case_rate,
             "refusals": cfg.refusals,
+            "refusal_lexicon": cfg.refusal_lexicon,
             "stats": dict(state.stats),
         }
     )
@@ -912,6 +927,9 @@ async def set_config(request: web.Request) -> web.Response:
             cfg.enum_case_rate = float(body["enum_case_rate"])
         if "refusals" in body:
             cfg.refusals = bool(body["refusals"])
+        if "refusal_lexicon" in body:
+            lexicon = body["refusal_lexicon"]
+            cfg.refusal_lexicon = None if lexicon is None else parse_lexicon(lexicon)
     except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
         return _error_response(bad_request(str(exc)), state.request_id(), {})
     return await get_config(request)
