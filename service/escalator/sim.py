@@ -649,7 +649,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     state: SimState = request.app["state"]
     state.stats["requests"] += 1
     request_id = state.request_id()
-    headers: dict[str, str] = {}
+    limiter: RateLimiter | None = None
     try:
         _authenticate(state, request)
         version = _version(request)
@@ -661,11 +661,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
             raise bad_request("request body must be an object")
         spec = _model(state, body.get("model"))
         limiter = state.limiter(spec)
-        headers = limiter.headers()
         settings = validate(body, spec, version)
         response = await _answer(state, request, spec, body, settings, limiter)
     except ApiError as exc:
         state.stats[f"status:{exc.status}"] += 1
+        # Rate-limit headers on errors too, once the model (and so its limits) is known.
+        headers = limiter.headers() if limiter is not None else {}
         return _error_response(exc, request_id, headers)
     response.headers["request-id"] = request_id
     return response
@@ -715,7 +716,6 @@ async def _answer(
         await asyncio.sleep(delay)
     error = _fault_error(fault, state.config.retry_after_s) if fault else None
     if error is not None:
-        error.headers = {**limiter.headers(), **error.headers}
         raise error
     # Input TPM counts uncached input and cache writes; cache reads do not count. Output TPM
     # is charged at max_tokens now and corrected when the answer is known.
@@ -728,7 +728,7 @@ async def _answer(
             "rate_limit_error",
             f"This request would exceed your organization's rate limit for {exceeded} per "
             f"minute ({spec.id}). Please try again later.",
-            headers={**limiter.headers(), "retry-after": str(retry)},
+            headers={"retry-after": str(retry)},
         )
 
     if fault == "refuse":
