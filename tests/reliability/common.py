@@ -1,8 +1,12 @@
-"""Shared parts of the reliability scenarios: scale, service processes, the ledger, the report.
+"""Shared parts of the reliability scenarios: scale, service processes, the ledger, the feeder,
+the report.
 
 Every scenario ends with a :class:`Ledger`: for every request id sent, how many results it got
-(0 = lost, >1 = duplicated) and which went to the dead-letter topic with what reason. Each
-scenario appends one row to the report (``ESCALATOR_RELIABILITY_REPORT``, JSON lines), which
+(0 = lost, >1 = duplicated) and which went to the dead-letter topic with what reason. A
+:class:`LedgerReader` fills one live; a :class:`Feeder` reads it to keep a backlog of
+outstanding requests while a scenario's faults run, so the faults always meet work, whatever
+the machine's speed, and the scenario then drains what was produced. Each scenario appends
+one row to the report (``ESCALATOR_RELIABILITY_REPORT``, JSON lines), which
 ``docs/RELIABILITY.md`` is written from.
 """
 
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +41,12 @@ def scaled(full: int, ci: int) -> int:
     return full if FULL else ci
 
 
-def request_values(n: int, prefix: str) -> list[bytes]:
-    return [orjson.dumps({"id": f"{prefix}-{i}", "text": TEXTS[i % len(TEXTS)]}) for i in range(n)]
+def request_values(n: int, prefix: str, start: int = 0) -> list[bytes]:
+    """Requests ``<prefix>-<start>`` to ``<prefix>-<start + n - 1>``."""
+    return [
+        orjson.dumps({"id": f"{prefix}-{i}", "text": TEXTS[i % len(TEXTS)]})
+        for i in range(start, start + n)
+    ]
 
 
 class ServiceProcess:
@@ -49,6 +58,8 @@ class ServiceProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._log_read = 0  # bytes of the log counted by assignments() so far
+        self._assignments = 0
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -61,11 +72,20 @@ class ServiceProcess:
         self.starts += 1
 
     def assignments(self) -> int:
-        """How many partition assignments this process (all its runs) has logged."""
+        """How many partition assignments this process (all its runs) has logged.
+
+        Reads only what was appended since the last call (whole lines): the log grows by a
+        line per decision, and scenarios ask this several times a second."""
         try:
-            return self.log_path.read_bytes().count(b'"event":"partitions_assigned"')
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_read)
+                new = log.read()
         except FileNotFoundError:
             return 0
+        whole = new.rfind(b"\n") + 1
+        self._assignments += new[:whole].count(b'"event":"partitions_assigned"')
+        self._log_read += whole
+        return self._assignments
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -90,7 +110,11 @@ class ServiceProcess:
 
 @dataclass
 class Ledger:
-    """What happened to every id: results per id, dead letters by reason."""
+    """What happened to every id: results per id, dead letters by reason.
+
+    ``expected`` may grow while the ledger is being filled (:meth:`expect`); ``outstanding``
+    is the number of expected ids with no outcome yet, kept up to date as records arrive.
+    """
 
     expected: set[str]
     results: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -100,11 +124,32 @@ class Ledger:
     # duplicates of a cheap-tier crash appear first, stamped when that tier wrote them.
     cheap_outputs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     records: int = 0
+    _pending: set[str] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self.expected = set(self.expected)
+        self._pending = {i for i in self.expected if not self._accounted(i)}
+
+    def _accounted(self, request_id: str) -> bool:
+        return bool(self.results.get(request_id)) or request_id in self.dead_ids
+
+    def expect(self, ids: Iterable[str]) -> None:
+        """Add ids that were (or are about to be) produced."""
+        for i in ids:
+            self.expected.add(i)
+            if not self._accounted(i):
+                self._pending.add(i)
+
+    @property
+    def outstanding(self) -> int:
+        """Expected ids with neither a result nor a dead letter yet."""
+        return len(self._pending)
 
     def add_result(self, value: bytes, timestamp_ms: int) -> None:
         self.records += 1
         result = orjson.loads(value)
         self.results[result["id"]].append(timestamp_ms)
+        self._pending.discard(result["id"])
         if result.get("tier") == "cheap":
             self.cheap_outputs[result["id"]].append(timestamp_ms)
 
@@ -117,15 +162,15 @@ class Ledger:
         reason = dict(headers or ()).get(H_PREFIX + "reason", b"?").decode()
         self.dead[reason] += 1
         try:
-            self.dead_ids.add(str(orjson.loads(value)["id"]))
+            request_id = str(orjson.loads(value)["id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            pass
+            return
+        self.dead_ids.add(request_id)
+        self._pending.discard(request_id)
 
     @property
     def lost(self) -> list[str]:
-        return sorted(
-            i for i in self.expected if not self.results.get(i) and i not in self.dead_ids
-        )
+        return sorted(i for i in self.expected if not self._accounted(i))
 
     @property
     def duplicated(self) -> int:
@@ -133,7 +178,7 @@ class Ledger:
         return sum(len(v) - 1 for v in self.results.values() if len(v) > 1)
 
     def complete(self) -> bool:
-        return all(self.results.get(i) or i in self.dead_ids for i in self.expected)
+        return not self._pending
 
     def cheap_duplicates_per_interval(self, marks_ms: list[int]) -> list[int]:
         """Extra cheap-tier outputs whose later copy was written after mark k (a kill) and
@@ -145,6 +190,84 @@ class Ledger:
                 if k is not None:
                     counts[k] += 1
         return counts
+
+
+class LedgerReader:
+    """Reads the results and dead-letter topics (and the escalations, if given) from the
+    start into :attr:`ledger`, live, until stopped. Scenarios look at the ledger while it
+    fills (how much produced work has no outcome yet) and wait for it to be complete."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        results_topic: str,
+        dead_letter_topic: str,
+        expected: Iterable[str] = (),
+        *,
+        escalations_topic: str | None = None,
+        isolation_level: str = "read_uncommitted",
+        **client: Any,
+    ) -> None:
+        self.ledger = Ledger(expected=set(expected))
+        self._results_topic = results_topic
+        self._escalations_topic = escalations_topic
+        topics = [results_topic, dead_letter_topic]
+        if escalations_topic:
+            topics.append(escalations_topic)
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level=isolation_level,
+            **client,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    if r.topic == self._results_topic:
+                        self.ledger.add_result(r.value, r.timestamp)
+                    elif r.topic == self._escalations_topic:
+                        self.ledger.add_escalation(r.value, r.timestamp)
+                    else:
+                        self.ledger.add_dead_letter(r.value, r.headers)
+
+    def check(self) -> None:
+        """Raise what ended the reading task, if it ended."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+            raise RuntimeError("the ledger reader stopped")
+
+    async def wait_complete(self, timeout_s: float, linger_s: float = 3.0) -> Ledger:
+        """Wait until every expected id is accounted for, then ``linger_s`` more (to catch
+        late duplicates), or until ``timeout_s`` passes; the ledger as it is then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.ledger.complete() and loop.time() < deadline:
+            self.check()
+            await asyncio.sleep(0.1)
+        if self.ledger.complete():
+            await asyncio.sleep(max(0.0, min(linger_s, deadline - loop.time())))
+        self.check()
+        return self.ledger
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            await self._consumer.stop()
 
 
 async def read_ledger(
@@ -161,40 +284,94 @@ async def read_ledger(
 ) -> Ledger:
     """Read results and dead letters from the start until every id is accounted for (then
     linger, to catch late duplicates) or the timeout passes."""
-    ledger = Ledger(expected=expected)
-    topics = [results_topic, dead_letter_topic]
-    if escalations_topic:
-        topics.append(escalations_topic)
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    reader = LedgerReader(
+        bootstrap,
+        results_topic,
+        dead_letter_topic,
+        expected,
+        escalations_topic=escalations_topic,
         isolation_level=isolation_level,
         **client,
     )
-    await consumer.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    done_at: float | None = None
+    await reader.start()
     try:
-        while loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for records in batch.values():
-                for r in records:
-                    if r.topic == results_topic:
-                        ledger.add_result(r.value, r.timestamp)
-                    elif r.topic == escalations_topic:
-                        ledger.add_escalation(r.value, r.timestamp)
-                    else:
-                        ledger.add_dead_letter(r.value, r.headers)
-            if done_at is None and ledger.complete():
-                done_at = loop.time()
-            if done_at is not None and loop.time() - done_at >= linger_s:
-                break
+        return await reader.wait_complete(timeout_s, linger_s)
     finally:
-        await consumer.stop()
-    return ledger
+        await reader.stop()
+
+
+class Feeder:
+    """Produces requests until stopped, keeping ``floor`` of them outstanding.
+
+    Whenever fewer than ``floor`` produced ids have an outcome missing in ``reader``'s ledger,
+    the next ``chunk`` requests (ids ``<prefix>-<n>``, numbered on) are added to the ledger and
+    produced, each acknowledged. So the service always has work, however fast it runs, and a
+    scenario can put its faults on its own schedule (kills, time), then :meth:`stop` the feeder
+    and wait for the ledger to be complete.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        reader: LedgerReader,
+        prefix: str,
+        *,
+        floor: int,
+        chunk: int = 200,
+        **client: Any,
+    ) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", **client
+        )
+        self._topic = topic
+        self._ledger = reader.ledger
+        self._prefix = prefix
+        self.floor = floor
+        self._chunk = chunk
+        self.produced = 0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            if self._ledger.outstanding >= self.floor:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 0.05)
+                continue
+            first = self.produced
+            values = request_values(self._chunk, self._prefix, start=first)
+            self._ledger.expect(f"{self._prefix}-{i}" for i in range(first, first + len(values)))
+            futures = [await self._producer.send(self._topic, v) for v in values]
+            await asyncio.gather(*futures)
+            self.produced += len(values)
+
+    def check(self) -> None:
+        """Raise what ended the producing task, if it ended before :meth:`stop`."""
+        if self._task is not None and self._task.done() and not self._stopping.is_set():
+            self._task.result()
+            raise RuntimeError("the feeder stopped")
+
+    async def wait_produced(self, n: int) -> None:
+        """Return once at least ``n`` requests were produced."""
+        while self.produced < n:
+            self.check()
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> int:
+        """Stop after the chunk being produced (all of it acknowledged); the count produced."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                await task
+        finally:
+            await self._producer.stop()
+        return self.produced
 
 
 def report(scenario: str, **row: Any) -> None:
@@ -217,7 +394,16 @@ def ledger_row(ledger: Ledger) -> dict[str, Any]:
     }
 
 
-__all__ = ["Ledger", "ServiceProcess", "asdict", "ledger_row", "read_ledger", "report"]
+__all__ = [
+    "Feeder",
+    "Ledger",
+    "LedgerReader",
+    "ServiceProcess",
+    "asdict",
+    "ledger_row",
+    "read_ledger",
+    "report",
+]
 
 
 def metric_sum(service: Any, name: str, **labels: str) -> float:

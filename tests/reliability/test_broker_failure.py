@@ -19,6 +19,8 @@ from escalator.kafka_local import LocalKafkaCluster
 from tests.conftest import running_sim
 from tests.integration.harness import make_env, produce, running_service
 from tests.reliability.common import (
+    Feeder,
+    LedgerReader,
     ledger_row,
     metric_sum,
     paced_produce,
@@ -43,6 +45,10 @@ async def _topics(env: dict[str, str], replication: int) -> Any:
 
 @pytest.mark.timeout(1200)
 async def test_one_of_three_brokers_killed_and_restarted(unique: str, tmp_path: Path) -> None:
+    """One broker of three SIGKILLed a third of the way into paced production, restarted 10 s
+    later: the service keeps working by itself (RF 3, min.insync.replicas 2), nothing lost,
+    nothing dead-lettered. The schedule is the clock's, and production runs at a set rate, so
+    requests keep arriving through the fault however fast the machine is."""
     cluster = LocalKafkaCluster(tmp_path / "kafka3", nodes=3)
     await asyncio.to_thread(cluster.start, 180)
     try:
@@ -61,6 +67,9 @@ async def test_one_of_three_brokers_killed_and_restarted(unique: str, tmp_path: 
                     )
                 )
                 await asyncio.sleep(n / rate / 3)
+                # Production is paced, so it cannot have finished (on any machine): the broker
+                # dies while requests still arrive and are worked on.
+                assert not producing.done(), "production ended before the fault"
                 await asyncio.to_thread(cluster.kill_node, 2)
                 await asyncio.sleep(10)
                 await asyncio.to_thread(cluster.start_node, 2, 180)
@@ -91,20 +100,43 @@ async def test_one_of_three_brokers_killed_and_restarted(unique: str, tmp_path: 
 
 @pytest.mark.timeout(1200)
 async def test_single_broker_restarted_fully(unique: str, tmp_path: Path) -> None:
+    """The only broker SIGKILLed while a backlog is being worked through, restarted 8 s
+    later: the service recovers by itself, nothing lost, nothing dead-lettered.
+
+    A feeder keeps ``floor`` requests outstanding until ``n`` were produced (so the service is
+    in full swing, at any machine speed); then production stops and the broker is killed at
+    once, with that backlog still in the system."""
     cluster = LocalKafkaCluster(tmp_path / "kafka1", nodes=1)
     await asyncio.to_thread(cluster.start, 120)
     try:
         bootstrap = cluster.bootstrap_servers
         n = scaled(6_000, 1_500)
+        floor = scaled(2_000, 1_000)
         with running_sim("--latency", "uniform:5:20") as sim_url:
             env = make_env(bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
             settings = await _topics(env, replication=1)
-            ids = {f"{unique}-{i}" for i in range(n)}
-            await produce(bootstrap, settings.topics.requests, request_values(n, unique))
             async with running_service(env, ["cheap", "strong"]) as service:
                 started = time.monotonic()
-                await asyncio.sleep(4)
+                reader = LedgerReader(
+                    bootstrap, settings.topics.results, settings.topics.dead_letter
+                )
+                await reader.start()
+                try:
+                    feeder = Feeder(
+                        bootstrap, settings.topics.requests, reader, unique, floor=floor
+                    )
+                    await feeder.start()
+                    try:
+                        await feeder.wait_produced(n)
+                    finally:
+                        produced = await feeder.stop()
+                finally:
+                    # Before the kill: aiokafka's consumer, stopped while its broker is down,
+                    # raises CancelledError out of stop() (its fetcher's pending requests).
+                    await reader.stop()
+                killed_ms = int(time.time() * 1000)
                 await asyncio.to_thread(cluster.kill_node, 1)
+                ids = set(reader.ledger.expected)
                 await asyncio.sleep(8)
                 await asyncio.to_thread(cluster.start_node, 1, 120)
                 ledger = await read_ledger(
@@ -114,6 +146,12 @@ async def test_single_broker_restarted_fully(unique: str, tmp_path: Path) -> Non
                     ids,
                     timeout_s=300,
                 )
+                # Work the broker's death interrupted: ids whose first result was written
+                # after the kill (a lower bound: results sent before it but acknowledged
+                # after the restart carry an earlier stamp).
+                after_kill = sum(
+                    1 for stamps in ledger.results.values() if min(stamps) >= killed_ms
+                )
                 recreated = metric_sum(service, "escalator_producer_recreated_total")
                 produce_errors = metric_sum(service, "escalator_produce_errors_total")
                 assert service.ready()
@@ -122,13 +160,16 @@ async def test_single_broker_restarted_fully(unique: str, tmp_path: Path) -> Non
         await asyncio.to_thread(cluster.stop)
     report(
         "broker restart (single node)",
-        load=f"{n}-request backlog",
-        fault="SIGKILL the only broker 4 s in, restart it 8 s later",
+        load=f"at least {floor} requests outstanding until {n} were produced",
+        fault="SIGKILL the only broker as production stops, restart it 8 s later",
+        produced=produced,
+        results_after_kill=after_kill,
         duration_s=round(elapsed, 1),
         producer_recreated=recreated,
         produce_errors=produce_errors,
         **ledger_row(ledger),
     )
+    assert after_kill > 0, "the backlog was done before the broker was killed"
     assert ledger.lost == [], f"lost {len(ledger.lost)}"
     assert not ledger.dead, dict(ledger.dead)
 

@@ -28,6 +28,8 @@ from tests.reliability.common import (
 async def test_api_outage_pauses_then_drains_and_dead_letters_nothing(
     kafka_bootstrap: str, unique: str
 ) -> None:
+    """Every model call answers 529 for a while, during paced production: the breaker opens,
+    the cheap tier pauses, commit lag rises, then drains; nothing lost or dead-lettered."""
     outage_s = scaled(60, 20)
     rate = 40.0
     n = int(rate * (outage_s + 20))
@@ -56,6 +58,8 @@ async def test_api_outage_pauses_then_drains_and_dead_letters_nothing(
             await asyncio.sleep(8)
             await set_sim(sim_url, faults={"529": 1.0})
             await asyncio.sleep(outage_s)
+            # Production is paced: on any machine, requests arrived all through the outage.
+            assert not producing.done(), "production ended before the outage did"
             await set_sim(sim_url, faults={})
             await producing
             ledger = await read_ledger(
@@ -92,6 +96,8 @@ async def test_api_outage_pauses_then_drains_and_dead_letters_nothing(
 async def test_rate_limits_shrink_then_restore_the_in_flight_limit(
     kafka_bootstrap: str, unique: str
 ) -> None:
+    """40 % of calls answer 429 for a while, during paced production: the in-flight limit
+    halves (AIMD), then grows back to the configured maximum; nothing lost or dead-lettered."""
     limited_s = scaled(30, 12)
     rate = 60.0
     n = int(rate * (limited_s + 30))
@@ -132,6 +138,9 @@ async def test_rate_limits_shrink_then_restore_the_in_flight_limit(
             await asyncio.sleep(5)
             await set_sim(sim_url, faults={"429": 0.4}, retry_after_s=1)
             await asyncio.sleep(limited_s)
+            # Production is paced: on any machine, requests arrived all through the 429s, and
+            # the rest (rate x 30 s of them) give the limit its successes to grow back on.
+            assert not producing.done(), "production ended before the rate limits did"
             low_point = len(sampler.rows)
             await set_sim(sim_url, faults={})
             await producing
@@ -163,6 +172,9 @@ async def test_rate_limits_shrink_then_restore_the_in_flight_limit(
 
 @pytest.mark.timeout(900)
 async def test_slow_model_causes_no_rebalance(kafka_bootstrap: str, unique: str) -> None:
+    """Every call takes 10-30 s against a 10 s max.poll.interval: no member leaves its group,
+    and some work gets done. The latency is the simulator's, so the backlog outlasts the run
+    on any machine."""
     run_s = scaled(120, 45)
     with running_sim("--latency", "uniform:10000:30000") as sim_url:
         env = make_env(
