@@ -41,6 +41,8 @@ TIERS = ("cheap", "strong")
 MODEL_VARIABLES = {"cheap": "ESCALATOR_CHEAP_MODEL", "strong": "ESCALATOR_STRONG_MODEL"}
 SIM_API_KEY = "simulator-no-key"
 CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
+#: The least max_tokens a model that always thinks (Opus 5.5, Fable 5.1) may be given.
+ALWAYS_THINKING_MIN_TOKENS = 1024
 
 
 def thresholds_from(settings: Settings) -> Thresholds:
@@ -221,8 +223,15 @@ def model_profiles(settings: Settings, tiers: list[str]) -> dict[str, ModelProfi
     out = {}
     for tier in tiers:
         profile = table.require(models[tier], MODEL_VARIABLES[tier])
-        if settings.model.max_tokens is not None:
-            profile = dataclasses.replace(profile, max_tokens=settings.model.max_tokens)
+        override = settings.model.max_tokens
+        if override is not None:
+            if profile.always_thinks and override < ALWAYS_THINKING_MIN_TOKENS:
+                raise ConfigError(
+                    f"ESCALATOR_MODEL_MAX_TOKENS={override} leaves no room for the thinking of "
+                    f"{models[tier]}, which always thinks before answering; use at least "
+                    f"{ALWAYS_THINKING_MIN_TOKENS}, or leave it unset ({profile.max_tokens})"
+                )
+            profile = dataclasses.replace(profile, max_tokens=override)
         out[tier] = profile
     return out
 

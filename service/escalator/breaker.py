@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Literal
 
@@ -41,6 +41,7 @@ class CircuitBreaker:
         self._on_hold_change = on_hold_change
         self._hold: str | None = None
         self._outcomes: deque[bool] = deque(maxlen=window)
+        self._kinds: deque[str | None] = deque(maxlen=window)
         self._ratio = failure_ratio
         self._initial = cooldown_s
         self._cooldown = cooldown_s
@@ -100,9 +101,12 @@ class CircuitBreaker:
             self._probing = False
         state = self.state
         self._outcomes.append(success)
+        self._kinds.append(None if success else kind)
         if success:
             self.successes += 1
-            if state != "closed":
+            if state != "closed" and (probe or self.blocked_reason is None):
+                # While blocked only the probe's answer counts: a call sent before the block
+                # that happens to succeed says nothing about the account now.
                 self._close()
             return
         if state == "half_open":
@@ -120,6 +124,7 @@ class CircuitBreaker:
         if probe:
             self._probing = False
         self._outcomes.append(False)
+        self._kinds.append(reason)
         self.blocked_reason = reason
         self.blocked_message = message
         self.open_reason = reason
@@ -138,7 +143,9 @@ class CircuitBreaker:
         if self._open_until is not None:
             self._cooldown = min(self._cooldown * 2, self._max)
         self._open_until = self._clock() + self._cooldown
-        self.open_reason = kind
+        # The reason is the most common failure in the window, not whichever tipped it.
+        failures = Counter(k for k in self._kinds if k is not None)
+        self.open_reason = failures.most_common(1)[0][0] if failures else kind
         self.opened_count += 1
         self._changed.set()
         self._notify()
@@ -147,6 +154,7 @@ class CircuitBreaker:
         self._open_until = None
         self._cooldown = self._initial
         self._outcomes.clear()
+        self._kinds.clear()
         self._probing = False
         self.open_reason = None
         self.blocked_reason = None
@@ -164,18 +172,6 @@ class CircuitBreaker:
             if state == "half_open" and not self._probing:
                 self._probing = True
                 return True
-            remaining = (self._open_until or 0.0) - self._clock()
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), max(0.05, min(remaining, 1.0)))
-            except TimeoutError:
-                pass
-
-    async def wait_closed(self) -> None:
-        """Return when calls may be made again (closed, or half-open without a probe out)."""
-        while self._open_until is not None:
-            if self.state == "half_open" and not self._probing:
-                return
             remaining = (self._open_until or 0.0) - self._clock()
             self._changed.clear()
             try:

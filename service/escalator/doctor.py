@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import anthropic
 
@@ -191,6 +192,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     settings = settings_from_env(require_kafka=False)
     base = settings.model.base_url
+    if base:
+        # Never print credentials a proxy URL may carry (https://user:token@host).
+        parts = urlsplit(base)
+        if parts.username or parts.password:
+            base = parts._replace(
+                netloc=f"***@{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+            ).geturl()
     where = f"the API at {base}" if base else "the Claude API"
     if settings.model.simulated:
         where += " (no ANTHROPIC_API_KEY: the emulator, simulated)"

@@ -55,6 +55,9 @@ SPEND_CAP_CODES = frozenset(
     }
 )
 RateLimits = dict[str, tuple[float, float]]
+#: Transient failures that one request can cause on its own (a 500, a timeout on a huge
+#: text); rate limits, overload and connection trouble never count against a record.
+RECORD_FAILURES = frozenset({"server_error", "timeout", "other"})
 
 
 class ModelClient(Protocol):
@@ -370,13 +373,28 @@ class ModelCaller:
             self._warming.set()
             self._warming = None
 
-    async def _once(self, text: str) -> Attempt:
+    async def _admit(self) -> tuple[bool, bool]:
+        """Wait for the breaker and the warm-up; (is the probe, is the warm-up call).
+
+        Only the probe may call while the breaker is not closed: a call that waited for a
+        warm-up that failed (the account got blocked, say) goes back to the breaker, and so
+        does one that became the next warm-up call while the breaker is open.
+        """
         while True:
             probe = await self.breaker.acquire()
-            warmer = await self._warm_gate()
-            if probe or warmer or self.breaker.state == "closed":
-                break
-            # The breaker opened while this call waited for the warm-up: wait for it again.
+            try:
+                warmer = await self._warm_gate()
+            except BaseException:
+                if probe:
+                    self.breaker.abandon_probe()
+                raise
+            if probe or self.breaker.state == "closed":
+                return probe, warmer
+            if warmer:
+                self._warm_done()
+
+    async def _once(self, text: str) -> Attempt:
+        probe, warmer = await self._admit()
         try:
             answer = await self.client.classify(text)
         except ApiBlocked as exc:
@@ -457,6 +475,7 @@ class ModelCaller:
         """
         failed = 0
         rejected_at: int | None = None
+        failed_at = self.breaker.successes
         backoff_s = self.policy.initial_s
         while True:
             try:
@@ -474,7 +493,13 @@ class ModelCaller:
                     raise
                 if self.breaker.state != "closed":
                     continue  # an outage: hold; the next call waits for the breaker
-                failed += self.policy.max_attempts
+                # A round counts against this record only if others were answered meanwhile
+                # (else it is an outage the breaker has not seen yet) and the failure could be
+                # the record's own (a 429 or 529 is about the account or the API, never it).
+                successes = self.breaker.successes
+                if exc.kind in RECORD_FAILURES and successes > failed_at:
+                    failed += self.policy.max_attempts
+                failed_at = successes
                 if failed >= self.policy.poison_max_attempts:
                     raise PermanentError(
                         f"model kept failing ({exc.kind}) for this record while serving "

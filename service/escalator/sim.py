@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import math
 import random
 import re
 import subprocess
@@ -54,6 +55,7 @@ from escalator.sim_rules import (
     RateLimiter,
     Settings,
     bad_request,
+    check_prompt_length,
     schema_key,
     thinking_tokens,
     tokens,
@@ -567,16 +569,16 @@ def _pick_fault(
     return None, None
 
 
-def _next_month() -> str:
-    today = datetime.now(UTC).date()
+def _next_month(today: date) -> str:
     first = date(today.year + (today.month == 12), today.month % 12 + 1, 1)
     return first.isoformat()
 
 
-def _fault_error(kind: str, retry_after_s: float) -> ApiError | None:
+def _fault_error(kind: str, retry_after_s: float, today: date) -> ApiError | None:
     """The documented response of each injected fault (None: not an HTTP error)."""
-    retry = {"retry-after": f"{retry_after_s:g}"}
-    resume = f"You will regain access on {_next_month()} at 00:00 UTC."
+    # retry-after is whole seconds, as the API sends it.
+    retry = {"retry-after": str(math.ceil(retry_after_s))}
+    resume = f"You will regain access on {_next_month(today)} at 00:00 UTC."
     if kind == "429":
         return ApiError(
             429,
@@ -700,7 +702,9 @@ async def _answer(
     hit = entry is not None and entry.readable_at <= now < entry.expires_at
     created = 0 if (key is None or hit) else prefix
     read = prefix if hit else 0
-    uncached = 8 + tokens(all_input, factor) + schema_tokens - (prefix if key is not None else 0)
+    total_input = 8 + tokens(all_input, factor) + schema_tokens
+    check_prompt_length(spec, total_input)
+    uncached = total_input - (prefix if key is not None else 0)
 
     fault, argument = _pick_fault(state, request, text, spec.id)
     if fault:
@@ -714,7 +718,7 @@ async def _answer(
         await asyncio.sleep(state.config.hang_s)
     if delay:
         await asyncio.sleep(delay)
-    error = _fault_error(fault, state.config.retry_after_s) if fault else None
+    error = _fault_error(fault, state.config.retry_after_s, state.today()) if fault else None
     if error is not None:
         raise error
     # Input TPM counts uncached input and cache writes; cache reads do not count. Output TPM

@@ -429,5 +429,13 @@ class RateLimiter:
         return out
 
 
+def check_prompt_length(spec: ModelSpec, total_input_tokens: int) -> None:
+    """The context window: a longer prompt is a 400 ("prompt is too long")."""
+    if total_input_tokens > spec.max_input_tokens:
+        raise bad_request(
+            f"prompt is too long: {total_input_tokens} tokens > {spec.max_input_tokens} maximum"
+        )
+
+
 def schema_key(schema: dict[str, Any] | None) -> str:
     return hashlib.sha256(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

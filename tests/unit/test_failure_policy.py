@@ -4,6 +4,7 @@ blocks hold the record, a request rejected alone is given up on, the cache warms
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -128,12 +129,12 @@ async def test_an_account_block_holds_every_record_and_probes_one_call_at_a_time
     assert len(done) == 20 and caller.breaker.blocked_reason is None
 
 
-async def test_an_outage_holds_and_a_record_failing_alone_is_given_up_as_poison() -> None:
-    """529 for everything holds (breaker open); 529 for one text among successes ends as
-    PermanentError model_unavailable after poison_max_attempts calls."""
+async def test_a_record_failing_alone_is_given_up_as_poison() -> None:
+    """500s for one text while the others are answered end as PermanentError
+    model_unavailable after poison_max_attempts calls."""
 
     def behaviour(text: str, n: int) -> Exception | None:
-        return ModelUnavailable("529", kind="overloaded") if text == "poison" else None
+        return ModelUnavailable("500", kind="server_error") if text == "poison" else None
 
     model = ScriptedModel(behaviour)
     caller = make_caller(model, poison=6)
@@ -148,6 +149,79 @@ async def test_an_outage_holds_and_a_record_failing_alone_is_given_up_as_poison(
     await other
     assert info.value.reason == "model_unavailable"
     assert model.calls.count("poison") == 6
+
+
+@pytest.mark.parametrize("kind", ["rate_limit", "overloaded", "connection"])
+async def test_rate_limits_and_overload_never_make_a_record_poison(kind: str) -> None:
+    """A 429, 529 or connection failure is about the account or the API, not the record:
+    however long it lasts for one text, that record is held, never given up on."""
+    state = {"failing": True}
+
+    def behaviour(text: str, n: int) -> Exception | None:
+        if text == "unlucky" and state["failing"]:
+            return ModelUnavailable("x", kind=kind)
+        return None
+
+    model = ScriptedModel(behaviour)
+    caller = make_caller(model, poison=4)
+    record = asyncio.create_task(caller.answer("unlucky"))
+    for _ in range(60):
+        await caller.answer("good")
+    assert not record.done() and model.calls.count("unlucky") > 4
+    state["failing"] = False
+    assert (await asyncio.wait_for(record, 5)).valid
+
+
+async def test_an_outage_the_breaker_has_not_seen_holds_the_record() -> None:
+    """With one record in flight and every call failing (too few calls to open a large
+    breaker window), nobody else is answered: an outage, not poison; the record waits."""
+    state = {"down": True}
+    model = ScriptedModel(
+        lambda t, n: ModelUnavailable("500", kind="server_error") if state["down"] else None
+    )
+    breaker = CircuitBreaker(window=200, failure_ratio=0.5)
+    caller = ModelCaller(model, breaker, RetryPolicy(2, 0.001, 0.005, poison_max_attempts=4))
+    record = asyncio.create_task(caller.answer("only"))
+    await asyncio.sleep(0.3)
+    assert not record.done() and len(model.calls) > 4
+    state["down"] = False
+    assert (await asyncio.wait_for(record, 5)).valid
+
+
+async def test_a_warm_up_that_hits_a_block_sends_no_other_call() -> None:
+    """The first call after start-up warms the cache and gets a spend-limit block: the records
+    that waited for it go back to the breaker; only the probe calls while it lasts."""
+    state = {"blocked": True}
+    model = ScriptedModel(
+        lambda t, n: ApiBlocked("cap", kind="spend_limit") if state["blocked"] else None
+    )
+    caller = make_caller(model, warm=True, blocked_probe_s=1.0)
+    tasks = [asyncio.create_task(caller.answer(f"t{i}")) for i in range(20)]
+    await asyncio.sleep(0.5)
+    assert len(model.calls) == 1, model.calls
+    state["blocked"] = False
+    done = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert len(done) == 20
+
+
+def test_a_success_sent_before_a_block_does_not_clear_it() -> None:
+    """While blocked, only the probe's answer counts."""
+    breaker = CircuitBreaker()
+    breaker.block("billing", "402")
+    breaker.record(True)  # a call that was already in flight
+    assert breaker.blocked_reason == "billing" and breaker.state == "open"
+    breaker.record(True, probe=True)
+    assert breaker.blocked_reason is None and breaker.state == "closed"
+
+
+def test_the_open_reason_is_the_commonest_failure_in_the_window() -> None:
+    """An outage tipped over by one 400 is an outage, not a rejected account."""
+    breaker = CircuitBreaker(window=10)
+    for _ in range(4):
+        breaker.record(False, "overloaded")
+    breaker.record(False, "api_400")
+    assert breaker.state == "open" and breaker.open_reason == "overloaded"
+    assert breaker.hold_reason is None
 
 
 async def test_give_up_when_unavailable_raises_the_transient_error_but_holds_a_block() -> None:
@@ -171,21 +245,22 @@ async def test_give_up_when_unavailable_raises_the_transient_error_but_holds_a_b
 async def test_the_first_call_warms_the_cache_alone() -> None:
     """After start-up one call goes first; the others wait for its answer (each would pay a
     cache write otherwise); then they fan out."""
-    model = ScriptedModel(lambda t, n: None)
+    spans: list[tuple[str, float, float]] = []
+
+    class Timed(ScriptedModel):
+        async def classify(self, text: str) -> Attempt:
+            start = time.monotonic()
+            answer = await super().classify(text)
+            spans.append((text, start, time.monotonic()))
+            return answer
+
+    model = Timed(lambda t, n: None)
     caller = make_caller(model, warm=True)
     await asyncio.gather(*(caller.answer(f"t{i}") for i in range(16)))
-    assert model.calls[0] == "t0"
+    (first,) = [s for s in spans if s[0] == model.calls[0]]
+    others = [s for s in spans if s is not first]
+    assert len(others) == 15 and all(start >= first[2] for _, start, _ in others)
     assert model.max_in_flight > 1, "never fanned out after the warm-up"
-    # The first call was alone in flight: the second started only after it answered.
-    model2 = ScriptedModel(lambda t, n: None)
-    caller2 = make_caller(model2, warm=True)
-    first = asyncio.create_task(caller2.answer("first"))
-    await asyncio.sleep(0)
-    rest = asyncio.gather(*(caller2.answer(f"r{i}") for i in range(8)))
-    await asyncio.sleep(0.001)
-    assert model2.calls == ["first"]
-    await first
-    await rest
 
 
 def test_the_breaker_lets_exactly_one_probe_through_when_half_open() -> None:
@@ -219,7 +294,7 @@ def test_hold_reason_names_blocks_and_rejections_but_not_outages() -> None:
     assert breaker.state == "open" and breaker.hold_reason is None
     breaker.block("spend_limit", "cap reached")
     assert breaker.hold_reason == "spend_limit"
-    breaker.record(True)
+    breaker.record(True, probe=True)
     assert breaker.hold_reason is None
     for _ in range(4):
         breaker.record(False, "api_400")

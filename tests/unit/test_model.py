@@ -266,7 +266,7 @@ async def test_transient_errors_are_retryable(status: int, kind: str) -> None:
 @pytest.mark.parametrize(
     ("status", "message", "code", "reason"),
     [
-        (401, "invalid x-api-key", None, "credentials"),
+        (401, "invalid x-api-key sk-unit-test", None, "credentials"),
         (403, "no permission", None, "permission"),
         (402, "Your credit balance is too low", None, "billing"),
         (404, "model: claude-nope", None, "model_not_found"),
