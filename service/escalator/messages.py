@@ -197,8 +197,14 @@ def decision_value(
     threshold_version: str,
     shadow: bool = False,
     sample_rate: float | None = None,
+    threshold: float | None = None,
+    shadow_rate: float | None = None,
 ) -> bytes:
-    """One record per model call for the decisions log (schemas/decision.v1.json)."""
+    """One record per model call for the decisions log (schemas/decision.v1.json).
+
+    A cheap decision also records the threshold it was routed by and the shadow rate in
+    force, so that calibration knows, for every request, whether a strong answer was certain
+    (confidence below the threshold) or sampled with that rate."""
     now = time.time()
     return orjson.dumps(
         {
@@ -207,6 +213,8 @@ def decision_value(
             "attempt": attempt,
             "outcome": outcome,
             "threshold_version": threshold_version,
+            "threshold": threshold,
+            "shadow_rate": shadow_rate,
             "shadow": shadow,
             "sample_rate": sample_rate,
             "gold_label": gold_label(request),

@@ -153,6 +153,8 @@ class _Base:
             threshold_version=self.thresholds.version,
             shadow=shadow,
             sample_rate=sample_rate,
+            threshold=self.thresholds.for_label(attempt.label) if self.tier == "cheap" else None,
+            shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
         )
         return Output(self.topics.decisions, value, key)
 
