@@ -358,6 +358,7 @@ async def b4(bootstrap: str, sim_url: str, tmp: Path) -> None:
         await producer.start()
         n = rate * seconds
         added: list[float] = []
+        index: list[int] = []
         sent: dict[str, int] = {}
 
         async def pace() -> None:
@@ -381,19 +382,27 @@ async def b4(bootstrap: str, sim_url: str, tmp: Path) -> None:
             for records in batch.values():
                 for r in records:
                     value = orjson.loads(r.value)
+                    if value.get("escalated"):
+                        continue  # the strong tier's result; its escalation was counted
                     attempt = value["cheap"] if "cheap" in value else value["attempts"][0]
                     rid = value["request"]["id"] if "request" in value else value["id"]
                     added.append(r.timestamp - sent[rid] - attempt["latency_ms"])
+                    index.append(int(rid.rsplit("-", 1)[1]))
         await pacer
         await producer.stop()
         await watcher.stop()
     q = statistics.quantiles(added, n=100)
+    # The first call after start-up warms the prompt cache alone (the others wait for its
+    # answer, one model latency at most): the steady state is what follows the first second.
+    steady = [a for a, i in zip(added, index, strict=True) if i >= rate]
+    qs = statistics.quantiles(steady, n=100)
     report(
         "B4",
         f"offered {rate} msg/s (half the {32 / (latency_ms / 1000):.0f} msg/s maximum), "
         f"model latency {latency_ms} ms; added latency p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms "
-        f"over {len(added)} records (simulated)",
-        f"p99 {q[98]:.1f} ms",
+        f"over {len(added)} records; after the first second (cache warm-up) p50 {qs[49]:.1f} "
+        f"ms, p99 {qs[98]:.1f} ms (simulated)",
+        f"p99 {q[98]:.1f} ms; {qs[98]:.1f} ms after warm-up",
         "p99 <= 50 ms",
     )
 
