@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from escalator.admission import Admission, Budget, TokenEstimate, Tuning
 from escalator.breaker import CircuitBreaker
 from escalator.config import Settings
 from escalator.errors import ConfigError, ModelUnavailable
@@ -271,6 +272,33 @@ def build_service(
             metrics.calibrated_escalation.labels(bound, thresholds.version).set(value)
     close: list[Callable[[], object]] = []
     checks: list[Callable[[], Awaitable[ModelFacts]]] = []
+    # One admission gate per model (shared by the tiers of this process that call it), fed
+    # by the rate-limit headers of every response from that model.
+    shares: dict[str, Callable[[], float]] = {}
+    admissions: dict[str, Admission] = {}
+    for tier in tiers:
+        model = models[tier]
+        if model in admissions:
+            continue
+        admissions[model] = Admission(
+            Budget(
+                Tuning(target=settings.admission.target),
+                cap=settings.admission.caps.get(model),
+                share=_share_of(shares, model),
+            ),
+            TokenEstimate(profiles[tier].tokenizer_factor),
+            max_tokens=profiles[tier].max_tokens,
+            enabled=settings.admission.enabled,
+            observer=metrics.admission(tier, model),
+        )
+        metrics.watch_admission(model, admissions[model])
+
+    def on_rate_limits(model: str, limits: dict[str, tuple[float, float]]) -> None:
+        metrics.observe_rate_limits(model, limits)
+        gate = admissions.get(model)
+        if gate is not None:
+            gate.observe(limits)
+
     if model_factory is None:
         client = anthropic_client(settings)
         close.append(client.close)
@@ -287,7 +315,7 @@ def build_service(
                 prices=prices,
                 profile=profiles[tier],
                 cache_ttl=settings.model.cache_ttl,
-                on_rate_limits=metrics.observe_rate_limits,
+                on_rate_limits=on_rate_limits,
             )
 
     producer = ProducerHandle(
@@ -327,6 +355,7 @@ def build_service(
             limit=limit,
             warm_ttl_s=0.9 * CACHE_TTL_S[settings.model.cache_ttl],
             on_warmup=metrics.warmups.labels(tier, model).inc,
+            admission=admissions[model],
         )
         handler_cls = CheapHandler if tier == "cheap" else StrongHandler
         handler = handler_cls(
@@ -364,23 +393,37 @@ def build_service(
             exactly_once=exactly_once,
             group_id=group,
         )
-        workers.append(
-            TierWorker(
-                topic=topic,
-                consumer=make_consumer(settings.kafka, group, **consumer_kwargs),
-                producer=producer,
-                handler=handler,
-                metrics=metrics,
-                options=options,
-                limit=limit,
-                transactional_producer=(
-                    _transactional_factory(settings, group) if exactly_once else None
-                ),
-            )
+        worker = TierWorker(
+            topic=topic,
+            consumer=make_consumer(settings.kafka, group, **consumer_kwargs),
+            producer=producer,
+            handler=handler,
+            metrics=metrics,
+            options=options,
+            limit=limit,
+            transactional_producer=(
+                _transactional_factory(settings, group) if exactly_once else None
+            ),
         )
+        shares.setdefault(model, _partition_share(worker))
+        workers.append(worker)
     return Service(
         settings, metrics, workers, producer, close, callers=callers, model_checks=checks
     )
+
+
+def _share_of(shares: dict[str, Callable[[], float]], model: str) -> Callable[[], float]:
+    """The share of the model's work this process does, once its worker exists."""
+
+    def share() -> float:
+        found = shares.get(model)
+        return found() if found is not None else 1.0
+
+    return share
+
+
+def _partition_share(worker: TierWorker) -> Callable[[], float]:
+    return lambda: worker.partition_share
 
 
 def _check(

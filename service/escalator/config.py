@@ -147,12 +147,25 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """Admission control from the rate-limit headers (``admission.py``)."""
+
+    #: False: AIMD on 429s only, the behaviour before admission control.
+    enabled: bool = True
+    #: Fraction of each organisation limit the deployment aims to use.
+    target: float = 0.95
+    #: Hard cap per model for the whole deployment: (RPM, ITPM, OTPM).
+    caps: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings
     model: ModelSettings
     topics: Topics = field(default_factory=Topics)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -247,6 +260,27 @@ def parse_label_thresholds(name: str, value: str | None) -> dict[str, float]:
         if not sep or not label.strip() or not (0.0 <= threshold <= 1.0):
             raise ConfigError(f"{name}: {part!r} is not LABEL=THRESHOLD with 0 <= THRESHOLD <= 1")
         out[label.strip()] = threshold
+    return out
+
+
+def parse_caps(
+    name: str, value: str | None, models: tuple[str, ...]
+) -> dict[str, tuple[int, int, int]]:
+    """``MODEL=RPM:ITPM:OTPM[,MODEL=...]`` -> mapping; each model must be one configured."""
+    if not value:
+        return {}
+    out: dict[str, tuple[int, int, int]] = {}
+    for part in value.split(","):
+        model, sep, spec = part.strip().partition("=")
+        numbers = spec.split(":")
+        if not sep or not model or len(numbers) != 3 or not all(n.isdigit() for n in numbers):
+            raise ConfigError(f"{name}: {part.strip()!r} is not MODEL=RPM:ITPM:OTPM")
+        rpm, itpm, otpm = (int(n) for n in numbers)
+        if min(rpm, itpm, otpm) < 1:
+            raise ConfigError(f"{name}: {part.strip()!r}: every limit must be at least 1")
+        if model not in models:
+            raise ConfigError(f"{name}: {model!r} is not a configured model ({', '.join(models)})")
+        out[model] = (rpm, itpm, otpm)
     return out
 
 
@@ -349,6 +383,15 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
         shadow_rate=env.number("ESCALATOR_SHADOW_RATE", 0.05, 0.0, 1.0),
     )
+    admission = AdmissionSettings(
+        enabled=env.flag("ESCALATOR_ADMISSION", True),
+        target=env.number("ESCALATOR_ADMISSION_TARGET", 0.95, 0.5, 1.0),
+        caps=parse_caps(
+            "ESCALATOR_ADMISSION_CAP",
+            env.raw("ESCALATOR_ADMISSION_CAP"),
+            (model.cheap_model, model.strong_model),
+        ),
+    )
     defaults = Topics()
     topics = Topics(
         requests=_topic(env, "ESCALATOR_REQUESTS_TOPIC", defaults.requests),
@@ -368,6 +411,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         topics=topics,
         pipeline=pipeline,
         routing=routing,
+        admission=admission,
         metrics_port=env.integer("ESCALATOR_METRICS_PORT", 9464, 0),
         metrics_host=env.text("ESCALATOR_METRICS_HOST", "0.0.0.0"),
         log_level=log_level,

@@ -5,16 +5,20 @@ Every series is listed in the README (Operations); tests check the exposition ho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from escalator.admission import Admission, Cost
 from escalator.hotmetrics import HotCounter, HotHistogram
 from escalator.messages import Attempt
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 TOKEN_TYPES = ("input", "output", "cache_write", "cache_read")
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ESTIMATE_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4)
 
 
 class Metrics:
@@ -202,6 +206,73 @@ class Metrics:
             ["tier", "model"],
             registry=r,
         )
+        self.admission_wait = Histogram(
+            "escalator_admission_wait_seconds",
+            "Time a model call waited at the admission gate for the rate limit to cover it.",
+            ["tier", "model"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.admission_waiting = Gauge(
+            "escalator_admission_waiting",
+            "Model calls held by the admission controller now.",
+            ["tier", "model"],
+            registry=r,
+        )
+        self.admission_held = Counter(
+            "escalator_admission_held",
+            "Model calls the admission controller held (made to wait) before admitting them.",
+            ["tier", "model"],
+            registry=r,
+        )
+        self.admission_estimated = Counter(
+            "escalator_admission_estimated_tokens",
+            "Tokens the admission controller estimated for answered calls (kind: input, "
+            "output); compare with escalator_admission_actual_tokens_total.",
+            ["tier", "model", "kind"],
+            registry=r,
+        )
+        self.admission_actual = Counter(
+            "escalator_admission_actual_tokens",
+            "Tokens the API counted against the rate limit for the same calls (input: uncached "
+            "input and cache writes; output: output tokens).",
+            ["tier", "model", "kind"],
+            registry=r,
+        )
+        self.admission_error = Histogram(
+            "escalator_admission_estimate_ratio",
+            "Per answered call: actual / estimated input tokens.",
+            ["tier", "model"],
+            buckets=ESTIMATE_BUCKETS,
+            registry=r,
+        )
+        self.admission_rate = Gauge(
+            "escalator_admission_rate",
+            "The rate this process's admission controller admits at, per minute (kind: "
+            "requests, input_tokens, output_tokens); absent while it lets calls through.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.ratelimit_used = Counter(
+            "escalator_ratelimit_used",
+            "Usage counted against the organisation's rate limits, as the API counts it "
+            "(kind: requests, input_tokens = uncached input + cache writes, output_tokens).",
+            ["tier", "model", "kind"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "escalator_rate_limited",
+            "429 rate-limit answers (every attempt, retried or not).",
+            ["tier", "model"],
+            registry=r,
+        )
+        self.shadows_shed = Counter(
+            "escalator_shadows_shed",
+            "Shadow (measurement) calls not made because the strong model's budget was tight; "
+            "the kept ones record the rate actually applied.",
+            ["model"],
+            registry=r,
+        )
         self.ready = Gauge("escalator_ready", "1 when the tier is ready.", ["tier"], registry=r)
 
         self._models: dict[tuple[str, str, str], _ModelSeries] = {}
@@ -262,6 +333,23 @@ class Metrics:
             pair[0].set(limit)
             pair[1].set(remaining)
 
+    def admission(self, tier: str, model: str) -> AdmissionSeries:
+        return AdmissionSeries(self, tier, model)
+
+    def watch_admission(self, model: str, admission: Admission) -> None:
+        """``admission_rate{model,kind}``, read from the controller at scrape time."""
+
+        def reader(kind: str) -> Callable[[], float]:
+            def read() -> float:
+                if not admission.enabled:
+                    return float("nan")
+                return admission.budget.rates_per_minute().get(kind, float("nan"))
+
+            return read
+
+        for kind in ("requests", "input_tokens", "output_tokens"):
+            self.admission_rate.labels(model, kind).set_function(reader(kind))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -288,6 +376,47 @@ class Metrics:
                     extra = ("le",) if suffix == "_bucket" else ()
                     out[family.name + suffix] = labels + extra
         return out
+
+
+class AdmissionSeries:
+    """The admission gate's series for one tier and model (``admission.AdmissionObserver``)."""
+
+    def __init__(self, m: Metrics, tier: str, model: str) -> None:
+        self._wait = m.admission_wait.labels(tier, model)
+        self._waiting = m.admission_waiting.labels(tier, model)
+        self._held = m.admission_held.labels(tier, model)
+        self._est = {k: m.admission_estimated.labels(tier, model, k) for k in ("input", "output")}
+        self._act = {k: m.admission_actual.labels(tier, model, k) for k in ("input", "output")}
+        self._ratio = m.admission_error.labels(tier, model)
+        self._used = {
+            k: m.ratelimit_used.labels(tier, model, k)
+            for k in ("requests", "input_tokens", "output_tokens")
+        }
+        self._limited = m.rate_limited.labels(tier, model)
+
+    def waited(self, seconds: float, held: bool) -> None:
+        self._wait.observe(seconds)
+        if held:
+            self._held.inc()
+
+    def waiting(self, delta: int) -> None:
+        self._waiting.inc(delta)
+
+    def estimated(self, estimate: Cost, actual: Cost) -> None:
+        self._est["input"].inc(estimate.input_tokens)
+        self._est["output"].inc(estimate.output_tokens)
+        self._act["input"].inc(actual.input_tokens)
+        self._act["output"].inc(actual.output_tokens)
+        if estimate.input_tokens > 0:
+            self._ratio.observe(actual.input_tokens / estimate.input_tokens)
+
+    def used(self, actual: Cost) -> None:
+        self._used["requests"].inc(actual.requests)
+        self._used["input_tokens"].inc(actual.input_tokens)
+        self._used["output_tokens"].inc(actual.output_tokens)
+
+    def rate_limited(self) -> None:
+        self._limited.inc()
 
 
 class TierSeries:

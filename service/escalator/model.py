@@ -34,6 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from escalator.admission import Admission, disabled
 from escalator.breaker import CircuitBreaker
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
 from escalator.limits import AdaptiveLimit
@@ -302,8 +303,12 @@ class RetryPolicy:
 class ModelCaller:
     """One retry layer around a ModelClient, gated by a circuit breaker and a cache warm-up.
 
-    Rate-limit answers (429) also shrink the shared :class:`AdaptiveLimit` (AIMD), which the
-    tier's worker reads as its in-flight limit; successful answers grow it back.
+    Before each call, the model's :class:`~escalator.admission.Admission` gate waits until the
+    organisation's rate limit (as the headers show it) and this process's share of it cover
+    the call. Rate-limit answers (429) it did not prevent also shrink the shared
+    :class:`AdaptiveLimit` (AIMD), which the tier's worker reads as its in-flight limit;
+    successful answers grow it back. Without headers the gate lets every call through and
+    AIMD alone acts, as before admission control.
 
     Warm-up: a prompt-cache entry is readable only once the response that wrote it has begun,
     so after start-up, and after an idle gap near the cache TTL, one call goes alone and the
@@ -321,9 +326,13 @@ class ModelCaller:
         warm_ttl_s: float | None = None,
         on_warmup: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        admission: Admission | None = None,
     ) -> None:
         self.client = client
         self.limit = limit or AdaptiveLimit(1, enabled=False)
+        #: Admission control from the rate-limit headers (``admission.py``), after the breaker
+        #: and the warm-up gate: the warm-up call goes first.
+        self.admission = admission or disabled()
         self.breaker = breaker
         self.policy = policy
         self._on_retry = on_retry
@@ -393,31 +402,53 @@ class ModelCaller:
             if warmer:
                 self._warm_done()
 
-    async def _once(self, text: str) -> Attempt:
+    def shadow_keep(self) -> float:
+        """Probability of making a shadow call now (below 1 while the budget is tight)."""
+        return self.admission.shadow_keep()
+
+    async def _once(self, text: str, shadow: bool = False) -> Attempt:
         probe, warmer = await self._admit()
+        try:
+            ticket = await self.admission.acquire(text, shadow=shadow, warm=warmer)
+        except BaseException:
+            if probe:
+                self.breaker.abandon_probe()
+            if warmer:
+                self._warm_done()
+            raise
         try:
             answer = await self.client.classify(text)
         except ApiBlocked as exc:
+            self.admission.failed(ticket)
             self.breaker.block(exc.kind, str(exc), probe=probe)
             self._failed(exc, exc.kind)
             raise
         except ModelUnavailable as exc:
+            self.admission.failed(ticket, rate_limited=exc.kind == "rate_limit")
             self.breaker.record(False, exc.kind, probe=probe)
             if exc.kind == "rate_limit":
                 self.limit.on_rate_limited()
             self._failed(exc, exc.kind)
             raise
         except ModelRejected as exc:
+            self.admission.failed(ticket)
             self.breaker.record(False, exc.reason, probe=probe)
             self._failed(exc, exc.reason)
             raise
         except BaseException:
+            self.admission.failed(ticket)
             if probe:
                 self.breaker.abandon_probe()
             raise
         finally:
             if warmer:
                 self._warm_done()
+        self.admission.settle(
+            ticket,
+            input_tokens=answer.input_tokens,
+            cache_write_tokens=answer.cache_write_tokens,
+            output_tokens=answer.output_tokens,
+        )
         self._last_answer = self._clock()
         self.breaker.record(True, probe=probe)
         self.limit.on_success()
@@ -434,13 +465,13 @@ class ModelCaller:
             error=str(exc)[:300],
         )
 
-    async def call(self, text: str) -> Attempt:
+    async def call(self, text: str, *, shadow: bool = False) -> Attempt:
         """Answer ``text``; raise ModelUnavailable once attempts are exhausted, ApiBlocked and
-        ModelRejected at once."""
+        ModelRejected at once. ``shadow`` calls yield to real ones at the admission gate."""
         try:
             # Fast path: most calls succeed first time, and building tenacity's retry state
             # per call costs more than the rest of the pipeline's per-record work.
-            return await self._once(text)
+            return await self._once(text, shadow)
         except ApiBlocked:
             raise
         except ModelUnavailable as exc:
@@ -459,10 +490,12 @@ class ModelCaller:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(text)
+                return await self._once(text, shadow)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def answer(self, text: str, *, give_up_when_unavailable: bool = False) -> Attempt:
+    async def answer(
+        self, text: str, *, give_up_when_unavailable: bool = False, shadow: bool = False
+    ) -> Attempt:
         """Answer ``text``, holding the record through outages and account-level failures.
 
         Raises only for this record: :class:`ModelRejected` when the API rejects it twice
@@ -479,7 +512,7 @@ class ModelCaller:
         backoff_s = self.policy.initial_s
         while True:
             try:
-                return await self.call(text)
+                return await self.call(text, shadow=shadow)
             except ApiBlocked:
                 continue  # the breaker is blocked: the next call waits for its probe
             except ModelRejected:

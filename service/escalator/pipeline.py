@@ -220,6 +220,19 @@ class TierWorker:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def partition_share(self) -> float:
+        """This member's share of its topic's partitions (1.0 before it knows): how the
+        admission controller splits a deployment-wide cap without talking to other pods."""
+        owned = sum(1 for tp in self._trackers if tp.topic == self.topic)
+        try:
+            total = self._consumer.partitions_for_topic(self.topic)
+        except (IllegalStateError, AssertionError):
+            total = None
+        if not owned or not total:
+            return 1.0
+        return min(1.0, owned / len(total))
+
     def stop(self) -> None:
         """Ask the worker to stop fetching and drain (idempotent; safe from a signal handler)."""
         self._stopping.set()

@@ -9,7 +9,10 @@ is never retried. When the cheap model is down or rate-limited the record is *he
 transient failures that exhaust their retries. A record whose cheap calls keep failing while
 others succeed is escalated as ``cheap_unavailable`` after a bounded number of attempts.
 
-Strong: answer the escalation and publish the final decision. Transient failures hold the
+Strong: answer the escalation and publish the final decision. While the strong model's rate
+limit is tight (``admission.py``), shadow escalations are shed at random before any call, and
+the kept ones record the sample rate actually applied (the cheap tier's times the probability
+kept); real escalations are never shed. Transient failures hold the
 record while the breaker pauses the tier; only a record that keeps failing while the API
 serves others is dead-lettered, after a bounded number of attempts. Answers that keep failing
 validation are dead-lettered as ``model_output_invalid``. A refusal becomes the task's
@@ -279,12 +282,22 @@ class StrongHandler(_Base):
         request = escalation.request
         key = record.key or request.id.encode()
         shadow = escalation.shadow
+        if shadow:
+            # Real traffic before measurement: while the strong model's budget is tight, shed
+            # shadow calls at random, and record the rate actually applied (the cheap tier's
+            # rate times the probability kept), so 1/sample_rate stays the right weight.
+            keep = self.caller.shadow_keep()
+            if keep < 1.0:
+                if self.rng.random() >= keep:
+                    self.metrics.shadows_shed.labels(self.caller.model).inc()
+                    return []
+                escalation = replace(escalation, sample_rate=escalation.sample_rate * keep)
         decisions: list[Output] = []
         attempts: list[Attempt] = [escalation.cheap]
         invalid = 0
         while True:
             try:
-                attempt = await self.caller.answer(request.text)
+                attempt = await self.caller.answer(request.text, shadow=shadow)
             except PermanentError as exc:
                 return self._give_up(record, exc, decisions, shadow)
             attempts.append(attempt)

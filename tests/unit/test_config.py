@@ -24,6 +24,25 @@ def test_defaults() -> None:
     assert s.model.cheap_model == "claude-haiku-5-5"
     assert s.model.strong_model == "claude-sonnet-5-5"
     assert s.model.simulated
+    assert s.admission.enabled and s.admission.target == 0.95 and not s.admission.caps
+
+
+def test_admission_settings() -> None:
+    """ESCALATOR_ADMISSION=off selects AIMD only; caps are per configured model."""
+    s = load_settings(
+        {
+            **BASE,
+            "ESCALATOR_ADMISSION": "off",
+            "ESCALATOR_ADMISSION_TARGET": "0.9",
+            "ESCALATOR_ADMISSION_CAP": "claude-haiku-5-5=600:200000:80000, "
+            "claude-sonnet-5-5=100:50000:10000",
+        }
+    )
+    assert not s.admission.enabled and s.admission.target == 0.9
+    assert s.admission.caps == {
+        "claude-haiku-5-5": (600, 200_000, 80_000),
+        "claude-sonnet-5-5": (100, 50_000, 10_000),
+    }
 
 
 @pytest.mark.parametrize(
@@ -42,6 +61,12 @@ def test_defaults() -> None:
         ("ANTHROPIC_BASE_URL", "ftp://x"),
         ("ESCALATOR_LOG_TEXT", "maybe"),
         ("ESCALATOR_SHUTDOWN_GRACE_S", "-1"),
+        ("ESCALATOR_ADMISSION", "sometimes"),
+        ("ESCALATOR_ADMISSION_TARGET", "1.2"),
+        ("ESCALATOR_ADMISSION_TARGET", "0.1"),
+        ("ESCALATOR_ADMISSION_CAP", "claude-haiku-5-5=600:200000"),
+        ("ESCALATOR_ADMISSION_CAP", "claude-haiku-5-5=600:0:100"),
+        ("ESCALATOR_ADMISSION_CAP", "claude-opus-5-5=600:200000:80000"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -1,0 +1,231 @@
+"""The admission controller (``admission.py``) with a fake clock: refill, reset from headers,
+rounding, estimate correction, shedding of shadows, the fall-back without headers, and a
+group of processes sharing one organisation's buckets (the emulator's own) without talking."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from escalator.admission import Admission, Budget, Cost, Ticket, TokenEstimate, Tuning
+from escalator.model import rate_limits
+from escalator.sim_rules import RateLimiter
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def headers(
+    rpm: float, rpm_left: float, itpm: float, in_left: float
+) -> dict[str, tuple[float, float]]:
+    return {
+        "requests": (rpm, rpm_left),
+        "input_tokens": (itpm, in_left),
+        "output_tokens": (80_000.0, 80_000.0),
+    }
+
+
+CALL = Cost(1.0, 200.0, 128.0)
+
+
+def test_calls_pass_through_until_headers_arrive() -> None:
+    """Before any response with headers (and with no cap) nothing is paced or held."""
+    budget = Budget(clock=Clock())
+    assert not budget.active
+    assert budget.wait_s(CALL) == 0.0
+    assert budget.keep_probability() == 1.0
+
+
+def test_level_resets_from_headers_allowing_for_rounding_and_calls_in_flight() -> None:
+    """The level is ``remaining`` minus the rounding of token counts (a thousand; requests are
+    exact) minus what this process has in flight."""
+    clock = Clock()
+    budget = Budget(clock=clock)
+    budget.observe(headers(600, 500, 200_000, 150_000))
+    assert budget.buckets["requests"].level == 500
+    assert budget.buckets["input_tokens"].level == 149_000
+    budget.admit(CALL, waited=False)
+    budget.observe(headers(600, 500, 200_000, 150_000))
+    assert budget.buckets["requests"].level == 499
+    assert budget.buckets["input_tokens"].level == 148_800
+
+
+def test_levels_refill_at_the_limit_per_minute_and_keep_a_reserve() -> None:
+    """A call waits until the level covers it plus (1 - target) of the limit; the level
+    refills at limit/60 per second between responses."""
+    clock = Clock()
+    budget = Budget(Tuning(target=0.95), clock=clock)
+    budget.observe(headers(600, 10, 200_000, 200_000))
+    # reserve 30 requests: 1 + 30 - 10 = 21 requests short, at 10 per second.
+    assert budget.wait_s(CALL) == pytest.approx(2.1)
+    clock.now += 1.0
+    assert budget.wait_s(CALL) == pytest.approx(1.1)
+    clock.now += 1.1
+    assert budget.wait_s(CALL) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_token_estimates_are_corrected_by_observed_usage() -> None:
+    """The estimate starts from the prior and converges on the usage the API reports."""
+    est = TokenEstimate(1.3, overhead=100.0)
+    rng = random.Random(1)
+    for _ in range(400):
+        x = rng.randint(10, 400)
+        est.observe(x, 57 + 1.1 * x)
+    assert est.estimate(200) == pytest.approx(57 + 220, rel=0.02)
+    same = TokenEstimate(1.0)
+    for _ in range(400):
+        same.observe(50, 150)  # one text length: a ratio, not a slope
+    assert same.estimate(50) == pytest.approx(150, rel=0.05)
+    assert est.tokens("x" * 40) == 13  # 40 bytes / 4 * 1.3, rounded up
+
+
+def test_shadows_are_kept_less_as_real_calls_wait_never_below_the_floor() -> None:
+    """The keep probability is 1 - pressure (the recent share of real calls that waited),
+    at least shadow_floor; shadow calls do not count towards pressure."""
+    budget = Budget(Tuning(shadow_floor=0.05), clock=Clock())
+    budget.observe(headers(600, 600, 200_000, 200_000))
+    assert budget.keep_probability() == 1.0
+    for _ in range(200):
+        budget.admit(CALL, waited=True, real=False)
+    assert budget.keep_probability() == 1.0
+    for _ in range(200):
+        budget.admit(CALL, waited=True)
+    assert budget.keep_probability() == 0.05
+    for _ in range(30):
+        budget.admit(CALL, waited=False)
+    assert 0.05 < budget.keep_probability() < 1.0
+
+
+async def test_without_headers_the_gate_falls_back_to_pass_through() -> None:
+    """Answers without rate-limit headers (a proxy, Bedrock): after headerless_calls of them
+    the budget is inactive and calls go straight through, as before admission control."""
+    clock = Clock()
+    gate = Admission(
+        Budget(Tuning(headerless_calls=5), clock=clock), TokenEstimate(1.0), max_tokens=128
+    )
+    gate.observe(headers(600, 0, 200_000, 0))
+    assert gate.budget.active and gate.budget.wait_s(CALL) > 0
+    for _ in range(5):  # calls admitted earlier, answered without headers
+        ticket = Ticket(CALL, 10, gate.observations)
+        gate.settle(ticket, input_tokens=100, cache_write_tokens=0, output_tokens=10)
+    assert not gate.budget.active
+    ticket = await asyncio.wait_for(gate.acquire("text"), 1)
+    assert ticket.cost is not None
+
+
+def test_an_unpredicted_429_halves_the_rates_once_per_cooldown() -> None:
+    """The backstop: a 429 the budget did not prevent halves every rate, once per second."""
+    clock = Clock()
+    budget = Budget(clock=clock)
+    budget.observe(headers(600, 600, 200_000, 200_000))
+    before = budget.buckets["requests"].rate
+    budget.on_rate_limited()
+    budget.on_rate_limited()
+    assert budget.buckets["requests"].rate == pytest.approx(before / 2)
+    clock.now += 1.5
+    budget.on_rate_limited()
+    assert budget.buckets["requests"].rate == pytest.approx(before / 4)
+
+
+def test_a_cap_is_split_by_partition_share_and_paces_without_headers() -> None:
+    """A deployment-wide cap of 600 RPM, a third of the partitions: this process admits at
+    most 200 calls a minute even when the API sends no headers."""
+    clock = Clock()
+    budget = Budget(cap=(600, 10**9, 10**9), share=lambda: 1 / 3, clock=clock)
+    assert budget.active
+    admitted = 0
+    for _ in range(60 * 100):
+        clock.now += 0.01
+        while budget.wait_s(CALL) <= 0:
+            budget.admit(CALL, waited=False)
+            admitted += 1
+    assert 100 <= admitted <= 205
+
+
+@dataclass
+class Pod:
+    budget: Budget
+    alive: bool = True
+    pending: list[tuple[float, Cost]] | None = None
+
+
+def _run_group(
+    seconds: float, n: int, limiter: RateLimiter, clock: Clock, events: dict[float, str]
+) -> tuple[int, int, dict[int, int]]:
+    """``n`` pods with unbounded demand call a shared bucket set (the emulator's RateLimiter,
+    charged when the answer is ready, 200 ms after admission); each pod's share is one over the
+    pods alive, as the consumer group's assignment would make it. Events kill or restart a
+    pod at a time. Returns (answered, 429s, answered per second)."""
+    alive = [n]
+
+    def share() -> float:
+        return 1 / alive[0]
+
+    pods = [Pod(Budget(share=share, clock=clock)) for _ in range(n)]
+    answered = limited = 0
+    per_second: dict[int, int] = {}
+    dt = 0.005
+    steps = int(seconds / dt)
+    start = clock.now
+    for step in range(steps):
+        clock.now = start + step * dt
+        t = round(step * dt, 3)
+        if t in events:
+            action, _, index = events[t].partition(":")
+            pod = pods[int(index)]
+            if action == "kill":
+                pod.alive = False
+                alive[0] -= 1
+            else:
+                pods[int(index)] = Pod(Budget(share=share, clock=clock))
+                alive[0] += 1
+        for pod in pods:
+            if pod.pending is None:
+                pod.pending = []
+            due = [p for p in pod.pending if p[0] <= clock.now]
+            pod.pending = [p for p in pod.pending if p[0] > clock.now]
+            for _, cost in due:
+                refused = limiter.admit(int(cost.input_tokens), int(cost.output_tokens))
+                pod.budget.observe(rate_limits(limiter.headers()))
+                if refused:
+                    limited += 1
+                    pod.budget.settle(cost, None)
+                    pod.budget.on_rate_limited()
+                    continue
+                limiter.settle(int(cost.output_tokens), 20)
+                pod.budget.settle(cost, Cost(1, cost.input_tokens, 20))
+                answered += 1
+                per_second[int(t)] = per_second.get(int(t), 0) + 1
+            if not pod.alive:
+                continue
+            # Unbounded demand: 64 in flight at most, as many admitted as the budget allows;
+            # before any headers, one call (the cache warm-up goes alone).
+            room = 64 if pod.budget.active else 1
+            while len(pod.pending) < room and pod.budget.wait_s(CALL) <= 0:
+                pod.budget.admit(CALL, waited=True)
+                pod.pending.append((clock.now + 0.2, CALL))
+    return answered, limited, per_second
+
+
+def test_three_processes_share_one_limit_without_coordination() -> None:
+    """Three budgets, one organisation's buckets (600 RPM): no 429s, and the group uses at
+    least 90% of the limit after the ramp; with one killed, the other two take up its share;
+    a restarted one ramps in without 429s."""
+    clock = Clock()
+    limiter = RateLimiter(600, 200_000, 80_000, clock=clock)
+    answered, limited, per_second = _run_group(
+        300, 3, limiter, clock, {100.0: "kill:0", 200.0: "restart:0"}
+    )
+    assert limited == 0 and answered > 0
+    used = [per_second.get(s, 0) for s in range(300)]
+    for lo, hi in ((20, 100), (130, 200), (230, 300)):
+        window = sum(used[lo:hi]) / ((hi - lo) * 10.0)
+        assert 0.9 <= window <= 1.05, (lo, hi, window)
