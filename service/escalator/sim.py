@@ -727,6 +727,7 @@ async def _answer(
     if exceeded is not None:
         retry = limiter.retry_after_s(exceeded, uncached + created, settings.max_tokens)
         state.stats["rate_limited"] += 1
+        state.stats[f"rate_limited:{spec.id}"] += 1
         raise ApiError(
             429,
             "rate_limit_error",
@@ -754,6 +755,10 @@ async def _answer(
         if stop_reason == "max_tokens" and thought >= settings.max_tokens:
             state.stats["max_tokens_in_thinking"] += 1
     limiter.settle(settings.max_tokens, out_tokens)
+    # What counted against this model's limits (benchmark B7 reads these per model).
+    state.stats[f"charged_requests:{spec.id}"] += 1
+    state.stats[f"charged_input_tokens:{spec.id}"] += uncached + created
+    state.stats[f"charged_output_tokens:{spec.id}"] += out_tokens
     if key is not None:
         done = time.monotonic()
         if hit and entry is not None:

@@ -1,7 +1,8 @@
-"""Benchmarks B1-B5 of the routing pipeline (issue 3) and B6, the cost of exactly-once
-(issue 5). They print figures; they assert nothing.
+"""Benchmarks B1-B5 of the routing pipeline (issue 3), B6, the cost of exactly-once
+(issue 5), and B7, admission control against a binding rate limit (issue 14, in ``b7.py``).
+They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b2 b3 b4 b5 b6]      (``make bench`` runs all)
+    python -m tests.benchmarks.run [b1 b2 b3 b4 b5 b6 b7]      (``make bench`` runs all)
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
 Absolute numbers on a 2-core machine are noisy; the ratios are the result. Anything that
@@ -36,6 +37,7 @@ from escalator.messages import Attempt
 from escalator.prices import PriceTable
 from escalator.profiles import load_profiles
 from escalator.task import Task, load_task
+from tests.benchmarks import b7 as b7_module
 from tests.integration.harness import committed_total, make_env, setup_topics
 
 TEXTS = [
@@ -509,7 +511,13 @@ BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b3": b3,
     "b6": b6,
 }
-SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b4": b4, "b5": b5}
+
+
+async def b7(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    await b7_module.b7(bootstrap, sim_url, tmp, report)
+
+
+SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b4": b4, "b5": b5, "b7": b7}
 
 
 async def main(selected: list[str]) -> None:
@@ -542,7 +550,7 @@ async def main(selected: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b2", "b3", "b4", "b5", "b6"]
+    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b2", "b3", "b4", "b5", "b6", "b7"]
     unknown = set(chosen) - set(BENCHES) - set(SUBPROCESS_BENCHES)
     if unknown:
         sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")

@@ -229,3 +229,30 @@ def test_three_processes_share_one_limit_without_coordination() -> None:
     for lo, hi in ((20, 100), (130, 200), (230, 300)):
         window = sum(used[lo:hi]) / ((hi - lo) * 10.0)
         assert 0.9 <= window <= 1.05, (lo, hi, window)
+
+
+async def test_shadow_calls_yield_to_real_calls_that_arrive_soon_after() -> None:
+    """At the gate, a waiting shadow call goes after real calls that arrived up to
+    shadow_delay_s later; a cancelled waiter leaves nothing in flight."""
+    clock = Clock()
+    gate = Admission(Budget(clock=clock), TokenEstimate(1.0), max_tokens=128)
+    gate.observe(headers(600, 0, 200_000, 200_000))  # nothing left: every call waits
+    order: list[str] = []
+
+    async def call(name: str, shadow: bool) -> None:
+        await gate.acquire("text", shadow=shadow)
+        order.append(name)
+
+    shadow = asyncio.create_task(call("shadow", True))
+    await asyncio.sleep(0)
+    real = [asyncio.create_task(call(f"real{i}", False)) for i in range(2)]
+    gone = asyncio.create_task(call("cancelled", False))
+    await asyncio.sleep(0.01)
+    assert gate.waiting == 4 and not order
+    gone.cancel()
+    await asyncio.sleep(0)
+    clock.now += 120  # refills the allowance and the level
+    gate.observe(headers(600, 600, 200_000, 200_000))
+    await asyncio.wait_for(asyncio.gather(shadow, *real), 5)
+    assert order == ["real0", "real1", "shadow"]
+    assert gate.budget.in_flight["requests"] == 3
