@@ -92,6 +92,8 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "retries",
         "circuit breaker",
         "in flight",
+        "rate limit: limit, used rate and 429s",
+        "admission",
     ):
         assert topic in titles, topic
 
@@ -114,6 +116,7 @@ def test_every_alert_has_a_runbook() -> None:
         "EscalatorApiBlocked",
         "EscalatorSpendOverBudget",
         "EscalatorNoDecisions",
+        "EscalatorRateLimitBound",
     }
     for alert in alerts:
         assert alert["alert"].lower() in headings, f"no runbook section for {alert['alert']}"
