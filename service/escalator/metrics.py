@@ -249,7 +249,7 @@ class Metrics:
         self.admission_rate = Gauge(
             "escalator_admission_rate",
             "The rate this process's admission controller admits at, per minute (kind: "
-            "requests, input_tokens, output_tokens); absent while it lets calls through.",
+            "requests, input_tokens, output_tokens); NaN while it lets calls through.",
             ["model", "kind"],
             registry=r,
         )
