@@ -279,3 +279,15 @@ def test_plan_from_a_pilot_and_from_assumptions(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0 and "Plan from assumptions" in out and "days" in out
     assert not (tmp_path / "thresholds.json").exists()
+
+
+def test_report_uses_the_same_estimators_for_agreement_as_routed() -> None:
+    """report's agreement at the thresholds in force matches the truth at tau, with a bound."""
+    from escalator.report import agreement_in_force
+
+    w = realistic()
+    got = agreement_in_force(records(w, np.random.default_rng(9), 8000, p=0.2, tau=0.7))
+    assert got is not None
+    truth = w.agreement(0.7)[0]
+    assert abs(got["point"] - truth) < 0.01
+    assert got["lower_bound"] < got["point"] <= 1.0
