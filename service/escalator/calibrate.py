@@ -60,6 +60,7 @@ class Dataset:
     strong_label: IntArray  # -1: no valid strong answer
     strong_cost: FloatArray  # 0 where no strong call was made
     answered: BoolArray  # a strong call was made (its answer may be invalid)
+    accepted: BoolArray  # the cheap answer was accepted as routed
     certain: BoolArray  # the strong answer was due with probability 1
     stratum: IntArray  # index into ``strata``
     tau: FloatArray  # threshold routed by (nan: not recorded)
@@ -80,7 +81,13 @@ class Dataset:
 
     @property
     def sampled(self) -> BoolArray:
+        """Strong calls made by the shadow sample at p < 1 (what estimation conditions on)."""
         return self.answered & ~self.certain
+
+    @property
+    def shadowed(self) -> BoolArray:
+        """Accepted requests that also got a strong call (at any p, 1 included)."""
+        return self.answered & self.accepted
 
     def sample(self) -> estimates.Sample:
         disagree = (self.strong_label < 0) | (self.strong_label != self.cheap_label)
@@ -112,6 +119,7 @@ class Dataset:
                 "strong_label",
                 "strong_cost",
                 "answered",
+                "accepted",
                 "certain",
                 "stratum",
                 "tau",
@@ -187,6 +195,7 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
     tau, srate = np.full(n, np.nan), np.full(n, np.nan)
     clab, slab, glab = (np.full(n, -1, dtype=np.int64) for _ in range(3))
     answered, certain = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    accepted = np.zeros(n, dtype=bool)
     stratum, ts = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     for i, rid in enumerate(ids):
         rec = cheap[rid]
@@ -201,7 +210,8 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
         srate[i] = _rate(rec.get("shadow_rate"))
         if np.isnan(srate[i]) and len(shadow_rates.get(version, ())) == 1:
             srate[i] = next(iter(shadow_rates[version]))
-        certain[i] = rec.get("outcome") != "accepted" or srate[i] >= 1.0
+        accepted[i] = rec.get("outcome") == "accepted"
+        certain[i] = not accepted[i] or srate[i] >= 1.0
         ts[i] = int(rec.get("ts_ms") or 0)
         answered[i] = rid in called
         if rid in strong:
@@ -220,6 +230,7 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
         strong_label=slab,
         strong_cost=scost,
         answered=answered,
+        accepted=accepted,
         certain=certain,
         stratum=stratum,
         tau=tau,
@@ -425,7 +436,7 @@ def calibrate(
                 threshold=float(thresholds[cert]) if useful else STRONG_ONLY,
                 certified=useful,
                 answers=sub.n,
-                shadowed=int(sub.sampled.sum()),
+                shadowed=int(sub.shadowed.sum()),
                 escalation=float(lc.escalation[cert]) if useful else 1.0,
                 agreement_lower=float(lc.agreement_lower[cert]),
                 best_threshold=float(thresholds[best]),

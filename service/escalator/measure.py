@@ -182,7 +182,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "sha256": data.fingerprint(),
             "requests": data.n,
             "strong_answers": int(data.observed.sum()),
-            "shadowed": int(data.sampled.sum()),
+            "shadowed": int(data.shadowed.sum()),
             "gold_labels": int((data.gold >= 0).sum()),
             "threshold_versions_seen": list(data.strata),
         },
@@ -273,10 +273,10 @@ def _plan_table(
     tau = args.assume_threshold if args.assume_threshold is not None else tau
     per_hour = args.traffic_per_hour or per_hour
     goal = plan.goal_index(prof, result.target, result.margin)
-    shadow_disagree = int((data.sampled & (data.strong_label != data.cheap_label)).sum())
+    shadow_disagree = int((data.shadowed & (data.strong_label != data.cheap_label)).sum())
     rough = "; too few for more than a rough plan" if shadow_disagree < 20 else ""
     lines = [
-        f"Plan from a pilot of {data.n} requests ({int(data.sampled.sum())} shadowed, "
+        f"Plan from a pilot of {data.n} requests ({int(data.shadowed.sum())} shadowed, "
         f"{shadow_disagree} of them disagreeing{rough}), "
         f"target {result.target}, delta {delta:.3g} (the next attempt's share), margin "
         f"{result.margin:.0%}, power {args.power:.0%}; measuring at threshold {tau:g}",
@@ -374,7 +374,7 @@ def _table(data: Any, result: Any, base: Any, source: str) -> str:
     gold = c.accuracy is not None
     lines = [
         f"Calibration from {source}: {data.n} requests, {int(data.observed.sum())} with a strong "
-        f"answer ({int(data.sampled.sum())} shadowed), {int((data.gold >= 0).sum())} with a gold "
+        f"answer ({int(data.shadowed.sum())} shadowed), {int((data.gold >= 0).sum())} with a gold "
         f"label ({data.cheap_model} -> {data.strong_model})",
         f"objective: {result.objective}, target {result.target}; agreement: Hajek estimate and "
         f"exact lower bound at level {1 - c.delta:.4g}",
@@ -482,6 +482,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Defaults(argparse.HelpFormatter):
+    """Append "(default: X)" to each option whose help does not already name its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
@@ -507,7 +517,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "docs/CALIBRATION.md). Exit 0: certified, file written; exit 3: the data cannot "
         "certify it (one line on stderr says how much more measurement would), no file "
         "written unless --fallback escalate-all.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     _source_args(calibrate)
     calibrate.add_argument(

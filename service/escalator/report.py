@@ -146,7 +146,7 @@ def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> di
         "point": float(1.0 - estimates.point(c)[0]),
         "lower_bound": float(1.0 - estimates.upper(c, delta)[0]),
         "level": 1.0 - delta,
-        "shadowed": int(d.sampled.sum()),
+        "shadowed": int(d.shadowed.sum()),
     }
 
 

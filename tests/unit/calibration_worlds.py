@@ -100,6 +100,7 @@ def log(
         strong_label=np.where(answered, strong, -1),
         strong_cost=np.where(answered, 2e-4, 0.0),
         answered=answered,
+        accepted=~escalated,
         certain=certain,
         stratum=np.zeros(n, dtype=np.int64),
         tau=np.full(n, tau),
