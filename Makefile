@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
-.PHONY: help venv tools lint types audit unit check integration deploy-check reliability-ci reliability test demo bench lock clean
+.PHONY: help venv tools lint types audit unit check integration deploy-check reliability-ci reliability calibration-stats test demo bench lock clean
 
 help:
 	@echo "make demo | test | check | bench | lock"
@@ -81,6 +81,10 @@ reliability-ci: $(STAMP)
 reliability: $(STAMP)
 	ESCALATOR_RELIABILITY_SCALE=full ESCALATOR_RELIABILITY_REPORT=reliability-report.jsonl \
 		$(PYTEST) tests/reliability -q -s
+
+# The calibration guarantee at full scale: 200 repetitions per world x n x p (about 3 min).
+calibration-stats: $(STAMP)
+	ESCALATOR_CALIBRATION_SCALE=full $(PYTEST) tests/unit/test_calibration_statistics.py -q -s
 
 # The whole suite: static checks, unit tests, integration tests against a real broker, and
 # the reduced reliability scenarios.

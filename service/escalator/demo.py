@@ -105,12 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         before = asyncio.run(_decisions(settings, measure))
 
         print("\nPhase 2: calibrate on the phase-1 decisions log.")
-        result, version = _calibrate(before, args.target, out_dir)
-        print(
-            f"  chosen threshold {result.threshold:.2f} (version {version}): the cheapest whose "
-            f"95% lower bound on agreement with the strong model is >= {args.target}"
-        )
-
+        result, _ = _calibrate(before, args.target, out_dir)
         print(
             f"\nPhase 3: run with the calibrated thresholds on {len(rollout)} new requests "
             "(still shadowed, so that agreement can be measured; shadow spend is reported "
@@ -129,7 +124,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         print(f"\nBefore and after{tag}:")
         _compare("before: threshold 0.70 (phase 1)", before, 0.7)
-        _compare(f"after:  threshold {result.threshold:.2f} (phase 3)", after, result.threshold)
+        after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
+        _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
         print(
             f"\nthreshold file: {out_dir / 'thresholds.json'}; plot: {out_dir / 'calibration.png'}"
             f"; PyRIT licence notice: {out_dir / 'PYRIT-LICENSE.txt'}"
@@ -157,39 +153,72 @@ async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
 
 
 def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
+    """Certify a threshold on phase 1 (one attempt at delta 0.05), print the outcome and the
+    plan for measuring in production; on a refusal, phase 3 escalates everything."""
+    import argparse as _argparse
+
     from escalator import calibrate as cal
-    from escalator.measure import _plot, _point
+    from escalator import plan
+    from escalator.measure import _guarantee, _plan_table, _plot, _refusal, estimates_at
     from escalator.prices import load_prices
     from escalator.thresholds import write_threshold_file
 
-    result = cal.calibrate(data, objective="quality", target=target, bootstrap=1000)
+    delta = 0.05
+    result = cal.calibrate(data, objective="quality", target=target, delta=delta)
     base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
+    c = result.curve
+    if result.status == "certified":
+        i = result.chosen
+        print(
+            f"  certified threshold {result.threshold:.2f}: escalates {c.escalation[i]:.1%}, "
+            f"agreement {c.agreement[i]:.1%} (lower bound {c.agreement_lower[i]:.1%}); "
+            f"best by estimate t={c.thresholds[result.best]:.2f}\n  {_guarantee(result, delta)}"
+        )
+    else:
+        print("  " + _refusal(result, plan.needed(data, result, delta)))
+        print("  phase 3 falls back to escalating everything (--fallback escalate-all)")
+    window = {
+        "first_ts_ms": int(data.ts_ms.min()),
+        "last_ts_ms": int(data.ts_ms.max()),
+    }
     version = write_threshold_file(
         out_dir / "thresholds.json",
         {
             "created_from": "escalator demo, phase 1",
             "objective": {"name": "quality", "target": target},
+            "procedure": {"name": cal.PROCEDURE, "delta": delta, "attempt": None},
+            "window": window,
+            "status": result.status,
             "threshold": result.threshold,
             "label_thresholds": {},
             "models": {"cheap": data.cheap_model, "strong": data.strong_model},
             "price_table_version": load_prices(None).version,
             "dataset": {"sha256": data.fingerprint(), "requests": data.n},
-            "estimates": _point(result.curve, result.chosen),
+            "estimates": estimates_at(data, result),
         },
     )
+    print(f"  thresholds version {version}")
+    call = float(data.strong_cost[data.answered].mean()) if data.answered.any() else None
+    options = _argparse.Namespace(
+        assume_threshold=0.7, traffic_per_hour=None, power=0.8, strong_call_usd=None
+    )
+    print("\n  Measuring this in production at threshold 0.7 (phase 1 as the pilot):")
+    print("  " + _plan_table(options, data, result, call, delta).replace("\n", "\n  "))
     print("  " + _plot(out_dir / "calibration.png", result, base))
     return result, version
 
 
 def _compare(name: str, data: Any, threshold: float) -> None:
-    """Routed cost and agreement at the threshold in force, measured on that phase's traffic."""
+    """Routed cost and agreement at the threshold in force, measured on that phase's traffic
+    with the calibrator's estimators."""
     from escalator.calibrate import curve
 
-    c = curve(data, [threshold], bootstrap=1)
+    c = curve(data, [threshold])
     acc = "" if c.accuracy is None else f", accuracy vs human labels {c.accuracy[0]:.1%}"
     print(
         f"  {name}: escalated {c.escalation[0]:.1%}, agreement with the strong model "
-        f"{c.agreement[0]:.1%}{acc}, ${c.cost_per_1k[0]:.4f} per 1,000 requests"
+        f"{c.agreement[0]:.1%} (lower bound {c.agreement_lower[0]:.1%}){acc}, "
+        f"${c.cost_per_1k[0]:.4f} per 1,000 requests"
     )
 
 
@@ -340,8 +369,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument(
         "--target",
         type=float,
-        default=0.95,
-        help="agreement lower bound that calibration must guarantee",
+        default=0.90,
+        help="agreement that calibration must certify (delta 0.05; the simulated cheap model "
+        "agrees about 80%% at threshold 0.7)",
     )
     demo.add_argument("--output-dir", default="demo-output", help="threshold file and plot")
     demo.set_defaults(func=cmd_demo)

@@ -5,6 +5,11 @@ Spend is re-priced from the logged tokens with the price table in force, each to
 its own rate (cache writes at the write rate, cache reads at the read rate), and compared with
 the cost the service recorded at call time. This is the usual back-of-envelope arithmetic
 (requests x tokens x price), done from observed tokens instead of averages.
+
+Agreement of the routed answers with the strong model, at the thresholds in force when each
+request was routed, uses calibration's estimators (``estimates``): a Hájek estimate within
+threshold-version strata and its exact lower bound (a description of the window at 95%, not
+a certification: ``calibrate`` is what certifies).
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ def build_report(
         "savings_pct": None if not counterfactual else 1 - actual / counterfactual,
         "escalation_rate_by_label": dict(sorted(by_label.items())),
     }
+    report["agreement_in_force"] = agreement_in_force(records)
     if monthly_volume is not None and n:
         report["monthly"] = {
             "volume": monthly_volume,
@@ -105,6 +111,43 @@ def build_report(
             else counterfactual / n * monthly_volume,
         }
     return report
+
+
+def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> dict[str, Any] | None:
+    """Routed agreement with the strong model as routed (Hájek estimate, exact lower bound)."""
+    import numpy as np
+
+    from escalator import estimates
+    from escalator.calibrate import CalibrationError, pair_decisions
+
+    try:
+        d = pair_decisions(records)
+    except CalibrationError:
+        return None
+    s = d.sample()
+    # Shift each confidence so that "accepted as routed" is "conf >= 0": one threshold, 0.
+    outcome = {
+        str(r.get("id")): r.get("outcome")
+        for r in records
+        if (r.get("attempt") or {}).get("tier") == "cheap"
+    }
+    accepted = np.asarray([outcome.get(i) == "accepted" for i in d.ids]) & (d.conf >= 0)
+    shifted = estimates.Sample(
+        conf=np.where(accepted, 1.0, -1.0),
+        certain=s.certain,
+        sampled=s.sampled,
+        disagree=s.disagree,
+        stratum=s.stratum,
+        tau=np.zeros(d.n),
+        shadow_rate=s.shadow_rate,
+    )
+    c = estimates.counts(shifted, np.asarray([0.0]))
+    return {
+        "point": float(1.0 - estimates.point(c)[0]),
+        "lower_bound": float(1.0 - estimates.upper(c, delta)[0]),
+        "level": 1.0 - delta,
+        "shadowed": int(d.shadowed.sum()),
+    }
 
 
 def usage_of(attempt: dict[str, Any]) -> Usage:
@@ -162,8 +205,14 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
         f"  savings:                      {usd(report['savings_usd'])} "
         f"({_pct(report['savings_pct'])})",
         "",
-        "  escalation rate by cheap label:",
     ]
+    agree = report.get("agreement_in_force")
+    if agree:
+        lines.append(
+            f"  agreement with strong, as routed: {agree['point']:.4f} (lower bound "
+            f"{agree['lower_bound']:.4f} at {agree['level']:.0%}; {agree['shadowed']} shadowed)"
+        )
+    lines += ["", "  escalation rate by cheap label:"]
     for label, s in report["escalation_rate_by_label"].items():
         lines.append(
             f"    {label:<16} {int(s['escalated']):>6}/{int(s['requests']):<6} {_pct(s['rate'])}"

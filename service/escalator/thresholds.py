@@ -1,14 +1,18 @@
-"""The versioned threshold file that ``escalator calibrate`` writes and ``escalator run`` loads.
+"""The versioned threshold file that ``escalator calibrate`` writes and ``escalator run`` loads,
+and the ledger of calibration attempts beside it.
 
-It records how the thresholds were chosen, so that a rollout can be reviewed: the objective and
-target, the dataset's hash and size, the models, the price-table version, and the estimates with
-their 95% intervals at the chosen point. ``version`` is derived from the content, and every
-decision and result names the version in force.
+The file records how the thresholds were chosen, so that a rollout can be reviewed: the
+objective and target, the certification procedure with its delta and attempt number, the
+window it was certified on, the dataset's hash and size, the models, the price-table version,
+and the estimates at the chosen point (the escalation rate with its 95% interval, which the
+drift alert compares with). ``version`` is derived from the content, and every decision and
+result names the version in force.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +72,54 @@ def load_threshold_file(
         version=str(doc.get("version")),
         expected_escalation=expected,
     )
+
+
+# The calibration ledger: one line per certifying attempt, so that no window is used twice.
+#
+# Re-running calibrate on a growing log until it passes is optional stopping. The rule that
+# prevents it here: each attempt certifies on a window that no earlier attempt (for the same
+# models) has seen, and attempt k spends delta_k = delta * 6 / (pi^2 k^2) of the error budget,
+# so that over every attempt ever recorded the chance of certifying a threshold that misses its
+# target is at most delta (sum over k of 6 / (pi^2 k^2) = 1).
+
+
+def spent(delta: float, attempt: int) -> float:
+    """The share of ``delta`` that attempt number ``attempt`` (1, 2, ...) may spend."""
+    return delta * 6.0 / (math.pi**2 * attempt**2)
+
+
+def ledger_attempts(path: Path, cheap_model: str, strong_model: str) -> list[dict[str, Any]]:
+    """Earlier attempts for this model pair, oldest first."""
+    if not path.is_file():
+        return []
+    out = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not a ledger line ({exc})") from exc
+        if isinstance(entry, dict) and entry.get("models") == {
+            "cheap": cheap_model,
+            "strong": strong_model,
+        }:
+            out.append(entry)
+    return out
+
+
+def overlapping(
+    attempts: list[dict[str, Any]], first_ms: int, last_ms: int
+) -> dict[str, Any] | None:
+    """The first earlier attempt whose window shares a moment with [first_ms, last_ms]."""
+    for entry in attempts:
+        window = entry.get("window") or {}
+        lo, hi = window.get("first_ts_ms"), window.get("last_ts_ms")
+        if isinstance(lo, int) and isinstance(hi, int) and lo <= last_ms and first_ms <= hi:
+            return entry
+    return None
+
+
+def append_attempt(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("ab") as f:
+        f.write(orjson.dumps(entry) + b"\n")

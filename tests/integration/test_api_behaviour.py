@@ -108,8 +108,16 @@ async def test_refusals_are_never_retried_and_each_request_has_one_outcome(
             )
             got = await collect(
                 kafka_bootstrap,
-                [env["ESCALATOR_RESULTS_TOPIC"], env["ESCALATOR_DEAD_LETTER_TOPIC"]],
-                lambda c: len(c.records) >= n,
+                [
+                    env["ESCALATOR_RESULTS_TOPIC"],
+                    env["ESCALATOR_DEAD_LETTER_TOPIC"],
+                    env["ESCALATOR_DECISIONS_TOPIC"],
+                ],
+                lambda c: (
+                    len(c.on(env["ESCALATOR_RESULTS_TOPIC"]))
+                    + len(c.on(env["ESCALATOR_DEAD_LETTER_TOPIC"]))
+                    >= n
+                ),
                 timeout_s=120,
                 linger_s=1.0,
             )
@@ -124,6 +132,11 @@ async def test_refusals_are_never_retried_and_each_request_has_one_outcome(
         check.validate({k: v.decode() for k, v in headers.items()})
         assert headers["x-escalator-reason"] == b"model_refused"
         assert headers["x-escalator-refusal-category"] == b"bio"
+    decisions = [orjson.loads(r.value) for r in got.on(env["ESCALATOR_DECISIONS_TOPIC"])]
+    check_decision = validator("decision.v1.json")
+    for decision in decisions:
+        check_decision.validate(decision)
+    assert sum(1 for d in decisions if d["outcome"] == "refused") == n // 2
     # Exactly one refusal per tier per refused request: nothing was retried.
     assert stats["refusals"] == n == refusals
 

@@ -32,7 +32,8 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 async def test_shadow_calibrate_then_run_with_the_new_thresholds(
     kafka_bootstrap: str, sim_url: str, unique: str, tmp_path: Path
 ) -> None:
-    """p=1: one result per id, both answers logged per id; calibrate; run uses the new version."""
+    """p=1: one result per id, both answers logged per id; calibrate certifies (margin 1:
+    any certified threshold); run uses the new version."""
     env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="1.0")
     n = 120
     values = [
@@ -90,17 +91,23 @@ async def test_shadow_calibrate_then_run_with_the_new_thresholds(
         str(exported),
         "--target",
         "0.9",
-        "--bootstrap",
-        "200",
+        "--margin",
+        "1",
         "--output",
         str(thresholds),
         "--plot",
         str(plot),
     )
-    assert cal.returncode == 0, cal.stderr
+    assert cal.returncode == 0, cal.stdout + cal.stderr
     assert "<- chosen" in cal.stdout and "oracle" in cal.stdout
     doc = orjson.loads(thresholds.read_bytes())
     assert doc["version"].startswith("cal-")
+    # Certified, on a recorded window, by the stated procedure; the attempt is in the ledger.
+    assert doc["status"] == "certified" and doc["procedure"]["attempt"] == 1
+    assert doc["estimates"]["agreement_with_strong"]["lower_bound"] >= 0.9
+    assert doc["window"]["first_ts_ms"] <= doc["window"]["last_ts_ms"]
+    ledger = (tmp_path / "calibration-ledger.jsonl").read_text().splitlines()
+    assert len(ledger) == 1 and orjson.loads(ledger[0])["status"] == "certified"
     assert doc["models"] == {"cheap": "claude-haiku-5-5", "strong": "claude-sonnet-5-5"}
     assert doc["dataset"]["requests"] == n and doc["dataset"]["gold_labels"] == n
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

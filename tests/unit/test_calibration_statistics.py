@@ -1,0 +1,149 @@
+"""The calibrator's promises, measured against worlds whose truth is known exactly.
+
+For each world (realistic, overconfident), log size n in {2,000, 10,000} and shadow rate p in
+{1, 0.2, 0.05}: draw a log, calibrate at delta = 0.05, and compare with the truth.
+- the guarantee: true agreement at the chosen threshold >= target (a refusal holds);
+- every estimate the calibrator prints or stores lies in [0, 1];
+- realistic, n = 10,000, p = 0.2: the median chosen escalation rate is within 0.10 of the
+  optimum's (refusals count as escalating everything) and fewer than 10% are refusals;
+- after a refusal, a fresh log of the size it asked for calibrates without refusing in most
+  repetitions.
+
+Reduced by default (a few dozen repetitions: CI's budget). The full run, 200 repetitions per
+cell, prints the table that docs/CALIBRATION.md shows:
+    ESCALATOR_CALIBRATION_SCALE=full .venv/bin/python -m pytest \
+        tests/unit/test_calibration_statistics.py -q -s
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from escalator import binomial, plan
+from escalator.calibrate import calibrate
+from escalator.measure import estimates_at
+from tests.unit.calibration_worlds import World, log, overconfident, realistic
+
+FULL = os.environ.get("ESCALATOR_CALIBRATION_SCALE") == "full"
+DELTA = 0.05
+REPS = 200 if FULL else 30
+NEED_CHECKS = 20 if FULL else 2  # refusals per cell whose 'needed' figure is tried out
+CELLS = [(n, p) for n in (2000, 10_000) for p in (1.0, 0.2, 0.05)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    world: str
+    n: int
+    p: float
+    reps: int
+    held: int
+    refused: int
+    median_escalation: float
+    optimum_escalation: float
+    need_tried: int
+    need_enough: int
+    seconds: float
+
+
+def _in_unit(values: list[float]) -> bool:
+    return all(0.0 <= v <= 1.0 for v in values)
+
+
+def run_cell(world: World, n: int, p: float, reps: int, need_checks: int, seed: int) -> Cell:
+    rng = np.random.default_rng(seed)
+    held = refused = tried = enough = 0
+    escalation: list[float] = []
+    started = time.monotonic()
+    for _ in range(reps):
+        d = log(world, rng, n, p=p)
+        cal = calibrate(d, target=world.target, delta=DELTA)
+        c = cal.curve
+        stored = estimates_at(d, cal)
+        numbers = [
+            *stored["escalation_rate"],
+            stored["agreement_with_strong"]["point"],
+            stored["agreement_with_strong"]["lower_bound"],
+            stored["accuracy_vs_gold"],
+        ]
+        assert _in_unit(numbers)
+        for arr in (c.agreement, c.agreement_lower, c.escalation, c.accuracy):
+            assert arr is not None and np.all((arr >= 0) & (arr <= 1))
+        if cal.status == "refused":
+            refused += 1
+            held += 1
+            escalation.append(1.0)
+            if tried < need_checks:
+                need = plan.needed(d, cal, DELTA)
+                if need.requests is not None and need.requests <= 2_000_000:
+                    tried += 1
+                    again = calibrate(log(world, rng, need.requests, p=p), target=world.target)
+                    enough += again.status != "refused"
+            continue
+        held += bool(world.agreement(cal.threshold)[0] >= world.target)
+        escalation.append(float(world.escalation(cal.threshold)[0]))
+    return Cell(
+        world=world.name,
+        n=n,
+        p=p,
+        reps=reps,
+        held=held,
+        refused=refused,
+        median_escalation=float(np.median(escalation)),
+        optimum_escalation=world.optimum()[1],
+        need_tried=tried,
+        need_enough=enough,
+        seconds=time.monotonic() - started,
+    )
+
+
+def allowed_failures(reps: int) -> int:
+    """At the reduced scale, the failures a procedure with error delta shows in 99% of runs
+    (the full scale asserts the plain 1 - delta of the issue)."""
+    if FULL:
+        return int(np.floor(DELTA * reps))
+    k = 0
+    while binomial.cdf(k, reps, DELTA)[()] < 0.99:
+        k += 1
+    return k
+
+
+def _report(cells: list[Cell]) -> None:
+    print("\nworld          n      p   reps  held    refused  median esc  optimum  needed ok")
+    for c in cells:
+        need = f"{c.need_enough}/{c.need_tried}" if c.need_tried else "-"
+        print(
+            f"{c.world:<13} {c.n:>6} {c.p:>5g} {c.reps:>5}  {c.held / c.reps:>6.3f}  "
+            f"{c.refused / c.reps:>7.3f}  {c.median_escalation:>10.3f}  "
+            f"{c.optimum_escalation:>7.3f}  {need:>9}   ({c.seconds:.0f} s)"
+        )
+
+
+@pytest.mark.timeout(3600 if FULL else 300)
+@pytest.mark.parametrize("world", [realistic(), overconfident()], ids=lambda w: w.name)
+def test_guarantee_refusals_and_needed_figures(world: World) -> None:
+    """Every cell: the guarantee holds in >= 1 - delta of repetitions, estimates stay in
+    [0, 1], and a 'needed' figure is enough in most of the repetitions that tried it."""
+    cells = []
+    for k, (n, p) in enumerate(CELLS):
+        if not FULL and n == 10_000 and p != 0.2:
+            continue  # the reduced run keeps the large cell that has a power requirement
+        cells.append(run_cell(world, n, p, REPS, NEED_CHECKS, seed=1000 * k + len(world.name)))
+    _report(cells)
+    for c in cells:
+        assert c.reps - c.held <= allowed_failures(c.reps), c
+    tried = sum(c.need_tried for c in cells)
+    assert tried > 0
+    assert sum(c.need_enough for c in cells) > tried / 2
+    for c in cells:
+        if c.need_tried >= 5:
+            assert c.need_enough > c.need_tried / 2, c
+    if world.name == "realistic":
+        big = next(c for c in cells if c.n == 10_000 and c.p == 0.2)
+        assert big.median_escalation - big.optimum_escalation <= 0.10, big
+        assert big.refused / big.reps < 0.10, big
