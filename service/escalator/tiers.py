@@ -286,7 +286,9 @@ class StrongHandler(_Base):
             # Real traffic before measurement: while the strong model's budget is tight, shed
             # shadow calls at random, and record the rate actually applied (the cheap tier's
             # rate times the probability kept), so 1/sample_rate stays the right weight.
-            keep = self.caller.shadow_keep()
+            # At p = 1 every accepted request is shadowed and the calibration counts its strong
+            # answer as certain: those are never shed (they still yield at the gate).
+            keep = self.caller.shadow_keep() if escalation.sample_rate < 1.0 else 1.0
             if keep < 1.0:
                 if self.rng.random() >= keep:
                     self.metrics.shadows_shed.labels(self.caller.model).inc()

@@ -76,6 +76,12 @@ async def test_shadows_are_shed_when_tight_and_real_escalations_never() -> None:
     assert 70 <= len(kept) <= 130 and world.calls == len(kept)
     assert {round(d["sample_rate"], 9) for d in kept} == {0.1}
     assert "escalator_shadows_shed_total" in handler.metrics.exposition().decode()
+    calls = world.calls
+    for i in range(20):  # p = 1: the calibration counts these as certain, never shed
+        world.labels[f"c{i}"] = "safe"
+        _tight(budget, 0.8)
+        await handler.handle(FakeRecord(_shadow(f"c{i}", f"c{i}", 1.0)))
+    assert world.calls == calls + 20
     world.labels["real"] = "unsafe"
     request = parse_request(orjson.dumps({"id": "x", "text": "real"}), 1000)
     cheap = Attempt("cheap", "fake-cheap", "safe", 0.4, True, 10, 5)
