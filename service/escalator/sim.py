@@ -57,6 +57,7 @@ from escalator.sim_rules import (
     bad_request,
     check_prompt_length,
     schema_key,
+    text_of,
     thinking_tokens,
     tokens,
     unit,
@@ -477,18 +478,6 @@ def _error_response(error: ApiError, request_id: str, headers: dict[str, str]) -
     )
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(b.get("text", ""))
-            for b in content
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return ""
-
-
 def _system_blocks(system: Any) -> list[dict[str, Any]]:
     if isinstance(system, str):
         return [{"type": "text", "text": system}]
@@ -683,13 +672,13 @@ async def _answer(
     limiter: RateLimiter,
 ) -> web.Response:
     msgs = body["messages"]
-    user_text = _text_of(msgs[-1].get("content"))
+    user_text = text_of(msgs[-1].get("content"))
     doc = DOCUMENT_RE.search(user_text)
     text = html.unescape(doc.group(1)) if doc else user_text
 
     system = _system_blocks(body.get("system"))
     all_input = "".join(str(b.get("text", "")) for b in system) + "".join(
-        _text_of(m.get("content")) for m in msgs
+        text_of(m.get("content")) for m in msgs
     )
     factor = spec.tokenizer_factor
     schema = settings.schema

@@ -180,7 +180,8 @@ class Settings:
     geo: str
 
 
-def _content_text(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or its text blocks joined."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):

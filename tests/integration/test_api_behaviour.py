@@ -22,6 +22,7 @@ from tests.integration.harness import (
     running_service,
     validator,
 )
+from tests.reliability.common import metric_sum as metric
 from tests.reliability.common import set_sim, sim_stats
 
 pytestmark = pytest.mark.integration
@@ -34,15 +35,6 @@ async def readyz(port: int) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
             return response.status, await response.json()
-
-
-def metric(service: Any, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in service.metrics.registry.collect():
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.mark.timeout(600)
