@@ -10,10 +10,10 @@ PYTEST := $(BIN)/pytest
 help:
 	@echo "make demo | test | check | bench | lock"
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml service/dev/pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev,plot]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,plot]' -e service/dev
 	touch $@
 
 venv: $(STAMP)

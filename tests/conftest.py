@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from escalator import sim
-from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
+from escalator_dev.emulator import server as sim
+from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 
 KAFKA_VERSION_SEEN: list[str] = []
 

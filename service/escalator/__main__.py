@@ -2,6 +2,6 @@
 
 import sys
 
-from escalator.cli import main
+from escalator.cli.main import main
 
 sys.exit(main())

@@ -18,24 +18,24 @@ from dataclasses import dataclass, field
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from escalator.admission import Admission, Budget, TokenEstimate, Tuning
-from escalator.breaker import CircuitBreaker
+from escalator.calibration.threshold_file import load_threshold_file
 from escalator.config import Settings
+from escalator.engine.worker import TierWorker, WorkerOptions
 from escalator.errors import ConfigError, ModelUnavailable
-from escalator.health import HealthServer, TierHealth
-from escalator.kafka_io import ProducerHandle, make_consumer, make_producer
-from escalator.limits import AdaptiveLimit
-from escalator.logs import log
-from escalator.metrics import Metrics
-from escalator.model import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
-from escalator.model_check import ModelFacts, check_model
-from escalator.pipeline import TierWorker, WorkerOptions
-from escalator.prices import PriceTable, load_prices
-from escalator.profiles import ModelProfile, ProfileTable, load_profiles
-from escalator.routing import Thresholds
-from escalator.task import Task, load_task
-from escalator.thresholds import load_threshold_file
-from escalator.tiers import CheapHandler, StrongHandler, TierTopics
+from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
+from escalator.model.admission import Admission, Budget, TokenEstimate, Tuning
+from escalator.model.breaker import CircuitBreaker
+from escalator.model.caller import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
+from escalator.model.check import ModelFacts, check_model
+from escalator.model.limits import AdaptiveLimit
+from escalator.model.prices import PriceTable, load_prices
+from escalator.model.profiles import ModelProfile, ProfileTable, load_profiles
+from escalator.model.task import Task, load_task
+from escalator.observability.health import HealthServer, TierHealth
+from escalator.observability.logs import log
+from escalator.observability.metrics import Metrics
+from escalator.tiers.handlers import CheapHandler, StrongHandler, TierTopics
+from escalator.tiers.routing import Thresholds
 
 logger = logging.getLogger("escalator.app")
 TIERS = ("cheap", "strong")
@@ -291,7 +291,7 @@ def build_service(
             enabled=settings.admission.enabled,
             observer=metrics.admission(tier, model),
         )
-        metrics.watch_admission(model, admissions[model])
+        metrics.watch_admission(model, _admitted_rates(admissions[model]))
 
     def on_rate_limits(model: str, limits: dict[str, tuple[float, float]]) -> None:
         metrics.observe_rate_limits(model, limits)
@@ -410,6 +410,13 @@ def build_service(
     return Service(
         settings, metrics, workers, producer, close, callers=callers, model_checks=checks
     )
+
+
+def _admitted_rates(admission: Admission) -> Callable[[], dict[str, float] | None]:
+    def rates() -> dict[str, float] | None:
+        return admission.budget.rates_per_minute() if admission.enabled else None
+
+    return rates
 
 
 def _share_of(shares: dict[str, Callable[[], float]], model: str) -> Callable[[], float]:

@@ -79,6 +79,10 @@ class Topics:
     dead_letter: str = "escalator.dead-letter"
     decisions: str = "escalator.decisions"
 
+    def all(self) -> list[str]:
+        """Every topic the service reads or writes: the one list of them."""
+        return [self.requests, self.escalations, self.results, self.dead_letter, self.decisions]
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:

@@ -14,7 +14,7 @@
                                  succeed), or its answers kept failing validation
 
 A refusal (``stop_reason: "refusal"``) is not an error: it is an answer, carried on the
-:class:`~escalator.messages.Attempt`, and each tier applies its refusal policy to it.
+:class:`~escalator.contract.messages.Attempt`, and each tier applies its refusal policy to it.
 
 Third-party errors (anthropic, aiokafka) are translated once, at their boundary, and re-raised
 ``from`` the original.

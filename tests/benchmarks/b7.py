@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
-from escalator import sim
 from escalator.config import load_settings
-from escalator.kafka_io import make_producer
+from escalator.kafka.clients import make_producer
+from escalator_dev.emulator import server as sim
 from tests.integration.harness import make_env, setup_topics
 from tests.integration.test_pipeline import TEXTS
 from tests.reliability.common import LedgerReader, ServiceProcess, sim_stats

@@ -28,15 +28,16 @@ import anthropic
 import orjson
 from prometheus_client import CollectorRegistry
 
-from escalator import logs, sim
 from escalator.app import build_service
 from escalator.config import Settings, load_settings
-from escalator.kafka_io import make_consumer, make_producer
-from escalator.kafka_local import LocalKafkaCluster, kafka_version_from_log
-from escalator.messages import Attempt
-from escalator.prices import PriceTable
-from escalator.profiles import load_profiles
-from escalator.task import Task, load_task
+from escalator.contract.messages import Attempt
+from escalator.kafka.clients import make_consumer, make_producer
+from escalator.model.prices import PriceTable
+from escalator.model.profiles import load_profiles
+from escalator.model.task import Task, load_task
+from escalator.observability import logs
+from escalator_dev.emulator import server as sim
+from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from tests.benchmarks import b7 as b7_module
 from tests.integration.harness import committed_total, make_env, setup_topics
 
@@ -211,8 +212,8 @@ async def b1(bootstrap: str, sim_url: str) -> None:
 
 async def sdk_loop(sim_url: str, n: int, concurrency: int) -> float:
     """Baseline for B2: the same requests straight through the SDK, at the same concurrency."""
-    from escalator.model import AnthropicClassifier
-    from escalator.prices import load_prices
+    from escalator.model.caller import AnthropicClassifier
+    from escalator.model.prices import load_prices
 
     client = anthropic.AsyncAnthropic(base_url=sim_url, api_key="bench", max_retries=0)
     # The very request the cheap tier sends (its profile: thinking off, effort, max_tokens).
@@ -256,8 +257,8 @@ async def one_await_per_message(
     bootstrap: str, sim_url: str, topic: str, out: str, n: int
 ) -> float:
     """The naive design: poll one record, await the model, await the produce, commit."""
-    from escalator.model import AnthropicClassifier
-    from escalator.prices import load_prices
+    from escalator.model.caller import AnthropicClassifier
+    from escalator.model.prices import load_prices
 
     kafka = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}).kafka
     consumer = make_consumer(kafka, f"naive-{uuid.uuid4().hex[:6]}", max_poll_records=1)

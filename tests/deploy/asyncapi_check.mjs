@@ -1,6 +1,6 @@
 // Parse and validate docs/asyncapi.yaml with the AsyncAPI parser; print diagnostics as JSON.
 // The schemas reference each other by $id (https://escalator.dev/schemas/...): a resolver maps
-// those to the files in service/escalator/schemas, so nothing is fetched from the network.
+// those to the files in service/escalator/contract/schemas, so nothing is fetched from the network.
 // Usage: node asyncapi_check.mjs <document> <schemas dir>   (NODE_PATH: .tools/node_modules)
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";

@@ -14,7 +14,7 @@ from escalator.config import load_settings
 from tests.deploy.tools import ROOT, TOOLS, tool
 
 DOCUMENT = ROOT / "docs/asyncapi.yaml"
-SCHEMAS = ROOT / "service/escalator/schemas"
+SCHEMAS = ROOT / "service/escalator/contract/schemas"
 SCRIPT = Path(__file__).with_name("asyncapi_check.mjs")
 
 

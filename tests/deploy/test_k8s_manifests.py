@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from escalator.config import load_settings
-from escalator.task import load_task, parse_task
+from escalator.model.task import load_task, parse_task
 from tests.deploy.tools import ROOT, crd_file, tool
 
 K8S_VERSION = "1.33.0"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from escalator.metrics import Metrics
+from escalator.observability.metrics import Metrics
 from tests.deploy.tools import ROOT, tool
 
 DASHBOARD = ROOT / "deploy/grafana/dashboards/escalator.json"

@@ -18,7 +18,7 @@ from referencing import Registry, Resource
 
 from escalator.app import Service, build_service
 from escalator.config import Settings, load_settings
-from escalator.kafka_io import create_topics
+from escalator.kafka.clients import create_topics
 
 
 def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dict[str, str]:
@@ -167,7 +167,7 @@ async def wait_for(
 
 
 def _schema(name: str) -> dict[str, Any]:
-    raw = (resources.files("escalator") / "schemas" / name).read_text()
+    raw = (resources.files("escalator.contract") / "schemas" / name).read_text()
     loaded: dict[str, Any] = json.loads(raw)
     return loaded
 

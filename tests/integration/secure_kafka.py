@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
     pkcs12,
 )
 
-from escalator.kafka_local import LocalKafkaCluster
+from escalator_dev.kafka_local import LocalKafkaCluster
 
 LISTENER = "SECURE"
 USER = "escalator-svc"

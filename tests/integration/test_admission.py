@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from escalator.config import load_settings
-from escalator.kafka_io import make_producer
+from escalator.kafka.clients import make_producer
 from tests.conftest import running_sim
 from tests.integration.harness import make_env, setup_topics
 from tests.integration.test_pipeline import TEXTS

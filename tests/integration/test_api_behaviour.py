@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from escalator import datasets
+from escalator_dev import datasets
 from tests.conftest import running_sim
 from tests.integration.harness import (
     collect,

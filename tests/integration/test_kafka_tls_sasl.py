@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from escalator.config import load_settings
-from escalator.kafka_io import KafkaUnreachable, check_connection
+from escalator.kafka.clients import KafkaUnreachable, check_connection
 from tests.integration.harness import collect, make_env, produce, requests, running_service
 from tests.integration.secure_kafka import SecureKafka, start_secure_kafka
 from tests.integration.test_measure import run_cli

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from escalator.kafka_local import LocalKafkaCluster
+from escalator_dev.kafka_local import LocalKafkaCluster
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from escalator.kafka_local import cache_root
+from escalator_dev.kafka_local import cache_root
 from tests.conftest import repo_root
 
 COMPOSE_GO = "github.com/compose-spec/compose-go/v2/cmd"
@@ -84,8 +84,45 @@ def test_dockerfile_is_multistage_nonroot_with_healthcheck() -> None:
     """The image builds in one stage, runs in a slim one as a non-root user, with a HEALTHCHECK."""
     text = (repo_root() / "Dockerfile").read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
-    assert len(stages) == 2 and all("python:3.11-slim" in s for s in stages)
+    assert all("python:3.11-slim" in s for s in stages)
+    # build, the emulator (development tools), and last (the default target) the service.
+    assert [s.split(" AS ")[-1] for s in stages[:-1]] == ["build", "emulator"]
+    assert " AS " not in stages[-1]
+    service_stage = text.rpartition(stages[-1])[2]
+    assert "escalator_dev" not in service_stage and "/wheels" not in service_stage
     assert "USER 10001:10001" in text
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert 'ENTRYPOINT ["escalator"]' in text
     assert "[dev]" not in text  # runtime dependencies only
+
+
+def test_the_runtime_wheel_carries_no_development_tools(tmp_path: Path) -> None:
+    """`pip wheel .` builds the runtime only: no emulator, no Maven pom, no dataset code."""
+    import sys
+    import zipfile
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo_root()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("escalator-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "escalator/engine/worker.py" in names  # the check reads the right thing
+    assert "escalator/contract/schemas/request.v1.json" in names
+    assert "escalator/model/data/moderation_task.json" in names
+    banned = ("escalator_dev/", "pom.xml", "log4j2", "emulator", "sim.py", "datasets", "demo")
+    assert [n for n in names if any(b in n for b in banned)] == []

@@ -14,8 +14,8 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from escalator.sim import classify
-from escalator.task import load_task
+from escalator.model.task import load_task
+from escalator_dev.emulator.server import classify
 from tests.conftest import running_sim
 from tests.integration.harness import (
     collect,

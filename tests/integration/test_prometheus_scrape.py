@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import yaml
 
-from escalator.kafka_local import free_port
+from escalator_dev.kafka_local import free_port
 from tests.integration.harness import make_env, produce, requests, running_service, wait_for
 from tests.integration.test_pipeline import TEXTS
 

@@ -15,11 +15,11 @@ import orjson
 import pytest
 
 from escalator.errors import ConfigError
-from escalator.model import AnthropicClassifier
-from escalator.model_check import check_model
-from escalator.prices import load_prices
-from escalator.profiles import BUILTIN, load_profiles
-from escalator.task import load_task
+from escalator.model.caller import AnthropicClassifier
+from escalator.model.check import check_model
+from escalator.model.prices import load_prices
+from escalator.model.profiles import BUILTIN, load_profiles
+from escalator.model.task import load_task
 from tests.conftest import running_sim
 
 pytestmark = pytest.mark.integration

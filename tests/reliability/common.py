@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from escalator.messages import H_PREFIX
+from escalator.contract.messages import H_PREFIX
 from tests.integration.test_pipeline import TEXTS
 
 #: "ci" (default, reduced) or "full" (`make reliability`).

@@ -14,8 +14,8 @@ import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber
 
 from escalator.config import load_settings
-from escalator.kafka_io import create_topics
-from escalator.kafka_local import LocalKafkaCluster
+from escalator.kafka.clients import create_topics
+from escalator_dev.kafka_local import LocalKafkaCluster
 from tests.conftest import running_sim
 from tests.integration.harness import make_env, produce, running_service
 from tests.reliability.common import (

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from escalator.config import load_settings
-from escalator.messages import H_PREFIX
-from escalator.task import load_task
+from escalator.contract.messages import H_PREFIX
+from escalator.model.task import load_task
 from tests.integration.harness import make_env, running_service, validator
 from tests.reliability.common import FULL, report, scaled
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from escalator.calibrate import Dataset, default_grid
+from escalator.calibration.certify import Dataset, default_grid
 
 FloatArray = npt.NDArray[np.float64]
 LABELS = ["review-needed", "safe", "unsafe"]

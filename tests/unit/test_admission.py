@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from escalator.admission import Admission, Budget, Cost, Ticket, TokenEstimate, Tuning
-from escalator.model import rate_limits
-from escalator.sim_rules import RateLimiter
+from escalator.model.admission import Admission, Budget, Cost, Ticket, TokenEstimate, Tuning
+from escalator.model.caller import rate_limits
+from escalator_dev.emulator.rules import RateLimiter
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from escalator import binomial
+from escalator.calibration import binomial
 
 
 def exact_cdf(k: int, n: int, p: float) -> float:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from escalator.breaker import CircuitBreaker
-from escalator.pipeline import PartitionTracker
+from escalator.engine.worker import PartitionTracker
+from escalator.model.breaker import CircuitBreaker
 
 
 class Clock:

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from escalator import estimates, plan
-from escalator.calibrate import (
+from escalator.calibration import estimates, plan
+from escalator.calibration.certify import (
     STRONG_ONLY,
     baselines,
     calibrate,
@@ -19,7 +19,7 @@ from escalator.calibrate import (
     fixed_sequence,
     pair_decisions,
 )
-from escalator.cli import main
+from escalator.cli.main import main
 from tests.unit.calibration_worlds import LABELS, log, overconfident, realistic, records
 
 
@@ -283,7 +283,7 @@ def test_plan_from_a_pilot_and_from_assumptions(tmp_path: Path) -> None:
 
 def test_report_uses_the_same_estimators_for_agreement_as_routed() -> None:
     """report's agreement at the thresholds in force matches the truth at tau, with a bound."""
-    from escalator.report import agreement_in_force
+    from escalator.calibration.report import agreement_in_force
 
     w = realistic()
     got = agreement_in_force(records(w, np.random.default_rng(9), 8000, p=0.2, tau=0.7))

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from escalator import binomial, plan
-from escalator.calibrate import calibrate
-from escalator.measure import estimates_at
+from escalator.calibration import binomial, plan
+from escalator.calibration.certify import calibrate
+from escalator.cli.measure import estimates_at
 from tests.unit.calibration_worlds import World, log, overconfident, realistic
 
 FULL = os.environ.get("ESCALATOR_CALIBRATION_SCALE") == "full"

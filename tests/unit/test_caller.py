@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from escalator.breaker import CircuitBreaker
+from escalator.contract.messages import Attempt
 from escalator.errors import ModelRejected, ModelUnavailable
-from escalator.messages import Attempt
-from escalator.model import ModelCaller, RetryPolicy
+from escalator.model.breaker import CircuitBreaker
+from escalator.model.caller import ModelCaller, RetryPolicy
 
 
 class FakeModel:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import pytest
 
-from escalator.breaker import CircuitBreaker
+from escalator.contract.messages import Attempt
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
-from escalator.messages import Attempt
-from escalator.model import ModelCaller, RetryPolicy
+from escalator.model.breaker import CircuitBreaker
+from escalator.model.caller import ModelCaller, RetryPolicy
 
 
 class ScriptedModel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from escalator.hotmetrics import HotCounter, HotHistogram
+from escalator.observability.hotmetrics import HotCounter, HotHistogram
 
 BUCKETS = (0.1, 0.5, 1.0, 2.5)
 

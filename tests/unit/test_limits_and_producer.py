@@ -7,8 +7,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 
-from escalator.kafka_io import ProducerHandle
-from escalator.limits import AdaptiveLimit
+from escalator.kafka.clients import ProducerHandle
+from escalator.model.limits import AdaptiveLimit
 
 
 class Clock:

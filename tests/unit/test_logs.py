@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from escalator import logs
+from escalator.observability import logs
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from escalator.errors import InvalidRequest
-from escalator.messages import (
+from escalator.contract.messages import (
     Attempt,
     Request,
     dead_letter_headers,
@@ -15,6 +14,7 @@ from escalator.messages import (
     parse_request,
     result_value,
 )
+from escalator.errors import InvalidRequest
 from tests.integration.harness import validator
 
 

@@ -12,10 +12,10 @@ import httpx2 as httpx
 import pytest
 
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable
-from escalator.model import AnthropicClassifier, RateLimits
-from escalator.prices import load_prices
-from escalator.profiles import load_profiles
-from escalator.task import load_task
+from escalator.model.caller import AnthropicClassifier, RateLimits
+from escalator.model.prices import load_prices
+from escalator.model.profiles import load_profiles
+from escalator.model.task import load_task
 
 TASK = load_task(None)
 PROFILES = load_profiles(None)

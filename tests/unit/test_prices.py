@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from escalator.errors import ConfigError
-from escalator.prices import PriceTable, Usage, load_prices
+from escalator.model.prices import PriceTable, Usage, load_prices
 
 TABLE = load_prices(None)
 

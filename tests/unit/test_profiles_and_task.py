@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from escalator.errors import ConfigError
-from escalator.profiles import load_profiles
-from escalator.task import load_task, parse_task
+from escalator.model.profiles import load_profiles
+from escalator.model.task import load_task, parse_task
 
 TASK = load_task(None)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from escalator.prices import load_prices
-from escalator.report import build_report, render_text
+from escalator.calibration.report import build_report, render_text
+from escalator.model.prices import load_prices
 
 PRICES = load_prices(None)  # haiku 5.5: .10/.50/.125/.01; sonnet 5.5: 2/10/2.5/.10 per MTok
 

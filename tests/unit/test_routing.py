@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from escalator.messages import Attempt
-from escalator.routing import Thresholds, route
+from escalator.contract.messages import Attempt
+from escalator.tiers.routing import Thresholds, route
 
 
 def answer(label: str | None, confidence: float, valid: bool = True) -> Attempt:
@@ -40,7 +40,7 @@ def test_route(attempt: Attempt, thresholds: Thresholds, expected: tuple[str, st
 
 
 def test_threshold_file_carries_the_calibrated_escalation_interval(tmp_path: Path) -> None:
-    from escalator.thresholds import load_threshold_file, write_threshold_file
+    from escalator.calibration.threshold_file import load_threshold_file, write_threshold_file
 
     body = {
         "schema_version": 1,

@@ -9,13 +9,13 @@ import statistics
 
 import orjson
 
-from escalator.admission import Admission, Budget, TokenEstimate
-from escalator.breaker import CircuitBreaker
-from escalator.messages import Attempt, escalation_value, parse_request
-from escalator.metrics import Metrics
-from escalator.model import ModelCaller, RetryPolicy
-from escalator.routing import Thresholds
-from escalator.tiers import StrongHandler
+from escalator.contract.messages import Attempt, escalation_value, parse_request
+from escalator.model.admission import Admission, Budget, TokenEstimate
+from escalator.model.breaker import CircuitBreaker
+from escalator.model.caller import ModelCaller, RetryPolicy
+from escalator.observability.metrics import Metrics
+from escalator.tiers.handlers import StrongHandler
+from escalator.tiers.routing import Thresholds
 from tests.unit.test_tiers import TASK, TOPICS, FakeRecord
 
 

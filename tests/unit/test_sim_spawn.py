@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 
-from escalator import sim
+from escalator_dev.emulator import server as sim
 
 
 def test_spawned_output_is_drained_so_a_chatty_child_never_blocks(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -11,15 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from escalator.breaker import CircuitBreaker
+from escalator.contract.messages import Attempt, escalation_value, parse_request
+from escalator.engine.worker import Output
 from escalator.errors import ModelRejected, ModelUnavailable
-from escalator.messages import Attempt, escalation_value, parse_request
-from escalator.metrics import Metrics
-from escalator.model import ModelCaller, RetryPolicy
-from escalator.pipeline import Output
-from escalator.routing import Thresholds
-from escalator.task import load_task
-from escalator.tiers import CheapHandler, StrongHandler, TierTopics
+from escalator.model.breaker import CircuitBreaker
+from escalator.model.caller import ModelCaller, RetryPolicy
+from escalator.model.task import load_task
+from escalator.observability.metrics import Metrics
+from escalator.tiers.handlers import CheapHandler, StrongHandler, TierTopics
+from escalator.tiers.routing import Thresholds
 
 TOPICS = TierTopics("results", "escalations", "dead", "decisions")
 TASK = load_task(None)

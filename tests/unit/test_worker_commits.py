@@ -14,8 +14,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from escalator.metrics import Metrics
-from escalator.pipeline import Output, Record, TierWorker, WorkerOptions
+from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
+from escalator.observability.metrics import Metrics
 
 TP = TopicPartition("requests", 0)
 

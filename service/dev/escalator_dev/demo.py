@@ -1,0 +1,377 @@
+"""``escalator demo``: the whole round trip on embedded defaults.
+
+It uses ``KAFKA_BOOTSTRAP_SERVERS`` or starts a local broker; the real API when
+``ANTHROPIC_API_KEY`` is set, else the simulator in its own process. It creates fresh topics,
+runs both tiers in this process, publishes a sample of real human-labelled texts (PyRIT's harm
+evaluations, see datasets.py), shows live progress, and ends with a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from escalator.config import Settings, load_settings
+from escalator.errors import EscalatorError
+from escalator_dev import datasets
+from escalator_dev.emulator import server as sim
+from escalator_dev.kafka_local import LocalKafkaCluster, cache_root, kafka_version_from_log
+
+
+@dataclass
+class Tally:
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    latency_ms: list[float] = field(default_factory=list)
+
+
+def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, str], str, bool]:
+    env = dict(os.environ)
+    if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        print("starting a local Apache Kafka (first run fetches it with Maven)...", flush=True)
+        cluster = LocalKafkaCluster(cache_root() / "run" / f"demo-{os.getpid()}", nodes=1)
+        cluster.start()
+        stack.callback(cluster.stop)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = cluster.bootstrap_servers
+        broker = f"local Apache Kafka {kafka_version_from_log(cluster.server_log())}"
+    else:
+        broker = f"Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']}"
+    simulated = not env.get("ANTHROPIC_API_KEY")
+    if simulated:
+        proc, url = sim.spawn()
+        stack.callback(sim.terminate, proc)
+        env["ANTHROPIC_BASE_URL"] = url
+    suffix = f"demo-{uuid.uuid4().hex[:6]}"
+    for var, name in (
+        ("ESCALATOR_REQUESTS_TOPIC", "requests"),
+        ("ESCALATOR_ESCALATIONS_TOPIC", "escalations"),
+        ("ESCALATOR_RESULTS_TOPIC", "results"),
+        ("ESCALATOR_DEAD_LETTER_TOPIC", "dead-letter"),
+        ("ESCALATOR_DECISIONS_TOPIC", "decisions"),
+    ):
+        env[var] = f"escalator.{suffix}.{name}"
+    env["ESCALATOR_CHEAP_GROUP"] = f"escalator-cheap-{suffix}"
+    env["ESCALATOR_STRONG_GROUP"] = f"escalator-strong-{suffix}"
+    env.setdefault("ESCALATOR_METRICS_PORT", "0")
+    env.setdefault("ESCALATOR_LOG_LEVEL", "WARNING")
+    return env, broker, simulated
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    wheel = datasets.fetch_pyrit_wheel()
+    pool = datasets.sample(datasets.load_harm_samples(wheel), 2 * args.count)
+    measure, rollout = pool[: args.count], pool[args.count :]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "PYRIT-LICENSE.txt").write_text(datasets.license_notice(wheel))
+    with ExitStack() as stack:
+        env, broker, simulated = _environment(stack, args)
+        from escalator.observability import logs
+
+        logs.configure(env["ESCALATOR_LOG_LEVEL"])
+        # A fresh broker answers "coordinator not available" for a moment; aiokafka retries
+        # and logs each at ERROR. The demo's own summary reports anything that matters.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        tag = " [simulated]" if simulated else ""
+        settings = load_settings({**env, "ESCALATOR_SHADOW_RATE": "1"})
+        print(
+            f"broker: {broker}; models: {settings.model.cheap_model} -> "
+            f"{settings.model.strong_model}{' (SIMULATED models)' if simulated else ''}"
+        )
+        print(
+            f"texts: {len(pool)} human-labelled responses from pyrit {datasets.PYRIT_VERSION} "
+            "(MIT licence, Microsoft; scorer_evals/harm)\n"
+        )
+
+        print(
+            f"Phase 1: measure. {len(measure)} requests, threshold "
+            f"{settings.routing.threshold}, every accepted request also shadowed (p=1)."
+        )
+        tally, elapsed = asyncio.run(_round_trip(settings, measure))
+        _summary(settings, measure, tally, elapsed, simulated)
+        before = asyncio.run(_decisions(settings, measure))
+
+        print("\nPhase 2: calibrate on the phase-1 decisions log.")
+        result, _ = _calibrate(before, args.target, out_dir)
+        print(
+            f"\nPhase 3: run with the calibrated thresholds on {len(rollout)} new requests "
+            "(still shadowed, so that agreement can be measured; shadow spend is reported "
+            "apart)."
+        )
+        settings = load_settings(
+            {
+                **env,
+                "ESCALATOR_SHADOW_RATE": "1",
+                "ESCALATOR_THRESHOLDS_FILE": str(out_dir / "thresholds.json"),
+            }
+        )
+        tally, elapsed = asyncio.run(_round_trip(settings, rollout))
+        _summary(settings, rollout, tally, elapsed, simulated)
+        after = asyncio.run(_decisions(settings, rollout))
+
+        print(f"\nBefore and after{tag}:")
+        _compare("before: threshold 0.70 (phase 1)", before, 0.7)
+        after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
+        _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
+        print(
+            f"\nthreshold file: {out_dir / 'thresholds.json'}; plot: {out_dir / 'calibration.png'}"
+            f"; PyRIT licence notice: {out_dir / 'PYRIT-LICENSE.txt'}"
+        )
+    return 0
+
+
+async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
+    """The phase's decisions, once every request has its cheap and strong answers logged."""
+    from escalator.calibration.certify import pair_decisions
+    from escalator.calibration.decisions_log import read_topic
+
+    wanted = {s.id for s in samples}
+    deadline = time.monotonic() + 300
+    while True:
+        records = [
+            r
+            for r in await read_topic(settings.kafka, settings.topics.decisions)
+            if r.get("id") in wanted
+        ]
+        strong = {r["id"] for r in records if r["attempt"]["tier"] == "strong"}
+        if strong >= wanted or time.monotonic() > deadline:
+            return pair_decisions(records)
+        await asyncio.sleep(0.5)
+
+
+def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
+    """Certify a threshold on phase 1 (one attempt at delta 0.05), print the outcome and the
+    plan for measuring in production; on a refusal, phase 3 escalates everything."""
+    import argparse as _argparse
+
+    from escalator.calibration import certify as cal
+    from escalator.calibration import plan
+    from escalator.calibration.threshold_file import write_threshold_file
+    from escalator.cli.measure import _guarantee, _plan_table, _plot, _refusal, estimates_at
+    from escalator.model.prices import load_prices
+
+    delta = 0.05
+    result = cal.calibrate(data, objective="quality", target=target, delta=delta)
+    base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
+    c = result.curve
+    if result.status == "certified":
+        i = result.chosen
+        print(
+            f"  certified threshold {result.threshold:.2f}: escalates {c.escalation[i]:.1%}, "
+            f"agreement {c.agreement[i]:.1%} (lower bound {c.agreement_lower[i]:.1%}); "
+            f"best by estimate t={c.thresholds[result.best]:.2f}\n  {_guarantee(result, delta)}"
+        )
+    else:
+        print("  " + _refusal(result, plan.needed(data, result, delta)))
+        print("  phase 3 falls back to escalating everything (--fallback escalate-all)")
+    window = {
+        "first_ts_ms": int(data.ts_ms.min()),
+        "last_ts_ms": int(data.ts_ms.max()),
+    }
+    version = write_threshold_file(
+        out_dir / "thresholds.json",
+        {
+            "created_from": "escalator demo, phase 1",
+            "objective": {"name": "quality", "target": target},
+            "procedure": {"name": cal.PROCEDURE, "delta": delta, "attempt": None},
+            "window": window,
+            "status": result.status,
+            "threshold": result.threshold,
+            "label_thresholds": {},
+            "models": {"cheap": data.cheap_model, "strong": data.strong_model},
+            "price_table_version": load_prices(None).version,
+            "dataset": {"sha256": data.fingerprint(), "requests": data.n},
+            "estimates": estimates_at(data, result),
+        },
+    )
+    print(f"  thresholds version {version}")
+    call = float(data.strong_cost[data.answered].mean()) if data.answered.any() else None
+    options = _argparse.Namespace(
+        assume_threshold=0.7, traffic_per_hour=None, power=0.8, strong_call_usd=None
+    )
+    print("\n  Measuring this in production at threshold 0.7 (phase 1 as the pilot):")
+    print("  " + _plan_table(options, data, result, call, delta).replace("\n", "\n  "))
+    print("  " + _plot(out_dir / "calibration.png", result, base))
+    return result, version
+
+
+def _compare(name: str, data: Any, threshold: float) -> None:
+    """Routed cost and agreement at the threshold in force, measured on that phase's traffic
+    with the calibrator's estimators."""
+    from escalator.calibration.certify import curve
+
+    c = curve(data, [threshold])
+    acc = "" if c.accuracy is None else f", accuracy vs human labels {c.accuracy[0]:.1%}"
+    print(
+        f"  {name}: escalated {c.escalation[0]:.1%}, agreement with the strong model "
+        f"{c.agreement[0]:.1%} (lower bound {c.agreement_lower[0]:.1%}){acc}, "
+        f"${c.cost_per_1k[0]:.4f} per 1,000 requests"
+    )
+
+
+async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tuple[Tally, float]:
+    from escalator.app import build_service
+    from escalator.kafka.clients import create_topics, make_consumer, make_producer
+
+    await create_topics(settings.kafka, settings.topics.all(), settings.topic_partitions, 1)
+    service = build_service(settings, ["cheap", "strong"])
+    run = asyncio.create_task(service.run(install_signals=False))
+    tally = Tally()
+    watcher = make_consumer(settings.kafka, f"demo-watch-{uuid.uuid4().hex[:6]}")
+    watcher.subscribe([settings.topics.results, settings.topics.dead_letter])
+    await watcher.start()
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    sent_ms: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        for s in samples:
+            value = orjson.dumps(
+                {
+                    "id": s.id,
+                    "text": s.text,
+                    "metadata": {"gold_label": s.gold_label, "source": s.source},
+                }
+            )
+            sent_ms[s.id] = time.time() * 1000
+            await producer.send(settings.topics.requests, value, key=s.id.encode())
+        await producer.flush()
+        last_print = 0.0
+        wanted = {s.id for s in samples}
+        while len(tally.results) + sum(tally.dead_letters.values()) < len(samples):
+            if run.done():
+                run.result()
+                raise EscalatorError("the service stopped before finishing the demo")
+            if time.monotonic() - started > 600:
+                raise EscalatorError("demo timed out after 600 s")
+            batch = await watcher.getmany(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    _count(settings, tally, r, sent_ms, wanted)
+            if time.monotonic() - last_print >= 1.0:
+                last_print = time.monotonic()
+                _progress(tally, len(samples))
+        _progress(tally, len(samples))
+        print(file=sys.stderr)
+    finally:
+        elapsed = time.monotonic() - started
+        await producer.stop()
+        await watcher.stop()
+        service.stop()
+        await run
+    return tally, elapsed
+
+
+def _count(
+    settings: Settings, tally: Tally, record: Any, sent_ms: dict[str, float], wanted: set[str]
+) -> None:
+    if record.topic == settings.topics.dead_letter:
+        if (record.key or b"").decode("utf-8", "replace") not in wanted:
+            return  # an earlier phase's dead letter
+        headers = dict(record.headers or ())
+        tally.dead_letters[bytes(headers.get("x-escalator-reason", b"?")).decode()] += 1
+        return
+    result = orjson.loads(record.value)
+    rid = result["id"]
+    if rid not in wanted:
+        return  # an earlier phase's result
+    if rid in tally.results:
+        tally.duplicates += 1
+        return
+    tally.results[rid] = result
+    if rid in sent_ms:
+        tally.latency_ms.append(record.timestamp - sent_ms[rid])
+
+
+def _progress(tally: Tally, total: int) -> None:
+    escalated = sum(1 for r in tally.results.values() if r["escalated"])
+    done = len(tally.results) + sum(tally.dead_letters.values())
+    print(
+        f"\r  {done}/{total} decided, {escalated} escalated, "
+        f"{sum(tally.dead_letters.values())} dead-lettered",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _summary(
+    settings: Settings, samples: list[datasets.Sample], tally: Tally, elapsed: float, sim_: bool
+) -> None:
+    results = list(tally.results.values())
+    n = len(results)
+    escalated = [r for r in results if r["escalated"]]
+    cost = sum(r["cost_usd"] for r in results)
+    strong_costs = [
+        a["cost_usd"] for r in escalated for a in r["attempts"] if a["tier"] == "strong"
+    ]
+    gold = {s.id: s.gold_label for s in samples}
+    correct = sum(1 for r in results if r["label"] == gold.get(r["id"]))
+    tag = " [simulated]" if sim_ else ""
+    print(
+        f"\nSummary{tag}: {n} results in {elapsed:.1f}s, {tally.duplicates} duplicates, "
+        f"{sum(tally.dead_letters.values())} dead letters {dict(tally.dead_letters)}"
+    )
+    print(f"  decided at cheap tier ({settings.model.cheap_model}): {n - len(escalated)}")
+    print(f"  decided at strong tier ({settings.model.strong_model}): {len(escalated)}")
+    versions = sorted({r["threshold_version"] for r in results})
+    print(f"  escalation rate: {len(escalated) / max(1, n):.1%} (thresholds {', '.join(versions)})")
+    print(f"  accuracy against human labels: {correct / max(1, n):.1%}")
+    refused = Counter(
+        str(r.get("refusal_category")) for r in results if r.get("refusal_category") is not None
+    )
+    cheap_refused = sum(1 for r in results if r.get("escalation_reason") == "cheap_refused")
+    if refused or cheap_refused:
+        print(
+            f"  refusals: {cheap_refused} escalated as cheap_refused; {sum(refused.values())} "
+            f"decided by the task's refusal_label {dict(refused)}{tag}"
+        )
+    print(
+        f"  cost of decisions: ${cost:.6f} for {n} requests (${1000 * cost / max(1, n):.5f} "
+        f"per 1k; shadow calls not included){tag}"
+    )
+    if strong_costs:
+        all_strong = statistics.fmean(strong_costs) * n
+        print(
+            f"  all-strong counterfactual (mean observed strong call x {n}): "
+            f"${all_strong:.6f}; saved {1 - cost / all_strong:.1%}{tag}"
+        )
+    print(
+        f"  end-to-end latency p50 {_pct(tally.latency_ms, 0.5):.0f} ms, "
+        f"p99 {_pct(tally.latency_ms, 0.99):.0f} ms{tag}"
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", help="run the whole round trip on embedded defaults")
+    demo.add_argument("--count", type=int, default=300, help="texts per phase (default 300)")
+    demo.add_argument(
+        "--target",
+        type=float,
+        default=0.90,
+        help="agreement that calibration must certify (delta 0.05; the simulated cheap model "
+        "agrees about 80%% at threshold 0.7)",
+    )
+    demo.add_argument("--output-dir", default="demo-output", help="threshold file and plot")
+    demo.set_defaults(func=cmd_demo)

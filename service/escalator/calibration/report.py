@@ -1,0 +1,232 @@
+"""``escalator report``: spend, shadow spend, the all-strong counterfactual, savings, escalation
+rate by label and a monthly projection, computed from the decisions log.
+
+Spend is re-priced from the logged tokens with the price table in force, each token type at
+its own rate (cache writes at the write rate, cache reads at the read rate), and compared with
+the cost the service recorded at call time. This is the usual back-of-envelope arithmetic
+(requests x tokens x price), done from observed tokens instead of averages.
+
+Agreement of the routed answers with the strong model, at the thresholds in force when each
+request was routed, uses calibration's estimators (``estimates``): a Hájek estimate within
+threshold-version strata and its exact lower bound (a description of the window at 95%, not
+a certification: ``calibrate`` is what certifies).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from escalator.model.prices import PriceTable, Usage
+
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
+TYPES = ("input", "output", "cache_write", "cache_read")
+
+
+def build_report(
+    records: list[dict[str, Any]], prices: PriceTable, monthly_volume: int | None = None
+) -> dict[str, Any]:
+    spend: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    cheap_by_id: dict[str, dict[str, Any]] = {}
+    escalated_ids: set[str] = set()
+    strong_costs: list[tuple[float, float]] = []  # (cost, weight 1/sample_rate)
+    strong_cost_by_id: dict[str, float] = {}
+    for rec in records:
+        a = rec.get("attempt") or {}
+        tier, model, shadow = str(a.get("tier")), str(a.get("model")), bool(rec.get("shadow"))
+        prices.require(model)
+        usage = usage_of(a)
+        row = spend.setdefault(
+            (tier, model, shadow),
+            {
+                "tier": tier,
+                "model": model,
+                "shadow": shadow,
+                "calls": 0,
+                "recorded_usd": 0.0,
+                "cost_usd": 0.0,
+                **dict.fromkeys(TOKEN_FIELDS, 0),
+                "cost_by_type_usd": dict.fromkeys(
+                    ("input", "output", "cache_write", "cache_read"), 0.0
+                ),
+            },
+        )
+        row["calls"] += 1
+        row["recorded_usd"] += float(a.get("cost_usd", 0.0))
+        row["cost_usd"] += prices.cost_usd(model, usage)
+        for f in TOKEN_FIELDS:
+            row[f] += int(a.get(f, 0))
+        for kind in TYPES:
+            row["cost_by_type_usd"][kind] += prices.cost_usd(model, _only(kind, usage))
+        rid = rec.get("id")
+        if not isinstance(rid, str):
+            continue
+        if tier == "cheap":
+            cheap_by_id[rid] = rec
+            if rec.get("outcome") == "escalated":
+                escalated_ids.add(rid)
+        elif tier == "strong" and a.get("valid"):
+            cost = prices.cost_usd(model, usage)
+            strong_cost_by_id[rid] = cost
+            strong_costs.append((cost, 1.0 / float(rec.get("sample_rate") or 1.0)))
+    rows = sorted(spend.values(), key=lambda r: (r["shadow"], r["tier"], r["model"]))
+    actual = sum(r["cost_usd"] for r in rows if not r["shadow"])
+    shadow_usd = sum(r["cost_usd"] for r in rows if r["shadow"])
+    n = len(cheap_by_id)
+    weight = sum(w for _, w in strong_costs)
+    mean_strong = sum(c * w for c, w in strong_costs) / weight if weight else None
+    counterfactual = None
+    if mean_strong is not None:
+        counterfactual = sum(strong_cost_by_id.get(rid, mean_strong) for rid in cheap_by_id)
+    by_label: dict[str, dict[str, float]] = defaultdict(lambda: {"requests": 0, "escalated": 0})
+    for rid, rec in cheap_by_id.items():
+        label = str((rec.get("attempt") or {}).get("label"))
+        by_label[label]["requests"] += 1
+        by_label[label]["escalated"] += 1 if rid in escalated_ids else 0
+    for stats in by_label.values():
+        stats["rate"] = stats["escalated"] / stats["requests"]
+    report: dict[str, Any] = {
+        "price_table_version": prices.version,
+        "requests": n,
+        "escalated": len(escalated_ids),
+        "escalation_rate": len(escalated_ids) / n if n else None,
+        "spend": rows,
+        "actual_usd": actual,
+        "shadow_usd": shadow_usd,
+        "per_request_usd": actual / n if n else None,
+        "all_strong_usd": counterfactual,
+        "all_strong_basis": "observed strong cost where answered, else the 1/p-weighted mean",
+        "savings_usd": None if counterfactual is None else counterfactual - actual,
+        "savings_pct": None if not counterfactual else 1 - actual / counterfactual,
+        "escalation_rate_by_label": dict(sorted(by_label.items())),
+    }
+    report["agreement_in_force"] = agreement_in_force(records)
+    if monthly_volume is not None and n:
+        report["monthly"] = {
+            "volume": monthly_volume,
+            "usd": actual / n * monthly_volume,
+            "shadow_usd": shadow_usd / n * monthly_volume,
+            "all_strong_usd": None
+            if counterfactual is None
+            else counterfactual / n * monthly_volume,
+        }
+    return report
+
+
+def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> dict[str, Any] | None:
+    """Routed agreement with the strong model as routed (Hájek estimate, exact lower bound)."""
+    import numpy as np
+
+    from escalator.calibration import estimates
+    from escalator.calibration.certify import CalibrationError, pair_decisions
+
+    try:
+        d = pair_decisions(records)
+    except CalibrationError:
+        return None
+    s = d.sample()
+    # Shift each confidence so that "accepted as routed" is "conf >= 0": one threshold, 0.
+    outcome = {
+        str(r.get("id")): r.get("outcome")
+        for r in records
+        if (r.get("attempt") or {}).get("tier") == "cheap"
+    }
+    accepted = np.asarray([outcome.get(i) == "accepted" for i in d.ids]) & (d.conf >= 0)
+    shifted = estimates.Sample(
+        conf=np.where(accepted, 1.0, -1.0),
+        certain=s.certain,
+        sampled=s.sampled,
+        disagree=s.disagree,
+        stratum=s.stratum,
+        tau=np.zeros(d.n),
+        shadow_rate=s.shadow_rate,
+    )
+    c = estimates.counts(shifted, np.asarray([0.0]))
+    return {
+        "point": float(1.0 - estimates.point(c)[0]),
+        "lower_bound": float(1.0 - estimates.upper(c, delta)[0]),
+        "level": 1.0 - delta,
+        "shadowed": int(d.shadowed.sum()),
+    }
+
+
+def usage_of(attempt: dict[str, Any]) -> Usage:
+    """The billed usage of one logged attempt (older records lack the 1h and geo fields)."""
+    geo = attempt.get("inference_geo")
+    return Usage(
+        input_tokens=int(attempt.get("input_tokens", 0)),
+        output_tokens=int(attempt.get("output_tokens", 0)),
+        cache_write_tokens=int(attempt.get("cache_write_tokens", 0)),
+        cache_read_tokens=int(attempt.get("cache_read_tokens", 0)),
+        cache_write_1h_tokens=int(attempt.get("cache_write_1h_tokens", 0)),
+        inference_geo=geo if isinstance(geo, str) else None,
+    )
+
+
+def _only(kind: str, usage: Usage) -> Usage:
+    """The part of ``usage`` of one token type (cache writes keep their TTL split)."""
+    geo = usage.inference_geo
+    if kind == "input":
+        return Usage(input_tokens=usage.input_tokens, inference_geo=geo)
+    if kind == "output":
+        return Usage(output_tokens=usage.output_tokens, inference_geo=geo)
+    if kind == "cache_write":
+        return Usage(
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            inference_geo=geo,
+        )
+    return Usage(cache_read_tokens=usage.cache_read_tokens, inference_geo=geo)
+
+
+def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
+    def usd(x: float | None) -> str:
+        return "n/a" if x is None else f"${x:,.6f}"
+
+    lines = [
+        f"Spend report (price table {report['price_table_version']}){simulated_note}",
+        f"  requests {report['requests']}, escalated {report['escalated']} "
+        f"({_pct(report['escalation_rate'])})",
+        "",
+        "  tier    model                 shadow  calls    input   output  c.write  c.read"
+        "        cost",
+    ]
+    for r in report["spend"]:
+        lines.append(
+            f"  {r['tier']:<7} {r['model']:<21} {('yes' if r['shadow'] else 'no'):<6} "
+            f"{r['calls']:>6} {r['input_tokens']:>8} {r['output_tokens']:>8} "
+            f"{r['cache_write_tokens']:>8} {r['cache_read_tokens']:>7} {usd(r['cost_usd']):>12}"
+        )
+    lines += [
+        "",
+        f"  actual spend (decisions):     {usd(report['actual_usd'])}",
+        f"  shadow spend (measurement):   {usd(report['shadow_usd'])}",
+        f"  all-strong counterfactual:    {usd(report['all_strong_usd'])}",
+        f"  savings:                      {usd(report['savings_usd'])} "
+        f"({_pct(report['savings_pct'])})",
+        "",
+    ]
+    agree = report.get("agreement_in_force")
+    if agree:
+        lines.append(
+            f"  agreement with strong, as routed: {agree['point']:.4f} (lower bound "
+            f"{agree['lower_bound']:.4f} at {agree['level']:.0%}; {agree['shadowed']} shadowed)"
+        )
+    lines += ["", "  escalation rate by cheap label:"]
+    for label, s in report["escalation_rate_by_label"].items():
+        lines.append(
+            f"    {label:<16} {int(s['escalated']):>6}/{int(s['requests']):<6} {_pct(s['rate'])}"
+        )
+    monthly = report.get("monthly")
+    if monthly:
+        lines += [
+            "",
+            f"  at {monthly['volume']:,} requests/month: {usd(monthly['usd'])} "
+            f"+ shadow {usd(monthly['shadow_usd'])} "
+            f"(all-strong {usd(monthly['all_strong_usd'])})",
+        ]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"

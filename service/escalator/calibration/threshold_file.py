@@ -1,0 +1,125 @@
+"""The versioned threshold file that ``escalator calibrate`` writes and ``escalator run`` loads,
+and the ledger of calibration attempts beside it.
+
+The file records how the thresholds were chosen, so that a rollout can be reviewed: the
+objective and target, the certification procedure with its delta and attempt number, the
+window it was certified on, the dataset's hash and size, the models, the price-table version,
+and the estimates at the chosen point (the escalation rate with its 95% interval, which the
+drift alert compares with). ``version`` is derived from the content, and every decision and
+result names the version in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from escalator.errors import ConfigError
+from escalator.tiers.routing import Thresholds
+
+FILE_SCHEMA_VERSION = 1
+
+
+def content_version(body: dict[str, Any]) -> str:
+    raw = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return "cal-" + hashlib.sha256(raw).hexdigest()[:10]
+
+
+def write_threshold_file(path: Path, body: dict[str, Any]) -> str:
+    """Write the file with its content-derived version; return the version."""
+    body = {k: v for k, v in body.items() if k != "version"}
+    version = content_version(body)
+    doc = {"schema_version": FILE_SCHEMA_VERSION, "version": version, **body}
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return version
+
+
+def load_threshold_file(
+    path: Path, *, labels: tuple[str, ...], cheap_model: str, strong_model: str
+) -> Thresholds:
+    """Thresholds from a calibration file; refuse one made for other models or labels."""
+    name = f"ESCALATOR_THRESHOLDS_FILE={path}"
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("schema_version") != FILE_SCHEMA_VERSION:
+        raise ConfigError(f"{name}: not a version-{FILE_SCHEMA_VERSION} threshold file")
+    models = doc.get("models") or {}
+    if models.get("cheap") != cheap_model or models.get("strong") != strong_model:
+        raise ConfigError(
+            f"{name}: calibrated for {models.get('cheap')} -> {models.get('strong')}, "
+            f"but the service runs {cheap_model} -> {strong_model}; calibrate again"
+        )
+    threshold = doc.get("threshold")
+    per_label = doc.get("label_thresholds") or {}
+    if not isinstance(threshold, int | float) or not isinstance(per_label, dict):
+        raise ConfigError(f"{name}: 'threshold' must be a number, 'label_thresholds' an object")
+    unknown = set(per_label) - set(labels)
+    if unknown:
+        raise ConfigError(f"{name}: labels not in the task: {', '.join(sorted(unknown))}")
+    rate = (doc.get("estimates") or {}).get("escalation_rate")
+    expected = None
+    if isinstance(rate, list) and len(rate) == 3 and all(isinstance(x, int | float) for x in rate):
+        expected = (float(rate[0]), float(rate[1]), float(rate[2]))
+    return Thresholds(
+        default=float(threshold),
+        per_label={str(k): float(v) for k, v in per_label.items()},
+        version=str(doc.get("version")),
+        expected_escalation=expected,
+    )
+
+
+# The calibration ledger: one line per certifying attempt, so that no window is used twice.
+#
+# Re-running calibrate on a growing log until it passes is optional stopping. The rule that
+# prevents it here: each attempt certifies on a window that no earlier attempt (for the same
+# models) has seen, and attempt k spends delta_k = delta * 6 / (pi^2 k^2) of the error budget,
+# so that over every attempt ever recorded the chance of certifying a threshold that misses its
+# target is at most delta (sum over k of 6 / (pi^2 k^2) = 1).
+
+
+def spent(delta: float, attempt: int) -> float:
+    """The share of ``delta`` that attempt number ``attempt`` (1, 2, ...) may spend."""
+    return delta * 6.0 / (math.pi**2 * attempt**2)
+
+
+def ledger_attempts(path: Path, cheap_model: str, strong_model: str) -> list[dict[str, Any]]:
+    """Earlier attempts for this model pair, oldest first."""
+    if not path.is_file():
+        return []
+    out = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not a ledger line ({exc})") from exc
+        if isinstance(entry, dict) and entry.get("models") == {
+            "cheap": cheap_model,
+            "strong": strong_model,
+        }:
+            out.append(entry)
+    return out
+
+
+def overlapping(
+    attempts: list[dict[str, Any]], first_ms: int, last_ms: int
+) -> dict[str, Any] | None:
+    """The first earlier attempt whose window shares a moment with [first_ms, last_ms]."""
+    for entry in attempts:
+        window = entry.get("window") or {}
+        lo, hi = window.get("first_ts_ms"), window.get("last_ts_ms")
+        if isinstance(lo, int) and isinstance(hi, int) and lo <= last_ms and first_ms <= hi:
+            return entry
+    return None
+
+
+def append_attempt(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("ab") as f:
+        f.write(orjson.dumps(entry) + b"\n")

@@ -1,0 +1,223 @@
+"""``escalator doctor``: check a deployment against the real API (or the emulator) before
+traffic flows, one line per check.
+
+For each configured model (the cheap one and the strong one):
+
+- ``model``: ``GET /v1/models/{id}``: it exists, is not retired, supports structured outputs,
+  and accepts the thinking setting and effort its request profile sends;
+- ``price``: the price table has it;
+- ``classify``: one classification of a fixed harmless text round-trips (valid label,
+  ``stop_reason``, tokens, latency, cost);
+- ``cache``: a second call reads the prompt cache, or the line says why not (the prefix is
+  below that model's minimum cacheable length, which the API does not report as an error);
+- ``limits``: the organisation's rate limits from the ``anthropic-ratelimit-*`` headers.
+
+Then ``kafka``: the bootstrap servers answer with the configured security, and every topic
+exists (with its partition count). Exit 0 only when every check passed; otherwise exit 2 with
+one line naming the failed checks. The API key is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import anthropic
+
+from escalator.config import Settings
+from escalator.contract.messages import Attempt
+from escalator.errors import ConfigError, EscalatorError, ModelRejected, ModelUnavailable
+
+#: A text no safety classifier should decline and every model should call safe.
+HARMLESS = "What a lovely afternoon for a picnic in the park with the children."
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+def _usd(x: float) -> str:
+    return f"${x:.6f}"
+
+
+async def check_model_end_to_end(
+    settings: Settings, tier: str, client: anthropic.AsyncAnthropic
+) -> list[Check]:
+    from escalator.app import MODEL_VARIABLES, model_profiles
+    from escalator.model.caller import AnthropicClassifier, RateLimits
+    from escalator.model.check import check_model
+    from escalator.model.prices import load_prices
+    from escalator.model.task import load_task
+
+    model = settings.model.cheap_model if tier == "cheap" else settings.model.strong_model
+    variable = MODEL_VARIABLES[tier]
+    checks: list[Check] = []
+    try:
+        profile = model_profiles(settings, [tier])[tier]
+        facts = await check_model(client, model, profile, variable)
+    except (ConfigError, ModelUnavailable) as exc:
+        return [Check(f"model {model}", False, str(exc))]
+    note = "; ".join(facts.warnings)
+    checks.append(Check(f"model {model}", True, facts.summary() + (f"; {note}" if note else "")))
+    prices = load_prices(settings.routing.prices_file)
+    price = prices.prices.get(model)
+    if price is None:
+        checks.append(
+            Check(f"price {model}", False, f"not in price table {prices.version}; add it with "
+                  "ESCALATOR_PRICES_FILE")
+        )  # fmt: skip
+        return checks
+    checks.append(
+        Check(
+            f"price {model}",
+            True,
+            f"${price.input:g} in, ${price.output:g} out, ${price.cache_write:g} cache write, "
+            f"${price.cache_read:g} cache read per MTok (table {prices.version})",
+        )
+    )
+    seen: list[RateLimits] = []
+    classifier = AnthropicClassifier(
+        client,
+        tier=tier,
+        model=model,
+        task=load_task(settings.routing.task_file),
+        prices=prices,
+        profile=profile,
+        cache_ttl=settings.model.cache_ttl,
+        on_rate_limits=lambda _, limits: seen.append(limits),
+    )
+    try:
+        first = await classifier.classify(HARMLESS)
+        second = await classifier.classify(HARMLESS + " ")
+    except (ModelUnavailable, ModelRejected) as exc:
+        checks.append(Check(f"classify {model}", False, str(exc)))
+        return checks
+    checks.append(_classified(model, first))
+    checks.append(_cached(model, first, second, profile.cache_min_tokens))
+    if seen:
+        parts = [
+            f"{kind} {remaining:,.0f}/{limit:,.0f}" for kind, (limit, remaining) in seen[-1].items()
+        ]
+        checks.append(
+            Check(f"limits {model}", True, "remaining/limit per minute: " + ", ".join(parts))
+        )
+    else:
+        checks.append(
+            Check(
+                f"limits {model}",
+                True,
+                "no anthropic-ratelimit-* headers (a proxy or another platform?)",
+            )
+        )
+    return checks
+
+
+def _classified(model: str, a: Attempt) -> Check:
+    tokens = (
+        f"{a.input_tokens} in + {a.cache_write_tokens} cache write + {a.cache_read_tokens} "
+        f"cache read, {a.output_tokens} out"
+    )
+    detail = (
+        f"{a.label} {a.confidence:.2f}, stop_reason {a.stop_reason}, {tokens}, "
+        f"{a.latency_ms:.0f} ms, {_usd(a.cost_usd)}, request-id {a.request_id}"
+    )
+    if a.valid:
+        return Check(f"classify {model}", True, detail)
+    why = "refused" if a.refused else a.error
+    return Check(f"classify {model}", False, f"invalid answer ({why}): {detail}")
+
+
+def _cached(model: str, first: Attempt, second: Attempt, minimum: int) -> Check:
+    if second.cache_read_tokens:
+        return Check(
+            f"cache {model}", True, f"second call read {second.cache_read_tokens} cached tokens"
+        )
+    prefix = first.cache_write_tokens or first.input_tokens
+    return Check(
+        f"cache {model}",
+        False,
+        f"nothing was cached: the prompt has about {prefix} tokens, below {model}'s minimum "
+        f"cacheable prefix of {minimum} (the API caches nothing below it and says nothing); "
+        "every call pays full input price",
+    )
+
+
+async def check_kafka(settings: Settings) -> list[Check]:
+    from escalator.kafka.clients import KafkaUnreachable, check_connection, topic_partitions
+
+    try:
+        address = await check_connection(settings.kafka, timeout_s=10)
+    except KafkaUnreachable as exc:
+        return [Check("kafka", False, str(exc))]
+    checks = [Check("kafka", True, f"{address} answers ({settings.kafka.security_protocol})")]
+    for topic in settings.topics.all():
+        try:
+            partitions = await topic_partitions(settings.kafka, topic)
+        except EscalatorError:
+            checks.append(Check(f"topic {topic}", False, "missing: run `escalator topics create`"))
+            continue
+        checks.append(Check(f"topic {topic}", True, f"{len(partitions)} partitions"))
+    return checks
+
+
+async def run_doctor(settings: Settings) -> list[Check]:
+    from escalator.app import anthropic_client
+
+    checks: list[Check] = []
+    client = anthropic_client(settings)
+    try:
+        for tier in ("cheap", "strong"):
+            checks += await check_model_end_to_end(settings, tier, client)
+    finally:
+        await client.close()
+    if settings.kafka.bootstrap_servers:
+        checks += await check_kafka(settings)
+    else:
+        checks.append(Check("kafka", False, "KAFKA_BOOTSTRAP_SERVERS is not set"))
+    return checks
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from escalator.cli._common import settings_from_env
+
+    settings = settings_from_env(require_kafka=False)
+    base = settings.model.base_url
+    if base:
+        # Never print credentials a proxy URL may carry (https://user:token@host).
+        parts = urlsplit(base)
+        if parts.username or parts.password:
+            base = parts._replace(
+                netloc=f"***@{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+            ).geturl()
+    where = f"the API at {base}" if base else "the Claude API"
+    if settings.model.simulated:
+        where += " (no ANTHROPIC_API_KEY: the emulator, simulated)"
+    print(f"escalator doctor: checking against {where}")
+    started = time.monotonic()
+    checks = asyncio.run(run_doctor(settings))
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [c.name for c in checks if not c.ok]
+    took = time.monotonic() - started
+    if failed:
+        raise EscalatorError(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}")
+    print(f"all {len(checks)} checks passed in {took:.1f} s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the models, prices, prompt cache, rate limits and Kafka topics before "
+        "running (exit 2 naming what failed)",
+    )
+    doctor.set_defaults(func=cmd_doctor)

@@ -1,0 +1,67 @@
+"""The one entry point: ``escalator <command>``.
+
+Commands, one module per group (each has a ``register(sub)``; none imports another):
+    run, topics create, produce           cli/service.py
+    doctor                                cli/doctor.py
+    export, calibrate, report             cli/measure.py
+    dead-letters summary|replay           cli/deadletters.py
+    kafka, sim, demo                      the escalator-dev package, when it is installed
+
+Helpers the command modules share (settings from the environment, produce-and-await, time
+parsing) are in cli/_common.py. Every expected failure ends as one line on stderr and a
+non-zero exit code, never a traceback. Settings are read from ``os.environ`` only through
+:func:`escalator.config.load_settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from escalator import __version__
+from escalator.cli import deadletters, doctor, measure, service
+from escalator.errors import EscalatorError
+
+EXIT_ERROR = 2
+#: Packages add commands through this entry-point group (escalator-dev adds kafka, sim, demo).
+COMMANDS_GROUP = "escalator.commands"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="escalator", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"escalator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (service, doctor, measure, deadletters):
+        group.register(sub)
+    for plugin in entry_points(group=COMMANDS_GROUP):
+        plugin.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("ESCALATOR_LOG_LEVEL", "WARNING").upper())
+    # aiokafka logs every refused connection at ERROR; the CLI reports failures in one line.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from aiokafka.errors import KafkaError
+
+    try:
+        code: int = args.func(args)
+    except EscalatorError as exc:
+        print(f"escalator: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KafkaError as exc:
+        print(f"escalator: error: Kafka: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

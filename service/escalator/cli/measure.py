@@ -1,0 +1,640 @@
+"""Measure-first commands: ``export``, ``calibrate`` and ``report`` over the decisions log."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from escalator.calibration import decisions_log
+from escalator.cli._common import parse_time, settings_from_env
+from escalator.errors import EscalatorError
+
+
+def _records(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+    settings = settings_from_env(require_kafka=args.input is None)
+    since = parse_time(args.since, "--since")
+    until = parse_time(args.until, "--until")
+    kafka = settings.kafka if args.input is None else None
+    records = decisions_log.load(kafka, settings.topics.decisions, args.input, since, until)
+    source = str(args.input) if args.input else f"topic {settings.topics.decisions}"
+    return records, source
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    records, source = _records(args)
+    out = sys.stdout.buffer
+    if args.output:
+        with Path(args.output).open("wb") as f:
+            decisions_log.write_jsonl(records, f)
+    else:
+        decisions_log.write_jsonl(records, out)
+        out.flush()
+    print(f"exported {len(records)} decision(s) from {source}", file=sys.stderr)
+    return 0
+
+
+EXIT_REFUSED = 3  # calibrate: the data cannot certify the target (one line says why)
+
+
+def _window(args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    first, last = int(data.ts_ms.min()), int(data.ts_ms.max())
+    return {
+        "since": args.since,
+        "until": args.until,
+        "first_ts_ms": first,
+        "last_ts_ms": last,
+        "first_ts": _iso(first),
+        "last_ts": _iso(last),
+    }
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ledger_path(args: argparse.Namespace) -> Path | None:
+    if args.ledger == "none":
+        return None
+    if args.ledger:
+        return Path(args.ledger)
+    return Path(args.output).parent / "calibration-ledger.jsonl"
+
+
+def _strong_call_usd(records: list[dict[str, Any]], prices: Any) -> float | None:
+    """Mean cost of one strong call in the window, re-priced from its tokens."""
+    from escalator.calibration.report import usage_of
+
+    costs = [
+        prices.cost_usd(str(a.get("model")), usage_of(a))
+        for r in records
+        if (a := r.get("attempt") or {}).get("tier") == "strong"
+    ]
+    return sum(costs) / len(costs) if costs else None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from escalator.calibration import certify as cal
+    from escalator.calibration import plan
+    from escalator.calibration import threshold_file as tfile
+
+    settings = settings_from_env(require_kafka=False)
+    prices = _prices(settings)
+    target = args.target
+    if target is None:
+        if args.objective != "quality":
+            raise EscalatorError(f"--objective {args.objective} needs --target")
+        target = 0.98
+    if args.plan and args.assume_accepted is not None:
+        return _plan_assumed(args, target, prices, settings)
+    records, source = _records(args)
+    grid = cal.grid_arg(args.grid) if args.grid else None
+    data = cal.pair_decisions(records)
+    ledger = _ledger_path(args) if args.objective == "quality" else None
+    attempts = (
+        [] if ledger is None else tfile.ledger_attempts(ledger, data.cheap_model, data.strong_model)
+    )
+    attempt = len(attempts) + 1
+    delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
+    if args.plan:
+        result = cal.calibrate(data, target=target, delta=delta, margin=args.margin, grid=grid)
+        call = args.strong_call_usd or _strong_call_usd(records, prices)
+        print(_plan_table(args, data, result, call, tfile.spent(args.delta, attempt)))
+        return 0
+    window = _window(args, data)
+    if ledger is not None:
+        seen = tfile.overlapping(attempts, window["first_ts_ms"], window["last_ts_ms"])
+        if seen is not None:
+            w = seen["window"]
+            print(
+                f"calibrate: this window ({window['first_ts']} .. {window['last_ts']}) overlaps "
+                f"attempt {seen.get('attempt')} ({w.get('first_ts')} .. {w.get('last_ts')}, "
+                f"{seen.get('status')}) in {ledger}: a window certifies once; measure on and "
+                f"use --since after {w.get('last_ts')}",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+    result = cal.calibrate(
+        data,
+        objective=args.objective,
+        target=target,
+        delta=delta,
+        margin=args.margin,
+        grid=grid,
+        per_label=args.per_label,
+    )
+    c, i = result.curve, result.chosen
+    base = cal.baselines(data, float(c.escalation[i]))
+    print(_table(data, result, base, source))
+    procedure = {
+        "name": cal.PROCEDURE
+        if args.objective == "quality"
+        else f"{args.objective} (no guarantee)",
+        "delta": args.delta,
+        "delta_spent": delta,
+        "attempt": attempt if ledger is not None else None,
+        "spending": "delta * 6 / (pi^2 * attempt^2)"
+        if ledger is not None
+        else "none (--ledger none)",
+        "ledger": None if ledger is None else str(ledger),
+        "margin": args.margin,
+        "guarantee": _guarantee(result, delta) if args.objective == "quality" else None,
+    }
+    if ledger is not None:
+        tfile.append_attempt(
+            ledger,
+            {
+                "attempt": attempt,
+                "models": {"cheap": data.cheap_model, "strong": data.strong_model},
+                "window": window,
+                "status": result.status,
+                "target": target,
+                "delta_spent": delta,
+                "threshold": None if result.status == "refused" else result.threshold,
+                "dataset_sha256": data.fingerprint(),
+            },
+        )
+    if result.status == "refused":
+        need = plan.needed(data, result, tfile.spent(args.delta, attempt + 1), args.power)
+        print(_refusal(result, need), file=sys.stderr)
+        if args.fallback != "escalate-all":
+            return EXIT_REFUSED
+    body = {
+        "created_from": source,
+        "objective": {"name": args.objective, "target": target},
+        "procedure": procedure,
+        "window": window,
+        "status": result.status if args.fallback != "escalate-all" else "fallback: escalate all",
+        "threshold": result.threshold if result.status != "refused" else cal.STRONG_ONLY,
+        "label_thresholds": result.label_thresholds,
+        "labels": [vars(r) for r in result.labels],
+        "models": {"cheap": data.cheap_model, "strong": data.strong_model},
+        "price_table_version": prices.version,
+        "dataset": {
+            "sha256": data.fingerprint(),
+            "requests": data.n,
+            "strong_answers": int(data.observed.sum()),
+            "shadowed": int(data.shadowed.sum()),
+            "gold_labels": int((data.gold >= 0).sum()),
+            "threshold_versions_seen": list(data.strata),
+        },
+        "estimates": estimates_at(data, result),
+        "baselines": {
+            "cheap_only": base.cheap_only,
+            "strong_only": base.strong_only,
+            "random_same_rate": base.random_same_rate,
+            "oracle": base.oracle,
+        },
+    }
+    version = tfile.write_threshold_file(Path(args.output), body)
+    print(
+        f"\nthreshold file: {args.output} (version {version}); "
+        f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
+    )
+    if args.plot:
+        print(_plot(Path(args.plot), result, base))
+    return 0
+
+
+def _prices(settings: Any) -> Any:
+    from escalator.model.prices import load_prices
+
+    return load_prices(settings.routing.prices_file)
+
+
+def _guarantee(result: Any, delta: float) -> str:
+    if result.status == "refused":
+        return "none: refused"
+    scope = (
+        "for each cheap label, agreement among that label's answers"
+        if result.labels
+        else ("agreement")
+    )
+    return (
+        f"with probability at least {1 - delta:.6g} over the measurement window, {scope} with "
+        f"the strong model at the chosen threshold is at least {result.target}"
+    )
+
+
+def estimates_at(data: Any, result: Any) -> dict[str, Any]:
+    """The file's estimates at the chosen point (escalation as [low, point, high])."""
+    from escalator.calibration import certify as cal
+
+    c, i = result.curve, result.chosen
+    return {
+        "escalation_rate": list(cal.routed_escalation(data, result)),
+        "agreement_with_strong": {
+            "point": float(c.agreement[i]),
+            "lower_bound": float(c.agreement_lower[i]),
+            "level": 1 - c.delta,
+        },
+        "accuracy_vs_gold": None if c.accuracy is None else float(c.accuracy[i]),
+        "cost_per_1k_usd": float(c.cost_per_1k[i]),
+    }
+
+
+def _refusal(result: Any, need: Any) -> str:
+    head = (
+        f"calibrate: cannot certify agreement >= {result.target} at delta {result.delta:.3g}: "
+        f"{result.reason}"
+    )
+    if need.requests is None:
+        why = "no shadow sampling in force" if need.p <= 0 else "the estimates never reach it"
+        return f"{head}; more data would not help ({why}); wrote no thresholds file"
+    from escalator.calibration.plan import duration
+
+    rate = "" if need.per_hour is None else f" at {need.per_hour:,.0f} requests/h"
+    return (
+        f"{head}; needs a fresh window of about {need.requests:,} requests with "
+        f"{need.shadowed:,} shadowed answers (shadow rate {need.p:g}, threshold {need.tau:g}; "
+        f"{duration(need.hours)}{rate}) to certify t={need.goal_threshold:.2f} "
+        f"(escalating about {need.goal_escalation:.0%}); wrote no thresholds file "
+        "(--fallback escalate-all writes one that escalates everything)"
+    )
+
+
+def _plan_table(
+    args: argparse.Namespace, data: Any, result: Any, call: float | None, delta: float
+) -> str:
+    """The plan from a pilot log: per shadow rate, what certifying the target takes."""
+    from escalator.calibration import estimates, plan
+
+    t = result.curve.thresholds
+    prof, cautious = plan.pilot(data, t, estimates.counts(data.sample(), t))
+    tau, _, per_hour = plan.design_in_force(data)
+    tau = args.assume_threshold if args.assume_threshold is not None else tau
+    per_hour = args.traffic_per_hour or per_hour
+    goal = plan.goal_index(prof, result.target, result.margin)
+    shadow_disagree = int((data.shadowed & (data.strong_label != data.cheap_label)).sum())
+    rough = "; too few for more than a rough plan" if shadow_disagree < 20 else ""
+    lines = [
+        f"Plan from a pilot of {data.n} requests ({int(data.shadowed.sum())} shadowed, "
+        f"{shadow_disagree} of them disagreeing{rough}), "
+        f"target {result.target}, delta {delta:.3g} (the next attempt's share), margin "
+        f"{result.margin:.0%}, power {args.power:.0%}; measuring at threshold {tau:g}",
+    ]
+    if goal is None:
+        lines.append("  no threshold's estimated agreement reaches the target: only escalate-all")
+        return "\n".join(lines)
+    best = plan.goal_index(prof, result.target, 0.0)
+    esc = prof.escalation()
+    lines.append(
+        f"  best achievable by estimate: t={t[best]:.2f}, escalating {esc[best]:.1%}; "
+        f"goal: certify t={t[goal]:.2f} (escalating {esc[goal]:.1%}) or lower"
+    )
+    lines += _rows(cautious, prof, tau, result, delta, per_hour, call, goal, args.power)
+    return "\n".join(lines)
+
+
+def _rows(
+    cautious: Any,
+    prof: Any,
+    tau: float,
+    result: Any,
+    delta: float,
+    per_hour: float | None,
+    call: float | None,
+    goal: int,
+    power: float,
+) -> list[str]:
+    from escalator.calibration import plan
+
+    lines = ["", "  shadow rate    requests   shadowed    duration    shadow cost USD"]
+    accepted = float(prof.at(np.asarray([tau]))[0][0])
+    for p in plan.SHADOW_RATES:
+        n = plan.required_requests(cautious, plan.Design(tau, p), result.target, delta, goal, power)
+        if n is None:
+            n = plan.required_requests(prof, plan.Design(tau, p), result.target, delta, goal, power)
+        if n is None:
+            lines.append(f"  {p:>11g}    more than {plan.MAX_REQUESTS:,} requests")
+            continue
+        shadowed = math.ceil(n * accepted * p)
+        hours = None if not per_hour else n / per_hour
+        cost = "n/a" if call is None else f"{shadowed * call:,.4f}"
+        lines.append(
+            f"  {p:>11g}  {n:>10,}  {shadowed:>9,}  {plan.duration(hours):>10}  {cost:>17}"
+        )
+    lines.append(
+        "  (escalated requests get their strong answer anyway; only shadowed ones cost extra)"
+    )
+    return lines
+
+
+def _plan_assumed(args: argparse.Namespace, target: float, prices: Any, settings: Any) -> int:
+    from escalator.calibration import plan
+    from escalator.model.prices import Usage
+
+    if args.assume_disagreement is None:
+        raise EscalatorError("--assume-accepted needs --assume-disagreement")
+    prof = plan.assumed(args.assume_accepted, args.assume_disagreement)
+    call = args.strong_call_usd
+    if call is None:
+        tokens_in, _, tokens_out = args.assume_strong_tokens.partition(":")
+        call = prices.cost_usd(
+            settings.model.strong_model,
+            Usage(input_tokens=int(tokens_in), output_tokens=int(tokens_out or 0)),
+        )
+    if 1 - prof.disagree[0] < target:
+        print(
+            f"calibrate --plan: agreement {1 - prof.disagree[0]:.4f} at that threshold is below "
+            f"the target {target}: no measurement can certify it",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    print(
+        f"Plan from assumptions: {args.assume_accepted:.0%} of traffic accepted, "
+        f"{args.assume_disagreement:.2%} of those disagree with the strong model; target "
+        f"{target}, delta {args.delta:g}, power {args.power:.0%}; strong call ${call:.6f}"
+    )
+    lines = _rows(
+        prof,
+        prof,
+        0.0,
+        argparse.Namespace(target=target),
+        args.delta,
+        args.traffic_per_hour,
+        call,
+        0,
+        args.power,
+    )
+    print("\n".join(lines))
+    return 0
+
+
+def _table(data: Any, result: Any, base: Any, source: str) -> str:
+    c = result.curve
+    gold = c.accuracy is not None
+    lines = [
+        f"Calibration from {source}: {data.n} requests, {int(data.observed.sum())} with a strong "
+        f"answer ({int(data.shadowed.sum())} shadowed), {int((data.gold >= 0).sum())} with a gold "
+        f"label ({data.cheap_model} -> {data.strong_model})",
+        f"objective: {result.objective}, target {result.target}; agreement: Hajek estimate and "
+        f"exact lower bound at level {1 - c.delta:.4g}",
+        "",
+        "  threshold  escalated  agreement  lower bound  "
+        + ("accuracy  " if gold else "")
+        + "cost/1k USD",
+    ]
+    step = max(1, len(c.thresholds) // 25)
+    marks = {result.chosen: " <- chosen"}
+    if result.status == "refused":
+        marks = {result.certified: " <- lowest certified", result.best: " <- best estimate"}
+    show = sorted({*range(0, len(c.thresholds), step), len(c.thresholds) - 1, *marks})
+    for i in show:
+        t = c.thresholds[i]
+        label = "all" if t > 1 else f"{t:.2f}"
+        row = (
+            f"  {label:>9}  {c.escalation[i]:>9.3f}  {c.agreement[i]:>9.4f}  "
+            f"{c.agreement_lower[i]:>11.4f}  "
+        )
+        if gold:
+            row += f"{c.accuracy[i]:>8.4f}  "
+        lines.append(row + f"{c.cost_per_1k[i]:>11.5f}{marks.get(i, '')}")
+    lines += ["", "  baselines (same data):   escalated  agreement  accuracy  cost/1k USD"]
+    for name, b in (
+        ("cheap-only", base.cheap_only),
+        ("strong-only", base.strong_only),
+        ("random, same rate", base.random_same_rate),
+        ("oracle", base.oracle),
+    ):
+        acc = "n/a" if b["accuracy"] is None else f"{b['accuracy']:.4f}"
+        lines.append(
+            f"  {name:<23} {b['escalation']:>9.3f}  {b['agreement']:>9.4f}  "
+            f"{acc:>8}  {b['cost_per_1k']:.5f}"
+        )
+    for r in result.labels:
+        state = (
+            f"t={r.threshold:.2f}, escalating {r.escalation:.1%}"
+            if r.certified
+            else f"not certified: {r.answers} answers, {r.shadowed} shadowed are too few; "
+            "escalates everything"
+        )
+        lines.append(f"  label {r.label}: {state}")
+    if result.status == "certified":
+        lines.append(f"\n  {_guarantee(result, c.delta)}")
+    return "\n".join(lines)
+
+
+def _plot(path: Path, result: Any, base: Any) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: install the optional extra (pip install 'escalator[plot]')"
+    c = result.curve
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.plot(c.cost_per_1k, c.agreement, "-", label="threshold grid (estimate)")
+    ax.plot(
+        c.cost_per_1k,
+        c.agreement_lower,
+        "--",
+        label=f"lower bound, level {1 - c.delta:.3g}",
+    )
+    for name, b, marker in (
+        ("cheap-only", base.cheap_only, "v"),
+        ("strong-only", base.strong_only, "^"),
+        ("random, same rate", base.random_same_rate, "x"),
+        ("oracle", base.oracle, "*"),
+    ):
+        ax.plot(b["cost_per_1k"], b["agreement"], marker, markersize=9, label=name)
+    i = result.chosen
+    ax.plot(
+        c.cost_per_1k[i],
+        c.agreement[i],
+        "o",
+        color="black",
+        markersize=9,
+        label=f"chosen t={c.thresholds[i]:.2f}",
+    )
+    if result.objective == "quality":
+        ax.axhline(result.target, linestyle=":", color="grey", label=f"target {result.target}")
+    ax.set_xlabel("cost per 1,000 requests (USD)")
+    ax.set_ylabel("agreement with the strong model")
+    ax.set_title("Escalator calibration: cost against agreement")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return f"plot: {path}"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from escalator.calibration.report import build_report, render_text
+    from escalator.model.prices import load_prices
+
+    records, _ = _records(args)
+    settings = settings_from_env(require_kafka=False)
+    report = build_report(records, load_prices(settings.routing.prices_file), args.monthly_volume)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(render_text(report))
+    return 0
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Append "(default: X)" to each option whose help does not already name its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="decisions JSONL (default: read the decisions topic)",
+    )
+    p.add_argument("--since", default=None, help="ISO-8601 time or epoch ms (inclusive)")
+    p.add_argument("--until", default=None, help="ISO-8601 time or epoch ms (exclusive)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = sub.add_parser("export", help="write the decisions log as JSON lines")
+    _source_args(export)
+    export.add_argument("--output", default=None, help="file (default: stdout)")
+    export.set_defaults(func=cmd_export)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="choose thresholds from the decisions log (certified, or refuses)",
+        description="Choose the cheapest threshold whose agreement with the strong model is "
+        "certified to reach --target with probability at least 1 - delta (see "
+        "docs/CALIBRATION.md). Exit 0: certified, file written; exit 3: the data cannot "
+        "certify it (one line on stderr says how much more measurement would), no file "
+        "written unless --fallback escalate-all.",
+        formatter_class=_Defaults,
+    )
+    _source_args(calibrate)
+    calibrate.add_argument(
+        "--objective",
+        choices=["quality", "rate", "budget"],
+        default="quality",
+        help="quality: certified agreement >= --target; rate: the highest threshold whose "
+        "escalation rate is <= --target; budget: the best estimated agreement whose cost per "
+        "1,000 requests is <= --target USD (rate and budget carry no guarantee)",
+    )
+    calibrate.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="quality: agreement to certify (default 0.98); rate: escalation rate; "
+        "budget: USD per 1,000 requests (required for rate and budget)",
+    )
+    calibrate.add_argument(
+        "--delta",
+        type=float,
+        default=0.05,
+        help="error budget: the guarantee holds with probability >= 1 - delta; with a "
+        "ledger, attempt k spends delta * 6 / (pi^2 k^2) of it",
+    )
+    calibrate.add_argument(
+        "--margin",
+        type=float,
+        default=0.10,
+        help="refuse when the lowest certifiable threshold escalates more than this above the "
+        "best threshold by point estimate (1 accepts any certified threshold)",
+    )
+    calibrate.add_argument(
+        "--grid",
+        default=None,
+        help="START:STOP:STEP thresholds (default 0:1:0.01), tested "
+        "from the top down after escalate-all",
+    )
+    calibrate.add_argument(
+        "--per-label",
+        action="store_true",
+        help="a certified threshold per cheap label (delta split over the labels); a label "
+        "that cannot be certified escalates everything",
+    )
+    calibrate.add_argument(
+        "--output",
+        default="thresholds.json",
+        help="the thresholds file to write (written only when certified, or with --fallback)",
+    )
+    calibrate.add_argument(
+        "--ledger",
+        default=None,
+        help="attempts ledger (JSON lines; default: calibration-ledger.jsonl beside --output): "
+        "each attempt's window must not overlap an earlier one's; 'none': no ledger, a single "
+        "attempt at the full delta",
+    )
+    calibrate.add_argument(
+        "--fallback",
+        choices=["none", "escalate-all"],
+        default="none",
+        help="on refusal: 'escalate-all' still writes a thresholds file that escalates "
+        "every request",
+    )
+    calibrate.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the measurement plan (requests, shadowed answers, duration, shadow cost "
+        "per shadow rate) instead of calibrating; writes nothing",
+    )
+    calibrate.add_argument(
+        "--power",
+        type=float,
+        default=0.8,
+        help="plans (and the refusal's estimate) size the window to pass with about this "
+        "probability",
+    )
+    calibrate.add_argument(
+        "--traffic-per-hour",
+        type=float,
+        default=None,
+        help="plan: requests per hour (default: the window's observed rate)",
+    )
+    calibrate.add_argument(
+        "--assume-threshold",
+        type=float,
+        default=None,
+        help="plan: threshold in force while measuring (default: the window's)",
+    )
+    calibrate.add_argument(
+        "--assume-accepted",
+        type=float,
+        default=None,
+        help="plan without a log: share of traffic accepted at the threshold to certify",
+    )
+    calibrate.add_argument(
+        "--assume-disagreement",
+        type=float,
+        default=None,
+        help="plan without a log: share of those accepted answers that the strong model "
+        "would answer differently",
+    )
+    calibrate.add_argument(
+        "--strong-call-usd",
+        type=float,
+        default=None,
+        help="plan: cost of one shadow call (default: the window's strong calls re-priced "
+        "with the price table)",
+    )
+    calibrate.add_argument(
+        "--assume-strong-tokens",
+        default="1500:20",
+        help="plan without a log: INPUT:OUTPUT tokens of one strong call, priced with the "
+        "price table",
+    )
+    calibrate.add_argument("--plot", default=None, help="PNG path (needs the plot extra)")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    report = sub.add_parser("report", help="spend, savings and escalation from the decisions log")
+    _source_args(report)
+    report.add_argument("--monthly-volume", type=int, default=None)
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_report)

@@ -1,0 +1,5 @@
+"""Kafka clients.
+
+Consumers, producers (and their repair), admin, group-less reads; TLS and SASL settings applied
+once.
+"""

@@ -1,0 +1,320 @@
+"""Kafka clients built from settings: security (TLS, SASL), the idempotent producer, the
+manual-commit consumer, and idempotent topic creation. aiokafka errors are classified here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
+from aiokafka.helpers import create_ssl_context
+
+from escalator.config import KafkaSettings
+from escalator.errors import ConfigError, EscalatorError
+from escalator.observability.logs import log
+
+logger = logging.getLogger("escalator.kafka")
+
+#: Errors after which aiokafka's idempotent producer does not recover by itself: its sender
+#: task has died (aiokafka issue 1017) or its producer id is no longer valid.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId)
+
+
+def sender_alive(producer: AIOKafkaProducer) -> bool:
+    """False once aiokafka's background sender task has died.
+
+    After ``OutOfOrderSequenceNumber`` the sender task re-raises and ends; every later send
+    waits in the accumulator until it times out, forever (aiokafka issue 1017). aiokafka has
+    no public health check, so this reads its ``_sender`` attribute, defensively.
+    """
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is None or not task.done()
+
+
+class ProducerHandle:
+    """The process's output producer, replaced by a fresh one when it cannot recover.
+
+    Callers take :meth:`get` each time they send, so a replacement is picked up at once.
+    :meth:`repair` is single-flight: many failing sends cause one replacement.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], AIOKafkaProducer],
+        on_recreate: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._factory = factory
+        self._producer = factory()
+        self._lock = asyncio.Lock()
+        self._on_recreate = on_recreate
+        self.generation = 0
+
+    def get(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    def healthy(self) -> bool:
+        return sender_alive(self._producer)
+
+    async def repair(
+        self, error: BaseException | None = None, failed: AIOKafkaProducer | None = None
+    ) -> bool:
+        """Replace the producer if ``error`` is fatal or its sender died. True if replaced.
+
+        ``failed`` is the producer the error came from. Sends still waiting on a replaced
+        producer fail late; their errors must not replace its healthy successor.
+        """
+        seen = self.generation
+        async with self._lock:
+            if self.generation != seen or (failed is not None and failed is not self._producer):
+                return True  # another caller already replaced it
+            if self.healthy() and not isinstance(error, FATAL_PRODUCER_ERRORS):
+                return False
+            reason = type(error).__name__ if error is not None else "sender_died"
+            log(logger, "producer_recreate", logging.WARNING, reason=reason)
+            old = self._producer
+            with contextlib.suppress(KafkaError, TimeoutError, OSError):
+                await asyncio.wait_for(old.stop(), timeout=5)
+            fresh = self._factory()
+            await fresh.start()
+            self._producer = fresh
+            self.generation += 1
+            self._on_recreate(reason)
+            return True
+
+    async def stop(self, flush_timeout_s: float = 10.0) -> None:
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self._producer.flush(), timeout=flush_timeout_s)
+        await self._producer.stop()
+
+
+def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured security protocol."""
+    kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        try:
+            context: ssl.SSLContext = create_ssl_context(
+                cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+                certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+                keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"ESCALATOR_KAFKA_SSL_*: cannot load TLS files: {exc}") from exc
+        kwargs["ssl_context"] = context
+    if kafka.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = kafka.sasl_mechanism
+        kwargs["sasl_plain_username"] = kafka.sasl_username
+        kwargs["sasl_plain_password"] = kafka.sasl_password.get() if kafka.sasl_password else None
+    return kwargs
+
+
+class KafkaUnreachable(EscalatorError):
+    """No bootstrap server accepted a connection with the configured security settings."""
+
+
+def _explain(kafka: KafkaSettings, address: str, exc: BaseException) -> tuple[bool, str]:
+    """(definitive, one-line explanation naming the variable to check) for a failed connect.
+
+    aiokafka's own bootstrap reports every cause as "Unable to bootstrap from [...]"; this is
+    what an operator needs instead. Definitive causes (credentials, certificates) stop the
+    search at once; the others let the next bootstrap server be tried.
+    """
+    protocol = kafka.security_protocol
+    if isinstance(exc, SaslAuthenticationFailed):
+        return True, (
+            f"Kafka at {address} rejected the credentials of SASL user {kafka.sasl_username!r}"
+            f" ({kafka.sasl_mechanism}): check ESCALATOR_KAFKA_SASL_USERNAME and"
+            " ESCALATOR_KAFKA_SASL_PASSWORD"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return True, (
+            f"Kafka at {address} does not enable SASL mechanism {kafka.sasl_mechanism} on this"
+            " listener: check ESCALATOR_KAFKA_SASL_MECHANISM"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True, (
+            f"TLS: the certificate of Kafka at {address} failed verification"
+            f" ({exc.verify_message}): check ESCALATOR_KAFKA_SSL_CAFILE"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return False, (
+            f"TLS handshake with Kafka at {address} failed ({exc.reason}): does this listener"
+            f" speak TLS? ESCALATOR_KAFKA_SECURITY_PROTOCOL is {protocol}"
+        )
+    if isinstance(exc, (KafkaConnectionError, ConnectionResetError)) and not isinstance(
+        exc.__cause__, OSError
+    ):
+        return False, (
+            f"Kafka at {address} closed the connection during the handshake: the listener"
+            f" expects another protocol than ESCALATOR_KAFKA_SECURITY_PROTOCOL={protocol}"
+            " (TLS or SASL?)"
+        )
+    if isinstance(exc, TimeoutError):
+        return False, f"no answer from Kafka at {address}: check KAFKA_BOOTSTRAP_SERVERS"
+    return False, f"cannot connect to Kafka at {address} ({exc!r}): check KAFKA_BOOTSTRAP_SERVERS"
+
+
+async def check_connection(kafka: KafkaSettings, timeout_s: float = 15.0) -> str:
+    """Connect to the bootstrap servers with the configured security; return the one reached.
+
+    Raises :class:`KafkaUnreachable` with a one-line cause when none can be used.
+    """
+    security = security_kwargs(kafka)
+    reasons: list[str] = []
+    for host, port in kafka.addresses:
+        address = f"{host}:{port}"
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host,
+                    port,
+                    client_id=kafka.client_id,
+                    request_timeout_ms=int(timeout_s * 1000),
+                    **security,
+                ),
+                timeout=timeout_s,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            definitive, reason = _explain(kafka, address, exc)
+            if definitive:
+                raise KafkaUnreachable(reason) from exc
+            reasons.append(reason)
+            continue
+        conn.close()
+        return address
+    raise KafkaUnreachable("; ".join(reasons))
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """Idempotent, acks=all: an acknowledged output is on every in-sync replica."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 0,
+        # Many concurrent senders: small batches make aiokafka's accumulator spin on drain.
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+        **security_kwargs(kafka),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """Manual commits only: offsets are committed by the pipeline's watermark, never auto.
+
+    ``group_id=None`` makes a group-less reader that assigns its partitions itself.
+    """
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        **security_kwargs(kafka),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(**kwargs)
+
+
+async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The topic's partition numbers, sorted, from the broker (not aiokafka's metadata cache)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry.get("topic") == topic and entry.get("error_code", 0) == 0:
+            found = sorted(int(p["partition"]) for p in entry.get("partitions", []))
+            if found:
+                return found
+    raise EscalatorError(f"topic {topic!r} does not exist")
+
+
+async def read_to_end(
+    kafka: KafkaSettings, topic: str, *, since_ms: int | None = None, **overrides: Any
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` (from ``since_ms`` if given) up to the end offsets seen at the
+    start, read group-less: nothing is committed and no group is joined."""
+    consumer = make_consumer(kafka, None, **overrides)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            for tp in tps:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else end[tp])
+        remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < end[tp]:
+                        yield record
+            # Positions, not the last offset read: transaction markers and aborted records
+            # occupy offsets that are never returned.
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def create_topics(
+    kafka: KafkaSettings, names: list[str], partitions: int, replication: int
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(n, partitions, replication) for n in missing], timeout_ms=30_000
+            )
+            for entry in response.topic_errors:
+                topic, code = entry[0], entry[1]
+                # A concurrent creator may win the race: "already exists" is the goal reached.
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    message = entry[2] if len(entry) > 2 else ""
+                    raise EscalatorError(
+                        f"creating topic {topic!r} failed: {for_code(code).__name__} {message}"
+                    )
+        for _ in range(100):
+            if set(names) <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+        return missing
+    finally:
+        await admin.close()

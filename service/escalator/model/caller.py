@@ -1,0 +1,543 @@
+"""The model boundary: the ModelClient protocol, its Anthropic adapter, and the one retry and
+failure policy around it.
+
+The adapter builds the request from the model's profile (``profiles.py``: thinking, effort,
+``max_tokens``), with the cached system prefix, the delimited user text, and structured output
+constrained to the label enum. It calls the SDK with its own retries off (``max_retries=0``:
+one retry layer, ours), reads the rate-limit headers of every response, translates SDK errors
+once into our tree, and validates the answer against the label set (case-insensitively). A
+refusal is an answer, not an error.
+
+:class:`ModelCaller` adds the retry layer (tenacity: exponential backoff with jitter and a cap,
+honouring ``retry-after``), the circuit breaker, the cache warm-up gate, and the hold rule
+(:meth:`ModelCaller.answer`): outages and account-level failures hold the record; only a
+record that fails while others succeed is given up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anthropic
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from escalator.contract.messages import Attempt
+from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
+from escalator.model.admission import Admission, disabled
+from escalator.model.breaker import CircuitBreaker
+from escalator.model.limits import AdaptiveLimit
+from escalator.model.prices import PriceTable, Usage
+from escalator.model.profiles import ModelProfile
+from escalator.model.task import Task
+from escalator.observability.logs import log
+
+logger = logging.getLogger("escalator.model")
+
+RATE_LIMIT_KINDS = ("requests", "input-tokens", "output-tokens", "tokens")
+#: 429 ``error.details.error_code`` values that mean a monthly spend cap, not a rate.
+SPEND_CAP_CODES = frozenset(
+    {
+        "enforced_spend_limit_reached",
+        "contract_spend_limit_reached",
+        "linked_organization_spend_limit_reached",
+    }
+)
+RateLimits = dict[str, tuple[float, float]]
+#: Transient failures that one request can cause on its own (a 500, a timeout on a huge
+#: text); rate limits, overload and connection trouble never count against a record.
+RECORD_FAILURES = frozenset({"server_error", "timeout", "other"})
+
+
+class ModelClient(Protocol):
+    """Answers one text. Raises ModelUnavailable (transient; ApiBlocked for the account) or
+    ModelRejected (this request)."""
+
+    tier: str
+    model: str
+
+    async def classify(self, text: str) -> Attempt: ...
+
+
+def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is not None:
+            try:
+                return max(0.0, float(raw) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+def rate_limits(headers: Mapping[str, str]) -> RateLimits:
+    """``{kind: (limit, remaining)}`` from the ``anthropic-ratelimit-*`` headers present."""
+    out: RateLimits = {}
+    for kind in RATE_LIMIT_KINDS:
+        limit = headers.get(f"anthropic-ratelimit-{kind}-limit")
+        remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
+        if limit is None or remaining is None:
+            continue
+        try:
+            out[kind.replace("-", "_")] = (float(limit), float(remaining))
+        except ValueError:
+            continue
+    return out
+
+
+def translate_error(exc: anthropic.AnthropicError) -> ModelUnavailable | ModelRejected:
+    """Map an SDK error to transient, account-level or per-request. The API key never appears
+    in messages; the request id always travels along."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ModelUnavailable("model call timed out", kind="timeout")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return ModelUnavailable("cannot connect to the model API", kind="connection")
+    if not isinstance(exc, anthropic.APIStatusError):
+        return ModelUnavailable(f"unexpected SDK error {type(exc).__name__}", kind="other")
+    status = exc.status_code
+    rid = exc.request_id
+    code = exc.error_code
+    said = (exc.api_message or "")[:300]
+    headers = exc.response.headers
+    where = f" (request-id {rid})" if rid else ""
+    if status == 401:
+        return ApiBlocked(
+            f"the API rejected the key (401){where}", kind="credentials", request_id=rid
+        )
+    if status == 403:
+        return ApiBlocked(
+            f"the key may not use this model (403): {said}{where}",
+            kind="permission",
+            request_id=rid,
+        )
+    if status == 402:
+        return ApiBlocked(f"billing problem (402): {said}{where}", kind="billing", request_id=rid)
+    if status == 404:
+        return ApiBlocked(
+            f"unknown or retired model (404): {said}{where}", kind="model_not_found", request_id=rid
+        )
+    if status == 429:
+        if code in SPEND_CAP_CODES:
+            return ApiBlocked(
+                f"spend cap reached (429 {code}): {said}{where}", kind="spend_limit", request_id=rid
+            )
+        return ModelUnavailable(
+            f"rate limited (429{' ' + code if code else ''}){where}",
+            kind="rate_limit",
+            retry_after_s=_retry_after_s(headers),
+            request_id=rid,
+        )
+    if status == 529:
+        return ModelUnavailable(
+            f"API overloaded (529){where}",
+            kind="overloaded",
+            retry_after_s=_retry_after_s(headers),
+            request_id=rid,
+        )
+    if status >= 500 or status in (408, 409):
+        return ModelUnavailable(f"API error {status}{where}", kind="server_error", request_id=rid)
+    if status == 400 and code == "organization_on_hold":
+        return ApiBlocked(
+            f"organization on hold (400): {said}{where}",
+            kind="organization_on_hold",
+            request_id=rid,
+        )
+    if status == 400 and "usage limit" in said.lower():
+        # The Errors page: "The API also returns a 400 when usage reaches an organization or
+        # workspace spend limit you set" ("You have reached your specified ... usage limits").
+        return ApiBlocked(
+            f"spend limit reached (400): {said}{where}", kind="spend_limit", request_id=rid
+        )
+    return ModelRejected(
+        f"API rejected the request ({status}): {said}{where}",
+        reason=f"api_{status}",
+        request_id=rid,
+    )
+
+
+class AnthropicClassifier:
+    """ModelClient over ``anthropic.AsyncAnthropic`` (the real API or the emulator)."""
+
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        *,
+        tier: str,
+        model: str,
+        task: Task,
+        prices: PriceTable,
+        profile: ModelProfile,
+        cache_ttl: str = "5m",
+        on_rate_limits: Callable[[str, RateLimits], None] = lambda model, limits: None,
+    ) -> None:
+        self._client = client
+        self.tier = tier
+        self.model = model
+        self.profile = profile
+        self._task = task
+        self._prices = prices
+        self._on_rate_limits = on_rate_limits
+        self._system = task.system_blocks(ttl=cache_ttl)
+        output_config: dict[str, Any] = {
+            "format": {"type": "json_schema", "schema": task.output_schema()}
+        }
+        if profile.effort is not None:
+            output_config["effort"] = profile.effort
+        self._fields: dict[str, Any] = {**profile.request_fields(), "output_config": output_config}
+
+    def request(self, text: str) -> dict[str, Any]:
+        """The keyword arguments of ``messages.create`` for ``text`` (what is sent)."""
+        return {
+            "model": self.model,
+            "system": self._system,
+            "messages": [{"role": "user", "content": self._task.user_turn(text)}],
+            **self._fields,
+        }
+
+    async def classify(self, text: str) -> Attempt:
+        started = time.perf_counter()
+        try:
+            raw = await self._client.messages.with_raw_response.create(**self.request(text))
+            message = await raw.parse()
+        except anthropic.APIStatusError as exc:
+            self._report_limits(exc.response.headers)
+            raise translate_error(exc) from exc
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._report_limits(raw.headers)
+        u = message.usage
+        created = u.cache_creation
+        geo = u.inference_geo
+        usage = Usage(
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cache_write_tokens=u.cache_creation_input_tokens or 0,
+            cache_read_tokens=u.cache_read_input_tokens or 0,
+            cache_write_1h_tokens=created.ephemeral_1h_input_tokens if created else 0,
+            inference_geo=geo,
+        )
+        refusal: str | None = None
+        label: str | None
+        error: str | None
+        if message.stop_reason == "refusal":
+            details = message.stop_details
+            refusal = (details.category if details else None) or "uncategorized"
+            label, confidence, error = None, 0.0, "refused"
+        else:
+            raw_text = "".join(b.text for b in message.content if b.type == "text")
+            label, confidence, error = self._validate(raw_text, message.stop_reason)
+        return Attempt(
+            tier=self.tier,
+            model=self.model,
+            label=label,
+            confidence=confidence,
+            valid=error is None,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cost_usd=self._prices.cost_usd(self.model, usage),
+            latency_ms=latency_ms,
+            error=error,
+            stop_reason=message.stop_reason,
+            refusal_category=refusal,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            inference_geo=geo,
+            request_id=raw.request_id,
+        )
+
+    def _report_limits(self, headers: Mapping[str, str]) -> None:
+        limits = rate_limits(headers)
+        if limits:
+            self._on_rate_limits(self.model, limits)
+
+    def _validate(self, raw: str, stop_reason: str | None) -> tuple[str | None, float, str | None]:
+        """(label, confidence, error). An invalid answer has confidence 0 and an error code."""
+        if stop_reason not in ("end_turn", "stop_sequence"):
+            return None, 0.0, f"stop_reason_{stop_reason}"
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None, 0.0, "answer_not_json"
+        if not isinstance(data, dict):
+            return None, 0.0, "answer_not_object"
+        answer = data.get("label")
+        confidence = data.get("confidence")
+        label = self._task.canonical_label(answer) if isinstance(answer, str) else None
+        if label is None:
+            return None, 0.0, "label_not_in_set"
+        if (
+            isinstance(confidence, bool)
+            or not isinstance(confidence, int | float)
+            or not 0.0 <= float(confidence) <= 1.0
+        ):
+            return label, 0.0, "confidence_invalid"
+        return label, float(confidence), None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    initial_s: float = 0.5
+    max_s: float = 20.0
+    #: A record whose calls keep failing transiently while others succeed is given up on
+    #: after this many calls (it must not block its partition forever).
+    poison_max_attempts: int = 12
+
+
+class ModelCaller:
+    """One retry layer around a ModelClient, gated by a circuit breaker and a cache warm-up.
+
+    Before each call, the model's :class:`~escalator.model.admission.Admission` gate waits until the
+    organisation's rate limit (as the headers show it) and this process's share of it cover
+    the call. Rate-limit answers (429) it did not prevent also shrink the shared
+    :class:`AdaptiveLimit` (AIMD), which the tier's worker reads as its in-flight limit;
+    successful answers grow it back. Without headers the gate lets every call through and
+    AIMD alone acts, as before admission control.
+
+    Warm-up: a prompt-cache entry is readable only once the response that wrote it has begun,
+    so after start-up, and after an idle gap near the cache TTL, one call goes alone and the
+    others wait for its answer instead of each paying a cache write.
+    """
+
+    def __init__(
+        self,
+        client: ModelClient,
+        breaker: CircuitBreaker,
+        policy: RetryPolicy,
+        on_retry: Callable[[ModelUnavailable], None] = lambda exc: None,
+        limit: AdaptiveLimit | None = None,
+        *,
+        warm_ttl_s: float | None = None,
+        on_warmup: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        admission: Admission | None = None,
+    ) -> None:
+        self.client = client
+        self.limit = limit or AdaptiveLimit(1, enabled=False)
+        #: Admission control from the rate-limit headers (``admission.py``), after the breaker
+        #: and the warm-up gate: the warm-up call goes first.
+        self.admission = admission or disabled()
+        self.breaker = breaker
+        self.policy = policy
+        self._on_retry = on_retry
+        self._backoff = wait_exponential_jitter(
+            multiplier=policy.initial_s, max=policy.max_s, jitter=policy.initial_s
+        )
+        self._warm_ttl_s = warm_ttl_s
+        self._on_warmup = on_warmup
+        self._clock = clock
+        self._last_answer = -float("inf")
+        self._warming: asyncio.Event | None = None
+
+    @property
+    def model(self) -> str:
+        return self.client.model
+
+    @property
+    def paused(self) -> bool:
+        """True while the tier must take no new work (breaker open or account blocked)."""
+        return self.breaker.is_open
+
+    def _wait(self, state: RetryCallState) -> float:
+        base: float = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after_s if isinstance(exc, ModelUnavailable) else None
+        return max(base, retry_after or 0.0)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ModelUnavailable):
+            self._on_retry(exc)
+
+    async def _warm_gate(self) -> bool:
+        """Wait while another call warms the cache; True when this call is the warm-up."""
+        if self._warm_ttl_s is None:
+            return False
+        while self._clock() - self._last_answer > self._warm_ttl_s:
+            if self._warming is None:
+                self._warming = asyncio.Event()
+                self._on_warmup()
+                return True
+            await self._warming.wait()
+        return False
+
+    def _warm_done(self) -> None:
+        if self._warming is not None:
+            self._warming.set()
+            self._warming = None
+
+    async def _admit(self) -> tuple[bool, bool]:
+        """Wait for the breaker and the warm-up; (is the probe, is the warm-up call).
+
+        Only the probe may call while the breaker is not closed: a call that waited for a
+        warm-up that failed (the account got blocked, say) goes back to the breaker, and so
+        does one that became the next warm-up call while the breaker is open.
+        """
+        while True:
+            probe = await self.breaker.acquire()
+            try:
+                warmer = await self._warm_gate()
+            except BaseException:
+                if probe:
+                    self.breaker.abandon_probe()
+                raise
+            if probe or self.breaker.state == "closed":
+                return probe, warmer
+            if warmer:
+                self._warm_done()
+
+    def shadow_keep(self) -> float:
+        """Probability of making a shadow call now (below 1 while the budget is tight)."""
+        return self.admission.shadow_keep()
+
+    async def _once(self, text: str, shadow: bool = False) -> Attempt:
+        probe, warmer = await self._admit()
+        try:
+            ticket = await self.admission.acquire(text, shadow=shadow, warm=warmer)
+        except BaseException:
+            if probe:
+                self.breaker.abandon_probe()
+            if warmer:
+                self._warm_done()
+            raise
+        try:
+            answer = await self.client.classify(text)
+        except ApiBlocked as exc:
+            self.admission.failed(ticket)
+            self.breaker.block(exc.kind, str(exc), probe=probe)
+            self._failed(exc, exc.kind)
+            raise
+        except ModelUnavailable as exc:
+            self.admission.failed(ticket, rate_limited=exc.kind == "rate_limit")
+            self.breaker.record(False, exc.kind, probe=probe)
+            if exc.kind == "rate_limit":
+                self.limit.on_rate_limited()
+            self._failed(exc, exc.kind)
+            raise
+        except ModelRejected as exc:
+            self.admission.failed(ticket)
+            self.breaker.record(False, exc.reason, probe=probe)
+            self._failed(exc, exc.reason)
+            raise
+        except BaseException:
+            self.admission.failed(ticket)
+            if probe:
+                self.breaker.abandon_probe()
+            raise
+        finally:
+            if warmer:
+                self._warm_done()
+        self.admission.settle(
+            ticket,
+            input_tokens=answer.input_tokens,
+            cache_write_tokens=answer.cache_write_tokens,
+            output_tokens=answer.output_tokens,
+        )
+        self._last_answer = self._clock()
+        self.breaker.record(True, probe=probe)
+        self.limit.on_success()
+        return answer
+
+    def _failed(self, exc: ModelUnavailable | ModelRejected, kind: str) -> None:
+        log(
+            logger,
+            "model_call_failed",
+            tier=self.client.tier,
+            model=self.client.model,
+            kind=kind,
+            request_id=exc.request_id,
+            error=str(exc)[:300],
+        )
+
+    async def call(self, text: str, *, shadow: bool = False) -> Attempt:
+        """Answer ``text``; raise ModelUnavailable once attempts are exhausted, ApiBlocked and
+        ModelRejected at once. ``shadow`` calls yield to real ones at the admission gate."""
+        try:
+            # Fast path: most calls succeed first time, and building tenacity's retry state
+            # per call costs more than the rest of the pipeline's per-record work.
+            return await self._once(text, shadow)
+        except ApiBlocked:
+            raise
+        except ModelUnavailable as exc:
+            if self.policy.max_attempts <= 1:
+                raise
+            self._on_retry(exc)
+            first_wait = max(self.policy.initial_s, exc.retry_after_s or 0.0)
+        await asyncio.sleep(first_wait)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.max_attempts - 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(ModelUnavailable)
+            & retry_if_not_exception_type(ApiBlocked),
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(text, shadow)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def answer(
+        self, text: str, *, give_up_when_unavailable: bool = False, shadow: bool = False
+    ) -> Attempt:
+        """Answer ``text``, holding the record through outages and account-level failures.
+
+        Raises only for this record: :class:`ModelRejected` when the API rejects it twice
+        while answering other requests in between (when it rejects everything, that is a
+        configuration or account problem and the breaker holds the traffic), and
+        :class:`PermanentError` ``model_unavailable`` when its calls keep failing transiently
+        while others succeed (``poison_max_attempts``). With ``give_up_when_unavailable``,
+        a transient failure that exhausted its retries is raised instead of held (never an
+        account-level one).
+        """
+        failed = 0
+        rejected_at: int | None = None
+        failed_at = self.breaker.successes
+        backoff_s = self.policy.initial_s
+        while True:
+            try:
+                return await self.call(text, shadow=shadow)
+            except ApiBlocked:
+                continue  # the breaker is blocked: the next call waits for its probe
+            except ModelRejected:
+                successes = self.breaker.successes
+                if rejected_at is not None and successes > rejected_at:
+                    if self.breaker.state == "closed":
+                        raise
+                rejected_at = successes if rejected_at is None else rejected_at
+            except ModelUnavailable as exc:
+                if give_up_when_unavailable:
+                    raise
+                if self.breaker.state != "closed":
+                    continue  # an outage: hold; the next call waits for the breaker
+                # A round counts against this record only if others were answered meanwhile
+                # (else it is an outage the breaker has not seen yet) and the failure could be
+                # the record's own (a 429 or 529 is about the account or the API, never it).
+                successes = self.breaker.successes
+                if exc.kind in RECORD_FAILURES and successes > failed_at:
+                    failed += self.policy.max_attempts
+                failed_at = successes
+                if failed >= self.policy.poison_max_attempts:
+                    raise PermanentError(
+                        f"model kept failing ({exc.kind}) for this record while serving "
+                        f"others; {failed} attempts",
+                        reason="model_unavailable",
+                    ) from exc
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self.policy.max_s)

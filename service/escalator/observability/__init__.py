@@ -1,0 +1,1 @@
+"""Prometheus metrics, JSON-lines logs, and the /healthz, /readyz and /metrics server."""

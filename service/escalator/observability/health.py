@@ -1,0 +1,88 @@
+"""The operator's HTTP port: ``/metrics`` (Prometheus), ``/healthz`` (liveness) and
+``/readyz`` (readiness: every tier has joined its group, and no tier's traffic is held
+because the account cannot call its model). A not-ready answer says why, per tier::
+
+    {"ready": false, "tiers": [{"tier": "cheap", "joined": true, "held": "spend_limit",
+     "message": "spend limit reached (400): ..."}]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from escalator.observability.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class TierHealth:
+    tier: str
+    joined: bool
+    #: The api_blocked reason while the account holds this tier's traffic, else None.
+    held: str | None = None
+    message: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.joined and self.held is None
+
+
+class HealthServer:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        host: str,
+        port: int,
+        live: Callable[[], bool],
+        ready: Callable[[], list[TierHealth]],
+    ) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._live = live
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def __aenter__(self) -> HealthServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics_view(self, _: web.Request) -> web.Response:
+        body = self._metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        ok = self._live()
+        return web.json_response({"live": ok}, status=200 if ok else 503)
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        tiers = self._ready()
+        ok = bool(tiers) and all(t.ready for t in tiers)
+        body = {
+            "ready": ok,
+            "tiers": [
+                {"tier": t.tier, "joined": t.joined, "held": t.held, "message": t.message}
+                for t in tiers
+            ],
+        }
+        return web.json_response(body, status=200 if ok else 503)

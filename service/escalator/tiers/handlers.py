@@ -1,0 +1,399 @@
+"""What each tier does with one record: the cheap and strong handlers.
+
+Cheap: validate the request, ask the cheap model, accept (-> results) or escalate
+(-> escalations, with the cheap answer attached). An answer that fails validation counts as
+confidence 0 and escalates (``invalid_answer``); a refusal escalates (``cheap_refused``) and
+is never retried. When the cheap model is down or rate-limited the record is *held*
+(uncommitted, partitions paused), not escalated: escalating would multiply its cost by about
+20. ``ESCALATOR_CHEAP_UNAVAILABLE=escalate`` restores escalation (``cheap_unavailable``) for
+transient failures that exhaust their retries. A record whose cheap calls keep failing while
+others succeed is escalated as ``cheap_unavailable`` after a bounded number of attempts.
+
+Strong: answer the escalation and publish the final decision. While the strong model's rate
+limit is tight (``admission.py``), shadow escalations are shed at random before any call, and
+the kept ones record the sample rate actually applied (the cheap tier's times the probability
+kept); real escalations are never shed. Transient failures hold the
+record while the breaker pauses the tier; only a record that keeps failing while the API
+serves others is dead-lettered, after a bounded number of attempts. Answers that keep failing
+validation are dead-lettered as ``model_output_invalid``. A refusal becomes the task's
+``refusal_label`` when it names one, else a dead letter ``model_refused``; never retried.
+
+Account-level failures (spend limit, billing, credentials, an unknown or retired model) hold
+traffic at both tiers: nothing is dead-lettered or escalated for them (see ``model.py``).
+
+Only permanent errors reach the dead-letter topic: malformed input, text over the limit, a
+400 for this request while others succeed, a refusal without a refusal label, or the two
+bounded cases above.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, replace
+
+from escalator.contract.messages import (
+    H_PREFIX,
+    Attempt,
+    Escalation,
+    Headers,
+    Request,
+    dead_letter_headers,
+    decision_value,
+    escalation_value,
+    parse_escalation,
+    parse_request,
+    result_value,
+)
+from escalator.engine.worker import Output, Record
+from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
+from escalator.model.caller import ModelCaller
+from escalator.model.task import Task
+from escalator.observability.logs import EventLog, log
+from escalator.observability.metrics import Metrics
+from escalator.tiers.routing import Route, Thresholds, route
+
+logger = logging.getLogger("escalator.decisions")
+decision_log = EventLog("escalator.decisions", "decision")
+
+
+@dataclass(frozen=True, slots=True)
+class TierTopics:
+    results: str
+    escalations: str
+    dead_letter: str
+    decisions: str
+
+
+def _headers(record: Record) -> Headers:
+    return [(k, bytes(v)) for k, v in (record.headers or ())]
+
+
+class _Base:
+    tier: str
+
+    def __init__(
+        self,
+        *,
+        caller: ModelCaller,
+        topics: TierTopics,
+        metrics: Metrics,
+        thresholds: Thresholds,
+        max_text_chars: int,
+        log_text: bool = False,
+        shadow_rate: float = 0.0,
+        rng: random.Random | None = None,
+        task: Task | None = None,
+        escalate_when_unavailable: bool = False,
+        invalid_answer_attempts: int = 3,
+    ) -> None:
+        self.refusal_label = task.refusal_label if task is not None else None
+        self.escalate_when_unavailable = escalate_when_unavailable
+        self.invalid_answer_attempts = invalid_answer_attempts
+        self.shadow_rate = shadow_rate
+        self.rng = rng or random.Random()
+        self.caller = caller
+        self.topics = topics
+        self.metrics = metrics
+        self.thresholds = thresholds
+        self.max_text_chars = max_text_chars
+        self.log_text = log_text
+
+    def should_pause(self) -> bool:
+        return self.caller.paused
+
+    def dead_letter(
+        self,
+        record: Record,
+        error: PermanentError,
+        label: str = "",
+        extra: Headers | None = None,
+    ) -> list[Output]:
+        self.metrics.dead_letters.labels(self.tier, error.reason).inc()
+        self.metrics.decision(self.tier, label, "dead_lettered")
+        log(
+            logger,
+            "dead_letter",
+            logging.WARNING,
+            tier=self.tier,
+            reason=error.reason,
+            error=str(error)[:300],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        headers = dead_letter_headers(
+            _headers(record),
+            reason=error.reason,
+            error=error,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            tier=self.tier,
+        )
+        return [
+            Output(
+                self.topics.dead_letter, record.value or b"", record.key, headers + (extra or [])
+            )
+        ]
+
+    def decision(
+        self,
+        request: Request,
+        attempt: Attempt,
+        key: bytes,
+        *,
+        outcome: str,
+        shadow: bool = False,
+        sample_rate: float | None = None,
+    ) -> Output:
+        """The decisions-log record of one model answer (counted in metrics here, once)."""
+        self.metrics.observe_attempt(attempt, shadow=shadow)
+        value = decision_value(
+            request,
+            attempt,
+            outcome=outcome,
+            threshold_version=self.thresholds.version,
+            shadow=shadow,
+            sample_rate=sample_rate,
+            threshold=self.thresholds.for_label(attempt.label) if self.tier == "cheap" else None,
+            shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
+        )
+        return Output(self.topics.decisions, value, key)
+
+    def log_decision(self, request: Request, attempt: Attempt, *, escalated: bool) -> None:
+        fields: dict[str, object] = {
+            "id": request.id,
+            "tier": attempt.tier,
+            "model": attempt.model,
+            "label": attempt.label,
+            "confidence": attempt.confidence,
+            "valid": attempt.valid,
+            "escalated": escalated,
+            "input_tokens": attempt.input_tokens,
+            "output_tokens": attempt.output_tokens,
+            "cache_write_tokens": attempt.cache_write_tokens,
+            "cache_read_tokens": attempt.cache_read_tokens,
+            "cost_usd": round(attempt.cost_usd, 10),
+            "latency_ms": round(attempt.latency_ms, 2),
+        }
+        if attempt.error:
+            fields["error"] = attempt.error
+        if attempt.refusal_category:
+            fields["refusal_category"] = attempt.refusal_category
+        if attempt.request_id:
+            fields["request_id"] = attempt.request_id
+        if self.log_text:
+            fields["text"] = request.text
+        decision_log(fields)
+
+
+class CheapHandler(_Base):
+    tier = "cheap"
+
+    async def handle(self, record: Record) -> list[Output]:
+        try:
+            request = parse_request(record.value, self.max_text_chars)
+        except InvalidRequest as exc:
+            return self.dead_letter(record, exc)
+        key = record.key or request.id.encode()
+        headers = _headers(record)
+        decision: Route
+        reason: str | None
+        outputs: list[Output] = []
+        try:
+            attempt = await self.caller.answer(
+                request.text, give_up_when_unavailable=self.escalate_when_unavailable
+            )
+        except ModelUnavailable as exc:
+            attempt = self._unavailable(f"unavailable:{exc.kind}")
+            decision, reason = "escalate", "cheap_unavailable"
+        except PermanentError as exc:
+            if exc.reason != "model_unavailable":
+                return self.dead_letter(record, exc)  # a 400 for this request alone
+            attempt = self._unavailable("unavailable:poison")
+            decision, reason = "escalate", "cheap_unavailable"
+        else:
+            if attempt.refused:
+                decision, reason = "escalate", "cheap_refused"
+            else:
+                decision, reason = route(attempt, self.thresholds)
+            outcome = "accepted" if decision == "accept" else "escalated"
+            outputs.append(self.decision(request, attempt, key, outcome=outcome))
+        self.log_decision(request, attempt, escalated=decision == "escalate")
+        if decision == "accept":
+            self.metrics.decision(self.tier, attempt.label or "", "accepted")
+            value = result_value(
+                request,
+                attempt,
+                [attempt],
+                escalated=False,
+                escalation_reason=None,
+                threshold_version=self.thresholds.version,
+            )
+            outputs.append(Output(self.topics.results, value, key, headers))
+            if self.shadow_rate > 0 and self.rng.random() < self.shadow_rate:
+                # Measurement: the strong tier answers this one too, for the decisions log
+                # only. The rate travels with it so estimates can be weighted by 1/rate.
+                shadow = escalation_value(
+                    request, "shadow", attempt, shadow=True, sample_rate=self.shadow_rate
+                )
+                outputs.append(Output(self.topics.escalations, shadow, key, headers))
+            return outputs
+        self.metrics.decision(self.tier, attempt.label or "", "escalated")
+        value = escalation_value(request, reason or "low_confidence", attempt)
+        outputs.append(Output(self.topics.escalations, value, key, headers))
+        return outputs
+
+    def _unavailable(self, error: str) -> Attempt:
+        return Attempt(
+            tier=self.tier,
+            model=self.caller.model,
+            label=None,
+            confidence=0.0,
+            valid=False,
+            error=error,
+        )
+
+
+class StrongHandler(_Base):
+    tier = "strong"
+
+    def _give_up(
+        self,
+        record: Record,
+        error: PermanentError,
+        decisions: list[Output],
+        shadow: bool,
+        extra: Headers | None = None,
+    ) -> list[Output]:
+        if shadow:
+            # A measurement call never dead-letters a request that already has its result.
+            self.metrics.shadow_failures.labels(error.reason).inc()
+            log(logger, "shadow_failed", logging.WARNING, reason=error.reason, offset=record.offset)
+            return decisions
+        return decisions + self.dead_letter(record, error, extra=extra)
+
+    async def handle(self, record: Record) -> list[Output]:
+        try:
+            escalation = parse_escalation(record.value, self.max_text_chars)
+        except InvalidRequest as exc:
+            return self.dead_letter(record, exc)
+        request = escalation.request
+        key = record.key or request.id.encode()
+        shadow = escalation.shadow
+        if shadow:
+            # Real traffic before measurement: while the strong model's budget is tight, shed
+            # shadow calls at random, and record the rate actually applied (the cheap tier's
+            # rate times the probability kept), so 1/sample_rate stays the right weight.
+            # At p = 1 every accepted request is shadowed and the calibration counts its strong
+            # answer as certain: those are never shed (they still yield at the gate).
+            keep = self.caller.shadow_keep() if escalation.sample_rate < 1.0 else 1.0
+            if keep < 1.0:
+                if self.rng.random() >= keep:
+                    self.metrics.shadows_shed.labels(self.caller.model).inc()
+                    return []
+                escalation = replace(escalation, sample_rate=escalation.sample_rate * keep)
+        decisions: list[Output] = []
+        attempts: list[Attempt] = [escalation.cheap]
+        invalid = 0
+        while True:
+            try:
+                attempt = await self.caller.answer(request.text, shadow=shadow)
+            except PermanentError as exc:
+                return self._give_up(record, exc, decisions, shadow)
+            attempts.append(attempt)
+            if attempt.valid:
+                break
+            if attempt.refused:
+                # Retrying a refusal usually refuses again, and each one is billed.
+                return self._refused(record, request, escalation, attempt, attempts, decisions)
+            invalid += 1
+            decisions.append(
+                self.decision(
+                    request,
+                    attempt,
+                    key,
+                    outcome="invalid",
+                    shadow=shadow,
+                    sample_rate=escalation.sample_rate,
+                )
+            )
+            self.log_decision(request, attempt, escalated=True)
+            if invalid >= self.invalid_answer_attempts:
+                error = PermanentError(
+                    f"strong model answer failed validation {invalid} times "
+                    f"(last: {attempt.error})",
+                    reason="model_output_invalid",
+                )
+                return self._give_up(record, error, decisions, shadow)
+        return self._final(record, request, escalation, attempt, attempts, decisions)
+
+    def _final(
+        self,
+        record: Record,
+        request: Request,
+        escalation: Escalation,
+        attempt: Attempt,
+        attempts: list[Attempt],
+        decisions: list[Output],
+    ) -> list[Output]:
+        key = record.key or request.id.encode()
+        shadow = escalation.shadow
+        self.log_decision(request, attempt, escalated=True)
+        decisions.append(
+            self.decision(
+                request,
+                attempt,
+                key,
+                outcome="shadow" if shadow else "final",
+                shadow=shadow,
+                sample_rate=escalation.sample_rate,
+            )
+        )
+        if shadow:
+            return decisions  # one decision per request, always: shadow answers never go to results
+        self.metrics.decision(self.tier, attempt.label or "", "accepted")
+        value = result_value(
+            request,
+            attempt,
+            attempts,
+            escalated=True,
+            escalation_reason=escalation.reason,
+            threshold_version=self.thresholds.version,
+        )
+        return [*decisions, Output(self.topics.results, value, key, _headers(record))]
+
+    def _refused(
+        self,
+        record: Record,
+        request: Request,
+        escalation: Escalation,
+        attempt: Attempt,
+        attempts: list[Attempt],
+        decisions: list[Output],
+    ) -> list[Output]:
+        """The task's refusal policy: its ``refusal_label``, or a dead letter."""
+        category = attempt.refusal_category or "uncategorized"
+        if self.refusal_label is not None:
+            decided = replace(attempt, label=self.refusal_label, confidence=1.0, valid=True)
+            attempts[-1] = decided
+            return self._final(record, request, escalation, decided, attempts, decisions)
+        key = record.key or request.id.encode()
+        self.log_decision(request, attempt, escalated=True)
+        decisions.append(
+            self.decision(
+                request,
+                attempt,
+                key,
+                outcome="refused",
+                shadow=escalation.shadow,
+                sample_rate=escalation.sample_rate,
+            )
+        )
+        error = PermanentError(
+            f"the strong model refused ({category}) and the task names no refusal_label",
+            reason="model_refused",
+        )
+        extra = [(H_PREFIX + "refusal-category", category.encode())]
+        return self._give_up(record, error, decisions, escalation.shadow, extra)

@@ -1,0 +1,39 @@
+"""Pure routing policy: a cheap answer plus thresholds -> accept or escalate.
+
+The rule stays dumb on purpose: escalate when the answer is invalid or its confidence is below
+the threshold for its label (a per-label threshold if set, else the global one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from escalator.contract.messages import Attempt
+
+Route = Literal["accept", "escalate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    default: float = 0.7
+    per_label: Mapping[str, float] = field(default_factory=dict)
+    version: str = "default"
+    #: (low, expected, high) escalation rate that calibration predicted for these thresholds,
+    #: with its 95% interval; None when the thresholds were set by hand.
+    expected_escalation: tuple[float, float, float] | None = None
+
+    def for_label(self, label: str | None) -> float:
+        if label is not None and label in self.per_label:
+            return self.per_label[label]
+        return self.default
+
+
+def route(answer: Attempt, thresholds: Thresholds) -> tuple[Route, str | None]:
+    """Return the route and, when escalating, why."""
+    if not answer.valid or answer.label is None:
+        return "escalate", "invalid_answer"
+    if answer.confidence >= thresholds.for_label(answer.label):
+        return "accept", None
+    return "escalate", "low_confidence"

@@ -1,0 +1,172 @@
+"""The package's shape, checked from its source: who may import whom.
+
+Every ``import`` and ``from ... import`` in the runtime package (``service/escalator``) and the
+development tools (``service/dev/escalator_dev``) is read with :mod:`ast`, including imports
+inside functions: a lazy import is still an arrow. The rules:
+
+- the runtime never imports the development tools (they are not in its wheel);
+- no import circle, between modules or between the role folders;
+- no CLI command module imports another (shared helpers live in ``cli/_common.py``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = {
+    "escalator": ROOT / "service" / "escalator",
+    "escalator_dev": ROOT / "service/dev/escalator_dev",
+}
+
+
+def module_name(path: Path) -> str:
+    for top, base in SOURCES.items():
+        if path.is_relative_to(base):
+            rel = path.relative_to(base).with_suffix("")
+            parts = [top, *rel.parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            return ".".join(parts)
+    raise AssertionError(path)
+
+
+def all_modules() -> dict[str, Path]:
+    return {
+        module_name(p): p
+        for base in SOURCES.values()
+        for p in base.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+
+
+MODULES = all_modules()
+
+
+def resolve(name: str) -> str | None:
+    """The project module an imported name refers to (``a.b.c`` may be a name in ``a.b``)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse(MODULES[module].read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from a.b import c` imports a.b, and a.b.c if c is a module.
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            target = resolve(name)
+            if target is not None and target != module:
+                found.add(target)
+    return found
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def test_the_walk_sees_the_imports_it_should() -> None:
+    """Guards the test itself: a walk that found nothing would pass every rule below."""
+    assert "escalator.engine.worker" in GRAPH["escalator.app"]
+    assert "escalator.errors" in GRAPH["escalator.model.caller"]
+    assert "escalator.cli.service" in GRAPH["escalator.cli.main"]
+    assert any(t.startswith("escalator.") for t in GRAPH["escalator_dev.demo"])
+
+
+def test_the_runtime_never_imports_the_development_tools() -> None:
+    arrows = [
+        (m, t)
+        for m, targets in GRAPH.items()
+        if m.split(".")[0] == "escalator"
+        for t in targets
+        if t.split(".")[0] == "escalator_dev"
+    ]
+    assert arrows == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _package_of(module: str) -> str:
+    """The role folder (``escalator.model``) or the top-level module (``escalator.app``)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_no_import_circle_between_modules() -> None:
+    # A package's __init__ re-exporting its own modules is not a circle of behaviour.
+    graph = {
+        m: {t for t in ts if not (m == t.rpartition(".")[0] and MODULES[m].name == "__init__.py")}
+        for m, ts in GRAPH.items()
+    }
+    assert _cycles(graph) == []
+
+
+def test_no_import_circle_between_role_folders() -> None:
+    graph: dict[str, set[str]] = {}
+    for m, targets in GRAPH.items():
+        graph.setdefault(_package_of(m), set()).update(
+            _package_of(t) for t in targets if _package_of(t) != _package_of(m)
+        )
+    assert _cycles(graph) == []
+
+
+COMMANDS = sorted(
+    m
+    for m in MODULES
+    if m.startswith("escalator.cli.") and m not in ("escalator.cli.main", "escalator.cli._common")
+)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_no_command_module_imports_another(command: str) -> None:
+    assert COMMANDS, "no command modules found"
+    others = set(COMMANDS) - {command}
+    assert GRAPH[command] & others == set()
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
