@@ -20,6 +20,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from escalator.calibration.threshold_file import load_threshold_file
 from escalator.config import Settings
+from escalator.engine.at_least_once import AtLeastOnce
+from escalator.engine.delivery import Delivery
+from escalator.engine.transactional import Transactional
 from escalator.engine.worker import TierWorker, WorkerOptions
 from escalator.errors import ConfigError, ModelUnavailable
 from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
@@ -383,27 +386,20 @@ def build_service(
         }
         if p.group_instance_id:
             consumer_kwargs["group_instance_id"] = f"{p.group_instance_id}-{tier}"
-        options = WorkerOptions(
-            max_in_flight=p.max_in_flight,
-            max_uncommitted=p.max_uncommitted,
-            commit_interval_s=p.commit_interval_s,
-            shutdown_grace_s=p.shutdown_grace_s,
-            revoke_wait_s=p.revoke_wait_s,
-            max_poll_interval_ms=p.max_poll_interval_ms,
-            exactly_once=exactly_once,
-            group_id=group,
+        # The one place the guarantee is looked at: it picks the delivery strategy.
+        delivery: Delivery = (
+            Transactional(_transactional_factory(settings, group), group)
+            if exactly_once
+            else AtLeastOnce(producer)
         )
         worker = TierWorker(
             topic=topic,
             consumer=make_consumer(settings.kafka, group, **consumer_kwargs),
-            producer=producer,
+            delivery=delivery,
             handler=handler,
             metrics=metrics,
-            options=options,
+            options=WorkerOptions.from_settings(p),
             limit=limit,
-            transactional_producer=(
-                _transactional_factory(settings, group) if exactly_once else None
-            ),
         )
         shares.setdefault(model, _partition_share(worker))
         workers.append(worker)

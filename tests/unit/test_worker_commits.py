@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
 from escalator.observability.metrics import Metrics
 
@@ -121,7 +122,7 @@ async def run_worker(n: int, commit_s: float, options: WorkerOptions) -> SlowCom
     worker = TierWorker(
         topic=TP.topic,
         consumer=consumer,  # type: ignore[arg-type]
-        producer=AckingProducer(),  # type: ignore[arg-type]
+        delivery=AtLeastOnce(AckingProducer()),  # type: ignore[arg-type]
         handler=QuickHandler(),
         metrics=Metrics(),
         options=options,

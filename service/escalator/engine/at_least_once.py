@@ -1,0 +1,178 @@
+"""At-least-once delivery: produce, await every acknowledgement, commit at the watermark.
+
+A record counts as done only once the broker has acknowledged all of its outputs
+(``acks=all``, idempotent producer); a send that fails is retried until acknowledged, with
+backoff, on a repaired producer if need be. Offsets are committed per partition at the
+watermark, beside the poll loop. A crash repeats the records that were dispatched and not
+committed (the duplicate window, bounded by the worker and counted), never loses one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from escalator.engine.delivery import Bound, Output, PartitionTracker
+from escalator.kafka.clients import ProducerHandle
+from escalator.observability.logs import log
+
+logger = logging.getLogger("escalator.pipeline")
+
+
+class _Partition:
+    """Records of one partition below its watermark whose offset is not committed yet."""
+
+    __slots__ = ("finished",)
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+
+class AtLeastOnce:
+    not_ready: frozenset[TopicPartition] = frozenset()
+
+    def __init__(self, producer: ProducerHandle) -> None:
+        self._producer = producer
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._awaiting_ack = 0
+        # Records done but not yet covered by a successful commit (the sum over partitions).
+        # Commits run beside the poll loop, so records keep being dispatched while one is in
+        # flight; beyond max_in_flight these take from the dispatch budget (``reserved``), so
+        # a slow commit cannot widen the duplicate window.
+        self.finished = 0
+
+    def bind(self, worker: Bound) -> None:
+        self._w = worker
+
+    @property
+    def awaiting_ack(self) -> int:
+        return self._awaiting_ack
+
+    def uncommitted(self) -> int:
+        return self.finished
+
+    def reserved(self) -> int:
+        return max(0, self.finished - self._w.max_in_flight)
+
+    async def deliver(
+        self, tp: TopicPartition, tracker: PartitionTracker, offset: int, outputs: list[Output]
+    ) -> None:
+        self._awaiting_ack += 1
+        try:
+            await self._produce_all(outputs)
+        finally:
+            self._awaiting_ack -= 1
+
+    def advanced(self, tp: TopicPartition, popped: int) -> None:
+        self._parts[tp].finished += popped
+        self.finished += popped
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._parts.setdefault(tp, _Partition())
+
+    def revoking(self, partitions: set[TopicPartition]) -> None:
+        pass
+
+    def release(self, tp: TopicPartition, reason: str) -> set[int]:
+        part = self._parts.pop(tp, None)
+        if part is not None:
+            self.finished -= part.finished
+            part.finished = 0
+        return set()
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    # -- producing ------------------------------------------------------------------------------
+    async def _produce_all(self, outputs: list[Output]) -> None:
+        """Send every output, then wait for every acknowledgement. Retries until acknowledged."""
+        producer = self._producer.get()
+        pending: list[tuple[Output, Any]] = []
+        for out in outputs:
+            try:
+                fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+            except KafkaError as exc:
+                fut = None
+                await self._produce_failed(exc, producer)
+            pending.append((out, fut))
+        for out, fut in pending:
+            if fut is not None:
+                try:
+                    await fut
+                    continue
+                except KafkaError as exc:
+                    # The idempotent producer retried internally and gave up.
+                    await self._produce_failed(exc, producer)
+            await self._resend(out)
+
+    async def _produce_failed(self, exc: KafkaError, producer: AIOKafkaProducer) -> None:
+        self._w.series.produce_errors.inc()
+        log(logger, "produce_failed", logging.WARNING, tier=self._w.tier, error=repr(exc))
+        with contextlib.suppress(KafkaError):
+            await self._producer.repair(exc, failed=producer)
+
+    async def _resend(self, out: Output) -> None:
+        """The slow path: send one output again, with backoff, until it is acknowledged."""
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            producer = self._producer.get()
+            try:
+                fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                await fut
+            except KafkaError as exc:
+                await self._produce_failed(exc, producer)
+            else:
+                return
+
+    # -- commits --------------------------------------------------------------------------------
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        if not self._producer.healthy():
+            # The sender died between sends (aiokafka issue 1017): replace it now, not after
+            # the next send times out.
+            with contextlib.suppress(KafkaError):
+                await self._producer.repair()
+        w = self._w
+        offsets = {tp: OffsetAndMetadata(o, "") for tp, o in w.due(only).items()}
+        if not offsets:
+            return
+        # What this commit covers, taken with the offsets, before the await.
+        covered = [
+            (tp, w.trackers[tp], self._parts[tp], self._parts[tp].finished) for tp in offsets
+        ]
+        try:
+            await w.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on: these partitions are lost to us. Their uncommitted
+            # records will be redone by the new owner (at-least-once), not dropped.
+            w.metrics.commits.labels(w.tier, "failed").inc()
+            log(
+                logger,
+                "commit_failed_partition_lost",
+                logging.WARNING,
+                tier=w.tier,
+                error=repr(exc),
+            )
+            return
+        except KafkaError as exc:
+            w.metrics.commits.labels(w.tier, "retry").inc()
+            log(logger, "commit_failed_will_retry", logging.WARNING, tier=w.tier, error=repr(exc))
+            return
+        for tp, tracker, part, finished in covered:
+            tracker.committed = offsets[tp].offset
+            part.finished -= finished
+            if self._parts.get(tp) is part:  # not released (revoked) meanwhile
+                self.finished -= finished
+        w.wake()
+        w.metrics.commits.labels(w.tier, "ok").inc()
