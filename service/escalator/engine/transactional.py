@@ -50,6 +50,8 @@ class Transactional:
         #: Answered records whose outputs wait for their transaction.
         self.held = 0
         self.not_ready: set[TopicPartition] = set()
+        # Being revoked: only the revocation's own commit may open a transaction on these.
+        self._closing: set[TopicPartition] = set()
 
     def bind(self, worker: Bound) -> None:
         self._w = worker
@@ -80,23 +82,29 @@ class Transactional:
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         due = self._w.due(only)
         if due:
-            await asyncio.gather(*(self._commit_partition(tp) for tp in due))
+            await asyncio.gather(*(self._commit_partition(tp, only is not None) for tp in due))
 
-    async def _commit_partition(self, tp: TopicPartition) -> None:
+    async def _commit_partition(self, tp: TopicPartition, explicit: bool) -> None:
         """One transaction: the outputs of every record below the watermark, and the offset.
 
         The run loop and the rebalance listener can both commit: a lock per partition keeps
-        them to one transaction at a time on its producer.
+        them to one transaction at a time on its producer. Once a partition is being revoked,
+        the periodic commit leaves it alone: a transaction it opened after the revocation's
+        own would still be open when the partition is let go and its producer closed.
         """
         w = self._w
         lock = self._locks.setdefault(tp, asyncio.Lock())
         async with lock:
+            if tp in self._closing and not explicit:
+                return
             tracker = w.trackers.get(tp)
             part = self._parts.get(tp)
             producer = self._producers.get(tp)
             upto = tracker.to_commit() if tracker is not None else None
             if tracker is None or part is None or producer is None or upto is None:
                 return
+            if part.tracker is not tracker:
+                return  # let go and taken again since: the new ownership commits its own
             offsets = sorted(o for o in part.outputs if o < upto)
             try:
                 async with producer.transaction():
@@ -116,14 +124,16 @@ class Transactional:
                 # Another member owns this partition now and has fenced our transactional
                 # id: it will redo these records. Let go of them.
                 w.metrics.transactions.labels(w.tier, "fenced").inc()
-                w.drop(tp, "fenced")
+                if self._parts.get(tp) is part:  # not a later ownership of the partition
+                    w.drop(tp, "fenced")
                 return
             except KafkaError as exc:
                 # The transaction was aborted (or could not complete): keep the outputs and
                 # try again at the next commit, with a fresh producer.
                 w.metrics.transactions.labels(w.tier, "aborted").inc()
                 log(logger, "transaction_failed", logging.WARNING, tier=w.tier, error=repr(exc))
-                await self._replace(tp)
+                if self._producers.get(tp) is producer:
+                    await self._replace(tp)
                 return
             for offset in offsets:
                 del part.outputs[offset]
@@ -135,6 +145,7 @@ class Transactional:
     # -- partitions -----------------------------------------------------------------------------
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         w = self._w
+        self._closing -= partitions
         for tp in partitions:
             self._parts.setdefault(tp, _Partition(w.trackers[tp]))
         if not partitions:
@@ -155,6 +166,7 @@ class Transactional:
 
     def revoking(self, partitions: set[TopicPartition]) -> None:
         self.not_ready -= partitions
+        self._closing |= partitions
 
     def release(self, tp: TopicPartition, reason: str) -> set[int]:
         part = self._parts.pop(tp, None)
@@ -168,6 +180,7 @@ class Transactional:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         await self._close(partitions)
+        self._closing -= partitions
 
     async def close(self) -> None:
         await self._close(set(self._producers))
