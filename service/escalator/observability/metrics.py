@@ -224,21 +224,21 @@ class Metrics:
             ["tier", "model"],
             registry=r,
         )
-        self.admission_estimated = Counter(
+        self.admission_estimated = HotCounter(
             "escalator_admission_estimated_tokens",
             "Tokens the admission controller estimated for answered calls (kind: input, "
             "output); compare with escalator_admission_actual_tokens_total.",
             ["tier", "model", "kind"],
             registry=r,
         )
-        self.admission_actual = Counter(
+        self.admission_actual = HotCounter(
             "escalator_admission_actual_tokens",
             "Tokens the API counted against the rate limit for the same calls (input: uncached "
             "input and cache writes; output: output tokens).",
             ["tier", "model", "kind"],
             registry=r,
         )
-        self.admission_error = Histogram(
+        self.admission_error = HotHistogram(
             "escalator_admission_estimate_ratio",
             "Per answered call: actual / estimated input tokens.",
             ["tier", "model"],
@@ -252,7 +252,7 @@ class Metrics:
             ["model", "kind"],
             registry=r,
         )
-        self.ratelimit_used = Counter(
+        self.ratelimit_used = HotCounter(
             "escalator_ratelimit_used",
             "Usage counted against the organisation's rate limits, as the API counts it "
             "(kind: requests, input_tokens = uncached input + cache writes, output_tokens).",
