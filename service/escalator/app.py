@@ -331,12 +331,7 @@ def build_service(
     tier_topics = TierTopics(
         topics.results, topics.escalations, topics.dead_letter, topics.decisions
     )
-    policy = RetryPolicy(
-        settings.model.max_attempts,
-        settings.model.backoff_initial_s,
-        settings.model.backoff_max_s,
-        poison_max_attempts=p.poison_max_attempts,
-    )
+    policy = RetryPolicy.from_settings(settings)
     workers: list[TierWorker] = []
     callers: dict[str, ModelCaller] = {}
     for tier in tiers:
@@ -371,7 +366,6 @@ def build_service(
             shadow_rate=settings.routing.shadow_rate,
             task=task,
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
-            invalid_answer_attempts=p.invalid_answer_attempts,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group

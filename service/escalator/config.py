@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar, cast, get_args
 
 from escalator.errors import ConfigError
 
@@ -24,6 +24,14 @@ DEFAULT_CHEAP_MODEL = "claude-haiku-5-5"
 DEFAULT_STRONG_MODEL = "claude-sonnet-5-5"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: With a SASL protocol and no ESCALATOR_KAFKA_SASL_MECHANISM (KafkaSettings keeps None
+#: without SASL).
+DEFAULT_SASL_MECHANISM = "SCRAM-SHA-512"
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+PROCESSING_GUARANTEES: tuple[ProcessingGuarantee, ...] = get_args(ProcessingGuarantee)
+DEFAULT_MAX_IN_FLIGHT = 64
+#: ESCALATOR_MAX_UNCOMMITTED defaults to this many times ESCALATOR_MAX_IN_FLIGHT.
+UNCOMMITTED_PER_IN_FLIGHT = 4
 
 
 class Secret:
@@ -73,6 +81,11 @@ class KafkaSettings:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
+    """Every topic the service reads or writes: its fields are the one list of them. Each is
+    set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
+    ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
+    ESCALATOR_DECISIONS_TOPIC."""
+
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
     results: str = "escalator.results"
@@ -80,8 +93,13 @@ class Topics:
     decisions: str = "escalator.decisions"
 
     def all(self) -> list[str]:
-        """Every topic the service reads or writes: the one list of them."""
-        return [self.requests, self.escalations, self.results, self.dead_letter, self.decisions]
+        """Every topic the service reads or writes, in field order."""
+        return [getattr(self, f.name) for f in fields(self)]
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Field name -> the environment variable that sets it."""
+        return {f.name: f"ESCALATOR_{f.name.upper()}_TOPIC" for f in fields(cls)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +131,7 @@ class ModelSettings:
 class PipelineSettings:
     cheap_group: str = "escalator-cheap"
     strong_group: str = "escalator-strong"
-    max_in_flight: int = 64
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     commit_interval_s: float = 2.0
     shutdown_grace_s: float = 25.0
     revoke_wait_s: float = 10.0
@@ -133,9 +151,10 @@ class PipelineSettings:
     group_instance_id: str | None = None
     # Records not yet committed (in flight, awaiting acks, or done above a slower record) are
     # capped at this many per worker: it bounds the work a crash can repeat.
-    max_uncommitted: int = 256
+    max_uncommitted: int = UNCOMMITTED_PER_IN_FLIGHT * DEFAULT_MAX_IN_FLIGHT
     adaptive_concurrency: bool = True
-    processing_guarantee: str = "at_least_once"
+    #: ESCALATOR_PROCESSING_GUARANTEE (validated at start-up, case-insensitive).
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
     transactional_id_prefix: str = "escalator"
 
 
@@ -205,6 +224,13 @@ class _Env:
     def integer(self, name: str, default: int, minimum: int = 0) -> int:
         value = self.get(name, default, int, "an integer")
         if value < minimum:
+            raise ConfigError(f"{name}={value} must be at least {minimum}")
+        return value
+
+    def optional_integer(self, name: str, minimum: int = 0) -> int | None:
+        """None when unset (the field's default is None), else as :meth:`integer`."""
+        value = self.get(name, None, int, "an integer")
+        if value is not None and value < minimum:
             raise ConfigError(f"{name}={value} must be at least {minimum}")
         return value
 
@@ -289,7 +315,11 @@ def parse_caps(
 
 
 def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> Settings:
-    """Parse and validate the whole configuration. Raises ConfigError naming the variable."""
+    """Parse and validate the whole configuration. Raises ConfigError naming the variable.
+
+    Every default is the dataclass field's (read from an instance built with defaults only):
+    a default is written once, on its field.
+    """
     env = _Env(environ)
     bootstrap = env.raw("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap is None and require_kafka:
@@ -300,11 +330,16 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
     except ValueError as exc:
         raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {exc}") from None
 
-    protocol = env.choice("ESCALATOR_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS)
+    dk = KafkaSettings(bootstrap_servers=bootstrap)
+    protocol = env.choice(
+        "ESCALATOR_KAFKA_SECURITY_PROTOCOL", dk.security_protocol, SECURITY_PROTOCOLS
+    )
     mechanism = None
     username = password = None
     if protocol.startswith("SASL"):
-        mechanism = env.choice("ESCALATOR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512", SASL_MECHANISMS)
+        mechanism = env.choice(
+            "ESCALATOR_KAFKA_SASL_MECHANISM", DEFAULT_SASL_MECHANISM, SASL_MECHANISMS
+        )
         username = env.raw("ESCALATOR_KAFKA_SASL_USERNAME")
         secret = env.raw("ESCALATOR_KAFKA_SASL_PASSWORD")
         if username is None:
@@ -321,90 +356,113 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         ssl_cafile=env.file("ESCALATOR_KAFKA_SSL_CAFILE"),
         ssl_certfile=env.file("ESCALATOR_KAFKA_SSL_CERTFILE"),
         ssl_keyfile=env.file("ESCALATOR_KAFKA_SSL_KEYFILE"),
-        client_id=env.text("ESCALATOR_KAFKA_CLIENT_ID", "escalator"),
+        client_id=env.text("ESCALATOR_KAFKA_CLIENT_ID", dk.client_id),
     )
 
     api_key = env.raw("ANTHROPIC_API_KEY")
     base_url = env.raw("ANTHROPIC_BASE_URL")
     if base_url is not None and not re.match(r"^https?://[^\s/]+", base_url):
         raise ConfigError(f"ANTHROPIC_BASE_URL={base_url!r} is not an http(s) URL")
+    dm = ModelSettings(api_key=None, base_url=None)
     model = ModelSettings(
         api_key=Secret(api_key) if api_key else None,
         base_url=base_url,
-        cheap_model=env.text("ESCALATOR_CHEAP_MODEL", DEFAULT_CHEAP_MODEL),
-        strong_model=env.text("ESCALATOR_STRONG_MODEL", DEFAULT_STRONG_MODEL),
-        timeout_s=env.number("ESCALATOR_MODEL_TIMEOUT_S", 30.0, 0.1, 600.0),
-        max_tokens=(
-            env.integer("ESCALATOR_MODEL_MAX_TOKENS", 64, 16)
-            if env.raw("ESCALATOR_MODEL_MAX_TOKENS") is not None
-            else None
+        cheap_model=env.text("ESCALATOR_CHEAP_MODEL", dm.cheap_model),
+        strong_model=env.text("ESCALATOR_STRONG_MODEL", dm.strong_model),
+        timeout_s=env.number("ESCALATOR_MODEL_TIMEOUT_S", dm.timeout_s, 0.1, 600.0),
+        max_tokens=env.optional_integer("ESCALATOR_MODEL_MAX_TOKENS", 16),
+        max_attempts=env.integer("ESCALATOR_MODEL_MAX_ATTEMPTS", dm.max_attempts, 1),
+        backoff_initial_s=env.number(
+            "ESCALATOR_BACKOFF_INITIAL_S", dm.backoff_initial_s, 0.0, 60.0
         ),
-        max_attempts=env.integer("ESCALATOR_MODEL_MAX_ATTEMPTS", 4, 1),
-        backoff_initial_s=env.number("ESCALATOR_BACKOFF_INITIAL_S", 0.5, 0.0, 60.0),
-        backoff_max_s=env.number("ESCALATOR_BACKOFF_MAX_S", 20.0, 0.0, 600.0),
+        backoff_max_s=env.number("ESCALATOR_BACKOFF_MAX_S", dm.backoff_max_s, 0.0, 600.0),
         profiles_file=env.file("ESCALATOR_MODEL_PROFILES_FILE"),
         cheap_unavailable=env.choice(
-            "ESCALATOR_CHEAP_UNAVAILABLE", "HOLD", ("HOLD", "ESCALATE")
+            "ESCALATOR_CHEAP_UNAVAILABLE", dm.cheap_unavailable, ("HOLD", "ESCALATE")
         ).lower(),
-        check_models=env.flag("ESCALATOR_MODEL_CHECK", True),
-        cache_ttl=env.choice("ESCALATOR_CACHE_TTL", "5M", ("5M", "1H")).lower(),
+        check_models=env.flag("ESCALATOR_MODEL_CHECK", dm.check_models),
+        cache_ttl=env.choice("ESCALATOR_CACHE_TTL", dm.cache_ttl, ("5M", "1H")).lower(),
     )
 
-    grace = env.number("ESCALATOR_SHUTDOWN_GRACE_S", 25.0, 0.0, 3600.0)
-    max_in_flight = env.integer("ESCALATOR_MAX_IN_FLIGHT", 64, 1)
+    dp = PipelineSettings()
+    grace = env.number("ESCALATOR_SHUTDOWN_GRACE_S", dp.shutdown_grace_s, 0.0, 3600.0)
+    max_in_flight = env.integer("ESCALATOR_MAX_IN_FLIGHT", dp.max_in_flight, 1)
+    guarantee = env.choice(
+        "ESCALATOR_PROCESSING_GUARANTEE",
+        dp.processing_guarantee,
+        tuple(g.upper() for g in PROCESSING_GUARANTEES),
+    ).lower()
     pipeline = PipelineSettings(
-        cheap_group=env.text("ESCALATOR_CHEAP_GROUP", "escalator-cheap"),
-        strong_group=env.text("ESCALATOR_STRONG_GROUP", "escalator-strong"),
+        cheap_group=env.text("ESCALATOR_CHEAP_GROUP", dp.cheap_group),
+        strong_group=env.text("ESCALATOR_STRONG_GROUP", dp.strong_group),
         max_in_flight=max_in_flight,
-        commit_interval_s=env.number("ESCALATOR_COMMIT_INTERVAL_S", 2.0, 0.05, 600.0),
+        commit_interval_s=env.number(
+            "ESCALATOR_COMMIT_INTERVAL_S", dp.commit_interval_s, 0.05, 600.0
+        ),
         shutdown_grace_s=grace,
-        revoke_wait_s=env.number("ESCALATOR_REVOKE_WAIT_S", min(10.0, grace), 0.0, 3600.0),
-        max_text_chars=env.integer("ESCALATOR_MAX_TEXT_CHARS", 20_000, 1),
-        max_poll_interval_ms=env.integer("ESCALATOR_MAX_POLL_INTERVAL_MS", 300_000, 1000),
-        session_timeout_ms=env.integer("ESCALATOR_SESSION_TIMEOUT_MS", 45_000, 1000),
-        poison_max_attempts=env.integer("ESCALATOR_POISON_MAX_ATTEMPTS", 12, 1),
-        invalid_answer_attempts=env.integer("ESCALATOR_INVALID_ANSWER_ATTEMPTS", 3, 1),
-        breaker_window=env.integer("ESCALATOR_BREAKER_WINDOW", 20, 2),
-        breaker_failure_ratio=env.number("ESCALATOR_BREAKER_FAILURE_RATIO", 0.5, 0.01, 1.0),
-        breaker_cooldown_s=env.number("ESCALATOR_BREAKER_COOLDOWN_S", 2.0, 0.01, 600.0),
-        breaker_cooldown_max_s=env.number("ESCALATOR_BREAKER_COOLDOWN_MAX_S", 30.0, 0.01, 3600.0),
-        blocked_probe_s=env.number("ESCALATOR_BLOCKED_PROBE_S", 30.0, 0.05, 3600.0),
+        revoke_wait_s=env.number(
+            "ESCALATOR_REVOKE_WAIT_S", min(dp.revoke_wait_s, grace), 0.0, 3600.0
+        ),
+        max_text_chars=env.integer("ESCALATOR_MAX_TEXT_CHARS", dp.max_text_chars, 1),
+        max_poll_interval_ms=env.integer(
+            "ESCALATOR_MAX_POLL_INTERVAL_MS", dp.max_poll_interval_ms, 1000
+        ),
+        session_timeout_ms=env.integer("ESCALATOR_SESSION_TIMEOUT_MS", dp.session_timeout_ms, 1000),
+        poison_max_attempts=env.integer("ESCALATOR_POISON_MAX_ATTEMPTS", dp.poison_max_attempts, 1),
+        invalid_answer_attempts=env.integer(
+            "ESCALATOR_INVALID_ANSWER_ATTEMPTS", dp.invalid_answer_attempts, 1
+        ),
+        breaker_window=env.integer("ESCALATOR_BREAKER_WINDOW", dp.breaker_window, 2),
+        breaker_failure_ratio=env.number(
+            "ESCALATOR_BREAKER_FAILURE_RATIO", dp.breaker_failure_ratio, 0.01, 1.0
+        ),
+        breaker_cooldown_s=env.number(
+            "ESCALATOR_BREAKER_COOLDOWN_S", dp.breaker_cooldown_s, 0.01, 600.0
+        ),
+        breaker_cooldown_max_s=env.number(
+            "ESCALATOR_BREAKER_COOLDOWN_MAX_S", dp.breaker_cooldown_max_s, 0.01, 3600.0
+        ),
+        blocked_probe_s=env.number("ESCALATOR_BLOCKED_PROBE_S", dp.blocked_probe_s, 0.05, 3600.0),
         group_instance_id=env.raw("ESCALATOR_GROUP_INSTANCE_ID"),
-        max_uncommitted=env.integer("ESCALATOR_MAX_UNCOMMITTED", 4 * max_in_flight, max_in_flight),
-        adaptive_concurrency=env.flag("ESCALATOR_ADAPTIVE_CONCURRENCY", True),
-        processing_guarantee=env.choice(
-            "ESCALATOR_PROCESSING_GUARANTEE", "AT_LEAST_ONCE", ("AT_LEAST_ONCE", "EXACTLY_ONCE")
-        ).lower(),
-        transactional_id_prefix=env.text("ESCALATOR_TRANSACTIONAL_ID_PREFIX", "escalator"),
+        max_uncommitted=env.integer(
+            "ESCALATOR_MAX_UNCOMMITTED", UNCOMMITTED_PER_IN_FLIGHT * max_in_flight, max_in_flight
+        ),
+        adaptive_concurrency=env.flag("ESCALATOR_ADAPTIVE_CONCURRENCY", dp.adaptive_concurrency),
+        processing_guarantee=cast(ProcessingGuarantee, guarantee),
+        transactional_id_prefix=env.text(
+            "ESCALATOR_TRANSACTIONAL_ID_PREFIX", dp.transactional_id_prefix
+        ),
     )
+    dr = RoutingSettings()
     routing = RoutingSettings(
-        threshold=env.number("ESCALATOR_THRESHOLD", 0.7, 0.0, 1.0),
+        threshold=env.number("ESCALATOR_THRESHOLD", dr.threshold, 0.0, 1.0),
         label_thresholds=parse_label_thresholds(
             "ESCALATOR_LABEL_THRESHOLDS", env.raw("ESCALATOR_LABEL_THRESHOLDS")
         ),
         task_file=env.file("ESCALATOR_TASK_FILE"),
         prices_file=env.file("ESCALATOR_PRICES_FILE"),
         thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
-        shadow_rate=env.number("ESCALATOR_SHADOW_RATE", 0.05, 0.0, 1.0),
+        shadow_rate=env.number("ESCALATOR_SHADOW_RATE", dr.shadow_rate, 0.0, 1.0),
     )
+    da = AdmissionSettings()
     admission = AdmissionSettings(
-        enabled=env.flag("ESCALATOR_ADMISSION", True),
-        target=env.number("ESCALATOR_ADMISSION_TARGET", 0.95, 0.5, 1.0),
+        enabled=env.flag("ESCALATOR_ADMISSION", da.enabled),
+        target=env.number("ESCALATOR_ADMISSION_TARGET", da.target, 0.5, 1.0),
         caps=parse_caps(
             "ESCALATOR_ADMISSION_CAP",
             env.raw("ESCALATOR_ADMISSION_CAP"),
             (model.cheap_model, model.strong_model),
         ),
     )
-    defaults = Topics()
+    dt = Topics()
     topics = Topics(
-        requests=_topic(env, "ESCALATOR_REQUESTS_TOPIC", defaults.requests),
-        escalations=_topic(env, "ESCALATOR_ESCALATIONS_TOPIC", defaults.escalations),
-        results=_topic(env, "ESCALATOR_RESULTS_TOPIC", defaults.results),
-        dead_letter=_topic(env, "ESCALATOR_DEAD_LETTER_TOPIC", defaults.dead_letter),
-        decisions=_topic(env, "ESCALATOR_DECISIONS_TOPIC", defaults.decisions),
+        **{
+            name: _topic(env, variable, getattr(dt, name))
+            for name, variable in Topics.variables().items()
+        }
     )
-    log_level = env.text("ESCALATOR_LOG_LEVEL", "INFO").upper()
+    ds = Settings(kafka=kafka, model=model)
+    log_level = env.text("ESCALATOR_LOG_LEVEL", ds.log_level).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
             f"ESCALATOR_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR"
@@ -416,10 +474,10 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         pipeline=pipeline,
         routing=routing,
         admission=admission,
-        metrics_port=env.integer("ESCALATOR_METRICS_PORT", 9464, 0),
-        metrics_host=env.text("ESCALATOR_METRICS_HOST", "0.0.0.0"),
+        metrics_port=env.integer("ESCALATOR_METRICS_PORT", ds.metrics_port, 0),
+        metrics_host=env.text("ESCALATOR_METRICS_HOST", ds.metrics_host),
         log_level=log_level,
-        log_text=env.flag("ESCALATOR_LOG_TEXT", False),
-        topic_partitions=env.integer("ESCALATOR_TOPIC_PARTITIONS", 6, 1),
-        topic_replication=env.integer("ESCALATOR_TOPIC_REPLICATION", 1, 1),
+        log_text=env.flag("ESCALATOR_LOG_TEXT", ds.log_text),
+        topic_partitions=env.integer("ESCALATOR_TOPIC_PARTITIONS", ds.topic_partitions, 1),
+        topic_replication=env.integer("ESCALATOR_TOPIC_REPLICATION", ds.topic_replication, 1),
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
+from escalator.config import load_settings
 from escalator.contract.messages import Attempt
 from escalator.errors import ModelRejected, ModelUnavailable
 from escalator.model.breaker import CircuitBreaker
@@ -34,7 +36,16 @@ def caller(model: FakeModel, attempts: int = 4) -> tuple[ModelCaller, list[str]]
     breaker = CircuitBreaker(window=100, failure_ratio=1.0)
     return (
         ModelCaller(
-            model, breaker, RetryPolicy(attempts, 0.001, 0.01), lambda e: seen.append(e.kind)
+            model,
+            breaker,
+            RetryPolicy(
+                max_attempts=attempts,
+                initial_s=0.001,
+                max_s=0.01,
+                poison_max_attempts=12,
+                invalid_answer_attempts=3,
+            ),
+            lambda e: seen.append(e.kind),
         ),
         seen,
     )
@@ -75,3 +86,24 @@ async def test_retry_after_is_honoured() -> None:
     started = time.monotonic()
     await c.call("t")
     assert time.monotonic() - started >= 0.3
+
+
+def test_the_policy_is_read_from_the_settings() -> None:
+    """RetryPolicy.from_settings: each variable lands in its field (none is a constant)."""
+    env = {
+        "ESCALATOR_MODEL_MAX_ATTEMPTS": "7",
+        "ESCALATOR_BACKOFF_INITIAL_S": "0.25",
+        "ESCALATOR_BACKOFF_MAX_S": "9",
+        "ESCALATOR_POISON_MAX_ATTEMPTS": "21",
+        "ESCALATOR_INVALID_ANSWER_ATTEMPTS": "5",
+    }
+    policy = RetryPolicy.from_settings(load_settings(env, require_kafka=False))
+    assert policy == RetryPolicy(
+        max_attempts=7, initial_s=0.25, max_s=9.0, poison_max_attempts=21, invalid_answer_attempts=5
+    )
+
+
+def test_the_policy_has_no_defaults_of_its_own() -> None:
+    """Its defaults are the settings' (config.py), not a second copy here."""
+    for f in dataclasses.fields(RetryPolicy):
+        assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name

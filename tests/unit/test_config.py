@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import subprocess
 import sys
+from typing import Any, get_args
 
 import pytest
 
-from escalator.config import load_settings
+from escalator import config
+from escalator.config import PipelineSettings, Settings, Topics, load_settings
 from escalator.errors import ConfigError
 
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "ANTHROPIC_BASE_URL": "http://127.0.0.1:1"}
@@ -67,6 +72,8 @@ def test_admission_settings() -> None:
         ("ESCALATOR_ADMISSION_CAP", "claude-haiku-5-5=600:200000"),
         ("ESCALATOR_ADMISSION_CAP", "claude-haiku-5-5=600:0:100"),
         ("ESCALATOR_ADMISSION_CAP", "claude-opus-5-5=600:200000:80000"),
+        ("ESCALATOR_PROCESSING_GUARANTEE", "at_most_once"),
+        ("ESCALATOR_MODEL_MAX_TOKENS", "8"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -126,3 +133,124 @@ def test_cli_rejects_bad_produce_file(tmp_path: object) -> None:
     assert proc.returncode == 2
     assert f"{path}:2: missing_field" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _differences_from_field_defaults(obj: Any, path: str = "") -> tuple[list[str], int]:
+    """Fields of ``obj`` (recursively) whose value is not the dataclass field's default; and
+    how many fields with a default were compared."""
+    out: list[str] = []
+    compared = 0
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            sub, n = _differences_from_field_defaults(value, f"{path}{f.name}.")
+            out += sub
+            compared += n
+            continue
+        if f.default is not dataclasses.MISSING:
+            expected = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            expected = f.default_factory()
+        else:
+            continue
+        compared += 1
+        if value != expected:
+            out.append(
+                f"{path}{f.name}: load_settings gives {value!r}, the field says {expected!r}"
+            )
+    return out, compared
+
+
+def test_with_no_variables_every_setting_is_its_fields_default() -> None:
+    """load_settings({}) equals the dataclass defaults for every field that has one: a default
+    written again in load_settings cannot drift from the field's."""
+    differences, compared = _differences_from_field_defaults(load_settings({}, require_kafka=False))
+    assert differences == []
+    assert compared >= 50  # the walk saw the sections, not just the top level
+
+
+def _load_settings_tree() -> ast.FunctionDef:
+    tree = ast.parse(inspect.getsource(config))
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "load_settings"]
+    return fn
+
+
+def test_load_settings_writes_no_default_of_its_own() -> None:
+    """In load_settings no default handed to the environment reader (``env.text(NAME,
+    DEFAULT)``, ``env.integer``...) is, or contains, a literal; nor is a literal handed to a
+    settings class. Defaults are read from the fields (bounds and choices may be literals)."""
+    readers = {"text", "integer", "number", "flag", "choice", "get"}
+    classes = {c.__name__ for c in _settings_classes()}
+    found: list[str] = []
+    calls = 0
+    for node in ast.walk(_load_settings_tree()):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "env"
+            and func.attr in readers
+            and len(node.args) >= 2
+        ):
+            calls += 1
+            name = ast.unparse(node.args[0])
+            for sub in ast.walk(node.args[1]):
+                if isinstance(sub, ast.Constant) and sub.value is not None:
+                    found.append(f"{name}: default {ast.unparse(node.args[1])}")
+        if isinstance(func, ast.Name) and func.id in classes:
+            for kw in node.keywords:
+                if isinstance(kw.value, ast.Constant) and kw.value.value is not None:
+                    found.append(f"{func.id}({kw.arg}={ast.unparse(kw.value)})")
+    assert found == []
+    assert calls >= 40  # the walk found the readers
+
+
+def _settings_classes() -> list[type]:
+    """Every dataclass defined in config.py."""
+    found = [
+        v
+        for v in vars(config).values()
+        if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == config.__name__
+    ]
+    assert Settings in found and PipelineSettings in found and len(found) >= 7
+    return found
+
+
+def test_the_derived_defaults_follow_their_inputs() -> None:
+    """Two defaults depend on other settings: max_uncommitted is 4 x max_in_flight, and
+    revoke_wait_s is at most the shutdown grace."""
+    s = load_settings({**BASE, "ESCALATOR_MAX_IN_FLIGHT": "10", "ESCALATOR_SHUTDOWN_GRACE_S": "3"})
+    assert s.pipeline.max_uncommitted == 40 and s.pipeline.revoke_wait_s == 3.0
+    d = PipelineSettings()
+    assert d.max_uncommitted == 4 * d.max_in_flight
+
+
+@pytest.mark.parametrize("value", ["exactly_once", "EXACTLY_ONCE", "at_least_once"])
+def test_the_processing_guarantee_is_one_of_its_literal_values(value: str) -> None:
+    """ESCALATOR_PROCESSING_GUARANTEE is case-insensitive and stored as the Literal's value."""
+    s = load_settings({**BASE, "ESCALATOR_PROCESSING_GUARANTEE": value})
+    assert s.pipeline.processing_guarantee == value.lower()
+    assert s.pipeline.processing_guarantee in get_args(config.ProcessingGuarantee)
+
+
+def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
+    """The topics are Topics' fields, each set by ESCALATOR_<FIELD>_TOPIC; all() lists them."""
+    assert Topics.variables() == {
+        "requests": "ESCALATOR_REQUESTS_TOPIC",
+        "escalations": "ESCALATOR_ESCALATIONS_TOPIC",
+        "results": "ESCALATOR_RESULTS_TOPIC",
+        "dead_letter": "ESCALATOR_DEAD_LETTER_TOPIC",
+        "decisions": "ESCALATOR_DECISIONS_TOPIC",
+    }
+    env = {variable: f"t.{name}" for name, variable in Topics.variables().items()}
+    topics = load_settings({**BASE, **env}).topics
+    assert topics.all() == [f"t.{name}" for name in Topics.variables()]
+    assert Topics().all() == [
+        "escalator.requests",
+        "escalator.escalations",
+        "escalator.results",
+        "escalator.dead-letter",
+        "escalator.decisions",
+    ]

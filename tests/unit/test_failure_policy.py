@@ -42,7 +42,12 @@ class ScriptedModel:
 
 
 def make_caller(
-    model: ScriptedModel, *, warm: bool = False, poison: int = 12, blocked_probe_s: float = 0.05
+    model: ScriptedModel,
+    *,
+    warm: bool = False,
+    poison: int = 12,
+    invalid: int = 3,
+    blocked_probe_s: float = 0.05,
 ) -> ModelCaller:
     breaker = CircuitBreaker(
         window=10,
@@ -54,7 +59,13 @@ def make_caller(
     return ModelCaller(
         model,
         breaker,
-        RetryPolicy(max_attempts=2, initial_s=0.001, max_s=0.01, poison_max_attempts=poison),
+        RetryPolicy(
+            max_attempts=2,
+            initial_s=0.001,
+            max_s=0.01,
+            poison_max_attempts=poison,
+            invalid_answer_attempts=invalid,
+        ),
         warm_ttl_s=60.0 if warm else None,
     )
 
@@ -180,7 +191,17 @@ async def test_an_outage_the_breaker_has_not_seen_holds_the_record() -> None:
         lambda t, n: ModelUnavailable("500", kind="server_error") if state["down"] else None
     )
     breaker = CircuitBreaker(window=200, failure_ratio=0.5)
-    caller = ModelCaller(model, breaker, RetryPolicy(2, 0.001, 0.005, poison_max_attempts=4))
+    caller = ModelCaller(
+        model,
+        breaker,
+        RetryPolicy(
+            max_attempts=2,
+            initial_s=0.001,
+            max_s=0.005,
+            poison_max_attempts=4,
+            invalid_answer_attempts=3,
+        ),
+    )
     record = asyncio.create_task(caller.answer("only"))
     await asyncio.sleep(0.3)
     assert not record.done() and len(model.calls) > 4
@@ -300,3 +321,45 @@ def test_hold_reason_names_blocks_and_rejections_but_not_outages() -> None:
         breaker.record(False, "api_400")
     assert breaker.hold_reason == "request_rejected"
     assert changes == ["spend_limit", None, "request_rejected"]
+
+
+class InvalidAnswers(ScriptedModel):
+    """Answers ``garbled`` with an answer that fails validation, ``refused`` with a refusal."""
+
+    async def classify(self, text: str) -> Attempt:
+        answer = await super().classify(text)
+        if text == "garbled":
+            return Attempt("cheap", "fake", None, 0.0, False, error="answer_not_json")
+        if text == "refused":
+            return Attempt(
+                "cheap", "fake", None, 0.0, False, error="refused", stop_reason="refusal"
+            )
+        return answer
+
+
+@pytest.mark.parametrize("limit", [1, 3, 6])
+async def test_invalid_answers_are_asked_again_up_to_the_policys_limit(limit: int) -> None:
+    """With on_invalid, an answer that fails validation is handed over and asked again; after
+    invalid_answer_attempts of them, PermanentError model_output_invalid."""
+    model = InvalidAnswers(lambda t, n: None)
+    caller = make_caller(model, invalid=limit)
+    seen: list[Attempt] = []
+    with pytest.raises(PermanentError) as info:
+        await caller.answer("garbled", on_invalid=seen.append)
+    assert info.value.reason == "model_output_invalid"
+    assert model.calls.count("garbled") == limit and len(seen) == limit
+    assert "answer_not_json" in str(info.value)
+
+
+async def test_without_on_invalid_an_invalid_answer_is_returned_and_a_refusal_never_retried() -> (
+    None
+):
+    """The cheap tier's way: the invalid answer comes back after one call. A refusal is an
+    answer: returned at once even with on_invalid (each refusal is billed)."""
+    model = InvalidAnswers(lambda t, n: None)
+    caller = make_caller(model, invalid=5)
+    answer = await caller.answer("garbled")
+    assert not answer.valid and model.calls == ["garbled"]
+    seen: list[Attempt] = []
+    refused = await caller.answer("refused", on_invalid=seen.append)
+    assert refused.refused and model.calls.count("refused") == 1 and seen == []

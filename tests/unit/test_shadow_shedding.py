@@ -36,7 +36,18 @@ class KnownWorld:
 
 def _strong(world: KnownWorld, budget: Budget, rng: random.Random) -> StrongHandler:
     gate = Admission(budget, TokenEstimate(1.0), max_tokens=128)
-    caller = ModelCaller(world, CircuitBreaker(), RetryPolicy(1), admission=gate)
+    caller = ModelCaller(
+        world,
+        CircuitBreaker(),
+        RetryPolicy(
+            max_attempts=1,
+            initial_s=0.5,
+            max_s=20.0,
+            poison_max_attempts=12,
+            invalid_answer_attempts=3,
+        ),
+        admission=gate,
+    )
     return StrongHandler(
         caller=caller,
         topics=TOPICS,

@@ -3,9 +3,11 @@ the cheap model is down (and the escalate option), rejection of one request."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,6 +20,7 @@ from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
+from escalator.tiers import handlers as handlers_module
 from escalator.tiers.handlers import CheapHandler, StrongHandler, TierTopics
 from escalator.tiers.routing import Thresholds
 
@@ -61,13 +64,26 @@ def refusal(tier: str = "cheap") -> Attempt:
     )  # fmt: skip
 
 
+def not_json(tier: str = "strong") -> Attempt:
+    return Attempt(
+        tier, "fake-model", None, 0.0, False, 10, 5, error="answer_not_json", stop_reason="end_turn"
+    )
+
+
 def ok(label: str = "safe", confidence: float = 0.95, tier: str = "cheap") -> Attempt:
     return Attempt(tier, "fake-model", label, confidence, True, 10, 5, stop_reason="end_turn")
 
 
-def caller(model: FakeModel) -> ModelCaller:
+def caller(model: FakeModel, *, poison: int = 4, invalid: int = 3) -> ModelCaller:
     breaker = CircuitBreaker(window=4, failure_ratio=0.5, cooldown_s=0.05, cooldown_max_s=0.1)
-    return ModelCaller(model, breaker, RetryPolicy(2, 0.001, 0.01, poison_max_attempts=4))
+    policy = RetryPolicy(
+        max_attempts=2,
+        initial_s=0.001,
+        max_s=0.01,
+        poison_max_attempts=poison,
+        invalid_answer_attempts=invalid,
+    )
+    return ModelCaller(model, breaker, policy)
 
 
 def handler(cls: type[Any], model: FakeModel, **kw: Any) -> Any:
@@ -192,3 +208,100 @@ async def test_a_request_rejected_alone_is_dead_lettered_with_the_api_status(
     (dead,) = on(outputs, "dead")
     assert dict(dead.headers)["x-escalator-reason"] == b"api_400"
     assert model.texts.count("some text") == 2
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+async def test_strong_invalid_answers_are_dead_lettered_at_the_policys_limit(limit: int) -> None:
+    """Answers that keep failing validation: asked exactly invalid_answer_attempts times (the
+    caller's policy, not a number of the handler's), each logged as an invalid decision, then
+    one dead letter model_output_invalid and no result."""
+    model = FakeModel(lambda n: not_json())
+    h = handler(StrongHandler, model, caller=caller(model, invalid=limit))
+    outputs = await asyncio.wait_for(h.handle(FakeRecord(escalation())), 10)
+    assert model.calls == limit
+    (dead,) = on(outputs, "dead")
+    assert dict(dead.headers)["x-escalator-reason"] == b"model_output_invalid"
+    outcomes = [orjson.loads(d.value)["outcome"] for d in on(outputs, "decisions")]
+    assert outcomes == ["invalid"] * limit
+    assert not on(outputs, "results")
+
+
+async def test_strong_invalid_answers_below_the_limit_are_kept_with_the_result() -> None:
+    """Two invalid answers, then a valid one, with a limit of 3: a result whose attempts are
+    the cheap one, both invalid ones and the final one; three decisions."""
+    model = FakeModel(lambda n: not_json() if n <= 2 else ok(tier="strong"))
+    h = handler(StrongHandler, model, caller=caller(model, invalid=3))
+    outputs = await asyncio.wait_for(h.handle(FakeRecord(escalation())), 10)
+    assert model.calls == 3
+    (result,) = on(outputs, "results")
+    attempts = orjson.loads(result.value)["attempts"]
+    assert [a["error"] for a in attempts] == [None, "answer_not_json", "answer_not_json", None]
+    outcomes = [orjson.loads(d.value)["outcome"] for d in on(outputs, "decisions")]
+    assert outcomes == ["invalid", "invalid", "final"]
+    assert not on(outputs, "dead")
+
+
+async def test_shadow_invalid_answers_at_the_limit_never_dead_letter() -> None:
+    """A measurement call whose answers keep failing validation: counted as a shadow failure,
+    its decisions logged; no dead letter, no result."""
+    model = FakeModel(lambda n: not_json())
+    h = handler(StrongHandler, model, caller=caller(model, invalid=2))
+    outputs = await asyncio.wait_for(h.handle(FakeRecord(escalation("shadow", shadow=True))), 10)
+    assert model.calls == 2
+    assert len(on(outputs, "decisions")) == 2 and not on(outputs, "dead")
+    exposition = h.metrics.exposition().decode()
+    assert 'escalator_shadow_failures_total{reason="model_output_invalid"} 1.0' in exposition
+
+
+async def test_a_cheap_invalid_answer_is_escalated_at_once_whatever_the_limit() -> None:
+    """The cheap tier never asks again for an invalid answer: it escalates it (confidence 0)."""
+    model = FakeModel(lambda n: not_json("cheap"))
+    h = handler(CheapHandler, model, caller=caller(model, invalid=5))
+    outputs = await asyncio.wait_for(h.handle(FakeRecord(request())), 10)
+    assert model.calls == 1
+    (esc,) = on(outputs, "escalations")
+    assert orjson.loads(esc.value)["reason"] == "invalid_answer"
+
+
+@pytest.mark.parametrize("cls", [CheapHandler, StrongHandler])
+@pytest.mark.parametrize("poison", [4, 8])
+async def test_a_record_failing_alone_is_given_up_at_the_policys_poison_limit(
+    cls: type[Any], poison: int
+) -> None:
+    """500s for this record while others are answered: after exactly poison_max_attempts calls
+    the cheap tier escalates it (cheap_unavailable), the strong tier dead-letters it
+    (model_unavailable)."""
+    model = FakeModel(lambda n: ModelUnavailable("500", kind="server_error"))
+    h = handler(cls, model, caller=caller(model, poison=poison))
+    value = request() if cls is CheapHandler else escalation()
+    task = asyncio.create_task(h.handle(FakeRecord(value)))
+
+    async def others() -> None:
+        while not task.done():
+            await h.caller.answer("another record")
+
+    other = asyncio.create_task(others())
+    outputs = await asyncio.wait_for(task, 10)
+    await other
+    assert model.texts.count("some text") == poison
+    if cls is CheapHandler:
+        (esc,) = on(outputs, "escalations")
+        assert orjson.loads(esc.value)["reason"] == "cheap_unavailable"
+    else:
+        (dead,) = on(outputs, "dead")
+        assert dict(dead.headers)["x-escalator-reason"] == b"model_unavailable"
+
+
+def test_handlers_ask_the_caller_and_never_reach_into_it() -> None:
+    """In tiers/handlers.py every use of ``self.caller`` is one of the caller's own questions:
+    never its breaker, its policy or a private attribute."""
+    allowed = {"answer", "paused", "model", "shadow_keep"}
+    tree = ast.parse(Path(handlers_module.__file__).read_text())
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "caller"
+    }
+    assert used and used <= allowed, used - allowed

@@ -34,6 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from escalator.config import Settings
 from escalator.contract.messages import Attempt
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
 from escalator.model.admission import Admission, disabled
@@ -290,14 +291,38 @@ class AnthropicClassifier:
         return label, float(confidence), None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    max_attempts: int = 4
-    initial_s: float = 0.5
-    max_s: float = 20.0
+    """The one retry and failure policy of both tiers' model calls (:class:`ModelCaller`).
+
+    No defaults here: they live in :mod:`escalator.config` (build it with
+    :meth:`from_settings`).
+    """
+
+    #: Calls per :meth:`ModelCaller.call` for transient failures (tenacity's stop).
+    max_attempts: int
+    #: Exponential backoff with jitter between those calls: first wait, and the cap.
+    initial_s: float
+    max_s: float
     #: A record whose calls keep failing transiently while others succeed is given up on
     #: after this many calls (it must not block its partition forever).
-    poison_max_attempts: int = 12
+    poison_max_attempts: int
+    #: Answers that fail validation, when the caller asks again (the strong tier), before
+    #: the record is given up on as ``model_output_invalid``.
+    invalid_answer_attempts: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """``ESCALATOR_MODEL_MAX_ATTEMPTS``, ``ESCALATOR_BACKOFF_INITIAL_S``,
+        ``ESCALATOR_BACKOFF_MAX_S``, ``ESCALATOR_POISON_MAX_ATTEMPTS`` and
+        ``ESCALATOR_INVALID_ANSWER_ATTEMPTS``."""
+        return cls(
+            max_attempts=settings.model.max_attempts,
+            initial_s=settings.model.backoff_initial_s,
+            max_s=settings.model.backoff_max_s,
+            poison_max_attempts=settings.pipeline.poison_max_attempts,
+            invalid_answer_attempts=settings.pipeline.invalid_answer_attempts,
+        )
 
 
 class ModelCaller:
@@ -494,7 +519,12 @@ class ModelCaller:
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def answer(
-        self, text: str, *, give_up_when_unavailable: bool = False, shadow: bool = False
+        self,
+        text: str,
+        *,
+        give_up_when_unavailable: bool = False,
+        shadow: bool = False,
+        on_invalid: Callable[[Attempt], None] | None = None,
     ) -> Attempt:
         """Answer ``text``, holding the record through outages and account-level failures.
 
@@ -505,7 +535,29 @@ class ModelCaller:
         while others succeed (``poison_max_attempts``). With ``give_up_when_unavailable``,
         a transient failure that exhausted its retries is raised instead of held (never an
         account-level one).
+
+        An answer that fails validation is returned as it is (the cheap tier routes it as
+        confidence 0), unless ``on_invalid`` is given: then each one is handed to it and the
+        text is asked again, and after ``invalid_answer_attempts`` of them
+        :class:`PermanentError` ``model_output_invalid`` is raised. A refusal is an answer,
+        returned at once, never asked again (each one is billed).
         """
+        invalid = 0
+        while True:
+            attempt = await self._held(text, give_up_when_unavailable, shadow)
+            if on_invalid is None or attempt.valid or attempt.refused:
+                return attempt
+            on_invalid(attempt)
+            invalid += 1
+            if invalid >= self.policy.invalid_answer_attempts:
+                raise PermanentError(
+                    f"{self.client.tier} model answer failed validation {invalid} times "
+                    f"(last: {attempt.error})",
+                    reason="model_output_invalid",
+                )
+
+    async def _held(self, text: str, give_up_when_unavailable: bool, shadow: bool) -> Attempt:
+        """One answer, valid or not, through outages and blocks (see :meth:`answer`)."""
         failed = 0
         rejected_at: int | None = None
         failed_at = self.breaker.successes

@@ -24,6 +24,11 @@ traffic at both tiers: nothing is dead-lettered or escalated for them (see ``mod
 Only permanent errors reach the dead-letter topic: malformed input, text over the limit, a
 400 for this request while others succeed, a refusal without a refusal label, or the two
 bounded cases above.
+
+The handlers decide what an outcome means for their tier; when to retry, hold or give up is
+the model caller's (:meth:`escalator.model.caller.ModelCaller.answer` and its
+``RetryPolicy``, which holds both bounds). A handler asks the caller (``answer``,
+``paused``, ``model``, ``shadow_keep``) and never reaches into its breaker or policy.
 """
 
 from __future__ import annotations
@@ -85,11 +90,9 @@ class _Base:
         rng: random.Random | None = None,
         task: Task | None = None,
         escalate_when_unavailable: bool = False,
-        invalid_answer_attempts: int = 3,
     ) -> None:
         self.refusal_label = task.refusal_label if task is not None else None
         self.escalate_when_unavailable = escalate_when_unavailable
-        self.invalid_answer_attempts = invalid_answer_attempts
         self.shadow_rate = shadow_rate
         self.rng = rng or random.Random()
         self.caller = caller
@@ -296,19 +299,10 @@ class StrongHandler(_Base):
                 escalation = replace(escalation, sample_rate=escalation.sample_rate * keep)
         decisions: list[Output] = []
         attempts: list[Attempt] = [escalation.cheap]
-        invalid = 0
-        while True:
-            try:
-                attempt = await self.caller.answer(request.text, shadow=shadow)
-            except PermanentError as exc:
-                return self._give_up(record, exc, decisions, shadow)
+
+        def invalid(attempt: Attempt) -> None:
+            # The caller asks again, up to its policy's limit; each answer is logged.
             attempts.append(attempt)
-            if attempt.valid:
-                break
-            if attempt.refused:
-                # Retrying a refusal usually refuses again, and each one is billed.
-                return self._refused(record, request, escalation, attempt, attempts, decisions)
-            invalid += 1
             decisions.append(
                 self.decision(
                     request,
@@ -320,13 +314,15 @@ class StrongHandler(_Base):
                 )
             )
             self.log_decision(request, attempt, escalated=True)
-            if invalid >= self.invalid_answer_attempts:
-                error = PermanentError(
-                    f"strong model answer failed validation {invalid} times "
-                    f"(last: {attempt.error})",
-                    reason="model_output_invalid",
-                )
-                return self._give_up(record, error, decisions, shadow)
+
+        try:
+            attempt = await self.caller.answer(request.text, shadow=shadow, on_invalid=invalid)
+        except PermanentError as exc:  # poison, a 400 for it alone, or invalid answers
+            return self._give_up(record, exc, decisions, shadow)
+        attempts.append(attempt)
+        if attempt.refused:
+            # Never asked again: retrying a refusal usually refuses again, and each is billed.
+            return self._refused(record, request, escalation, attempt, attempts, decisions)
         return self._final(record, request, escalation, attempt, attempts, decisions)
 
     def _final(

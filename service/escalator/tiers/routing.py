@@ -17,7 +17,9 @@ Route = Literal["accept", "escalate"]
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    default: float = 0.7
+    #: For labels not in per_label: ESCALATOR_THRESHOLD or a thresholds file's (no default
+    #: here; the settings' is in config.py).
+    default: float
     per_label: Mapping[str, float] = field(default_factory=dict)
     version: str = "default"
     #: (low, expected, high) escalation rate that calibration predicted for these thresholds,
