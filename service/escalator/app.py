@@ -101,11 +101,7 @@ class Service:
         out = []
         for w in self.workers:
             caller = self.callers.get(w.tier)
-            breaker = caller.breaker if caller is not None else None
-            reason = breaker.hold_reason if breaker is not None else None
-            message = None
-            if breaker is not None and reason is not None:
-                message = breaker.blocked_message or f"every call rejected ({breaker.open_reason})"
+            reason, message = caller.hold() if caller is not None else (None, None)
             out.append(TierHealth(w.tier, w.joined, reason, message))
         return out
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal, TypeVar, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 from escalator.errors import ConfigError
 
@@ -77,6 +77,15 @@ class KafkaSettings:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         return parse_bootstrap(self.bootstrap_servers)
+
+
+def default_of(settings_class: type, name: str) -> Any:
+    """A settings field's default: for the classes that take it as a constructor default, so
+    that each default value is written once, on its settings field."""
+    for f in fields(settings_class):
+        if f.name == name:
+            return f.default
+    raise AttributeError(f"{settings_class.__name__} has no field {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

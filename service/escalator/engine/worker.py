@@ -19,13 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from escalator.config import PipelineSettings
+from escalator.config import PipelineSettings, default_of
 from escalator.engine.delivery import Bound, Delivery, Output, PartitionTracker
 from escalator.model.limits import AdaptiveLimit
 from escalator.observability.logs import log
@@ -59,20 +59,17 @@ class Handler(Protocol):
         ...
 
 
-_PIPELINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(PipelineSettings)}
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """The worker's knobs; defaults are PipelineSettings' (config.py), written once there."""
 
-    max_in_flight: int = _PIPELINE_DEFAULTS["max_in_flight"]
+    max_in_flight: int = default_of(PipelineSettings, "max_in_flight")
     #: Records dispatched but not yet committed, at most (the duplicate window of a crash).
-    max_uncommitted: int = _PIPELINE_DEFAULTS["max_uncommitted"]
-    commit_interval_s: float = _PIPELINE_DEFAULTS["commit_interval_s"]
-    shutdown_grace_s: float = _PIPELINE_DEFAULTS["shutdown_grace_s"]
-    revoke_wait_s: float = _PIPELINE_DEFAULTS["revoke_wait_s"]
-    max_poll_interval_ms: int = _PIPELINE_DEFAULTS["max_poll_interval_ms"]
+    max_uncommitted: int = default_of(PipelineSettings, "max_uncommitted")
+    commit_interval_s: float = default_of(PipelineSettings, "commit_interval_s")
+    shutdown_grace_s: float = default_of(PipelineSettings, "shutdown_grace_s")
+    revoke_wait_s: float = default_of(PipelineSettings, "revoke_wait_s")
+    max_poll_interval_ms: int = default_of(PipelineSettings, "max_poll_interval_ms")
     #: How long one fetch waits for records (not a setting).
     poll_timeout_ms: int = 100
 

@@ -56,6 +56,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from escalator.config import AdmissionSettings, default_of
+
 KINDS = ("requests", "input_tokens", "output_tokens")
 #: The API rounds token ``remaining`` to the thousand; the request count is exact.
 ROUNDING = {"requests": 0.0, "input_tokens": 1000.0, "output_tokens": 1000.0}
@@ -85,7 +87,7 @@ class Tuning:
     (``ESCALATOR_ADMISSION_TARGET``); the others are documented in docs/OPERATIONS.md."""
 
     #: Fraction of each limit the group aims to use.
-    target: float = 0.95
+    target: float = default_of(AdmissionSettings, "target")
     #: The first rate after start-up or idle: this fraction of the process's share of target.
     ramp_start: float = 0.5
     #: Slow start: the rate at most doubles this often (the acceleration limit).

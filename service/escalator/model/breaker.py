@@ -23,6 +23,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Literal
 
+from escalator.config import PipelineSettings, default_of
+
 State = Literal["closed", "open", "half_open"]
 
 
@@ -30,11 +32,11 @@ class CircuitBreaker:
     def __init__(
         self,
         *,
-        window: int = 20,
-        failure_ratio: float = 0.5,
-        cooldown_s: float = 2.0,
-        cooldown_max_s: float = 30.0,
-        blocked_cooldown_s: float = 30.0,
+        window: int = default_of(PipelineSettings, "breaker_window"),
+        failure_ratio: float = default_of(PipelineSettings, "breaker_failure_ratio"),
+        cooldown_s: float = default_of(PipelineSettings, "breaker_cooldown_s"),
+        cooldown_max_s: float = default_of(PipelineSettings, "breaker_cooldown_max_s"),
+        blocked_cooldown_s: float = default_of(PipelineSettings, "blocked_probe_s"),
         clock: Callable[[], float] = time.monotonic,
         on_hold_change: Callable[[str | None], None] = lambda reason: None,
     ) -> None:

@@ -34,7 +34,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from escalator.config import Settings
+from escalator.config import ModelSettings, Settings, default_of
 from escalator.contract.messages import Attempt
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
 from escalator.model.admission import Admission, disabled
@@ -182,7 +182,7 @@ class AnthropicClassifier:
         task: Task,
         prices: PriceTable,
         profile: ModelProfile,
-        cache_ttl: str = "5m",
+        cache_ttl: str = default_of(ModelSettings, "cache_ttl"),
         on_rate_limits: Callable[[str, RateLimits], None] = lambda model, limits: None,
     ) -> None:
         self._client = client
@@ -373,6 +373,15 @@ class ModelCaller:
     @property
     def model(self) -> str:
         return self.client.model
+
+    def hold(self) -> tuple[str | None, str | None]:
+        """Why the account holds this tier's traffic (None if it does not), and a message
+        for people: what /readyz reports."""
+        reason = self.breaker.hold_reason
+        if reason is None:
+            return None, None
+        b = self.breaker
+        return reason, b.blocked_message or f"every call rejected ({b.open_reason})"
 
     @property
     def paused(self) -> bool:
