@@ -156,12 +156,10 @@ async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
 def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
     """Certify a threshold on phase 1 (one attempt at delta 0.05), print the outcome and the
     plan for measuring in production; on a refusal, phase 3 escalates everything."""
-    import argparse as _argparse
-
     from escalator.calibration import certify as cal
     from escalator.calibration import plan
-    from escalator.calibration.threshold_file import write_threshold_file
-    from escalator.cli.measure import _guarantee, _plan_table, _plot, _refusal, estimates_at
+    from escalator.calibration.render import guarantee, plan_table, plot, refusal
+    from escalator.calibration.threshold_file import estimates_at, write_threshold_file
     from escalator.model.prices import load_prices
 
     delta = 0.05
@@ -173,10 +171,10 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
         print(
             f"  certified threshold {result.threshold:.2f}: escalates {c.escalation[i]:.1%}, "
             f"agreement {c.agreement[i]:.1%} (lower bound {c.agreement_lower[i]:.1%}); "
-            f"best by estimate t={c.thresholds[result.best]:.2f}\n  {_guarantee(result, delta)}"
+            f"best by estimate t={c.thresholds[result.best]:.2f}\n  {guarantee(result, delta)}"
         )
     else:
-        print("  " + _refusal(result, plan.needed(data, result, delta)))
+        print("  " + refusal(result, plan.needed(data, result, delta)))
         print("  phase 3 falls back to escalating everything (--fallback escalate-all)")
     window = {
         "first_ts_ms": int(data.ts_ms.min()),
@@ -200,12 +198,10 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
     )
     print(f"  thresholds version {version}")
     call = float(data.strong_cost[data.answered].mean()) if data.answered.any() else None
-    options = _argparse.Namespace(
-        assume_threshold=0.7, traffic_per_hour=None, power=0.8, strong_call_usd=None
-    )
+    table = plan_table(data, result, call_usd=call, delta=delta, power=0.8, assume_threshold=0.7)
     print("\n  Measuring this in production at threshold 0.7 (phase 1 as the pilot):")
-    print("  " + _plan_table(options, data, result, call, delta).replace("\n", "\n  "))
-    print("  " + _plot(out_dir / "calibration.png", result, base))
+    print("  " + table.replace("\n", "\n  "))
+    print("  " + plot(out_dir / "calibration.png", result, base))
     return result, version
 
 

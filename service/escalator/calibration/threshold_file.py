@@ -14,12 +14,16 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from escalator.errors import ConfigError
 from escalator.tiers.routing import Thresholds
+
+if TYPE_CHECKING:
+    # The service loads this module at start-up; certify (and numpy) only when calibrating.
+    from escalator.calibration import certify as cal
 
 FILE_SCHEMA_VERSION = 1
 
@@ -36,6 +40,23 @@ def write_threshold_file(path: Path, body: dict[str, Any]) -> str:
     doc = {"schema_version": FILE_SCHEMA_VERSION, "version": version, **body}
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return version
+
+
+def estimates_at(data: cal.Dataset, result: cal.Calibration) -> dict[str, Any]:
+    """The file's estimates at the chosen point (escalation as [low, point, high])."""
+    from escalator.calibration.certify import routed_escalation
+
+    c, i = result.curve, result.chosen
+    return {
+        "escalation_rate": list(routed_escalation(data, result)),
+        "agreement_with_strong": {
+            "point": float(c.agreement[i]),
+            "lower_bound": float(c.agreement_lower[i]),
+            "level": 1 - c.delta,
+        },
+        "accuracy_vs_gold": None if c.accuracy is None else float(c.accuracy[i]),
+        "cost_per_1k_usd": float(c.cost_per_1k[i]),
+    }
 
 
 def load_threshold_file(
