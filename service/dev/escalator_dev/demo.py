@@ -159,7 +159,7 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
     from escalator.calibration import certify as cal
     from escalator.calibration import plan
     from escalator.calibration.render import guarantee, plan_table, plot, refusal
-    from escalator.calibration.threshold_file import estimates_at, write_threshold_file
+    from escalator.calibration.threshold_file import threshold_body, write_threshold_file
     from escalator.model.prices import load_prices
 
     delta = 0.05
@@ -180,22 +180,17 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
         "first_ts_ms": int(data.ts_ms.min()),
         "last_ts_ms": int(data.ts_ms.max()),
     }
-    version = write_threshold_file(
-        out_dir / "thresholds.json",
-        {
-            "created_from": "escalator demo, phase 1",
-            "objective": {"name": "quality", "target": target},
-            "procedure": {"name": cal.PROCEDURE, "delta": delta, "attempt": None},
-            "window": window,
-            "status": result.status,
-            "threshold": result.threshold,
-            "label_thresholds": {},
-            "models": {"cheap": data.cheap_model, "strong": data.strong_model},
-            "price_table_version": load_prices(None).version,
-            "dataset": {"sha256": data.fingerprint(), "requests": data.n},
-            "estimates": estimates_at(data, result),
-        },
+    body = threshold_body(
+        result,
+        data,
+        source="escalator demo, phase 1",
+        delta=delta,
+        window=window,
+        price_table_version=load_prices(None).version,
+        base=base,
+        detail=False,
     )
+    version = write_threshold_file(out_dir / "thresholds.json", body)
     print(f"  thresholds version {version}")
     call = float(data.strong_cost[data.answered].mean()) if data.answered.any() else None
     table = plan_table(data, result, call_usd=call, delta=delta, power=0.8, assume_threshold=0.7)

@@ -82,13 +82,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from escalator.calibration import certify as cal
     from escalator.calibration import plan
     from escalator.calibration import threshold_file as tfile
-    from escalator.calibration.render import (
-        calibration_table,
-        guarantee,
-        plan_table,
-        plot,
-        refusal,
-    )
+    from escalator.calibration.render import calibration_table, plan_table, plot, refusal
 
     settings = settings_from_env(require_kafka=False)
     prices = _prices(settings)
@@ -146,20 +140,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
     print(calibration_table(data, result, base, source))
-    procedure = {
-        "name": cal.PROCEDURE
-        if args.objective == "quality"
-        else f"{args.objective} (no guarantee)",
-        "delta": args.delta,
-        "delta_spent": delta,
-        "attempt": attempt if ledger is not None else None,
-        "spending": "delta * 6 / (pi^2 * attempt^2)"
-        if ledger is not None
-        else "none (--ledger none)",
-        "ledger": None if ledger is None else str(ledger),
-        "margin": args.margin,
-        "guarantee": guarantee(result, delta) if args.objective == "quality" else None,
-    }
     if ledger is not None:
         tfile.append_attempt(
             ledger,
@@ -179,33 +159,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(refusal(result, need), file=sys.stderr)
         if args.fallback != "escalate-all":
             return EXIT_REFUSED
-    body = {
-        "created_from": source,
-        "objective": {"name": args.objective, "target": target},
-        "procedure": procedure,
-        "window": window,
-        "status": result.status if args.fallback != "escalate-all" else "fallback: escalate all",
-        "threshold": result.threshold if result.status != "refused" else cal.STRONG_ONLY,
-        "label_thresholds": result.label_thresholds,
-        "labels": [vars(r) for r in result.labels],
-        "models": {"cheap": data.cheap_model, "strong": data.strong_model},
-        "price_table_version": prices.version,
-        "dataset": {
-            "sha256": data.fingerprint(),
-            "requests": data.n,
-            "strong_answers": int(data.observed.sum()),
-            "shadowed": int(data.shadowed.sum()),
-            "gold_labels": int((data.gold >= 0).sum()),
-            "threshold_versions_seen": list(data.strata),
-        },
-        "estimates": tfile.estimates_at(data, result),
-        "baselines": {
-            "cheap_only": base.cheap_only,
-            "strong_only": base.strong_only,
-            "random_same_rate": base.random_same_rate,
-            "oracle": base.oracle,
-        },
-    }
+    body = tfile.threshold_body(
+        result,
+        data,
+        source=source,
+        delta=args.delta,
+        window=window,
+        price_table_version=prices.version,
+        base=base,
+        ledger=ledger,
+        attempt=attempt,
+        fallback=args.fallback == "escalate-all",
+    )
     version = tfile.write_threshold_file(Path(args.output), body)
     print(
         f"\nthreshold file: {args.output} (version {version}); "
