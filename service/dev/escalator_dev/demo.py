@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from escalator.config import Settings, load_settings
+from escalator.contract.messages import DeadLetterInfo
 from escalator.errors import EscalatorError
 from escalator_dev import datasets
 from escalator_dev.emulator import server as sim
@@ -273,8 +274,7 @@ def _count(
     if record.topic == settings.topics.dead_letter:
         if (record.key or b"").decode("utf-8", "replace") not in wanted:
             return  # an earlier phase's dead letter
-        headers = dict(record.headers or ())
-        tally.dead_letters[bytes(headers.get("x-escalator-reason", b"?")).decode()] += 1
+        tally.dead_letters[DeadLetterInfo.from_headers(record.headers).reason] += 1
         return
     result = orjson.loads(record.value)
     rid = result["id"]

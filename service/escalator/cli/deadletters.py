@@ -24,7 +24,7 @@ from typing import Any
 
 from escalator.cli._common import parse_time, settings_from_env
 from escalator.config import Settings
-from escalator.contract.messages import H_PREFIX
+from escalator.contract.messages import H_PREFIX, DeadLetterInfo
 from escalator.errors import EscalatorError
 from escalator.kafka.clients import check_connection, make_producer, read_to_end
 
@@ -61,12 +61,9 @@ async def scan(
         )
         async for record in dead_letters:
             result.scanned += 1
-            headers = {k: v for k, v in record.headers or ()}
-            reason = headers.get(H_PREFIX + "reason", b"").decode("utf-8", "replace") or "?"
-            try:
-                failed_at = int(headers.get(H_PREFIX + "failed-at-ms", b""))
-            except ValueError:
-                failed_at = record.timestamp
+            info = DeadLetterInfo.from_headers(record.headers)
+            reason = info.reason
+            failed_at = record.timestamp if info.failed_at_ms is None else info.failed_at_ms
             if reasons and reason not in reasons:
                 continue
             if since_ms is not None and failed_at < since_ms:
@@ -76,14 +73,16 @@ async def scan(
             result.matched[reason] += 1
             if producer is None:
                 continue
-            source = headers.get(H_PREFIX + "source-topic", b"").decode("utf-8", "replace")
+            source = info.source_topic
             if source not in (settings.topics.requests, settings.topics.escalations):
                 result.unreplayable += 1
                 continue
-            original = [(k, v) for k, v in record.headers or () if not k.startswith(H_PREFIX)]
             origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
             fut = await producer.send(
-                source, record.value, key=record.key, headers=[*original, (REPLAY_HEADER, origin)]
+                source,
+                record.value,
+                key=record.key,
+                headers=[*info.original, (REPLAY_HEADER, origin)],
             )
             pending.append((reason, fut))
         for reason, fut in pending:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,3 +293,59 @@ def dead_letter_headers(
         (H_PREFIX + "failed-at-ms", str(int(time.time() * 1000)).encode()),
     ]
     return [h for h in original if not h[0].startswith(H_PREFIX)] + ours
+
+
+#: What a dead letter says when it carries no ``x-escalator-reason`` (not one of ours).
+UNKNOWN_REASON = "?"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterInfo:
+    """The ``x-escalator-*`` headers of a dead letter, read back (see dead_letter_headers).
+
+    A header that is missing (or null), or a number that does not parse, is None (the reason is
+    ``UNKNOWN_REASON``). Where a header repeats, the last one counts. ``original`` is every
+    header that is not ours, in order: what a replay sends back.
+    """
+
+    reason: str
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    tier: str | None
+    error_class: str | None
+    error_message: str | None
+    failed_at: str | None
+    failed_at_ms: int | None
+    refusal_category: str | None
+    original: Headers
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[str, bytes]] | None) -> DeadLetterInfo:
+        pairs = list(headers or ())
+        # A Kafka header may have a null value: for ours, that is the same as missing.
+        ours = {k[len(H_PREFIX) :]: v for k, v in pairs if k.startswith(H_PREFIX) and v is not None}
+
+        def text(name: str) -> str | None:
+            raw = ours.get(name)
+            return None if raw is None else bytes(raw).decode("utf-8", "replace")
+
+        def number(name: str) -> int | None:
+            try:
+                return int(ours[name])
+            except (KeyError, ValueError):
+                return None
+
+        return cls(
+            reason=text("reason") or UNKNOWN_REASON,
+            source_topic=text("source-topic"),
+            source_partition=number("source-partition"),
+            source_offset=number("source-offset"),
+            tier=text("tier"),
+            error_class=text("error-class"),
+            error_message=text("error-message"),
+            failed_at=text("failed-at"),
+            failed_at_ms=number("failed-at-ms"),
+            refusal_category=text("refusal-category"),
+            original=[(k, v) for k, v in pairs if not k.startswith(H_PREFIX)],
+        )
