@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,7 @@ def _compare(name: str, data: Any, threshold: float) -> None:
 
 async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tuple[Tally, float]:
     from escalator.app import build_service
-    from escalator.kafka.clients import create_topics, make_consumer, make_producer
+    from escalator.kafka.clients import Outgoing, create_topics, make_consumer, produce_and_await
 
     await create_topics(settings.kafka, settings.topics.all(), settings.topic_partitions, 1)
     service = build_service(settings, ["cheap", "strong"])
@@ -226,11 +227,9 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
     watcher = make_consumer(settings.kafka, f"demo-watch-{uuid.uuid4().hex[:6]}")
     watcher.subscribe([settings.topics.results, settings.topics.dead_letter])
     await watcher.start()
-    producer = make_producer(settings.kafka)
-    await producer.start()
     sent_ms: dict[str, float] = {}
-    started = time.monotonic()
-    try:
+
+    def outgoing() -> Iterator[Outgoing]:
         for s in samples:
             value = orjson.dumps(
                 {
@@ -240,8 +239,11 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
                 }
             )
             sent_ms[s.id] = time.time() * 1000
-            await producer.send(settings.topics.requests, value, key=s.id.encode())
-        await producer.flush()
+            yield settings.topics.requests, s.id.encode(), value, []
+
+    started = time.monotonic()
+    try:
+        await produce_and_await(settings.kafka, outgoing())
         last_print = 0.0
         wanted = {s.id for s in samples}
         while len(tally.results) + sum(tally.dead_letters.values()) < len(samples):
@@ -261,7 +263,6 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
         print(file=sys.stderr)
     finally:
         elapsed = time.monotonic() - started
-        await producer.stop()
         await watcher.stop()
         service.stop()
         await run

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from escalator.cli._common import parse_time, settings_from_env
 from escalator.config import Settings
 from escalator.contract.messages import H_PREFIX, DeadLetterInfo
 from escalator.errors import EscalatorError
-from escalator.kafka.clients import check_connection, make_producer, read_to_end
+from escalator.kafka.clients import Outgoing, check_connection, produce_and_await, read_to_end
 
 REPLAY_HEADER = H_PREFIX + "replay-of"
 
@@ -48,11 +48,10 @@ async def scan(
     replay: bool,
 ) -> Scan:
     result = Scan()
-    producer = make_producer(settings.kafka) if replay else None
-    if producer is not None:
-        await producer.start()
-    pending: list[tuple[str, Any]] = []
-    try:
+    sent: list[str] = []  # the reason of each record handed to the producer, in order
+
+    async def replays() -> AsyncIterator[Outgoing]:
+        """The scan itself: counts every dead letter; with ``replay``, yields those to send."""
         dead_letters = read_to_end(
             settings.kafka,
             settings.topics.dead_letter,
@@ -71,26 +70,27 @@ async def scan(
             if until_ms is not None and failed_at >= until_ms:
                 continue
             result.matched[reason] += 1
-            if producer is None:
+            if not replay:
                 continue
             source = info.source_topic
-            if source not in (settings.topics.requests, settings.topics.escalations):
+            if source is None or source not in (
+                settings.topics.requests,
+                settings.topics.escalations,
+            ):
                 result.unreplayable += 1
                 continue
             origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-            fut = await producer.send(
-                source,
-                record.value,
-                key=record.key,
-                headers=[*info.original, (REPLAY_HEADER, origin)],
-            )
-            pending.append((reason, fut))
-        for reason, fut in pending:
-            await fut  # acknowledged by the broker before it is counted
-            result.replayed[reason] += 1
-    finally:
-        if producer is not None:
-            await producer.stop()
+            sent.append(reason)
+            yield source, record.key, record.value, [*info.original, (REPLAY_HEADER, origin)]
+
+    if replay:
+        # Sends while it scans; returns once the broker acknowledged every record (acks=all),
+        # and raises otherwise: a replay is counted only after its acknowledgement.
+        await produce_and_await(settings.kafka, replays())
+        result.replayed.update(sent)
+    else:
+        async for _ in replays():
+            pass  # without replay nothing is yielded: the scan only counts
     return result
 
 
