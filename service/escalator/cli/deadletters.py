@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 
 from escalator.cli._common import parse_time, settings_from_env
 from escalator.config import Settings
-from escalator.contract.messages import H_PREFIX, DeadLetterInfo
+from escalator.contract.messages import REPLAY_HEADER, DeadLetterInfo
 from escalator.errors import EscalatorError
 from escalator.kafka.clients import Outgoing, check_connection, produce_and_await, read_to_end
-
-REPLAY_HEADER = H_PREFIX + "replay-of"
 
 
 @dataclass

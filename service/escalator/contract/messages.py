@@ -19,7 +19,16 @@ from escalator.errors import InvalidRequest
 SCHEMA_VERSION = 1
 ID_MAX_CHARS = 256
 Headers = list[tuple[str, bytes]]
+#: Headers that start with this are reserved: the service writes them, upstream may not.
 H_PREFIX = "x-escalator-"
+#: Set by ``escalator dead-letters replay`` on what it republishes to an input topic:
+#: ``<topic>/<partition>/<offset>`` of the dead letter.
+REPLAY_HEADER = H_PREFIX + "replay-of"
+#: The reserved headers the contract defines on the input topics (requests, escalations).
+#: They travel on to results and escalations; every other reserved header that arrives is
+#: dropped from every output. (The cheap tier writes no reserved header on an escalation:
+#: the strong tier reads everything it needs from the escalation's value.)
+INPUT_HEADERS = frozenset({REPLAY_HEADER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +279,16 @@ def _second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+def propagated_headers(arrived: Iterable[tuple[str, bytes]] | None) -> Headers:
+    """What an output carries of the headers its input record arrived with: all of them
+    (``traceparent``...), except reserved ``x-escalator-*`` headers that the contract does not
+    define for an input topic, so that upstream cannot make a result or an escalation say
+    something that the service did not (``x-escalator-reason: fake``)."""
+    return [
+        (k, bytes(v)) for k, v in arrived or () if not k.startswith(H_PREFIX) or k in INPUT_HEADERS
+    ]
+
+
 def dead_letter_headers(
     original: Headers,
     *,
@@ -280,7 +299,10 @@ def dead_letter_headers(
     offset: int,
     tier: str,
 ) -> Headers:
-    """The original headers, plus why and where from. Messages are cut to stay header-sized."""
+    """The original headers, plus why and where from. Messages are cut to stay header-sized.
+
+    Every incoming ``x-escalator-*`` header is dropped here, ``x-escalator-replay-of`` too: a
+    dead letter's reserved headers are the ones below and nothing else."""
     ours: Headers = [
         (H_PREFIX + "reason", reason.encode()),
         (H_PREFIX + "error-class", type(error).__name__.encode()),
