@@ -49,13 +49,17 @@ def expected_tier(text: str, threshold: float = 0.7) -> str:
 async def test_happy_path_one_result_per_id_at_the_expected_tier(
     kafka_bootstrap: str, sim_url: str, unique: str
 ) -> None:
-    """N requests give N results, each id once, decided where the cheap confidence implies."""
+    """N requests give N results, each id once, decided where the cheap confidence implies;
+    each carries the request's traceparent, and not the reserved header it arrived with."""
     env = make_env(kafka_bootstrap, sim_url, unique)
     n = 120
     values = requests(n, "hp", TEXTS)
     trace = ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    spoof = ("x-escalator-reason", b"fake")
     async with running_service(env, ["cheap", "strong"]):
-        await produce(kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], values, headers=[trace])
+        await produce(
+            kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], values, headers=[trace, spoof]
+        )
         got = await collect(
             kafka_bootstrap,
             [env["ESCALATOR_RESULTS_TOPIC"]],
@@ -76,6 +80,7 @@ async def test_happy_path_one_result_per_id_at_the_expected_tier(
         assert result["label"] in LABELS
         assert record.key == result["id"].encode()
         assert (trace[0], trace[1]) in list(record.headers)
+        assert spoof[0] not in dict(record.headers), record.headers
         assert result["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in result["attempts"]))
     tiers = {v[0]["tier"] for v in by_id.values()}
     assert tiers == {"cheap", "strong"}, "the sample must exercise both tiers"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -291,3 +292,46 @@ def test_report_uses_the_same_estimators_for_agreement_as_routed() -> None:
     truth = w.agreement(0.7)[0]
     assert abs(got["point"] - truth) < 0.01
     assert got["lower_bound"] < got["point"] <= 1.0
+
+
+def test_threshold_body_short_form_is_the_full_form_less_its_detail(tmp_path: Path) -> None:
+    """The demo's short form (detail=False) keeps every value the full form has under the same
+    keys, drops only the detail, and loads to the same thresholds."""
+    from escalator.calibration.threshold_file import (
+        load_threshold_file,
+        threshold_body,
+        write_threshold_file,
+    )
+
+    d = log(realistic(), np.random.default_rng(4), 4000, p=1.0)
+    cal = calibrate(d, target=0.95, delta=0.05)
+    base = baselines(d, float(cal.curve.escalation[cal.chosen]))
+    common: dict[str, Any] = {
+        "source": "test",
+        "delta": 0.05,
+        "window": {"first_ts_ms": 0, "last_ts_ms": 1},
+        "price_table_version": "p1",
+        "base": base,
+    }
+    full = threshold_body(cal, d, **common)
+    short = threshold_body(cal, d, **common, detail=False)
+    assert set(full) - set(short) == {"labels", "baselines"}
+    assert set(full["procedure"]) - set(short["procedure"]) == {
+        "delta_spent",
+        "spending",
+        "ledger",
+        "margin",
+        "guarantee",
+    }
+    assert short["procedure"] == {k: full["procedure"][k] for k in short["procedure"]}
+    assert short["dataset"] == {k: full["dataset"][k] for k in ("sha256", "requests")}
+    for key in set(short) - {"procedure", "dataset"}:
+        assert short[key] == full[key], key
+    loaded = []
+    for name, body in (("full", full), ("short", short)):
+        write_threshold_file(tmp_path / name, body)
+        t = load_threshold_file(
+            tmp_path / name, labels=tuple(LABELS), cheap_model="cheap", strong_model="strong"
+        )
+        loaded.append((t.default, t.per_label, t.expected_escalation))
+    assert loaded[0] == loaded[1] and loaded[0][0] == cal.threshold

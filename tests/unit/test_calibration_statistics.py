@@ -26,7 +26,7 @@ import pytest
 
 from escalator.calibration import binomial, plan
 from escalator.calibration.certify import calibrate
-from escalator.cli.measure import estimates_at
+from escalator.calibration.threshold_file import estimates_at
 from tests.unit.calibration_worlds import World, log, overconfident, realistic
 
 FULL = os.environ.get("ESCALATOR_CALIBRATION_SCALE") == "full"

@@ -6,7 +6,9 @@ import orjson
 import pytest
 
 from escalator.contract.messages import (
+    UNKNOWN_REASON,
     Attempt,
+    DeadLetterInfo,
     Request,
     dead_letter_headers,
     escalation_value,
@@ -87,3 +89,65 @@ def test_outputs_validate_against_schemas() -> None:
     validator("dead-letter-headers.v1.json").validate(as_dict)
     assert as_dict["x-escalator-reason"] == "invalid_json"  # an upstream header cannot spoof it
     assert ("traceparent", b"x") in headers
+
+
+def test_dead_letter_info_reads_back_what_dead_letter_headers_wrote() -> None:
+    """Every x-escalator-* header comes back typed; the request's own headers, in order."""
+    original = [("traceparent", b"t"), ("x-escalator-reason", b"spoofed"), ("b3", b"1")]
+    headers = dead_letter_headers(
+        original,
+        reason="model_refused",
+        error=ValueError("refused, no refusal_label"),
+        topic="escalator.escalations",
+        partition=3,
+        offset=9,
+        tier="strong",
+    )
+    info = DeadLetterInfo.from_headers([*headers, ("x-escalator-refusal-category", b"cyber")])
+    assert info.reason == "model_refused"
+    assert (info.source_topic, info.source_partition, info.source_offset) == (
+        "escalator.escalations",
+        3,
+        9,
+    )
+    assert info.tier == "strong" and info.refusal_category == "cyber"
+    assert info.error_class == "ValueError" and info.error_message == "refused, no refusal_label"
+    assert info.failed_at is not None and info.failed_at.endswith("Z")
+    assert info.failed_at_ms is not None and info.failed_at_ms > 1_700_000_000_000
+    assert info.original == [("traceparent", b"t"), ("b3", b"1")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        None,
+        [],
+        [("x-escalator-reason", b"")],
+        [("x-escalator-reason", None), ("x-escalator-failed-at-ms", b"soon")],
+        [("traceparent", None), ("x-escalator-source-offset", b"-")],
+    ],
+)
+def test_dead_letter_info_of_a_record_that_is_not_one_of_ours(
+    headers: list[tuple[str, bytes | None]] | None,
+) -> None:
+    """Missing, empty, null or unparsable headers read as unknown, never as an error."""
+    info = DeadLetterInfo.from_headers(headers)
+    assert info.reason == UNKNOWN_REASON
+    assert info.source_topic is None and info.source_offset is None
+    assert info.failed_at_ms is None and info.refusal_category is None
+    assert info.original == [h for h in headers or () if not h[0].startswith("x-escalator-")]
+
+
+def test_dead_letter_info_takes_the_last_of_a_repeated_header_and_survives_bad_utf8() -> None:
+    """Kafka allows a header twice: the last one counts (as a dict of the headers would)."""
+    info = DeadLetterInfo.from_headers(
+        [("x-escalator-reason", b"invalid_json"), ("x-escalator-reason", b"text_too_\xff")]
+    )
+    assert info.reason == "text_too_\ufffd"
+
+
+def test_a_header_without_a_value_travels_on_as_an_empty_one() -> None:
+    """Kafka allows null header values; a producer that sends one must not break the tier."""
+    from escalator.contract.messages import propagated_headers
+
+    assert propagated_headers([("trace", None), ("x-escalator-reason", None)]) == [("trace", b"")]

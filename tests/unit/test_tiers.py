@@ -305,3 +305,87 @@ def test_handlers_ask_the_caller_and_never_reach_into_it() -> None:
         and node.value.attr == "caller"
     }
     assert used and used <= allowed, used - allowed
+
+
+UPSTREAM = [
+    ("traceparent", b"00-abc-def-01"),
+    ("x-escalator-reason", b"fake"),
+    ("x-escalator-tier", b"fake"),
+    ("x-escalator-replay-of", b"escalator.dead-letter/0/5"),
+]
+PASSED_ON = [
+    ("traceparent", b"00-abc-def-01"),
+    ("x-escalator-replay-of", b"escalator.dead-letter/0/5"),
+]
+
+
+def _cheap_accepts() -> tuple[type[Any], FakeModel, bytes, dict[str, Any]]:
+    return CheapHandler, FakeModel(lambda n: ok()), request(), {"shadow_rate": 1.0}
+
+
+def _cheap_escalates() -> tuple[type[Any], FakeModel, bytes, dict[str, Any]]:
+    return CheapHandler, FakeModel(lambda n: ok(confidence=0.3)), request(), {}
+
+
+def _strong_decides() -> tuple[type[Any], FakeModel, bytes, dict[str, Any]]:
+    return StrongHandler, FakeModel(lambda n: ok("unsafe", 0.9, "strong")), escalation(), {}
+
+
+@pytest.mark.parametrize(
+    ("case", "topics"),
+    [
+        (_cheap_accepts, {"results", "escalations", "decisions"}),  # result and a shadow
+        (_cheap_escalates, {"escalations", "decisions"}),
+        (_strong_decides, {"results", "decisions"}),
+    ],
+    ids=["cheap-result-and-shadow", "cheap-escalation", "strong-result"],
+)
+async def test_upstream_reserved_headers_never_reach_results_escalations_or_decisions(
+    case: Callable[[], tuple[type[Any], FakeModel, bytes, dict[str, Any]]], topics: set[str]
+) -> None:
+    """A request (or escalation) that arrives with x-escalator-reason: fake: no output says so;
+    traceparent and the replay tool's x-escalator-replay-of travel on; decisions carry none."""
+    cls, model, value, kw = case()
+    outputs = await handler(cls, model, **kw).handle(FakeRecord(value, headers=UPSTREAM))
+    assert {o.topic for o in outputs} == topics
+    for out in outputs:
+        expected = [] if out.topic == "decisions" else PASSED_ON
+        assert out.headers == expected, out.topic
+
+
+@pytest.mark.parametrize(
+    ("cls", "value", "reason", "tier"),
+    [
+        (CheapHandler, b"{not json", "invalid_json", "cheap"),
+        (StrongHandler, b"{not json", "invalid_json", "strong"),
+    ],
+)
+async def test_a_dead_letter_carries_only_its_own_reserved_headers(
+    cls: type[Any], value: bytes, reason: str, tier: str
+) -> None:
+    """Upstream's fake reason and tier are replaced by ours, each header once; replay-of is
+    dropped from dead letters too (replay sets a fresh one)."""
+    h = handler(cls, FakeModel(lambda n: ok()))
+    (dead,) = await h.handle(FakeRecord(value, headers=UPSTREAM))
+    assert dead.topic == "dead"
+    names = [k for k, _ in dead.headers]
+    assert len(names) == len(set(names))
+    headers = dict(dead.headers)
+    assert headers["x-escalator-reason"] == reason.encode()
+    assert headers["x-escalator-tier"] == tier.encode()
+    assert "x-escalator-replay-of" not in headers
+    assert headers["traceparent"] == b"00-abc-def-01"
+
+
+async def test_a_strong_refusal_dead_letter_drops_upstream_reserved_headers() -> None:
+    """The strong tier's model_refused dead letter, from an escalation that arrived with a fake
+    refusal category and reason: ours only."""
+    model = FakeModel(lambda n: refusal("strong"))
+    h = handler(StrongHandler, model, task=replace(TASK, refusal_label=None))
+    arrived = [*UPSTREAM, ("x-escalator-refusal-category", b"fake")]
+    outputs = await h.handle(FakeRecord(escalation(), headers=arrived))
+    (dead,) = on(outputs, "dead")
+    reserved = [(k, v) for k, v in dead.headers if k.startswith("x-escalator-")]
+    assert ("x-escalator-reason", b"model_refused") in reserved
+    assert ("x-escalator-refusal-category", b"cyber") in reserved
+    assert all(v != b"fake" for _, v in reserved)

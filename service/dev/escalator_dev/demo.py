@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 
 from escalator.config import Settings, load_settings
+from escalator.contract.messages import DeadLetterInfo
 from escalator.errors import EscalatorError
 from escalator_dev import datasets
 from escalator_dev.emulator import server as sim
@@ -156,12 +158,10 @@ async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
 def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
     """Certify a threshold on phase 1 (one attempt at delta 0.05), print the outcome and the
     plan for measuring in production; on a refusal, phase 3 escalates everything."""
-    import argparse as _argparse
-
     from escalator.calibration import certify as cal
     from escalator.calibration import plan
-    from escalator.calibration.threshold_file import write_threshold_file
-    from escalator.cli.measure import _guarantee, _plan_table, _plot, _refusal, estimates_at
+    from escalator.calibration.render import guarantee, plan_table, plot, refusal
+    from escalator.calibration.threshold_file import threshold_body, write_threshold_file
     from escalator.model.prices import load_prices
 
     delta = 0.05
@@ -173,39 +173,32 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
         print(
             f"  certified threshold {result.threshold:.2f}: escalates {c.escalation[i]:.1%}, "
             f"agreement {c.agreement[i]:.1%} (lower bound {c.agreement_lower[i]:.1%}); "
-            f"best by estimate t={c.thresholds[result.best]:.2f}\n  {_guarantee(result, delta)}"
+            f"best by estimate t={c.thresholds[result.best]:.2f}\n  {guarantee(result, delta)}"
         )
     else:
-        print("  " + _refusal(result, plan.needed(data, result, delta)))
+        print("  " + refusal(result, plan.needed(data, result, delta)))
         print("  phase 3 falls back to escalating everything (--fallback escalate-all)")
     window = {
         "first_ts_ms": int(data.ts_ms.min()),
         "last_ts_ms": int(data.ts_ms.max()),
     }
-    version = write_threshold_file(
-        out_dir / "thresholds.json",
-        {
-            "created_from": "escalator demo, phase 1",
-            "objective": {"name": "quality", "target": target},
-            "procedure": {"name": cal.PROCEDURE, "delta": delta, "attempt": None},
-            "window": window,
-            "status": result.status,
-            "threshold": result.threshold,
-            "label_thresholds": {},
-            "models": {"cheap": data.cheap_model, "strong": data.strong_model},
-            "price_table_version": load_prices(None).version,
-            "dataset": {"sha256": data.fingerprint(), "requests": data.n},
-            "estimates": estimates_at(data, result),
-        },
+    body = threshold_body(
+        result,
+        data,
+        source="escalator demo, phase 1",
+        delta=delta,
+        window=window,
+        price_table_version=load_prices(None).version,
+        base=base,
+        detail=False,
     )
+    version = write_threshold_file(out_dir / "thresholds.json", body)
     print(f"  thresholds version {version}")
     call = float(data.strong_cost[data.answered].mean()) if data.answered.any() else None
-    options = _argparse.Namespace(
-        assume_threshold=0.7, traffic_per_hour=None, power=0.8, strong_call_usd=None
-    )
+    table = plan_table(data, result, call_usd=call, delta=delta, power=0.8, assume_threshold=0.7)
     print("\n  Measuring this in production at threshold 0.7 (phase 1 as the pilot):")
-    print("  " + _plan_table(options, data, result, call, delta).replace("\n", "\n  "))
-    print("  " + _plot(out_dir / "calibration.png", result, base))
+    print("  " + table.replace("\n", "\n  "))
+    print("  " + plot(out_dir / "calibration.png", result, base))
     return result, version
 
 
@@ -225,7 +218,7 @@ def _compare(name: str, data: Any, threshold: float) -> None:
 
 async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tuple[Tally, float]:
     from escalator.app import build_service
-    from escalator.kafka.clients import create_topics, make_consumer, make_producer
+    from escalator.kafka.clients import Outgoing, create_topics, make_consumer, produce_and_await
 
     await create_topics(settings.kafka, settings.topics.all(), settings.topic_partitions, 1)
     service = build_service(settings, ["cheap", "strong"])
@@ -234,11 +227,9 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
     watcher = make_consumer(settings.kafka, f"demo-watch-{uuid.uuid4().hex[:6]}")
     watcher.subscribe([settings.topics.results, settings.topics.dead_letter])
     await watcher.start()
-    producer = make_producer(settings.kafka)
-    await producer.start()
     sent_ms: dict[str, float] = {}
-    started = time.monotonic()
-    try:
+
+    def outgoing() -> Iterator[Outgoing]:
         for s in samples:
             value = orjson.dumps(
                 {
@@ -248,8 +239,11 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
                 }
             )
             sent_ms[s.id] = time.time() * 1000
-            await producer.send(settings.topics.requests, value, key=s.id.encode())
-        await producer.flush()
+            yield settings.topics.requests, s.id.encode(), value, []
+
+    started = time.monotonic()
+    try:
+        await produce_and_await(settings.kafka, outgoing())
         last_print = 0.0
         wanted = {s.id for s in samples}
         while len(tally.results) + sum(tally.dead_letters.values()) < len(samples):
@@ -269,7 +263,6 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
         print(file=sys.stderr)
     finally:
         elapsed = time.monotonic() - started
-        await producer.stop()
         await watcher.stop()
         service.stop()
         await run
@@ -282,8 +275,7 @@ def _count(
     if record.topic == settings.topics.dead_letter:
         if (record.key or b"").decode("utf-8", "replace") not in wanted:
             return  # an earlier phase's dead letter
-        headers = dict(record.headers or ())
-        tally.dead_letters[bytes(headers.get("x-escalator-reason", b"?")).decode()] += 1
+        tally.dead_letters[DeadLetterInfo.from_headers(record.headers).reason] += 1
         return
     result = orjson.loads(record.value)
     rid = result["id"]

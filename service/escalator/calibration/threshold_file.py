@@ -14,12 +14,16 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from escalator.errors import ConfigError
 from escalator.tiers.routing import Thresholds
+
+if TYPE_CHECKING:
+    # The service loads this module at start-up; certify (and numpy) only when calibrating.
+    from escalator.calibration import certify as cal
 
 FILE_SCHEMA_VERSION = 1
 
@@ -36,6 +40,98 @@ def write_threshold_file(path: Path, body: dict[str, Any]) -> str:
     doc = {"schema_version": FILE_SCHEMA_VERSION, "version": version, **body}
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return version
+
+
+def estimates_at(data: cal.Dataset, result: cal.Calibration) -> dict[str, Any]:
+    """The file's estimates at the chosen point (escalation as [low, point, high])."""
+    from escalator.calibration.certify import routed_escalation
+
+    c, i = result.curve, result.chosen
+    return {
+        "escalation_rate": list(routed_escalation(data, result)),
+        "agreement_with_strong": {
+            "point": float(c.agreement[i]),
+            "lower_bound": float(c.agreement_lower[i]),
+            "level": 1 - c.delta,
+        },
+        "accuracy_vs_gold": None if c.accuracy is None else float(c.accuracy[i]),
+        "cost_per_1k_usd": float(c.cost_per_1k[i]),
+    }
+
+
+def threshold_body(
+    result: cal.Calibration,
+    data: cal.Dataset,
+    *,
+    source: str,
+    delta: float,
+    window: dict[str, Any],
+    price_table_version: str,
+    base: cal.Baselines,
+    ledger: Path | None = None,
+    attempt: int | None = None,
+    fallback: bool = False,
+    detail: bool = True,
+) -> dict[str, Any]:
+    """The body of a threshold file (what :func:`write_threshold_file` versions and writes).
+
+    ``delta`` is the whole error budget; ``result.delta`` is the share this attempt spent
+    (attempt number ``attempt`` of the ``ledger``, or all of it with no ledger). ``fallback``:
+    written on a refusal by ``--fallback escalate-all``. ``detail=False`` is the short form
+    ``escalator demo`` writes: no spending, margin or guarantee in the procedure, no per-label
+    rows, the dataset's hash and size only, no baselines; ``window`` is stored as given.
+    """
+    from escalator.calibration import certify as cal
+    from escalator.calibration.render import guarantee
+
+    quality = result.objective == "quality"
+    procedure: dict[str, Any] = {
+        "name": cal.PROCEDURE if quality else f"{result.objective} (no guarantee)",
+        "delta": delta,
+    }
+    if detail:
+        procedure["delta_spent"] = result.delta
+    procedure["attempt"] = attempt if ledger is not None else None
+    if detail:
+        procedure |= {
+            "spending": "delta * 6 / (pi^2 * attempt^2)"
+            if ledger is not None
+            else "none (--ledger none)",
+            "ledger": None if ledger is None else str(ledger),
+            "margin": result.margin,
+            "guarantee": guarantee(result, result.delta) if quality else None,
+        }
+    body: dict[str, Any] = {
+        "created_from": source,
+        "objective": {"name": result.objective, "target": result.target},
+        "procedure": procedure,
+        "window": window,
+        "status": "fallback: escalate all" if fallback else result.status,
+        "threshold": result.threshold if result.status != "refused" else cal.STRONG_ONLY,
+        "label_thresholds": result.label_thresholds,
+    }
+    if detail:
+        body["labels"] = [vars(r) for r in result.labels]
+    body["models"] = {"cheap": data.cheap_model, "strong": data.strong_model}
+    body["price_table_version"] = price_table_version
+    dataset: dict[str, Any] = {"sha256": data.fingerprint(), "requests": data.n}
+    if detail:
+        dataset |= {
+            "strong_answers": int(data.observed.sum()),
+            "shadowed": int(data.shadowed.sum()),
+            "gold_labels": int((data.gold >= 0).sum()),
+            "threshold_versions_seen": list(data.strata),
+        }
+    body["dataset"] = dataset
+    body["estimates"] = estimates_at(data, result)
+    if detail:
+        body["baselines"] = {
+            "cheap_only": base.cheap_only,
+            "strong_only": base.strong_only,
+            "random_same_rate": base.random_same_rate,
+            "oracle": base.oracle,
+        }
+    return body
 
 
 def load_threshold_file(

@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from escalator.cli._common import parse_time, settings_from_env
 from escalator.config import Settings
-from escalator.contract.messages import H_PREFIX
+from escalator.contract.messages import REPLAY_HEADER, DeadLetterInfo
 from escalator.errors import EscalatorError
-from escalator.kafka.clients import check_connection, make_producer, read_to_end
-
-REPLAY_HEADER = H_PREFIX + "replay-of"
+from escalator.kafka.clients import Outgoing, check_connection, produce_and_await, read_to_end
 
 
 @dataclass
@@ -48,11 +46,10 @@ async def scan(
     replay: bool,
 ) -> Scan:
     result = Scan()
-    producer = make_producer(settings.kafka) if replay else None
-    if producer is not None:
-        await producer.start()
-    pending: list[tuple[str, Any]] = []
-    try:
+    sent: list[str] = []  # the reason of each record handed to the producer, in order
+
+    async def replays() -> AsyncIterator[Outgoing]:
+        """The scan itself: counts every dead letter; with ``replay``, yields those to send."""
         dead_letters = read_to_end(
             settings.kafka,
             settings.topics.dead_letter,
@@ -61,12 +58,9 @@ async def scan(
         )
         async for record in dead_letters:
             result.scanned += 1
-            headers = {k: v for k, v in record.headers or ()}
-            reason = headers.get(H_PREFIX + "reason", b"").decode("utf-8", "replace") or "?"
-            try:
-                failed_at = int(headers.get(H_PREFIX + "failed-at-ms", b""))
-            except ValueError:
-                failed_at = record.timestamp
+            info = DeadLetterInfo.from_headers(record.headers)
+            reason = info.reason
+            failed_at = record.timestamp if info.failed_at_ms is None else info.failed_at_ms
             if reasons and reason not in reasons:
                 continue
             if since_ms is not None and failed_at < since_ms:
@@ -74,24 +68,27 @@ async def scan(
             if until_ms is not None and failed_at >= until_ms:
                 continue
             result.matched[reason] += 1
-            if producer is None:
+            if not replay:
                 continue
-            source = headers.get(H_PREFIX + "source-topic", b"").decode("utf-8", "replace")
-            if source not in (settings.topics.requests, settings.topics.escalations):
+            source = info.source_topic
+            if source is None or source not in (
+                settings.topics.requests,
+                settings.topics.escalations,
+            ):
                 result.unreplayable += 1
                 continue
-            original = [(k, v) for k, v in record.headers or () if not k.startswith(H_PREFIX)]
             origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-            fut = await producer.send(
-                source, record.value, key=record.key, headers=[*original, (REPLAY_HEADER, origin)]
-            )
-            pending.append((reason, fut))
-        for reason, fut in pending:
-            await fut  # acknowledged by the broker before it is counted
-            result.replayed[reason] += 1
-    finally:
-        if producer is not None:
-            await producer.stop()
+            sent.append(reason)
+            yield source, record.key, record.value, [*info.original, (REPLAY_HEADER, origin)]
+
+    if replay:
+        # Sends while it scans; returns once the broker acknowledged every record (acks=all),
+        # and raises otherwise: a replay is counted only after its acknowledgement.
+        await produce_and_await(settings.kafka, replays())
+        result.replayed.update(sent)
+    else:
+        async for _ in replays():
+            pass  # without replay nothing is yielded: the scan only counts
     return result
 
 

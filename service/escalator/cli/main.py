@@ -7,10 +7,10 @@ Commands, one module per group (each has a ``register(sub)``; none imports anoth
     dead-letters summary|replay           cli/deadletters.py
     kafka, sim, demo                      the escalator-dev package, when it is installed
 
-Helpers the command modules share (settings from the environment, produce-and-await, time
-parsing) are in cli/_common.py. Every expected failure ends as one line on stderr and a
-non-zero exit code, never a traceback. Settings are read from ``os.environ`` only through
-:func:`escalator.config.load_settings`.
+Helpers the command modules share (settings from the environment, time parsing) are in
+cli/_common.py; produce-and-await is kafka/clients.py's. Every expected failure ends as one
+line on stderr and a non-zero exit code, never a traceback. Settings are read from
+``os.environ`` only through :func:`escalator.config.load_settings`.
 """
 
 from __future__ import annotations

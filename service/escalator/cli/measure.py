@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from escalator.calibration import decisions_log
@@ -84,6 +82,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from escalator.calibration import certify as cal
     from escalator.calibration import plan
     from escalator.calibration import threshold_file as tfile
+    from escalator.calibration.render import calibration_table, plan_table, plot, refusal
 
     settings = settings_from_env(require_kafka=False)
     prices = _prices(settings)
@@ -106,7 +105,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.plan:
         result = cal.calibrate(data, target=target, delta=delta, margin=args.margin, grid=grid)
         call = args.strong_call_usd or _strong_call_usd(records, prices)
-        print(_plan_table(args, data, result, call, tfile.spent(args.delta, attempt)))
+        table = plan_table(
+            data,
+            result,
+            call_usd=call,
+            delta=tfile.spent(args.delta, attempt),
+            power=args.power,
+            assume_threshold=args.assume_threshold,
+            traffic_per_hour=args.traffic_per_hour,
+        )
+        print(table)
         return 0
     window = _window(args, data)
     if ledger is not None:
@@ -130,23 +138,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         grid=grid,
         per_label=args.per_label,
     )
-    c, i = result.curve, result.chosen
-    base = cal.baselines(data, float(c.escalation[i]))
-    print(_table(data, result, base, source))
-    procedure = {
-        "name": cal.PROCEDURE
-        if args.objective == "quality"
-        else f"{args.objective} (no guarantee)",
-        "delta": args.delta,
-        "delta_spent": delta,
-        "attempt": attempt if ledger is not None else None,
-        "spending": "delta * 6 / (pi^2 * attempt^2)"
-        if ledger is not None
-        else "none (--ledger none)",
-        "ledger": None if ledger is None else str(ledger),
-        "margin": args.margin,
-        "guarantee": _guarantee(result, delta) if args.objective == "quality" else None,
-    }
+    base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
+    print(calibration_table(data, result, base, source))
     if ledger is not None:
         tfile.append_attempt(
             ledger,
@@ -163,43 +156,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
     if result.status == "refused":
         need = plan.needed(data, result, tfile.spent(args.delta, attempt + 1), args.power)
-        print(_refusal(result, need), file=sys.stderr)
+        print(refusal(result, need), file=sys.stderr)
         if args.fallback != "escalate-all":
             return EXIT_REFUSED
-    body = {
-        "created_from": source,
-        "objective": {"name": args.objective, "target": target},
-        "procedure": procedure,
-        "window": window,
-        "status": result.status if args.fallback != "escalate-all" else "fallback: escalate all",
-        "threshold": result.threshold if result.status != "refused" else cal.STRONG_ONLY,
-        "label_thresholds": result.label_thresholds,
-        "labels": [vars(r) for r in result.labels],
-        "models": {"cheap": data.cheap_model, "strong": data.strong_model},
-        "price_table_version": prices.version,
-        "dataset": {
-            "sha256": data.fingerprint(),
-            "requests": data.n,
-            "strong_answers": int(data.observed.sum()),
-            "shadowed": int(data.shadowed.sum()),
-            "gold_labels": int((data.gold >= 0).sum()),
-            "threshold_versions_seen": list(data.strata),
-        },
-        "estimates": estimates_at(data, result),
-        "baselines": {
-            "cheap_only": base.cheap_only,
-            "strong_only": base.strong_only,
-            "random_same_rate": base.random_same_rate,
-            "oracle": base.oracle,
-        },
-    }
+    body = tfile.threshold_body(
+        result,
+        data,
+        source=source,
+        delta=args.delta,
+        window=window,
+        price_table_version=prices.version,
+        base=base,
+        ledger=ledger,
+        attempt=attempt,
+        fallback=args.fallback == "escalate-all",
+    )
     version = tfile.write_threshold_file(Path(args.output), body)
     print(
         f"\nthreshold file: {args.output} (version {version}); "
         f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
     )
     if args.plot:
-        print(_plot(Path(args.plot), result, base))
+        print(plot(Path(args.plot), result, base))
     return 0
 
 
@@ -209,126 +187,9 @@ def _prices(settings: Any) -> Any:
     return load_prices(settings.routing.prices_file)
 
 
-def _guarantee(result: Any, delta: float) -> str:
-    if result.status == "refused":
-        return "none: refused"
-    scope = (
-        "for each cheap label, agreement among that label's answers"
-        if result.labels
-        else ("agreement")
-    )
-    return (
-        f"with probability at least {1 - delta:.6g} over the measurement window, {scope} with "
-        f"the strong model at the chosen threshold is at least {result.target}"
-    )
-
-
-def estimates_at(data: Any, result: Any) -> dict[str, Any]:
-    """The file's estimates at the chosen point (escalation as [low, point, high])."""
-    from escalator.calibration import certify as cal
-
-    c, i = result.curve, result.chosen
-    return {
-        "escalation_rate": list(cal.routed_escalation(data, result)),
-        "agreement_with_strong": {
-            "point": float(c.agreement[i]),
-            "lower_bound": float(c.agreement_lower[i]),
-            "level": 1 - c.delta,
-        },
-        "accuracy_vs_gold": None if c.accuracy is None else float(c.accuracy[i]),
-        "cost_per_1k_usd": float(c.cost_per_1k[i]),
-    }
-
-
-def _refusal(result: Any, need: Any) -> str:
-    head = (
-        f"calibrate: cannot certify agreement >= {result.target} at delta {result.delta:.3g}: "
-        f"{result.reason}"
-    )
-    if need.requests is None:
-        why = "no shadow sampling in force" if need.p <= 0 else "the estimates never reach it"
-        return f"{head}; more data would not help ({why}); wrote no thresholds file"
-    from escalator.calibration.plan import duration
-
-    rate = "" if need.per_hour is None else f" at {need.per_hour:,.0f} requests/h"
-    return (
-        f"{head}; needs a fresh window of about {need.requests:,} requests with "
-        f"{need.shadowed:,} shadowed answers (shadow rate {need.p:g}, threshold {need.tau:g}; "
-        f"{duration(need.hours)}{rate}) to certify t={need.goal_threshold:.2f} "
-        f"(escalating about {need.goal_escalation:.0%}); wrote no thresholds file "
-        "(--fallback escalate-all writes one that escalates everything)"
-    )
-
-
-def _plan_table(
-    args: argparse.Namespace, data: Any, result: Any, call: float | None, delta: float
-) -> str:
-    """The plan from a pilot log: per shadow rate, what certifying the target takes."""
-    from escalator.calibration import estimates, plan
-
-    t = result.curve.thresholds
-    prof, cautious = plan.pilot(data, t, estimates.counts(data.sample(), t))
-    tau, _, per_hour = plan.design_in_force(data)
-    tau = args.assume_threshold if args.assume_threshold is not None else tau
-    per_hour = args.traffic_per_hour or per_hour
-    goal = plan.goal_index(prof, result.target, result.margin)
-    shadow_disagree = int((data.shadowed & (data.strong_label != data.cheap_label)).sum())
-    rough = "; too few for more than a rough plan" if shadow_disagree < 20 else ""
-    lines = [
-        f"Plan from a pilot of {data.n} requests ({int(data.shadowed.sum())} shadowed, "
-        f"{shadow_disagree} of them disagreeing{rough}), "
-        f"target {result.target}, delta {delta:.3g} (the next attempt's share), margin "
-        f"{result.margin:.0%}, power {args.power:.0%}; measuring at threshold {tau:g}",
-    ]
-    if goal is None:
-        lines.append("  no threshold's estimated agreement reaches the target: only escalate-all")
-        return "\n".join(lines)
-    best = plan.goal_index(prof, result.target, 0.0)
-    esc = prof.escalation()
-    lines.append(
-        f"  best achievable by estimate: t={t[best]:.2f}, escalating {esc[best]:.1%}; "
-        f"goal: certify t={t[goal]:.2f} (escalating {esc[goal]:.1%}) or lower"
-    )
-    lines += _rows(cautious, prof, tau, result, delta, per_hour, call, goal, args.power)
-    return "\n".join(lines)
-
-
-def _rows(
-    cautious: Any,
-    prof: Any,
-    tau: float,
-    result: Any,
-    delta: float,
-    per_hour: float | None,
-    call: float | None,
-    goal: int,
-    power: float,
-) -> list[str]:
-    from escalator.calibration import plan
-
-    lines = ["", "  shadow rate    requests   shadowed    duration    shadow cost USD"]
-    accepted = float(prof.at(np.asarray([tau]))[0][0])
-    for p in plan.SHADOW_RATES:
-        n = plan.required_requests(cautious, plan.Design(tau, p), result.target, delta, goal, power)
-        if n is None:
-            n = plan.required_requests(prof, plan.Design(tau, p), result.target, delta, goal, power)
-        if n is None:
-            lines.append(f"  {p:>11g}    more than {plan.MAX_REQUESTS:,} requests")
-            continue
-        shadowed = math.ceil(n * accepted * p)
-        hours = None if not per_hour else n / per_hour
-        cost = "n/a" if call is None else f"{shadowed * call:,.4f}"
-        lines.append(
-            f"  {p:>11g}  {n:>10,}  {shadowed:>9,}  {plan.duration(hours):>10}  {cost:>17}"
-        )
-    lines.append(
-        "  (escalated requests get their strong answer anyway; only shadowed ones cost extra)"
-    )
-    return lines
-
-
 def _plan_assumed(args: argparse.Namespace, target: float, prices: Any, settings: Any) -> int:
     from escalator.calibration import plan
+    from escalator.calibration.render import plan_rows
     from escalator.model.prices import Usage
 
     if args.assume_disagreement is None:
@@ -353,11 +214,11 @@ def _plan_assumed(args: argparse.Namespace, target: float, prices: Any, settings
         f"{args.assume_disagreement:.2%} of those disagree with the strong model; target "
         f"{target}, delta {args.delta:g}, power {args.power:.0%}; strong call ${call:.6f}"
     )
-    lines = _rows(
+    lines = plan_rows(
         prof,
         prof,
         0.0,
-        argparse.Namespace(target=target),
+        target,
         args.delta,
         args.traffic_per_hour,
         call,
@@ -366,105 +227,6 @@ def _plan_assumed(args: argparse.Namespace, target: float, prices: Any, settings
     )
     print("\n".join(lines))
     return 0
-
-
-def _table(data: Any, result: Any, base: Any, source: str) -> str:
-    c = result.curve
-    gold = c.accuracy is not None
-    lines = [
-        f"Calibration from {source}: {data.n} requests, {int(data.observed.sum())} with a strong "
-        f"answer ({int(data.shadowed.sum())} shadowed), {int((data.gold >= 0).sum())} with a gold "
-        f"label ({data.cheap_model} -> {data.strong_model})",
-        f"objective: {result.objective}, target {result.target}; agreement: Hajek estimate and "
-        f"exact lower bound at level {1 - c.delta:.4g}",
-        "",
-        "  threshold  escalated  agreement  lower bound  "
-        + ("accuracy  " if gold else "")
-        + "cost/1k USD",
-    ]
-    step = max(1, len(c.thresholds) // 25)
-    marks = {result.chosen: " <- chosen"}
-    if result.status == "refused":
-        marks = {result.certified: " <- lowest certified", result.best: " <- best estimate"}
-    show = sorted({*range(0, len(c.thresholds), step), len(c.thresholds) - 1, *marks})
-    for i in show:
-        t = c.thresholds[i]
-        label = "all" if t > 1 else f"{t:.2f}"
-        row = (
-            f"  {label:>9}  {c.escalation[i]:>9.3f}  {c.agreement[i]:>9.4f}  "
-            f"{c.agreement_lower[i]:>11.4f}  "
-        )
-        if gold:
-            row += f"{c.accuracy[i]:>8.4f}  "
-        lines.append(row + f"{c.cost_per_1k[i]:>11.5f}{marks.get(i, '')}")
-    lines += ["", "  baselines (same data):   escalated  agreement  accuracy  cost/1k USD"]
-    for name, b in (
-        ("cheap-only", base.cheap_only),
-        ("strong-only", base.strong_only),
-        ("random, same rate", base.random_same_rate),
-        ("oracle", base.oracle),
-    ):
-        acc = "n/a" if b["accuracy"] is None else f"{b['accuracy']:.4f}"
-        lines.append(
-            f"  {name:<23} {b['escalation']:>9.3f}  {b['agreement']:>9.4f}  "
-            f"{acc:>8}  {b['cost_per_1k']:.5f}"
-        )
-    for r in result.labels:
-        state = (
-            f"t={r.threshold:.2f}, escalating {r.escalation:.1%}"
-            if r.certified
-            else f"not certified: {r.answers} answers, {r.shadowed} shadowed are too few; "
-            "escalates everything"
-        )
-        lines.append(f"  label {r.label}: {state}")
-    if result.status == "certified":
-        lines.append(f"\n  {_guarantee(result, c.delta)}")
-    return "\n".join(lines)
-
-
-def _plot(path: Path, result: Any, base: Any) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "plot skipped: install the optional extra (pip install 'escalator[plot]')"
-    c = result.curve
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.plot(c.cost_per_1k, c.agreement, "-", label="threshold grid (estimate)")
-    ax.plot(
-        c.cost_per_1k,
-        c.agreement_lower,
-        "--",
-        label=f"lower bound, level {1 - c.delta:.3g}",
-    )
-    for name, b, marker in (
-        ("cheap-only", base.cheap_only, "v"),
-        ("strong-only", base.strong_only, "^"),
-        ("random, same rate", base.random_same_rate, "x"),
-        ("oracle", base.oracle, "*"),
-    ):
-        ax.plot(b["cost_per_1k"], b["agreement"], marker, markersize=9, label=name)
-    i = result.chosen
-    ax.plot(
-        c.cost_per_1k[i],
-        c.agreement[i],
-        "o",
-        color="black",
-        markersize=9,
-        label=f"chosen t={c.thresholds[i]:.2f}",
-    )
-    if result.objective == "quality":
-        ax.axhline(result.target, linestyle=":", color="grey", label=f"target {result.target}")
-    ax.set_xlabel("cost per 1,000 requests (USD)")
-    ax.set_ylabel("agreement with the strong model")
-    ax.set_title("Escalator calibration: cost against agreement")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return f"plot: {path}"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from escalator.cli._common import produce_and_await, settings_from_env
+from escalator.cli._common import settings_from_env
 from escalator.errors import EscalatorError, InvalidRequest
 
 
@@ -68,6 +68,7 @@ def _lines(source: str) -> Iterator[tuple[int, bytes]]:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from escalator.contract.messages import parse_request
+    from escalator.kafka.clients import produce_and_await
 
     settings = settings_from_env()
     records: list[tuple[bytes, bytes]] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,16 @@ from escalator.errors import InvalidRequest
 SCHEMA_VERSION = 1
 ID_MAX_CHARS = 256
 Headers = list[tuple[str, bytes]]
+#: Headers that start with this are reserved: the service writes them, upstream may not.
 H_PREFIX = "x-escalator-"
+#: Set by ``escalator dead-letters replay`` on what it republishes to an input topic:
+#: ``<topic>/<partition>/<offset>`` of the dead letter.
+REPLAY_HEADER = H_PREFIX + "replay-of"
+#: The reserved headers the contract defines on the input topics (requests, escalations).
+#: They travel on to results and escalations; every other reserved header that arrives is
+#: dropped from every output. (The cheap tier writes no reserved header on an escalation:
+#: the strong tier reads everything it needs from the escalation's value.)
+INPUT_HEADERS = frozenset({REPLAY_HEADER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +279,19 @@ def _second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+def propagated_headers(arrived: Iterable[tuple[str, bytes | None]] | None) -> Headers:
+    """What an output carries of the headers its input record arrived with: all of them
+    (``traceparent``...), except reserved ``x-escalator-*`` headers that the contract does not
+    define for an input topic, so that upstream cannot make a result or an escalation say
+    something that the service did not (``x-escalator-reason: fake``)."""
+    # Kafka allows a header without a value: it travels on as an empty one.
+    return [
+        (k, b"" if v is None else bytes(v))
+        for k, v in arrived or ()
+        if not k.startswith(H_PREFIX) or k in INPUT_HEADERS
+    ]
+
+
 def dead_letter_headers(
     original: Headers,
     *,
@@ -279,7 +302,10 @@ def dead_letter_headers(
     offset: int,
     tier: str,
 ) -> Headers:
-    """The original headers, plus why and where from. Messages are cut to stay header-sized."""
+    """The original headers, plus why and where from. Messages are cut to stay header-sized.
+
+    Every incoming ``x-escalator-*`` header is dropped here, ``x-escalator-replay-of`` too: a
+    dead letter's reserved headers are the ones below and nothing else."""
     ours: Headers = [
         (H_PREFIX + "reason", reason.encode()),
         (H_PREFIX + "error-class", type(error).__name__.encode()),
@@ -292,3 +318,59 @@ def dead_letter_headers(
         (H_PREFIX + "failed-at-ms", str(int(time.time() * 1000)).encode()),
     ]
     return [h for h in original if not h[0].startswith(H_PREFIX)] + ours
+
+
+#: What a dead letter says when it carries no ``x-escalator-reason`` (not one of ours).
+UNKNOWN_REASON = "?"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterInfo:
+    """The ``x-escalator-*`` headers of a dead letter, read back (see dead_letter_headers).
+
+    A header that is missing (or null), or a number that does not parse, is None (the reason is
+    ``UNKNOWN_REASON``). Where a header repeats, the last one counts. ``original`` is every
+    header that is not ours, in order: what a replay sends back.
+    """
+
+    reason: str
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    tier: str | None
+    error_class: str | None
+    error_message: str | None
+    failed_at: str | None
+    failed_at_ms: int | None
+    refusal_category: str | None
+    original: Headers
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[str, bytes]] | None) -> DeadLetterInfo:
+        pairs = list(headers or ())
+        # A Kafka header may have a null value: for ours, that is the same as missing.
+        ours = {k[len(H_PREFIX) :]: v for k, v in pairs if k.startswith(H_PREFIX) and v is not None}
+
+        def text(name: str) -> str | None:
+            raw = ours.get(name)
+            return None if raw is None else bytes(raw).decode("utf-8", "replace")
+
+        def number(name: str) -> int | None:
+            try:
+                return int(ours[name])
+            except (KeyError, ValueError):
+                return None
+
+        return cls(
+            reason=text("reason") or UNKNOWN_REASON,
+            source_topic=text("source-topic"),
+            source_partition=number("source-partition"),
+            source_offset=number("source-offset"),
+            tier=text("tier"),
+            error_class=text("error-class"),
+            error_message=text("error-message"),
+            failed_at=text("failed-at"),
+            failed_at_ms=number("failed-at-ms"),
+            refusal_category=text("refusal-category"),
+            original=[(k, v) for k, v in pairs if not k.startswith(H_PREFIX)],
+        )

@@ -1,5 +1,6 @@
-"""Kafka clients built from settings: security (TLS, SASL), the idempotent producer, the
-manual-commit consumer, and idempotent topic creation. aiokafka errors are classified here.
+"""Kafka clients built from settings: security (TLS, SASL), the idempotent producer (and
+produce-and-await for the commands and tools that publish a batch), the manual-commit consumer,
+and idempotent topic creation. aiokafka errors are classified here.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -221,6 +222,37 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     }
     kwargs.update(overrides)
     return AIOKafkaProducer(**kwargs)
+
+
+#: One record to produce: topic, key, value, headers.
+Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+async def produce_and_await(
+    kafka: KafkaSettings, records: Iterable[Outgoing] | AsyncIterable[Outgoing]
+) -> int:
+    """Send every record, then wait for every acknowledgement (``acks=all``, idempotent).
+
+    ``records`` may be produced while they are sent (an async iterable: a scan). Returns how
+    many were acknowledged, which is all of them; raises the first KafkaError, after which
+    none of the records should be assumed delivered or lost: the caller reports the failure.
+    The engine does not use this: it produces per partition, with commits (engine/).
+    """
+    producer = make_producer(kafka)
+    await producer.start()
+    futures = []
+    try:
+        if isinstance(records, AsyncIterable):
+            async for topic, key, value, headers in records:
+                futures.append(await producer.send(topic, value, key=key, headers=headers or None))
+        else:
+            for topic, key, value, headers in records:
+                futures.append(await producer.send(topic, value, key=key, headers=headers or None))
+        for fut in futures:
+            await fut
+    finally:
+        await producer.stop()
+    return len(futures)
 
 
 def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:

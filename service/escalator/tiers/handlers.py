@@ -48,6 +48,7 @@ from escalator.contract.messages import (
     escalation_value,
     parse_escalation,
     parse_request,
+    propagated_headers,
     result_value,
 )
 from escalator.engine.worker import Output, Record
@@ -71,7 +72,8 @@ class TierTopics:
 
 
 def _headers(record: Record) -> Headers:
-    return [(k, bytes(v)) for k, v in (record.headers or ())]
+    """The headers every output of this record carries (no upstream ``x-escalator-*``)."""
+    return propagated_headers(record.headers)
 
 
 class _Base:
