@@ -19,8 +19,8 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -28,12 +28,14 @@ from escalator.contract.messages import Headers
 from escalator.observability.metrics import Metrics, TierSeries
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
+    """One record to produce for an input record. A tuple: a frozen dataclass's __init__
+    cost a microsecond per output on the per-record path (B1)."""
+
     topic: str
     value: bytes
     key: bytes | None
-    headers: Headers = field(default_factory=list)
+    headers: Headers = []
 
 
 class PartitionTracker:
