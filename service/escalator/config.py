@@ -180,7 +180,7 @@ class RoutingSettings:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:
-    """Admission control from the rate-limit headers (``admission.py``)."""
+    """Admission control from the rate-limit headers (``model/admission.py``)."""
 
     #: False: AIMD on 429s only, the behaviour before admission control.
     enabled: bool = True

@@ -2,7 +2,8 @@
 
     EscalatorError
     ├── ConfigError              bad configuration; raised at start-up, names the variable
-    ├── KafkaLaunchError         (kafka_local) the local broker could not be started
+    ├── KafkaUnreachable         (kafka/clients.py) no broker answered, with the likely cause
+    ├── CalibrationError         (calibration/certify.py) the decisions log cannot be used
     ├── RetryableError           transient: retry with backoff, never dead-letter for it
     │   └── ModelUnavailable     the model API is failing (429, 529, 5xx, timeout, connection)
     │       └── ApiBlocked       the *account* cannot call the model: spend limit, billing,
@@ -16,8 +17,9 @@
 A refusal (``stop_reason: "refusal"``) is not an error: it is an answer, carried on the
 :class:`~escalator.contract.messages.Attempt`, and each tier applies its refusal policy to it.
 
-Third-party errors (anthropic, aiokafka) are translated once, at their boundary, and re-raised
-``from`` the original.
+The development tools add ``KafkaLaunchError`` (``escalator_dev.kafka_local``: the local broker
+could not be started). Third-party errors (anthropic, aiokafka) are translated once, at their
+boundary, and re-raised ``from`` the original.
 """
 
 from __future__ import annotations

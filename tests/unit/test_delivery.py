@@ -258,6 +258,19 @@ def make_delivery(guarantee: str, broker: Broker, **kw: Any) -> tuple[Delivery, 
 OPTIONS = WorkerOptions(max_in_flight=8, max_uncommitted=32, commit_interval_s=0.02)
 
 
+def make_worker(
+    consumer: FakeConsumer, delivery: Delivery, metrics: Metrics, options: WorkerOptions = OPTIONS
+) -> TierWorker:
+    return TierWorker(
+        topic=TP.topic,
+        consumer=consumer,  # type: ignore[arg-type]
+        delivery=delivery,
+        handler=EchoHandler(),
+        metrics=metrics,
+        options=options,
+    )
+
+
 async def run(
     consumer: FakeConsumer,
     delivery: Delivery,
@@ -266,14 +279,7 @@ async def run(
     *,
     midway: Any = None,
 ) -> TierWorker:
-    worker = TierWorker(
-        topic=TP.topic,
-        consumer=consumer,  # type: ignore[arg-type]
-        delivery=delivery,
-        handler=EchoHandler(),
-        metrics=metrics,
-        options=options,
-    )
+    worker = make_worker(consumer, delivery, metrics, options)
     task = asyncio.create_task(worker.run())
     did_midway = midway is None
     for _ in range(6000):  # up to a minute on a slow machine
@@ -354,14 +360,7 @@ async def test_exactly_once_a_fenced_partition_lets_go_of_its_held_answers() -> 
     delivery = Transactional(factory, "group")  # type: ignore[arg-type]
     consumer = FakeConsumer(broker, 300)
     metrics = Metrics()
-    worker = TierWorker(
-        topic=TP.topic,
-        consumer=consumer,  # type: ignore[arg-type]
-        delivery=delivery,
-        handler=EchoHandler(),
-        metrics=metrics,
-        options=OPTIONS,
-    )
+    worker = make_worker(consumer, delivery, metrics, OPTIONS)
     task = asyncio.create_task(worker.run())
     for _ in range(3000):
         if sample(metrics, "escalator_transactions_total", tier="cheap", result="fenced"):
@@ -403,14 +402,7 @@ async def test_exactly_once_records_fetched_before_the_producer_is_ready_are_fet
     delivery = Transactional(factory, "group")  # type: ignore[arg-type]
     consumer = FakeConsumer(broker, 200, leaky=True)
     consumer.position = 0
-    worker = TierWorker(
-        topic=TP.topic,
-        consumer=consumer,  # type: ignore[arg-type]
-        delivery=delivery,
-        handler=EchoHandler(),
-        metrics=Metrics(),
-        options=OPTIONS,
-    )
+    worker = make_worker(consumer, delivery, Metrics(), OPTIONS)
     # While init_transactions runs, a fetch already in flight returns records: they must be
     # fetched again once the partition is ready, not processed without a producer or skipped.
     assign = asyncio.create_task(worker.on_assigned({TP}))
@@ -449,14 +441,7 @@ async def test_exactly_once_a_producer_that_cannot_start_stops_the_worker() -> N
 
     broker = Broker()
     delivery = Transactional(Broken(broker), "group")  # type: ignore[arg-type]
-    worker = TierWorker(
-        topic=TP.topic,
-        consumer=FakeConsumer(broker, 10),  # type: ignore[arg-type]
-        delivery=delivery,
-        handler=EchoHandler(),
-        metrics=Metrics(),
-        options=OPTIONS,
-    )
+    worker = make_worker(FakeConsumer(broker, 10), delivery, Metrics())
     with pytest.raises(KafkaTimeoutError):
         await asyncio.wait_for(worker.run(), 30)
     assert broker.visible == [] and broker.committed == 0
@@ -488,13 +473,11 @@ async def test_at_least_once_an_offset_never_commits_before_its_outputs_are_ackn
     broker = Broker()
     delivery = AtLeastOnce(Silent(broker))  # type: ignore[arg-type]
     consumer = FakeConsumer(broker, 50)
-    worker = TierWorker(
-        topic=TP.topic,
-        consumer=consumer,  # type: ignore[arg-type]
-        delivery=delivery,
-        handler=EchoHandler(),
-        metrics=Metrics(),
-        options=WorkerOptions(
+    worker = make_worker(
+        consumer,
+        delivery,
+        Metrics(),
+        WorkerOptions(
             max_in_flight=8, max_uncommitted=64, commit_interval_s=0.02, shutdown_grace_s=0.2
         ),
     )

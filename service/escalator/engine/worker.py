@@ -202,7 +202,8 @@ class TierWorker:
                 if self._commit_due() and self._commit_idle():
                     # A commit (a round trip, or a transaction's several) runs beside the poll
                     # loop, one at a time: awaited here it would leave freed model slots idle
-                    # until it returned (B1, B3). aiokafka's commit lock keeps commits in order.
+                    # until it returned (B1, B3 in BENCHMARKS.md). aiokafka's commit lock keeps
+                    # commits in order.
                     self._last_commit = time.monotonic()
                     self._uncommitted_done = 0
                     self._commit_task = asyncio.create_task(self._commit())

@@ -1,10 +1,10 @@
 """Counters and histograms for the per-record path, exported through prometheus-client.
 
 prometheus-client's own Counter and Histogram take a lock and walk the buckets in Python on
-every update: about 4 µs per record here, a tenth of the pipeline's throughput (B1). These
-keep plain numbers that are updated on the event-loop thread only, and a collector turns them
-into ordinary metric families at scrape time (scrapes run on the same loop, so no update is
-ever half-seen). Names, labels and exposition are the same as prometheus-client's.
+every update: about 4 µs per record here, a tenth of the pipeline's throughput (B1 in
+BENCHMARKS.md). These keep plain numbers that are updated on the event-loop thread only, and a
+collector turns them into ordinary metric families at scrape time (scrapes run on the same
+loop, so no update is ever half-seen). Names, labels and exposition are prometheus-client's.
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def log(logger: logging.Logger, event: str, level: int = logging.INFO, /, **fiel
 class EventLog:
     """A hot-path event (one line per decision): same stream and format as every other line,
     but built with one orjson call and appended to the line buffer directly. Through LogRecord
-    and the handler chain it cost a quarter of the pipeline's throughput (B1). Falls back to
-    the logging module when :func:`configure` was not called (e.g. under pytest).
+    and the handler chain it cost a quarter of the pipeline's throughput (B1 in BENCHMARKS.md).
+    Falls back to the logging module when :func:`configure` was not called (e.g. under pytest).
     """
 
     def __init__(self, logger_name: str, event: str) -> None:

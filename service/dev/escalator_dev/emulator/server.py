@@ -744,7 +744,8 @@ async def _answer(
         if stop_reason == "max_tokens" and thought >= settings.max_tokens:
             state.stats["max_tokens_in_thinking"] += 1
     limiter.settle(settings.max_tokens, out_tokens)
-    # What counted against this model's limits (benchmark B7 reads these per model).
+    # What counted against this model's limits (benchmark B7 in BENCHMARKS.md reads these
+    # per model).
     state.stats[f"charged_requests:{spec.id}"] += 1
     state.stats[f"charged_input_tokens:{spec.id}"] += uncached + created
     state.stats[f"charged_output_tokens:{spec.id}"] += out_tokens
