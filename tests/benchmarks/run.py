@@ -31,11 +31,14 @@ from prometheus_client import CollectorRegistry
 from escalator.app import build_service
 from escalator.config import Settings, load_settings
 from escalator.contract.messages import Attempt
-from escalator.kafka.clients import make_consumer, make_producer
+from escalator.engine.at_least_once import AtLeastOnce
+from escalator.engine.worker import Output, TierWorker, WorkerOptions
+from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
 from escalator.model.prices import PriceTable
 from escalator.model.profiles import load_profiles
 from escalator.model.task import Task, load_task
 from escalator.observability import logs
+from escalator.observability.metrics import Metrics
 from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from tests.benchmarks import b7 as b7_module
@@ -207,6 +210,75 @@ async def b1(bootstrap: str, sim_url: str) -> None:
         f"{ours:,.0f} msg/s ({n:,} records)",
         f"ratio {ours / base:.2f}",
         ">= 0.7",
+    )
+
+
+class ConstantHandler:
+    """B1e's handler: two prebuilt outputs per record (result- and decision-sized), no parsing,
+    no model, no metrics: what is left is the engine and the at-least-once delivery."""
+
+    tier = "cheap"
+
+    def __init__(self, results: str, decisions: str) -> None:
+        self._results = results
+        self._decisions = decisions
+
+    async def handle(self, record: Any) -> list[Output]:
+        return [
+            Output(self._results, RESULT_SIZED, record.key),
+            Output(self._decisions, DECISION_SIZED, record.key),
+        ]
+
+    def should_pause(self) -> bool:
+        return False
+
+
+async def b1e(bootstrap: str, sim_url: str) -> None:
+    """B1 decomposed: the engine alone (TierWorker + AtLeastOnce, a constant handler) against
+    the same bare pipe, on the same backlog size. B1 / B1e is what the tier's per-record work
+    (parse, model call path, routing, outputs, metrics, logs) costs; B1e is the engine's."""
+    n = 30_000
+    env = await with_backlog(bootstrap, sim_url, "b1e", n)
+    settings = load_settings(env)
+    base = await bare_pipe(bootstrap, settings.topics.requests, settings.topics.results, n)
+    env2 = await with_backlog(bootstrap, sim_url, "b1e", n)
+    settings = load_settings(env2)
+    metrics = Metrics()
+    producer = ProducerHandle(lambda: make_producer(settings.kafka))
+    await producer.start()
+    worker = TierWorker(
+        topic=settings.topics.requests,
+        consumer=make_consumer(settings.kafka, settings.pipeline.cheap_group),
+        delivery=AtLeastOnce(producer),
+        handler=ConstantHandler(settings.topics.results, settings.topics.decisions),
+        metrics=metrics,
+        options=WorkerOptions.from_settings(settings.pipeline),
+    )
+    run = asyncio.create_task(worker.run())
+    labels = {"tier": "cheap"}
+    started: float | None = None
+    try:
+        while True:
+            done = metrics.registry.get_sample_value("escalator_processing_seconds_count", labels)
+            if started is None and done:
+                started = time.perf_counter()
+            if done is not None and done >= n:
+                break
+            if run.done():
+                run.result()
+            await asyncio.sleep(0.05)
+        assert started is not None
+        ours = n / (time.perf_counter() - started)
+    finally:
+        worker.stop()
+        await run
+        await producer.get().stop()
+    report(
+        "B1e",
+        f"bare aiokafka pipe {base:,.0f} msg/s; the engine alone (worker + at-least-once, "
+        f"constant outputs) {ours:,.0f} msg/s ({n:,} records)",
+        f"ratio {ours / base:.2f}",
+        "diagnostic for B1",
     )
 
 
@@ -508,6 +580,7 @@ async def b6(bootstrap: str, sim_url: str) -> None:
 
 BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b1": b1,
+    "b1e": b1e,
     "b2": b2,
     "b3": b3,
     "b6": b6,
