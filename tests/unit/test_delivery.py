@@ -25,6 +25,7 @@ from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
 from escalator.engine.transactional import Transactional
 from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
+from escalator.errors import ConfigError
 from escalator.observability.metrics import Metrics
 
 TP = TopicPartition("requests", 0)
@@ -124,6 +125,7 @@ class FakeConsumer:
         return {TP: batch}
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        assert set(offsets) <= self.assignment(), "aiokafka refuses unassigned partitions"
         await self.broker.slow_commit()
         self.broker.committed = offsets[TP].offset
 
@@ -183,6 +185,7 @@ class TxnProducer:
         self.offset: int | None = None
         self.started = False
         self.stopped = False
+        self.open = False
 
     async def start(self) -> None:
         await asyncio.sleep(self.start_s)
@@ -191,14 +194,21 @@ class TxnProducer:
         self.started = True
 
     async def stop(self) -> None:
-        self.stopped = True
+        self.stopped = True  # an open transaction can no longer commit
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
         assert self.started and not self.stopped
+        assert not self.open, "one transaction at a time per producer (aiokafka raises)"
+        self.open = True
         self.buffer, self.offset = [], None
-        yield  # an exception from the body aborts: nothing becomes visible
-        await self.broker.slow_commit()
+        try:
+            yield  # an exception from the body aborts: nothing becomes visible
+            await self.broker.slow_commit()
+        finally:
+            self.open = False
+        if self.stopped:
+            raise KafkaError("producer closed with its transaction open")
         if self.epoch < self.factory.epoch:
             raise ProducerFenced()
         if self.faults:
@@ -208,6 +218,7 @@ class TxnProducer:
         self.broker.committed = self.offset
 
     async def send(self, topic: str, value: bytes, **kwargs: Any) -> asyncio.Future[None]:
+        assert self.open and not self.stopped
         self.buffer.append(int(value))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.set_result(None)
@@ -295,6 +306,11 @@ async def run(
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    """A series' value; 0 for a counter child never incremented; an unknown name fails."""
+    known = {s.name for m in metrics.registry.collect() for s in m.samples} | {
+        m.name + "_total" for m in metrics.registry.collect()
+    }
+    assert name in known, f"no series {name}"
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
@@ -316,7 +332,7 @@ async def test_every_record_is_delivered_then_committed(guarantee: str) -> None:
     assert_delivered(broker, 600, guarantee)
     assert max(broker.counts().values()) == 1  # no fault, no repeat, in either mode
     assert delivery.uncommitted() == 0 and delivery.reserved() == 0
-    assert sample(metrics, "escalator_uncommitted_records", tier="cheap") == 0
+    assert sample(metrics, "escalator_uncommitted", tier="cheap") == 0
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -491,3 +507,28 @@ async def test_at_least_once_an_offset_never_commits_before_its_outputs_are_ackn
     worker.stop()
     await asyncio.wait_for(task, 30)
     assert broker.committed == 7
+
+
+async def test_a_revocation_whose_commit_fails_still_lets_the_partitions_go() -> None:
+    """aiokafka logs and swallows a rebalance listener's error: a partition kept after it was
+    revoked would make every later commit fail. Here the producer repair (run before an
+    at-least-once commit when the sender died) raises something that is not a KafkaError."""
+
+    class Unrepairable(AckingProducer):
+        def healthy(self) -> bool:
+            return False
+
+        async def repair(self, error: BaseException | None = None, failed: Any = None) -> bool:
+            raise ConfigError("ESCALATOR_KAFKA_SSL_CAFILE: unreadable")
+
+    broker = Broker()
+    delivery = AtLeastOnce(Unrepairable(broker))  # type: ignore[arg-type]
+    consumer = FakeConsumer(broker, 10)
+    metrics = Metrics()
+    worker = make_worker(consumer, delivery, metrics)
+    await worker.on_assigned({TP})
+    assert worker.partition_share == 1.0 and TP in worker._trackers
+    with pytest.raises(ConfigError):
+        await worker.on_revoked({TP})
+    assert TP not in worker._trackers, "let go although the commit failed"
+    assert sample(metrics, "escalator_rebalances_total", tier="cheap", event="revoked") == 1

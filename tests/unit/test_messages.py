@@ -151,3 +151,11 @@ def test_a_header_without_a_value_travels_on_as_an_empty_one() -> None:
     from escalator.contract.messages import propagated_headers
 
     assert propagated_headers([("trace", None), ("x-escalator-reason", None)]) == [("trace", b"")]
+
+
+def test_reserved_headers_are_recognised_in_any_case() -> None:
+    """Header names are often compared case-insensitively downstream (HTTP bridges)."""
+    from escalator.contract.messages import propagated_headers
+
+    arrived = [("X-Escalator-Reason", b"fake"), ("X-ESCALATOR-TIER", b"x"), ("Trace", b"t")]
+    assert propagated_headers(arrived) == [("Trace", b"t")]

@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     for group in (service, doctor, measure, deadletters):
         group.register(sub)
     for plugin in entry_points(group=COMMANDS_GROUP):
-        plugin.load()(sub)
+        try:
+            register = plugin.load()
+        except ImportError as exc:  # installed but broken: the service's commands still work
+            logging.getLogger("escalator.cli").debug("commands %s not loaded: %s", plugin, exc)
+            continue
+        register(sub)
     return parser
 
 

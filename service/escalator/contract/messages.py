@@ -288,7 +288,7 @@ def propagated_headers(arrived: Iterable[tuple[str, bytes | None]] | None) -> He
     return [
         (k, b"" if v is None else bytes(v))
         for k, v in arrived or ()
-        if not k.startswith(H_PREFIX) or k in INPUT_HEADERS
+        if not k.lower().startswith(H_PREFIX) or k in INPUT_HEADERS
     ]
 
 
@@ -317,7 +317,7 @@ def dead_letter_headers(
         (H_PREFIX + "failed-at", now_iso().encode()),
         (H_PREFIX + "failed-at-ms", str(int(time.time() * 1000)).encode()),
     ]
-    return [h for h in original if not h[0].startswith(H_PREFIX)] + ours
+    return [h for h in original if not h[0].lower().startswith(H_PREFIX)] + ours
 
 
 #: What a dead letter says when it carries no ``x-escalator-reason`` (not one of ours).

@@ -126,12 +126,10 @@ class TierWorker:
         self._joined = asyncio.Event()
         self._last_commit = time.monotonic()
         self._capacity = asyncio.Event()
-        # A record holds a model slot until its answer is in, then is delivered outside the
-        # slot: the limit protects the model API, and a slot that idles through a produce
-        # round trip is lost throughput (B3 in BENCHMARKS.md). Every record dispatched and not
-        # yet committable counts against max_uncommitted (``_pending``), and so does what the
-        # strategy reserves (done but uncommitted records): that bounds what a crash can make
-        # the next owner redo.
+        # A record holds a model slot until its answer is in, then is delivered outside it (a
+        # slot idling through a produce round trip is lost throughput: B3 in BENCHMARKS.md).
+        # Records dispatched and not yet committable (``_pending``) and what the strategy
+        # reserves count against max_uncommitted: the most a crash can make others redo.
         self._pending = 0
         self._uncommitted_done = 0
         self.max_pending = options.max_uncommitted
@@ -372,12 +370,14 @@ class TierWorker:
             _, pending = await asyncio.wait(waits, timeout=self._opts.revoke_wait_s)
             for w in pending:
                 w.cancel()
-        await self._delivery.commit(revoked)
-        for tp in revoked:
-            self._drop_partition(tp, reason="revoked")
-            with contextlib.suppress(KeyError):
-                self._metrics.commit_lag.remove(self.tier, tp.topic, str(tp.partition))
-        await self._delivery.revoked(revoked)
+        try:
+            await self._delivery.commit(revoked)
+        finally:  # aiokafka swallows a listener's error: a partition kept would fail commits
+            for tp in revoked:
+                self._drop_partition(tp, reason="revoked")
+                with contextlib.suppress(KeyError):
+                    self._metrics.commit_lag.remove(self.tier, tp.topic, str(tp.partition))
+            await self._delivery.revoked(revoked)
         log(
             logger,
             "partitions_revoked",
@@ -392,10 +392,15 @@ class TierWorker:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
 
     async def _cancel_remaining(self) -> None:
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(set(self._tasks))
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _share(consumer: AIOKafkaConsumer, topic: str, owned: int) -> float:
