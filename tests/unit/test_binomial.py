@@ -10,13 +10,8 @@ import pytest
 from escalator.calibration import binomial
 
 
-def exact_cdf(k: int, n: int, p: float) -> float:
-    """P(Bin(n, p) <= k) as a sum of exact terms (log-space, fsum)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    terms = [
+def _pmf_terms(js: range, n: int, p: float) -> list[float]:
+    return [
         math.exp(
             math.lgamma(n + 1)
             - math.lgamma(j + 1)
@@ -24,9 +19,24 @@ def exact_cdf(k: int, n: int, p: float) -> float:
             + j * math.log(p)
             + (n - j) * math.log1p(-p)
         )
-        for j in range(k + 1)
+        for j in js
     ]
-    return math.fsum(terms)
+
+
+def exact_cdf(k: int, n: int, p: float) -> float:
+    """P(Bin(n, p) <= k) as a sum of exact terms (log-space, fsum)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return math.fsum(_pmf_terms(range(k + 1), n, p))
+
+
+def exact_sf(k: int, n: int, p: float) -> float:
+    """P(Bin(n, p) >= k), summed directly: 1 - cdf would cancel when the tail is small."""
+    if k <= 0:
+        return 1.0
+    return math.fsum(_pmf_terms(range(k, n + 1), n, p))
 
 
 CASES = [(0, 10), (1, 10), (3, 50), (30, 2000), (40, 1400), (500, 10_000), (7000, 10_000)]
@@ -45,7 +55,9 @@ def test_upper_limit_puts_exactly_alpha_in_the_lower_tail(k: int, n: int, alpha:
 def test_lower_limit_puts_exactly_alpha_in_the_upper_tail(k: int, n: int, alpha: float) -> None:
     """At the lower limit L, P(X >= k | n, L) = alpha, to 1e-7 relative."""
     lo = float(binomial.lower(k, n, alpha)[()])
-    assert 1.0 - exact_cdf(k - 1, n, lo) == pytest.approx(alpha, rel=1e-7)
+    assert exact_sf(k, n, lo) == pytest.approx(alpha, rel=1e-7)
+    # ...and it is the smallest such p: a little lower, the upper tail is already below alpha.
+    assert exact_sf(k, n, lo * (1 - 1e-4)) < alpha
 
 
 def test_edge_cases_have_their_closed_forms() -> None:
