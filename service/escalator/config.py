@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
@@ -84,6 +84,8 @@ def default_of(settings_class: type, name: str) -> Any:
     that each default value is written once, on its settings field."""
     for f in fields(settings_class):
         if f.name == name:
+            if f.default is MISSING:
+                raise AttributeError(f"{settings_class.__name__}.{name} has no plain default")
             return f.default
     raise AttributeError(f"{settings_class.__name__} has no field {name!r}")
 

@@ -305,6 +305,15 @@ async def run(
     return worker
 
 
+async def until(condition: Any, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout_s`` has passed; the test's
+    assertions afterwards say what did not happen."""
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     """A series' value; 0 for a counter child never incremented; an unknown name fails."""
     known = {s.name for m in metrics.registry.collect() for s in m.samples} | {
@@ -378,20 +387,16 @@ async def test_exactly_once_a_fenced_partition_lets_go_of_its_held_answers() -> 
     metrics = Metrics()
     worker = make_worker(consumer, delivery, metrics, OPTIONS)
     task = asyncio.create_task(worker.run())
-    for _ in range(3000):
-        if sample(metrics, "escalator_transactions_total", tier="cheap", result="fenced"):
-            break
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: sample(metrics, "escalator_transactions_total", tier="cheap", result="fenced")
+    )
     discarded = sample(metrics, "escalator_discarded_answers_total", tier="cheap", reason="fenced")
     assert discarded > 0, "the answers held for the fenced transaction are counted as lost work"
     assert broker.visible == [], "nothing of the fenced transaction became visible"
     assert delivery.held == 0
     # The group gives the partition to a member again (here: us): it resumes from the commit.
     await consumer.rebalance()
-    for _ in range(3000):
-        if broker.committed >= 300:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: broker.committed >= 300)
     worker.stop()
     await asyncio.wait_for(task, 30)
     assert_delivered(broker, 300, "exactly_once")
@@ -431,10 +436,7 @@ async def test_exactly_once_records_fetched_before_the_producer_is_ready_are_fet
     consumer.subscribe = lambda topics, listener: None  # type: ignore[method-assign]
     consumer.start = _noop  # type: ignore[method-assign]
     task = asyncio.create_task(worker.run())
-    for _ in range(3000):
-        if broker.committed >= 200:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: broker.committed >= 200)
     worker.stop()
     await asyncio.wait_for(task, 30)
     assert_delivered(broker, 200, "exactly_once")

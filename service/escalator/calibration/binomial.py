@@ -124,13 +124,14 @@ def _erfinv(y: FloatArray) -> FloatArray:
     return np.asarray(np.sign(y) * np.sqrt(np.sqrt(t * t + w / a) - t), dtype=np.float64)
 
 
+def _floats(*xs: npt.ArrayLike) -> list[FloatArray]:
+    """The arguments as float64 arrays of one broadcast shape."""
+    return list(np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in xs)))
+
+
 def upper(k: npt.ArrayLike, n: npt.ArrayLike, alpha: npt.ArrayLike) -> FloatArray:
     """One-sided exact upper limits: P(true p > upper) <= alpha. ``upper`` is 1 when n = 0."""
-    k_, n_, al = np.broadcast_arrays(
-        np.asarray(k, dtype=np.float64),
-        np.asarray(n, dtype=np.float64),
-        np.asarray(alpha, dtype=np.float64),
-    )
+    k_, n_, al = _floats(k, n, alpha)
     out = np.ones(k_.shape)
     zero = (k_ == 0) & (n_ > 0)
     out[zero] = -np.expm1(np.log(al[zero]) / n_[zero])  # 1 - alpha^(1/n), in closed form
@@ -142,11 +143,7 @@ def upper(k: npt.ArrayLike, n: npt.ArrayLike, alpha: npt.ArrayLike) -> FloatArra
 
 def lower(k: npt.ArrayLike, n: npt.ArrayLike, alpha: npt.ArrayLike) -> FloatArray:
     """One-sided exact lower limits: P(true p < lower) <= alpha. ``lower`` is 0 when k = 0."""
-    k_, n_, al = np.broadcast_arrays(
-        np.asarray(k, dtype=np.float64),
-        np.asarray(n, dtype=np.float64),
-        np.asarray(alpha, dtype=np.float64),
-    )
+    k_, n_, al = _floats(k, n, alpha)
     out = np.zeros(k_.shape)
     full = (k_ == n_) & (n_ > 0)
     out[full] = np.exp(np.log(al[full]) / n_[full])  # alpha^(1/n)

@@ -839,13 +839,21 @@ def _content(
     return blocks, thought + out_tokens, thought, "end_turn"
 
 
-async def get_model(request: web.Request) -> web.Response:
+def _models_request(request: web.Request) -> tuple[SimState, str, web.Response | None]:
+    """The Models API's prelude: state, a request id, and the error response if the key fails."""
     state: SimState = request.app["state"]
     request_id = state.request_id()
     try:
         _authenticate(state, request)
     except ApiError as exc:
-        return _error_response(exc, request_id, {})
+        return state, request_id, _error_response(exc, request_id, {})
+    return state, request_id, None
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state, request_id, refused = _models_request(request)
+    if refused is not None:
+        return refused
     name = request.match_info["model"]
     spec = state.models.get(name)
     if spec is None:
@@ -855,12 +863,9 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    state: SimState = request.app["state"]
-    request_id = state.request_id()
-    try:
-        _authenticate(state, request)
-    except ApiError as exc:
-        return _error_response(exc, request_id, {})
+    state, request_id, refused = _models_request(request)
+    if refused is not None:
+        return refused
     specs = sorted({s.id: s for s in state.models.values()}.values(), key=lambda s: s.released)
     data = [s.info(state.today(), retired=s.id in state.config.retired) for s in reversed(specs)]
     body = {
