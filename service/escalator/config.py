@@ -95,13 +95,17 @@ class Topics:
     """Every topic the service reads or writes: its fields are the one list of them. Each is
     set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
     ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
-    ESCALATOR_DECISIONS_TOPIC."""
+    ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC."""
 
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
     results: str = "escalator.results"
     dead_letter: str = "escalator.dead-letter"
     decisions: str = "escalator.decisions"
+    #: The human tier's queue: requests the strong tier handed on to people.
+    reviews: str = "escalator.reviews"
+    #: The measurement queue: a random sample of requests with both model answers.
+    adjudications: str = "escalator.adjudications"
 
     def all(self) -> list[str]:
         """Every topic the service reads or writes, in field order."""
@@ -193,6 +197,37 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewSettings:
+    """The human tier, the adjudication sample and the review console (``review/``)."""
+
+    #: ESCALATOR_HUMAN_TIER: the strong tier may hand a request on to people (reviews topic).
+    human_tier: bool = False
+    #: ESCALATOR_STRONG_THRESHOLD: with the human tier on, a strong answer below this
+    #: confidence goes to review (a threshold file's strong thresholds replace it).
+    strong_threshold: float = 0.5
+    strong_label_thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: ESCALATOR_ADJUDICATE_DISAGREE / _AGREE: the probability that a request with both model
+    #: answers is put before a person for measurement, when the answers differ / agree.
+    adjudicate_disagree: float = 0.0
+    adjudicate_agree: float = 0.0
+    #: The console: its consumer group, where it listens, and who may use it.
+    group: str = "escalator-review"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: One of these files is required by ``escalator review serve`` (checked there).
+    tokens_file: Path | None = None
+    passwords_file: Path | None = None
+    #: An item leased to a reviewer returns to the queue after this long without a decision.
+    lease_s: float = 600.0
+    #: The alert bound: EscalatorReviewTooOld fires when the oldest item waits longer.
+    max_age_s: float = 3600.0
+    #: Set the session cookie's Secure flag (serve behind TLS); off for plain loopback.
+    secure_cookies: bool = False
+    #: At most this many items are held in the console's memory per process.
+    buffer: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings
     model: ModelSettings
@@ -200,6 +235,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -472,6 +508,32 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
             for name, variable in Topics.variables().items()
         }
     )
+    dv = ReviewSettings()
+    review = ReviewSettings(
+        human_tier=env.flag("ESCALATOR_HUMAN_TIER", dv.human_tier),
+        strong_threshold=env.number("ESCALATOR_STRONG_THRESHOLD", dv.strong_threshold, 0.0, 1.0),
+        strong_label_thresholds=parse_label_thresholds(
+            "ESCALATOR_STRONG_LABEL_THRESHOLDS", env.raw("ESCALATOR_STRONG_LABEL_THRESHOLDS")
+        ),
+        adjudicate_disagree=env.number(
+            "ESCALATOR_ADJUDICATE_DISAGREE", dv.adjudicate_disagree, 0.0, 1.0
+        ),
+        adjudicate_agree=env.number("ESCALATOR_ADJUDICATE_AGREE", dv.adjudicate_agree, 0.0, 1.0),
+        group=env.text("ESCALATOR_REVIEW_GROUP", dv.group),
+        host=env.text("ESCALATOR_REVIEW_HOST", dv.host),
+        port=env.integer("ESCALATOR_REVIEW_PORT", dv.port, 0),
+        tokens_file=env.file("ESCALATOR_REVIEW_TOKENS_FILE"),
+        passwords_file=env.file("ESCALATOR_REVIEW_PASSWORDS_FILE"),
+        lease_s=env.number("ESCALATOR_REVIEW_LEASE_S", dv.lease_s, 1.0, 86400.0),
+        max_age_s=env.number("ESCALATOR_REVIEW_MAX_AGE_S", dv.max_age_s, 1.0, 30 * 86400.0),
+        secure_cookies=env.flag("ESCALATOR_REVIEW_SECURE_COOKIES", dv.secure_cookies),
+        buffer=env.integer("ESCALATOR_REVIEW_BUFFER", dv.buffer, 1),
+    )
+    if review.tokens_file is not None and review.passwords_file is not None:
+        raise ConfigError(
+            "ESCALATOR_REVIEW_TOKENS_FILE and ESCALATOR_REVIEW_PASSWORDS_FILE are both set; "
+            "choose one way for reviewers to sign in"
+        )
     ds = Settings(kafka=kafka, model=model)
     log_level = env.text("ESCALATOR_LOG_LEVEL", ds.log_level).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -485,6 +547,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         pipeline=pipeline,
         routing=routing,
         admission=admission,
+        review=review,
         metrics_port=env.integer("ESCALATOR_METRICS_PORT", ds.metrics_port, 0),
         metrics_host=env.text("ESCALATOR_METRICS_HOST", ds.metrics_host),
         log_level=log_level,

@@ -243,6 +243,8 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "results": "ESCALATOR_RESULTS_TOPIC",
         "dead_letter": "ESCALATOR_DEAD_LETTER_TOPIC",
         "decisions": "ESCALATOR_DECISIONS_TOPIC",
+        "reviews": "ESCALATOR_REVIEWS_TOPIC",
+        "adjudications": "ESCALATOR_ADJUDICATIONS_TOPIC",
     }
     env = {variable: f"t.{name}" for name, variable in Topics.variables().items()}
     topics = load_settings({**BASE, **env}).topics
@@ -253,4 +255,6 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "escalator.results",
         "escalator.dead-letter",
         "escalator.decisions",
+        "escalator.reviews",
+        "escalator.adjudications",
     ]

@@ -1,0 +1,1 @@
+"""The review console: queues of review items leased to people, and the web page they use."""
