@@ -37,7 +37,7 @@ from escalator.model.task import Task, load_task
 from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
-from escalator.tiers.handlers import CheapHandler, StrongHandler, TierTopics
+from escalator.tiers.handlers import CheapHandler, ReviewPolicy, StrongHandler, TierTopics
 from escalator.tiers.routing import Thresholds
 
 logger = logging.getLogger("escalator.app")
@@ -258,6 +258,18 @@ def build_service(
         )
     else:
         thresholds = thresholds_from(settings)
+    if thresholds.strong_default is None:
+        thresholds = dataclasses.replace(
+            thresholds,
+            strong_default=settings.review.strong_threshold,
+            strong_per_label=dict(settings.review.strong_label_thresholds),
+        )
+    unknown_strong = set(thresholds.strong_per_label) - set(task.labels)
+    if unknown_strong:
+        raise ConfigError(
+            "ESCALATOR_STRONG_LABEL_THRESHOLDS names labels not in the task: "
+            + ", ".join(sorted(unknown_strong))
+        )
     unknown = set(thresholds.per_label) - set(task.labels)
     if unknown:
         raise ConfigError(
@@ -325,7 +337,19 @@ def build_service(
     exactly_once = p.processing_guarantee == "exactly_once"
     topics = settings.topics
     tier_topics = TierTopics(
-        topics.results, topics.escalations, topics.dead_letter, topics.decisions
+        topics.results,
+        topics.escalations,
+        topics.dead_letter,
+        topics.decisions,
+        topics.reviews,
+        topics.adjudications,
+    )
+    rv = settings.review
+    review = ReviewPolicy.of(
+        task,
+        human_tier=rv.human_tier,
+        disagree=rv.adjudicate_disagree,
+        agree=rv.adjudicate_agree,
     )
     policy = RetryPolicy.from_settings(settings)
     workers: list[TierWorker] = []
@@ -362,6 +386,7 @@ def build_service(
             shadow_rate=settings.routing.shadow_rate,
             task=task,
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
+            review=review,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group

@@ -30,6 +30,9 @@ def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dic
         "ESCALATOR_RESULTS_TOPIC": f"res-{unique}",
         "ESCALATOR_DEAD_LETTER_TOPIC": f"dlq-{unique}",
         "ESCALATOR_DECISIONS_TOPIC": f"dec-{unique}",
+        "ESCALATOR_REVIEWS_TOPIC": f"rev-{unique}",
+        "ESCALATOR_ADJUDICATIONS_TOPIC": f"adj-{unique}",
+        "ESCALATOR_REVIEW_GROUP": f"review-{unique}",
         "ESCALATOR_CHEAP_GROUP": f"cheap-{unique}",
         "ESCALATOR_STRONG_GROUP": f"strong-{unique}",
         "ESCALATOR_METRICS_PORT": "0",
@@ -46,7 +49,7 @@ async def setup_topics(settings: Settings) -> None:
     t = settings.topics
     await create_topics(
         settings.kafka,
-        [t.requests, t.escalations, t.results, t.dead_letter, t.decisions],
+        t.all(),
         settings.topic_partitions,
         1,
     )
@@ -175,7 +178,13 @@ def _schema(name: str) -> dict[str, Any]:
 def validator(name: str) -> jsonschema.protocols.Validator:
     """A Draft 2020-12 validator for one of the contract schemas, with $refs resolved."""
     registry: Registry[Any] = Registry()
-    for other in ("request.v1.json", "result.v1.json", "escalation.v1.json"):
+    for other in (
+        "request.v1.json",
+        "result.v1.json",
+        "escalation.v1.json",
+        "decision.v1.json",
+        "review.v1.json",
+    ):
         schema = _schema(other)
         registry = registry.with_resource(schema["$id"], Resource.from_contents(schema))
     cls = jsonschema.Draft202012Validator

@@ -31,6 +31,12 @@ class Task:
     #: What a refusal (``stop_reason: "refusal"``) at the strong tier means: this label, or
     #: None to dead-letter the request as ``model_refused``.
     refusal_label: str | None = None
+    #: The human tier (ESCALATOR_HUMAN_TIER): a strong answer with one of these labels goes to
+    #: people; so does a disagreement between the models when ``review_on_disagreement``, and
+    #: a strong refusal when ``review_refusals`` (instead of ``refusal_label`` or a dead letter).
+    review_labels: tuple[str, ...] = ()
+    review_on_disagreement: bool = False
+    review_refusals: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -107,12 +113,26 @@ def parse_task(raw: bytes, source: str) -> Task:
     refusal = data.get("refusal_label")
     if refusal is not None and refusal not in labels:
         raise ConfigError(f"{source}: 'refusal_label' must be null or one of the labels")
+    review_labels = data.get("review_labels", [])
+    if not isinstance(review_labels, list) or not all(x in labels for x in review_labels):
+        raise ConfigError(f"{source}: 'review_labels' must be a list of the task's labels")
+    flags = {}
+    for name in ("review_on_disagreement", "review_refusals"):
+        flags[name] = data.get(name, False)
+        if not isinstance(flags[name], bool):
+            raise ConfigError(f"{source}: '{name}' must be true or false")
+    if len(labels) > 9:
+        # The review console picks a label with keys 1-9.
+        raise ConfigError(f"{source}: at most 9 labels (the review console's keys 1-9)")
     return Task(
         name=str(data.get("name", "custom")),
         version=str(data.get("version", "1")),
         labels=tuple(labels),
         instructions=instructions,
         refusal_label=refusal,
+        review_labels=tuple(review_labels),
+        review_on_disagreement=flags["review_on_disagreement"],
+        review_refusals=flags["review_refusals"],
     )
 
 

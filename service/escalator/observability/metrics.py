@@ -273,6 +273,76 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("escalator_ready", "1 when the tier is ready.", ["tier"], registry=r)
+        # The human tier. The strong tier counts what it hands on; the console (escalator
+        # review serve) exports its queues, its reviewers' decisions and the age bound that
+        # EscalatorReviewTooOld compares with.
+        self.review_handoffs = Counter(
+            "escalator_review_handoffs",
+            "Requests the strong tier handed on to people, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.adjudications_sampled = Counter(
+            "escalator_adjudications_sampled",
+            "Requests with both answers sampled for adjudication (sampled_agree/_disagree).",
+            ["reason"],
+            registry=r,
+        )
+        self.review_depth = Gauge(
+            "escalator_review_queue_depth",
+            "Items waiting for a reviewer (leased ones included), per queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.review_oldest_age = Gauge(
+            "escalator_review_oldest_age_seconds",
+            "Age of the oldest undecided item, per queue (0 when empty).",
+            ["queue"],
+            registry=r,
+        )
+        self.review_age_bound = Gauge(
+            "escalator_review_age_bound_seconds",
+            "ESCALATOR_REVIEW_MAX_AGE_S: the oldest item may wait this long before the alert.",
+            registry=r,
+        )
+        self.review_leased = Gauge(
+            "escalator_review_leased",
+            "Items leased to a reviewer now, per queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.review_decisions = Counter(
+            "escalator_review_decisions",
+            "Reviewer decisions, by queue, reviewer and outcome (done, duplicate, lost).",
+            ["queue", "reviewer", "outcome"],
+            registry=r,
+        )
+        self.review_seconds = Histogram(
+            "escalator_review_decision_seconds",
+            "Time from showing an item to its decision.",
+            ["queue"],
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.review_duplicates = Counter(
+            "escalator_review_duplicates",
+            "Decisions ignored because the item was already decided (redelivery, duplicate "
+            "item, a second reviewer).",
+            ["queue"],
+            registry=r,
+        )
+        self.review_leases_expired = Counter(
+            "escalator_review_leases_expired",
+            "Leases that ran out without a decision; the item went back to its queue.",
+            ["queue"],
+            registry=r,
+        )
+        self.review_invalid_items = Counter(
+            "escalator_review_invalid_items",
+            "Records on a review topic that are not review items (dead-lettered).",
+            ["queue"],
+            registry=r,
+        )
 
         self._models: dict[tuple[str, str, str], _ModelSeries] = {}
         self._limits: dict[tuple[str, str], tuple[Any, Any]] = {}

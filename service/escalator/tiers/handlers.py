@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, replace
 
 from escalator.contract.messages import (
@@ -51,6 +52,7 @@ from escalator.contract.messages import (
     propagated_headers,
     result_value,
 )
+from escalator.contract.reviews import Queue, ReviewItem, review_item_value
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
 from escalator.model.caller import ModelCaller
@@ -69,6 +71,53 @@ class TierTopics:
     escalations: str
     dead_letter: str
     decisions: str
+    reviews: str = ""
+    adjudications: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewPolicy:
+    """When the strong tier hands a request on to people, and how often it samples one for
+    adjudication (docs/OPERATIONS.md, "The human tier"). The default does neither: exactly the
+    behaviour without a human tier."""
+
+    human_tier: bool = False
+    review_labels: tuple[str, ...] = ()
+    on_disagreement: bool = False
+    refusals: bool = False
+    adjudicate_disagree: float = 0.0
+    adjudicate_agree: float = 0.0
+
+    @classmethod
+    def of(cls, task: Task, *, human_tier: bool, disagree: float, agree: float) -> ReviewPolicy:
+        return cls(
+            human_tier=human_tier,
+            review_labels=task.review_labels,
+            on_disagreement=task.review_on_disagreement,
+            refusals=task.review_refusals,
+            adjudicate_disagree=disagree,
+            adjudicate_agree=agree,
+        )
+
+    def review_reason(self, cheap: Attempt, strong: Attempt, threshold: float) -> str | None:
+        """Why this strong answer goes to people, or None to decide it."""
+        if not self.human_tier:
+            return None
+        if strong.refused:
+            return "strong_refused" if self.refusals else None
+        if strong.label in self.review_labels:
+            return "review_label"
+        if strong.confidence < threshold:
+            return "strong_low_confidence"
+        if self.on_disagreement and cheap.valid and cheap.label != strong.label:
+            return "disagreement"
+        return None
+
+    def adjudication_rate(self, cheap: Attempt, strong: Attempt) -> float:
+        """The probability that a request with these two answers is put before a person."""
+        if not (cheap.valid and strong.valid):
+            return 0.0
+        return self.adjudicate_agree if cheap.label == strong.label else self.adjudicate_disagree
 
 
 def _headers(record: Record) -> Headers:
@@ -92,7 +141,10 @@ class _Base:
         rng: random.Random | None = None,
         task: Task | None = None,
         escalate_when_unavailable: bool = False,
+        review: ReviewPolicy | None = None,
     ) -> None:
+        self.review = review or ReviewPolicy()
+        self.labels = task.labels if task is not None else ()
         self.refusal_label = task.refusal_label if task is not None else None
         self.escalate_when_unavailable = escalate_when_unavailable
         self.shadow_rate = shadow_rate
@@ -322,10 +374,66 @@ class StrongHandler(_Base):
         except PermanentError as exc:  # poison, a 400 for it alone, or invalid answers
             return self._give_up(record, exc, decisions, shadow)
         attempts.append(attempt)
+        outputs = self._adjudicate(record, escalation, attempt)
+        if not shadow:
+            threshold = self.thresholds.strong_for(attempt.label)
+            reason = self.review.review_reason(escalation.cheap, attempt, threshold)
+            if reason is not None:
+                return decisions + self._to_review(record, escalation, attempt, reason) + outputs
         if attempt.refused:
             # Never asked again: retrying a refusal usually refuses again, and each is billed.
-            return self._refused(record, request, escalation, attempt, attempts, decisions)
-        return self._final(record, request, escalation, attempt, attempts, decisions)
+            return (
+                self._refused(record, request, escalation, attempt, attempts, decisions) + outputs
+            )
+        return self._final(record, request, escalation, attempt, attempts, decisions) + outputs
+
+    def _item(
+        self, escalation: Escalation, strong: Attempt, queue: Queue, reason: str, rate: float
+    ) -> bytes:
+        return review_item_value(
+            ReviewItem(
+                queue=queue,
+                request=escalation.request,
+                reason=reason,
+                cheap=escalation.cheap,
+                strong=strong,
+                labels=self.labels,
+                escalation_reason=escalation.reason,
+                shadow=escalation.shadow,
+                sample_rate=escalation.sample_rate,
+                review_rate=rate,
+                threshold_version=self.thresholds.version,
+                created_ms=int(time.time() * 1000),
+            )
+        )
+
+    def _to_review(
+        self, record: Record, escalation: Escalation, attempt: Attempt, reason: str
+    ) -> list[Output]:
+        """The human tier: the request's result waits for a reviewer (docs/CONTRACT.md)."""
+        request = escalation.request
+        key = record.key or request.id.encode()
+        self.log_decision(request, attempt, escalated=True)
+        self.metrics.decision(self.tier, attempt.label or "", "reviewed")
+        self.metrics.review_handoffs.labels(reason).inc()
+        decision = self.decision(
+            request, attempt, key, outcome="review", sample_rate=escalation.sample_rate
+        )
+        value = self._item(escalation, attempt, "review", reason, 1.0)
+        return [decision, Output(self.topics.reviews, value, key, _headers(record))]
+
+    def _adjudicate(self, record: Record, escalation: Escalation, attempt: Attempt) -> list[Output]:
+        """Measurement: a random sample of requests with both answers goes before a person,
+        with its probability recorded (more often where the answers differ)."""
+        rate = self.review.adjudication_rate(escalation.cheap, attempt)
+        if rate <= 0.0 or self.rng.random() >= rate:
+            return []
+        agree = escalation.cheap.label == attempt.label
+        reason = "sampled_agree" if agree else "sampled_disagree"
+        self.metrics.adjudications_sampled.labels(reason).inc()
+        value = self._item(escalation, attempt, "adjudication", reason, rate)
+        key = record.key or escalation.request.id.encode()
+        return [Output(self.topics.adjudications, value, key, _headers(record))]
 
     def _final(
         self,

@@ -1,0 +1,512 @@
+"""The review queues over Kafka: :class:`ReviewConsumer` implements ``ReviewQueues``.
+
+The console is a member of its own consumer group (``ESCALATOR_REVIEW_GROUP``) on the reviews
+and adjudications topics, with the tiers' commit rule: an item's offset is committed only
+after its decision has been acknowledged by the broker, and never past an undecided item (the
+watermark). So a console that crashes or loses a partition loses nothing: every undecided
+item comes back, to this console or another.
+
+What comes back may include items that were decided after the last commit. Each decision
+names its item (``review_id``), and the console recognises them: when a partition is
+assigned, before any of its items is shown, it reads the decisions topic from a little before
+the oldest item it fetched and marks the items already decided as done (counted in
+``escalator_review_duplicates_total``). A second decision for the same ``review_id`` at any
+later time (a duplicate item, a second reviewer whose lease had expired) is ignored the same
+way.
+
+Leases: an item is shown to one reviewer at a time, for ``ESCALATOR_REVIEW_LEASE_S``; an
+expired lease returns it to the queue. Leases live in this process's memory only: a restart
+returns every leased item to its queue, which is what a reviewer who left would want anyway.
+
+A record on a review topic that is not a review item goes to the dead-letter topic with its
+reason, like bad input at the tiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from escalator.config import KafkaSettings, ReviewSettings, Topics
+from escalator.contract.messages import (
+    Headers,
+    dead_letter_headers,
+    propagated_headers,
+)
+from escalator.contract.reviews import (
+    HUMAN,
+    QUEUES,
+    Queue,
+    ReviewItem,
+    Verdict,
+    human_decision_value,
+    human_result_value,
+    parse_review_item,
+)
+from escalator.errors import InvalidRequest
+from escalator.kafka.clients import read_to_end
+from escalator.observability.logs import log
+from escalator.observability.metrics import Metrics
+from escalator.review.queues import Lease, Outcome, QueueStat
+
+logger = logging.getLogger("escalator.review")
+#: How far before the oldest fetched item the recovery scan of the decisions log starts: the
+#: item's timestamp is the strong tier's clock, the decision's is this console's.
+RECOVERY_SKEW_MS = 5 * 60 * 1000
+NOTE_MAX_CHARS = 2000
+
+
+@dataclass(slots=True)
+class _Entry:
+    item: ReviewItem
+    tp: TopicPartition
+    offset: int
+    lease: Lease | None = None
+    deciding: bool = False
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Partition:
+    """One assigned partition: its items in offset order, and what is committed."""
+
+    entries: dict[int, _Entry] = field(default_factory=dict)
+    #: Offsets fetched and finished without an item (dead-lettered): done at once.
+    settled: set[int] = field(default_factory=set)
+    committed: int = -1
+    #: Until its first records are checked against the decisions log, none is shown.
+    recovering: bool = True
+    held: list[tuple[int, int, ReviewItem | None, bytes | None, Headers]] = field(
+        default_factory=list
+    )
+
+
+class ReviewConsumer:
+    """The Kafka-backed review queues. ``async with`` it, then ``await run()``."""
+
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        settings: ReviewSettings,
+        metrics: Metrics,
+        max_text_chars: int,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._kafka = kafka
+        self._consumer = consumer
+        self._producer = producer
+        self._topics = topics
+        self._settings = settings
+        self._metrics = metrics
+        self._max_text_chars = max_text_chars
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._queue_of = {topics.reviews: "review", topics.adjudications: "adjudication"}
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._leases: dict[str, _Entry] = {}
+        self._decided: set[str] = set()
+        self._stop = asyncio.Event()
+        self._joined = asyncio.Event()
+        self._lock = asyncio.Lock()  # commits and partition moves, one at a time
+        self._paused = False
+        self._lag: dict[TopicPartition, int] = {}
+        metrics.review_age_bound.set(settings.max_age_s)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> ReviewConsumer:
+        await self._producer.start()
+        self._consumer.subscribe(
+            [self._topics.reviews, self._topics.adjudications], listener=_Listener(self)
+        )
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(KafkaError):
+            await self._commit(list(self._parts))
+        await self._consumer.stop()
+        await self._producer.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def joined(self) -> bool:
+        return self._joined.is_set()
+
+    async def wait_joined(self) -> None:
+        await self._joined.wait()
+
+    async def run(self) -> None:
+        """Fetch items, recover assigned partitions, expire leases, commit, until stop()."""
+        while not self._stop.is_set():
+            batch = await self._consumer.getmany(timeout_ms=500, max_records=200)
+            for tp, records in batch.items():
+                part = self._parts.get(tp)
+                if part is None:
+                    continue  # revoked meanwhile: the next owner fetches these again
+                for record in records:
+                    await self._take(
+                        tp,
+                        part,
+                        record.offset,
+                        record.timestamp,
+                        record.value,
+                        list(record.headers or ()),
+                    )
+            await self._recover()
+            self._expire()
+            await self._refresh()
+
+    # -- partitions --------------------------------------------------------------------
+
+    def _assigned(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self._parts.setdefault(tp, _Partition())
+        self._joined.set()
+
+    async def _revoked(self, tps: Iterable[TopicPartition]) -> None:
+        gone = [tp for tp in tps if tp in self._parts]
+        async with self._lock:
+            with contextlib.suppress(KafkaError):
+                await self._commit_unlocked(gone)
+            for tp in gone:
+                part = self._parts.pop(tp)
+                for entry in part.entries.values():
+                    if entry.lease is not None:
+                        self._leases.pop(entry.lease.id, None)
+
+    async def _take(
+        self,
+        tp: TopicPartition,
+        part: _Partition,
+        offset: int,
+        timestamp: int,
+        value: bytes | None,
+        headers: Headers,
+    ) -> None:
+        queue = self._queue_of.get(tp.topic, "review")
+        try:
+            item: ReviewItem | None = parse_review_item(value, self._max_text_chars)
+        except InvalidRequest as exc:
+            await self._dead_letter(tp, offset, value, headers, exc, queue)
+            part.settled.add(offset)
+            return
+        if part.recovering:
+            part.held.append((offset, timestamp, item, value, headers))
+            return
+        self._add(tp, part, offset, item)
+
+    def _add(
+        self, tp: TopicPartition, part: _Partition, offset: int, item: ReviewItem | None
+    ) -> None:
+        if item is None:
+            part.settled.add(offset)
+            return
+        entry = _Entry(item, tp, offset)
+        if item.review_id in self._decided:
+            entry.done = True
+            self._metrics.review_duplicates.labels(item.queue).inc()
+        part.entries[offset] = entry
+
+    async def _recover(self) -> None:
+        """Mark items of newly assigned partitions that were decided before they came back."""
+        waiting = [(tp, p) for tp, p in self._parts.items() if p.recovering and p.held]
+        if not waiting:
+            return
+        since = min(ts for _, p in waiting for _, ts, _, _, _ in p.held) - RECOVERY_SKEW_MS
+        async for record in read_to_end(self._kafka, self._topics.decisions, since_ms=since):
+            review_id = _review_id(record.value)
+            if review_id is not None:
+                self._decided.add(review_id)
+        for tp, part in waiting:
+            if self._parts.get(tp) is not part:
+                continue
+            part.recovering = False
+            held, part.held = part.held, []
+            for offset, _, item, _, _ in held:
+                self._add(tp, part, offset, item)
+        log(logger, "review_recovered", partitions=len(waiting), decided=len(self._decided))
+        await self._commit(list(self._parts))
+
+    async def _dead_letter(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        value: bytes | None,
+        headers: Headers,
+        error: InvalidRequest,
+        queue: str,
+    ) -> None:
+        self._metrics.review_invalid_items.labels(queue).inc()
+        out = dead_letter_headers(
+            propagated_headers(headers),
+            reason=error.reason,
+            error=error,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            tier="review",
+        )
+        await (await self._producer.send(self._topics.dead_letter, value or b"", headers=out))
+        log(
+            logger,
+            "dead_letter",
+            logging.WARNING,
+            tier="review",
+            reason=error.reason,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+        )
+
+    # -- commits -----------------------------------------------------------------------
+
+    async def _commit(self, tps: list[TopicPartition]) -> None:
+        async with self._lock:
+            await self._commit_unlocked(tps)
+
+    async def _commit_unlocked(self, tps: list[TopicPartition]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp in tps:
+            part = self._parts.get(tp)
+            if part is None:
+                continue
+            mark = _watermark(part)
+            if mark is not None and mark > part.committed:
+                offsets[tp] = mark
+        if not offsets:
+            return
+        await self._consumer.commit(offsets)
+        for tp, mark in offsets.items():
+            part = self._parts[tp]
+            part.committed = mark
+            for offset in [o for o in part.entries if o < mark]:
+                del part.entries[offset]
+            part.settled = {o for o in part.settled if o >= mark}
+
+    # -- the queues (ReviewQueues) -------------------------------------------------------
+
+    def _waiting(self, queue: Queue) -> list[_Entry]:
+        return [
+            e
+            for p in self._parts.values()
+            for e in p.entries.values()
+            if e.item.queue == queue and not e.done
+        ]
+
+    def stats(self) -> list[QueueStat]:
+        now_ms = self._clock() * 1000
+        out = []
+        for queue in QUEUES:
+            waiting = self._waiting(queue)
+            lag = sum(n for tp, n in self._lag.items() if self._queue_of.get(tp.topic) == queue)
+            oldest = min((e.item.created_ms for e in waiting), default=None)
+            out.append(
+                QueueStat(
+                    queue=queue,
+                    depth=len(waiting) + lag,
+                    leased=sum(1 for e in waiting if self._live(e)),
+                    oldest_age_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000),
+                )
+            )
+        return out
+
+    def _live(self, entry: _Entry) -> bool:
+        return entry.lease is not None and entry.lease.expires_ms > self._clock() * 1000
+
+    def lease(self, queue: Queue, reviewer: str) -> Lease | None:
+        self._expire()
+        waiting = self._waiting(queue)
+        for entry in waiting:
+            if entry.lease is not None and entry.lease.reviewer == reviewer and not entry.deciding:
+                return entry.lease
+        for entry in sorted(waiting, key=lambda e: (e.item.created_ms, e.offset)):
+            if entry.lease is None and not entry.deciding:
+                now_ms = int(self._clock() * 1000)
+                lease = Lease(
+                    id=secrets.token_urlsafe(16),
+                    queue=queue,
+                    reviewer=reviewer,
+                    item=entry.item,
+                    shown_ms=now_ms,
+                    expires_ms=now_ms + int(self._settings.lease_s * 1000),
+                    order=(0, 1) if self._rng.random() < 0.5 else (1, 0),
+                )
+                entry.lease = lease
+                self._leases[lease.id] = entry
+                return lease
+        return None
+
+    def lease_of(self, lease_id: str, reviewer: str) -> Lease | None:
+        entry = self._leases.get(lease_id)
+        if entry is None or entry.lease is None or entry.lease.reviewer != reviewer:
+            return None
+        return entry.lease if self._live(entry) else None
+
+    def release(self, lease_id: str, reviewer: str) -> None:
+        entry = self._leases.get(lease_id)
+        if entry is not None and entry.lease is not None and entry.lease.reviewer == reviewer:
+            self._leases.pop(lease_id, None)
+            entry.lease = None
+
+    def _expire(self) -> None:
+        now_ms = self._clock() * 1000
+        for lease_id, entry in list(self._leases.items()):
+            lease = entry.lease
+            if entry.done or (lease is not None and lease.id != lease_id):
+                self._leases.pop(lease_id, None)  # decided, or taken by another reviewer
+            elif lease is not None and lease.expires_ms <= now_ms and not entry.deciding:
+                # Back to the queue; the reviewer's decision still counts if nobody else has
+                # taken the item meanwhile (decide checks).
+                entry.lease = None
+                self._metrics.review_leases_expired.labels(entry.item.queue).inc()
+
+    async def decide(
+        self, lease_id: str, reviewer: str, label: str | None, note: str | None
+    ) -> Outcome:
+        entry = self._leases.get(lease_id)
+        if entry is None or self._parts.get(entry.tp) is None:
+            return self._count("review", reviewer, "lost")
+        item = entry.item
+        if entry.done or entry.deciding or item.review_id in self._decided:
+            self._metrics.review_duplicates.labels(item.queue).inc()
+            return self._count(item.queue, reviewer, "duplicate")
+        held = entry.lease
+        if held is not None and held.id != lease_id:
+            return self._count(item.queue, reviewer, "lost")  # expired and taken by another
+        if label is not None and label not in item.labels:
+            return "invalid"
+        shown = self._leases_shown(lease_id, entry)
+        verdict = Verdict(
+            reviewer=reviewer,
+            label=label,
+            note=(note or "").strip()[:NOTE_MAX_CHARS] or None,
+            seconds=max(0.0, self._clock() - shown / 1000),
+        )
+        entry.deciding = True
+        try:
+            await self._publish(entry, verdict)
+        finally:
+            entry.deciding = False
+        entry.done = True
+        entry.lease = None
+        self._leases.pop(lease_id, None)
+        self._decided.add(item.review_id)
+        self._metrics.review_seconds.labels(item.queue).observe(verdict.seconds)
+        log(
+            logger,
+            "review_decided",
+            queue=item.queue,
+            id=item.request.id,
+            reviewer=reviewer,
+            verdict=label or "neither",
+            seconds=round(verdict.seconds, 3),
+        )
+        try:
+            await self._commit([entry.tp])
+        except KafkaError as exc:  # the next decision or the shutdown commits it
+            log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
+        return self._count(item.queue, reviewer, "done")
+
+    def _leases_shown(self, lease_id: str, entry: _Entry) -> int:
+        lease = entry.lease
+        if lease is not None and lease.id == lease_id:
+            return lease.shown_ms
+        return int(self._clock() * 1000)
+
+    async def _publish(self, entry: _Entry, verdict: Verdict) -> None:
+        """The decision (and, for the reviews queue, the result); returns once acknowledged."""
+        item = entry.item
+        key = item.request.id.encode()
+        source = f"{entry.tp.topic}/{entry.tp.partition}/{entry.offset}"
+        sends = [
+            await self._producer.send(
+                self._topics.decisions, human_decision_value(item, verdict, source), key=key
+            )
+        ]
+        if item.queue == "review":
+            sends.append(
+                await self._producer.send(
+                    self._topics.results, human_result_value(item, verdict), key=key
+                )
+            )
+        await asyncio.gather(*sends)
+
+    def _count(self, queue: str, reviewer: str, outcome: Outcome) -> Outcome:
+        self._metrics.review_decisions.labels(queue, reviewer, outcome).inc()
+        return outcome
+
+    async def _refresh(self) -> None:
+        """Metrics, the consumer lag beyond what is held here, and back-pressure."""
+        for tp in self._parts:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                self._lag[tp] = max(0, high - await self._consumer.position(tp))
+        self._lag = {tp: n for tp, n in self._lag.items() if tp in self._parts}
+        for stat in self.stats():
+            self._metrics.review_depth.labels(stat.queue).set(stat.depth)
+            self._metrics.review_leased.labels(stat.queue).set(stat.leased)
+            self._metrics.review_oldest_age.labels(stat.queue).set(stat.oldest_age_s or 0.0)
+        held = sum(len(p.entries) for p in self._parts.values())
+        full = held >= self._settings.buffer
+        if full != self._paused:
+            tps = list(self._parts)
+            if full:
+                self._consumer.pause(*tps)
+            else:
+                self._consumer.resume(*tps)
+            self._paused = full
+
+
+def _watermark(part: _Partition) -> int | None:
+    """The offset to commit: the lowest undecided item, or one past everything fetched."""
+    if part.recovering and part.held:
+        return None
+    offsets = sorted([*part.entries, *part.settled])
+    if not offsets:
+        return None
+    for offset in offsets:
+        entry = part.entries.get(offset)
+        if entry is not None and not entry.done:
+            return offset
+    return offsets[-1] + 1
+
+
+def _review_id(value: bytes | None) -> str | None:
+    try:
+        data = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("outcome") != HUMAN:
+        return None
+    review = data.get("review")
+    rid = review.get("review_id") if isinstance(review, dict) else None
+    return rid if isinstance(rid, str) else None
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: ReviewConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._owner._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._owner._assigned(assigned)
