@@ -37,7 +37,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from escalator.config import KafkaSettings, ReviewSettings, Topics
+from escalator.config import KafkaSettings, ReviewSettings, Settings, Topics
 from escalator.contract.messages import (
     Headers,
     dead_letter_headers,
@@ -54,7 +54,7 @@ from escalator.contract.reviews import (
     parse_review_item,
 )
 from escalator.errors import InvalidRequest
-from escalator.kafka.clients import read_to_end
+from escalator.kafka.clients import make_consumer, make_producer, read_to_end
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 from escalator.review.queues import Lease, Outcome, QueueStat
@@ -126,6 +126,25 @@ class ReviewConsumer:
         self._paused = False
         self._lag: dict[TopicPartition, int] = {}
         metrics.review_age_bound.set(settings.max_age_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> ReviewConsumer:
+        rv = settings.review
+        return cls(
+            kafka=settings.kafka,
+            consumer=make_consumer(
+                settings.kafka,
+                rv.group,
+                isolation_level="read_committed",
+                max_poll_interval_ms=settings.pipeline.max_poll_interval_ms,
+                session_timeout_ms=settings.pipeline.session_timeout_ms,
+            ),
+            producer=make_producer(settings.kafka),
+            topics=settings.topics,
+            settings=rv,
+            metrics=metrics,
+            max_text_chars=settings.pipeline.max_text_chars,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
