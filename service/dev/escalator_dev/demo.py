@@ -37,6 +37,7 @@ from escalator_dev.kafka_local import LocalKafkaCluster, cache_root, kafka_versi
 class Tally:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     duplicates: int = 0
+    adjudicated: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     latency_ms: list[float] = field(default_factory=list)
 
@@ -64,10 +65,13 @@ def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, 
         ("ESCALATOR_RESULTS_TOPIC", "results"),
         ("ESCALATOR_DEAD_LETTER_TOPIC", "dead-letter"),
         ("ESCALATOR_DECISIONS_TOPIC", "decisions"),
+        ("ESCALATOR_REVIEWS_TOPIC", "reviews"),
+        ("ESCALATOR_ADJUDICATIONS_TOPIC", "adjudications"),
     ):
         env[var] = f"escalator.{suffix}.{name}"
     env["ESCALATOR_CHEAP_GROUP"] = f"escalator-cheap-{suffix}"
     env["ESCALATOR_STRONG_GROUP"] = f"escalator-strong-{suffix}"
+    env["ESCALATOR_REVIEW_GROUP"] = f"escalator-review-{suffix}"
     env.setdefault("ESCALATOR_METRICS_PORT", "0")
     env.setdefault("ESCALATOR_LOG_LEVEL", "WARNING")
     return env, broker, simulated
@@ -75,8 +79,9 @@ def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     wheel = datasets.fetch_pyrit_wheel()
-    pool = datasets.sample(datasets.load_harm_samples(wheel), 2 * args.count)
-    measure, rollout = pool[: args.count], pool[args.count :]
+    pool = datasets.sample(datasets.load_harm_samples(wheel), 3 * args.count)
+    n = args.count
+    measure, rollout, people = pool[:n], pool[n : 2 * n], pool[2 * n :]
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "PYRIT-LICENSE.txt").write_text(datasets.license_notice(wheel))
@@ -124,11 +129,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tally, elapsed = asyncio.run(_round_trip(settings, rollout))
         _summary(settings, rollout, tally, elapsed, simulated)
         after = asyncio.run(_decisions(settings, rollout))
+        rollout_accuracy = _accuracy(tally, rollout)
 
         print(f"\nBefore and after{tag}:")
         _compare("before: threshold 0.70 (phase 1)", before, 0.7)
         after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
         _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
+
+        print(
+            f"\nPhase 4: the human tier, on {len(people)} new requests. The strong tier hands "
+            f"a request to people below confidence {args.strong_threshold:.2f}, or when it says "
+            "review-needed or refuses; half the disagreeing and a tenth of the agreeing "
+            "answers are also sampled for adjudication. The reviewer is SIMULATED: it answers "
+            "each item with the dataset's human label (the mean of PyRIT's human scores)."
+        )
+        settings = load_settings(
+            {
+                **env,
+                "ESCALATOR_SHADOW_RATE": "1",
+                "ESCALATOR_THRESHOLDS_FILE": str(out_dir / "thresholds.json"),
+                "ESCALATOR_HUMAN_TIER": "on",
+                "ESCALATOR_STRONG_THRESHOLD": str(args.strong_threshold),
+                "ESCALATOR_ADJUDICATE_DISAGREE": "0.5",
+                "ESCALATOR_ADJUDICATE_AGREE": "0.1",
+            }
+        )
+        gold = {s.id: s.gold_label for s in people}
+        tally, elapsed = asyncio.run(_round_trip(settings, people, reviewer=gold))
+        _summary(settings, people, tally, elapsed, simulated)
+        reviewed = sum(1 for r in tally.results.values() if r["tier"] == "human")
+        print(
+            f"  reviewed by people: {reviewed} results ({reviewed / max(1, len(people)):.1%}), "
+            f"plus {tally.adjudicated} adjudication items (measurement only)"
+        )
+        print(f"\nAccuracy against people, on phase 4's {len(people)} requests{tag}:")
+        print(
+            f"  before: the models alone (the strong answer final):  "
+            f"{_accuracy(tally, people, models_only=True):.1%}"
+        )
+        print(
+            f"  after:  with the human tier:                          "
+            f"{_accuracy(tally, people):.1%} ({reviewed} decided by the simulated reviewer)"
+        )
+        print(f"  (phase 3, other requests, models alone: {rollout_accuracy:.1%})")
         print(
             f"\nthreshold file: {out_dir / 'thresholds.json'}; plot: {out_dir / 'calibration.png'}"
             f"; PyRIT licence notice: {out_dir / 'PYRIT-LICENSE.txt'}"
@@ -216,14 +259,56 @@ def _compare(name: str, data: Any, threshold: float) -> None:
     )
 
 
-async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tuple[Tally, float]:
+def _accuracy(tally: Tally, samples: list[datasets.Sample], models_only: bool = False) -> float:
+    """Results whose label is the dataset's human label. ``models_only``: for a request a
+    person decided, count the strong model's answer instead (what it would have been)."""
+    gold = {s.id: s.gold_label for s in samples}
+    results = tally.results.values()
+
+    def label(r: dict[str, Any]) -> Any:
+        if models_only and r["tier"] == "human":
+            return next(a["label"] for a in r["attempts"] if a["tier"] == "strong")
+        return r["label"]
+
+    return sum(1 for r in results if label(r) == gold.get(r["id"])) / max(1, len(results))
+
+
+async def _simulated_reviewer(queues: Any, gold: dict[str, str], tally: Tally) -> None:
+    """Decides every item of both queues with the dataset's human label (SIMULATED person)."""
+    while True:
+        busy = False
+        for queue in ("review", "adjudication"):
+            lease = queues.lease(queue, "simulated-reviewer")
+            if lease is None:
+                continue
+            busy = True
+            label = gold.get(lease.item.request.id)
+            outcome = await queues.decide(lease.id, "simulated-reviewer", label, None)
+            if outcome == "done" and queue == "adjudication":
+                tally.adjudicated += 1
+        if not busy:
+            await asyncio.sleep(0.2)
+
+
+async def _round_trip(
+    settings: Settings, samples: list[datasets.Sample], reviewer: dict[str, str] | None = None
+) -> tuple[Tally, float]:
     from escalator.app import build_service
     from escalator.kafka.clients import Outgoing, create_topics, make_consumer, produce_and_await
+    from escalator.observability.metrics import Metrics
+    from escalator.review.consumer import ReviewConsumer
 
     await create_topics(settings.kafka, settings.topics.all(), settings.topic_partitions, 1)
     service = build_service(settings, ["cheap", "strong"])
     run = asyncio.create_task(service.run(install_signals=False))
     tally = Tally()
+    console: ReviewConsumer | None = None
+    helpers: list[asyncio.Task[None]] = []
+    if reviewer is not None:
+        console = ReviewConsumer.from_settings(settings, Metrics())
+        await console.__aenter__()
+        helpers.append(asyncio.create_task(console.run()))
+        helpers.append(asyncio.create_task(_simulated_reviewer(console, reviewer, tally)))
     watcher = make_consumer(settings.kafka, f"demo-watch-{uuid.uuid4().hex[:6]}")
     watcher.subscribe([settings.topics.results, settings.topics.dead_letter])
     await watcher.start()
@@ -264,6 +349,11 @@ async def _round_trip(settings: Settings, samples: list[datasets.Sample]) -> tup
     finally:
         elapsed = time.monotonic() - started
         await watcher.stop()
+        if console is not None:
+            console.stop()
+            helpers[1].cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await console.__aexit__(None, None, None)
         service.stop()
         await run
     return tally, elapsed
@@ -326,7 +416,10 @@ def _summary(
         f"{sum(tally.dead_letters.values())} dead letters {dict(tally.dead_letters)}"
     )
     print(f"  decided at cheap tier ({settings.model.cheap_model}): {n - len(escalated)}")
-    print(f"  decided at strong tier ({settings.model.strong_model}): {len(escalated)}")
+    human = sum(1 for r in results if r["tier"] == "human")
+    print(f"  decided at strong tier ({settings.model.strong_model}): {len(escalated) - human}")
+    if human:
+        print(f"  decided by people (human tier): {human}")
     versions = sorted({r["threshold_version"] for r in results})
     print(f"  escalation rate: {len(escalated) / max(1, n):.1%} (thresholds {', '.join(versions)})")
     print(f"  accuracy against human labels: {correct / max(1, n):.1%}")
@@ -364,6 +457,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0.90,
         help="agreement that calibration must certify (delta 0.05; the simulated cheap model "
         "agrees about 80%% at threshold 0.7)",
+    )
+    demo.add_argument(
+        "--strong-threshold",
+        type=float,
+        default=0.8,
+        help="phase 4: the strong tier hands answers below this confidence to people",
     )
     demo.add_argument("--output-dir", default="demo-output", help="threshold file and plot")
     demo.set_defaults(func=cmd_demo)
