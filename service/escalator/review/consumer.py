@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from escalator.config import KafkaSettings, ReviewSettings, Settings, Topics
 from escalator.contract.messages import (
@@ -474,10 +474,13 @@ class ReviewConsumer:
 
     async def _refresh(self) -> None:
         """Metrics, the consumer lag beyond what is held here, and back-pressure."""
-        for tp in self._parts:
-            high = self._consumer.highwater(tp)
-            if high is not None:
-                self._lag[tp] = max(0, high - await self._consumer.position(tp))
+        for tp in list(self._parts):
+            try:
+                high = self._consumer.highwater(tp)
+                if high is not None:
+                    self._lag[tp] = max(0, high - await self._consumer.position(tp))
+            except (AssertionError, IllegalStateError):
+                continue  # unassigned meanwhile (aiokafka raises either; README, development)
         self._lag = {tp: n for tp, n in self._lag.items() if tp in self._parts}
         for stat in self.stats():
             self._metrics.review_depth.labels(stat.queue).set(stat.depth)
