@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
-.PHONY: help venv tools lint types audit unit check integration deploy-check reliability-ci reliability calibration-stats test demo bench lock clean
+.PHONY: help venv tools apt-packages lint types audit unit check integration deploy-check reliability-ci reliability calibration-stats test demo bench lock clean
 
 help:
 	@echo "make demo | test | check | bench | lock"
@@ -20,7 +20,8 @@ venv: $(STAMP)
 
 # Tools for the deployment checks, pinned, in .tools/ (git-ignored):
 # kustomize (Go module proxy), the KEDA and Prometheus Operator CRDs (from their Go modules),
-# the AsyncAPI parser (npm), and promtool + prometheus (Debian's `prometheus` package).
+# the AsyncAPI parser (npm), and promtool + prometheus (Debian's `prometheus` package);
+# also Debian's chromium, for the browser tests.
 TOOLS := $(CURDIR)/.tools
 KUSTOMIZE_VERSION := v5.7.1
 KEDA_VERSION := v2.17.0
@@ -44,11 +45,19 @@ $(TOOLS)/node_modules/@asyncapi/parser/package.json:
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error @asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)
 
-/usr/bin/promtool:
-	$(SUDO) apt-get update -q
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+# Debian packages, one apt call for those missing: prometheus (promtool) for the deployment
+# checks, chromium for the review console's browser tests (driven by Playwright, which never
+# downloads a browser of its own). --no-install-recommends, or apt pulls in node-exporter
+# and its timers; Chromium's fonts come with its fontconfig dependency.
+APT_PACKAGES = $(if $(wildcard /usr/bin/promtool),,prometheus) $(if $(wildcard /usr/bin/chromium),,chromium)
 
-tools: $(TOOLS)/bin/kustomize $(TOOLS)/crds/.done $(TOOLS)/node_modules/@asyncapi/parser/package.json /usr/bin/promtool
+apt-packages:
+	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
+	  $(SUDO) apt-get update -q \
+	  && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(strip $(APT_PACKAGES)); \
+	fi
+
+tools: $(TOOLS)/bin/kustomize $(TOOLS)/crds/.done $(TOOLS)/node_modules/@asyncapi/parser/package.json apt-packages
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check service tests
