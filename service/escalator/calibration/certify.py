@@ -161,7 +161,8 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
         rid = rec.get("id")
         if not isinstance(rid, str):
             continue
-        if isinstance(rec.get("gold_label"), str):
+        # A person's label (tier "human") is another source, read by calibration/human.py.
+        if isinstance(rec.get("gold_label"), str) and attempt.get("tier") != "human":
             gold[rid] = rec["gold_label"]
         if attempt.get("tier") == "cheap":
             cheap[rid] = rec

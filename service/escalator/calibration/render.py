@@ -16,6 +16,8 @@ import numpy as np
 
 from escalator.calibration import estimates, plan
 from escalator.calibration.certify import Baselines, Calibration, Dataset
+from escalator.calibration.human import HumanCalibration, HumanSample, PeopleCurve
+from escalator.calibration.human import guarantee as human_guarantee
 
 
 def guarantee(result: Calibration, delta: float) -> str:
@@ -228,3 +230,82 @@ def plot(path: Path, result: Calibration, base: Baselines) -> str:
     fig.savefig(path)
     plt.close(fig)
     return f"plot: {path}"
+
+
+def people_table(h: HumanSample, pc: PeopleCurve) -> str:
+    """Against people, per cheap threshold (routed as today: the strong answer below t)."""
+    lines = [
+        "",
+        f"Against people: {h.m} adjudicated requests (Horvitz-Thompson weights 1/pi; q_agree "
+        f"{h.q_agree:g}, q_disagree {h.q_disagree:g}; {h.neither} 'neither'), "
+        f"{sum(h.review_items.values())} review-queue decisions (chosen by rule: counted, not "
+        f"a sample){_repeats(h)}",
+        f"  accuracy: Hajek estimate and exact lower bound at level {1 - pc.delta:.4g}; strong "
+        "wrong: among escalated; cheap wrong: among conf >= t",
+        "",
+        "  threshold  accuracy  lower bound  strong wrong  cheap wrong",
+    ]
+    step = max(1, len(pc.thresholds) // 25)
+    for i in sorted({*range(0, len(pc.thresholds), step), len(pc.thresholds) - 1}):
+        t = pc.thresholds[i]
+        label = "all" if t > 1 else f"{t:.2f}"
+        lines.append(
+            f"  {label:>9}  {pc.accuracy[i]:>8.4f}  {pc.accuracy_lower[i]:>11.4f}  "
+            f"{_share(pc.strong_wrong[i]):>12}  {_share(pc.cheap_wrong_confident[i]):>11}"
+        )
+    return "\n".join(lines)
+
+
+def _share(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{x:.4f}"
+
+
+def _repeats(h: HumanSample) -> str:
+    parts = []
+    if h.repeats:
+        parts.append(f"{h.repeats} repeated review_id(s) ignored")
+    if h.unmatched:
+        parts.append(f"{h.unmatched} adjudication(s) of requests outside the window left out")
+    return "" if not parts else "; " + "; ".join(parts)
+
+
+def human_table(data: Dataset, h: HumanSample, result: HumanCalibration, source: str) -> str:
+    """The human objective: per strong threshold, the cheapest certified cheap threshold."""
+    lines = [
+        f"Calibration on human truth from {source}: {data.n} requests, {h.m} adjudicated "
+        f"({data.cheap_model} -> {data.strong_model} -> people){_repeats(h)}",
+        f"objective: human, accuracy against people >= {result.target} with at most "
+        f"{result.budget:.1%} of traffic to people; lower bounds at level "
+        f"{1 - result.delta / len(result.strong_grid):.4g} each ({len(result.strong_grid)} strong "
+        "thresholds, Bonferroni)",
+        "",
+        "  strong t_s  lowest t_c passed  accuracy  lower bound  to people  escalated  cost/1k USD",
+    ]
+    chosen = result.chosen
+    for j, ts in enumerate(result.strong_grid):
+        passed = np.flatnonzero(result.passed[:, j])
+        label = "all" if ts > 1 else f"{ts:.2f}"
+        if len(passed) == 0:
+            lines.append(f"  {label:>10}  none")
+            continue
+        i = int(passed[0])
+        tc = result.cheap_grid[i]
+        mark = " <- chosen" if chosen == (i, j) else ""
+        if chosen is not None and chosen[1] == j and chosen[0] != i:
+            mark = f" (chosen t_c={result.cheap_grid[chosen[0]]:.2f} within the budget)"
+        lines.append(
+            f"  {label:>10}  {'all' if tc > 1 else f'{tc:.2f}':>17}  "
+            f"{result.accuracy[i, j]:>8.4f}  {result.accuracy_lower[i, j]:>11.4f}  "
+            f"{result.human[i, j]:>9.3f}  {result.escalation[i]:>9.3f}  "
+            f"{result.cost_per_1k[i, j]:>11.5f}{mark}"
+        )
+    if chosen is not None:
+        i, j = chosen
+        lines += [
+            "",
+            f"  chosen: t_c={result.cheap_threshold:.2f}, t_s={result.strong_threshold:.2f}: "
+            f"accuracy {result.accuracy[i, j]:.4f} (lower bound {result.accuracy_lower[i, j]:.4f})"
+            f", {result.human[i, j]:.1%} to people, {result.escalation[i]:.1%} escalated",
+            f"  {human_guarantee(result)}",
+        ]
+    return "\n".join(lines)

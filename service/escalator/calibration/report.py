@@ -24,8 +24,15 @@ TYPES = ("input", "output", "cache_write", "cache_read")
 
 
 def build_report(
-    records: list[dict[str, Any]], prices: PriceTable, monthly_volume: int | None = None
+    records: list[dict[str, Any]],
+    prices: PriceTable,
+    monthly_volume: int | None = None,
+    *,
+    review_cost: float | None = None,
 ) -> dict[str, Any]:
+    # People are not priced by tokens: their decisions are counted apart (``human_tier``).
+    humans = [r for r in records if (r.get("attempt") or {}).get("tier") == "human"]
+    records = [r for r in records if (r.get("attempt") or {}).get("tier") != "human"]
     spend: dict[tuple[str, str, bool], dict[str, Any]] = {}
     cheap_by_id: dict[str, dict[str, Any]] = {}
     escalated_ids: set[str] = set()
@@ -101,6 +108,8 @@ def build_report(
         "escalation_rate_by_label": dict(sorted(by_label.items())),
     }
     report["agreement_in_force"] = agreement_in_force(records)
+    if humans or review_cost is not None:
+        report["three_tier"] = three_tier(rows, humans, review_cost)
     if monthly_volume is not None and n:
         report["monthly"] = {
             "volume": monthly_volume,
@@ -111,6 +120,49 @@ def build_report(
             else counterfactual / n * monthly_volume,
         }
     return report
+
+
+def three_tier(
+    rows: list[dict[str, Any]], humans: list[dict[str, Any]], review_cost: float | None
+) -> dict[str, Any]:
+    """Cheap, strong and human spend: people in items (review queue and adjudication apart,
+    each ``review_id`` once) and in money at ``review_cost`` USD per item when given."""
+    from escalator.calibration.human import human_decisions
+
+    unique, repeats = human_decisions(humans)
+    items = {"review": 0, "adjudication": 0}
+    reasons: dict[str, int] = defaultdict(int)
+    seconds = 0.0
+    for rec in unique:
+        review = rec.get("review") or {}
+        queue = "adjudication" if review.get("queue") == "adjudication" else "review"
+        items[queue] += 1
+        reasons[f"{queue}:{review.get('reason')}"] += 1
+        value = review.get("seconds")
+        seconds += float(value) if isinstance(value, int | float) else 0.0
+    cheap = sum(r["cost_usd"] for r in rows if r["tier"] == "cheap")
+    strong = sum(r["cost_usd"] for r in rows if r["tier"] == "strong")
+    total_items = items["review"] + items["adjudication"]
+    human_usd = None if review_cost is None else review_cost * total_items
+    return {
+        "cheap_usd": cheap,
+        "strong_usd": strong,
+        "human_items": items,
+        "human_items_by_reason": dict(sorted(reasons.items())),
+        "repeated_decisions_ignored": repeats,
+        "reviewer_seconds": seconds,
+        "review_cost_usd_per_item": review_cost,
+        "human_usd": None
+        if human_usd is None
+        else {
+            "review": review_cost * items["review"] if review_cost is not None else None,
+            "adjudication": review_cost * items["adjudication"]
+            if review_cost is not None
+            else None,
+            "total": human_usd,
+        },
+        "total_usd": None if human_usd is None else cheap + strong + human_usd,
+    }
 
 
 def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> dict[str, Any] | None:
@@ -212,6 +264,9 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
             f"  agreement with strong, as routed: {agree['point']:.4f} (lower bound "
             f"{agree['lower_bound']:.4f} at {agree['level']:.0%}; {agree['shadowed']} shadowed)"
         )
+    tiers = report.get("three_tier")
+    if tiers:
+        lines += _three_tier_lines(tiers, usd)
     lines += ["", "  escalation rate by cheap label:"]
     for label, s in report["escalation_rate_by_label"].items():
         lines.append(
@@ -226,6 +281,29 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
             f"(all-strong {usd(monthly['all_strong_usd'])})",
         ]
     return "\n".join(lines)
+
+
+def _three_tier_lines(t: dict[str, Any], usd: Any) -> list[str]:
+    items = t["human_items"]
+    money = t["human_usd"]
+    lines = [
+        "",
+        "  three tiers (shadow calls included in strong):",
+        f"    cheap                       {usd(t['cheap_usd'])}",
+        f"    strong                      {usd(t['strong_usd'])}",
+        f"    people, review queue        {items['review']} item(s)"
+        + ("" if money is None else f"  {usd(money['review'])}"),
+        f"    people, adjudication        {items['adjudication']} item(s)"
+        + ("" if money is None else f"  {usd(money['adjudication'])}"),
+    ]
+    if money is not None:
+        lines.append(
+            f"    total (people at {usd(t['review_cost_usd_per_item'])}/item): "
+            f"{usd(t['total_usd'])}"
+        )
+    if t["repeated_decisions_ignored"]:
+        lines.append(f"    ({t['repeated_decisions_ignored']} repeated review_id(s) ignored)")
+    return lines
 
 
 def _pct(x: float | None) -> str:

@@ -24,6 +24,7 @@ from escalator.tiers.routing import Thresholds
 if TYPE_CHECKING:
     # The service loads this module at start-up; certify (and numpy) only when calibrating.
     from escalator.calibration import certify as cal
+    from escalator.calibration import human as hum
 
 FILE_SCHEMA_VERSION = 1
 
@@ -134,6 +135,79 @@ def threshold_body(
     return body
 
 
+def human_threshold_body(
+    result: hum.HumanCalibration,
+    data: cal.Dataset,
+    *,
+    source: str,
+    delta: float,
+    window: dict[str, Any],
+    price_table_version: str,
+    ledger: Path | None,
+    attempt: int | None,
+    review_labels: list[str],
+) -> dict[str, Any]:
+    """The body of a threshold file from ``calibrate --objective human``: the cheap threshold
+    as ``threshold`` and the strong tier's review threshold under ``strong``."""
+    from escalator.calibration import binomial
+    from escalator.calibration import human as hum
+
+    assert result.chosen is not None
+    i, j = result.chosen
+    # The escalation interval the drift alert compares with, as estimates_at gives it.
+    k, n = round(float(result.escalation[i]) * data.n), data.n
+    escalation = [
+        float(binomial.lower(k, n, 0.025)[()]),
+        float(result.escalation[i]),
+        float(binomial.upper(k, n, 0.025)[()]),
+    ]
+    return {
+        "created_from": source,
+        "objective": {
+            "name": "human",
+            "target": result.target,
+            "human_budget": result.budget,
+            "review_cost_usd": result.review_cost,
+        },
+        "procedure": {
+            "name": hum.PROCEDURE,
+            "delta": delta,
+            "delta_spent": result.delta,
+            "strong_thresholds_tried": [float(x) for x in result.strong_grid],
+            "attempt": attempt if ledger is not None else None,
+            "spending": "delta * 6 / (pi^2 * attempt^2)"
+            if ledger is not None
+            else "none (--ledger none)",
+            "ledger": None if ledger is None else str(ledger),
+            "guarantee": hum.guarantee(result),
+            "review_labels": review_labels,
+        },
+        "window": window,
+        "status": result.status,
+        "threshold": result.cheap_threshold,
+        "label_thresholds": {},
+        "strong": {"default": result.strong_threshold, "per_label": {}},
+        "models": {"cheap": data.cheap_model, "strong": data.strong_model},
+        "price_table_version": price_table_version,
+        "dataset": {
+            "sha256": data.fingerprint(),
+            "requests": data.n,
+            "adjudicated": result.adjudicated,
+            "threshold_versions_seen": list(data.strata),
+        },
+        "estimates": {
+            "escalation_rate": escalation,
+            "human_share": float(result.human[i, j]),
+            "accuracy_vs_people": {
+                "point": float(result.accuracy[i, j]),
+                "lower_bound": float(result.accuracy_lower[i, j]),
+                "level": 1 - result.delta,
+            },
+            "cost_per_1k_usd": float(result.cost_per_1k[i, j]),
+        },
+    }
+
+
 def load_threshold_file(
     path: Path, *, labels: tuple[str, ...], cheap_model: str, strong_model: str
 ) -> Thresholds:
@@ -162,11 +236,45 @@ def load_threshold_file(
     expected = None
     if isinstance(rate, list) and len(rate) == 3 and all(isinstance(x, int | float) for x in rate):
         expected = (float(rate[0]), float(rate[1]), float(rate[2]))
+    strong_default, strong_per_label = _strong(doc.get("strong"), name, labels)
     return Thresholds(
         default=float(threshold),
         per_label={str(k): float(v) for k, v in per_label.items()},
         version=str(doc.get("version")),
         expected_escalation=expected,
+        strong_default=strong_default,
+        strong_per_label=strong_per_label,
+    )
+
+
+def _strong(
+    value: object, name: str, labels: tuple[str, ...]
+) -> tuple[float | None, dict[str, float]]:
+    """The optional ``"strong": {"default": x, "per_label": {...}}`` key (calibrate --objective
+    human writes it): the strong tier's review thresholds. Absent: (None, {}), as before."""
+    if value is None:
+        return None, {}
+
+    def number(x: object) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    per = value.get("per_label", {}) if isinstance(value, dict) else None
+    default = value.get("default") if isinstance(value, dict) else None
+    if (
+        not isinstance(per, dict)
+        or not (default is None or number(default))
+        or not all(number(v) for v in per.values())
+    ):
+        raise ConfigError(
+            f"{name}: 'strong' must be an object with a number 'default' and a 'per_label' "
+            "object of numbers"
+        )
+    unknown = set(per) - set(labels)
+    if unknown:
+        raise ConfigError(f"{name}: strong labels not in the task: {', '.join(sorted(unknown))}")
+    return (
+        None if default is None else float(default),
+        {str(k): float(v) for k, v in per.items()},
     )
 
 
@@ -184,8 +292,13 @@ def spent(delta: float, attempt: int) -> float:
     return delta * 6.0 / (math.pi**2 * attempt**2)
 
 
-def ledger_attempts(path: Path, cheap_model: str, strong_model: str) -> list[dict[str, Any]]:
-    """Earlier attempts for this model pair, oldest first."""
+def ledger_attempts(
+    path: Path, cheap_model: str, strong_model: str, objective: str = "quality"
+) -> list[dict[str, Any]]:
+    """Earlier attempts for this model pair and objective, oldest first.
+
+    Each certifying objective makes its own promise with its own error budget, so each has
+    its own sequence of attempts; entries without an ``objective`` are quality attempts."""
     if not path.is_file():
         return []
     out = []
@@ -196,10 +309,11 @@ def ledger_attempts(path: Path, cheap_model: str, strong_model: str) -> list[dic
             entry = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{number}: not a ledger line ({exc})") from exc
-        if isinstance(entry, dict) and entry.get("models") == {
-            "cheap": cheap_model,
-            "strong": strong_model,
-        }:
+        if (
+            isinstance(entry, dict)
+            and entry.get("models") == {"cheap": cheap_model, "strong": strong_model}
+            and entry.get("objective", "quality") == objective
+        ):
             out.append(entry)
     return out
 

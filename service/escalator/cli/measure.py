@@ -88,17 +88,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     prices = _prices(settings)
     target = args.target
     if target is None:
-        if args.objective != "quality":
+        if args.objective not in ("quality", "human"):
             raise EscalatorError(f"--objective {args.objective} needs --target")
-        target = 0.98
+        target = 0.95 if args.objective == "human" else 0.98
+    if args.objective == "human" and args.plan:
+        raise EscalatorError("--plan sizes the shadow measurement; it has no human objective")
     if args.plan and args.assume_accepted is not None:
         return _plan_assumed(args, target, prices, settings)
     records, source = _records(args)
     grid = cal.grid_arg(args.grid) if args.grid else None
     data = cal.pair_decisions(records)
-    ledger = _ledger_path(args) if args.objective == "quality" else None
+    ledger = _ledger_path(args) if args.objective in ("quality", "human") else None
     attempts = (
-        [] if ledger is None else tfile.ledger_attempts(ledger, data.cheap_model, data.strong_model)
+        []
+        if ledger is None
+        else tfile.ledger_attempts(ledger, data.cheap_model, data.strong_model, args.objective)
     )
     attempt = len(attempts) + 1
     delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
@@ -129,6 +133,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_REFUSED
+    if args.objective == "human":
+        return _calibrate_human(args, records, data, source, window, ledger, attempt, prices)
     result = cal.calibrate(
         data,
         objective=args.objective,
@@ -140,6 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
     print(calibration_table(data, result, base, source))
+    _print_people(args, records, data, result.curve.thresholds, result.curve.delta)
     if ledger is not None:
         tfile.append_attempt(
             ledger,
@@ -178,6 +185,103 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     if args.plot:
         print(plot(Path(args.plot), result, base))
+    return 0
+
+
+def _review_labels(args: argparse.Namespace) -> list[str]:
+    from escalator.calibration.human import DEFAULT_REVIEW_LABELS
+
+    given = args.review_label or list(DEFAULT_REVIEW_LABELS)
+    return [] if given == ["none"] else given
+
+
+def _print_people(
+    args: argparse.Namespace, records: list[dict[str, Any]], data: Any, t: Any, delta: float
+) -> None:
+    """The against-people table, when the window has adjudicated human decisions (only then:
+    the output without human decisions is what it always was)."""
+    from escalator.calibration import human
+    from escalator.calibration.render import people_table
+
+    h = human.human_sample(records, data, _review_labels(args))
+    if h is not None and h.m > 0:
+        print(people_table(h, human.people_curve(h, t, delta)))
+
+
+def _calibrate_human(
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    data: Any,
+    source: str,
+    window: dict[str, Any],
+    ledger: Path | None,
+    attempt: int,
+    prices: Any,
+) -> int:
+    from escalator.calibration import certify as cal
+    from escalator.calibration import human
+    from escalator.calibration import threshold_file as tfile
+    from escalator.calibration.render import human_table
+
+    labels = _review_labels(args)
+    h = human.human_sample(records, data, labels)
+    if h is None:
+        raise EscalatorError(
+            "--objective human needs human decisions in the decisions log (adjudications: "
+            "ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
+        )
+    delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
+    strong_conf, strong_review = human.strong_confidences(records, data, labels)
+    result = human.calibrate_human(
+        data,
+        h,
+        strong_conf,
+        strong_review,
+        target=args.target if args.target is not None else 0.95,
+        budget=args.human_budget,
+        delta=delta,
+        review_cost=args.review_cost or 0.0,
+        grid=cal.grid_arg(args.grid) if args.grid else None,
+        strong_grid=human.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
+    )
+    print(human_table(data, h, result, source))
+    if ledger is not None:
+        tfile.append_attempt(
+            ledger,
+            {
+                "attempt": attempt,
+                "objective": "human",
+                "models": {"cheap": data.cheap_model, "strong": data.strong_model},
+                "window": window,
+                "status": result.status,
+                "target": result.target,
+                "human_budget": result.budget,
+                "delta_spent": delta,
+                "threshold": None if result.chosen is None else result.cheap_threshold,
+                "strong_threshold": None if result.chosen is None else result.strong_threshold,
+                "dataset_sha256": data.fingerprint(),
+            },
+        )
+    if result.status == "refused":
+        need = human.needed(data, h, result, tfile.spent(args.delta, attempt + 1))
+        print(human.refusal(result, need), file=sys.stderr)
+        return EXIT_REFUSED
+    body = tfile.human_threshold_body(
+        result,
+        data,
+        source=source,
+        delta=args.delta,
+        window=window,
+        price_table_version=prices.version,
+        ledger=ledger,
+        attempt=attempt,
+        review_labels=labels,
+    )
+    version = tfile.write_threshold_file(Path(args.output), body)
+    print(
+        f"\nthreshold file: {args.output} (version {version}); "
+        f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
+    )
     return 0
 
 
@@ -235,7 +339,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     records, _ = _records(args)
     settings = settings_from_env(require_kafka=False)
-    report = build_report(records, load_prices(settings.routing.prices_file), args.monthly_volume)
+    if args.review_cost is not None and args.review_cost < 0:
+        raise EscalatorError(f"--review-cost {args.review_cost}: must be >= 0")
+    report = build_report(
+        records,
+        load_prices(settings.routing.prices_file),
+        args.monthly_volume,
+        review_cost=args.review_cost,
+    )
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:
@@ -283,11 +394,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _source_args(calibrate)
     calibrate.add_argument(
         "--objective",
-        choices=["quality", "rate", "budget"],
+        choices=["quality", "rate", "budget", "human"],
         default="quality",
         help="quality: certified agreement >= --target; rate: the highest threshold whose "
         "escalation rate is <= --target; budget: the best estimated agreement whose cost per "
-        "1,000 requests is <= --target USD (rate and budget carry no guarantee)",
+        "1,000 requests is <= --target USD (rate and budget carry no guarantee); human: the "
+        "cheapest cheap and strong thresholds whose accuracy against people (adjudicated "
+        "human decisions) is certified >= --target (default 0.95) with at most "
+        "--human-budget of traffic sent to people",
     )
     calibrate.add_argument(
         "--target",
@@ -392,11 +506,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="plan without a log: INPUT:OUTPUT tokens of one strong call, priced with the "
         "price table",
     )
+    calibrate.add_argument(
+        "--human-budget",
+        type=float,
+        default=0.05,
+        help="objective human: the largest share of traffic (0..1) that may be sent to people "
+        "by the routing (estimated; adjudication samples are extra)",
+    )
+    calibrate.add_argument(
+        "--review-cost",
+        type=float,
+        default=None,
+        help="objective human: USD per item decided by a person, added to the cost that "
+        "orders the pairs (default: 0, people ranked by share only)",
+    )
+    calibrate.add_argument(
+        "--strong-grid",
+        default=None,
+        help="objective human: comma-separated strong thresholds to try (default "
+        "0,0.5,0.6,0.7,0.8,0.9,0.95,0.99,1.01; each costs delta / K)",
+    )
+    calibrate.add_argument(
+        "--review-label",
+        action="append",
+        default=None,
+        help="a label the strong answer cannot settle (sent to people); repeat for more; "
+        "'none' for no such label (default: review-needed, when the log has it)",
+    )
     calibrate.add_argument("--plot", default=None, help="PNG path (needs the plot extra)")
     calibrate.set_defaults(func=cmd_calibrate)
 
     report = sub.add_parser("report", help="spend, savings and escalation from the decisions log")
     _source_args(report)
     report.add_argument("--monthly-volume", type=int, default=None)
+    report.add_argument(
+        "--review-cost",
+        type=float,
+        default=None,
+        help="USD per human decision: prices the human tier's items (default: counted only)",
+    )
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_report)

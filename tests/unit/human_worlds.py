@@ -1,0 +1,265 @@
+"""A synthetic world with human truth, whose accuracy at every threshold pair is known exactly.
+
+Cheap confidences take 100 values off the 0.01 grid (``CONF``), strong confidences 20 values
+off the strong grid (``SCONF``), independently. Given them, a person's label is "neither" with
+probability ``neither`` and otherwise one of three labels; the cheap answer is right with
+probability ``cheap_right(c)`` and the strong one with ``strong_right(s)``, independently (a
+wrong answer is one of the other labels at random, so two wrong answers agree half the time).
+Truth is then a finite sum over the two confidence grids. ``draw`` writes the log of one window
+under a design (threshold in force, shadow rate p, adjudication rates) as the paired cheap and
+strong answers (a ``Dataset``) and the adjudicated requests (a ``HumanSample``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from escalator.calibration.certify import Dataset
+from escalator.calibration.human import HumanSample, design
+
+FloatArray = npt.NDArray[np.float64]
+LABELS = ["review-needed", "safe", "unsafe"]
+CONF = np.arange(0.005, 1.0, 0.01)
+SCONF = np.arange(0.025, 1.0, 0.05)
+
+
+def _beta(x: FloatArray, a: float, b: float) -> FloatArray:
+    w = x ** (a - 1) * (1 - x) ** (b - 1)
+    return np.asarray(w / w.sum())
+
+
+@dataclass(frozen=True)
+class HumanWorld:
+    name: str
+    w_cheap: FloatArray  # P(cheap conf = CONF[k])
+    w_strong: FloatArray  # P(strong conf = SCONF[j])
+    cheap_right: FloatArray  # P(cheap right | conf, the person gave a label)
+    strong_right: FloatArray
+    neither: float
+    target: float
+    budget: float
+
+    def _err(self, right: FloatArray) -> FloatArray:
+        return np.asarray(1.0 - (1.0 - self.neither) * right)
+
+    def accuracy(self, t_c: float, t_s: float) -> float:
+        """True accuracy against people of routed answers at (t_c, t_s); people are right."""
+        by_cheap = CONF >= t_c
+        e_cheap = (self.w_cheap * by_cheap * self._err(self.cheap_right)).sum()
+        e_strong = (self.w_strong * (SCONF >= t_s) * self._err(self.strong_right)).sum()
+        return float(1.0 - e_cheap - (self.w_cheap * ~by_cheap).sum() * e_strong)
+
+    def human_share(self, t_c: float, t_s: float) -> float:
+        return float((self.w_cheap * (CONF < t_c)).sum() * (self.w_strong * (SCONF < t_s)).sum())
+
+
+def moderation() -> HumanWorld:
+    """A cheap model right about 90% of the time when confident, a strong one right about 93%,
+    2% of items for which no label is right; target 0.95 with at most 10% to people."""
+    return HumanWorld(
+        name="moderation",
+        w_cheap=0.6 * _beta(CONF, 20.0, 1.2) + 0.4 * _beta(CONF, 4.0, 2.0),
+        w_strong=_beta(SCONF, 6.0, 1.3),
+        cheap_right=np.asarray(0.995 - 0.5 * (1.0 - CONF) ** 0.8),
+        strong_right=np.asarray(0.70 + 0.295 * SCONF),
+        neither=0.01,
+        target=0.94,
+        budget=0.15,
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    data: Dataset
+    human: HumanSample
+    strong_conf: FloatArray
+    strong_review: npt.NDArray[np.bool_]
+    adjudicated: npt.NDArray[np.int64]  # request indices put before a person
+    gold: npt.NDArray[np.int64]  # every request's human label (-1: neither)
+    q_agree: float
+    q_disagree: float
+
+
+def draw(
+    world: HumanWorld,
+    rng: np.random.Generator,
+    n: int,
+    *,
+    p: float,
+    q_disagree: float,
+    q_agree: float,
+    tau: float = 0.7,
+) -> Window:
+    """One window of ``n`` requests under threshold ``tau``, shadow rate ``p`` and the
+    adjudication rates; nobody's labels are review labels here (the strong grid does it all)."""
+    kc = rng.choice(len(CONF), size=n, p=world.w_cheap)
+    ks = rng.choice(len(SCONF), size=n, p=world.w_strong)
+    conf, sconf = CONF[kc], SCONF[ks]
+    neither = rng.random(n) < world.neither
+    gold = np.where(neither, -1, rng.integers(0, 3, n))
+    base = np.where(neither, rng.integers(0, 3, n), gold)
+
+    def answer(right_p: FloatArray) -> npt.NDArray[np.int64]:
+        right = ~neither & (rng.random(n) < right_p)
+        other = (np.maximum(gold, 0) + rng.integers(1, 3, n)) % 3
+        wrong = np.where(neither, rng.integers(0, 3, n), other)
+        return np.asarray(np.where(right, base, wrong), np.int64)
+
+    cheap = answer(world.cheap_right[kc])
+    strong = answer(world.strong_right[ks])
+    escalated = conf < tau
+    certain = escalated | (p >= 1.0)
+    answered = escalated | (rng.random(n) < p)
+    agree = cheap == strong
+    adjudicated = answered & (rng.random(n) < np.where(agree, q_agree, q_disagree))
+    d = Dataset(
+        ids=[f"r{i}" for i in range(n)],
+        labels=LABELS,
+        conf=conf,
+        cheap_label=cheap,
+        cheap_cost=np.full(n, 1e-5),
+        strong_label=np.where(answered, strong, -1),
+        strong_cost=np.where(answered, 2e-4, 0.0),
+        answered=answered,
+        accepted=~escalated,
+        certain=certain,
+        stratum=np.zeros(n, dtype=np.int64),
+        tau=np.full(n, tau),
+        shadow_rate=np.full(n, p),
+        gold=np.full(n, -1, dtype=np.int64),
+        ts_ms=np.arange(n, dtype=np.int64) * 1000,
+        strata=("v1",),
+        cheap_model="cheap",
+        strong_model="strong",
+    )
+    idx = np.flatnonzero(adjudicated)
+    cell = np.where(certain[idx], 0, 2) + np.where(agree[idx], 0, 1)
+    stratum = np.zeros(len(idx), dtype=np.int64)
+    recorded = np.where(certain[idx], 1.0, p) * np.where(agree[idx], q_agree, q_disagree)
+    nn, pi, possible, uncovered = design(d, q_agree, q_disagree, stratum, cell, recorded)
+    h = HumanSample(
+        stratum=stratum,
+        cell=cell.astype(np.int64),
+        cheap_conf=conf[idx],
+        cheap_label=cheap[idx],
+        strong_conf=sconf[idx],
+        strong_label=strong[idx],
+        strong_review=np.zeros(len(idx), dtype=bool),
+        gold=gold[idx],
+        n=nn,
+        pi=pi,
+        possible=possible,
+        uncovered=uncovered,
+        q_agree=q_agree,
+        q_disagree=q_disagree,
+        neither=int(neither[idx].sum()),
+    )
+    strong_conf = np.where(answered, sconf, -1.0)
+    return Window(d, h, strong_conf, np.zeros(n, dtype=bool), idx, gold, q_agree, q_disagree)
+
+
+def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str, object]]:
+    """The window as decisions-log records: cheap, strong and human decisions, as the service
+    writes them (contract/reviews.py's human_decision_value)."""
+    d = win.data
+    out: list[dict[str, object]] = []
+    adjudicated = set(win.adjudicated.tolist())
+    for i in range(d.n):
+        ts = start_ms + i * 1000
+        rid = d.ids[i]
+        escalated = not bool(d.accepted[i])
+        p = float(d.shadow_rate[i])
+        common = {"schema_version": 1, "id": rid, "threshold_version": "v1", "ts_ms": ts}
+        cheap = _attempt("cheap", LABELS[int(d.cheap_label[i])], float(d.conf[i]))
+        out.append(
+            {
+                **common,
+                "attempt": cheap,
+                "outcome": "escalated" if escalated else "accepted",
+                "threshold": float(d.tau[i]),
+                "shadow_rate": p,
+                "shadow": False,
+                "sample_rate": None,
+            }
+        )
+        if not d.answered[i]:
+            continue
+        strong = _attempt("strong", LABELS[int(d.strong_label[i])], float(win.strong_conf[i]))
+        s_rate = 1.0 if escalated else p
+        out.append(
+            {
+                **common,
+                "ts_ms": ts + 1,
+                "attempt": strong,
+                "outcome": "final" if escalated else "shadow",
+                "threshold": None,
+                "shadow_rate": None,
+                "shadow": not escalated,
+                "sample_rate": s_rate,
+            }
+        )
+        if i not in adjudicated:
+            continue
+        agree = cheap["label"] == strong["label"]
+        q = win.q_agree if agree else win.q_disagree
+        gold = None if win.gold[i] < 0 else LABELS[int(win.gold[i])]
+        human = {
+            **_attempt("human", gold or "", 1.0),
+            "model": "human",
+            "label": gold,
+            "valid": gold is not None,
+            "cost_usd": 0.0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "latency_ms": 4200.0,
+        }
+        out.append(
+            {
+                **common,
+                "ts_ms": ts + 2,
+                "attempt": human,
+                "outcome": "human",
+                "threshold": None,
+                "shadow_rate": None,
+                "shadow": not escalated,
+                "sample_rate": s_rate * q,
+                "gold_label": gold,
+                "gold_source": "human",
+                "review": {
+                    "queue": "adjudication",
+                    "review_id": f"adjudication:{rid}",
+                    "reason": "sampled_agree" if agree else "sampled_disagree",
+                    "reviewer": "alice",
+                    "verdict": "label" if gold is not None else "neither",
+                    "note": None,
+                    "seconds": 4.2,
+                    "cheap": cheap,
+                    "strong": strong,
+                    "agree": agree,
+                    "escalation_reason": "low_confidence" if escalated else "shadow",
+                    "strong_sample_rate": s_rate,
+                    "review_rate": q,
+                    "item": f"escalator.adjudications/0/{i}",
+                },
+            }
+        )
+    return out
+
+
+def _attempt(tier: str, label: str, conf: float) -> dict[str, object]:
+    return {
+        "tier": tier,
+        "model": "claude-haiku-5-5" if tier == "cheap" else "claude-sonnet-5-5",
+        "label": label,
+        "confidence": conf,
+        "valid": True,
+        "input_tokens": 1200,
+        "output_tokens": 12,
+        "cache_write_tokens": 0,
+        "cache_read_tokens": 0,
+        "cost_usd": 1e-5 if tier == "cheap" else 2e-4,
+        "latency_ms": 100.0,
+    }
