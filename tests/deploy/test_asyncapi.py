@@ -45,9 +45,7 @@ def test_the_document_matches_the_service_defaults() -> None:
     out = parse(DOCUMENT)
     settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "ANTHROPIC_API_KEY": "x"})
     t = settings.topics
-    assert sorted(out["channels"]) == sorted(
-        [t.requests, t.escalations, t.results, t.dead_letter, t.decisions]
-    )
+    assert sorted(out["channels"]) == sorted(t.all())
     doc = yaml.safe_load(DOCUMENT.read_text())
     groups = {
         op["channel"]["$ref"].rsplit("/", 1)[1]: op["bindings"]["kafka"]["groupId"]["enum"][0]
@@ -57,6 +55,7 @@ def test_the_document_matches_the_service_defaults() -> None:
     assert groups == {
         "requests": settings.pipeline.cheap_group,
         "escalations": settings.pipeline.strong_group,
+        "reviews": settings.review.group,
     }
     referenced = {
         Path(m["payload"]["schema"]["$ref"]).name

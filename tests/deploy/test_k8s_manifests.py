@@ -17,7 +17,7 @@ import orjson
 import pytest
 import yaml
 
-from escalator.config import load_settings
+from escalator.config import Settings, load_settings
 from escalator.model.task import load_task, parse_task
 from tests.deploy.tools import ROOT, crd_file, tool
 
@@ -98,12 +98,12 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
 def test_builds_with_every_expected_object(path: str) -> None:
     kinds = sorted(o["kind"] for o in objects(path))
     for kind, count in {
-        "Deployment": 2,
+        "Deployment": 3,
         "PodDisruptionBudget": 2,
         "ScaledObject": 2,
-        "Service": 1,
+        "Service": 2,
         "ServiceMonitor": 1,
-        "KafkaTopic": 5,
+        "KafkaTopic": 7,
         "ConfigMap": 2,
     }.items():
         assert kinds.count(kind) == count, (kind, kinds)
@@ -122,7 +122,7 @@ def test_builtin_objects_match_the_kubernetes_schemas(path: str) -> None:
         except kubernetes_validate.ValidationError as exc:
             raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc}") from exc
         checked += 1
-    assert checked >= 7
+    assert checked >= 9
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -155,6 +155,27 @@ def _env(container: dict[str, Any], config: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _pod_settings(
+    path: str, container: dict[str, Any], tmp_path: Path
+) -> tuple[dict[str, str], Settings]:
+    """The pod's environment, and the settings the service makes of it. Files the pod mounts
+    are stood in for by local copies (the task) or empty files (the CA, the passwords)."""
+    config_name = container["envFrom"][0]["configMapRef"]["name"]
+    config = next(
+        c["data"] for c in objects(path, "ConfigMap") if c["metadata"]["name"] == config_name
+    )
+    env = _env(container, config)
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    local = dict(env)
+    for name, value in env.items():
+        if value.startswith("/etc/escalator/"):
+            assert any(value.startswith(m + "/") for m in mounted), (name, value)
+            stand_in = tmp_path / name
+            stand_in.write_text(task_json(path) if name == "ESCALATOR_TASK_FILE" else "")
+            local[name] = str(stand_in)
+    return env, load_settings({**local, "ANTHROPIC_API_KEY": "sk-placeholder"})
+
+
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 @pytest.mark.parametrize(
     ("tier", "topic_var", "group"),
@@ -169,23 +190,8 @@ def test_each_tier_is_configured_consistently(
     deployment = named(path, "Deployment", f"escalator-{tier}")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    config_name = container["envFrom"][0]["configMapRef"]["name"]
-    config = next(
-        c["data"] for c in objects(path, "ConfigMap") if c["metadata"]["name"] == config_name
-    )
-    env = _env(container, config)
-
-    # The configuration the pod gets is one the service accepts at start-up. Files the pod
-    # mounts are stood in for by local copies (the task) or empty files (the CA).
-    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    local = dict(env)
-    for name, value in env.items():
-        if value.startswith("/etc/escalator/"):
-            assert any(value.startswith(m + "/") for m in mounted), (name, value)
-            stand_in = tmp_path / name
-            stand_in.write_text(task_json(path) if name == "ESCALATOR_TASK_FILE" else "")
-            local[name] = str(stand_in)
-    settings = load_settings({**local, "ANTHROPIC_API_KEY": "sk-placeholder"})
+    # The configuration the pod gets is one the service accepts at start-up.
+    env, settings = _pod_settings(path, container, tmp_path)
     assert container["args"] == ["run", "--tier", tier]
     assert settings.pipeline.shutdown_grace_s < pod["terminationGracePeriodSeconds"]
 
@@ -225,7 +231,7 @@ def test_each_tier_is_configured_consistently(
     assert not selector.items() <= other["spec"]["template"]["metadata"]["labels"].items()
 
     # The metrics Service selects this tier's pods, and the ServiceMonitor selects the Service.
-    service = next(iter(objects(path, "Service")))
+    service = named(path, "Service", "escalator-metrics")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     monitor = next(iter(objects(path, "ServiceMonitor")))
     assert (
@@ -252,3 +258,59 @@ def task_json(path: str) -> str:
 def test_the_task_in_the_config_map_is_a_valid_task() -> None:
     task = parse_task(task_json("deploy/k8s/base").encode(), "deploy task.json")
     assert task.labels == load_task(None).labels
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_review_console_is_configured_consistently(path: str, tmp_path: Path) -> None:
+    """One console replica (leases live in its memory), never two during a rollout; the page
+    on every interface behind its Service, Secure cookies, passwords from a Secret mounted
+    read-only; probes and metrics on the metrics port, scraped like the tiers."""
+    deployment = named(path, "Deployment", "escalator-review")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env, settings = _pod_settings(path, container, tmp_path)
+    assert container["args"] == ["review", "serve"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    scaled = {s["spec"]["scaleTargetRef"]["name"] for s in objects(path, "ScaledObject")}
+    assert deployment["metadata"]["name"] not in scaled, "no autoscaling: leases are in memory"
+    rv = settings.review
+    assert rv.host == "0.0.0.0" and rv.secure_cookies is True
+    assert rv.passwords_file is not None and rv.tokens_file is None
+    assert settings.pipeline.shutdown_grace_s < pod["terminationGracePeriodSeconds"]
+    assert "ANTHROPIC_API_KEY" not in env, "the console calls no model"
+
+    # The credentials file comes from a Secret, mounted read-only.
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    (mount,) = [
+        m
+        for m in container["volumeMounts"]
+        if env["ESCALATOR_REVIEW_PASSWORDS_FILE"].startswith(m["mountPath"] + "/")
+    ]
+    assert mount["name"] in secret_volumes and mount["readOnly"] is True
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert {"requests", "limits"} <= set(container["resources"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == settings.metrics_port and ports["http"] == rv.port
+    for probe, where in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": where, "port": "metrics"}
+
+    # Its Service selects the console's pods and no tier's, on the page's port; the metrics
+    # Service (and so the ServiceMonitor) selects the console too.
+    pod_labels = spec["template"]["metadata"]["labels"]
+    service = named(path, "Service", "escalator-review")
+    selector = service["spec"]["selector"]
+    assert selector.items() <= pod_labels.items()
+    for tier in ("cheap", "strong"):
+        other = named(path, "Deployment", f"escalator-{tier}")
+        assert not selector.items() <= other["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    metrics = named(path, "Service", "escalator-metrics")
+    assert metrics["spec"]["selector"].items() <= pod_labels.items()
+    monitor = next(iter(objects(path, "ServiceMonitor")))
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    ), "the ServiceMonitor scrapes the metrics Service, not the page"
