@@ -30,7 +30,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -106,6 +106,7 @@ class ReviewConsumer:
         max_text_chars: int,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        read_decided: Callable[[int], Awaitable[set[str]]] | None = None,
     ) -> None:
         self._kafka = kafka
         self._consumer = consumer
@@ -125,6 +126,7 @@ class ReviewConsumer:
         self._lock = asyncio.Lock()  # commits and partition moves, one at a time
         self._paused = False
         self._lag: dict[TopicPartition, int] = {}
+        self._read_decided = read_decided or self._decided_since
         metrics.review_age_bound.set(settings.max_age_s)
 
     @classmethod
@@ -250,10 +252,7 @@ class ReviewConsumer:
         if not waiting:
             return
         since = min(ts for _, p in waiting for _, ts, _, _, _ in p.held) - RECOVERY_SKEW_MS
-        async for record in read_to_end(self._kafka, self._topics.decisions, since_ms=since):
-            review_id = _review_id(record.value)
-            if review_id is not None:
-                self._decided.add(review_id)
+        self._decided |= await self._read_decided(since)
         for tp, part in waiting:
             if self._parts.get(tp) is not part:
                 continue
@@ -263,6 +262,15 @@ class ReviewConsumer:
                 self._add(tp, part, offset, item)
         log(logger, "review_recovered", partitions=len(waiting), decided=len(self._decided))
         await self._commit(list(self._parts))
+
+    async def _decided_since(self, since_ms: int) -> set[str]:
+        """The review ids of every human decision on the decisions topic since then."""
+        found: set[str] = set()
+        async for record in read_to_end(self._kafka, self._topics.decisions, since_ms=since_ms):
+            review_id = _review_id(record.value)
+            if review_id is not None:
+                found.add(review_id)
+        return found
 
     async def _dead_letter(
         self,

@@ -114,10 +114,13 @@ class ReviewPolicy:
         return None
 
     def adjudication_rate(self, cheap: Attempt, strong: Attempt) -> float:
-        """The probability that a request with these two answers is put before a person."""
-        if not (cheap.valid and strong.valid):
-            return 0.0
-        return self.adjudicate_agree if cheap.label == strong.label else self.adjudicate_disagree
+        """The probability that a request with these two answers is put before a person: the
+        agree rate when both are valid with the same label, else the disagree rate (an invalid,
+        refused or missing cheap answer, or a strong refusal, differs), so that every request
+        the strong tier answered has a known chance (calibration/human.py relies on it)."""
+        if cheap.valid and strong.valid and cheap.label == strong.label:
+            return self.adjudicate_agree
+        return self.adjudicate_disagree
 
 
 def _headers(record: Record) -> Headers:
@@ -428,7 +431,8 @@ class StrongHandler(_Base):
         rate = self.review.adjudication_rate(escalation.cheap, attempt)
         if rate <= 0.0 or self.rng.random() >= rate:
             return []
-        agree = escalation.cheap.label == attempt.label
+        cheap = escalation.cheap
+        agree = cheap.valid and attempt.valid and cheap.label == attempt.label
         reason = "sampled_agree" if agree else "sampled_disagree"
         self.metrics.adjudications_sampled.labels(reason).inc()
         value = self._item(escalation, attempt, "adjudication", reason, rate)
