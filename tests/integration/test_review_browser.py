@@ -27,13 +27,19 @@ from typing import Protocol
 
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page, async_playwright
 
-from escalator.contract.reviews import Queue, ReviewItem
+from escalator.calibration.decisions_log import read_topic
+from escalator.config import Settings, load_settings
+from escalator.contract.reviews import Queue, ReviewItem, review_item_value
+from escalator.observability.metrics import Metrics
 from escalator.review.auth import Authenticator, hash_secret
+from escalator.review.consumer import ReviewConsumer
 from escalator.review.queues import ReviewQueues
 from escalator.review.web import ReviewConsole
 from tests.conftest import repo_root
+from tests.integration.harness import make_env, setup_topics
 from tests.unit.review_fakes import FakeReviewQueues, Recorded, make_item
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -89,14 +95,101 @@ async def memory_backend() -> AsyncIterator[ConsoleBackend]:
     yield MemoryBackend(FakeReviewQueues())
 
 
-BACKENDS: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[ConsoleBackend]]] = {
-    "memory": memory_backend,
+@dataclass
+class KafkaBackend:
+    """The real queues (review/consumer.py) on the test broker: an item is put on the
+    reviews topic, and a decision counts once its records are on the decisions topic and,
+    for the reviews queue, the results topic."""
+
+    queues: ReviewConsumer
+    settings: Settings
+    producer: AIOKafkaProducer
+
+    async def put(self, item: ReviewItem) -> None:
+        topic = self.settings.topics.reviews
+        await self.producer.send_and_wait(topic, review_item_value(item), key=b"k")
+        await wait_for(self._holds(item), timeout_s=60)
+
+    def _holds(self, item: ReviewItem) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return item in self.queues.waiting(item.queue)
+
+        return check
+
+    async def decided(self) -> list[Recorded]:
+        topics = self.settings.topics
+        results = {r["id"]: r for r in await read_topic(self.settings.kafka, topics.results)}
+        out = []
+        for d in await read_topic(self.settings.kafka, topics.decisions):
+            if d.get("outcome") != "human":
+                continue
+            review = d["review"]
+            if review["queue"] == "review":
+                result = results.get(d["id"])
+                if result is None:
+                    continue  # not acknowledged on both topics yet
+                assert (result["tier"], result["reviewer"]) == ("human", review["reviewer"])
+                assert result["label"] == d["gold_label"]
+            out.append(
+                Recorded(review["review_id"], review["reviewer"], d["gold_label"], review["note"])
+            )
+        return out
+
+
+@contextlib.asynccontextmanager
+async def kafka_backend(where: tuple[str, str]) -> AsyncIterator[ConsoleBackend]:
+    bootstrap, unique = where
+    env = make_env(bootstrap, "http://127.0.0.1:9", unique)
+    settings = load_settings(env)
+    await setup_topics(settings)
+    queues = ReviewConsumer.from_settings(settings, Metrics())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        async with queues:
+            task = asyncio.create_task(queues.run())
+            try:
+                await asyncio.wait_for(queues.wait_joined(), 60)
+                yield KafkaBackend(queues, settings, producer)
+            finally:
+                queues.stop()
+                await task
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def memory(where: tuple[str, str]) -> AsyncIterator[ConsoleBackend]:
+    async with memory_backend() as backend:
+        yield backend
+
+
+BACKENDS: dict[
+    str,
+    Callable[[tuple[str, str]], contextlib.AbstractAsyncContextManager[ConsoleBackend]],
+] = {
+    "memory": memory,
+    "kafka": kafka_backend,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-async def console_backend(request: pytest.FixtureRequest) -> AsyncIterator[ConsoleBackend]:
-    async with BACKENDS[request.param]() as backend:
+def backend_kind(request: pytest.FixtureRequest) -> tuple[str, tuple[str, str]]:
+    # Synchronous on purpose: the broker fixture starts Kafka with asyncio.run, which cannot
+    # run inside the async fixture's loop. The memory backend never starts a broker.
+    if request.param == "kafka":
+        where = (request.getfixturevalue("kafka_bootstrap"), request.getfixturevalue("unique"))
+    else:
+        where = ("", "")
+    return request.param, where
+
+
+@pytest.fixture
+async def console_backend(
+    backend_kind: tuple[str, tuple[str, str]],
+) -> AsyncIterator[ConsoleBackend]:
+    kind, where = backend_kind
+    async with BACKENDS[kind](where) as backend:
         yield backend
 
 
@@ -172,7 +265,7 @@ async def decide_by_key(page: Page, key: str) -> None:
         await page.keyboard.press(key)
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
     """Poll ``check`` until it holds: a real backend records decisions asynchronously."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await check():

@@ -29,7 +29,8 @@ class Rec:
     offset: int
     value: bytes | None
     timestamp: int = 1_000_000
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes], ...] = (("traceparent", b"00-abc-01"),)
+    key: bytes | None = b"request-key"
 
 
 class FakeConsumer:
@@ -72,12 +73,16 @@ class FakeConsumer:
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.keys: list[bytes | None] = []
+        self.headers: dict[str, Any] = {}
         self.fail = False
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
             from aiokafka.errors import KafkaTimeoutError
@@ -85,6 +90,8 @@ class FakeProducer:
             future.set_exception(KafkaTimeoutError())
         else:
             self.sent.append((topic, value))
+            self.keys.append(key)
+            self.headers[topic] = headers
             future.set_result(None)
         return future
 
@@ -209,6 +216,8 @@ async def test_a_decision_publishes_a_result_and_a_human_decision_then_commits()
     assert await q.decide(lease.id, "alice", None, "none fit") == "done"
     topics = sorted(t for t, _ in producer.sent)
     assert topics == [TOPICS.decisions, TOPICS.results]
+    assert producer.keys == [b"request-key", b"request-key"]
+    assert producer.headers[TOPICS.results] == [("traceparent", b"00-abc-01")]
     result = orjson.loads(next(v for t, v in producer.sent if t == TOPICS.results))
     assert (result["label"], result["reviewer"], result["tier"]) == (None, "alice", "human")
     assert consumer.committed == 1

@@ -243,7 +243,8 @@ def human_result_value(item: ReviewItem, verdict: Verdict) -> bytes:
             "escalation_reason": item.escalation_reason,
             "attempts": attempts,
             "cost_usd": round(sum(a.cost_usd for a in attempts), 10),
-            "refusal_category": None,
+            # A refusal handed on (strong_refused) keeps its category for downstream.
+            "refusal_category": item.strong.refusal_category,
             "metadata": item.request.metadata,
             "threshold_version": item.threshold_version,
             "decided_at": iso_from(now),

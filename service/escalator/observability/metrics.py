@@ -337,6 +337,18 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.review_logins = Counter(
+            "escalator_review_logins",
+            "Console sign-ins, by outcome (ok, failed, throttled).",
+            ["outcome"],
+            registry=r,
+        )
+        self.review_skips = Counter(
+            "escalator_review_skips",
+            "Items a reviewer gave back without deciding.",
+            ["queue"],
+            registry=r,
+        )
         self.review_invalid_items = Counter(
             "escalator_review_invalid_items",
             "Records on a review topic that are not review items (dead-lettered).",

@@ -42,7 +42,7 @@ SCRYPT_P = 1
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 #: Reviewer ids go into decision records and the page: a plain, printable alphabet.
-_REVIEWER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+REVIEWER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _SHA256 = re.compile(r"sha256\$([0-9a-f]{64})")
 
 
@@ -117,8 +117,8 @@ class Authenticator:
         self._tokens: dict[str, bytes] = {}
         self._passwords: dict[str, _Scrypt] = {}
         for reviewer, text in hashes.items():
-            if not _REVIEWER.fullmatch(reviewer):
-                raise ValueError(f"reviewer id {reviewer!r} must match {_REVIEWER.pattern}")
+            if not REVIEWER_RE.fullmatch(reviewer):
+                raise ValueError(f"reviewer id {reviewer!r} must match {REVIEWER_RE.pattern}")
             if kind == "token":
                 m = _SHA256.fullmatch(text)
                 if m is None:

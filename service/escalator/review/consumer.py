@@ -30,8 +30,10 @@ import logging
 import random
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -64,6 +66,29 @@ logger = logging.getLogger("escalator.review")
 #: item's timestamp is the strong tier's clock, the decision's is this console's.
 RECOVERY_SKEW_MS = 5 * 60 * 1000
 NOTE_MAX_CHARS = 2000
+#: Review ids remembered as decided, at most (the oldest are forgotten first). A repeat older
+#: than this many decisions is not recognised in memory; the recovery scan still finds it.
+DECIDED_MEMORY = 200_000
+
+
+class _Seen:
+    """A bounded set of review ids, oldest forgotten first."""
+
+    def __init__(self, limit: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def add(self, review_id: str) -> None:
+        self._ids[review_id] = None
+        self._ids.move_to_end(review_id)
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+
+    def seen(self, review_id: str) -> bool:
+        return review_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 @dataclass(slots=True)
@@ -71,6 +96,10 @@ class _Entry:
     item: ReviewItem
     tp: TopicPartition
     offset: int
+    #: The review item's key (the request's key) and propagated headers (traceparent...):
+    #: the human result carries them, as every other result does.
+    key: bytes | None = None
+    headers: Headers = field(default_factory=list)
     lease: Lease | None = None
     deciding: bool = False
     done: bool = False
@@ -86,9 +115,7 @@ class _Partition:
     committed: int = -1
     #: Until its first records are checked against the decisions log, none is shown.
     recovering: bool = True
-    held: list[tuple[int, int, ReviewItem | None, bytes | None, Headers]] = field(
-        default_factory=list
-    )
+    held: list[tuple[int, _Entry]] = field(default_factory=list)  # (timestamp, entry)
 
 
 class ReviewConsumer:
@@ -120,7 +147,7 @@ class ReviewConsumer:
         self._queue_of = {topics.reviews: "review", topics.adjudications: "adjudication"}
         self._parts: dict[TopicPartition, _Partition] = {}
         self._leases: dict[str, _Entry] = {}
-        self._decided: set[str] = set()
+        self._decided = _Seen(DECIDED_MEMORY)
         self._stop = asyncio.Event()
         self._joined = asyncio.Event()
         self._lock = asyncio.Lock()  # commits and partition moves, one at a time
@@ -183,14 +210,7 @@ class ReviewConsumer:
                 if part is None:
                     continue  # revoked meanwhile: the next owner fetches these again
                 for record in records:
-                    await self._take(
-                        tp,
-                        part,
-                        record.offset,
-                        record.timestamp,
-                        record.value,
-                        list(record.headers or ()),
-                    )
+                    await self._take(tp, part, record)
             await self._recover()
             self._expire()
             await self._refresh()
@@ -213,53 +233,42 @@ class ReviewConsumer:
                     if entry.lease is not None:
                         self._leases.pop(entry.lease.id, None)
 
-    async def _take(
-        self,
-        tp: TopicPartition,
-        part: _Partition,
-        offset: int,
-        timestamp: int,
-        value: bytes | None,
-        headers: Headers,
-    ) -> None:
+    async def _take(self, tp: TopicPartition, part: _Partition, record: Any) -> None:
         queue = self._queue_of.get(tp.topic, "review")
+        headers = propagated_headers(record.headers)
         try:
-            item: ReviewItem | None = parse_review_item(value, self._max_text_chars)
+            item = parse_review_item(record.value, self._max_text_chars)
         except InvalidRequest as exc:
-            await self._dead_letter(tp, offset, value, headers, exc, queue)
-            part.settled.add(offset)
+            await self._dead_letter(tp, record, headers, exc, queue)
+            part.settled.add(record.offset)
             return
+        entry = _Entry(item, tp, record.offset, record.key, headers)
         if part.recovering:
-            part.held.append((offset, timestamp, item, value, headers))
+            part.held.append((record.timestamp, entry))
             return
-        self._add(tp, part, offset, item)
+        self._add(part, entry)
 
-    def _add(
-        self, tp: TopicPartition, part: _Partition, offset: int, item: ReviewItem | None
-    ) -> None:
-        if item is None:
-            part.settled.add(offset)
-            return
-        entry = _Entry(item, tp, offset)
-        if item.review_id in self._decided:
+    def _add(self, part: _Partition, entry: _Entry) -> None:
+        if self._decided.seen(entry.item.review_id):
             entry.done = True
-            self._metrics.review_duplicates.labels(item.queue).inc()
-        part.entries[offset] = entry
+            self._metrics.review_duplicates.labels(entry.item.queue).inc()
+        part.entries[entry.offset] = entry
 
     async def _recover(self) -> None:
         """Mark items of newly assigned partitions that were decided before they came back."""
         waiting = [(tp, p) for tp, p in self._parts.items() if p.recovering and p.held]
         if not waiting:
             return
-        since = min(ts for _, p in waiting for _, ts, _, _, _ in p.held) - RECOVERY_SKEW_MS
-        self._decided |= await self._read_decided(since)
+        since = min(ts for _, p in waiting for ts, _ in p.held) - RECOVERY_SKEW_MS
+        for review_id in await self._read_decided(since):
+            self._decided.add(review_id)
         for tp, part in waiting:
             if self._parts.get(tp) is not part:
                 continue
             part.recovering = False
             held, part.held = part.held, []
-            for offset, _, item, _, _ in held:
-                self._add(tp, part, offset, item)
+            for _, entry in held:
+                self._add(part, entry)
         log(logger, "review_recovered", partitions=len(waiting), decided=len(self._decided))
         await self._commit(list(self._parts))
 
@@ -273,17 +282,13 @@ class ReviewConsumer:
         return found
 
     async def _dead_letter(
-        self,
-        tp: TopicPartition,
-        offset: int,
-        value: bytes | None,
-        headers: Headers,
-        error: InvalidRequest,
-        queue: str,
+        self, tp: TopicPartition, record: Any, headers: Headers, error: InvalidRequest, queue: str
     ) -> None:
+        """Like the tiers': the original key, value and headers, plus why and where from."""
+        offset = record.offset
         self._metrics.review_invalid_items.labels(queue).inc()
         out = dead_letter_headers(
-            propagated_headers(headers),
+            headers,
             reason=error.reason,
             error=error,
             topic=tp.topic,
@@ -291,7 +296,8 @@ class ReviewConsumer:
             offset=offset,
             tier="review",
         )
-        await (await self._producer.send(self._topics.dead_letter, value or b"", headers=out))
+        topic = self._topics.dead_letter
+        await (await self._producer.send(topic, record.value or b"", key=record.key, headers=out))
         log(
             logger,
             "dead_letter",
@@ -337,6 +343,11 @@ class ReviewConsumer:
             for e in p.entries.values()
             if e.item.queue == queue and not e.done
         ]
+
+    def waiting(self, queue: Queue) -> list[ReviewItem]:
+        """The items of ``queue`` this console holds undecided, oldest first (leased too)."""
+        entries = sorted(self._waiting(queue), key=lambda e: (e.item.created_ms, e.offset))
+        return [e.item for e in entries]
 
     def stats(self) -> list[QueueStat]:
         now_ms = self._clock() * 1000
@@ -412,14 +423,14 @@ class ReviewConsumer:
         if entry is None or self._parts.get(entry.tp) is None:
             return self._count("review", reviewer, "lost")
         item = entry.item
-        if entry.done or entry.deciding or item.review_id in self._decided:
+        if entry.done or entry.deciding or self._decided.seen(item.review_id):
             self._metrics.review_duplicates.labels(item.queue).inc()
             return self._count(item.queue, reviewer, "duplicate")
         held = entry.lease
         if held is not None and held.id != lease_id:
             return self._count(item.queue, reviewer, "lost")  # expired and taken by another
         if label is not None and label not in item.labels:
-            return "invalid"
+            return self._count(item.queue, reviewer, "invalid")
         shown = self._leases_shown(lease_id, entry)
         verdict = Verdict(
             reviewer=reviewer,
@@ -461,7 +472,7 @@ class ReviewConsumer:
     async def _publish(self, entry: _Entry, verdict: Verdict) -> None:
         """The decision (and, for the reviews queue, the result); returns once acknowledged."""
         item = entry.item
-        key = item.request.id.encode()
+        key = entry.key or item.request.id.encode()
         source = f"{entry.tp.topic}/{entry.tp.partition}/{entry.offset}"
         sends = [
             await self._producer.send(
@@ -469,9 +480,10 @@ class ReviewConsumer:
             )
         ]
         if item.queue == "review":
+            result = human_result_value(item, verdict)
             sends.append(
                 await self._producer.send(
-                    self._topics.results, human_result_value(item, verdict), key=key
+                    self._topics.results, result, key=key, headers=entry.headers or None
                 )
             )
         await asyncio.gather(*sends)

@@ -1,0 +1,96 @@
+"""``escalator review serve``: the review queues over Kafka, the web page in front of them,
+and the operator's port (``/metrics``, ``/healthz``, ``/readyz``), with their lifecycle.
+
+On SIGTERM or SIGINT: stop serving decisions, commit what is decided, leave the group, exit 0.
+Leased, undecided items are not committed: they go back to the queue, for this console's
+next start or another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from escalator.config import Settings
+from escalator.contract.reviews import Queue
+from escalator.observability.health import HealthServer, TierHealth
+from escalator.observability.logs import log
+from escalator.observability.metrics import Metrics
+from escalator.review.auth import Authenticator
+from escalator.review.consumer import ReviewConsumer
+from escalator.review.queues import Outcome
+from escalator.review.web import LoginOutcome, ReviewConsole
+
+logger = logging.getLogger("escalator.review")
+
+
+class MetricsObserver:
+    """What the page reports that the queues do not see: sign-ins and skips."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_login(self, outcome: LoginOutcome) -> None:
+        self._metrics.review_logins.labels(outcome).inc()
+
+    def on_decision(
+        self, queue: Queue, reviewer: str, seconds: float | None, outcome: Outcome
+    ) -> None:
+        return None  # the queues count decisions (review_decisions_total), once
+
+    def on_skip(self, queue: Queue, reviewer: str) -> None:
+        self._metrics.review_skips.labels(queue).inc()
+
+
+async def serve(
+    settings: Settings,
+    auth: Authenticator,
+    *,
+    install_signals: bool = True,
+    on_ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Run the console until a signal (or ``stop`` through ``on_ready``'s caller)."""
+    metrics = Metrics()
+    queues = ReviewConsumer.from_settings(settings, metrics)
+    rv = settings.review
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, queues.stop)
+    try:
+        async with (
+            queues,
+            HealthServer(
+                metrics,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+                live=lambda: True,
+                ready=lambda: [TierHealth("review", queues.joined)],
+            ) as health,
+            ReviewConsole(
+                queues,
+                auth,
+                host=rv.host,
+                port=rv.port,
+                secure_cookies=rv.secure_cookies,
+                observer=MetricsObserver(metrics),
+            ) as console,
+        ):
+            log(
+                logger,
+                "review_console_started",
+                url=console.url,
+                metrics_port=health.port,
+                reviewers=len(auth.reviewers),
+                sign_in=auth.kind,
+            )
+            if on_ready is not None:
+                on_ready(console.url, health.port)
+            await queues.run()
+    finally:
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log(logger, "review_console_stopped")
