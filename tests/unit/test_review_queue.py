@@ -281,3 +281,20 @@ async def test_an_unacknowledged_decision_is_not_done() -> None:
     producer.fail = False
     assert await q.decide(lease.id, "alice", "safe", None) == "done"
     assert consumer.committed == 1
+
+
+async def test_a_skipped_item_comes_back_last_for_whoever_skipped_it() -> None:
+    """Skip gives the item back: the skipper gets the next one, someone else gets it, and the
+    skipper gets it again only when nothing else is left."""
+    q, *_ = await queues([item("a", 1), item("b", 2)])
+    first = q.lease("review", "alice")
+    assert first is not None and first.item.request.id == "a"
+    q.release(first.id, "alice")
+    again = q.lease("review", "alice")
+    assert again is not None and again.item.request.id == "b"
+    other = q.lease("review", "bob")
+    assert other is not None and other.item.request.id == "a"
+    q.release(other.id, "bob")
+    assert await q.decide(again.id, "alice", "safe", None) == "done"
+    last = q.lease("review", "alice")
+    assert last is not None and last.item.request.id == "a"

@@ -144,7 +144,7 @@ async def test_login_works_with_each_kind_of_file(tmp_path: Path, kind: str) -> 
     c = await open_console(auth, FakeReviewQueues(), secure_cookies=False)
     try:
         response = await c.login("ana", "s3cret-value")
-        assert response.status == 303 and response.headers["Location"] == "/"
+        assert response.status == 303 and response.headers["Location"] == "/queue/review"
         page = await c.page("/")
         assert "Signed in as ana" in page and 'href="/queue/review"' in page
         assert c.observed.logins == ["ok"]
@@ -430,7 +430,7 @@ async def test_skip_gives_the_item_back(console: Console) -> None:
     page = await console.page("/queue/review")
     data = {"lease": field_of(page, "lease"), "csrf": field_of(page, "csrf")}
     response = await console.post("/queue/review/skip", data)
-    assert response.status == 303 and response.headers["Location"] == "/"
+    assert response.status == 303 and response.headers["Location"] == "/queue/review"
     lease = console.queues.lease("review", "bob")
     assert lease is not None and lease.item.request.id == "r-1"
     assert console.queues.decisions == [] and console.observed.skips == [("review", "ana")]

@@ -103,6 +103,8 @@ class _Entry:
     lease: Lease | None = None
     deciding: bool = False
     done: bool = False
+    #: Reviewers who gave this item back (skip): they get other items first.
+    skipped: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -375,22 +377,24 @@ class ReviewConsumer:
         for entry in waiting:
             if entry.lease is not None and entry.lease.reviewer == reviewer and not entry.deciding:
                 return entry.lease
-        for entry in sorted(waiting, key=lambda e: (e.item.created_ms, e.offset)):
-            if entry.lease is None and not entry.deciding:
-                now_ms = int(self._clock() * 1000)
-                lease = Lease(
-                    id=secrets.token_urlsafe(16),
-                    queue=queue,
-                    reviewer=reviewer,
-                    item=entry.item,
-                    shown_ms=now_ms,
-                    expires_ms=now_ms + int(self._settings.lease_s * 1000),
-                    order=(0, 1) if self._rng.random() < 0.5 else (1, 0),
-                )
-                entry.lease = lease
-                self._leases[lease.id] = entry
-                return lease
-        return None
+        free = [e for e in waiting if e.lease is None and not e.deciding]
+        if not free:
+            return None
+        # The oldest first; an item this reviewer skipped only when nothing else is left.
+        entry = min(free, key=lambda e: (reviewer in e.skipped, e.item.created_ms, e.offset))
+        now_ms = int(self._clock() * 1000)
+        lease = Lease(
+            id=secrets.token_urlsafe(16),
+            queue=queue,
+            reviewer=reviewer,
+            item=entry.item,
+            shown_ms=now_ms,
+            expires_ms=now_ms + int(self._settings.lease_s * 1000),
+            order=(0, 1) if self._rng.random() < 0.5 else (1, 0),
+        )
+        entry.lease = lease
+        self._leases[lease.id] = entry
+        return lease
 
     def lease_of(self, lease_id: str, reviewer: str) -> Lease | None:
         entry = self._leases.get(lease_id)
@@ -403,6 +407,7 @@ class ReviewConsumer:
         if entry is not None and entry.lease is not None and entry.lease.reviewer == reviewer:
             self._leases.pop(lease_id, None)
             entry.lease = None
+            entry.skipped.add(reviewer)
 
     def _expire(self) -> None:
         now_ms = self._clock() * 1000

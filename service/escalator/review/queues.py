@@ -61,7 +61,8 @@ class ReviewQueues(Protocol):
         ...
 
     def release(self, lease_id: str, reviewer: str) -> None:
-        """Give the item back to the queue (skip) without deciding it."""
+        """Give the item back to the queue (skip) without deciding it; ``lease`` then gives
+        this reviewer other items first, and this one only when nothing else is left."""
         ...
 
     async def decide(

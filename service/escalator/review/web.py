@@ -269,9 +269,9 @@ class _Console:
         if isinstance(lease_id, str):
             self.queues.release(lease_id, identity.reviewer)
             self.observer.on_skip(queue, identity.reviewer)
-        # To the queue list, not the queue: the item given back is the oldest free one, so
-        # the queue page would show it again at once.
-        return _see_other("/")
+        # The queues hand the skipper other items first (ReviewQueues.release), so the queue
+        # page shows the next item, and this one only when nothing else is left.
+        return _see_other(f"/queue/{queue}")
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
