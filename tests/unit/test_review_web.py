@@ -144,7 +144,7 @@ async def test_login_works_with_each_kind_of_file(tmp_path: Path, kind: str) -> 
     c = await open_console(auth, FakeReviewQueues(), secure_cookies=False)
     try:
         response = await c.login("ana", "s3cret-value")
-        assert response.status == 303 and response.headers["Location"] == "/queue/review"
+        assert response.status == 303 and response.headers["Location"] == "/"
         page = await c.page("/")
         assert "Signed in as ana" in page and 'href="/queue/review"' in page
         assert c.observed.logins == ["ok"]
