@@ -162,6 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  reviewed by people: {reviewed} results ({reviewed / max(1, len(people)):.1%}), "
             f"plus {tally.adjudicated} adjudication items (measurement only)"
         )
+        _calibrate_on_people(settings, people, out_dir, simulated)
         print(f"\nAccuracy against people, on phase 4's {len(people)} requests{tag}:")
         print(
             f"  before: the models alone (the strong answer final):  "
@@ -257,6 +258,51 @@ def _compare(name: str, data: Any, threshold: float) -> None:
         f"{c.agreement[0]:.1%} (lower bound {c.agreement_lower[0]:.1%}){acc}, "
         f"${c.cost_per_1k[0]:.4f} per 1,000 requests"
     )
+
+
+def _calibrate_on_people(
+    settings: Settings, samples: list[datasets.Sample], out_dir: Path, simulated: bool
+) -> None:
+    """Phase 4's decisions log, with the (simulated) people's labels, through
+    ``escalator calibrate --objective human`` and ``escalator report --review-cost``."""
+    from escalator.calibration.decisions_log import read_topic, write_jsonl
+    from escalator.cli.main import main as cli
+
+    wanted = {s.id for s in samples}
+    records = [
+        r
+        for r in asyncio.run(read_topic(settings.kafka, settings.topics.decisions))
+        if r.get("id") in wanted
+    ]
+    path = out_dir / "decisions-phase4.jsonl"
+    with path.open("wb") as f:
+        write_jsonl(records, f)
+    tag = " [simulated: the people are the dataset's labels]" if simulated else ""
+    print(
+        f"\nCalibration on human truth{tag}: escalator calibrate --input {path} "
+        "--objective human --target 0.75 --human-budget 0.5"
+    )
+    code = cli(
+        [
+            "calibrate",
+            "--input",
+            str(path),
+            "--objective",
+            "human",
+            "--target",
+            "0.75",
+            "--human-budget",
+            "0.5",
+            "--review-cost",
+            "0.25",
+            "--output",
+            str(out_dir / "thresholds-human.json"),
+        ]
+    )
+    if code == 3:
+        print("  refused (the reason is on stderr): this window is too small for that guarantee")
+    print(f"\nThree-tier cost{tag}: escalator report --input {path} --review-cost 0.25")
+    cli(["report", "--input", str(path), "--review-cost", "0.25"])
 
 
 def _accuracy(tally: Tally, samples: list[datasets.Sample], models_only: bool = False) -> float:
