@@ -223,7 +223,7 @@ class ReviewSettings:
     max_age_s: float = 3600.0
     #: Set the session cookie's Secure flag (serve behind TLS); off for plain loopback.
     secure_cookies: bool = False
-    #: At most this many items are held in the console's memory per process.
+    #: At most this many items per queue are held in the console's memory per process.
     buffer: int = 1000
 
 

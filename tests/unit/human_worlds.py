@@ -58,7 +58,7 @@ class HumanWorld:
 
 def moderation() -> HumanWorld:
     """A cheap model right about 90% of the time when confident, a strong one right about 93%,
-    2% of items for which no label is right; target 0.95 with at most 10% to people."""
+    2% of items for which no label is right; target 0.94 with at most 15% to people."""
     return HumanWorld(
         name="moderation",
         w_cheap=0.6 * _beta(CONF, 20.0, 1.2) + 0.4 * _beta(CONF, 4.0, 2.0),

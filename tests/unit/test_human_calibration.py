@@ -455,14 +455,10 @@ def run_cell(
 
 
 def allowed_failures(reps: int) -> int:
-    """Failures a procedure with error delta shows in 99% of runs (full scale: the plain
-    1 - delta)."""
-    if FULL:
-        return int(np.floor(DELTA * reps))
-    k = 0
-    while binomial.cdf(k, reps, DELTA)[()] < 0.99:
-        k += 1
-    return k
+    """The issue's requirement as it stands, at every scale: the target is met in at least
+    1 - delta (95%) of the repetitions, so at most floor(delta x reps) fail (10 of 200). (The
+    bound is conservative enough that no slack for sampling noise is needed here.)"""
+    return int(np.floor(DELTA * reps))
 
 
 @pytest.mark.timeout(3600 if FULL else 300)
@@ -491,3 +487,17 @@ def test_the_check_fails_a_point_estimate_posing_as_a_bound() -> None:
     fails, refused, _, _ = run_cell(moderation(), CELLS[0], reps, seed=5, broken=True)
     print(f"\nbroken bound: {fails}/{reps} below the target, {refused} refused")
     assert fails > allowed_failures(reps)
+
+
+def test_a_window_whose_adjudication_rate_changed_is_refused() -> None:
+    """Two review rates for agreeing answers in one window: the design is not one design,
+    and the sample is refused naming the variable, rather than weighted wrongly."""
+    changed = [dict(r) for r in tiny_log()]
+    data = pair_decisions(changed)
+    for r in changed:
+        block = r.get("review")
+        if isinstance(block, dict) and block.get("agree") and block.get("queue") == "adjudication":
+            r["review"] = {**block, "review_rate": block["review_rate"] / 2}
+            break
+    with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE changed"):
+        human.human_sample(changed, data)

@@ -137,8 +137,8 @@ async def queues(
 ) -> tuple[ReviewConsumer, FakeConsumer, FakeProducer, Clock, Metrics]:
     consumer, producer, clock, metrics = FakeConsumer(), FakeProducer(), Clock(), Metrics()
 
-    async def read_decided(since_ms: int) -> set[str]:
-        return set(decided or ())
+    async def read_decided(since_ms: int) -> list[str]:
+        return sorted(decided or ())
 
     q = ReviewConsumer(
         kafka=None,  # type: ignore[arg-type]
@@ -298,3 +298,53 @@ async def test_a_skipped_item_comes_back_last_for_whoever_skipped_it() -> None:
     assert await q.decide(again.id, "alice", "safe", None) == "done"
     last = q.lease("review", "alice")
     assert last is not None and last.item.request.id == "a"
+
+
+async def test_two_copies_of_one_item_both_leave_the_queue() -> None:
+    """The same request twice before either is decided (a redelivered hand-off): deciding
+    one makes the other a duplicate that leaves the queue, and the commit passes both."""
+    q, consumer, producer, *_ = await queues([item("a"), item("a"), item("b")])
+    alice, bob = q.lease("review", "alice"), q.lease("review", "bob")
+    assert alice is not None and bob is not None
+    assert alice.item == bob.item  # both copies of a
+    assert await q.decide(alice.id, "alice", "safe", None) == "done"
+    assert await q.decide(bob.id, "bob", "unsafe", None) == "duplicate"
+    again = q.lease("review", "bob")
+    assert again is not None and again.item.request.id == "b"
+    assert await q.decide(again.id, "bob", "safe", None) == "done"
+    assert consumer.committed == 3
+    assert len(producer.sent) == 4  # a and b: a result and a decision each
+
+
+async def test_a_stale_lease_cannot_decide_an_item_that_came_back() -> None:
+    """A lease from before a revocation (expired or not) is lost after the partition is
+    assigned again; the item's new copy is decided once."""
+    q, consumer, producer, clock, _ = await queues([item("a")], lease_s=10)
+    old = q.lease("review", "alice")
+    assert old is not None
+    clock.now += 11
+    q.stats()
+    await q._revoked([TP])
+    q._assigned([TP])
+    consumer.pending = [Rec(0, item("a"))]
+    await pump(q)
+    assert await q.decide(old.id, "alice", "safe", None) == "lost"
+    new = q.lease("review", "bob")
+    assert new is not None
+    assert await q.decide(new.id, "bob", "safe", None) == "done"
+    assert len(producer.sent) == 2 and consumer.committed == 1
+
+
+async def test_the_result_is_acknowledged_before_the_decision_is_sent() -> None:
+    """If the result cannot be written, no decision is either: the recovery scan (which
+    skips items with a decision) can never skip a request whose result was lost."""
+    q, _, producer, *_ = await queues([item("a")])
+    lease = q.lease("review", "alice")
+    assert lease is not None
+    producer.fail = True
+    with pytest.raises(Exception, match=r"Timeout"):
+        await q.decide(lease.id, "alice", "safe", None)
+    assert producer.sent == []
+    producer.fail = False
+    assert await q.decide(lease.id, "alice", "safe", None) == "done"
+    assert [t for t, _ in producer.sent] == [TOPICS.results, TOPICS.decisions]

@@ -166,6 +166,15 @@ def human_sample(
                 f"no adjudicated {'agreeing' if agree else 'differing'} answers with a review "
                 f"rate in (0, 1]: the design is unknown (set ESCALATOR_ADJUDICATE_{name} > 0)"
             )
+    for agree, name in ((True, "AGREE"), (False, "DISAGREE")):
+        if max(rates[agree]) != min(rates[agree]):
+            # One rate per window: with a changed rate the requests seen before the change
+            # would be weighted by the wrong probability. Fail closed.
+            raise CalibrationError(
+                f"ESCALATOR_ADJUDICATE_{name} changed within the window (review rates "
+                f"{min(rates[agree]):g} to {max(rates[agree]):g}): calibrate on a window with "
+                "one rate (--since after the change)"
+            )
     q_a, q_d = min(rates[True]), min(rates[False])
 
     def answer(a: dict[str, Any]) -> tuple[float, int]:

@@ -121,9 +121,6 @@ def parse_task(raw: bytes, source: str) -> Task:
         flags[name] = data.get(name, False)
         if not isinstance(flags[name], bool):
             raise ConfigError(f"{source}: '{name}' must be true or false")
-    if len(labels) > 9:
-        # The review console picks a label with keys 1-9.
-        raise ConfigError(f"{source}: at most 9 labels (the review console's keys 1-9)")
     return Task(
         name=str(data.get("name", "custom")),
         version=str(data.get("version", "1")),

@@ -251,7 +251,8 @@ class Sessions:
 
 
 class LoginThrottle:
-    """At most ``failures`` failed logins per client address in ``window_s``; then a wait."""
+    """At most ``failures`` failed logins per client (address and reviewer id) in
+    ``window_s``; then a wait."""
 
     def __init__(
         self, failures: int = 5, window_s: float = 60.0, clock: Callable[[], float] = time.time

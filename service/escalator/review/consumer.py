@@ -66,6 +66,8 @@ logger = logging.getLogger("escalator.review")
 #: item's timestamp is the strong tier's clock, the decision's is this console's.
 RECOVERY_SKEW_MS = 5 * 60 * 1000
 NOTE_MAX_CHARS = 2000
+#: On a revocation, how long a decision being published may take to finish.
+REVOKE_WAIT_S = 10.0
 #: Review ids remembered as decided, at most (the oldest are forgotten first). A repeat older
 #: than this many decisions is not recognised in memory; the recovery scan still finds it.
 DECIDED_MEMORY = 200_000
@@ -135,7 +137,7 @@ class ReviewConsumer:
         max_text_chars: int,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        read_decided: Callable[[int], Awaitable[set[str]]] | None = None,
+        read_decided: Callable[[int], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._kafka = kafka
         self._consumer = consumer
@@ -153,7 +155,9 @@ class ReviewConsumer:
         self._stop = asyncio.Event()
         self._joined = asyncio.Event()
         self._lock = asyncio.Lock()  # commits and partition moves, one at a time
-        self._paused = False
+        self._publishing = 0  # decisions being published now; _idle is set when none is
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._lag: dict[TopicPartition, int] = {}
         self._read_decided = read_decided or self._decided_since
         metrics.review_age_bound.set(settings.max_age_s)
@@ -226,14 +230,20 @@ class ReviewConsumer:
 
     async def _revoked(self, tps: Iterable[TopicPartition]) -> None:
         gone = [tp for tp in tps if tp in self._parts]
+        # A decision being published now finishes first (bounded), so that its commit goes
+        # with this revocation and the next owner does not show the item again.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), REVOKE_WAIT_S)
         async with self._lock:
             with contextlib.suppress(KafkaError):
                 await self._commit_unlocked(gone)
             for tp in gone:
-                part = self._parts.pop(tp)
-                for entry in part.entries.values():
-                    if entry.lease is not None:
-                        self._leases.pop(entry.lease.id, None)
+                self._parts.pop(tp)
+            # Every lease into those partitions ends, expired ones too: a stale lease id must
+            # not decide an item that has come back as a new entry.
+            for lease_id, entry in list(self._leases.items()):
+                if entry.tp in gone:
+                    del self._leases[lease_id]
 
     async def _take(self, tp: TopicPartition, part: _Partition, record: Any) -> None:
         queue = self._queue_of.get(tp.topic, "review")
@@ -274,13 +284,14 @@ class ReviewConsumer:
         log(logger, "review_recovered", partitions=len(waiting), decided=len(self._decided))
         await self._commit(list(self._parts))
 
-    async def _decided_since(self, since_ms: int) -> set[str]:
-        """The review ids of every human decision on the decisions topic since then."""
-        found: set[str] = set()
+    async def _decided_since(self, since_ms: int) -> list[str]:
+        """The review ids of every human decision on the decisions topic since then, in the
+        order read (so that the bounded memory forgets the oldest first)."""
+        found: list[str] = []
         async for record in read_to_end(self._kafka, self._topics.decisions, since_ms=since_ms):
             review_id = _review_id(record.value)
             if review_id is not None:
-                found.add(review_id)
+                found.append(review_id)
         return found
 
     async def _dead_letter(
@@ -425,11 +436,16 @@ class ReviewConsumer:
         self, lease_id: str, reviewer: str, label: str | None, note: str | None
     ) -> Outcome:
         entry = self._leases.get(lease_id)
-        if entry is None or self._parts.get(entry.tp) is None:
-            return self._count("review", reviewer, "lost")
+        part = self._parts.get(entry.tp) if entry is not None else None
+        if entry is None or part is None or part.entries.get(entry.offset) is not entry:
+            return self._count("review", reviewer, "lost")  # its partition moved meanwhile
         item = entry.item
-        if entry.done or entry.deciding or self._decided.seen(item.review_id):
-            self._metrics.review_duplicates.labels(item.queue).inc()
+        if entry.deciding:
+            return self._count(item.queue, reviewer, "duplicate")  # a double submit
+        if entry.done or self._decided.seen(item.review_id):
+            # Decided already (this entry, or another copy of the same item): this copy is
+            # done too, so that it leaves the queue and the watermark passes it.
+            await self._settle_duplicate(entry)
             return self._count(item.queue, reviewer, "duplicate")
         held = entry.lease
         if held is not None and held.id != lease_id:
@@ -444,14 +460,20 @@ class ReviewConsumer:
             seconds=max(0.0, self._clock() - shown / 1000),
         )
         entry.deciding = True
+        self._publishing += 1
+        self._idle.clear()
         try:
             await self._publish(entry, verdict)
+            # Done before a waiting revocation resumes (finally), so that its commit counts it.
+            entry.done = True
+            entry.lease = None
+            self._leases.pop(lease_id, None)
+            self._decided.add(item.review_id)
         finally:
             entry.deciding = False
-        entry.done = True
-        entry.lease = None
-        self._leases.pop(lease_id, None)
-        self._decided.add(item.review_id)
+            self._publishing -= 1
+            if self._publishing == 0:
+                self._idle.set()
         self._metrics.review_seconds.labels(item.queue).observe(verdict.seconds)
         log(
             logger,
@@ -468,6 +490,17 @@ class ReviewConsumer:
             log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
         return self._count(item.queue, reviewer, "done")
 
+    async def _settle_duplicate(self, entry: _Entry) -> None:
+        self._metrics.review_duplicates.labels(entry.item.queue).inc()
+        entry.done = True
+        if entry.lease is not None:
+            self._leases.pop(entry.lease.id, None)
+            entry.lease = None
+        try:
+            await self._commit([entry.tp])
+        except KafkaError as exc:
+            log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
+
     def _leases_shown(self, lease_id: str, entry: _Entry) -> int:
         lease = entry.lease
         if lease is not None and lease.id == lease_id:
@@ -475,23 +508,21 @@ class ReviewConsumer:
         return int(self._clock() * 1000)
 
     async def _publish(self, entry: _Entry, verdict: Verdict) -> None:
-        """The decision (and, for the reviews queue, the result); returns once acknowledged."""
+        """The result (reviews queue) and then the decision; returns once both are
+        acknowledged. In this order, a decision on the log means its result is on the results
+        topic: the recovery scan, which skips items with a decision, never skips one whose
+        result was lost."""
         item = entry.item
         key = entry.key or item.request.id.encode()
         source = f"{entry.tp.topic}/{entry.tp.partition}/{entry.offset}"
-        sends = [
-            await self._producer.send(
-                self._topics.decisions, human_decision_value(item, verdict, source), key=key
-            )
-        ]
         if item.queue == "review":
             result = human_result_value(item, verdict)
-            sends.append(
-                await self._producer.send(
-                    self._topics.results, result, key=key, headers=entry.headers or None
-                )
+            headers = entry.headers or None
+            await (
+                await self._producer.send(self._topics.results, result, key=key, headers=headers)
             )
-        await asyncio.gather(*sends)
+        decision = human_decision_value(item, verdict, source)
+        await (await self._producer.send(self._topics.decisions, decision, key=key))
 
     def _count(self, queue: str, reviewer: str, outcome: Outcome) -> Outcome:
         self._metrics.review_decisions.labels(queue, reviewer, outcome).inc()
@@ -511,15 +542,16 @@ class ReviewConsumer:
             self._metrics.review_depth.labels(stat.queue).set(stat.depth)
             self._metrics.review_leased.labels(stat.queue).set(stat.leased)
             self._metrics.review_oldest_age.labels(stat.queue).set(stat.oldest_age_s or 0.0)
-        held = sum(len(p.entries) for p in self._parts.values())
-        full = held >= self._settings.buffer
-        if full != self._paused:
-            tps = list(self._parts)
-            if full:
+        # Back-pressure per queue: a backlog of adjudications never stops the reviews topic
+        # (whose requests wait for their results). Applied on every pass, so partitions
+        # assigned meanwhile follow it too.
+        for topic in self._queue_of:
+            tps = [tp for tp in self._parts if tp.topic == topic]
+            held = sum(len(self._parts[tp].entries) for tp in tps)
+            if held >= self._settings.buffer:
                 self._consumer.pause(*tps)
             else:
                 self._consumer.resume(*tps)
-            self._paused = full
 
 
 def _watermark(part: _Partition) -> int | None:

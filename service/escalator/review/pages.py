@@ -21,7 +21,10 @@ KEYS = 9
 #: What each outcome of ``decide`` tells the reviewer, above their next item.
 OUTCOME_TEXT: dict[Outcome, str] = {
     "done": "Decision recorded.",
-    "duplicate": "This item was already decided; your decision was counted once.",
+    "duplicate": (
+        "This item was already decided (or is being decided); the first decision stands and "
+        "yours was not recorded."
+    ),
     "lost": "Your lease expired; the item went back to the queue and nothing was recorded.",
     "invalid": "That label is not one of this item's labels; nothing was recorded.",
 }

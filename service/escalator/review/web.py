@@ -171,13 +171,15 @@ class _Console:
     async def login(self, request: web.Request) -> web.Response:
         if not self.same_origin(request):
             return _html(pages.message_page("Refused", "Cross-site sign-in."), 403)
-        client = request.remote or "?"
+        form = await request.post()
+        reviewer, secret = form.get("reviewer"), form.get("secret")
+        # Per address *and* reviewer id: behind an ingress every client has the same address,
+        # and one person's typos must not lock the others out.
+        client = f"{request.remote or '?'}|{reviewer.strip() if isinstance(reviewer, str) else ''}"
         if self.throttle.blocked(client):
             self.observer.on_login("throttled")
             page = pages.login_page(self.auth.kind, "Too many failed attempts; wait a minute.")
             return _html(page, 429)
-        form = await request.post()
-        reviewer, secret = form.get("reviewer"), form.get("secret")
         ok = (
             isinstance(reviewer, str)
             and isinstance(secret, str)
