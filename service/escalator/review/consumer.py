@@ -30,12 +30,9 @@ import logging
 import random
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
@@ -46,7 +43,6 @@ from escalator.contract.messages import (
     propagated_headers,
 )
 from escalator.contract.reviews import (
-    HUMAN,
     QUEUES,
     Queue,
     ReviewItem,
@@ -59,6 +55,14 @@ from escalator.errors import InvalidRequest
 from escalator.kafka.clients import make_consumer, make_producer, read_to_end
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
+from escalator.review.ledger import (
+    DECIDED_MEMORY,
+    Entry,
+    PartitionLedger,
+    SeenIds,
+    review_id_of,
+    watermark,
+)
 from escalator.review.queues import Lease, Outcome, QueueStat
 
 logger = logging.getLogger("escalator.review")
@@ -68,58 +72,6 @@ RECOVERY_SKEW_MS = 5 * 60 * 1000
 NOTE_MAX_CHARS = 2000
 #: On a revocation, how long a decision being published may take to finish.
 REVOKE_WAIT_S = 10.0
-#: Review ids remembered as decided, at most (the oldest are forgotten first). A repeat older
-#: than this many decisions is not recognised in memory; the recovery scan still finds it.
-DECIDED_MEMORY = 200_000
-
-
-class _Seen:
-    """A bounded set of review ids, oldest forgotten first."""
-
-    def __init__(self, limit: int) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._limit = limit
-
-    def add(self, review_id: str) -> None:
-        self._ids[review_id] = None
-        self._ids.move_to_end(review_id)
-        while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
-
-    def seen(self, review_id: str) -> bool:
-        return review_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-@dataclass(slots=True)
-class _Entry:
-    item: ReviewItem
-    tp: TopicPartition
-    offset: int
-    #: The review item's key (the request's key) and propagated headers (traceparent...):
-    #: the human result carries them, as every other result does.
-    key: bytes | None = None
-    headers: Headers = field(default_factory=list)
-    lease: Lease | None = None
-    deciding: bool = False
-    done: bool = False
-    #: Reviewers who gave this item back (skip): they get other items first.
-    skipped: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class _Partition:
-    """One assigned partition: its items in offset order, and what is committed."""
-
-    entries: dict[int, _Entry] = field(default_factory=dict)
-    #: Offsets fetched and finished without an item (dead-lettered): done at once.
-    settled: set[int] = field(default_factory=set)
-    committed: int = -1
-    #: Until its first records are checked against the decisions log, none is shown.
-    recovering: bool = True
-    held: list[tuple[int, _Entry]] = field(default_factory=list)  # (timestamp, entry)
 
 
 class ReviewConsumer:
@@ -149,9 +101,9 @@ class ReviewConsumer:
         self._clock = clock
         self._rng = rng or random.Random()
         self._queue_of = {topics.reviews: "review", topics.adjudications: "adjudication"}
-        self._parts: dict[TopicPartition, _Partition] = {}
-        self._leases: dict[str, _Entry] = {}
-        self._decided = _Seen(DECIDED_MEMORY)
+        self._parts: dict[TopicPartition, PartitionLedger] = {}
+        self._leases: dict[str, Entry] = {}
+        self._decided = SeenIds(DECIDED_MEMORY)
         self._stop = asyncio.Event()
         self._joined = asyncio.Event()
         self._lock = asyncio.Lock()  # commits and partition moves, one at a time
@@ -225,7 +177,7 @@ class ReviewConsumer:
 
     def _assigned(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
-            self._parts.setdefault(tp, _Partition())
+            self._parts.setdefault(tp, PartitionLedger())
         self._joined.set()
 
     async def _revoked(self, tps: Iterable[TopicPartition]) -> None:
@@ -245,7 +197,7 @@ class ReviewConsumer:
                 if entry.tp in gone:
                     del self._leases[lease_id]
 
-    async def _take(self, tp: TopicPartition, part: _Partition, record: Any) -> None:
+    async def _take(self, tp: TopicPartition, part: PartitionLedger, record: Any) -> None:
         queue = self._queue_of.get(tp.topic, "review")
         headers = propagated_headers(record.headers)
         try:
@@ -254,13 +206,13 @@ class ReviewConsumer:
             await self._dead_letter(tp, record, headers, exc, queue)
             part.settled.add(record.offset)
             return
-        entry = _Entry(item, tp, record.offset, record.key, headers)
+        entry = Entry(item, tp, record.offset, record.key, headers)
         if part.recovering:
             part.held.append((record.timestamp, entry))
             return
         self._add(part, entry)
 
-    def _add(self, part: _Partition, entry: _Entry) -> None:
+    def _add(self, part: PartitionLedger, entry: Entry) -> None:
         if self._decided.seen(entry.item.review_id):
             entry.done = True
             self._metrics.review_duplicates.labels(entry.item.queue).inc()
@@ -289,7 +241,7 @@ class ReviewConsumer:
         order read (so that the bounded memory forgets the oldest first)."""
         found: list[str] = []
         async for record in read_to_end(self._kafka, self._topics.decisions, since_ms=since_ms):
-            review_id = _review_id(record.value)
+            review_id = review_id_of(record.value)
             if review_id is not None:
                 found.append(review_id)
         return found
@@ -334,7 +286,7 @@ class ReviewConsumer:
             part = self._parts.get(tp)
             if part is None:
                 continue
-            mark = _watermark(part)
+            mark = watermark(part)
             if mark is not None and mark > part.committed:
                 offsets[tp] = mark
         if not offsets:
@@ -349,7 +301,7 @@ class ReviewConsumer:
 
     # -- the queues (ReviewQueues) -------------------------------------------------------
 
-    def _waiting(self, queue: Queue) -> list[_Entry]:
+    def _waiting(self, queue: Queue) -> list[Entry]:
         return [
             e
             for p in self._parts.values()
@@ -379,7 +331,7 @@ class ReviewConsumer:
             )
         return out
 
-    def _live(self, entry: _Entry) -> bool:
+    def _live(self, entry: Entry) -> bool:
         return entry.lease is not None and entry.lease.expires_ms > self._clock() * 1000
 
     def lease(self, queue: Queue, reviewer: str) -> Lease | None:
@@ -490,7 +442,7 @@ class ReviewConsumer:
             log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
         return self._count(item.queue, reviewer, "done")
 
-    async def _settle_duplicate(self, entry: _Entry) -> None:
+    async def _settle_duplicate(self, entry: Entry) -> None:
         self._metrics.review_duplicates.labels(entry.item.queue).inc()
         entry.done = True
         if entry.lease is not None:
@@ -501,13 +453,13 @@ class ReviewConsumer:
         except KafkaError as exc:
             log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
 
-    def _leases_shown(self, lease_id: str, entry: _Entry) -> int:
+    def _leases_shown(self, lease_id: str, entry: Entry) -> int:
         lease = entry.lease
         if lease is not None and lease.id == lease_id:
             return lease.shown_ms
         return int(self._clock() * 1000)
 
-    async def _publish(self, entry: _Entry, verdict: Verdict) -> None:
+    async def _publish(self, entry: Entry, verdict: Verdict) -> None:
         """The result (reviews queue) and then the decision; returns once both are
         acknowledged. In this order, a decision on the log means its result is on the results
         topic: the recovery scan, which skips items with a decision, never skips one whose
@@ -552,32 +504,6 @@ class ReviewConsumer:
                 self._consumer.pause(*tps)
             else:
                 self._consumer.resume(*tps)
-
-
-def _watermark(part: _Partition) -> int | None:
-    """The offset to commit: the lowest undecided item, or one past everything fetched."""
-    if part.recovering and part.held:
-        return None
-    offsets = sorted([*part.entries, *part.settled])
-    if not offsets:
-        return None
-    for offset in offsets:
-        entry = part.entries.get(offset)
-        if entry is not None and not entry.done:
-            return offset
-    return offsets[-1] + 1
-
-
-def _review_id(value: bytes | None) -> str | None:
-    try:
-        data = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or data.get("outcome") != HUMAN:
-        return None
-    review = data.get("review")
-    rid = review.get("review_id") if isinstance(review, dict) else None
-    return rid if isinstance(rid, str) else None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
