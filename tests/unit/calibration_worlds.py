@@ -138,7 +138,7 @@ def records(
         out.append(
             {
                 **common,
-                "attempt": _attempt("cheap", LABELS[int(d.cheap_label[i])], float(d.conf[i])),
+                "attempt": attempt_record("cheap", LABELS[int(d.cheap_label[i])], float(d.conf[i])),
                 "outcome": "escalated" if escalated else "accepted",
                 "threshold": tau,
                 "shadow_rate": p,
@@ -151,7 +151,7 @@ def records(
                 {
                     **common,
                     "ts_ms": ts + 1,
-                    "attempt": _attempt("strong", LABELS[int(d.strong_label[i])], 0.9),
+                    "attempt": attempt_record("strong", LABELS[int(d.strong_label[i])], 0.9),
                     "outcome": "final" if escalated else "shadow",
                     "threshold": None,
                     "shadow_rate": None,
@@ -162,7 +162,8 @@ def records(
     return out
 
 
-def _attempt(tier: str, label: str, conf: float) -> dict[str, object]:
+def attempt_record(tier: str, label: str, conf: float) -> dict[str, object]:
+    """An attempt as the decisions log writes it (fixed tokens and costs per tier)."""
     return {
         "tier": tier,
         "model": "claude-haiku-5-5" if tier == "cheap" else "claude-sonnet-5-5",

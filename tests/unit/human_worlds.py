@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from escalator.calibration.certify import Dataset
 from escalator.calibration.human import HumanSample, design
+from tests.unit.calibration_worlds import attempt_record
 
 FloatArray = npt.NDArray[np.float64]
 LABELS = ["review-needed", "safe", "unsafe"]
@@ -173,7 +174,7 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
         escalated = not bool(d.accepted[i])
         p = float(d.shadow_rate[i])
         common = {"schema_version": 1, "id": rid, "threshold_version": "v1", "ts_ms": ts}
-        cheap = _attempt("cheap", LABELS[int(d.cheap_label[i])], float(d.conf[i]))
+        cheap = attempt_record("cheap", LABELS[int(d.cheap_label[i])], float(d.conf[i]))
         out.append(
             {
                 **common,
@@ -187,7 +188,7 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
         )
         if not d.answered[i]:
             continue
-        strong = _attempt("strong", LABELS[int(d.strong_label[i])], float(win.strong_conf[i]))
+        strong = attempt_record("strong", LABELS[int(d.strong_label[i])], float(win.strong_conf[i]))
         s_rate = 1.0 if escalated else p
         out.append(
             {
@@ -207,7 +208,7 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
         q = win.q_agree if agree else win.q_disagree
         gold = None if win.gold[i] < 0 else LABELS[int(win.gold[i])]
         human = {
-            **_attempt("human", gold or "", 1.0),
+            **attempt_record("human", gold or "", 1.0),
             "model": "human",
             "label": gold,
             "valid": gold is not None,
@@ -247,19 +248,3 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
             }
         )
     return out
-
-
-def _attempt(tier: str, label: str, conf: float) -> dict[str, object]:
-    return {
-        "tier": tier,
-        "model": "claude-haiku-5-5" if tier == "cheap" else "claude-sonnet-5-5",
-        "label": label,
-        "confidence": conf,
-        "valid": True,
-        "input_tokens": 1200,
-        "output_tokens": 12,
-        "cache_write_tokens": 0,
-        "cache_read_tokens": 0,
-        "cost_usd": 1e-5 if tier == "cheap" else 2e-4,
-        "latency_ms": 100.0,
-    }

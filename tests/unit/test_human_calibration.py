@@ -229,12 +229,9 @@ def _window(n: int, seed: int) -> list[dict[str, object]]:
     return records(win)
 
 
-def test_cli_human_objective_certifies_and_writes_the_strong_threshold(tmp_path: Path) -> None:
-    """A large enough window certifies a pair; the file carries "strong", which the service's
-    loader reads into Thresholds.strong_default; the guarantee names people."""
-    log_file, out = tmp_path / "d.jsonl", tmp_path / "t.json"
-    _write(log_file, _window(20_000, 3))
-    code, stdout, err = _cli(
+def _human_cli(log_file: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    """calibrate --objective human at the moderation world's target and budget."""
+    return _cli(
         "calibrate",
         "--input",
         str(log_file),
@@ -246,9 +243,16 @@ def test_cli_human_objective_certifies_and_writes_the_strong_threshold(tmp_path:
         "0.94",
         "--human-budget",
         "0.15",
-        "--ledger",
-        "none",
+        *extra,
     )
+
+
+def test_cli_human_objective_certifies_and_writes_the_strong_threshold(tmp_path: Path) -> None:
+    """A large enough window certifies a pair; the file carries "strong", which the service's
+    loader reads into Thresholds.strong_default; the guarantee names people."""
+    log_file, out = tmp_path / "d.jsonl", tmp_path / "t.json"
+    _write(log_file, _window(20_000, 3))
+    code, stdout, err = _human_cli(log_file, out, "--ledger", "none")
     assert code == 0, err
     assert "chosen: t_c=" in stdout and "accuracy against people" in stdout
     doc = orjson.loads(out.read_bytes())
@@ -268,19 +272,7 @@ def test_cli_human_refusal_is_one_line_exit_3_no_file(tmp_path: Path) -> None:
     """Too few adjudications: exit 3, one stderr line naming the fresh window needed."""
     log_file, out = tmp_path / "d.jsonl", tmp_path / "t.json"
     _write(log_file, _window(1500, 4))
-    code, _, err = _cli(
-        "calibrate",
-        "--input",
-        str(log_file),
-        "--output",
-        str(out),
-        "--objective",
-        "human",
-        "--target",
-        "0.94",
-        "--human-budget",
-        "0.15",
-    )
+    code, _, err = _human_cli(log_file, out)
     assert code == 3, err
     assert len(err.strip().splitlines()) == 1
     assert "needs a fresh window of about" in err and "adjudicated answers" in err
