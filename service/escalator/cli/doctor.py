@@ -159,7 +159,13 @@ async def check_kafka(settings: Settings) -> list[Check]:
     except KafkaUnreachable as exc:
         return [Check("kafka", False, str(exc))]
     checks = [Check("kafka", True, f"{address} answers ({settings.kafka.security_protocol})")]
-    for topic in settings.topics.all():
+    rv, t = settings.review, settings.topics
+    review_on = rv.human_tier or rv.adjudicate_agree > 0 or rv.adjudicate_disagree > 0
+    for topic in t.all():
+        if not review_on and topic in (t.reviews, t.adjudications):
+            # Not an error while nothing writes them; `topics create` still makes them.
+            checks.append(Check(f"topic {topic}", True, "not used (human tier, adjudication off)"))
+            continue
         try:
             partitions = await topic_partitions(settings.kafka, topic)
         except EscalatorError:
