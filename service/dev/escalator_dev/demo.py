@@ -470,13 +470,20 @@ def _summary(
     print(f"  escalation rate: {len(escalated) / max(1, n):.1%} (thresholds {', '.join(versions)})")
     print(f"  accuracy against human labels: {correct / max(1, n):.1%}")
     refused = Counter(
-        str(r.get("refusal_category")) for r in results if r.get("refusal_category") is not None
+        str(r.get("refusal_category"))
+        for r in results
+        if r.get("refusal_category") is not None and r["tier"] != "human"
+    )
+    refused_to_people = sum(
+        1 for r in results if r["tier"] == "human" and r.get("review_reason") == "strong_refused"
     )
     cheap_refused = sum(1 for r in results if r.get("escalation_reason") == "cheap_refused")
     if refused or cheap_refused:
         print(
             f"  refusals: {cheap_refused} escalated as cheap_refused; {sum(refused.values())} "
-            f"decided by the task's refusal_label {dict(refused)}{tag}"
+            f"decided by the task's refusal_label {dict(refused)}"
+            + (f"; {refused_to_people} handed to people" if refused_to_people else "")
+            + tag
         )
     print(
         f"  cost of decisions: ${cost:.6f} for {n} requests (${1000 * cost / max(1, n):.5f} "
