@@ -10,6 +10,7 @@ force when it was written and the shadow rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -91,6 +92,24 @@ def log(
     certain = escalated | (p >= 1.0)
     answered = escalated | (rng.random(n) < p)
     gold = np.where(rng.random(n) < 0.9, strong, rng.integers(0, 3, n))
+    return one_stratum(conf, cheap, strong, gold, escalated, certain, answered, tau, p, version)
+
+
+def one_stratum(
+    conf: Any,
+    cheap: Any,
+    strong: Any,
+    gold: Any,
+    escalated: Any,
+    certain: Any,
+    answered: Any,
+    tau: float,
+    p: float,
+    version: str = "v1",
+) -> Dataset:
+    """The paired decisions log of one threshold version, from per-request arrays (the strong
+    label where answered, fixed costs, one second apart)."""
+    n = len(conf)
     return Dataset(
         ids=[f"r{i}" for i in range(n)],
         labels=LABELS,

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from escalator.calibration.certify import Dataset
 from escalator.calibration.human import HumanSample, design
-from tests.unit.calibration_worlds import attempt_record
+from tests.unit.calibration_worlds import attempt_record, one_stratum
 
 FloatArray = npt.NDArray[np.float64]
 LABELS = ["review-needed", "safe", "unsafe"]
@@ -116,26 +116,8 @@ def draw(
     answered = escalated | (rng.random(n) < p)
     agree = cheap == strong
     adjudicated = answered & (rng.random(n) < np.where(agree, q_agree, q_disagree))
-    d = Dataset(
-        ids=[f"r{i}" for i in range(n)],
-        labels=LABELS,
-        conf=conf,
-        cheap_label=cheap,
-        cheap_cost=np.full(n, 1e-5),
-        strong_label=np.where(answered, strong, -1),
-        strong_cost=np.where(answered, 2e-4, 0.0),
-        answered=answered,
-        accepted=~escalated,
-        certain=certain,
-        stratum=np.zeros(n, dtype=np.int64),
-        tau=np.full(n, tau),
-        shadow_rate=np.full(n, p),
-        gold=np.full(n, -1, dtype=np.int64),
-        ts_ms=np.arange(n, dtype=np.int64) * 1000,
-        strata=("v1",),
-        cheap_model="cheap",
-        strong_model="strong",
-    )
+    unlabelled = np.full(n, -1, dtype=np.int64)
+    d = one_stratum(conf, cheap, strong, unlabelled, escalated, certain, answered, tau, p)
     idx = np.flatnonzero(adjudicated)
     cell = np.where(certain[idx], 0, 2) + np.where(agree[idx], 0, 1)
     stratum = np.zeros(len(idx), dtype=np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import statistics
@@ -17,7 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,25 +337,40 @@ async def _simulated_reviewer(queues: Any, gold: dict[str, str], tally: Tally) -
             await asyncio.sleep(0.2)
 
 
+@contextlib.asynccontextmanager
+async def _simulated_people(
+    settings: Settings, gold: dict[str, str], tally: Tally
+) -> AsyncIterator[None]:
+    """The review queues with the simulated reviewer deciding them, while the block runs."""
+    from escalator.observability.metrics import Metrics
+    from escalator.review.consumer import ReviewConsumer
+
+    async with ReviewConsumer.from_settings(settings, Metrics()) as queues:
+        tasks = [
+            asyncio.create_task(queues.run()),
+            asyncio.create_task(_simulated_reviewer(queues, gold, tally)),
+        ]
+        try:
+            yield
+        finally:
+            queues.stop()
+            tasks[1].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _round_trip(
     settings: Settings, samples: list[datasets.Sample], reviewer: dict[str, str] | None = None
 ) -> tuple[Tally, float]:
     from escalator.app import build_service
     from escalator.kafka.clients import Outgoing, create_topics, make_consumer, produce_and_await
-    from escalator.observability.metrics import Metrics
-    from escalator.review.consumer import ReviewConsumer
 
     await create_topics(settings.kafka, settings.topics.all(), settings.topic_partitions, 1)
     service = build_service(settings, ["cheap", "strong"])
     run = asyncio.create_task(service.run(install_signals=False))
     tally = Tally()
-    console: ReviewConsumer | None = None
-    helpers: list[asyncio.Task[None]] = []
+    people = contextlib.AsyncExitStack()
     if reviewer is not None:
-        console = ReviewConsumer.from_settings(settings, Metrics())
-        await console.__aenter__()
-        helpers.append(asyncio.create_task(console.run()))
-        helpers.append(asyncio.create_task(_simulated_reviewer(console, reviewer, tally)))
+        await people.enter_async_context(_simulated_people(settings, reviewer, tally))
     watcher = make_consumer(settings.kafka, f"demo-watch-{uuid.uuid4().hex[:6]}")
     watcher.subscribe([settings.topics.results, settings.topics.dead_letter])
     await watcher.start()
@@ -395,11 +411,7 @@ async def _round_trip(
     finally:
         elapsed = time.monotonic() - started
         await watcher.stop()
-        if console is not None:
-            console.stop()
-            helpers[1].cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await console.__aexit__(None, None, None)
+        await people.aclose()
         service.stop()
         await run
     return tally, elapsed

@@ -99,7 +99,7 @@ class ReviewPolicy:
             adjudicate_agree=agree,
         )
 
-    def review_reason(self, cheap: Attempt, strong: Attempt, threshold: float) -> str | None:
+    def review_reason(self, cheap: Attempt, strong: Attempt, thresholds: Thresholds) -> str | None:
         """Why this strong answer goes to people, or None to decide it."""
         if not self.human_tier:
             return None
@@ -107,7 +107,7 @@ class ReviewPolicy:
             return "strong_refused" if self.refusals else None
         if strong.label in self.review_labels:
             return "review_label"
-        if strong.confidence < threshold:
+        if strong.confidence < thresholds.strong_for(strong.label):
             return "strong_low_confidence"
         if self.on_disagreement and cheap.valid and cheap.label != strong.label:
             return "disagreement"
@@ -379,8 +379,7 @@ class StrongHandler(_Base):
         attempts.append(attempt)
         outputs = self._adjudicate(record, escalation, attempt)
         if not shadow:
-            threshold = self.thresholds.strong_for(attempt.label)
-            reason = self.review.review_reason(escalation.cheap, attempt, threshold)
+            reason = self.review.review_reason(escalation.cheap, attempt, self.thresholds)
             if reason is not None:
                 return decisions + self._to_review(record, escalation, attempt, reason) + outputs
         if attempt.refused:
