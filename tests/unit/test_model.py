@@ -12,7 +12,7 @@ import httpx2 as httpx
 import pytest
 
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable
-from escalator.model.caller import AnthropicClassifier, RateLimits
+from escalator.model.caller import AnthropicClassifier, RateLimits, retry_after_s
 from escalator.model.prices import load_prices
 from escalator.model.profiles import load_profiles
 from escalator.model.task import load_task
@@ -291,6 +291,27 @@ async def test_account_level_failures_block_instead_of_failing_the_record(
         await classifier(error(status, message=message, error_code=code)).classify("x")
     assert info.value.kind == reason
     assert "sk-unit-test" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        # An HTTP date (RFC 9110): 30 s after the fake clock's now.
+        ({"retry-after": "Sun, 06 Dec 2026 03:00:30 GMT"}, 30.0),
+        ({"retry-after": "Sun, 06 Dec 2026 02:59:00 GMT"}, 0.0),  # already past: now
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_as_an_http_date(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    """retry-after may be seconds or an HTTP date; an unreadable one is ignored, not a crash."""
+    now = 1796526000.0  # 2026-12-06T03:00:00Z
+    assert retry_after_s(headers, now=lambda: now) == expected
 
 
 async def test_a_ramp_limit_429_is_a_rate_limit_with_its_retry_after() -> None:

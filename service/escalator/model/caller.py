@@ -17,10 +17,12 @@ record that fails while others succeed is given up on.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Protocol
 
 import anthropic
@@ -72,16 +74,29 @@ class ModelClient(Protocol):
     async def classify(self, text: str) -> Attempt: ...
 
 
-def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+def retry_after_s(
+    headers: Mapping[str, str] | None, now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``retry-after`` as seconds or as an HTTP
+    date (RFC 9110 allows both; a date in the past means now). None: absent or unreadable."""
     if headers is None:
         return None
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = headers.get(name)
-        if raw is not None:
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) * scale)
+        except ValueError:
+            pass
+        if name == "retry-after":
             try:
-                return max(0.0, float(raw) * scale)
-            except ValueError:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError):
                 continue
+            if when.tzinfo is None:  # RFC 9110: an HTTP date is always GMT
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - now())
     return None
 
 
@@ -139,14 +154,14 @@ def translate_error(exc: anthropic.AnthropicError) -> ModelUnavailable | ModelRe
         return ModelUnavailable(
             f"rate limited (429{' ' + code if code else ''}){where}",
             kind="rate_limit",
-            retry_after_s=_retry_after_s(headers),
+            retry_after_s=retry_after_s(headers),
             request_id=rid,
         )
     if status == 529:
         return ModelUnavailable(
             f"API overloaded (529){where}",
             kind="overloaded",
-            retry_after_s=_retry_after_s(headers),
+            retry_after_s=retry_after_s(headers),
             request_id=rid,
         )
     if status >= 500 or status in (408, 409):
