@@ -194,6 +194,9 @@ class AdmissionSettings:
     target: float = 0.95
     #: Hard cap per model for the whole deployment: (RPM, ITPM, OTPM).
     caps: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: The input limit that binds counts cache reads (``input_tokens_per_minute``, as a
+    #: workspace limit may); False: the organisation's cache-aware limit.
+    count_cache_reads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +503,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
             env.raw("ESCALATOR_ADMISSION_CAP"),
             (model.cheap_model, model.strong_model),
         ),
+        count_cache_reads=env.flag("ESCALATOR_ADMISSION_COUNT_CACHE_READS", da.count_cache_reads),
     )
     dt = Topics()
     topics = Topics(

@@ -86,6 +86,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.refusal_lexicon is not None:
             lexicon = parse_lexicon(orjson.loads(Path(args.refusal_lexicon).read_bytes()))
         limits = dict(_model_limits(spec) for spec in args.rate_limit)
+        workspace = dict(_model_limits(spec) for spec in args.workspace_limit)
         config = SimConfig(
             latency=Latency.parse(args.latency),
             faults=dict(parse_fault(f) for f in args.fault),
@@ -95,6 +96,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             retired=set(args.retire),
             limits=limits,
             default_limits=parse_limits(args.tier),
+            workspace_limits=workspace,
             enum_case_rate=args.enum_case_rate,
             refusals=not args.no_refusals,
             refusal_lexicon=lexicon,
@@ -149,7 +151,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--rate-limit",
         action="append",
         default=[],
-        help="MODEL=RPM:ITPM:OTPM for one model; repeatable",
+        help="MODEL=RPM:ITPM:OTPM for the rate-limit group of MODEL (or GROUP=..., e.g. "
+        "haiku-5); repeatable",
+    )
+    sim.add_argument(
+        "--workspace-limit",
+        action="append",
+        default=[],
+        help="MODEL=RPM:ITPM:OTPM: the workspace's own limit for that group, beside the "
+        "organisation's; its input limit counts cache reads; repeatable",
     )
     sim.add_argument("--retire", action="append", default=[], help="treat MODEL as retired")
     sim.add_argument(

@@ -90,6 +90,17 @@ def family(model: str, known: Mapping[str, object]) -> str | None:
     return None
 
 
+def rate_limit_group(model: str) -> str:
+    """The rate-limit group of a model: its family and major version (``claude-haiku-5-5`` ->
+    ``haiku-5``). Rate limits: "Limits are pooled by model family" (Claude Platform on AWS);
+    the Admin API's ``model_group`` example is "Claude Sonnet 4.x". An id of another shape is
+    its own group."""
+    parts = model.split("-")
+    if len(parts) >= 3 and parts[0] == "claude" and parts[2].isdigit():
+        return f"{parts[1]}-{parts[2]}"
+    return model
+
+
 @dataclass(frozen=True, slots=True)
 class ProfileTable:
     profiles: dict[str, ModelProfile]
