@@ -276,6 +276,7 @@ def build_service(
             f"ESCALATOR_LABEL_THRESHOLDS names labels not in the task: {', '.join(sorted(unknown))}"
         )
     metrics = metrics or Metrics()
+    metrics.spend_cap.set(settings.model.monthly_spend_cap_usd)
     if thresholds.expected_escalation is not None:
         for bound, value in zip(
             ("low", "expected", "high"), thresholds.expected_escalation, strict=True

@@ -135,6 +135,9 @@ class ModelSettings:
     #: Ask GET /v1/models/{id} about each model at start-up.
     check_models: bool = True
     cache_ttl: str = "5m"
+    #: The organisation's monthly spend cap in USD as the operator states it (the Console
+    #: shows it; the Messages API does not): 0 is not stated.
+    monthly_spend_cap_usd: float = 0.0
 
     @property
     def simulated(self) -> bool:
@@ -432,6 +435,9 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         ).lower(),
         check_models=env.flag("ESCALATOR_MODEL_CHECK", dm.check_models),
         cache_ttl=env.choice("ESCALATOR_CACHE_TTL", dm.cache_ttl, ("5M", "1H")).lower(),
+        monthly_spend_cap_usd=env.number(
+            "ESCALATOR_MONTHLY_SPEND_CAP_USD", dm.monthly_spend_cap_usd, 0.0
+        ),
     )
 
     dp = PipelineSettings()

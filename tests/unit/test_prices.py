@@ -61,12 +61,11 @@ def test_unknown_model_is_a_startup_error_not_zero() -> None:
         TABLE.require("claude-haiku-5-5", "claude-new-9")
 
 
-def test_dated_snapshots_pass_the_start_up_check_and_retired_models_have_no_price() -> None:
+def test_dated_snapshots_pass_the_start_up_check_and_retired_models_keep_their_price() -> None:
     """The dated id the models page documents passes the check that the bare alias passes;
-    Sonnet 4.5, retired on 2026-11-30, is not in the table (nor are its snapshots)."""
+    Sonnet 4.5, retired on 2026-11-30, keeps its row so that old decisions can be priced."""
     TABLE.require("claude-haiku-4-5-20251001", "claude-haiku-4-5", "claude-fable-5-2")
-    with pytest.raises(ConfigError, match="claude-sonnet-4-5-20250929"):
-        TABLE.require("claude-sonnet-4-5-20250929")
+    assert TABLE.cost_usd("claude-sonnet-4-5-20250929", Usage(1000, 0, 0, 0)) == 0.003
     with pytest.raises(ConfigError, match="claude-haiku-4-5-2025"):
         TABLE.require("claude-haiku-4-5-2025")  # not a dated snapshot: no family
 

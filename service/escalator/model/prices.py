@@ -23,7 +23,8 @@ Cache writes are priced by TTL, as billed: ``usage.cache_creation`` splits them 
 Override the whole table with ESCALATOR_PRICES_FILE (JSON, same shape as DEFAULT_TABLE).
 A dated snapshot id (``claude-haiku-4-5-20251001``) is priced by its family's row, as
 ``profiles.family`` finds it. An unknown model is a start-up error, never $0. Claude Sonnet
-4.5 retired on 2026-11-30 (``profiles.RETIRED``): it has no row.
+4.5 retired on 2026-11-30: the profiles refuse it at start-up (``profiles.RETIRED``), and its
+row stays so that ``escalator report`` can still price the decisions it made.
 """
 
 from __future__ import annotations
@@ -139,6 +140,14 @@ DEFAULT_TABLE: dict[str, dict[str, object]] = {
         "cache_write_1h": 6.0,
         "cache_read": 0.30,
         "inference_geo": US,
+    },
+    # Retired 2026-11-30: kept to price the decisions it made (escalator report).
+    "claude-sonnet-4-5": {
+        "input": 3.0,
+        "output": 15.0,
+        "cache_write": 3.75,
+        "cache_write_1h": 6.0,
+        "cache_read": 0.30,
     },
 }
 
