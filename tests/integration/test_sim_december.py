@@ -236,3 +236,28 @@ async def test_diagnostics_speed_and_top_level_cache_control(
     assert (written.usage.cache_creation_input_tokens or 0) > 1000
     reread = await client.beta.messages.create(**auto)
     assert reread.usage.cache_read_input_tokens == written.usage.cache_creation_input_tokens
+
+
+async def test_a_token_presented_on_a_rate_limited_call_is_still_good_for_the_retry() -> None:
+    """A 429 does not use the token up: the same token is redeemed by the next call that is
+    admitted (Escalator retries a 429 with it)."""
+    with running_sim("--rate-limit", "claude-sonnet-5-5=1000:1000000:1000") as url:
+        c = anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0)
+        try:
+            token = await _refused_by_haiku(c, url, "three", LONG_POLICY)
+            credit = {"token": token, "mode": "best_effort"}
+            with pytest.raises(anthropic.RateLimitError):  # 2,000 output > the 1,000 limit
+                await c.beta.messages.create(
+                    **body("three", model="claude-sonnet-5-5", max_tokens=2000),
+                    fallback_credit_token=credit,
+                    betas=CREDIT,
+                )
+            ok = await c.beta.messages.create(
+                **body("three", model="claude-sonnet-5-5"),
+                fallback_credit_token=credit,
+                betas=CREDIT,
+            )
+            assert ok.usage.fallback_credit is not None
+            assert ok.usage.fallback_credit.status.type == "redeemed"
+        finally:
+            await c.close()

@@ -113,7 +113,8 @@ class Memory:
         body: dict[str, Any],
         betas: bool,
     ) -> Redemption:
-        """Check a known token against this retry (it is used up only when redeemed)."""
+        """Check a known token against this retry (:meth:`consume` uses it up once the retry
+        is admitted)."""
         credit = self.credits[token]
         if not betas:
             return Redemption("not_enabled")
@@ -125,8 +126,10 @@ class Memory:
             return Redemption("invalid_target_model")
         if body_key(body) != credit.body:
             return Redemption("body_mismatch")
-        del self.credits[token]
         return Redemption(None, credit.warm_tokens)
+
+    def consume(self, token: str) -> None:
+        self.credits.pop(token, None)
 
     def remember(self, message_id: str, fingerprint: Fingerprint) -> None:
         self.answers[message_id] = fingerprint

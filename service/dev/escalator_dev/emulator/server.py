@@ -767,7 +767,9 @@ async def _answer(state: SimState, call: Call, limiter: Limits) -> web.Response:
     plan, uncached = _input(state, call, spec)
     admitted = _admit(state, spec, plan, uncached, settings.max_tokens)
     if isinstance(admitted, Exceeded):
-        raise _rate_limited(spec, admitted)
+        raise _rate_limited(spec, admitted)  # a token presented is still good for a retry
+    if credit is not None and credit.reason is None and settings.credit_token is not None:
+        state.memory.consume(settings.credit_token)
     try:
         if fault == "hang":
             await asyncio.sleep(state.config.hang_s)
