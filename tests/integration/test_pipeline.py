@@ -315,7 +315,11 @@ async def test_sigterm_drains_commits_and_restart_does_not_redo_work(
     assert code == 0, err[-2000:]
     assert '"event":"draining"' in err
     before = await collect(
-        kafka_bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: False, timeout_s=2
+        kafka_bootstrap,
+        [env["ESCALATOR_RESULTS_TOPIC"]],
+        lambda c: False,
+        timeout_s=2,
+        read_for_s=True,
     )
     done_before = before.results_by_id(env["ESCALATOR_RESULTS_TOPIC"])
     assert 0 < len(done_before) < n, "SIGTERM must land mid-stream for this test to mean much"
