@@ -41,7 +41,18 @@ from tests.integration.test_pipeline import TEXTS
 from tests.reliability.common import LedgerReader, ServiceProcess, sim_stats
 
 CHEAP, STRONG = "claude-haiku-5-5", "claude-sonnet-5-5"
-LIMITS = {CHEAP: (600, 200_000, 80_000), STRONG: (300, 150_000, 60_000)}
+#: ``requests`` (default): the cheap model's requests limit binds, latency 100-300 ms.
+#: ``output``: its output limit binds through the reservation each call holds while it runs
+#: (``max_tokens`` 2,048, latency 1-3 s, 60k OTPM): what charging at admission changes.
+VARIANT = os.environ.get("ESCALATOR_B7_VARIANT", "requests")
+if VARIANT == "output":
+    LIMITS = {CHEAP: (6_000, 10_000_000, 60_000), STRONG: (6_000, 10_000_000, 10_000_000)}
+    LATENCY = "uniform:1000:3000"
+    EXTRA_ENV = {"ESCALATOR_MODEL_MAX_TOKENS": "2048"}
+else:
+    LIMITS = {CHEAP: (600, 200_000, 80_000), STRONG: (300, 150_000, 60_000)}
+    LATENCY = "uniform:100:300"
+    EXTRA_ENV = {}
 KINDS = ("requests", "input_tokens", "output_tokens")
 DURATION_S = float(os.environ.get("ESCALATOR_B7_DURATION_S", "300"))
 #: Which modes to run ("on,off" by default): "on" alone re-measures admission control.
@@ -69,7 +80,7 @@ async def run_case(bootstrap: str, tmp: Path, mode: str, kill: bool) -> dict[str
     """One five-minute run; its figures."""
     unique = f"b7{mode}{'k' if kill else ''}{uuid.uuid4().hex[:6]}"
     limits = [f"--rate-limit={m}={':'.join(map(str, v))}" for m, v in LIMITS.items()]
-    proc, url = sim.spawn("--latency", "uniform:100:300", *limits)
+    proc, url = sim.spawn("--latency", LATENCY, *limits)
     async with AsyncExitStack() as stack:
         stack.callback(sim.terminate, proc)
         env = make_env(
@@ -84,6 +95,7 @@ async def run_case(bootstrap: str, tmp: Path, mode: str, kill: bool) -> dict[str
             ESCALATOR_BACKOFF_MAX_S="20",
             ESCALATOR_SESSION_TIMEOUT_MS="10000",
             ESCALATOR_SHUTDOWN_GRACE_S="5",
+            **EXTRA_ENV,
         )
         settings = load_settings(env)
         await setup_topics(settings)
@@ -151,7 +163,12 @@ async def run_case(bootstrap: str, tmp: Path, mode: str, kill: bool) -> dict[str
         await feeder
     assert s60 is not None
     seconds, steady_s = t1 - t0, t1 - t60
-    row: dict[str, Any] = {"mode": mode, "kill": kill, "seconds": round(seconds)}
+    row: dict[str, Any] = {
+        "variant": VARIANT,
+        "mode": mode,
+        "kill": kill,
+        "seconds": round(seconds),
+    }
     calls = {m: _delta(s1, s0, f"charged_requests:{m}") for m in LIMITS}
     limited = {m: _delta(s1, s0, f"rate_limited:{m}") for m in LIMITS}
     for m, short in ((CHEAP, "cheap"), (STRONG, "strong")):
