@@ -201,7 +201,13 @@ class Pod:
 
 
 def _run_group(
-    seconds: float, n: int, limits: Limits, clock: Clock, events: dict[float, str]
+    seconds: float,
+    n: int,
+    limits: Limits,
+    clock: Clock,
+    events: dict[float, str],
+    call: Cost = CALL,
+    latency_s: float = 0.2,
 ) -> tuple[int, int, dict[int, int]]:
     """``n`` pods with unbounded demand call a shared bucket set (the emulator's, which charges
     a call when it is admitted and holds its output reservation until the answer, 200 ms
@@ -245,16 +251,16 @@ def _run_group(
             # Unbounded demand: 64 in flight at most, as many admitted as the budget allows;
             # before any headers, one call (the cache warm-up goes alone).
             room = 64 if pod.budget.active else 1
-            while len(pod.pending) < room and pod.budget.wait_s(CALL) <= 0:
-                pod.budget.admit(CALL, waited=True)
-                outcome = limits.admit(int(CALL.input_tokens), 0, int(CALL.output_tokens))
+            while len(pod.pending) < room and pod.budget.wait_s(call) <= 0:
+                pod.budget.admit(call, waited=True)
+                outcome = limits.admit(int(call.input_tokens), 0, int(call.output_tokens))
                 if isinstance(outcome, Exceeded):
                     limited += 1
                     pod.budget.observe(rate_limits(limits.headers()))
-                    pod.budget.settle(CALL, None)
+                    pod.budget.settle(call, None)
                     pod.budget.on_rate_limited()
                     break
-                pod.pending.append((clock.now + 0.2, CALL, outcome))
+                pod.pending.append((clock.now + latency_s, call, outcome))
     return answered, limited, per_second
 
 
@@ -272,6 +278,22 @@ def test_three_processes_share_one_limit_without_coordination() -> None:
     for lo, hi in ((20, 100), (130, 200), (230, 300)):
         window = sum(used[lo:hi]) / ((hi - lo) * 10.0)
         assert 0.9 <= window <= 1.05, (lo, hi, window)
+
+
+def test_an_output_limit_bound_by_reservations_is_used_without_429s() -> None:
+    """Calls of 2 s that reserve 2,048 output tokens when admitted and keep 20, against
+    60,000 OTPM: the limit allows 3,000 such calls a minute (50/s), and the reservations bound
+    how fast a group may get there. Three budgets, each drawing only its share of what a
+    reading leaves free and pacing the output calls keep: no 429s, and at least 40% of the
+    net rate after the first minute (they ramp; the emulator's old accounting, which charged
+    20 tokens at the end, let any burst through)."""
+    clock = Clock()
+    limits = Limits(RateLimiter(6_000, 10_000_000, 60_000, clock=clock), clock=clock)
+    call = Cost(1.0, 200.0, 2048.0, 20.0)
+    answered, limited, per_second = _run_group(300, 3, limits, clock, {}, call, 2.0)
+    assert limited == 0 and answered > 0
+    steady = sum(per_second.get(s, 0) for s in range(60, 300)) / 240
+    assert steady >= 0.4 * 60_000 / 20 / 60, steady
 
 
 async def test_shadow_calls_yield_to_real_calls_that_arrive_soon_after() -> None:

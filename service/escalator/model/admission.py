@@ -1,17 +1,26 @@
-"""Admission control from the API's own rate-limit headers: one controller per model and process,
+"""Admission control from the API's own rate-limit headers: one controller per rate-limit group
+(a model family, ``profiles.rate_limit_group``) and process,
 in front of every model call, so that the pods of a deployment spend the organisation's rate
 limit instead of finding it with 429s. No pod talks to another: each sees the organisation's
 buckets only through the ``anthropic-ratelimit-*`` headers of its own responses.
 
 :class:`Budget` is the synchronous core (a clock is injected, so it is tested with a fake one).
-Per bucket kind (requests, input tokens, output tokens) it keeps
+Per bucket kind (requests, input tokens, output tokens, and tokens when that header is a limit
+of its own) it keeps
 
 - the **level**: what the organisation has left, reset from every response's ``remaining``
-  (minus the API's rounding of token counts to the thousand, minus this process's calls still
-  in flight), refilled at ``limit / 60`` per second between responses, and drawn down by each
-  call admitted. A call is admitted only when every level covers its estimate plus a reserve
-  of ``(1 - target) * limit``: the hard floor, reached only if the pacing below misjudged.
-- the **allowance**: this process's own pacing bucket, refilled at its admitted rate ``rate``.
+  (minus the API's rounding of token counts to the thousand, minus this process's calls sent
+  since the API wrote those headers), refilled at ``limit / 60`` per second between responses,
+  and drawn down by each call admitted. A call is admitted only when every level covers its
+  estimate plus a reserve of ``(1 - target) * limit``: the hard floor, reached only if the
+  pacing below misjudged. Every process reads the same headers, so between two readings each
+  draws only its ``share`` of what the last one left above the reserve (its **quota**):
+  processes admitting on one stale reading would overshoot together, which a limit bound by
+  large output reservations (``max_tokens`` held while a call runs) turns into 429s.
+- the **allowance**: this process's own pacing bucket, refilled at its admitted rate ``rate``,
+  drawn by what a call keeps (for output, the real output learned from answers, not the
+  reservation that comes back when it ends), the units in which the headers' slope measures
+  the group's consumption.
   This is how pods share the limit without a coordinator. ``rate`` is steered from the
   headers (see :meth:`Budget._control`):
 
@@ -81,18 +90,31 @@ Cap = tuple[float, float, float]
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """What one call draws from each bucket."""
+    """What one call draws from each bucket: ``output_tokens`` is what the API reserves when
+    it admits the call (``max_tokens``), held until the call ends; ``paced_output`` what it
+    is expected to keep (the real output, learned from answers; None: the reservation)."""
 
     requests: float
     input_tokens: float
     output_tokens: float
+    paced_output: float | None = None
 
     def of(self, kind: str) -> float:
+        """Drawn from the level (what the headers will show while the call runs)."""
         if kind == "requests":
             return self.requests
         if kind == "tokens":
             return self.input_tokens + self.output_tokens
         return self.input_tokens if kind == "input_tokens" else self.output_tokens
+
+    def pace(self, kind: str) -> float:
+        """Drawn from this process's pacing allowance: what the group's consumption, measured
+        from the headers over time, counts (the reservation comes back when the call ends)."""
+        if self.paced_output is None or kind in ("requests", "input_tokens"):
+            return self.of(kind)
+        if kind == "tokens":
+            return self.input_tokens + self.paced_output
+        return self.paced_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +175,8 @@ class _Bucket:
     limited: bool = False
     #: The group's consumption measured from the headers (units per second; nan: bucket full).
     group_rate: float = math.nan
+    #: This process's share of the level the last reading left above the reserve.
+    quota: float = 0.0
 
 
 def _slope(samples: list[tuple[float, float]]) -> float:
@@ -243,6 +267,7 @@ class Budget:
         for b in self.buckets.values():
             if b.limit > 0:
                 b.level = min(b.limit, b.level + dt * b.limit / 60.0)
+                b.quota = min(b.limit, b.quota + dt * b.limit / 60.0 * self.share())
             if self._paced(b):
                 if b.rate <= 0:
                     b.rate = self._start_rate(b)
@@ -278,6 +303,8 @@ class Budget:
                     b.allowance = self._depth(b)
             low = max(0.0, min(limit, remaining - ROUNDING[kind]))
             b.level = max(0.0, low - sum(c.of(kind) for _, c in self._recent))
+            reserve = (1.0 - self.tuning.target) * limit
+            b.quota = self.share() * max(0.0, b.level - reserve)
             b.samples.append((now, remaining))
             while b.samples and b.samples[0][0] < now - self.tuning.window_s:
                 b.samples.popleft()
@@ -367,8 +394,13 @@ class Budget:
                 short = need_level + reserve - b.level
                 if short > 0:
                     wait = max(wait, short / (b.limit / 60.0))
+                # This process's part of what the last reading left free: every process reads
+                # the same headers, so between two readings each draws only its share of it.
+                short = min(need, b.limit - reserve) - b.quota
+                if short > 0:
+                    wait = max(wait, short / (b.limit / 60.0 * self.share()))
             if self._paced(b) and b.rate > 0:
-                need_pace = min(need, self._depth(b))
+                need_pace = min(cost.pace(kind), self._depth(b))
                 short = need_pace - b.allowance
                 if short > 0:
                     b.limited = True
@@ -382,7 +414,8 @@ class Budget:
         for kind, b in self.buckets.items():
             need = cost.of(kind)
             b.level -= need
-            b.allowance -= need
+            b.quota -= need
+            b.allowance -= cost.pace(kind)
             self.in_flight[kind] += need
         self._recent.append((now, cost))
         if real:
@@ -538,6 +571,9 @@ class Admission:
         #: The input limit counts cache reads (``input_tokens_per_minute``, a workspace's);
         #: False: the organisation's cache-aware limit (ESCALATOR_ADMISSION_CACHE_READS).
         self.count_cache_reads = count_cache_reads
+        #: Output tokens a call keeps (an average over recent answers); until the first
+        #: answer, the whole reservation.
+        self.output_estimate = float(max_tokens)
         #: False: AIMD only (ESCALATOR_ADMISSION=off); usage and 429s are still counted.
         self.enabled = enabled
         self._observer: AdmissionObserver = observer or _Quiet()
@@ -557,7 +593,7 @@ class Admission:
             tokens += self.estimate.cache_write
         elif self.count_cache_reads:
             tokens += self.estimate.cache_read
-        return Cost(1.0, tokens, float(self.max_tokens))
+        return Cost(1.0, tokens, float(self.max_tokens), self.output_estimate)
 
     async def acquire(self, text: str, *, shadow: bool = False, warm: bool = False) -> Ticket:
         """Wait until the call may be made."""
@@ -643,6 +679,7 @@ class Admission:
         self._observer.used(actual)
         if ticket.cost is not None:
             self._observer.estimated(ticket.cost, actual)
+            self.output_estimate += 0.1 * (output_tokens - self.output_estimate)
             self.estimate.observe(
                 ticket.x, float(input_tokens), float(cache_write_tokens), float(cache_read_tokens)
             )
