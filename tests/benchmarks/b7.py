@@ -57,6 +57,8 @@ KINDS = ("requests", "input_tokens", "output_tokens")
 DURATION_S = float(os.environ.get("ESCALATOR_B7_DURATION_S", "300"))
 #: Which modes to run ("on,off" by default): "on" alone re-measures admission control.
 MODES = tuple(os.environ.get("ESCALATOR_B7_MODES", "on,off").split(","))
+#: Whether to run the cases without and with a cheap process killed ("no,yes" by default).
+KILLS = tuple(k == "yes" for k in os.environ.get("ESCALATOR_B7_KILLS", "no,yes").split(","))
 #: Requests produced and not yet decided by the cheap tier, at least (3 x 64 in flight fit).
 FLOOR = 600
 RESTART_AFTER_S = 15.0
@@ -206,7 +208,7 @@ def describe(row: dict[str, Any]) -> str:
 
 async def b7(bootstrap: str, sim_url: str, tmp: Path, report: Any) -> list[dict[str, Any]]:
     rows = []
-    for kill in (False, True):
+    for kill in KILLS:
         for mode in MODES:
             started = time.monotonic()
             row = await run_case(bootstrap, tmp, mode, kill)
