@@ -2,9 +2,9 @@
 
 Outside: the image's config (``buildah inspect``) and its files (``buildah mount``). Inside:
 ``buildah run --isolation chroot`` in a working container made from the image, on the host's
-network, as the image's user with the image's environment (``podman run`` cannot start
-containers on this machine; buildah's chroot isolation can). buildah runs a command, not the
-entrypoint: :meth:`Container.entrypoint` puts the image's entrypoint in front, as a runtime does.
+network, as the image's user with the image's environment (no Docker engine or OCI runtime
+here; buildah's chroot isolation needs none). buildah runs a command, not the entrypoint:
+:func:`entrypoint` puts the image's entrypoint in front, as a runtime does.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -149,11 +147,3 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return raw.decode(errors="replace").split("\0")[:-1]
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(0.5)

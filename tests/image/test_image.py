@@ -17,8 +17,15 @@ import pytest
 from escalator.config import load_settings
 from escalator.model.task import load_task
 from escalator_dev.emulator.server import classify
-from tests.image.buildah import IMAGE, Container, RunningProcess, entrypoint, wait_until
-from tests.integration.harness import collect, make_env, produce, requests, setup_topics
+from tests.image.buildah import IMAGE, Container, RunningProcess, entrypoint
+from tests.integration.harness import (
+    collect,
+    make_env,
+    produce,
+    requests,
+    setup_topics,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +103,7 @@ def test_carries_no_build_secrets(container: Container) -> None:
         assert body not in flat, f"{ca} is in the image"
 
 
+@pytest.mark.timeout(300)
 async def test_doctor_passes_against_the_test_broker_and_the_emulator(
     kafka_bootstrap: str, sim_url: str, unique: str, config: dict[str, Any], container: Container
 ) -> None:
@@ -109,6 +117,7 @@ async def test_doctor_passes_against_the_test_broker_and_the_emulator(
     assert "checks passed" in lines[-1]
 
 
+@pytest.mark.timeout(420)
 async def test_run_tier_all_turns_requests_into_results(
     kafka_bootstrap: str, sim_url: str, unique: str, config: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -172,9 +181,7 @@ async def test_run_tier_all_turns_requests_into_results(
         )
         assert nobody.returncode != 0
 
-        wait_until(
-            lambda: service.service_pid(ENTRYPOINT_SCRIPT) is not None, 30, "the service process"
-        )
+        await wait_for(lambda: service.service_pid(ENTRYPOINT_SCRIPT) is not None, 30)
         status = await asyncio.to_thread(service.terminate_service, ENTRYPOINT_SCRIPT)
         log.flush()
         assert status == 0, (tmp_path / "service.log").read_text()[-3000:]
