@@ -32,6 +32,8 @@ def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dic
         "ESCALATOR_DECISIONS_TOPIC": f"dec-{unique}",
         "ESCALATOR_REVIEWS_TOPIC": f"rev-{unique}",
         "ESCALATOR_ADJUDICATIONS_TOPIC": f"adj-{unique}",
+        "ESCALATOR_PARKED_TOPIC": f"parked-{unique}",
+        "ESCALATOR_PARKED_REPLAY_GROUP": f"parked-replay-{unique}",
         "ESCALATOR_REVIEW_GROUP": f"review-{unique}",
         "ESCALATOR_CHEAP_GROUP": f"cheap-{unique}",
         "ESCALATOR_STRONG_GROUP": f"strong-{unique}",

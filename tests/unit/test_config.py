@@ -245,6 +245,7 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "decisions": "ESCALATOR_DECISIONS_TOPIC",
         "reviews": "ESCALATOR_REVIEWS_TOPIC",
         "adjudications": "ESCALATOR_ADJUDICATIONS_TOPIC",
+        "parked": "ESCALATOR_PARKED_TOPIC",
     }
     env = {variable: f"t.{name}" for name, variable in Topics.variables().items()}
     topics = load_settings({**BASE, **env}).topics
@@ -257,4 +258,5 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "escalator.decisions",
         "escalator.reviews",
         "escalator.adjudications",
+        "escalator.parked",
     ]
