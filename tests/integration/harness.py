@@ -122,10 +122,15 @@ async def collect(
     timeout_s: float = 60,
     *,
     linger_s: float = 0.0,
+    isolation_level: str = "read_uncommitted",
 ) -> Collected:
     """Read the topics from the start until ``until`` holds (then linger), or time out."""
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     got = Collected()

@@ -24,8 +24,8 @@ from escalator.kafka.parked import ParkedScan, hold_not_over, scan_parked
 
 def _print(topic: str, scan: ParkedScan) -> None:
     print(
-        f"parked topic {topic}: {scan.total} waiting to be replayed, "
-        f"{scan.replayed_before} replayed before"
+        f"parked topic {topic}: {scan.total} waiting to be replayed; the replay group is past "
+        f"{scan.offsets_replayed} offset(s)"
     )
     for (source, reason), count in sorted(scan.waiting.items()):
         print(f"  {source}: {count} ({reason})")

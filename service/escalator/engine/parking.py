@@ -120,6 +120,8 @@ class Parking:
         self.retention: TopicRetention | None = None
         self._parts: dict[TopicPartition, _Part] = {}
         self._sizes = RecordSizes()
+        self._stale = True
+        self._wake = asyncio.Event()
         self._trackers: Mapping[TopicPartition, PartitionTracker] = {}
         self._cancel: Callable[[TopicPartition, int], None] = lambda tp, until: None
         self._share = metrics.retention_used.labels(tier, topic)
@@ -195,11 +197,13 @@ class Parking:
         await self._log.close()
 
     # -- partitions -------------------------------------------------------------------------------
-    async def assigned(self, tps: set[TopicPartition]) -> None:
-        """Read the topic's retention again (it may have changed) and start watching ``tps``."""
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        """Start watching ``tps``; the watch reads the topic's retention again at once (it may
+        have changed), beside the rebalance rather than inside it."""
         for tp in tps:
             self._parts.setdefault(tp, _Part())
-        await self._refresh_retention()
+        self._stale = True
+        self._wake.set()
 
     def revoked(self, tps: set[TopicPartition]) -> None:
         for tp in tps:
@@ -211,6 +215,7 @@ class Parking:
         except (KafkaError, EscalatorError, OSError) as exc:
             log(logger, "retention_unknown", logging.WARNING, topic=self.topic, error=repr(exc))
             return
+        self._stale = False
         if found != self.retention:
             self.retention = found
             self._metrics.retention_ms.labels(self.topic).set(
@@ -225,16 +230,17 @@ class Parking:
 
     # -- the watch --------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Check every ``check_s`` until cancelled; a failed check is logged and retried."""
-        if self.retention is None:
-            await self._refresh_retention()
+        """Check every ``check_s`` (and at once after an assignment) until cancelled; a failed
+        check is logged and retried."""
         while True:
+            self._wake.clear()
             try:
                 await self.check()
             except (KafkaError, EscalatorError, OSError) as exc:
                 log(logger, "retention_check_failed", logging.WARNING, tier=self.tier,
                     error=repr(exc))  # fmt: skip
-            await asyncio.sleep(self._check_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._check_s)
 
     async def check(self) -> None:
         """One pass over the owned partitions: losses, oldest held record, parking."""
@@ -243,7 +249,7 @@ class Parking:
             self._share.set(0)
             self._age.set(0)
             return
-        if self.retention is None:
+        if self._stale or self.retention is None:
             await self._refresh_retention()
         bounds = await self._log.bounds(tps)
         committed = {

@@ -392,7 +392,9 @@ class TierWorker:
         assert task is not None
         if self._parking.takes(tp, record.offset):
             return self._parking.outputs(record), True  # dispatched as parking began
-        handling = self._handling.setdefault(tp, {})
+        handling = self._handling.get(tp)
+        if handling is None:
+            handling = self._handling[tp] = {}
         handling[record.offset] = task
         try:
             return await self._handler.handle(record), False
@@ -467,7 +469,7 @@ class TierWorker:
             self.stop()
             return
         if self._parking is not None:
-            await self._parking.assigned(assigned)
+            self._parking.assigned(assigned)
         self._metrics.rebalances.labels(self.tier, "assigned").inc()
         self._series.ready.set(1)
         self._joined.set()

@@ -34,8 +34,9 @@ class ParkedScan:
 
     #: (source topic, hold reason) -> records waiting to be replayed.
     waiting: Counter[tuple[str, str]] = field(default_factory=Counter)
-    #: Records replayed by earlier runs (the group's committed offsets, from the log start).
-    replayed_before: int = 0
+    #: Offsets the replay group has passed (from the log start): records replayed by earlier
+    #: runs, plus transaction markers when the parked topic was written exactly-once.
+    offsets_replayed: int = 0
     replayed: int = 0
     #: Waiting records whose source is not an input topic of this configuration.
     unreplayable: int = 0
@@ -74,7 +75,7 @@ async def scan_parked(settings: Settings, *, replay: bool = False) -> ParkedScan
         for tp in tps:
             done = await consumer.committed(tp)
             position = start[tp] if done is None or done < start[tp] else done
-            result.replayed_before += position - start[tp]
+            result.offsets_replayed += position - start[tp]
             consumer.seek(tp, position)
 
         async def records() -> AsyncIterator[Outgoing]:
