@@ -22,14 +22,17 @@ from escalator.calibration.threshold_file import load_threshold_file
 from escalator.config import Settings
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
+from escalator.engine.parking import Parking
 from escalator.engine.transactional import Transactional
 from escalator.engine.worker import TierWorker, WorkerOptions
 from escalator.errors import ConfigError, ModelUnavailable
+from escalator.kafka.admin import KafkaLogView
 from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
 from escalator.model.admission import Admission, Budget, TokenEstimate, Tuning
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
 from escalator.model.check import ModelFacts, check_model
+from escalator.model.holds import Hold, HoldClock, held_by
 from escalator.model.limits import AdaptiveLimit
 from escalator.model.prices import PriceTable, load_prices
 from escalator.model.profiles import ModelProfile, ProfileTable, load_profiles
@@ -86,6 +89,8 @@ class Service:
     callers: dict[str, ModelCaller] = field(default_factory=dict)
     #: Start-up checks of each configured model (GET /v1/models/{id}); empty with fakes.
     model_checks: list[Callable[[], Awaitable[ModelFacts]]] = field(default_factory=list)
+    #: Per tier: its hold now (account or outage), with when it began and ends.
+    holds: dict[str, Callable[[], Hold | None]] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -102,7 +107,11 @@ class Service:
         for w in self.workers:
             caller = self.callers.get(w.tier)
             reason, message = caller.hold() if caller is not None else (None, None)
-            out.append(TierHealth(w.tier, w.joined, reason, message))
+            watch = self.holds.get(w.tier)
+            hold = watch() if watch is not None and reason is not None else None
+            since = hold.since_s if hold is not None else None
+            ends = hold.ends_at_s if hold is not None else None
+            out.append(TierHealth(w.tier, w.joined, reason, message, since, ends))
         return out
 
     async def check_models(self) -> None:
@@ -194,11 +203,14 @@ def _count_retry(metrics: Metrics, tier: str) -> Callable[[ModelUnavailable], No
     return count
 
 
-def _hold_gauge(metrics: Metrics, tier: str) -> Callable[[str | None], None]:
-    """Keeps ``api_blocked{tier,reason}`` at 1 for the current hold reason, 0 for the last."""
+def _hold_gauge(metrics: Metrics, tier: str, clock: HoldClock) -> Callable[[str | None], None]:
+    """Keeps ``api_blocked{tier,reason}`` at 1 for the current hold reason, 0 for the last;
+    starts the tier's hold clock the moment the account is blocked."""
     last: list[str] = []
 
     def change(reason: str | None) -> None:
+        if reason is not None:
+            clock.observe(reason, None)
         for old in last:
             metrics.api_blocked.labels(tier, old).set(0)
         last.clear()
@@ -354,15 +366,17 @@ def build_service(
     policy = RetryPolicy.from_settings(settings)
     workers: list[TierWorker] = []
     callers: dict[str, ModelCaller] = {}
+    holds: dict[str, Callable[[], Hold | None]] = {}
     for tier in tiers:
         limit = AdaptiveLimit(p.max_in_flight, enabled=p.adaptive_concurrency)
+        clock = HoldClock()
         breaker = CircuitBreaker(
             window=p.breaker_window,
             failure_ratio=p.breaker_failure_ratio,
             cooldown_s=p.breaker_cooldown_s,
             cooldown_max_s=p.breaker_cooldown_max_s,
             blocked_cooldown_s=p.blocked_probe_s,
-            on_hold_change=_hold_gauge(metrics, tier),
+            on_hold_change=_hold_gauge(metrics, tier, clock),
         )
         model = models[tier]
         caller = callers[tier] = ModelCaller(
@@ -375,6 +389,7 @@ def build_service(
             on_warmup=metrics.warmups.labels(tier, model).inc,
             admission=admissions[model],
         )
+        holds[tier] = held_by(caller, clock)
         handler_cls = CheapHandler if tier == "cheap" else StrongHandler
         handler = handler_cls(
             caller=caller,
@@ -415,12 +430,47 @@ def build_service(
             metrics=metrics,
             options=WorkerOptions.from_settings(p),
             limit=limit,
+            parking=_parking(settings, metrics, tier, topic, group, holds),
         )
         shares.setdefault(model, _partition_share(worker))
         workers.append(worker)
     return Service(
-        settings, metrics, workers, producer, close, callers=callers, model_checks=checks
+        settings, metrics, workers, producer, close, callers=callers, model_checks=checks,
+        holds=holds,
+    )  # fmt: skip
+
+
+def _parking(
+    settings: Settings,
+    metrics: Metrics,
+    tier: str,
+    topic: str,
+    group: str,
+    holds: dict[str, Callable[[], Hold | None]],
+) -> Parking:
+    """The tier's retention watch, and its parking when ESCALATOR_PARKING is on (the watch
+    runs either way: the metrics, and the count of records lost, are wanted regardless)."""
+    hold = holds[tier]
+    metrics.held_since.labels(tier).set_function(lambda: _epoch(hold(), "since_s"))
+    metrics.hold_ends.labels(tier).set_function(lambda: _epoch(hold(), "ends_at_s"))
+    k = settings.parking
+    return Parking(
+        tier=tier,
+        topic=topic,
+        group=group,
+        parked_topic=settings.topics.parked,
+        log=KafkaLogView(settings.kafka, client_id=f"{settings.kafka.client_id}-retention"),
+        metrics=metrics,
+        hold=hold,
+        park_at=k.park_at,
+        check_s=k.check_s,
+        enabled=k.enabled,
     )
+
+
+def _epoch(hold: Hold | None, name: str) -> float:
+    value = getattr(hold, name, None) if hold is not None else None
+    return float(value) if value is not None else 0.0
 
 
 def _admitted_rates(admission: Admission) -> Callable[[], dict[str, float] | None]:

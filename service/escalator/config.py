@@ -95,7 +95,8 @@ class Topics:
     """Every topic the service reads or writes: its fields are the one list of them. Each is
     set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
     ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
-    ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC."""
+    ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC,
+    ESCALATOR_PARKED_TOPIC."""
 
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
@@ -106,6 +107,9 @@ class Topics:
     reviews: str = "escalator.reviews"
     #: The measurement queue: a random sample of requests with both model answers.
     adjudications: str = "escalator.adjudications"
+    #: Held records copied here before their input topic's retention would delete them
+    #: (``engine/parking.py``); ``escalator parked replay`` sends them back.
+    parked: str = "escalator.parked"
 
     def all(self) -> list[str]:
         """Every topic the service reads or writes, in field order."""
@@ -228,6 +232,24 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ParkingSettings:
+    """Holds that outlast retention (``kafka/retention.py``, ``engine/parking.py``)."""
+
+    #: ESCALATOR_PARKING: copy held records to the parked topic before retention deletes them.
+    enabled: bool = True
+    #: ESCALATOR_PARK_AT: park a held partition once its oldest uncommitted record has used this
+    #: share of its topic's retention (by time or by bytes).
+    park_at: float = 0.5
+    #: ESCALATOR_RETENTION_CHECK_S: how often each consumer looks at its partitions' deadlines.
+    check_s: float = 30.0
+    #: ESCALATOR_PARKED_RETENTION_MS: ``retention.ms`` of the parked topic when ``topics create``
+    #: makes it; -1 keeps parked records until they are replayed and deleted by an operator.
+    parked_retention_ms: int = -1
+    #: ESCALATOR_PARKED_REPLAY_GROUP: the group whose offsets say what ``parked replay`` sent.
+    replay_group: str = "escalator-parked-replay"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings
     model: ModelSettings
@@ -236,6 +258,7 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    parking: ParkingSettings = field(default_factory=ParkingSettings)
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -534,6 +557,27 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
             "ESCALATOR_REVIEW_TOKENS_FILE and ESCALATOR_REVIEW_PASSWORDS_FILE are both set; "
             "choose one way for reviewers to sign in"
         )
+    dpk = ParkingSettings()
+    parked_retention = env.get(
+        "ESCALATOR_PARKED_RETENTION_MS", dpk.parked_retention_ms, int, "an integer"
+    )
+    if parked_retention != -1 and parked_retention < 60_000:
+        raise ConfigError(
+            f"ESCALATOR_PARKED_RETENTION_MS={parked_retention} must be -1 (keep until deleted) "
+            "or at least 60000"
+        )
+    parking = ParkingSettings(
+        enabled=env.flag("ESCALATOR_PARKING", dpk.enabled),
+        park_at=env.number("ESCALATOR_PARK_AT", dpk.park_at, 0.05, 0.95),
+        check_s=env.number("ESCALATOR_RETENTION_CHECK_S", dpk.check_s, 0.1, 3600.0),
+        parked_retention_ms=parked_retention,
+        replay_group=env.text("ESCALATOR_PARKED_REPLAY_GROUP", dpk.replay_group),
+    )
+    if parking.enabled and topics.parked in (topics.requests, topics.escalations, topics.reviews):
+        raise ConfigError(
+            f"ESCALATOR_PARKED_TOPIC={topics.parked!r} is an input topic; parked records need "
+            "a topic of their own"
+        )
     ds = Settings(kafka=kafka, model=model)
     log_level = env.text("ESCALATOR_LOG_LEVEL", ds.log_level).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -548,6 +592,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         routing=routing,
         admission=admission,
         review=review,
+        parking=parking,
         metrics_port=env.integer("ESCALATOR_METRICS_PORT", ds.metrics_port, 0),
         metrics_host=env.text("ESCALATOR_METRICS_HOST", ds.metrics_host),
         log_level=log_level,

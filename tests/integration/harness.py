@@ -32,6 +32,8 @@ def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dic
         "ESCALATOR_DECISIONS_TOPIC": f"dec-{unique}",
         "ESCALATOR_REVIEWS_TOPIC": f"rev-{unique}",
         "ESCALATOR_ADJUDICATIONS_TOPIC": f"adj-{unique}",
+        "ESCALATOR_PARKED_TOPIC": f"parked-{unique}",
+        "ESCALATOR_PARKED_REPLAY_GROUP": f"parked-replay-{unique}",
         "ESCALATOR_REVIEW_GROUP": f"review-{unique}",
         "ESCALATOR_CHEAP_GROUP": f"cheap-{unique}",
         "ESCALATOR_STRONG_GROUP": f"strong-{unique}",
@@ -120,10 +122,15 @@ async def collect(
     timeout_s: float = 60,
     *,
     linger_s: float = 0.0,
+    isolation_level: str = "read_uncommitted",
 ) -> Collected:
     """Read the topics from the start until ``until`` holds (then linger), or time out."""
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     got = Collected()

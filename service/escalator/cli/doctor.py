@@ -13,8 +13,13 @@ For each configured model (the cheap one and the strong one):
 - ``limits``: the organisation's rate limits from the ``anthropic-ratelimit-*`` headers.
 
 Then ``kafka``: the bootstrap servers answer with the configured security, and every topic
-exists (with its partition count). Exit 0 only when every check passed; otherwise exit 2 with
-one line naming the failed checks. The API key is never printed.
+exists (with its partition count and, for an input topic, its retention); the parked topic has
+no record waiting for ``escalator parked replay`` (else it says how many, and since when the
+hold they come from began). Last, ``service``: when a service listens on this host's metrics
+port (doctor run in a tier's pod), each tier's hold as ``/readyz`` reports it, with when it
+began and when the API says it ends. A model the account may not call says when the API says
+that ends (a spend cap). Exit 0 only when every check passed; otherwise exit 2 with one line
+naming the failed checks. The API key is never printed.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ import anthropic
 
 from escalator.config import Settings
 from escalator.contract.messages import Attempt
-from escalator.errors import ConfigError, EscalatorError, ModelRejected, ModelUnavailable
+from escalator.errors import (
+    ApiBlocked,
+    ConfigError,
+    EscalatorError,
+    ModelRejected,
+    ModelUnavailable,
+)
 
 #: A text no safety classifier should decline and every model should call safe.
 HARMLESS = "What a lovely afternoon for a picnic in the park with the children."
@@ -99,7 +110,7 @@ async def check_model_end_to_end(
         first = await classifier.classify(HARMLESS)
         second = await classifier.classify(HARMLESS + " ")
     except (ModelUnavailable, ModelRejected) as exc:
-        checks.append(Check(f"classify {model}", False, str(exc)))
+        checks.append(Check(f"classify {model}", False, str(exc) + _ends(exc)))
         return checks
     checks.append(_classified(model, first))
     checks.append(_cached(model, first, second, profile.cache_min_tokens))
@@ -119,6 +130,20 @@ async def check_model_end_to_end(
             )
         )
     return checks
+
+
+def _ends(exc: Exception) -> str:
+    """For a blocked account, when the API says the block ends (a spend cap)."""
+    from escalator.model.holds import resumes_at
+
+    if not isinstance(exc, ApiBlocked):
+        return ""
+    ends = resumes_at(exc.kind, str(exc), time.time())
+    return "" if ends is None else f"; the API says access resumes at {_iso(ends)}"
+
+
+def _iso(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
 def _classified(model: str, a: Attempt) -> Check:
@@ -171,7 +196,81 @@ async def check_kafka(settings: Settings) -> list[Check]:
         except EscalatorError:
             checks.append(Check(f"topic {topic}", False, "missing: run `escalator topics create`"))
             continue
-        checks.append(Check(f"topic {topic}", True, f"{len(partitions)} partitions"))
+        detail = f"{len(partitions)} partitions"
+        if topic in (t.requests, t.escalations, t.reviews, t.adjudications, t.parked):
+            detail += f"; {await _retention(settings, topic)}"
+        if topic == t.parked:
+            checks.append(await _parked(settings, detail))
+            continue
+        checks.append(Check(f"topic {topic}", True, detail))
+    return checks
+
+
+async def _retention(settings: Settings, topic: str) -> str:
+    from escalator.kafka.admin import describe_configs
+    from escalator.kafka.retention import TopicRetention
+
+    configs = await describe_configs(settings.kafka, [topic])
+    return TopicRetention.from_configs(topic, configs.get(topic, {})).describe()
+
+
+async def _parked(settings: Settings, detail: str) -> Check:
+    """The parked topic: records waiting for ``escalator parked replay`` fail the check."""
+    from escalator.kafka.parked import scan_parked
+
+    topic = settings.topics.parked
+    scan = await scan_parked(settings)
+    if scan.total == 0:
+        return Check(f"topic {topic}", True, f"{detail}; nothing waits to be replayed")
+    since = _iso(scan.held_since_ms / 1000) if scan.held_since_ms is not None else "?"
+    ends = f", the API said it ends at {scan.hold_ends_at}" if scan.hold_ends_at else ""
+    reasons = ", ".join(sorted({reason for _, reason in scan.waiting}))
+    return Check(
+        f"topic {topic}",
+        False,
+        f"{detail}; {scan.total} parked record(s) wait for `escalator parked replay`, from a "
+        f"hold ({reasons or '?'}) that began at {since}{ends}",
+    )
+
+
+async def check_service(settings: Settings) -> list[Check]:
+    """The holds of a service on this host (``/readyz`` on the metrics port), if one runs."""
+    import aiohttp
+
+    port = settings.metrics_port
+    if not port:
+        return []
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(url) as response,
+        ):
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return [Check("service", True, f"no Escalator service answers {url} (run doctor in a "
+                      "tier's pod to see its holds)")]  # fmt: skip
+    checks = []
+    for tier in body.get("tiers", []) if isinstance(body, dict) else []:
+        name = f"service {tier.get('tier')}"
+        if not tier.get("held"):
+            state = "joined" if tier.get("joined") else "not joined yet"
+            checks.append(Check(name, bool(tier.get("joined")), f"{state}; not held"))
+            continue
+        ends = tier.get("hold_ends")
+        checks.append(
+            Check(
+                name,
+                False,
+                f"held ({tier.get('held')}) since {tier.get('held_since') or '?'}"
+                + (
+                    f"; the API says it ends at {ends}"
+                    if ends
+                    else "; no end date: someone must act"
+                )
+                + f": {tier.get('message')}",
+            )
+        )
     return checks
 
 
@@ -189,6 +288,7 @@ async def run_doctor(settings: Settings) -> list[Check]:
         checks += await check_kafka(settings)
     else:
         checks.append(Check("kafka", False, "KAFKA_BOOTSTRAP_SERVERS is not set"))
+    checks += await check_service(settings)
     return checks
 
 

@@ -5,6 +5,7 @@ Commands, one module per group (each has a ``register(sub)``; none imports anoth
     doctor                                cli/doctor.py
     export, calibrate, report             cli/measure.py
     dead-letters summary|replay           cli/deadletters.py
+    parked summary|replay                 cli/parked.py
     review serve|hash                     cli/review.py
     kafka, sim, demo                      the escalator-dev package, when it is installed
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from escalator import __version__
-from escalator.cli import deadletters, doctor, measure, review, service
+from escalator.cli import deadletters, doctor, measure, parked, review, service
 from escalator.errors import EscalatorError
 
 EXIT_ERROR = 2
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="escalator", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"escalator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (service, doctor, measure, deadletters, review):
+    for group in (service, doctor, measure, deadletters, parked, review):
         group.register(sub)
     for plugin in entry_points(group=COMMANDS_GROUP):
         try:

@@ -44,7 +44,13 @@ def cmd_topics(args: argparse.Namespace) -> int:
     partitions = args.partitions or settings.topic_partitions
     replication = args.replication or settings.topic_replication
     names = settings.topics.all()
-    created = asyncio.run(create_topics(settings.kafka, names, partitions, replication))
+    # The parked topic keeps what it holds until replayed (ESCALATOR_PARKED_RETENTION_MS).
+    parked = {"retention.ms": str(settings.parking.parked_retention_ms)}
+    created = asyncio.run(
+        create_topics(
+            settings.kafka, names, partitions, replication, {settings.topics.parked: parked}
+        )
+    )
     for name in names:
         print(f"{'created' if name in created else 'exists '} {name}")
     return 0

@@ -323,9 +323,14 @@ async def read_to_end(
 
 
 async def create_topics(
-    kafka: KafkaSettings, names: list[str], partitions: int, replication: int
+    kafka: KafkaSettings,
+    names: list[str],
+    partitions: int,
+    replication: int,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    """Create the topics that do not exist yet (with ``configs[name]``, if given); return the
+    names created. Idempotent: an existing topic's configs are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
     await admin.start()
     try:
@@ -333,7 +338,11 @@ async def create_topics(
         missing = [n for n in names if n not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(n, partitions, replication) for n in missing], timeout_ms=30_000
+                [
+                    NewTopic(n, partitions, replication, topic_configs=(configs or {}).get(n, {}))
+                    for n in missing
+                ],
+                timeout_ms=30_000,
             )
             for entry in response.topic_errors:
                 topic, code = entry[0], entry[1]

@@ -355,6 +355,63 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        # Holds that outlast retention (engine/parking.py; the review console too).
+        self.retention_used = Gauge(
+            "escalator_retention_used_ratio",
+            "Share of its topic's retention the oldest uncommitted record has used (by time or "
+            "by bytes), the largest over this process's partitions; the broker cannot delete "
+            "it below 1.",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.held_oldest_age = Gauge(
+            "escalator_held_oldest_age_seconds",
+            "Age of the oldest uncommitted record, the largest over this process's partitions.",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.retention_ms = Gauge(
+            "escalator_retention_ms",
+            "The topic's effective retention.ms as the broker describes it (-1: unlimited).",
+            ["topic"],
+            registry=r,
+        )
+        self.retention_bytes = Gauge(
+            "escalator_retention_bytes",
+            "The topic's effective retention.bytes per partition (-1: unlimited).",
+            ["topic"],
+            registry=r,
+        )
+        self.park_at = Gauge(
+            "escalator_park_at_ratio",
+            "ESCALATOR_PARK_AT: held records are parked once retention_used_ratio reaches it.",
+            registry=r,
+        )
+        self.parked = Counter(
+            "escalator_parked",
+            "Held records copied to the parked topic (acknowledged) before retention could "
+            "delete them.",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.retention_lost = Counter(
+            "escalator_retention_lost",
+            "Records the broker deleted before the group committed past them (lost work).",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.held_since = Gauge(
+            "escalator_held_since_seconds",
+            "When the tier's current hold began (Unix time; 0 while not held).",
+            ["tier"],
+            registry=r,
+        )
+        self.hold_ends = Gauge(
+            "escalator_hold_ends_seconds",
+            "When the API says the current hold ends (a spend cap; Unix time; 0: not said).",
+            ["tier"],
+            registry=r,
+        )
 
         self._models: dict[tuple[str, str, str], _ModelSeries] = {}
         self._limits: dict[tuple[str, str], tuple[Any, Any]] = {}
