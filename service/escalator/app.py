@@ -8,24 +8,28 @@ flush the producer; leave the group; return (exit 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from escalator.calibration.threshold_file import load_threshold_file
-from escalator.config import Settings
+from escalator.config import Settings, redacted_url
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
 from escalator.engine.transactional import Transactional
-from escalator.engine.worker import TierWorker, WorkerOptions
+from escalator.engine.worker import TierWorker, WorkerOptions, stop_reserve_s
 from escalator.errors import ConfigError, ModelUnavailable
-from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
+from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer, missing_topics
+from escalator.kafka.watch import BrokerWatch
 from escalator.model.admission import Admission, Budget, TokenEstimate, Tuning
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
@@ -44,6 +48,9 @@ logger = logging.getLogger("escalator.app")
 TIERS = ("cheap", "strong")
 MODEL_VARIABLES = {"cheap": "ESCALATOR_CHEAP_MODEL", "strong": "ESCALATOR_STRONG_MODEL"}
 SIM_API_KEY = "simulator-no-key"
+#: While topics are missing at start-up: look again this often; a log line this often.
+TOPICS_POLL_S = 5.0
+TOPICS_SUMMARY_S = 60.0
 CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 #: The least max_tokens a model that always thinks (Opus 5.5, Fable 5.1) may be given.
 ALWAYS_THINKING_MIN_TOKENS = 1024
@@ -86,7 +93,14 @@ class Service:
     callers: dict[str, ModelCaller] = field(default_factory=dict)
     #: Start-up checks of each configured model (GET /v1/models/{id}); empty with fakes.
     model_checks: list[Callable[[], Awaitable[ModelFacts]]] = field(default_factory=list)
+    #: Whether a broker answers (readiness in an outage); None: not watched (tests).
+    broker: BrokerWatch | None = None
+    #: The topics this process reads or writes: the tiers start once they all exist.
+    topics_needed: list[str] = field(default_factory=list)
+    #: Warnings about the configuration, logged once at start (e.g. everything escalates).
+    notes: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _missing: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,21 +111,38 @@ class Service:
         return bool(self.workers) and all(h.ready for h in self.health())
 
     def health(self) -> list[TierHealth]:
-        """Per tier: joined its group, and whether the account holds its traffic (and why)."""
+        """Per tier: joined its group, and whether its traffic is held (and why): by the
+        account (``api_blocked``), by topics that do not exist yet (``topics_missing``), or
+        by a broker that has not answered for ESCALATOR_KAFKA_UNREACHABLE_S
+        (``kafka_unreachable``)."""
+        outage = self.broker.outage() if self.broker is not None else None
         out = []
         for w in self.workers:
             caller = self.callers.get(w.tier)
             reason, message = caller.hold() if caller is not None else (None, None)
+            if reason is None and self._missing:
+                reason = "topics_missing"
+                message = f"waiting for topics {', '.join(self._missing)}: escalator topics create"
+            if reason is None and outage is not None:
+                reason, message = "kafka_unreachable", outage
             out.append(TierHealth(w.tier, w.joined, reason, message))
         return out
 
     async def check_models(self) -> None:
-        """Ask the API about each model; ConfigError names the variable. An unreachable API
-        is logged and tolerated: the tiers hold traffic through an outage anyway."""
+        """Ask the API about each model; ConfigError names the variable. An API that cannot
+        be reached is logged and tolerated (the tiers hold traffic through an outage anyway),
+        unless ANTHROPIC_BASE_URL names it: then nothing listens where it points (a typo, a
+        proxy or emulator not started), which is a configuration error."""
+        base_url = self.settings.model.base_url
         for check in self.model_checks:
             try:
                 facts = await check()
             except ModelUnavailable as exc:
+                if base_url is not None and exc.kind == "connection":
+                    raise ConfigError(
+                        f"ANTHROPIC_BASE_URL={redacted_url(base_url)}: nothing answers there "
+                        "(cannot connect): is the proxy or emulator running?"
+                    ) from exc
                 log(logger, "model_check_skipped", logging.WARNING, error=str(exc))
                 continue
             for warning in facts.warnings:
@@ -137,11 +168,15 @@ class Service:
                 if asyncio.iscoroutine(result):
                     await result
             raise
+        for note in self.notes:
+            log(logger, "configuration_note", logging.WARNING, note=note)
         producer = self.producer
-        await producer.start()
         tasks: list[asyncio.Task[None]] = []
         helpers: list[asyncio.Task[None]] = []
         try:
+            await producer.start()
+            if self.broker is not None:
+                helpers.append(asyncio.create_task(self.broker.run(), name="broker-watch"))
             async with HealthServer(
                 self.metrics,
                 host=self.settings.metrics_host,
@@ -150,6 +185,10 @@ class Service:
                 ready=self.health,
             ) as health:
                 self.health_port = health.port
+                if not await self._wait_for_topics():
+                    for w in self.workers:  # stopped while waiting: nothing ever ran
+                        await w.discard()
+                    return
                 tasks = [asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers]
                 log(
                     logger,
@@ -172,7 +211,10 @@ class Service:
             for t in [*tasks, *helpers]:
                 if not t.done():
                     t.cancel()
-            await producer.stop()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            # The last third of the shutdown reserve (engine/worker.py), half to flush.
+            bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 6
+            await producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
             for close in self.close_clients:
                 result = close()
                 if asyncio.iscoroutine(result):
@@ -181,6 +223,42 @@ class Service:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             log(logger, "service_stopped")
+
+    async def _wait_for_topics(self) -> bool:
+        """Wait until every topic this process needs exists (one line when some do not, a
+        line per minute while they stay missing); False if stopped meanwhile."""
+        if not self.topics_needed:
+            return True
+        started = time.monotonic()
+        last: float | None = None
+        error: str | None = None
+        while not self._stop.is_set():
+            try:
+                self._missing = await missing_topics(self.settings.kafka, self.topics_needed)
+            except (KafkaError, OSError) as exc:
+                self._missing = list(self.topics_needed)
+                error = repr(exc)
+            else:
+                error = None
+            if not self._missing:
+                if time.monotonic() - started > TOPICS_POLL_S:
+                    log(logger, "topics_found", waited_s=round(time.monotonic() - started, 1))
+                return True
+            now = time.monotonic()
+            if last is None or now - last >= TOPICS_SUMMARY_S:
+                last = now
+                log(
+                    logger,
+                    "topics_missing",
+                    logging.ERROR,
+                    topics=self._missing,
+                    waited_s=round(now - started, 1),
+                    hint="create them: escalator topics create (or your topic tooling)",
+                    error=error,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), TOPICS_POLL_S)
+        return False
 
     async def _notify_ready(self, callback: Callable[[], None]) -> None:
         await asyncio.gather(*(w.wait_joined() for w in self.workers))
@@ -236,14 +314,22 @@ def model_profiles(settings: Settings, tiers: list[str]) -> dict[str, ModelProfi
     return out
 
 
-def build_service(
-    settings: Settings,
-    tiers: list[str],
-    *,
-    metrics: Metrics | None = None,
-    model_factory: Callable[[str, str, Task, PriceTable], ModelClient] | None = None,
-) -> Service:
-    """Validate everything that can be validated before connecting, then build the workers."""
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the service is built from, once validated: everything checked before a socket
+    opens (``escalator config`` runs this too)."""
+
+    task: Task
+    prices: PriceTable
+    profiles: dict[str, ModelProfile]
+    thresholds: Thresholds
+    #: What is valid but probably not meant (logged once at start, printed by config).
+    notes: tuple[str, ...] = ()
+
+
+def load_parts(settings: Settings, tiers: list[str]) -> Parts:
+    """Load and validate the task, prices, model profiles and thresholds for ``tiers``; a
+    ConfigError names the variable (or file) at fault."""
     task = load_task(settings.routing.task_file)
     prices = load_prices(settings.routing.prices_file)
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
@@ -275,6 +361,36 @@ def build_service(
         raise ConfigError(
             f"ESCALATOR_LABEL_THRESHOLDS names labels not in the task: {', '.join(sorted(unknown))}"
         )
+    notes = []
+    if "cheap" in tiers and min([thresholds.default, *thresholds.per_label.values()]) > 1:
+        where = (
+            f"ESCALATOR_THRESHOLDS_FILE={settings.routing.thresholds_file}"
+            if settings.routing.thresholds_file is not None
+            else "the thresholds"
+        )
+        notes.append(
+            f"{where}: every request escalates (every threshold is above 1): each costs a "
+            "cheap and a strong call, about 20x the cheap tier alone"
+        )
+    return Parts(task, prices, profiles, thresholds, tuple(notes))
+
+
+def build_service(
+    settings: Settings,
+    tiers: list[str],
+    *,
+    metrics: Metrics | None = None,
+    model_factory: Callable[[str, str, Task, PriceTable], ModelClient] | None = None,
+) -> Service:
+    """Validate everything that can be validated before connecting, then build the workers."""
+    parts = load_parts(settings, tiers)
+    task, prices, profiles, thresholds = (
+        parts.task,
+        parts.prices,
+        parts.profiles,
+        parts.thresholds,
+    )
+    models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     metrics = metrics or Metrics()
     if thresholds.expected_escalation is not None:
         for bound, value in zip(
@@ -419,8 +535,30 @@ def build_service(
         shares.setdefault(model, _partition_share(worker))
         workers.append(worker)
     return Service(
-        settings, metrics, workers, producer, close, callers=callers, model_checks=checks
+        settings,
+        metrics,
+        workers,
+        producer,
+        close,
+        callers=callers,
+        model_checks=checks,
+        broker=BrokerWatch(settings.kafka),
+        topics_needed=topics_needed(settings, tiers),
+        notes=list(parts.notes),
     )
+
+
+def topics_needed(settings: Settings, tiers: list[str]) -> list[str]:
+    """The topics ``tiers`` read or write, in Topics' order."""
+    t, rv = settings.topics, settings.review
+    needed = {t.escalations, t.results, t.dead_letter, t.decisions}
+    if "cheap" in tiers:
+        needed.add(t.requests)
+    if "strong" in tiers and rv.human_tier:
+        needed.add(t.reviews)
+    if "strong" in tiers and (rv.adjudicate_agree > 0 or rv.adjudicate_disagree > 0):
+        needed.add(t.adjudications)
+    return [name for name in t.all() if name in needed]
 
 
 def _admitted_rates(admission: Admission) -> Callable[[], dict[str, float] | None]:

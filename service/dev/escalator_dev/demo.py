@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from escalator.cli._common import fraction, integer, number
 from escalator.config import Settings, load_settings
 from escalator.contract.messages import DeadLetterInfo
 from escalator.errors import EscalatorError
@@ -81,6 +82,11 @@ def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, 
 def cmd_demo(args: argparse.Namespace) -> int:
     wheel = datasets.fetch_pyrit_wheel()
     pool = datasets.sample(datasets.load_harm_samples(wheel), 3 * args.count)
+    if len(pool) < 3 * args.count:
+        raise EscalatorError(
+            f"--count {args.count}: the dataset has {len(pool)} texts, enough for --count "
+            f"{len(pool) // 3} at most (three phases)"
+        )
     n = args.count
     measure, rollout, people = pool[:n], pool[n : 2 * n], pool[2 * n :]
     out_dir = Path(args.output_dir)
@@ -515,19 +521,25 @@ def _summary(
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the whole round trip on embedded defaults")
-    demo.add_argument("--count", type=int, default=300, help="texts per phase (default 300)")
+    demo.add_argument(
+        "--count", type=integer(30, 100_000), default=300, help="texts per phase (default 300)"
+    )
     demo.add_argument(
         "--target",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True, hi_open=True),
         default=0.90,
         help="agreement that calibration must certify (delta 0.05; the simulated cheap model "
         "agrees about 80%% at threshold 0.7)",
     )
     demo.add_argument(
         "--strong-threshold",
-        type=float,
+        type=fraction,
         default=0.8,
         help="phase 4: the strong tier hands answers below this confidence to people",
     )
-    demo.add_argument("--output-dir", default="demo-output", help="threshold file and plot")
+    demo.add_argument(
+        "--output-dir",
+        default="demo-output",
+        help="where the threshold files, the plot and the decisions log go (default demo-output)",
+    )
     demo.set_defaults(func=cmd_demo)
