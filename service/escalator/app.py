@@ -333,8 +333,13 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
     task = load_task(settings.routing.task_file)
     prices = load_prices(settings.routing.prices_file)
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
-    prices.require(*(models[t] for t in tiers))
     profiles = model_profiles(settings, tiers)
+    for tier in tiers:
+        if models[tier] not in prices.prices:
+            raise ConfigError(
+                f"{MODEL_VARIABLES[tier]}={models[tier]!r} has no price in price table "
+                f"{prices.version}; add it with ESCALATOR_PRICES_FILE"
+            )
     if settings.routing.thresholds_file is not None:
         thresholds = load_threshold_file(
             settings.routing.thresholds_file,

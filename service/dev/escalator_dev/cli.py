@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -96,36 +98,28 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from escalator_dev.emulator.server import (
-        Latency,
-        SimConfig,
-        parse_fault,
-        parse_lexicon,
-        parse_limits,
-        serve,
-    )
+    from escalator_dev.emulator.server import SimConfig, parse_lexicon, serve
 
-    check_port_free(args.host, args.port, "--port")
-    try:
-        lexicon = None
-        if args.refusal_lexicon is not None:
+    check_port_free(args.host, args.port, "--port", "--host")
+    lexicon = None
+    if args.refusal_lexicon is not None:
+        try:
             lexicon = parse_lexicon(orjson.loads(args.refusal_lexicon.read_bytes()))
-        limits = dict(_model_limits(spec) for spec in args.rate_limit)
-        config = SimConfig(
-            latency=Latency.parse(args.latency),
-            faults=dict(parse_fault(f) for f in args.fault),
-            retry_after_s=args.retry_after_s,
-            seed=args.seed,
-            api_key=args.api_key,
-            retired=set(args.retire),
-            limits=limits,
-            default_limits=parse_limits(args.tier),
-            enum_case_rate=args.enum_case_rate,
-            refusals=not args.no_refusals,
-            refusal_lexicon=lexicon,
-        )
-    except (ValueError, OSError, orjson.JSONDecodeError) as exc:
-        raise EscalatorError(str(exc)) from exc
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            raise EscalatorError(f"--refusal-lexicon {args.refusal_lexicon}: {exc}") from exc
+    config = SimConfig(
+        latency=args.latency,
+        faults=dict(args.fault),
+        retry_after_s=args.retry_after_s,
+        seed=args.seed,
+        api_key=args.api_key,
+        retired=set(args.retire),
+        limits=dict(args.rate_limit),
+        default_limits=args.tier,
+        enum_case_rate=args.enum_case_rate,
+        refusals=not args.no_refusals,
+        refusal_lexicon=lexicon,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
     return 0
@@ -135,9 +129,28 @@ def _model_limits(spec: str) -> tuple[str, tuple[int, int, int]]:
     from escalator_dev.emulator.server import parse_limits
 
     model, sep, value = spec.partition("=")
-    if not sep:
-        raise ValueError(f"--rate-limit wants MODEL=RPM:ITPM:OTPM, got {spec!r}")
+    if not sep or not model:
+        raise ValueError(f"{spec!r} is not MODEL=RPM:ITPM:OTPM")
     return model, parse_limits(value)
+
+
+def _emulator_type(name: str) -> Callable[[str], Any]:
+    """An argparse type from one of the emulator's parsers (imported when used: the emulator
+    is not loaded for other commands); its ValueError becomes argparse's one-line error."""
+
+    def parse(text: str) -> Any:
+        from escalator_dev.emulator import server
+
+        try:
+            if name == "rate_limit":
+                return _model_limits(text)
+            if name == "latency":
+                return server.Latency.parse(text)
+            return getattr(server, f"parse_{name}")(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -194,10 +207,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--port", type=integer(0, 65535), default=8765, help="0 picks a free port (default 8765)"
     )
     sim.add_argument(
-        "--latency", default="0", help="per answer: 0, fixed:MS or uniform:LO:HI (milliseconds)"
+        "--latency",
+        type=_emulator_type("latency"),
+        default="0",
+        help="per answer: 0, fixed:MS or uniform:LO:HI (milliseconds)",
     )
     sim.add_argument(
         "--fault",
+        type=_emulator_type("fault"),
         action="append",
         default=[],
         help="KIND[:RATE], KIND in 429, 529, 500, hang, bad-schema, bad-label, refuse, "
@@ -216,12 +233,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument("--api-key", default=None, help="accept only this key (default: any)")
     sim.add_argument(
         "--tier",
+        type=_emulator_type("limits"),
         default="custom",
         help="rate limits of every model: start, build, scale (documented tiers), custom "
         "(default, 100,000 RPM), or RPM:ITPM:OTPM",
     )
     sim.add_argument(
         "--rate-limit",
+        type=_emulator_type("rate_limit"),
         action="append",
         default=[],
         help="MODEL=RPM:ITPM:OTPM for one model; repeatable",

@@ -142,6 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _compare("before: threshold 0.70 (phase 1)", before, 0.7)
         after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
         _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
+        _what_it_measures(before, args.target)
 
         print(
             f"\nPhase 4: the human tier, on {len(people)} new requests. The strong tier hands "
@@ -264,6 +265,26 @@ def _compare(name: str, data: Any, threshold: float) -> None:
         f"  {name}: escalated {c.escalation[0]:.1%}, agreement with the strong model "
         f"{c.agreement[0]:.1%} (lower bound {c.agreement_lower[0]:.1%}){acc}, "
         f"${c.cost_per_1k[0]:.4f} per 1,000 requests"
+    )
+
+
+def _what_it_measures(data: Any, target: float) -> None:
+    """Two lines under the before/after table: what calibration targets, and why accuracy
+    against people can move the other way on this data (the figures are phase 1's)."""
+    from escalator.calibration.certify import STRONG_ONLY, curve
+
+    c = curve(data, [0.0, STRONG_ONLY])
+    if c.accuracy is None:
+        return
+    cheap, strong = float(c.accuracy[0]), float(c.accuracy[1])
+    print(
+        f"  Calibration targets agreement with the strong model (certified >= {target:.0%}), "
+        "not accuracy against people: it escalates\n  what the cheap model may answer "
+        f"differently from the strong one. Here the strong model matches the human labels on "
+        f"{strong:.1%} of the\n  texts and the cheap one on {cheap:.1%} (phase 1), so "
+        "escalating more can cost accuracy against people while agreement rises;\n  "
+        "phase 4 (people deciding what the models cannot) and `calibrate --objective human` "
+        "target accuracy against people."
     )
 
 

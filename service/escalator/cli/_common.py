@@ -111,20 +111,23 @@ def writable_path(text: str) -> Path:
 
 
 # -- before any work: a port that is free, a broker that answers -------------------------------
-def check_port_free(host: str, port: int, variable: str) -> None:
+def check_port_free(host: str, port: int, variable: str, host_variable: str | None = None) -> None:
     """Raise ConfigError naming ``variable`` if ``host:port`` cannot be listened on (in use,
-    or the host is not an address of this machine). Port 0 (any free port) always passes.
+    or the host, named by ``host_variable``, is not an address of this machine). Port 0 (any
+    free port) passes if the host does.
 
     Checked before anything starts, so that a clash is one line rather than a failure after
     the service has joined its group. The listener binds again when it starts; a port taken in
     between fails there, translated in the same words by the CLI.
     """
-    if port == 0:
-        return
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError(f"{variable}: cannot listen on {host!r}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"{host_variable or variable}={host}: cannot listen there ({exc.strerror})"
+        ) from exc
+    if port == 0:
+        return
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         # As the listeners do (aiohttp, asyncio): a port in TIME_WAIT is not "in use".

@@ -64,14 +64,22 @@ def _command(role: str) -> str:
 def _validate(settings: Settings, role: str) -> list[str]:
     """Everything start-up checks without a network: files, labels, ports. ConfigError on
     the first problem; notes for what is valid but likely unmeant."""
+    from escalator.kafka.clients import security_kwargs
+
     notes: list[str] = []
-    check_port_free(settings.metrics_host, settings.metrics_port, "ESCALATOR_METRICS_PORT")
+    security_kwargs(settings.kafka)  # the TLS files load
+    check_port_free(
+        settings.metrics_host,
+        settings.metrics_port,
+        "ESCALATOR_METRICS_PORT",
+        "ESCALATOR_METRICS_HOST",
+    )
     if role == "review":
         from escalator.review.auth import load_authenticator
 
         rv = settings.review
         load_authenticator(rv.tokens_file, rv.passwords_file)
-        check_port_free(rv.host, rv.port, "ESCALATOR_REVIEW_PORT")
+        check_port_free(rv.host, rv.port, "ESCALATOR_REVIEW_PORT", "ESCALATOR_REVIEW_HOST")
         return notes
     from escalator.app import TIERS, anthropic_client, load_parts
 

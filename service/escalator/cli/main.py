@@ -82,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # aiokafka logs every refused connection at ERROR; the CLI reports failures in one line.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exited:
+        if exited.code in (0, None):
+            raise  # --help, --version: argparse's own exit
+        return EXIT_ERROR  # a bad flag, already printed in one line
     from aiokafka.errors import KafkaError
 
     try:

@@ -36,7 +36,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # settings, the files they name, the metrics port.
     settings = settings_from_env(role=args.tier)
     load_parts(settings, tiers)
-    check_port_free(settings.metrics_host, settings.metrics_port, "ESCALATOR_METRICS_PORT")
+    check_port_free(
+        settings.metrics_host,
+        settings.metrics_port,
+        "ESCALATOR_METRICS_PORT",
+        "ESCALATOR_METRICS_HOST",
+    )
     logs.configure(settings.log_level)
 
     async def main() -> None:
@@ -97,7 +102,7 @@ BAD_LINES_SHOWN = 3
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from escalator.contract.messages import parse_request
-    from escalator.kafka.clients import produce_and_await
+    from escalator.kafka.clients import missing_topics, produce_and_await
 
     settings = settings_from_env()
     records: list[tuple[bytes, bytes]] = []
@@ -123,11 +128,18 @@ def cmd_produce(args: argparse.Namespace) -> int:
     for problem in bad:  # --skip-invalid: each one named, on stderr
         print(f"skipped {problem}", file=sys.stderr)
     topic = args.topic or settings.topics.requests
+
+    async def publish() -> None:
+        # aiokafka would wait a minute for a topic that does not exist, then time out.
+        if await missing_topics(settings.kafka, [topic]):
+            raise EscalatorError(
+                f"topic {topic!r} does not exist: create it (escalator topics create), or name "
+                "another with --topic"
+            )
+        await produce_and_await(settings.kafka, ((topic, k, v, []) for k, v in records))
+
     if records:
-        run_with_kafka(
-            settings.kafka,
-            lambda: produce_and_await(settings.kafka, ((topic, k, v, []) for k, v in records)),
-        )
+        run_with_kafka(settings.kafka, publish)
     skipped = f"; skipped {len(bad)} invalid line(s)" if bad else ""
     print(f"produced {len(records)} record(s) to {topic}{skipped}")
     return 0

@@ -123,6 +123,13 @@ def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """aiokafka keyword arguments for the configured security protocol."""
     kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        if kafka.ssl_cafile is not None:
+            try:  # alone first, so that the error names the file at fault
+                ssl.create_default_context(cafile=str(kafka.ssl_cafile))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    f"ESCALATOR_KAFKA_SSL_CAFILE={kafka.ssl_cafile}: not a PEM CA bundle ({exc})"
+                ) from exc
         try:
             context: ssl.SSLContext = create_ssl_context(
                 cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
@@ -130,7 +137,10 @@ def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
                 keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
             )
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"ESCALATOR_KAFKA_SSL_*: cannot load TLS files: {exc}") from exc
+            raise ConfigError(
+                "ESCALATOR_KAFKA_SSL_CERTFILE / ESCALATOR_KAFKA_SSL_KEYFILE: cannot load the "
+                f"client certificate and key ({exc})"
+            ) from exc
         kwargs["ssl_context"] = context
     if kafka.security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = kafka.sasl_mechanism
