@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from escalator.cli._common import parse_time, settings_from_env
 from escalator.config import Settings
-from escalator.contract.messages import MALFORMED_REASONS, REPLAY_HEADER, DeadLetterInfo, iso_from
+from escalator.contract.messages import MALFORMED_REASONS, REPLAY_HEADER, DeadLetterInfo, iso_ms
 from escalator.errors import EscalatorError
 from escalator.kafka.clients import Outgoing, check_connection, produce_and_await, read_to_end
 
@@ -150,8 +150,8 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     print(f"dead-letter topic {settings.topics.dead_letter}: {result.scanned} records")
     for reason, count in sorted(result.matched.items()):
         done = f", replayed {result.replayed[reason]}" if replay and not args.dry_run else ""
-        first = iso_from(result.first_ms[reason] / 1000)
-        last = iso_from(result.last_ms[reason] / 1000)
+        first = iso_ms(result.first_ms[reason])
+        last = iso_ms(result.last_ms[reason])
         error = result.last_error.get(reason)
         said = f"; last error: {error[:160]}" if error else ""
         print(f"  {reason}: {count}{done} (failed {first} .. {last}{said})")

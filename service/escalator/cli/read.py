@@ -35,7 +35,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from escalator.cli._common import integer, parse_time, run_with_kafka, settings_from_env
 from escalator.config import KafkaSettings
-from escalator.contract.messages import DeadLetterInfo, iso_from
+from escalator.contract.messages import DeadLetterInfo, iso_ms
 from escalator.errors import EscalatorError
 
 #: How long one fetch waits; in --follow mode, also how soon a signal is noticed.
@@ -118,7 +118,7 @@ def dead_letter_line(record: ConsumerRecord[bytes, bytes]) -> tuple[dict[str, An
         "error": info.error_message,
         "error_class": info.error_class,
         "tier": info.tier,
-        "failed_at": info.failed_at or iso_from(failed_ms / 1000),
+        "failed_at": info.failed_at or iso_ms(failed_ms),
         "source": source,
         "dead_letter": f"{record.topic}/{record.partition}/{record.offset}",
     }

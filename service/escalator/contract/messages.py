@@ -285,6 +285,11 @@ def now_iso() -> str:
     return iso_from(time.time())
 
 
+def iso_ms(epoch_ms: int) -> str:
+    """:func:`iso_from` for epoch milliseconds, exact (no float rounding of the fraction)."""
+    return f"{_second(epoch_ms // 1000)}.{epoch_ms % 1000:03d}Z"
+
+
 def iso_from(epoch_s: float) -> str:
     """UTC ISO-8601 with milliseconds and a Z, e.g. 2026-11-28T01:40:00.123Z (truncated, as
     datetime.isoformat does). The seconds part is cached: this runs several times per record."""
