@@ -142,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _compare("before: threshold 0.70 (phase 1)", before, 0.7)
         after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
         _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
-        _what_it_measures(before, args.target)
+        _what_it_measures(before, after, result.threshold, args.target)
 
         print(
             f"\nPhase 4: the human tier, on {len(people)} new requests. The strong tier hands "
@@ -268,23 +268,29 @@ def _compare(name: str, data: Any, threshold: float) -> None:
     )
 
 
-def _what_it_measures(data: Any, target: float) -> None:
-    """Two lines under the before/after table: what calibration targets, and why accuracy
-    against people can move the other way on this data (the figures are phase 1's)."""
+def _what_it_measures(before: Any, after: Any, threshold: float, target: float) -> None:
+    """Lines under the before/after table: what calibration targets, and why accuracy against
+    people need not follow it here (how good the strong model itself is on these texts, and
+    how far apart two samples of this size can land)."""
     from escalator.calibration.certify import STRONG_ONLY, curve
 
-    c = curve(data, [0.0, STRONG_ONLY])
-    if c.accuracy is None:
+    alone = curve(before, [0.0, STRONG_ONLY]).accuracy
+    same = curve(after, [0.7, threshold]).accuracy
+    if alone is None or same is None:
         return
-    cheap, strong = float(c.accuracy[0]), float(c.accuracy[1])
+    n = max(1, int(after.n))
+    noise = 2 * (0.5 / n) ** 0.5  # two standard errors of a difference of two shares near 50%
     print(
-        f"  Calibration targets agreement with the strong model (certified >= {target:.0%}), "
-        "not accuracy against people: it escalates\n  what the cheap model may answer "
-        f"differently from the strong one. Here the strong model matches the human labels on "
-        f"{strong:.1%} of the\n  texts and the cheap one on {cheap:.1%} (phase 1), so "
-        "escalating more can cost accuracy against people while agreement rises;\n  "
-        "phase 4 (people deciding what the models cannot) and `calibrate --objective human` "
-        "target accuracy against people."
+        f"  Calibration certifies agreement with the strong model (>= {target:.0%}), not "
+        "accuracy against people.\n"
+        f"  On these texts the strong model matches the human labels {alone[1]:.1%} of the "
+        f"time, the cheap one {alone[0]:.1%}\n"
+        "  (phase 1): escalating more cannot gain much. And before and after are different "
+        "texts: on phase 3's\n"
+        f"  own texts threshold 0.70 would score {same[0]:.1%} and {threshold:.2f} scores "
+        f"{same[1]:.1%}; two samples of {n} can differ\n"
+        f"  by about {noise * 100:.0f} points by chance. Accuracy against people is what phase 4 "
+        "and `calibrate --objective human` target."
     )
 
 
