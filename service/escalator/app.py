@@ -212,8 +212,8 @@ class Service:
                 if not t.done():
                     t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            # The last third of the shutdown reserve (engine/worker.py), half to flush.
-            bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 6
+            # An eighth of the shutdown reserve each to flush and to stop (engine/worker.py).
+            bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 8
             await producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
             for close in self.close_clients:
                 result = close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,10 +18,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from escalator.config import load_settings
+from escalator_dev.kafka_local import free_port
 from tests.integration.harness import make_env, setup_topics
 
 pytestmark = pytest.mark.integration
@@ -149,3 +154,93 @@ async def test_topics_that_do_not_exist_are_one_line(
     done = await asyncio.to_thread(run, ["produce", str(requests)], env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"produced 1 record(s) to req-{unique}"
+
+
+@pytest.mark.timeout(300)
+async def test_an_api_url_where_nothing_answers_stops_run_at_start_up(
+    kafka_bootstrap: str, sim_url: str, unique: str
+) -> None:
+    """ANTHROPIC_BASE_URL where nothing listens, or where something that is not the API
+    answers: `run` exits 2 at start-up with one line naming the variable, instead of starting
+    and failing only when traffic arrives."""
+    env = make_env(kafka_bootstrap, sim_url, unique)
+    await setup_topics(load_settings(env))
+    nothing = await asyncio.to_thread(
+        run, ["run", "--tier", "cheap"], {**env, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
+    )
+    assert (line := one_line(nothing)) is not None, nothing.stderr[-2000:]
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:9: nothing answers there" in line
+
+    async def not_found(_: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>Not Found</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", not_found)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        other = await asyncio.to_thread(
+            run,
+            ["run", "--tier", "cheap"],
+            {**env, "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}"},
+        )
+    finally:
+        await runner.cleanup()
+    assert (line := one_line(other)) is not None, other.stderr[-2000:]
+    assert line.startswith("escalator: error: ANTHROPIC_BASE_URL:") and "404" in line
+
+
+@pytest.mark.timeout(300)
+async def test_run_waits_quietly_for_missing_topics_then_starts(
+    kafka_bootstrap: str, sim_url: str, unique: str, tmp_path: Path
+) -> None:
+    """`run` before its topics exist: not ready with the reason, one log line (not a dozen a
+    second), and it starts by itself once they are created; SIGTERM ends it with exit 0."""
+    port = free_port()
+    env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_METRICS_PORT=str(port))
+    log_path = tmp_path / "run.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        outer = {k: v for k, v in os.environ.items() if not VARIABLE.match(k)}
+        with log_path.open("wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "escalator", "run", "--tier", "cheap"],
+                env={**outer, **env},
+                stdout=log,
+                stderr=log,
+            )
+
+    proc = await asyncio.to_thread(start)
+    try:
+        body = await _readyz_until(port, lambda b: b["tiers"][0]["held"] == "topics_missing")
+        assert f"req-{unique}" in body["tiers"][0]["message"]
+        await asyncio.sleep(10)  # aiokafka logged about 13 lines a second here before
+        lines = log_path.read_text().splitlines()
+        assert sum('"event":"topics_missing"' in line for line in lines) == 1
+        assert len(lines) < 15, lines
+        await setup_topics(load_settings(env))
+        await _readyz_until(port, lambda b: b["ready"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 0, log_path.read_text()[-2000:]
+    assert "Traceback" not in log_path.read_text()
+
+
+async def _readyz_until(port: int, check: Any, limit_s: float = 120) -> dict[str, Any]:
+    """Poll /readyz until ``check(body)`` holds (the deadline is against a hang)."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    async with aiohttp.ClientSession() as session:
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    body: dict[str, Any] = await response.json()
+                if check(body):
+                    return body
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise AssertionError("/readyz never said what was expected")

@@ -36,7 +36,8 @@ __all__ = ["Handler", "Output", "PartitionTracker", "Record", "TierWorker", "Wor
 
 logger = logging.getLogger("escalator.pipeline")
 #: Of ESCALATOR_SHUTDOWN_GRACE_S (at most half of it), what the drain leaves for the final
-#: commit, leaving the group and (in app.py) flushing the producer: a third each.
+#: commit and leaving the group (a quarter each) and, in app.py, the producer's flush and stop
+#: (an eighth each): three quarters of it at most, the rest for the process's own exit.
 STOP_RESERVE_S = 6.0
 MIN_FINAL_COMMIT_S = 1.0
 
@@ -220,12 +221,12 @@ class TierWorker:
             # give up at their bound: uncommitted work is redone by the next owner).
             reserve = stop_reserve_s(self._opts.shutdown_grace_s)
             await self._drain(self._opts.shutdown_grace_s - reserve)
-            await self._final_commit(reserve / 3)
+            await self._final_commit(reserve / 4)
         finally:
             await self._cancel_remaining()
             self._series.ready.set(0)
             reserve = stop_reserve_s(self._opts.shutdown_grace_s)
-            await stop_consumer(self._consumer, timeout_s=reserve / 3)  # leaves the group
+            await stop_consumer(self._consumer, timeout_s=reserve / 4)  # leaves the group
             await self._delivery.close()
             log(logger, "worker_stopped", tier=self.tier)
         if self._fatal is not None:
