@@ -8,18 +8,15 @@ flush the producer; leave the group; return (exit 0).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from escalator.calibration.threshold_file import load_threshold_file
 from escalator.config import Settings, redacted_url
@@ -28,8 +25,8 @@ from escalator.engine.delivery import Delivery
 from escalator.engine.transactional import Transactional
 from escalator.engine.worker import TierWorker, WorkerOptions, stop_reserve_s
 from escalator.errors import ConfigError, ModelUnavailable
-from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer, missing_topics
-from escalator.kafka.watch import BrokerWatch
+from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
+from escalator.kafka.watch import BrokerWatch, TopicWatch
 from escalator.model.admission import Admission, Budget, TokenEstimate, Tuning
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
@@ -48,9 +45,6 @@ logger = logging.getLogger("escalator.app")
 TIERS = ("cheap", "strong")
 MODEL_VARIABLES = {"cheap": "ESCALATOR_CHEAP_MODEL", "strong": "ESCALATOR_STRONG_MODEL"}
 SIM_API_KEY = "simulator-no-key"
-#: While topics are missing at start-up: look again this often; a log line this often.
-TOPICS_POLL_S = 5.0
-TOPICS_SUMMARY_S = 60.0
 CACHE_TTL_S = {"5m": 300.0, "1h": 3600.0}
 #: The least max_tokens a model that always thinks (Opus 5.5, Fable 5.1) may be given.
 ALWAYS_THINKING_MIN_TOKENS = 1024
@@ -96,11 +90,10 @@ class Service:
     #: Whether a broker answers (readiness in an outage); None: not watched (tests).
     broker: BrokerWatch | None = None
     #: The topics this process reads or writes: the tiers start once they all exist.
-    topics_needed: list[str] = field(default_factory=list)
+    topics: TopicWatch | None = None
     #: Warnings about the configuration, logged once at start (e.g. everything escalates).
     notes: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _missing: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         self._stop.set()
@@ -120,9 +113,10 @@ class Service:
         for w in self.workers:
             caller = self.callers.get(w.tier)
             reason, message = caller.hold() if caller is not None else (None, None)
-            if reason is None and self._missing:
+            missing = self.topics.missing if self.topics is not None else []
+            if reason is None and missing:
                 reason = "topics_missing"
-                message = f"waiting for topics {', '.join(self._missing)}: escalator topics create"
+                message = f"waiting for topics {', '.join(missing)}: escalator topics create"
             if reason is None and outage is not None:
                 reason, message = "kafka_unreachable", outage
             out.append(TierHealth(w.tier, w.joined, reason, message))
@@ -185,10 +179,8 @@ class Service:
                 ready=self.health,
             ) as health:
                 self.health_port = health.port
-                if not await self._wait_for_topics():
-                    for w in self.workers:  # stopped while waiting: nothing ever ran
-                        await w.discard()
-                    return
+                if self.topics is not None and not await self.topics.wait(self._stop):
+                    return  # stopped while waiting: no tier ever ran
                 tasks = [asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers]
                 log(
                     logger,
@@ -212,6 +204,9 @@ class Service:
                 if not t.done():
                     t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            if not tasks:  # never started (stopped early, or the start failed): close them
+                for w in self.workers:
+                    await w.discard()
             # An eighth of the shutdown reserve each to flush and to stop (engine/worker.py).
             bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 8
             await producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
@@ -223,42 +218,6 @@ class Service:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             log(logger, "service_stopped")
-
-    async def _wait_for_topics(self) -> bool:
-        """Wait until every topic this process needs exists (one line when some do not, a
-        line per minute while they stay missing); False if stopped meanwhile."""
-        if not self.topics_needed:
-            return True
-        started = time.monotonic()
-        last: float | None = None
-        error: str | None = None
-        while not self._stop.is_set():
-            try:
-                self._missing = await missing_topics(self.settings.kafka, self.topics_needed)
-            except (KafkaError, OSError) as exc:
-                self._missing = list(self.topics_needed)
-                error = repr(exc)
-            else:
-                error = None
-            if not self._missing:
-                if time.monotonic() - started > TOPICS_POLL_S:
-                    log(logger, "topics_found", waited_s=round(time.monotonic() - started, 1))
-                return True
-            now = time.monotonic()
-            if last is None or now - last >= TOPICS_SUMMARY_S:
-                last = now
-                log(
-                    logger,
-                    "topics_missing",
-                    logging.ERROR,
-                    topics=self._missing,
-                    waited_s=round(now - started, 1),
-                    hint="create them: escalator topics create (or your topic tooling)",
-                    error=error,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), TOPICS_POLL_S)
-        return False
 
     async def _notify_ready(self, callback: Callable[[], None]) -> None:
         await asyncio.gather(*(w.wait_joined() for w in self.workers))
@@ -548,7 +507,7 @@ def build_service(
         callers=callers,
         model_checks=checks,
         broker=BrokerWatch(settings.kafka),
-        topics_needed=topics_needed(settings, tiers),
+        topics=TopicWatch(settings.kafka, topics_needed(settings, tiers)),
         notes=list(parts.notes),
     )
 

@@ -36,8 +36,9 @@ __all__ = ["Handler", "Output", "PartitionTracker", "Record", "TierWorker", "Wor
 
 logger = logging.getLogger("escalator.pipeline")
 #: Of ESCALATOR_SHUTDOWN_GRACE_S (at most half of it), what the drain leaves for the final
-#: commit and leaving the group (a quarter each) and, in app.py, the producer's flush and stop
-#: (an eighth each): three quarters of it at most, the rest for the process's own exit.
+#: commit (3/8), leaving the group (1/4) and, in app.py, the producer's flush and stop (1/8
+#: each): 7/8 of it at most, the rest for the process's own exit. Each is a bound that only a
+#: broker outage reaches; a commit that misses it leaves its records to be redone.
 STOP_RESERVE_S = 6.0
 MIN_FINAL_COMMIT_S = 1.0
 
@@ -221,7 +222,7 @@ class TierWorker:
             # give up at their bound: uncommitted work is redone by the next owner).
             reserve = stop_reserve_s(self._opts.shutdown_grace_s)
             await self._drain(self._opts.shutdown_grace_s - reserve)
-            await self._final_commit(reserve / 4)
+            await self._final_commit(reserve * 3 / 8)
         finally:
             await self._cancel_remaining()
             self._series.ready.set(0)

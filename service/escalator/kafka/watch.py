@@ -1,4 +1,5 @@
-"""Is a broker there? The service's view of a Kafka outage, for readiness and the log.
+"""Is a broker there, and are the topics? The service's view of a Kafka outage, and of topics
+that do not exist yet, for readiness and the log.
 
 aiokafka retries on its own through an outage and reports nothing a caller can read, only log
 lines (which the log configuration summarises, ``observability/logs.py``). So the service
@@ -15,14 +16,21 @@ ApiVersions round trip) and closes the connection.
 
 Nothing here stops or restarts the tiers: aiokafka reconnects by itself, and the engine holds
 records whose outputs are not acknowledged (nothing is committed past them).
+
+:class:`TopicWatch` holds the start of the tiers until their topics exist: one
+``topics_missing`` line, then one a minute, while :attr:`TopicWatch.missing` tells readiness
+why (a subscription to a missing topic made aiokafka log about 13 lines a second, forever).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+
+from aiokafka.errors import KafkaError
 
 from escalator.config import KafkaSettings
 from escalator.errors import EscalatorError
@@ -34,6 +42,8 @@ logger = logging.getLogger("escalator.kafka")
 MAX_PROBE_INTERVAL_S = 10.0
 #: While the broker stays away, one summary line per this many seconds.
 SUMMARY_INTERVAL_S = 60.0
+#: While topics are missing at start-up: look again this often.
+TOPICS_POLL_S = 5.0
 
 
 class BrokerWatch:
@@ -141,3 +151,54 @@ class BrokerWatch:
         self._last_ok = now
         self._down_since = None
         self._failed = 0
+
+
+class TopicWatch:
+    """The topics a process needs; :meth:`wait` returns once they all exist."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        names: list[str],
+        *,
+        poll_s: float = TOPICS_POLL_S,
+        summary_interval_s: float = SUMMARY_INTERVAL_S,
+    ) -> None:
+        self._kafka = kafka
+        self.names = names
+        #: Those not found at the last look (readiness says so while it is not empty).
+        self.missing: list[str] = []
+        self._poll_s = poll_s
+        self._summary_s = summary_interval_s
+
+    async def wait(self, stop: asyncio.Event) -> bool:
+        """True once every topic exists; False if ``stop`` is set first."""
+        from escalator.kafka.clients import missing_topics
+
+        started = time.monotonic()
+        last: float | None = None
+        while not stop.is_set():
+            error: str | None = None
+            try:
+                self.missing = await missing_topics(self._kafka, self.names)
+            except (KafkaError, OSError) as exc:
+                self.missing, error = list(self.names), repr(exc)
+            now = time.monotonic()
+            if not self.missing:
+                if last is not None:
+                    log(logger, "topics_found", waited_s=round(now - started, 1))
+                return True
+            if last is None or now - last >= self._summary_s:
+                last = now
+                log(
+                    logger,
+                    "topics_missing",
+                    logging.ERROR,
+                    topics=self.missing,
+                    waited_s=round(now - started, 1),
+                    hint="create them: escalator topics create (or your topic tooling)",
+                    error=error,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll_s)
+        return False
