@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
+from urllib.parse import urlsplit
 
 from escalator.errors import ConfigError
 
@@ -32,6 +33,14 @@ PROCESSING_GUARANTEES: tuple[ProcessingGuarantee, ...] = get_args(ProcessingGuar
 DEFAULT_MAX_IN_FLIGHT = 64
 #: ESCALATOR_MAX_UNCOMMITTED defaults to this many times ESCALATOR_MAX_IN_FLIGHT.
 UNCOMMITTED_PER_IN_FLIGHT = 4
+MAX_PORT = 65535
+#: ESCALATOR_METRICS_PORT's default for each kind of process, so that a cheap tier, a strong
+#: tier and a review console can run side by side on one host without a port clash.
+#: (Kubernetes and compose set the variable to 9464 on every container.)
+DEFAULT_METRICS_PORTS = {"cheap": 9464, "all": 9464, "strong": 9465, "review": 9466}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Variables whose value is never shown (``escalator config`` prints them redacted).
+SECRET_VARIABLES = frozenset({"ANTHROPIC_API_KEY", "ESCALATOR_KAFKA_SASL_PASSWORD"})
 
 
 class Secret:
@@ -58,8 +67,19 @@ def parse_bootstrap(value: str) -> list[tuple[str, int]]:
         host, sep, port = server.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"{server!r} is not host:port")
+        if not 1 <= int(port) <= MAX_PORT:
+            raise ValueError(f"{server!r}: the port must be 1 to {MAX_PORT}")
         addresses.append((host, int(port)))
     return addresses
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without the credentials a proxy URL may carry (``https://user:token@host``)."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"***@{parts.hostname}{port}").geturl()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +93,9 @@ class KafkaSettings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     client_id: str = "escalator"
+    #: ESCALATOR_KAFKA_UNREACHABLE_S: with no broker answering for this long, the service is
+    #: not ready (``/readyz`` 503, with the reason).
+    unreachable_s: float = 30.0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -259,7 +282,7 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     parking: ParkingSettings = field(default_factory=ParkingSettings)
-    metrics_port: int = 9464
+    metrics_port: int = DEFAULT_METRICS_PORTS["cheap"]
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_text: bool = False
@@ -267,34 +290,63 @@ class Settings:
     topic_replication: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One variable as the configuration read it: its effective value (shown as text) and
+    whether it came from the environment or is the default."""
+
+    variable: str
+    value: str
+    from_environment: bool
+
+
 class _Env:
-    """Typed access to a mapping of variables; every error names the variable."""
+    """Typed access to a mapping of variables; every error names the variable. Remembers each
+    variable it was asked for, with the value it gave (``sources``)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.sources: dict[str, Source] = {}
+
+    def _note(self, name: str, value: object) -> None:
+        given = self.env.get(name)
+        shown = "" if value is None else str(value)
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        if name in SECRET_VARIABLES and shown:
+            shown = "(set; not shown)"
+        self.sources[name] = Source(name, shown, given is not None and given.strip() != "")
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
         if value is None or value.strip() == "":
+            self._note(name, None)
             return None
+        self._note(name, value.strip())
         return value.strip()
 
     def get(self, name: str, default: T, parse: Callable[[str], T], what: str) -> T:
         value = self.raw(name)
         if value is None:
+            self._note(name, default)
             return default
         try:
-            return parse(value)
+            parsed = parse(value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{name}={value!r} is not {what}") from exc
+        self._note(name, parsed)
+        return parsed
 
     def text(self, name: str, default: str) -> str:
-        return self.raw(name) or default
+        value = self.raw(name) or default
+        self._note(name, value)
+        return value
 
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         value = self.get(name, default, int, "an integer")
-        if value < minimum:
-            raise ConfigError(f"{name}={value} must be at least {minimum}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+            raise ConfigError(f"{name}={value} must be {bound}")
         return value
 
     def optional_integer(self, name: str, minimum: int = 0) -> int | None:
@@ -307,18 +359,21 @@ class _Env:
     def number(self, name: str, default: float, lo: float = 0.0, hi: float = math.inf) -> float:
         value = self.get(name, default, float, "a number")
         if not (lo <= value <= hi) or math.isnan(value):
-            raise ConfigError(f"{name}={value} must be between {lo} and {hi}")
+            raise ConfigError(f"{name}={value} must be between {lo:g} and {hi:g}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
+            self._note(name, default)
             return default
         if value.lower() in ("1", "true", "yes", "on"):
+            self._note(name, True)
             return True
         if value.lower() in ("0", "false", "no", "off"):
+            self._note(name, False)
             return False
-        raise ConfigError(f"{name}={value!r} is not a boolean (true/false)")
+        raise ConfigError(f"{name}={value!r} is not a boolean (on/off, true/false)")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default).upper()
@@ -384,13 +439,42 @@ def parse_caps(
     return out
 
 
-def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> Settings:
+def load_settings(
+    environ: Mapping[str, str], *, require_kafka: bool = True, role: str = "cheap"
+) -> Settings:
     """Parse and validate the whole configuration. Raises ConfigError naming the variable.
 
-    Every default is the dataclass field's (read from an instance built with defaults only):
-    a default is written once, on its field.
+    ``role`` is the kind of process (``cheap``, ``strong``, ``all``, ``review``): it picks
+    ESCALATOR_METRICS_PORT's default (DEFAULT_METRICS_PORTS). Every default is the dataclass
+    field's (read from an instance built with defaults only): a default is written once, on
+    its field.
     """
+    return _load(_Env(environ), require_kafka, role)
+
+
+def explain_settings(
+    environ: Mapping[str, str], *, require_kafka: bool = True, role: str = "cheap"
+) -> tuple[Settings, list[Source]]:
+    """:func:`load_settings`, and every variable it read with its value and source, in the
+    order read (secrets never shown)."""
     env = _Env(environ)
+    settings = _load(env, require_kafka, role)
+    return settings, list(env.sources.values())
+
+
+def log_level(environ: Mapping[str, str]) -> str:
+    """ESCALATOR_LOG_LEVEL, validated (the CLI needs it before anything else)."""
+    return _log_level(_Env(environ), default_of(Settings, "log_level"))
+
+
+def _log_level(env: _Env, default: str) -> str:
+    value = env.text("ESCALATOR_LOG_LEVEL", default).upper()
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"ESCALATOR_LOG_LEVEL={value!r} must be {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
     bootstrap = env.raw("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap is None and require_kafka:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port[,host:port...])")
@@ -427,6 +511,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         ssl_certfile=env.file("ESCALATOR_KAFKA_SSL_CERTFILE"),
         ssl_keyfile=env.file("ESCALATOR_KAFKA_SSL_KEYFILE"),
         client_id=env.text("ESCALATOR_KAFKA_CLIENT_ID", dk.client_id),
+        unreachable_s=env.number("ESCALATOR_KAFKA_UNREACHABLE_S", dk.unreachable_s, 1.0, 3600.0),
     )
 
     api_key = env.raw("ANTHROPIC_API_KEY")
@@ -544,7 +629,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         adjudicate_agree=env.number("ESCALATOR_ADJUDICATE_AGREE", dv.adjudicate_agree, 0.0, 1.0),
         group=env.text("ESCALATOR_REVIEW_GROUP", dv.group),
         host=env.text("ESCALATOR_REVIEW_HOST", dv.host),
-        port=env.integer("ESCALATOR_REVIEW_PORT", dv.port, 0),
+        port=env.integer("ESCALATOR_REVIEW_PORT", dv.port, 0, MAX_PORT),
         tokens_file=env.file("ESCALATOR_REVIEW_TOKENS_FILE"),
         passwords_file=env.file("ESCALATOR_REVIEW_PASSWORDS_FILE"),
         lease_s=env.number("ESCALATOR_REVIEW_LEASE_S", dv.lease_s, 1.0, 86400.0),
@@ -579,11 +664,8 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
             "a topic of their own"
         )
     ds = Settings(kafka=kafka, model=model)
-    log_level = env.text("ESCALATOR_LOG_LEVEL", ds.log_level).upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(
-            f"ESCALATOR_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR"
-        )
+    if role not in DEFAULT_METRICS_PORTS:
+        raise ValueError(f"role {role!r} is not one of {', '.join(DEFAULT_METRICS_PORTS)}")
     return Settings(
         kafka=kafka,
         model=model,
@@ -593,9 +675,11 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         admission=admission,
         review=review,
         parking=parking,
-        metrics_port=env.integer("ESCALATOR_METRICS_PORT", ds.metrics_port, 0),
+        metrics_port=env.integer(
+            "ESCALATOR_METRICS_PORT", DEFAULT_METRICS_PORTS[role], 0, MAX_PORT
+        ),
         metrics_host=env.text("ESCALATOR_METRICS_HOST", ds.metrics_host),
-        log_level=log_level,
+        log_level=_log_level(env, ds.log_level),
         log_text=env.flag("ESCALATOR_LOG_TEXT", ds.log_text),
         topic_partitions=env.integer("ESCALATOR_TOPIC_PARTITIONS", ds.topic_partitions, 1),
         topic_replication=env.integer("ESCALATOR_TOPIC_REPLICATION", ds.topic_replication, 1),

@@ -169,10 +169,15 @@ def test_with_no_variables_every_setting_is_its_fields_default() -> None:
     assert compared >= 50  # the walk saw the sections, not just the top level
 
 
-def _load_settings_tree() -> ast.FunctionDef:
+def _load_settings_tree() -> ast.Module:
+    """The functions that read the environment for load_settings: ``_load`` and the readers
+    it delegates to (``_log_level``)."""
     tree = ast.parse(inspect.getsource(config))
-    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "load_settings"]
-    return fn
+    found = [
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("_load", "_log_level")
+    ]
+    assert len(found) == 2
+    return ast.Module(body=list(found), type_ignores=[])
 
 
 def test_load_settings_writes_no_default_of_its_own() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from escalator.calibration import human as hum
 
 FILE_SCHEMA_VERSION = 1
+#: The largest threshold a file may hold: certify.STRONG_ONLY, above every confidence
+#: (everything escalates; what a refusal with ``--fallback escalate-all`` writes). Anything
+#: else above 1 is a typo that would escalate everything at about 20x the cost.
+MAX_THRESHOLD = 1.01
 
 
 def content_version(body: dict[str, Any]) -> str:
@@ -219,16 +223,31 @@ def load_threshold_file(
         raise ConfigError(f"{name}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("schema_version") != FILE_SCHEMA_VERSION:
         raise ConfigError(f"{name}: not a version-{FILE_SCHEMA_VERSION} threshold file")
-    models = doc.get("models") or {}
-    if models.get("cheap") != cheap_model or models.get("strong") != strong_model:
+    models = doc.get("models")
+    if (
+        not isinstance(models, dict)
+        or not isinstance(models.get("cheap"), str)
+        or not isinstance(models.get("strong"), str)
+    ):
         raise ConfigError(
-            f"{name}: calibrated for {models.get('cheap')} -> {models.get('strong')}, "
+            f"{name}: no 'models' naming the cheap and strong model it was calibrated for "
+            "(write it with escalator calibrate)"
+        )
+    if models["cheap"] != cheap_model or models["strong"] != strong_model:
+        raise ConfigError(
+            f"{name}: calibrated for {models['cheap']} -> {models['strong']}, "
             f"but the service runs {cheap_model} -> {strong_model}; calibrate again"
         )
     threshold = doc.get("threshold")
     per_label = doc.get("label_thresholds") or {}
-    if not isinstance(threshold, int | float) or not isinstance(per_label, dict):
+    if not _number(threshold) or not isinstance(per_label, dict):
         raise ConfigError(f"{name}: 'threshold' must be a number, 'label_thresholds' an object")
+    threshold = float(cast(float, threshold))
+    _in_range(name, "threshold", threshold)
+    for label, value in per_label.items():
+        if not _number(value):
+            raise ConfigError(f"{name}: label_thresholds[{label!r}] must be a number")
+        _in_range(name, f"label_thresholds[{label!r}]", value)
     unknown = set(per_label) - set(labels)
     if unknown:
         raise ConfigError(f"{name}: labels not in the task: {', '.join(sorted(unknown))}")
@@ -247,6 +266,18 @@ def load_threshold_file(
     )
 
 
+def _number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _in_range(name: str, key: str, value: float) -> None:
+    if not (0.0 <= value <= 1.0 or value == MAX_THRESHOLD):
+        raise ConfigError(
+            f"{name}: {key} is {value}; a threshold is a confidence from 0 to 1 (or "
+            f"{MAX_THRESHOLD}, escalate everything)"
+        )
+
+
 def _strong(
     value: object, name: str, labels: tuple[str, ...]
 ) -> tuple[float | None, dict[str, float]]:
@@ -254,10 +285,7 @@ def _strong(
     human writes it): the strong tier's review thresholds. Absent: (None, {}), as before."""
     if value is None:
         return None, {}
-
-    def number(x: object) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool)
-
+    number = _number
     per = value.get("per_label", {}) if isinstance(value, dict) else None
     default = value.get("default") if isinstance(value, dict) else None
     if (
@@ -272,6 +300,10 @@ def _strong(
     unknown = set(per) - set(labels)
     if unknown:
         raise ConfigError(f"{name}: strong labels not in the task: {', '.join(sorted(unknown))}")
+    if default is not None:
+        _in_range(name, "strong.default", default)
+    for label, x in per.items():
+        _in_range(name, f"strong.per_label[{label!r}]", x)
     return (
         None if default is None else float(default),
         {str(k): float(v) for k, v in per.items()},

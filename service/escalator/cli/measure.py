@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,15 @@ from typing import Any
 import orjson
 
 from escalator.calibration import decisions_log
-from escalator.cli._common import parse_time, settings_from_env
+from escalator.cli._common import (
+    existing_file,
+    fraction,
+    integer,
+    number,
+    parse_time,
+    settings_from_env,
+    writable_path,
+)
 from escalator.errors import EscalatorError
 
 
@@ -19,6 +28,10 @@ def _records(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     since = parse_time(args.since, "--since")
     until = parse_time(args.until, "--until")
     kafka = settings.kafka if args.input is None else None
+    if kafka is not None:  # an unreachable broker, named in one line before reading
+        from escalator.kafka.clients import check_connection
+
+        asyncio.run(check_connection(kafka))
     records = decisions_log.load(kafka, settings.topics.decisions, args.input, since, until)
     source = str(args.input) if args.input else f"topic {settings.topics.decisions}"
     return records, source
@@ -85,6 +98,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from escalator.calibration.render import calibration_table, plan_table, plot, refusal
 
     settings = settings_from_env(require_kafka=False)
+    _check_target(args)
     prices = _prices(settings)
     target = args.target
     if target is None:
@@ -129,7 +143,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"calibrate: this window ({window['first_ts']} .. {window['last_ts']}) overlaps "
                 f"attempt {seen.get('attempt')} ({w.get('first_ts')} .. {w.get('last_ts')}, "
                 f"{seen.get('status')}) in {ledger}: a window certifies once; measure on and "
-                f"use --since after {w.get('last_ts')}",
+                f"use --since after {w.get('last_ts')} (to explore without spending the "
+                "ledger's error budget: --ledger none --output elsewhere.json, which certifies "
+                "nothing you should deploy)",
                 file=sys.stderr,
             )
             return EXIT_REFUSED
@@ -186,6 +202,49 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.plot:
         print(plot(Path(args.plot), result, base))
     return 0
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    """--target's range depends on the objective: checked before any data is read."""
+    target = args.target
+    if target is None:
+        return
+    if args.objective in ("quality", "human") and not 0 < target <= 1:
+        raise EscalatorError(f"--target {target}: agreement or accuracy must be in (0, 1]")
+    if args.objective == "rate" and not 0 <= target <= 1:
+        raise EscalatorError(f"--target {target}: an escalation rate must be in [0, 1]")
+    if args.objective == "budget" and not target > 0:
+        raise EscalatorError(f"--target {target}: a budget in USD per 1,000 must be above 0")
+
+
+def _grid(text: str) -> str:
+    """An argparse type: a valid --grid (parsed again where used)."""
+    from escalator.calibration import certify as cal
+
+    try:
+        cal.grid_arg(text)
+    except EscalatorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _strong_grid(text: str) -> str:
+    """An argparse type: a valid --strong-grid (parsed again where used)."""
+    from escalator.calibration import human
+
+    try:
+        human.strong_grid_arg(text)
+    except EscalatorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _tokens(text: str) -> str:
+    """An argparse type: INPUT:OUTPUT token counts."""
+    given, _, out = text.partition(":")
+    if not given.isdigit() or not (out == "" or out.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not INPUT:OUTPUT token counts")
+    return text
 
 
 def _review_labels(args: argparse.Namespace) -> list[str]:
@@ -367,7 +426,7 @@ class _Defaults(argparse.HelpFormatter):
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
-        type=Path,
+        type=existing_file,
         default=None,
         help="decisions JSONL (default: read the decisions topic)",
     )
@@ -378,7 +437,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser("export", help="write the decisions log as JSON lines")
     _source_args(export)
-    export.add_argument("--output", default=None, help="file (default: stdout)")
+    export.add_argument("--output", type=writable_path, default=None, help="file (default: stdout)")
     export.set_defaults(func=cmd_export)
 
     calibrate = sub.add_parser(
@@ -405,27 +464,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     calibrate.add_argument(
         "--target",
-        type=float,
+        type=number(),
         default=None,
         help="quality: agreement to certify (default 0.98); rate: escalation rate; "
         "budget: USD per 1,000 requests (required for rate and budget)",
     )
     calibrate.add_argument(
         "--delta",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True, hi_open=True),
         default=0.05,
         help="error budget: the guarantee holds with probability >= 1 - delta; with a "
         "ledger, attempt k spends delta * 6 / (pi^2 k^2) of it",
     )
     calibrate.add_argument(
         "--margin",
-        type=float,
+        type=fraction,
         default=0.10,
         help="refuse when the lowest certifiable threshold escalates more than this above the "
         "best threshold by point estimate (1 accepts any certified threshold)",
     )
     calibrate.add_argument(
         "--grid",
+        type=_grid,
         default=None,
         help="START:STOP:STEP thresholds (default 0:1:0.01), tested "
         "from the top down after escalate-all",
@@ -438,6 +498,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     calibrate.add_argument(
         "--output",
+        type=writable_path,
         default="thresholds.json",
         help="the thresholds file to write (written only when certified, or with --fallback)",
     )
@@ -463,65 +524,67 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     calibrate.add_argument(
         "--power",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True, hi_open=True),
         default=0.8,
         help="plans (and the refusal's estimate) size the window to pass with about this "
         "probability",
     )
     calibrate.add_argument(
         "--traffic-per-hour",
-        type=float,
+        type=number(0.0, lo_open=True),
         default=None,
         help="plan: requests per hour (default: the window's observed rate)",
     )
     calibrate.add_argument(
         "--assume-threshold",
-        type=float,
+        type=number(0.0, 1.01),
         default=None,
         help="plan: threshold in force while measuring (default: the window's)",
     )
     calibrate.add_argument(
         "--assume-accepted",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True),
         default=None,
         help="plan without a log: share of traffic accepted at the threshold to certify",
     )
     calibrate.add_argument(
         "--assume-disagreement",
-        type=float,
+        type=fraction,
         default=None,
         help="plan without a log: share of those accepted answers that the strong model "
         "would answer differently",
     )
     calibrate.add_argument(
         "--strong-call-usd",
-        type=float,
+        type=number(0.0),
         default=None,
         help="plan: cost of one shadow call (default: the window's strong calls re-priced "
         "with the price table)",
     )
     calibrate.add_argument(
         "--assume-strong-tokens",
+        type=_tokens,
         default="1500:20",
         help="plan without a log: INPUT:OUTPUT tokens of one strong call, priced with the "
         "price table",
     )
     calibrate.add_argument(
         "--human-budget",
-        type=float,
+        type=fraction,
         default=0.05,
         help="objective human: the largest share of traffic (0..1) that may be sent to people "
         "by the routing (estimated; adjudication samples are extra)",
     )
     calibrate.add_argument(
         "--review-cost",
-        type=float,
+        type=number(0.0),
         default=None,
         help="objective human: USD per item decided by a person, added to the cost that "
         "orders the pairs (default: 0, people ranked by share only)",
     )
     calibrate.add_argument(
         "--strong-grid",
+        type=_strong_grid,
         default=None,
         help="objective human: comma-separated strong thresholds to try (default "
         "0,0.5,0.6,0.7,0.8,0.9,0.95,0.99,1.01; each costs delta / K)",
@@ -533,17 +596,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a label the strong answer cannot settle (sent to people); repeat for more; "
         "'none' for no such label (default: review-needed, when the log has it)",
     )
-    calibrate.add_argument("--plot", default=None, help="PNG path (needs the plot extra)")
+    calibrate.add_argument(
+        "--plot", type=writable_path, default=None, help="PNG path (needs the plot extra)"
+    )
     calibrate.set_defaults(func=cmd_calibrate)
 
     report = sub.add_parser("report", help="spend, savings and escalation from the decisions log")
     _source_args(report)
-    report.add_argument("--monthly-volume", type=int, default=None)
+    report.add_argument(
+        "--monthly-volume",
+        type=integer(1),
+        default=None,
+        help="requests per month: adds a monthly projection of spend and savings",
+    )
     report.add_argument(
         "--review-cost",
-        type=float,
+        type=number(0.0),
         default=None,
         help="USD per human decision: prices the human tier's items (default: counted only)",
     )
-    report.add_argument("--json", action="store_true")
+    report.add_argument(
+        "--json", action="store_true", help="the report as one JSON object (for tools)"
+    )
     report.set_defaults(func=cmd_report)

@@ -74,7 +74,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "parked",
         help="count the records parked during a hold, or replay them to their source topics",
     )
-    p.add_argument("action", choices=["summary", "replay"])
+    p.add_argument(
+        "action",
+        choices=["summary", "replay"],
+        help="summary: count what waits by source and hold; replay: send it back to its topic",
+    )
     p.add_argument("--dry-run", action="store_true", help="count what would be replayed")
     p.add_argument(
         "--force", action="store_true", help="replay although the API said the hold lasts"

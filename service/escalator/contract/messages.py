@@ -114,6 +114,24 @@ class Escalation:
     sample_rate: float = 1.0
 
 
+#: Dead-letter reasons that describe the record's own bytes (not JSON, not UTF-8, a field
+#: missing or of the wrong type, an id too long): replaying the same bytes fails the same way.
+#: (``text_too_long`` is not one of them: raising ESCALATOR_MAX_TEXT_CHARS fixes it.)
+MALFORMED_REASONS = frozenset(
+    {
+        "empty_value",
+        "invalid_utf8",
+        "invalid_json",
+        "wrong_type",
+        "missing_field",
+        "empty_field",
+        "id_too_long",
+        "invalid_escalation",
+        "invalid_review_item",
+    }
+)
+
+
 def _fail(reason: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, reason=reason)
 
@@ -265,6 +283,11 @@ def result_value(
 
 def now_iso() -> str:
     return iso_from(time.time())
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """:func:`iso_from` for epoch milliseconds, exact (no float rounding of the fraction)."""
+    return f"{_second(epoch_ms // 1000)}.{epoch_ms % 1000:03d}Z"
 
 
 def iso_from(epoch_s: float) -> str:

@@ -32,6 +32,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from escalator.config import PipelineSettings, default_of
 from escalator.engine.delivery import Bound, Delivery, Output, PartitionTracker
 from escalator.engine.parking import Parking, watching
+from escalator.kafka.clients import stop_consumer
 from escalator.model.limits import AdaptiveLimit
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
@@ -39,6 +40,17 @@ from escalator.observability.metrics import Metrics
 __all__ = ["Handler", "Output", "PartitionTracker", "Record", "TierWorker", "WorkerOptions"]
 
 logger = logging.getLogger("escalator.pipeline")
+#: Of ESCALATOR_SHUTDOWN_GRACE_S (at most half of it), what the drain leaves for the final
+#: commit (3/8), leaving the group (1/4) and, in app.py, the producer's flush and stop (1/8
+#: each): 7/8 of it at most, the rest for the process's own exit. Each is a bound that only a
+#: broker outage reaches; a commit that misses it leaves its records to be redone.
+STOP_RESERVE_S = 6.0
+MIN_FINAL_COMMIT_S = 1.0
+
+
+def stop_reserve_s(grace_s: float) -> float:
+    """The part of the shutdown grace kept for what follows the drain (see STOP_RESERVE_S)."""
+    return min(STOP_RESERVE_S, grace_s / 2)
 
 
 class Record(Protocol):
@@ -206,8 +218,8 @@ class TierWorker:
     # -- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         self._consumer.subscribe([self.topic], listener=_Listener(self))
-        await self._consumer.start()
         try:
+            await self._start_consumer()
             async with watching(self._parking):
                 while not self._stopping.is_set():
                     await self._poll_once()
@@ -219,18 +231,52 @@ class TierWorker:
                         self._last_commit = time.monotonic()
                         self._uncommitted_done = 0
                         self._commit_task = asyncio.create_task(self._commit())
-            await self._drain(self._opts.shutdown_grace_s)
-            if self._commit_task is not None:
-                await self._commit_task
-            await self._commit()
+            # The whole shutdown fits in the grace: the drain leaves a reserve for the final
+            # commit and leaving the group, which cannot finish in a broker outage (then they
+            # give up at their bound: uncommitted work is redone by the next owner).
+            reserve = stop_reserve_s(self._opts.shutdown_grace_s)
+            await self._drain(self._opts.shutdown_grace_s - reserve)
+            await self._final_commit(reserve * 3 / 8)
         finally:
             await self._cancel_remaining()
             self._series.ready.set(0)
-            await self._consumer.stop()  # leaves the group
+            reserve = stop_reserve_s(self._opts.shutdown_grace_s)
+            await stop_consumer(self._consumer, timeout_s=reserve / 4)  # leaves the group
             await self._delivery.close()
             log(logger, "worker_stopped", tier=self.tier)
         if self._fatal is not None:
             raise self._fatal
+
+    async def _start_consumer(self) -> None:
+        """``consumer.start()``, which waits for the first assignment (a join that can take a
+        session timeout, or forever without a broker), abandoned if we are stopped first."""
+        start = asyncio.ensure_future(self._consumer.start())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not start.done():
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await start
+        if not start.cancelled():
+            start.result()
+
+    async def _final_commit(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(max(timeout_s, MIN_FINAL_COMMIT_S)):
+                if self._commit_task is not None:
+                    await self._commit_task
+                await self._commit()
+        except TimeoutError:
+            log(
+                logger,
+                "final_commit_timed_out",
+                logging.WARNING,
+                tier=self.tier,
+                uncommitted=self._pending + self._delivery.uncommitted(),
+            )
 
     def _commit_idle(self) -> bool:
         task = self._commit_task

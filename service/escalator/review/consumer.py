@@ -56,8 +56,8 @@ from escalator.contract.reviews import (
 )
 from escalator.errors import InvalidRequest
 from escalator.kafka.admin import KafkaLogView
-from escalator.kafka.clients import make_consumer, make_producer, read_to_end
-from escalator.observability.logs import log
+from escalator.kafka.clients import make_consumer, make_producer, read_to_end, stop_consumer
+from escalator.observability.logs import log, log_repeating
 from escalator.observability.metrics import Metrics
 from escalator.review.ledger import (
     DECIDED_MEMORY,
@@ -71,6 +71,8 @@ from escalator.review.parking import ReviewParking
 from escalator.review.queues import Lease, Outcome, QueueStat
 
 logger = logging.getLogger("escalator.review")
+#: On shutdown, the final commit and leaving the group are each bounded by this (an outage).
+STOP_COMMIT_S = 5.0
 #: How far before the oldest fetched item the recovery scan of the decisions log starts: the
 #: item's timestamp is the strong tier's clock, the decision's is this console's.
 RECOVERY_SKEW_MS = 5 * 60 * 1000
@@ -163,9 +165,10 @@ class ReviewConsumer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(KafkaError):
-            await self._commit(list(self._parts))
-        await self._consumer.stop()
+        with contextlib.suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(STOP_COMMIT_S):  # no broker: the items come back later
+                await self._commit(list(self._parts))
+        await stop_consumer(self._consumer, timeout_s=STOP_COMMIT_S)
         await self._producer.stop()
         if self._parking is not None:
             await self._parking.close()
@@ -479,7 +482,7 @@ class ReviewConsumer:
         try:
             await self._commit([entry.tp])
         except KafkaError as exc:  # the next decision or the shutdown commits it
-            log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
+            log_repeating(logger, "review_commit_failed", logging.WARNING, error=str(exc))
         return self._count(item.queue, reviewer, "done")
 
     async def _settle_duplicate(self, entry: Entry) -> None:
@@ -491,7 +494,7 @@ class ReviewConsumer:
         try:
             await self._commit([entry.tp])
         except KafkaError as exc:
-            log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
+            log_repeating(logger, "review_commit_failed", logging.WARNING, error=str(exc))
 
     def _leases_shown(self, lease_id: str, entry: Entry) -> int:
         lease = entry.lease
