@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from escalator.calibration.threshold_file import load_threshold_file
+from escalator.calibration import live
+from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
 from escalator.config import Settings
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
@@ -249,6 +250,7 @@ def build_service(
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     prices.require(*(models[t] for t in tiers))
     profiles = model_profiles(settings, tiers)
+    promise: Promise | None = None
     if settings.routing.thresholds_file is not None:
         thresholds = load_threshold_file(
             settings.routing.thresholds_file,
@@ -256,6 +258,7 @@ def build_service(
             cheap_model=models["cheap"],
             strong_model=models["strong"],
         )
+        promise = load_promise(settings.routing.thresholds_file)
     else:
         thresholds = thresholds_from(settings)
     if thresholds.strong_default is None:
@@ -352,6 +355,16 @@ def build_service(
         agree=rv.adjudicate_agree,
     )
     policy = RetryPolicy.from_settings(settings)
+    # The live tests of the thresholds file in force (calibration/live.py).
+    alpha, shadow_rate = settings.routing.monitor_alpha, settings.routing.shadow_rate
+    agreement = (
+        live.agreement_watch(promise, alpha=alpha, shadow_rate=shadow_rate, metrics=metrics)
+        if "strong" in tiers
+        else None
+    )
+    confidence = (
+        live.confidence_watch(promise, alpha=alpha, metrics=metrics) if "cheap" in tiers else None
+    )
     workers: list[TierWorker] = []
     callers: dict[str, ModelCaller] = {}
     for tier in tiers:
@@ -387,6 +400,8 @@ def build_service(
             task=task,
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             review=review,
+            promise_watch=agreement if tier == "strong" else None,
+            confidence_watch=confidence if tier == "cheap" else None,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group

@@ -1,5 +1,6 @@
-"""Calibration on human truth: accuracy of routed answers against people, and the cheapest pair
-of thresholds (cheap ``t_c``, strong ``t_s``) whose accuracy is certified to reach a target.
+"""Calibration on human truth: the adjudication sample, its design, and accuracy against people
+(Hájek point estimates, and upper bounds on the error by betting, ``betting.py``).
+``human_certify.py`` searches the threshold pairs with them.
 
 Data. Human decisions (``attempt.tier == "human"``, contract/reviews.py) come from two queues.
 Only the **adjudication** queue is a random sample: the strong tier puts a request that has
@@ -10,62 +11,56 @@ accepted). **Review** items are chosen by rule (low strong confidence, a review 
 are counted (cost, items) and never used as a sample. A decision's ``review_id`` may repeat
 (at-least-once delivery); the first one counts.
 
+The draw. The strong tier records its adjudication coin on its decision record
+(``adjudication: {sampled, rate}``), so the log knows which requests were sampled even before
+anyone decides them. A sampled request with no decision yet is **pending** (reviewers lag; the
+item may expire). ``human_sample`` keeps pending requests as rows with no label: the search
+counts them as wrong (every pair that does not send them to people), or the CLI refuses
+before reading any label (``--undecided``). Without recorded draws (logs written before them)
+pending requests are invisible, and the sample says so (``draws_recorded``).
+
 Routing model at ``(t_c, t_s)``: the cheap answer when its confidence is >= ``t_c``; else the
 strong answer when it is valid, its confidence is >= ``t_s`` and its label is not a review label;
 else a person decides, which counts as correct (and as one review item). A reviewer's "neither"
 makes every model label wrong.
 
-Estimator. Within a stratum ``v`` (threshold version, ``N_v`` requests, iid) the design has four
+Estimator. Within a stratum ``v`` (threshold version, ``N_v`` requests) the design has four
 cells ``g``: (escalated or p = 1, shadowed) x (answers agree, differ), each with one inclusion
-probability ``pi_vg`` fixed by the design (``q`` from the adjudication records' ``review_rate``,
-``p`` from the cheap records' ``shadow_rate``). For the indicator ``Z_i`` = "request i was
-adjudicated, lies in cell g, and its routed answer is wrong", ``P(Z_i = 1) = pi_vg * mu_vg``
-where ``mu_vg = P(cell g, routed answer wrong)``: adjudication's coin ignores the human label.
-So ``sum_i Z_i ~ Binomial(N_v, pi_vg * mu_vg)`` exactly (iid requests, independent coins), and
-an exact Clopper-Pearson upper limit on it, divided by ``pi_vg``, bounds ``mu_vg``: this is the
-Horvitz-Thompson estimator with an exact bound. The error is ``sum_v (N_v/N) sum_g mu_vg``;
-``delta`` is split over strata by their share of requests and equally over the cells the
-design makes possible (fixed before any human label is read). Accepted requests of a stratum
-without shadow sampling (``pi = 0``) are counted as wrong. The point estimate is Hájek within
-strata (divides by the estimated stratum size ``sum 1 / pi``), so it lies in [0, 1].
-
-Search. The strong grid has ``K`` points (default 9); each gets ``delta / K`` (Bonferroni), and
-within it the cheap grid is walked in a fixed sequence from escalate-all down (t_c = 1.01, 1.00,
-..., 0.00), stopping at the first failure. Every pair passed is, with probability at least
-``1 - delta`` jointly, truly at or above the target; choosing the cheapest of them within the
-human budget (estimated from the cheap and strong answers, never the human labels) keeps that.
+probability ``pi_vg`` fixed by the design. The Horvitz-Thompson variable of a request is
+``X = wrong / pi`` when it was adjudicated (0 otherwise): ``E[X]`` is the error of routed
+answers, because adjudication's coin ignores the person's label. Accepted requests of a stratum
+without shadow sampling (``pi = 0``) are counted as wrong (``X = 1``). The point estimate is
+Hájek within strata (divides by the estimated stratum size ``sum 1 / pi``), in [0, 1]; the
+bound is the betting bound on ``E[X]`` (``betting.upper``), from counts per stratum, time block
+and cell.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from escalator.calibration import estimates
-from escalator.calibration.certify import (
-    STRONG_ONLY,
-    CalibrationError,
-    Dataset,
-    _cost,
-    default_grid,
-)
+from escalator.calibration import betting, estimates
+from escalator.calibration.certify import STRONG_ONLY, CalibrationError, Dataset, default_grid
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-PROCEDURE = "Bonferroni over strong thresholds x fixed-sequence over cheap thresholds, "
-PROCEDURE += "Horvitz-Thompson Clopper-Pearson on adjudications, v1"
-#: The strong thresholds tried by default: few, because each costs delta / K.
-DEFAULT_STRONG_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, STRONG_ONLY)
+__all__ = ["STRONG_ONLY", "CalibrationError", "default_grid"]
+
 #: Labels a strong answer cannot settle (the moderation task's); matched only if in the log.
 DEFAULT_REVIEW_LABELS = ("review-needed",)
 CELLS = ("certain-agree", "certain-differ", "shadow-agree", "shadow-differ")
+#: The strong tier's decision outcomes that carry the adjudication draw (its final answer).
+DRAWN = ("final", "shadow", "review", "refused")
+#: Reviewers' recent pace is measured over this many hours of decisions (for the refusal).
+PACE_HOURS = 6.0
 
 
 def human_decisions(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -87,8 +82,27 @@ def human_decisions(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, A
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """The sampled adjudications still undecided, and how fast people are deciding."""
+
+    sampled: int  # requests of the window sampled for adjudication
+    pending: int  # ... of which no decision is in the log
+    oldest_pending_ms: int | None  # when the oldest pending one was sampled (strong tier clock)
+    newest_pending_ms: int | None
+    last_decision_ms: int | None  # the latest adjudication decision read
+    per_hour: float | None  # adjudication decisions per hour over the last PACE_HOURS
+
+    def retry_after_ms(self) -> int | None:
+        """When the pending ones should be decided at the recent pace (None: no pace)."""
+        if self.pending == 0 or self.per_hour is None or self.per_hour <= 0:
+            return None
+        start = self.last_decision_ms or self.newest_pending_ms or 0
+        return int(start + self.pending / self.per_hour * 3.6e6)
+
+
+@dataclass(frozen=True)
 class HumanSample:
-    """The adjudicated requests (one row each), and the design that drew them."""
+    """The adjudicated requests (one row each, pending ones included), and their design."""
 
     stratum: IntArray  # index into the Dataset's strata
     cell: IntArray  # index into CELLS
@@ -97,7 +111,7 @@ class HumanSample:
     strong_conf: FloatArray
     strong_label: IntArray  # -1: invalid or refused
     strong_review: BoolArray  # the strong label is a review label
-    gold: IntArray  # the person's label; -1: "neither" (or a label no model can give)
+    gold: IntArray  # the person's label; -1: "neither", a label no model can give, or pending
     n: IntArray  # (S,) requests per stratum (all traffic, from the cheap records)
     pi: FloatArray  # (S, 4) inclusion probability per cell; 0: not covered by the design
     possible: BoolArray  # (S, 4) the cell can hold requests (by the design in force)
@@ -108,10 +122,24 @@ class HumanSample:
     review_items: dict[str, int] = field(default_factory=dict)  # review queue, per reason
     repeats: int = 0  # repeated review_ids ignored
     unmatched: int = 0  # adjudications of requests with no cheap record in the window
+    #: Per row: sampled, and no decision yet (counted wrong by the bound; gold is -1).
+    pending: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: Per row: its time block within its stratum (betting.BLOCKS).
+    block: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: (S, B) requests, and uncovered requests, per stratum and block.
+    block_n: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    block_uncovered: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    backlog: Backlog | None = None
+    #: The log records the strong tier's adjudication draws (else pending ones are invisible).
+    draws_recorded: bool = True
 
     @property
     def m(self) -> int:
         return len(self.cell)
+
+    @property
+    def decided(self) -> int:
+        return int(self.m - self.pending.sum())
 
 
 def _num(value: object, default: float = math.nan) -> float:
@@ -120,23 +148,97 @@ def _num(value: object, default: float = math.nan) -> float:
     return default
 
 
+@dataclass
+class _Draw:
+    sampled: bool
+    rate: float
+    s_rate: float
+    ts_ms: int
+    agree: bool
+    strong: dict[str, Any]
+
+
+def _draws(
+    records: Sequence[dict[str, Any]], d: Dataset, index: dict[str, int], code: dict[str, int]
+) -> tuple[dict[int, _Draw], int]:
+    """Per request of ``d``: the strong tier's adjudication draw (a sampled one wins over an
+    unsampled repeat); and how many final strong answers carry none."""
+    out: dict[int, _Draw] = {}
+    missing = 0
+    for rec in records:
+        a = rec.get("attempt") or {}
+        if a.get("tier") != "strong" or rec.get("outcome") not in DRAWN:
+            continue
+        i = index.get(str(rec.get("id")))
+        if i is None:
+            continue
+        draw = rec.get("adjudication")
+        if not isinstance(draw, dict):
+            missing += 1
+            continue
+        label = a.get("label")
+        strong = code.get(label, -1) if bool(a.get("valid")) and isinstance(label, str) else -1
+        agree = strong >= 0 and strong == int(d.cheap_label[i])
+        new = _Draw(
+            sampled=bool(draw.get("sampled")),
+            rate=_num(draw.get("rate"), 0.0),
+            s_rate=_num(rec.get("sample_rate"), 1.0),
+            ts_ms=int(rec.get("ts_ms") or 0),
+            agree=agree,
+            strong=a,
+        )
+        if i not in out or (new.sampled and not out[i].sampled):
+            out[i] = new
+    return out, missing
+
+
+def _rates(draws: dict[int, _Draw]) -> tuple[float, float]:
+    """(q_agree, q_disagree) from the draws: one rate each, or a CalibrationError."""
+    found: dict[bool, set[float]] = {True: set(), False: set()}
+    for draw in draws.values():
+        found[draw.agree].add(draw.rate)
+    out = []
+    for agree, name in ((True, "AGREE"), (False, "DISAGREE")):
+        rates = found[agree]
+        if not rates:
+            out.append(0.0)
+            continue
+        if len(rates) > 1:
+            # One rate per window: with a changed rate the requests seen before the change
+            # would be weighted by the wrong probability. Fail closed.
+            what = "was off for part of" if min(rates) <= 0 else "changed within"
+            raise CalibrationError(
+                f"ESCALATOR_ADJUDICATE_{name} {what} the window (rates {min(rates):g} to "
+                f"{max(rates):g}): calibrate on a window with one rate (--since after the change)"
+            )
+        out.append(next(iter(rates)))
+    return out[0], out[1]
+
+
 def human_sample(
     records: Sequence[dict[str, Any]],
     d: Dataset,
     review_labels: Sequence[str] = DEFAULT_REVIEW_LABELS,
 ) -> HumanSample | None:
-    """The adjudication sample of ``records``, against the paired cheap/strong ``d``; None when
-    the log has no human decisions. CalibrationError when the design cannot be known."""
+    """The adjudication sample of ``records`` against the paired cheap/strong ``d``, pending
+    requests included (from the recorded draws); None when the log has no human decisions and
+    no sampled draw. CalibrationError when the design cannot be known."""
     humans, repeats = human_decisions(records)
-    if not humans:
-        return None
     index = {rid: i for i, rid in enumerate(d.ids)}
     code = {label: i for i, label in enumerate(d.labels)}
+    draws, missing = _draws(records, d, index, code)
+    if not humans and not any(x.sampled for x in draws.values()):
+        return None
+    if draws and missing:
+        raise CalibrationError(
+            f"{missing} strong answer(s) in the window carry no adjudication draw (written "
+            "before the draw was recorded): undecided adjudications cannot be told apart; "
+            "calibrate on a window measured since (--since)"
+        )
     review = {code[x] for x in review_labels if x in code}
     review_items: dict[str, int] = {}
-    rows: list[tuple[int, bool, dict[str, Any], dict[str, Any], int, float]] = []
-    rates: dict[bool, list[float]] = {True: [], False: []}
-    unmatched = neither = 0
+    decided: dict[int, dict[str, Any]] = {}
+    unmatched = 0
     for rec in humans:
         block = rec.get("review") or {}
         if block.get("queue") != "adjudication":
@@ -146,72 +248,163 @@ def human_sample(
         i = index.get(str(rec.get("id")))
         if i is None:
             unmatched += 1
-            continue
-        agree = bool(block.get("agree"))
-        rates[agree].append(_num(block.get("review_rate")))
-        gold = rec.get("gold_label")
-        neither += gold is None
-        g = code.get(gold, -1) if isinstance(gold, str) else -1
-        answers = (block.get("cheap") or {}, block.get("strong") or {})
-        rows.append((i, agree, *answers, g, _num(rec.get("sample_rate"))))
-    if not rows:
+        else:
+            decided.setdefault(i, rec)
+    if draws:
+        q_a, q_d = _rates(draws)
+    else:
+        q_a, q_d = _legacy_rates(decided)
+    if not decided and not draws:
         if unmatched:
             raise CalibrationError(
                 f"{unmatched} adjudication(s), none of a request in the window's cheap records"
             )
         return _empty(d, review_items, repeats)
-    for agree, name in ((True, "AGREE"), (False, "DISAGREE")):
-        if not rates[agree] or not all(0 < r <= 1 for r in rates[agree]):
+    for q, name in ((q_a, "AGREE"), (q_d, "DISAGREE")):
+        if not 0 < q <= 1:
+            which = "agreeing" if name == "AGREE" else "differing"
             raise CalibrationError(
-                f"no adjudicated {'agreeing' if agree else 'differing'} answers with a review "
-                f"rate in (0, 1]: the design is unknown (set ESCALATOR_ADJUDICATE_{name} > 0)"
+                f"no adjudication rate in (0, 1] for {which} answers: the design is unknown "
+                f"(set ESCALATOR_ADJUDICATE_{name} > 0)"
             )
-    for agree, name in ((True, "AGREE"), (False, "DISAGREE")):
-        if max(rates[agree]) != min(rates[agree]):
-            # One rate per window: with a changed rate the requests seen before the change
-            # would be weighted by the wrong probability. Fail closed.
-            raise CalibrationError(
-                f"ESCALATOR_ADJUDICATE_{name} changed within the window (review rates "
-                f"{min(rates[agree]):g} to {max(rates[agree]):g}): calibrate on a window with "
-                "one rate (--since after the change)"
-            )
-    q_a, q_d = min(rates[True]), min(rates[False])
+    pending = sorted(i for i, x in draws.items() if x.sampled and i not in decided)
+    rows = sorted(decided) + pending
+    m = len(rows)
 
     def answer(a: dict[str, Any]) -> tuple[float, int]:
         ok = bool(a.get("valid")) and a.get("label") in code
         return (_num(a.get("confidence"), 0.0), code[a["label"]]) if ok else (-1.0, -1)
 
-    m = len(rows)
-    stratum, cell, gold = (np.zeros(m, np.int64) for _ in range(3))
+    cell, gold = np.zeros(m, np.int64), np.zeros(m, np.int64)
     cc, sc, recorded = np.zeros(m), np.zeros(m), np.zeros(m)
     cl, sl = np.zeros(m, np.int64), np.zeros(m, np.int64)
-    for k, (i, agree, cheap, strong, g, rate) in enumerate(rows):
-        stratum[k] = d.stratum[i]
+    is_pending = np.zeros(m, dtype=bool)
+    neither = 0
+    for k, i in enumerate(rows):
+        found = decided.get(i)
+        if found is not None:
+            rec = found
+            block = rec.get("review") or {}
+            agree = bool(block.get("agree"))
+            label = rec.get("gold_label")
+            neither += label is None
+            gold[k] = code.get(label, -1) if isinstance(label, str) else -1
+            cc[k], cl[k] = answer(block.get("cheap") or {})
+            sc[k], sl[k] = answer(block.get("strong") or {})
+            recorded[k] = _num(rec.get("sample_rate"))
+        else:
+            draw = draws[i]
+            agree, gold[k], is_pending[k] = draw.agree, -1, True
+            cc[k], cl[k] = (float(d.conf[i]), int(d.cheap_label[i])) if d.conf[i] >= 0 else (-1, -1)
+            sc[k], sl[k] = answer(draw.strong)
+            recorded[k] = draw.s_rate * draw.rate
         cell[k] = (0 if d.certain[i] else 2) + (0 if agree else 1)
-        cc[k], cl[k] = answer(cheap)
-        sc[k], sl[k] = answer(strong)
-        gold[k] = g
-        recorded[k] = rate
-    n, pi, possible, uncovered = design(d, q_a, q_d, stratum, cell, recorded)
+    return assemble(
+        d,
+        np.asarray(rows, dtype=np.int64),
+        cell,
+        cheap=(cc, cl),
+        strong=(sc, sl, np.isin(sl, sorted(review))),
+        gold=gold,
+        pending=is_pending,
+        recorded=recorded,
+        rates=(q_a, q_d),
+        neither=neither,
+        review_items=review_items,
+        repeats=repeats,
+        unmatched=unmatched,
+        backlog=_backlog(draws, decided, pending) if draws else None,
+        draws_recorded=bool(draws),
+    )
+
+
+def assemble(
+    d: Dataset,
+    rows: IntArray,
+    cell: IntArray,
+    *,
+    cheap: tuple[FloatArray, IntArray],
+    strong: tuple[FloatArray, IntArray, BoolArray],
+    gold: IntArray,
+    pending: BoolArray,
+    recorded: FloatArray,
+    rates: tuple[float, float],
+    neither: int = 0,
+    review_items: dict[str, int] | None = None,
+    repeats: int = 0,
+    unmatched: int = 0,
+    backlog: Backlog | None = None,
+    draws_recorded: bool = True,
+) -> HumanSample:
+    """A HumanSample from its rows (``rows``: their requests' indices in ``d``), with the
+    design and time blocks that ``d`` implies; the test worlds build theirs with it too."""
+    stratum = d.stratum[rows].astype(np.int64)
+    n, pi, possible, uncovered = design(d, rates[0], rates[1], stratum, cell, recorded)
+    block_n, block_unc = blocks(d, uncovered > 0)
     return HumanSample(
         stratum=stratum,
-        cell=cell,
-        cheap_conf=cc,
-        cheap_label=cl,
-        strong_conf=sc,
-        strong_label=sl,
-        strong_review=np.isin(sl, sorted(review)),
+        cell=cell.astype(np.int64),
+        cheap_conf=cheap[0],
+        cheap_label=cheap[1],
+        strong_conf=strong[0],
+        strong_label=strong[1],
+        strong_review=strong[2],
         gold=gold,
         n=n,
         pi=pi,
         possible=possible,
         uncovered=uncovered,
-        q_agree=q_a,
-        q_disagree=q_d,
+        q_agree=rates[0],
+        q_disagree=rates[1],
         neither=neither,
-        review_items=review_items,
+        review_items=review_items or {},
         repeats=repeats,
         unmatched=unmatched,
+        pending=pending,
+        block=betting.block_of(within_stratum_rank(d)[rows]),
+        block_n=block_n,
+        block_uncovered=block_unc,
+        backlog=backlog,
+        draws_recorded=draws_recorded,
+    )
+
+
+def _legacy_rates(decided: dict[int, dict[str, Any]]) -> tuple[float, float]:
+    """(q_agree, q_disagree) from the decisions' review rates (logs without draws)."""
+    found: dict[bool, set[float]] = {True: set(), False: set()}
+    for rec in decided.values():
+        block = rec.get("review") or {}
+        found[bool(block.get("agree"))].add(_num(block.get("review_rate")))
+    out = []
+    for agree, name in ((True, "AGREE"), (False, "DISAGREE")):
+        rates = found[agree]
+        if len(rates) > 1:
+            raise CalibrationError(
+                f"ESCALATOR_ADJUDICATE_{name} changed within the window (review rates "
+                f"{min(rates):g} to {max(rates):g}): calibrate on a window with one rate "
+                "(--since after the change)"
+            )
+        out.append(next(iter(rates)) if rates else 0.0)
+    return out[0], out[1]
+
+
+def _backlog(
+    draws: dict[int, _Draw], decided: dict[int, dict[str, Any]], pending: list[int]
+) -> Backlog:
+    times = [draws[i].ts_ms for i in pending]
+    made = sorted(int(r.get("ts_ms") or 0) for r in decided.values())
+    per_hour = None
+    if made:
+        recent = [t for t in made if t >= made[-1] - PACE_HOURS * 3.6e6]
+        span_h = (recent[-1] - recent[0]) / 3.6e6
+        per_hour = len(recent) / span_h if span_h > 0 else None
+    return Backlog(
+        sampled=sum(1 for x in draws.values() if x.sampled),
+        pending=len(pending),
+        oldest_pending_ms=min(times) if times else None,
+        newest_pending_ms=max(times) if times else None,
+        last_decision_ms=made[-1] if made else None,
+        per_hour=per_hour,
     )
 
 
@@ -235,7 +428,33 @@ def _empty(d: Dataset, review_items: dict[str, int], repeats: int) -> HumanSampl
         q_disagree=0.0,
         review_items=review_items,
         repeats=repeats,
+        draws_recorded=False,
     )
+
+
+def within_stratum_rank(d: Dataset) -> FloatArray:
+    """Per request: its rank among its stratum's requests in time order, as a share in [0, 1)
+    (the Dataset is in time order)."""
+    rank = np.zeros(d.n)
+    for v in range(len(d.strata)):
+        idx = np.flatnonzero(d.stratum == v)
+        rank[idx] = np.arange(len(idx)) / max(len(idx), 1)
+    return rank
+
+
+def blocks(d: Dataset, uncovered_strata: BoolArray) -> tuple[IntArray, IntArray]:
+    """(S, B) requests per stratum and time block; and the uncovered ones (accepted requests
+    of a stratum without shadow sampling: no adjudication can reach them)."""
+    s_count, b_count = len(d.strata), len(betting.BLOCKS)
+    n = np.zeros((s_count, b_count), np.int64)
+    unc = np.zeros((s_count, b_count), np.int64)
+    block = betting.block_of(within_stratum_rank(d))
+    for v in range(s_count):
+        mine = d.stratum == v
+        n[v] = np.bincount(block[mine], minlength=b_count)
+        if uncovered_strata[v]:
+            unc[v] = np.bincount(block[mine & ~d.certain], minlength=b_count)
+    return n, unc
 
 
 def design(
@@ -248,10 +467,10 @@ def design(
 ) -> tuple[IntArray, FloatArray, BoolArray, IntArray]:
     """Per stratum: requests, inclusion probability and possibility per cell, uncovered count.
 
-    The probabilities come from the design (p from the cheap records, q from the review
-    rates), never from which requests happened to be adjudicated; a cell's smallest recorded
-    ``sample_rate`` lowers it (shadows shed under rate-limit pressure were kept at p * k < p),
-    which only makes the bound more cautious."""
+    The probabilities come from the design (p from the cheap records, q from the draws or the
+    review rates), never from which requests happened to be adjudicated; a cell's smallest
+    recorded ``sample_rate`` lowers it (shadows shed under rate-limit pressure were kept at
+    p * k < p), which only makes the bound more cautious."""
     s_count = len(d.strata)
     n = np.bincount(d.stratum, minlength=s_count).astype(np.int64)
     pi = np.zeros((s_count, 4))
@@ -282,7 +501,8 @@ def wrong(
 ) -> BoolArray:
     """(m, Tc, Ts): is the routed answer wrong against the person, at each pair?
 
-    Without the human tier the strong answer is used whatever it is (invalid counts wrong)."""
+    A pending row (no label yet) is wrong unless the pair sends it to people. Without the
+    human tier the strong answer is used whatever it is (invalid counts wrong)."""
     cheap_wrong = (h.cheap_label < 0) | (h.gold < 0) | (h.cheap_label != h.gold)
     strong_wrong = (h.strong_label < 0) | (h.gold < 0) | (h.strong_label != h.gold)
     by_cheap = h.cheap_conf[:, None, None] >= t_c[None, :, None]
@@ -295,53 +515,104 @@ def wrong(
     return np.asarray(out, dtype=bool)
 
 
-def cell_counts(h: HumanSample, e: BoolArray) -> tuple[IntArray, IntArray]:
-    """(S, 4, Tc, Ts) wrong routed answers per cell, and (S, 4) adjudications per cell."""
+def routed_wrong_counts(
+    h: HumanSample,
+    t_c: FloatArray,
+    t_s: FloatArray,
+    group: IntArray,
+    groups: int,
+    *,
+    human_tier: bool = True,
+) -> FloatArray:
+    """(groups, Tc, Ts): per group of rows (``group``, -1: left out), how many routed answers
+    are wrong at each pair: ``wrong`` summed, from two histograms instead of an (m, Tc, Ts)
+    array. A row is routed to the cheap answer at t_c index i when i < ci (ci: how many grid
+    points are <= its confidence), else to the strong answer at t_s index j when j < si."""
+    cheap_wrong = (h.cheap_label < 0) | (h.gold < 0) | (h.cheap_label != h.gold)
+    strong_wrong = (h.strong_label < 0) | (h.gold < 0) | (h.strong_label != h.gold)
+    tc_n, ts_n = len(t_c), len(t_s)
+    ci = np.searchsorted(t_c, h.cheap_conf, side="right")
+    if human_tier:
+        settles = (h.strong_label >= 0) & ~h.strong_review
+        si = np.where(settles, np.searchsorted(t_s, h.strong_conf, side="right"), 0)
+    else:
+        si = np.full(h.m, ts_n)
+    keep = group >= 0
+    g, ci, si = group[keep], ci[keep], si[keep]
+    by_cheap = np.zeros((groups, tc_n + 1))
+    np.add.at(by_cheap, (g, ci), cheap_wrong[keep].astype(np.float64))
+    # Routed to the cheap answer at i < ci: rows whose ci exceeds i.
+    cheap_part = np.cumsum(by_cheap[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (G, Tc)
+    by_strong = np.zeros((groups, tc_n + 1, ts_n + 1))
+    np.add.at(by_strong, (g, ci, si), strong_wrong[keep].astype(np.float64))
+    upto = np.cumsum(by_strong, axis=1)[:, :tc_n, :]  # rows with ci <= i
+    strong_part = np.cumsum(upto[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]  # si > j
+    return np.asarray(cheap_part[:, :, None] + strong_part, np.float64)
+
+
+def _decided(h: HumanSample) -> BoolArray:
+    return ~h.pending if len(h.pending) == h.m else np.ones(h.m, dtype=bool)
+
+
+def cell_counts(
+    h: HumanSample, t_c: FloatArray, t_s: FloatArray, *, human_tier: bool = True
+) -> tuple[FloatArray, IntArray]:
+    """(S, 4, Tc, Ts) wrong routed answers per cell, and (S, 4) adjudications per cell, of the
+    decided rows (the point estimates' counts; pending rows have no label)."""
     s_count = len(h.n)
-    z = np.zeros((s_count, 4, *e.shape[1:]), dtype=np.int64)
-    m = np.zeros((s_count, 4), dtype=np.int64)
-    for v in range(s_count):
-        for g in range(4):
-            mine = (h.stratum == v) & (h.cell == g)
-            m[v, g] = int(mine.sum())
-            if m[v, g]:
-                z[v, g] = e[mine].sum(axis=0)
-    return z, m
+    decided = _decided(h)
+    group = np.where(decided, h.stratum * 4 + h.cell, -1)
+    z = routed_wrong_counts(h, t_c, t_s, group, s_count * 4, human_tier=human_tier)
+    m = np.bincount(group[decided], minlength=s_count * 4).reshape(s_count, 4)
+    return z.reshape(s_count, 4, len(t_c), len(t_s)), m.astype(np.int64)
 
 
-def allocation(h: HumanSample, delta: float) -> tuple[FloatArray, FloatArray]:
-    """delta per cell (S, 4) and per stratum's uncovered part (S,); they sum to ``delta``.
+def bet_counts(
+    h: HumanSample, t_c: FloatArray, t_s: FloatArray, *, human_tier: bool = True
+) -> tuple[IntArray, FloatArray, FloatArray]:
+    """What the betting bound needs, for every pair flattened to P = Tc * Ts: (S, B) requests,
+    (S, B, 5, P) nonzero variables (four cells, then the uncovered ones) and (S, 5) their
+    values (1/pi per cell; 1 for an uncovered request, counted wrong). Pending rows count
+    as wrong (they have no label)."""
+    s_count, b_count = h.block_n.shape
+    pairs = len(t_c) * len(t_s)
+    group = (h.stratum * b_count + h.block) * 4 + h.cell
+    z = routed_wrong_counts(h, t_c, t_s, group, s_count * b_count * 4, human_tier=human_tier)
+    counts = np.zeros((s_count, b_count, 5, pairs))
+    counts[:, :, :4, :] = z.reshape(s_count, b_count, 4, pairs)
+    counts[:, :, 4, :] = h.block_uncovered[:, :, None]
+    with np.errstate(divide="ignore"):
+        x = np.where(h.pi > 0, 1.0 / np.maximum(h.pi, 1e-300), 0.0)
+    x = np.concatenate([x, (h.uncovered > 0).astype(np.float64)[:, None]], axis=1)
+    return h.block_n, counts, x
 
-    Fixed by the design alone: a stratum's share of requests, split equally over its parts."""
-    share = h.n / max(int(h.n.sum()), 1) * delta
-    parts = h.possible.sum(axis=1) + (h.uncovered > 0)
-    per = np.where(parts > 0, share / np.maximum(parts, 1), 0.0)
-    return np.where(h.possible, per[:, None], 0.0), np.where(h.uncovered > 0, per, 0.0)
 
+def error_upper(
+    h: HumanSample,
+    t_c: FloatArray,
+    t_s: FloatArray,
+    alpha: float,
+    aim: float | None = None,
+    *,
+    human_tier: bool = True,
+) -> FloatArray:
+    """(Tc, Ts) upper bounds on P(routed answer wrong), each at level ``alpha``: the betting
+    bound on the Horvitz-Thompson variable, pending rows counted wrong.
 
-def error_upper(h: HumanSample, z: IntArray, delta: float) -> FloatArray:
-    """Upper bound on P(routed answer wrong), shape z.shape[2:]: holds with prob >= 1 - delta."""
-    a_cell, a_unc = allocation(h, delta)
-    nn = np.broadcast_to(h.n[:, None, None, None], z.shape)
-    al = np.broadcast_to(a_cell[:, :, None, None], z.shape)
-    limits = estimates.exact_upper(z.ravel(), nn.ravel(), al.ravel()).reshape(z.shape)
-    pi = h.pi[:, :, None, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_cell = np.where(al > 0, np.minimum(limits / pi, 1.0), 0.0)
-    unc = estimates.exact_upper(h.uncovered, h.n, a_unc)
-    unc = np.where(a_unc > 0, unc, 0.0)
-    # mu_vg is a share of the stratum's requests; the stratum's error is their sum.
-    stratum_err = np.minimum(per_cell.sum(axis=1) + unc[:, None, None], 1.0)
-    total = (stratum_err * h.n[:, None, None]).sum(axis=0) / max(int(h.n.sum()), 1)
-    return np.asarray(np.minimum(total, 1.0), np.float64)
+    ``aim``: the error the bets are tuned against (the target's boundary when testing one);
+    None tunes each block against what the earlier blocks suggest the bound will be."""
+    n, counts, x = bet_counts(h, t_c, t_s, human_tier=human_tier)
+    upper = betting.upper(n, counts, x, alpha, aim)
+    return np.asarray(upper.reshape(len(t_c), len(t_s)), np.float64)
 
 
 def weights(h: HumanSample) -> FloatArray:
-    """Hájek weight per adjudication: 1/pi, rescaled so each stratum's weights sum to N_v.
+    """Hájek weight per decided adjudication: 1/pi, rescaled so each stratum's weights sum to
+    N_v (pending rows get 0).
 
     Strata with no adjudication are spread over the others (their share of traffic is then
     represented by the pooled sample), so the weights always sum to N."""
-    inv = 1.0 / h.pi[h.stratum, h.cell]
+    inv = np.where(_decided(h), 1.0 / h.pi[h.stratum, h.cell], 0.0)
     est = np.bincount(h.stratum, weights=inv, minlength=len(h.n))
     seen = est > 0
     n_eff = np.where(seen, h.n, 0).astype(np.float64)
@@ -351,14 +622,14 @@ def weights(h: HumanSample) -> FloatArray:
     return np.asarray(inv * scale[h.stratum], np.float64)
 
 
-def error_point(h: HumanSample, e: BoolArray) -> FloatArray:
-    """Hájek estimate of P(routed answer wrong), shape e.shape[1:], in [0, 1]: the weights of
-    ``weights`` (1/pi per cell), so it is a function of the cell counts alone."""
-    z, m = cell_counts(h, e)
-    return _hajek(h, z, m)
+def error_point(h: HumanSample, t_c: FloatArray, t_s: FloatArray, **kw: bool) -> FloatArray:
+    """(Tc, Ts) Hájek estimates of P(routed answer wrong) over the decided rows, in [0, 1]:
+    the weights of ``weights`` (1/pi per cell)."""
+    z, m = cell_counts(h, t_c, t_s, **kw)
+    return hajek(h, z, m)
 
 
-def _hajek(h: HumanSample, z: IntArray, m: IntArray) -> FloatArray:
+def hajek(h: HumanSample, z: FloatArray, m: IntArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(m > 0, 1.0 / h.pi, 0.0)
     est = (m * inv).sum(axis=1)  # (S,) estimated stratum sizes
@@ -373,13 +644,13 @@ def _hajek(h: HumanSample, z: IntArray, m: IntArray) -> FloatArray:
     return np.asarray((z * w).sum(axis=(0, 1)) / h.n.sum(), np.float64)
 
 
-def error_ht(h: HumanSample, e: BoolArray) -> FloatArray:
+def error_ht(h: HumanSample, t_c: FloatArray, t_s: FloatArray, **kw: bool) -> FloatArray:
     """Horvitz-Thompson estimate (sum of wrong / pi over N): unbiased, not bounded by 1."""
-    z, m = cell_counts(h, e)
-    return _ht(h, z, m)
+    z, m = cell_counts(h, t_c, t_s, **kw)
+    return ht(h, z, m)
 
 
-def _ht(h: HumanSample, z: IntArray, m: IntArray) -> FloatArray:
+def ht(h: HumanSample, z: FloatArray, m: IntArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(m > 0, 1.0 / h.pi, 0.0)[:, :, None, None]
     return np.asarray((z * inv).sum(axis=(0, 1)) / h.n.sum(), np.float64)
@@ -390,18 +661,19 @@ class PeopleCurve:
     """Against people, per cheap threshold, routed as today (the strong answer below t)."""
 
     thresholds: FloatArray
-    accuracy: FloatArray  # Hájek
-    accuracy_lower: FloatArray  # at level 1 - delta per point
+    accuracy: FloatArray  # Hájek, over the decided rows
+    accuracy_lower: FloatArray  # at level 1 - delta per point, pending rows counted wrong
     strong_wrong: FloatArray  # among requests escalated at t (nan: none)
     cheap_wrong_confident: FloatArray  # among requests with cheap conf >= t (nan: none)
     adjudicated: int
+    pending: int
     delta: float
 
 
 def people_curve(h: HumanSample, thresholds: FloatArray, delta: float) -> PeopleCurve:
     t = np.asarray(thresholds, dtype=np.float64)
-    e = wrong(h, t, np.zeros(1), human_tier=False)
-    z, m = cell_counts(h, e)
+    one = np.zeros(1)
+    z, m = cell_counts(h, t, one, human_tier=False)
     w = weights(h)
     esc = h.cheap_conf[:, None] < t[None, :]
     strong_wrong = (h.strong_label < 0) | (h.gold < 0) | (h.strong_label != h.gold)
@@ -415,11 +687,12 @@ def people_curve(h: HumanSample, thresholds: FloatArray, delta: float) -> People
 
     return PeopleCurve(
         thresholds=t,
-        accuracy=1.0 - _hajek(h, z, m)[:, 0],
-        accuracy_lower=1.0 - error_upper(h, z, delta)[:, 0],
+        accuracy=1.0 - hajek(h, z, m)[:, 0],
+        accuracy_lower=1.0 - error_upper(h, t, one, delta, human_tier=False)[:, 0],
         strong_wrong=share(strong_wrong[:, None], esc),
         cheap_wrong_confident=share(cheap_wrong[:, None], ~esc),
-        adjudicated=h.m,
+        adjudicated=h.decided,
+        pending=int(h.pending.sum()),
         delta=delta,
     )
 
@@ -456,244 +729,3 @@ def human_share(
         to_people = ~((strong_conf >= ts) & (strong_conf >= 0) & ~strong_review)
         out[:, k] = estimates.escalated_sum(s, t_c, to_people.astype(np.float64), d.answered)
     return np.asarray(out / max(d.n, 1), np.float64)
-
-
-Status = Literal["certified", "refused"]
-
-
-@dataclass(frozen=True)
-class HumanCalibration:
-    target: float
-    budget: float
-    delta: float  # the whole share this attempt spent (each strong threshold: delta / K)
-    review_cost: float
-    cheap_grid: FloatArray
-    strong_grid: FloatArray
-    accuracy: FloatArray  # (Tc, Ts) Hájek point estimates
-    accuracy_lower: FloatArray  # (Tc, Ts) at delta / K each
-    human: FloatArray  # (Tc, Ts) estimated share to people
-    escalation: FloatArray  # (Tc,) observed share escalated by the cheap tier
-    cost_per_1k: FloatArray  # (Tc, Ts) models + people (at review_cost per item)
-    passed: BoolArray  # (Tc, Ts) passed by the fixed sequences
-    status: Status
-    chosen: tuple[int, int] | None
-    best: tuple[int, int] | None  # the cheapest pair by point estimate within the budget
-    reason: str = ""
-    adjudicated: int = 0
-    #: The cheapest pairs (at most 5) that a larger window could certify, for the refusal.
-    goals: tuple[tuple[int, int], ...] = ()
-
-    @property
-    def cheap_threshold(self) -> float:
-        return float(self.cheap_grid[self.chosen[0]]) if self.chosen else STRONG_ONLY
-
-    @property
-    def strong_threshold(self) -> float:
-        return float(self.strong_grid[self.chosen[1]]) if self.chosen else STRONG_ONLY
-
-
-def _by_cost(
-    mask: BoolArray, ts: FloatArray, share: FloatArray, cost: FloatArray
-) -> list[tuple[int, int]]:
-    """The pairs in ``mask``, cheapest first (then fewest to people, then lowest t_s)."""
-    idx = np.argwhere(mask)
-    keys = (ts[idx[:, 1]], share[idx[:, 0], idx[:, 1]], cost[idx[:, 0], idx[:, 1]])
-    return [(int(i), int(j)) for i, j in idx[np.lexsort(keys)]] if len(idx) else []
-
-
-def walk(lower: FloatArray, target: float) -> BoolArray:
-    """Fixed sequence along the cheap grid, from the top (escalate-all) down: True for each
-    point passed before the first failure (possibly none: escalate-all need not pass here)."""
-    passed = np.zeros(len(lower), dtype=bool)
-    for j in range(len(lower) - 1, -1, -1):
-        if lower[j] < target:
-            break
-        passed[j] = True
-    return passed
-
-
-def strong_grid_arg(spec: str) -> list[float]:
-    """``0,0.5,0.9`` -> strong thresholds (1.01 sends every strong answer to people)."""
-    try:
-        values = sorted({float(x) for x in spec.split(",") if x.strip()})
-    except ValueError as exc:
-        raise CalibrationError(f"--strong-grid {spec!r} is not a comma-separated list") from exc
-    if not values or not all(0 <= v <= STRONG_ONLY for v in values):
-        raise CalibrationError(f"--strong-grid {spec!r}: need values in [0, 1.01]")
-    return values
-
-
-def calibrate_human(
-    d: Dataset,
-    h: HumanSample,
-    strong_conf: FloatArray,
-    strong_review: BoolArray,
-    *,
-    target: float,
-    budget: float,
-    delta: float = 0.05,
-    review_cost: float = 0.0,
-    grid: Sequence[float] | FloatArray | None = None,
-    strong_grid: Sequence[float] | None = None,
-    lower_override: FloatArray | None = None,
-) -> HumanCalibration:
-    """The cheapest certified pair within the human budget (module docstring: the promise).
-
-    ``lower_override`` replaces the lower bounds (tests use it to show that the statistical
-    check fails with a bound that is not one)."""
-    if not 0 < delta < 1:
-        raise CalibrationError(f"delta must be in (0, 1), not {delta}")
-    if not 0 < target <= 1:
-        raise CalibrationError(f"--target {target}: accuracy must be in (0, 1]")
-    if not 0 <= budget <= 1:
-        raise CalibrationError(f"--human-budget {budget}: a share of traffic, in [0, 1]")
-    if review_cost < 0:
-        raise CalibrationError(f"--review-cost {review_cost}: must be >= 0")
-    if h.m == 0:
-        raise CalibrationError(
-            "no adjudicated human decisions in the window: set ESCALATOR_ADJUDICATE_DISAGREE "
-            "and ESCALATOR_ADJUDICATE_AGREE > 0 and measure first"
-        )
-    tc = np.asarray(grid, dtype=np.float64) if grid is not None else default_grid()
-    if tc[-1] < STRONG_ONLY:
-        tc = np.append(tc, STRONG_ONLY)
-    ts = np.asarray(strong_grid if strong_grid is not None else DEFAULT_STRONG_GRID, np.float64)
-    e = wrong(h, tc, ts)
-    z, m = cell_counts(h, e)
-    k = len(ts)
-    lower = 1.0 - error_upper(h, z, delta / k) if lower_override is None else lower_override
-    point = 1.0 - _hajek(h, z, m)
-    ht = 1.0 - _ht(h, z, m)
-    passed = np.stack([walk(lower[:, j], target) for j in range(k)], axis=1)
-    share = human_share(d, strong_conf, strong_review, tc, ts)
-    cost = _cost(d, tc)[:, None] + 1000.0 * review_cost * share
-    esc = (d.n - estimates._at_least(d.conf, tc)) / max(d.n, 1)
-    fits = share <= budget + 1e-12
-
-    def cheapest(mask: BoolArray) -> tuple[int, int] | None:
-        ordered = _by_cost(mask, ts, share, cost)
-        return ordered[0] if ordered else None
-
-    chosen = cheapest(passed & fits)
-    best = cheapest((point >= target) & fits)
-    # What the bound approaches with more data is the Horvitz-Thompson estimate: the pairs
-    # whose HT estimate clears the target are the ones a larger window can certify.
-    goals = [p for p in _by_cost((ht >= target) & fits, ts, share, cost)]
-    reason = ""
-    if chosen is None:
-        if best is None:
-            reason = f"no pair's estimated accuracy reaches the target within {budget:.1%}"
-            reason += " of traffic to people"
-        else:
-            reason = (
-                f"no pair that sends at most {budget:.1%} of traffic to people can be "
-                f"certified (best estimate: t_c={tc[best[0]]:.2f}, t_s={ts[best[1]]:.2f}, "
-                f"accuracy {point[best]:.4f}, lower bound {lower[best]:.4f})"
-            )
-    return HumanCalibration(
-        target=target,
-        budget=budget,
-        delta=delta,
-        review_cost=review_cost,
-        cheap_grid=tc,
-        strong_grid=ts,
-        accuracy=point,
-        accuracy_lower=lower,
-        human=share,
-        escalation=np.asarray(esc, np.float64),
-        cost_per_1k=cost,
-        passed=passed,
-        status="certified" if chosen is not None else "refused",
-        chosen=chosen,
-        best=best,
-        reason=reason,
-        adjudicated=h.m,
-        goals=tuple(goals[:5]),
-    )
-
-
-@dataclass(frozen=True)
-class HumanNeed:
-    """A fresh window that would certify the best-by-estimate pair (None: cannot)."""
-
-    factor: float | None
-    requests: int | None
-    adjudicated: int | None
-    hours: float | None
-    goal: tuple[int, int] | None = None
-
-
-def needed(d: Dataset, h: HumanSample, result: HumanCalibration, delta_next: float) -> HumanNeed:
-    """Scale the window (every count by the same factor) until the bound of one of the
-    cheapest pairs whose estimate clears the target, at the next attempt's delta, reaches it: a
-    rough size, at the point estimates (the counts are scaled, not drawn)."""
-    for goal in result.goals:
-        need = _needed_at(d, h, result, delta_next, goal)
-        if need.factor is not None:
-            return need
-    return HumanNeed(None, None, None, None)
-
-
-def _needed_at(
-    d: Dataset, h: HumanSample, result: HumanCalibration, delta_next: float, goal: tuple[int, int]
-) -> HumanNeed:
-    i, j = goal
-    e = wrong(h, result.cheap_grid[i : i + 1], result.strong_grid[j : j + 1])
-    z, _ = cell_counts(h, e)
-    k = len(result.strong_grid)
-
-    def passes(f: float) -> bool:
-        scaled = replace(
-            h,
-            n=np.ceil(h.n * f).astype(np.int64),
-            uncovered=np.ceil(h.uncovered * f).astype(np.int64),
-        )
-        zz = np.floor(z * f).astype(np.int64)
-        return bool(1.0 - error_upper(scaled, zz, delta_next / k)[0, 0] >= result.target)
-
-    lo, hi = 1.0, 2.0
-    while not passes(hi):
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            return HumanNeed(None, None, None, None)
-    for _ in range(30):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if passes(mid) else (mid, hi)
-        if hi / lo < 1.02:
-            break
-    span_h = (int(d.ts_ms.max()) - int(d.ts_ms.min())) / 3.6e6 if d.n > 1 else 0.0
-    hours = hi * span_h if span_h > 0 else None
-    return HumanNeed(hi, math.ceil(d.n * hi), math.ceil(h.m * hi), hours, goal)
-
-
-def guarantee(result: HumanCalibration) -> str:
-    """The sentence a certified human calibration promises (stored in the threshold file)."""
-    if result.status != "certified":
-        return "none: refused"
-    return (
-        f"with probability at least {1 - result.delta:.6g} over the measurement window, the "
-        f"accuracy against people of routed answers at the chosen cheap and strong thresholds "
-        f"(a request sent to people counted as right), on traffic like the window's, is at "
-        f"least {result.target}"
-    )
-
-
-def refusal(result: HumanCalibration, need: HumanNeed) -> str:
-    """One line: why the target cannot be certified, and how much more adjudication would."""
-    from escalator.calibration.plan import duration
-
-    head = (
-        f"calibrate: cannot certify accuracy against people >= {result.target} at delta "
-        f"{result.delta:.3g} within a human budget of {result.budget:.1%}: {result.reason}"
-    )
-    if need.requests is None:
-        return f"{head}; more data would not help; wrote no thresholds file"
-    assert need.goal is not None
-    i, j = need.goal
-    return (
-        f"{head}; needs a fresh window of about {need.requests:,} requests with "
-        f"{need.adjudicated:,} adjudicated answers (about {need.factor:.1f} times this one's, "
-        f"at the same adjudication rates; {duration(need.hours)}) to certify "
-        f"t_c={result.cheap_grid[i]:.2f}, t_s={result.strong_grid[j]:.2f}; wrote no "
-        "thresholds file"
-    )
