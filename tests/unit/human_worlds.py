@@ -18,8 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from escalator.calibration import estimates
+from escalator.calibration.adjudications import HumanSample, assemble
 from escalator.calibration.certify import Dataset
-from escalator.calibration.human import HumanSample, assemble, cell_counts
+from escalator.calibration.human import cell_counts
 from tests.unit.calibration_worlds import attempt_record, one_stratum
 
 FloatArray = npt.NDArray[np.float64]

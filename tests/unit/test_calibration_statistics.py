@@ -179,8 +179,15 @@ def test_old_sparsely_shadowed_data_does_not_turn_a_certifiable_window_into_a_re
     print(f"\ntwo versions ({reps} repetitions): refused {refused}, below target {failed}")
     assert refused["both"] <= refused["new only"] + max(2, reps // 20)
     assert refused["both, weighted by requests"] > reps / 2  # the check can tell
+    # The realistic world has a grid point just under the target (t = 0.73, 0.97986), where
+    # an exact test errs at close to its nominal rate: the failures of a procedure with error
+    # delta scatter around delta x reps, so at every scale the check is that they stay within
+    # what such a procedure shows in 99% of runs (the new version alone is the reference).
+    k = 0
+    while binomial.cdf(k, reps, DELTA)[()] < 0.99:
+        k += 1
     for name in refused:
-        assert failed[name] <= allowed_failures(reps), name
+        assert failed[name] <= k, name
 
 
 @dataclass(frozen=True)

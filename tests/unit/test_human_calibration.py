@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
-from escalator.calibration import human
+from escalator.calibration import adjudications, human
 from escalator.calibration import human_certify as hc
 from escalator.calibration.certify import pair_decisions
 from escalator.calibration.report import build_report, render_text
@@ -154,7 +154,7 @@ def test_horvitz_thompson_and_hajek_on_a_hand_computed_log() -> None:
     sum(1 / pi) instead; worked by hand for cheap-only, strong-only and t_c = 0.7 routing."""
     recs = tiny_log()
     d = pair_decisions(recs)
-    h = human.human_sample(recs, d)
+    h = adjudications.human_sample(recs, d)
     assert h is not None and h.m == 3 and h.neither == 1
     assert h.q_agree == 0.5 and h.q_disagree == 1.0
     # Cells: r1 certain-differ (pi 1), r2 certain-agree (pi 0.5), r3 shadow-agree (0.25).
@@ -198,7 +198,7 @@ def test_a_sampled_adjudication_without_a_decision_is_pending_and_counted_wrong(
     label, left out of the point estimate, counted wrong by the bound, and reported."""
     recs = [r for r in tiny_log() if not (r["id"] == "r3" and r["attempt"]["tier"] == "human")]
     d = pair_decisions(recs)
-    h = human.human_sample(recs, d)
+    h = adjudications.human_sample(recs, d)
     assert h is not None and h.m == 3 and h.decided == 2 and int(h.pending.sum()) == 1
     assert h.backlog is not None and h.backlog.pending == 1 and h.backlog.sampled == 3
     assert h.neither == 0
@@ -219,7 +219,7 @@ def test_a_window_with_strong_answers_missing_their_draw_is_refused() -> None:
             del r["adjudication"]
     d = pair_decisions(recs)
     with pytest.raises(human.CalibrationError, match="--since"):
-        human.human_sample(recs, d)
+        adjudications.human_sample(recs, d)
 
 
 def test_adjudication_turned_on_inside_the_window_is_refused() -> None:
@@ -229,7 +229,7 @@ def test_adjudication_turned_on_inside_the_window_is_refused() -> None:
     extra = [_cheap("r5", "A", 0.55, "escalated"), _strong("r5", "A", 0.9, False, (False, 0.0))]
     d = pair_decisions([*recs, *extra])
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE was off"):
-        human.human_sample([*recs, *extra], d)
+        adjudications.human_sample([*recs, *extra], d)
 
 
 def test_a_repeated_review_id_counts_once_and_review_items_are_no_sample() -> None:
@@ -243,7 +243,7 @@ def test_a_repeated_review_id_counts_once_and_review_items_are_no_sample() -> No
         "r4", "B", cheap, strong, s_rate=1.0, q=1.0, queue="review", reason="strong_low_confidence"
     )
     d = pair_decisions([*recs, again, strong, review])
-    h = human.human_sample([*recs, again, strong, review], d)
+    h = adjudications.human_sample([*recs, again, strong, review], d)
     assert h is not None and h.m == 3 and h.repeats == 1 and h.neither == 1
     assert h.review_items == {"strong_low_confidence": 1}
 
@@ -266,7 +266,7 @@ def test_a_design_without_agreeing_adjudications_is_refused_in_one_line() -> Non
     recs = _without_draws(kept)
     d = pair_decisions(recs)
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE"):
-        human.human_sample(recs, d)
+        adjudications.human_sample(recs, d)
 
 
 def _write(path: Path, recs: list[dict[str, Any]]) -> None:
@@ -368,21 +368,30 @@ def test_cli_human_errors_are_one_line_never_a_traceback(
 
 
 def test_cli_human_plan_suggests_neyman_rates_for_the_same_people_time(tmp_path: Path) -> None:
-    """--objective human --plan on a pilot: the rates now and the suggested ones (differing
-    answers sampled more: their error rate is higher), the same adjudications per 1,000, a
-    smaller E[X^2], and a fresh window size for each; nothing written, no ledger."""
+    """--objective human --plan on a pilot: the rates now, Neyman's (differing answers
+    sampled relatively more: their error rate is higher; a smaller E[X^2]) and the split the
+    bound needs fewest requests with, all for the same adjudications per 1,000, each with the
+    fresh window it needs; nothing written, no ledger."""
     log_file, out = tmp_path / "d.jsonl", tmp_path / "t.json"
     _write(log_file, _window(6000, 8))
     code, stdout, err = _human_cli(log_file, out, "--plan")
     assert code == 0, err
-    rows = {
-        line.split()[0]: line.split() for line in stdout.splitlines() if line[2:5] in ("now", "sug")
-    }
-    now, sug = rows["now"], rows["suggested"]
-    assert (float(now[1]), float(now[2])) == (0.2, 0.5)
-    assert float(sug[2]) / float(sug[1]) > 0.5 / 0.2  # differing answers get relatively more
-    assert float(sug[3]) < float(now[3])  # the bound's second moment falls
-    assert "fresh window needed" in stdout and "Neyman" in stdout
+    print("\n" + stdout)  # docs/CALIBRATION.md quotes it (-s -k neyman)
+    rows = {}
+    for line in stdout.splitlines():
+        for name in ("now", "Neyman", "fewest requests"):
+            if line.startswith(f"  {name} "):
+                rows[name] = line[len(name) + 2 :].split()
+    now, neyman, fewest = rows["now"], rows["Neyman"], rows["fewest requests"]
+    assert (float(now[0]), float(now[1])) == (0.2, 0.5)
+    assert float(neyman[1]) / float(neyman[0]) > 0.5 / 0.2
+    assert float(neyman[2]) < float(now[2])  # the variance falls
+
+    def requests(row: list[str]) -> int:
+        return int(row[4].replace(",", ""))
+
+    assert requests(fewest) <= min(requests(now), requests(neyman))
+    assert "Neyman" in stdout and "fresh window needed" in stdout
     assert not out.exists() and not (tmp_path / "calibration-ledger.jsonl").exists()
 
 
@@ -643,7 +652,7 @@ def test_a_window_whose_adjudication_rate_changed_is_refused() -> None:
         if r["id"] == "r3" and r["attempt"]["tier"] == "strong":
             r["adjudication"] = {**r["adjudication"], "rate": 0.25}
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE changed"):
-        human.human_sample(changed, data)
+        adjudications.human_sample(changed, data)
     legacy = _without_draws([dict(r) for r in tiny_log()])
     for r in legacy:
         block = r.get("review")
@@ -651,4 +660,4 @@ def test_a_window_whose_adjudication_rate_changed_is_refused() -> None:
             r["review"] = {**block, "review_rate": block["review_rate"] / 2}
             break
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE changed"):
-        human.human_sample(legacy, data)
+        adjudications.human_sample(legacy, data)

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from escalator.calibration import betting, binomial, estimates
+from escalator.calibration.adjudications import HumanSample
 from escalator.calibration.certify import (
     STRONG_ONLY,
     CalibrationError,
@@ -39,7 +40,6 @@ from escalator.calibration.certify import (
     default_grid,
 )
 from escalator.calibration.human import (
-    HumanSample,
     cell_counts,
     error_upper,
     hajek,
@@ -324,6 +324,15 @@ def needed(
     tc, ts = result.cheap_grid, result.strong_grid
     k = len(ts)
     m0 = 1.0 - result.target
+    if h.decided == 0:
+        return HumanNeed(
+            None,
+            None,
+            None,
+            None,
+            why="no adjudication has been decided yet, so the size of a window that would "
+            "certify cannot be estimated",
+        )
     latest = int(d.stratum[int(np.argmax(d.ts_ms))]) if d.n else 0
     probs, values, uncovered = _fresh_distribution(h, tc, ts, latest)
     if uncovered >= m0:

@@ -13,10 +13,15 @@ fixed second (a Lagrange multiplier) gives, per class,
 
 which is Neyman allocation for Bernoulli sampling: sample each class in proportion to the
 square root of its error rate (for the fixed-size samples of the textbook it is the standard
-deviation; with Bernoulli sampling the second moment replaces the variance). It is computed at
-the cheapest pair whose estimated accuracy reaches the target within the budget, from the
-pilot's decided adjudications (add-one smoothed, so that a class with no error seen yet keeps a
-rate). A rate that would exceed 1 is capped and the rest given to the other class.
+deviation; with Bernoulli sampling the second moment replaces the variance). A rate that would
+exceed 1 is capped and the rest given to the other class.
+
+The bound's bets are also capped at ``CAP / max X``, and ``max X = 1 / min pi``: lowering the
+agree rate to cut the variance raises the largest value, and once the cap binds the window
+needed can grow although the variance fell. So the plan also searches the rates, for the same
+people's time, for the smallest fresh window the bound actually needs, and prints both. Both
+are computed at the pair a fresh window would certify soonest, from the pilot's decided
+adjudications (add-one smoothed, so that a class with no error seen yet keeps a rate).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from escalator.calibration.adjudications import HumanSample
 from escalator.calibration.certify import Dataset
-from escalator.calibration.human import HumanSample, cell_counts
+from escalator.calibration.human import cell_counts
 from escalator.calibration.human_certify import HumanCalibration, needed, requests_needed
 
 FloatArray = npt.NDArray[np.float64]
@@ -45,8 +51,9 @@ class AdjudicationPlan:
     per_1k: float  # adjudications per 1,000 requests (the budget, as now)
     now: dict[str, float]  # the rates in force
     suggested: dict[str, float]
-    second_moment: dict[str, float]  # E[X^2] now and suggested
+    second_moment: dict[str, float]  # E[X^2]: now, neyman, best
     requests: dict[str, float]  # the fresh window each needs (inf: cannot be sized)
+    best: dict[str, float]  # the rates that need the smallest window, same people's time
     pilot_requests: int
     decided: int
 
@@ -72,8 +79,8 @@ def plan_adjudication(
     now = {"agree": h.q_agree, "differ": h.q_disagree}
     pair = needed(d, h, result, delta, power).goal or result.best
     if pair is None:
-        inf = {"now": math.inf, "suggested": math.inf}
-        return AdjudicationPlan(None, {}, 0.0, now, now, inf, inf, d.n, h.decided)
+        inf = {"now": math.inf, "neyman": math.inf, "best": math.inf}
+        return AdjudicationPlan(None, {}, 0.0, now, now, inf, inf, now, d.n, h.decided)
     i, j = pair
     tc, ts = result.cheap_grid[i : i + 1], result.strong_grid[j : j + 1]
     z, m = cell_counts(h, tc, ts)
@@ -95,17 +102,29 @@ def plan_adjudication(
     per_request = sum(b[c] * now[c] for c in CLASSES)
     suggested = _allocate(a, b, per_request)
     level = math.log(len(result.strong_grid) / delta)
-    moments, needs = {}, {}
-    for name, q in (("now", now), ("suggested", suggested)):
+    unc = float(h.uncovered[latest] / max(int(h.n[latest]), 1))
+
+    def evaluate(q: dict[str, float]) -> tuple[float, float]:
         rates = np.asarray([q["agree"], q["differ"], q["agree"], q["differ"]])
         p = s * rates
         values = np.where(p > 0, 1.0 / np.where(p > 0, p, 1.0), 0.0)
         probs = np.where(p > 0, mass * p, 0.0)[:, None]
-        moments[name] = float(np.sum(np.where(p > 0, mass / np.where(p > 0, p, 1.0), 0.0)))
-        unc = float(h.uncovered[latest] / max(int(h.n[latest]), 1))
-        needs[name] = float(
-            requests_needed(probs, values, unc, 1.0 - result.target, level, power)[0]
-        )
+        moment = float(np.sum(np.where(p > 0, mass / np.where(p > 0, p, 1.0), 0.0)))
+        need = requests_needed(probs, values, unc, 1.0 - result.target, level, power)[0]
+        return moment, float(need)
+
+    # The same people's time, every split of it: q_agree on a grid, q_differ what is left.
+    best, best_need = now, math.inf
+    for qa in np.linspace(MIN_RATE, 1.0, 100):
+        qd = (per_request - b["agree"] * qa) / max(b["differ"], 1e-12)
+        if not MIN_RATE <= qd <= 1.0:
+            continue
+        need = evaluate({"agree": float(qa), "differ": float(qd)})[1]
+        if need < best_need:
+            best, best_need = {"agree": float(qa), "differ": float(qd)}, need
+    moments, needs = {}, {}
+    for name, q in (("now", now), ("neyman", suggested), ("best", best)):
+        moments[name], needs[name] = evaluate(q)
     return AdjudicationPlan(
         pair=pair,
         error={
@@ -117,6 +136,7 @@ def plan_adjudication(
         suggested=suggested,
         second_moment=moments,
         requests=needs,
+        best=best,
         pilot_requests=d.n,
         decided=h.decided,
     )
@@ -143,20 +163,23 @@ def render_plan(plan: AdjudicationPlan, result: HumanCalibration) -> str:
         "answers",
         f"  people's time: {plan.per_1k:.1f} adjudications per 1,000 requests, kept as is",
         "",
-        "                ADJUDICATE_AGREE  ADJUDICATE_DISAGREE  E[X^2]   fresh window needed",
+        "                   ADJUDICATE_AGREE  ADJUDICATE_DISAGREE  E[X^2]   fresh window needed",
     ]
-    for name in ("now", "suggested"):
-        q = plan.now if name == "now" else plan.suggested
+    rates = {"now": plan.now, "neyman": plan.suggested, "best": plan.best}
+    for name, label in (("now", "now"), ("neyman", "Neyman"), ("best", "fewest requests")):
+        q = rates[name]
         need = plan.requests[name]
         size = (
             "cannot be sized" if not math.isfinite(need) else f"about {math.ceil(need):,} requests"
         )
         moment = plan.second_moment[name]
         lines.append(
-            f"  {name:<12}  {q['agree']:>16.3f}  {q['differ']:>19.3f}  {moment:>6.3f}   {size}"
+            f"  {label:<15}  {q['agree']:>16.3f}  {q['differ']:>19.3f}  {moment:>6.3f}   {size}"
         )
     lines.append(
-        "  (Neyman allocation: each class sampled in proportion to the square root of its error "
-        "rate; set ESCALATOR_ADJUDICATE_AGREE / _DISAGREE, then measure a fresh window)"
+        "  (Neyman: each class sampled in proportion to the square root of its error rate, the "
+        "least variance; fewest requests: the split the bound needs least data with, its bets "
+        "being capped by the largest 1/pi. Set ESCALATOR_ADJUDICATE_AGREE / _DISAGREE, then "
+        "measure a fresh window)"
     )
     return "\n".join(lines)

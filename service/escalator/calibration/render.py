@@ -15,8 +15,9 @@ from typing import cast
 import numpy as np
 
 from escalator.calibration import estimates, plan
+from escalator.calibration.adjudications import HumanSample
 from escalator.calibration.certify import Baselines, Calibration, Dataset
-from escalator.calibration.human import HumanSample, PeopleCurve
+from escalator.calibration.human import PeopleCurve
 from escalator.calibration.human_certify import HumanCalibration
 from escalator.calibration.human_certify import guarantee as human_guarantee
 

@@ -24,8 +24,8 @@ from escalator.tiers.routing import Thresholds
 
 if TYPE_CHECKING:
     # The service loads this module at start-up; certify (and numpy) only when calibrating.
+    from escalator.calibration import adjudications as hum
     from escalator.calibration import certify as cal
-    from escalator.calibration import human as hum
     from escalator.calibration import human_certify as hc
 
 FILE_SCHEMA_VERSION = 1

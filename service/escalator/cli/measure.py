@@ -200,7 +200,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _review_labels(args: argparse.Namespace) -> list[str]:
-    from escalator.calibration.human import DEFAULT_REVIEW_LABELS
+    from escalator.calibration.adjudications import DEFAULT_REVIEW_LABELS
 
     given = args.review_label or list(DEFAULT_REVIEW_LABELS)
     return [] if given == ["none"] else given
@@ -211,10 +211,10 @@ def _print_people(
 ) -> None:
     """The against-people table, when the window has adjudicated human decisions (only then:
     the output without human decisions is what it always was)."""
-    from escalator.calibration import human
+    from escalator.calibration import adjudications, human
     from escalator.calibration.render import people_table
 
-    h = human.human_sample(records, data, _review_labels(args))
+    h = adjudications.human_sample(records, data, _review_labels(args))
     if h is not None and h.m > 0:
         print(people_table(h, human.people_curve(h, t, delta)))
 
@@ -229,14 +229,14 @@ def _calibrate_human(
     attempt: int,
     prices: Any,
 ) -> int:
+    from escalator.calibration import adjudications as adj
     from escalator.calibration import certify as cal
-    from escalator.calibration import human
     from escalator.calibration import human_certify as hc
     from escalator.calibration import threshold_file as tfile
     from escalator.calibration.render import human_table
 
     labels = _review_labels(args)
-    h = human.human_sample(records, data, labels)
+    h = adj.human_sample(records, data, labels)
     if h is None:
         raise EscalatorError(
             "--objective human needs human decisions in the decisions log (adjudications: "
@@ -253,7 +253,7 @@ def _calibrate_human(
         print(hc.pending_refusal(h), file=sys.stderr)
         return EXIT_REFUSED
     delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
-    strong_conf, strong_review = human.strong_confidences(records, data, labels)
+    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
     result = hc.calibrate_human(
         data,
         h,
@@ -318,19 +318,19 @@ def _plan_human(
     target: float,
     delta_next: float,
 ) -> int:
+    from escalator.calibration import adjudications as adj
     from escalator.calibration import certify as cal
-    from escalator.calibration import human
     from escalator.calibration import human_certify as hc
     from escalator.calibration.human_plan import plan_adjudication, render_plan
 
     labels = _review_labels(args)
-    h = human.human_sample(records, data, labels)
+    h = adj.human_sample(records, data, labels)
     if h is None or h.decided == 0:
         raise EscalatorError(
             "--objective human --plan needs a pilot with adjudicated human decisions "
             "(ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
         )
-    strong_conf, strong_review = human.strong_confidences(records, data, labels)
+    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
     result = hc.calibrate_human(
         data,
         h,
