@@ -319,6 +319,7 @@ def load_promise(path: Path) -> Promise:
     hist = doc.get("confidence_histogram") or {}
     counts = hist.get("counts") if isinstance(hist, dict) else None
     target = objective.get("target")
+    threshold = doc.get("threshold")
     name = str(objective.get("name", "quality"))
     certified = doc.get("status") == "certified" and name in ("quality", "human")
     return Promise(
@@ -326,7 +327,7 @@ def load_promise(path: Path) -> Promise:
         objective=name,
         target=float(target) if isinstance(target, int | float) else 1.0,
         certified=certified and isinstance(target, int | float) and 0 < target < 1,
-        cheap_threshold=float(doc.get("threshold", 1.01)),
+        cheap_threshold=float(threshold) if isinstance(threshold, int | float) else 1.01,
         strong_threshold=float(strong["default"])
         if isinstance(strong.get("default"), int | float)
         else None,
