@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from escalator.calibration.threshold_file import load_threshold_file
+from escalator.calibration import live
+from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
 from escalator.config import Settings, redacted_url
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
@@ -296,6 +297,8 @@ class Parts:
     thresholds: Thresholds
     #: What is valid but probably not meant (logged once at start, printed by config).
     notes: tuple[str, ...] = ()
+    #: What the thresholds file promises, for the live monitors (None without a file).
+    promise: Promise | None = None
 
 
 def load_parts(settings: Settings, tiers: list[str]) -> Parts:
@@ -311,6 +314,7 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
                 f"{MODEL_VARIABLES[tier]}={models[tier]!r} has no price in price table "
                 f"{prices.version}; add it with ESCALATOR_PRICES_FILE"
             )
+    promise: Promise | None = None
     if settings.routing.thresholds_file is not None:
         thresholds = load_threshold_file(
             settings.routing.thresholds_file,
@@ -318,6 +322,7 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
             cheap_model=models["cheap"],
             strong_model=models["strong"],
         )
+        promise = load_promise(settings.routing.thresholds_file)
     else:
         thresholds = thresholds_from(settings)
     if thresholds.strong_default is None:
@@ -348,7 +353,7 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
             f"{where}: every request escalates (every threshold is above 1): each costs a "
             "cheap and a strong call, about 20x the cheap tier alone"
         )
-    return Parts(task, prices, profiles, thresholds, tuple(notes))
+    return Parts(task, prices, profiles, thresholds, tuple(notes), promise)
 
 
 def build_service(
@@ -360,11 +365,12 @@ def build_service(
 ) -> Service:
     """Validate everything that can be validated before connecting, then build the workers."""
     parts = load_parts(settings, tiers)
-    task, prices, profiles, thresholds = (
+    task, prices, profiles, thresholds, promise = (
         parts.task,
         parts.prices,
         parts.profiles,
         parts.thresholds,
+        parts.promise,
     )
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     metrics = metrics or Metrics()
@@ -444,6 +450,16 @@ def build_service(
         agree=rv.adjudicate_agree,
     )
     policy = RetryPolicy.from_settings(settings)
+    # The live tests of the thresholds file in force (calibration/live.py).
+    alpha, shadow_rate = settings.routing.monitor_alpha, settings.routing.shadow_rate
+    agreement = (
+        live.agreement_watch(promise, alpha=alpha, shadow_rate=shadow_rate, metrics=metrics)
+        if "strong" in tiers
+        else None
+    )
+    confidence = (
+        live.confidence_watch(promise, alpha=alpha, metrics=metrics) if "cheap" in tiers else None
+    )
     workers: list[TierWorker] = []
     callers: dict[str, ModelCaller] = {}
     holds: dict[str, Callable[[], Hold | None]] = {}
@@ -482,6 +498,8 @@ def build_service(
             task=task,
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             review=review,
+            promise_watch=agreement if tier == "strong" else None,
+            confidence_watch=confidence if tier == "cheap" else None,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group

@@ -209,6 +209,8 @@ class RoutingSettings:
     thresholds_file: Path | None = None
     # Fraction of cheap-tier *accepted* requests also answered by the strong tier (shadow).
     shadow_rate: float = 0.05
+    #: False-alarm probability of each live monitor of the thresholds file, per process.
+    monitor_alpha: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,6 +600,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         prices_file=env.file("ESCALATOR_PRICES_FILE"),
         thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
         shadow_rate=env.number("ESCALATOR_SHADOW_RATE", dr.shadow_rate, 0.0, 1.0),
+        monitor_alpha=env.number("ESCALATOR_MONITOR_ALPHA", dr.monitor_alpha, 1e-9, 0.5),
     )
     da = AdmissionSettings()
     admission = AdmissionSettings(

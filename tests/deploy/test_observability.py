@@ -104,10 +104,12 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "oldest held record: share of retention used",
         "parked and lost records",
         "time until the api says it ends",
+        "promise monitors: e-value against the rejection level",
+        "promise monitors: verdicts",
     ):
         assert topic in titles, topic
     rows = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"]
-    assert "Human tier" in rows and "Holds and retention" in rows
+    assert {"Human tier", "Holds and retention", "Promise monitors"} <= set(rows)
 
 
 def test_every_rule_uses_exported_series(catalogue: dict[str, tuple[str, ...]]) -> None:
@@ -132,6 +134,8 @@ def test_every_alert_has_a_runbook() -> None:
         "EscalatorRetentionAtRisk",
         "EscalatorRecordsParked",
         "EscalatorRecordsLost",
+        "EscalatorGuaranteeBroken",
+        "EscalatorConfidenceDrift",
     }
     for alert in alerts:
         assert alert["alert"].lower() in headings, f"no runbook section for {alert['alert']}"

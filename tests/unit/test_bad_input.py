@@ -192,6 +192,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_LOG_TEXT": [Case("maybe")],
     "ESCALATOR_TOPIC_PARTITIONS": [Case("0")],
     "ESCALATOR_TOPIC_REPLICATION": [Case("0")],
+    "ESCALATOR_MONITOR_ALPHA": [Case("0"), Case("0.9"), Case("rare")],
     "ESCALATOR_PARKING": [Case("maybe")],
     "ESCALATOR_PARK_AT": [Case("0.99"), Case("half")],
     "ESCALATOR_RETENTION_CHECK_S": [Case("0"), Case("often")],

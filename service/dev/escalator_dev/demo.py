@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import statistics
@@ -316,25 +317,27 @@ def _calibrate_on_people(
         f"\nCalibration on human truth{tag}: escalator calibrate --input {path} "
         "--objective human --target 0.75 --human-budget 0.5"
     )
-    code = cli(
-        [
-            "calibrate",
-            "--input",
-            str(path),
-            "--objective",
-            "human",
-            "--target",
-            "0.75",
-            "--human-budget",
-            "0.5",
-            "--review-cost",
-            "0.25",
-            "--output",
-            str(out_dir / "thresholds-human.json"),
-        ]
-    )
-    if code == 3:
-        print("  refused (the reason is on stderr): this window is too small for that guarantee")
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        code = cli(
+            [
+                "calibrate",
+                "--input",
+                str(path),
+                "--objective",
+                "human",
+                "--target",
+                "0.75",
+                "--human-budget",
+                "0.5",
+                "--review-cost",
+                "0.25",
+                "--output",
+                str(out_dir / "thresholds-human.json"),
+            ]
+        )
+    for line in said.getvalue().splitlines():  # the CLI's own reason, whatever it is
+        print(f"  {'refused' if code == 3 else 'said'}: {line}")
     print(f"\nThree-tier cost{tag}: escalator report --input {path} --review-cost 0.25")
     cli(["report", "--input", str(path), "--review-cost", "0.25"])
 

@@ -136,7 +136,7 @@ def three_tier(
 ) -> dict[str, Any]:
     """Cheap, strong and human spend: people in items (review queue and adjudication apart,
     each ``review_id`` once) and in money at ``review_cost`` USD per item when given."""
-    from escalator.calibration.human import human_decisions
+    from escalator.calibration.adjudications import human_decisions
 
     unique, repeats = human_decisions(humans)
     items = {"review": 0, "adjudication": 0}

@@ -23,7 +23,11 @@ from escalator.cli._common import (
 from escalator.errors import EscalatorError
 
 
-def _records(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+def _records(
+    args: argparse.Namespace, *, late_decisions: bool = False
+) -> tuple[list[dict[str, Any]], str]:
+    """The window's records; with ``late_decisions``, also the human decisions made after
+    ``--until`` for the window's own requests (calibrate: people decide after the window)."""
     settings = settings_from_env(require_kafka=args.input is None)
     since = parse_time(args.since, "--since")
     until = parse_time(args.until, "--until")
@@ -32,7 +36,10 @@ def _records(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
         from escalator.kafka.clients import check_connection
 
         asyncio.run(check_connection(kafka))
-    records = decisions_log.load(kafka, settings.topics.decisions, args.input, since, until)
+    read_until = None if late_decisions else until
+    records = decisions_log.load(kafka, settings.topics.decisions, args.input, since, read_until)
+    if late_decisions:
+        records = decisions_log.with_late_decisions(records, until)
     source = str(args.input) if args.input else f"topic {settings.topics.decisions}"
     return records, source
 
@@ -105,11 +112,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.objective not in ("quality", "human"):
             raise EscalatorError(f"--objective {args.objective} needs --target")
         target = 0.95 if args.objective == "human" else 0.98
-    if args.objective == "human" and args.plan:
-        raise EscalatorError("--plan sizes the shadow measurement; it has no human objective")
     if args.plan and args.assume_accepted is not None:
+        if args.objective == "human":
+            raise EscalatorError(
+                "--objective human --plan needs a pilot log (--input or the topic)"
+            )
         return _plan_assumed(args, target, prices, settings)
-    records, source = _records(args)
+    records, source = _records(args, late_decisions=True)
     grid = cal.grid_arg(args.grid) if args.grid else None
     data = cal.pair_decisions(records)
     ledger = _ledger_path(args) if args.objective in ("quality", "human") else None
@@ -120,6 +129,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     attempt = len(attempts) + 1
     delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
+    if args.plan and args.objective == "human":
+        return _plan_human(args, records, data, target, tfile.spent(args.delta, attempt))
     if args.plan:
         result = cal.calibrate(data, target=target, delta=delta, margin=args.margin, grid=grid)
         call = args.strong_call_usd or _strong_call_usd(records, prices)
@@ -230,10 +241,10 @@ def _grid(text: str) -> str:
 
 def _strong_grid(text: str) -> str:
     """An argparse type: a valid --strong-grid (parsed again where used)."""
-    from escalator.calibration import human
+    from escalator.calibration import human_certify
 
     try:
-        human.strong_grid_arg(text)
+        human_certify.strong_grid_arg(text)
     except EscalatorError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -248,7 +259,7 @@ def _tokens(text: str) -> str:
 
 
 def _review_labels(args: argparse.Namespace) -> list[str]:
-    from escalator.calibration.human import DEFAULT_REVIEW_LABELS
+    from escalator.calibration.adjudications import DEFAULT_REVIEW_LABELS
 
     given = args.review_label or list(DEFAULT_REVIEW_LABELS)
     return [] if given == ["none"] else given
@@ -259,10 +270,10 @@ def _print_people(
 ) -> None:
     """The against-people table, when the window has adjudicated human decisions (only then:
     the output without human decisions is what it always was)."""
-    from escalator.calibration import human
+    from escalator.calibration import adjudications, human
     from escalator.calibration.render import people_table
 
-    h = human.human_sample(records, data, _review_labels(args))
+    h = adjudications.human_sample(records, data, _review_labels(args))
     if h is not None and h.m > 0:
         print(people_table(h, human.people_curve(h, t, delta)))
 
@@ -277,21 +288,32 @@ def _calibrate_human(
     attempt: int,
     prices: Any,
 ) -> int:
+    from escalator.calibration import adjudications as adj
     from escalator.calibration import certify as cal
-    from escalator.calibration import human
+    from escalator.calibration import human_certify as hc
     from escalator.calibration import threshold_file as tfile
     from escalator.calibration.render import human_table
 
     labels = _review_labels(args)
-    h = human.human_sample(records, data, labels)
+    h = adj.human_sample(records, data, labels)
     if h is None:
         raise EscalatorError(
             "--objective human needs human decisions in the decisions log (adjudications: "
             "ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
         )
+    if not h.draws_recorded:
+        raise EscalatorError(
+            "the window's strong decisions record no adjudication draw, so undecided "
+            "adjudications cannot be told apart from unsampled requests: calibrate on a window "
+            "measured since the strong tier records them (--since)"
+        )
+    if h.pending.any() and args.undecided == "refuse":
+        # Before any person's label is read: nothing is spent, the window stays usable.
+        print(hc.pending_refusal(h), file=sys.stderr)
+        return EXIT_REFUSED
     delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
-    strong_conf, strong_review = human.strong_confidences(records, data, labels)
-    result = human.calibrate_human(
+    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
+    result = hc.calibrate_human(
         data,
         h,
         strong_conf,
@@ -301,7 +323,7 @@ def _calibrate_human(
         delta=delta,
         review_cost=args.review_cost or 0.0,
         grid=cal.grid_arg(args.grid) if args.grid else None,
-        strong_grid=human.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
+        strong_grid=hc.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
     )
     print(human_table(data, h, result, source))
     if ledger is not None:
@@ -316,18 +338,22 @@ def _calibrate_human(
                 "target": result.target,
                 "human_budget": result.budget,
                 "delta_spent": delta,
+                "undecided": result.pending,
                 "threshold": None if result.chosen is None else result.cheap_threshold,
                 "strong_threshold": None if result.chosen is None else result.strong_threshold,
                 "dataset_sha256": data.fingerprint(),
             },
         )
+    fallback = args.fallback == "escalate-all"
     if result.status == "refused":
-        need = human.needed(data, h, result, tfile.spent(args.delta, attempt + 1))
-        print(human.refusal(result, need), file=sys.stderr)
-        return EXIT_REFUSED
+        need = hc.needed(data, h, result, tfile.spent(args.delta, attempt + 1), args.power)
+        print(hc.refusal(result, need), file=sys.stderr)
+        if not fallback:
+            return EXIT_REFUSED
     body = tfile.human_threshold_body(
         result,
         data,
+        h,
         source=source,
         delta=args.delta,
         window=window,
@@ -341,6 +367,42 @@ def _calibrate_human(
         f"\nthreshold file: {args.output} (version {version}); "
         f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
     )
+    return 0
+
+
+def _plan_human(
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    data: Any,
+    target: float,
+    delta_next: float,
+) -> int:
+    from escalator.calibration import adjudications as adj
+    from escalator.calibration import certify as cal
+    from escalator.calibration import human_certify as hc
+    from escalator.calibration.human_plan import plan_adjudication, render_plan
+
+    labels = _review_labels(args)
+    h = adj.human_sample(records, data, labels)
+    if h is None or h.decided == 0:
+        raise EscalatorError(
+            "--objective human --plan needs a pilot with adjudicated human decisions "
+            "(ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
+        )
+    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
+    result = hc.calibrate_human(
+        data,
+        h,
+        strong_conf,
+        strong_review,
+        target=target,
+        budget=args.human_budget,
+        delta=delta_next,
+        grid=cal.grid_arg(args.grid) if args.grid else None,
+        strong_grid=hc.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
+    )
+    plan = plan_adjudication(data, h, result, delta_next, args.power)
+    print(render_plan(plan, result))
     return 0
 
 
@@ -520,7 +582,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--plan",
         action="store_true",
         help="print the measurement plan (requests, shadowed answers, duration, shadow cost "
-        "per shadow rate) instead of calibrating; writes nothing",
+        "per shadow rate; with --objective human, the adjudication rates that minimise the "
+        "bound's variance for the same people's time) instead of calibrating; writes nothing",
     )
     calibrate.add_argument(
         "--power",
@@ -595,6 +658,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="a label the strong answer cannot settle (sent to people); repeat for more; "
         "'none' for no such label (default: review-needed, when the log has it)",
+    )
+    calibrate.add_argument(
+        "--undecided",
+        choices=["refuse", "wrong"],
+        default="refuse",
+        help="objective human: what to do with adjudications sampled but not decided yet. "
+        "refuse: exit 3 saying how many and when to try again, before reading any person's "
+        "label (no attempt spent); wrong: count each as wrong (always valid, often a refusal)",
     )
     calibrate.add_argument(
         "--plot", type=writable_path, default=None, help="PNG path (needs the plot extra)"

@@ -288,6 +288,28 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # The monitors of a thresholds file's promise (calibration/monitor.py): monitor is
+        # agreement (strong tier), people (review console) or confidence (cheap tier).
+        self.monitor_evalue = Gauge(
+            "escalator_monitor_evalue",
+            "E-value of the sequential test of the thresholds file in force (1 at the start; "
+            "at 1/alpha or more, the promise is rejected).",
+            ["monitor", "version"],
+            registry=r,
+        )
+        self.monitor_rejected = Gauge(
+            "escalator_monitor_rejected",
+            "1 once the sequential test has rejected the thresholds file's promise (or, for "
+            "confidence, its confidence distribution); until the process restarts.",
+            ["monitor", "version"],
+            registry=r,
+        )
+        self.monitor_observations = Counter(
+            "escalator_monitor_observations",
+            "Units the monitor has tested (skipped: below its sampling floor).",
+            ["monitor", "result"],
+            registry=r,
+        )
         self.review_depth = Gauge(
             "escalator_review_queue_depth",
             "Items waiting for a reviewer (leased ones included), per queue.",
