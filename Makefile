@@ -21,12 +21,14 @@ venv: $(STAMP)
 # Tools for the deployment checks, pinned, in .tools/ (git-ignored):
 # kustomize (Go module proxy), the KEDA and Prometheus Operator CRDs (from their Go modules),
 # the AsyncAPI parser (npm), and promtool + prometheus (Debian's `prometheus` package);
-# also Debian's chromium, for the browser tests.
+# also Debian's chromium, for the browser tests; Jaeger (Go module proxy), for the tracing tests;
+# and Debian's buildah and debootstrap, for `make image`.
 TOOLS := $(CURDIR)/.tools
 KUSTOMIZE_VERSION := v5.7.1
 KEDA_VERSION := v2.17.0
 PROMETHEUS_OPERATOR_VERSION := v0.85.0
 ASYNCAPI_PARSER_VERSION := 3.6.6
+JAEGER_VERSION := v1.75.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(TOOLS)/bin/kustomize:
@@ -41,15 +43,27 @@ $(TOOLS)/crds/.done:
 	chmod u+w $(TOOLS)/crds/*.yaml
 	touch $@
 
+# Jaeger's all-in-one (`cmd/jaeger`: Jaeger v2, an OpenTelemetry Collector build) with in-memory
+# storage. Its go.mod has a replace directive, which `go install pkg@version` refuses, so it is
+# built inside its own module, as its release is. No UI: README, "Development".
+$(TOOLS)/bin/jaeger:
+	mkdir -p $(TOOLS)/bin
+	jaeger=$$(go mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+	  && cd $$jaeger && GOFLAGS=-mod=readonly go build -trimpath -o $@.tmp \
+	    -ldflags '-X github.com/jaegertracing/jaeger/internal/version.latestVersion=$(JAEGER_VERSION)' ./cmd/jaeger
+	mv $@.tmp $@
+
 $(TOOLS)/node_modules/@asyncapi/parser/package.json:
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error @asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)
 
 # Debian packages, one apt call for those missing: prometheus (promtool) for the deployment
 # checks, chromium for the review console's browser tests (driven by Playwright, which never
-# downloads a browser of its own). --no-install-recommends, or apt pulls in node-exporter
-# and its timers; Chromium's fonts come with its fontconfig dependency.
-APT_PACKAGES = $(if $(wildcard /usr/bin/promtool),,prometheus) $(if $(wildcard /usr/bin/chromium),,chromium)
+# downloads a browser of its own), buildah and debootstrap for `make image`.
+# --no-install-recommends, or apt pulls in node-exporter and its timers; Chromium's fonts come
+# with its fontconfig dependency; buildah's chroot isolation needs no OCI runtime.
+APT_PACKAGES = $(if $(wildcard /usr/bin/promtool),,prometheus) $(if $(wildcard /usr/bin/chromium),,chromium) \
+	$(if $(wildcard /usr/bin/buildah),,buildah) $(if $(wildcard /usr/sbin/debootstrap),,debootstrap)
 
 apt-packages:
 	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
@@ -57,7 +71,7 @@ apt-packages:
 	  && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(strip $(APT_PACKAGES)); \
 	fi
 
-tools: $(TOOLS)/bin/kustomize $(TOOLS)/crds/.done $(TOOLS)/node_modules/@asyncapi/parser/package.json apt-packages
+tools: $(TOOLS)/bin/kustomize $(TOOLS)/crds/.done $(TOOLS)/node_modules/@asyncapi/parser/package.json $(TOOLS)/bin/jaeger apt-packages
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check service tests
@@ -96,11 +110,28 @@ reliability: $(STAMP)
 
 # The calibration guarantee at full scale: 200 repetitions per world x n x p (about 3 min).
 calibration-stats: $(STAMP)
-	ESCALATOR_CALIBRATION_SCALE=full $(PYTEST) tests/unit/test_calibration_statistics.py -q -s
+	ESCALATOR_CALIBRATION_SCALE=full $(PYTEST) -q -s tests/unit/test_calibration_statistics.py \
+		tests/unit/test_human_backlog.py tests/unit/test_monitor.py \
+		"tests/unit/test_human_calibration.py::test_the_promise_holds_in_a_world_whose_truth_is_known"
 
-# The whole suite: static checks, unit tests, integration tests against a real broker, and
-# the reduced reliability scenarios.
-test: check deploy-check integration reliability-ci
+# The service image and the emulator image, built from the Dockerfile with buildah (no Docker
+# engine; as root), on python:3.11-slim or, when no registry gives it, on a stand-in made from
+# Debian bookworm's packages (deploy/image/). Prints the build time and the sizes.
+IMAGE := localhost/escalator:local
+EMULATOR_IMAGE := localhost/escalator-emulator:local
+.PHONY: image image-test
+image: apt-packages
+	deploy/image/build.sh $(IMAGE) $(EMULATOR_IMAGE)
+
+# The built image, from outside (its config, its files) and inside (buildah run): non-root, no
+# development tools, `--help`, `doctor`, and `run --tier all` against the test broker and the
+# emulator, with its HEALTHCHECK; consistent with compose.yaml and the Kubernetes manifests.
+image-test: $(STAMP) image
+	ESCALATOR_IMAGE=$(IMAGE) ESCALATOR_EMULATOR_IMAGE=$(EMULATOR_IMAGE) $(PYTEST) tests/image -q
+
+# The whole suite: static checks, unit tests, integration tests against a real broker, the
+# reduced reliability scenarios, and the image, built and run.
+test: check deploy-check integration reliability-ci image-test
 
 demo: $(STAMP)
 	$(BIN)/escalator demo

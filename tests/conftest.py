@@ -20,6 +20,14 @@ from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 
 KAFKA_VERSION_SEEN: list[str] = []
+#: Broker-level settings of the session broker. The retention tests need the broker to delete
+#: within seconds: a retention check every second (Kafka's default is 5 minutes), and the first
+#: one a second after start-up (30 s by default). Every other test's topics keep Kafka's 7-day
+#: default, for which a check is a no-op scan.
+SESSION_BROKER_PROPS = {
+    "log.retention.check.interval.ms": "1000",
+    "log.initial.task.delay.ms": "1000",
+}
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +38,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         KAFKA_VERSION_SEEN.append(f"external cluster at {existing}")
         yield existing
         return
-    cluster = LocalKafkaCluster(tmp_path_factory.mktemp("kafka"), nodes=1)
+    cluster = LocalKafkaCluster(
+        tmp_path_factory.mktemp("kafka"), nodes=1, extra_props=dict(SESSION_BROKER_PROPS)
+    )
     started = time.monotonic()
     cluster.start()
     version = kafka_version_from_log(cluster.server_log()) or "unknown"

@@ -18,18 +18,23 @@ from dataclasses import dataclass, field
 import anthropic
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from escalator.calibration.threshold_file import load_threshold_file
-from escalator.config import Settings
+from escalator.calibration import live
+from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
+from escalator.config import Settings, redacted_url
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
+from escalator.engine.parking import Parking
 from escalator.engine.transactional import Transactional
-from escalator.engine.worker import TierWorker, WorkerOptions
+from escalator.engine.worker import TierWorker, WorkerOptions, stop_reserve_s
 from escalator.errors import ConfigError, ModelUnavailable
+from escalator.kafka.admin import KafkaLogView
 from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
+from escalator.kafka.watch import BrokerWatch, TopicWatch
 from escalator.model.admission import Admission, Budget, TokenEstimate, Tuning
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import AnthropicClassifier, ModelCaller, ModelClient, RetryPolicy
 from escalator.model.check import ModelFacts, check_model
+from escalator.model.holds import Hold, HoldClock, held_by
 from escalator.model.limits import AdaptiveLimit
 from escalator.model.prices import PriceTable, load_prices
 from escalator.model.profiles import ModelProfile, ProfileTable, load_profiles, rate_limit_group
@@ -86,6 +91,14 @@ class Service:
     callers: dict[str, ModelCaller] = field(default_factory=dict)
     #: Start-up checks of each configured model (GET /v1/models/{id}); empty with fakes.
     model_checks: list[Callable[[], Awaitable[ModelFacts]]] = field(default_factory=list)
+    #: Per tier: its hold now (account or outage), with when it began and ends.
+    holds: dict[str, Callable[[], Hold | None]] = field(default_factory=dict)
+    #: Whether a broker answers (readiness in an outage); None: not watched (tests).
+    broker: BrokerWatch | None = None
+    #: The topics this process reads or writes: the tiers start once they all exist.
+    topics: TopicWatch | None = None
+    #: Warnings about the configuration, logged once at start (e.g. everything escalates).
+    notes: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -97,21 +110,43 @@ class Service:
         return bool(self.workers) and all(h.ready for h in self.health())
 
     def health(self) -> list[TierHealth]:
-        """Per tier: joined its group, and whether the account holds its traffic (and why)."""
+        """Per tier: joined its group, and whether its traffic is held (and why): by the
+        account (``api_blocked``), by topics that do not exist yet (``topics_missing``), or
+        by a broker that has not answered for ESCALATOR_KAFKA_UNREACHABLE_S
+        (``kafka_unreachable``)."""
+        outage = self.broker.outage() if self.broker is not None else None
         out = []
         for w in self.workers:
             caller = self.callers.get(w.tier)
             reason, message = caller.hold() if caller is not None else (None, None)
-            out.append(TierHealth(w.tier, w.joined, reason, message))
+            watch = self.holds.get(w.tier)
+            hold = watch() if watch is not None and reason is not None else None
+            since = hold.since_s if hold is not None else None
+            ends = hold.ends_at_s if hold is not None else None
+            missing = self.topics.missing if self.topics is not None else []
+            if reason is None and missing:
+                reason = "topics_missing"
+                message = f"waiting for topics {', '.join(missing)}: escalator topics create"
+            if reason is None and outage is not None:
+                reason, message = "kafka_unreachable", outage
+            out.append(TierHealth(w.tier, w.joined, reason, message, since, ends))
         return out
 
     async def check_models(self) -> None:
-        """Ask the API about each model; ConfigError names the variable. An unreachable API
-        is logged and tolerated: the tiers hold traffic through an outage anyway."""
+        """Ask the API about each model; ConfigError names the variable. An API that cannot
+        be reached is logged and tolerated (the tiers hold traffic through an outage anyway),
+        unless ANTHROPIC_BASE_URL names it: then nothing listens where it points (a typo, a
+        proxy or emulator not started), which is a configuration error."""
+        base_url = self.settings.model.base_url
         for check in self.model_checks:
             try:
                 facts = await check()
             except ModelUnavailable as exc:
+                if base_url is not None and exc.kind == "connection":
+                    raise ConfigError(
+                        f"ANTHROPIC_BASE_URL={redacted_url(base_url)}: nothing answers there "
+                        "(cannot connect): is the proxy or emulator running?"
+                    ) from exc
                 log(logger, "model_check_skipped", logging.WARNING, error=str(exc))
                 continue
             for warning in facts.warnings:
@@ -137,11 +172,15 @@ class Service:
                 if asyncio.iscoroutine(result):
                     await result
             raise
+        for note in self.notes:
+            log(logger, "configuration_note", logging.WARNING, note=note)
         producer = self.producer
-        await producer.start()
         tasks: list[asyncio.Task[None]] = []
         helpers: list[asyncio.Task[None]] = []
         try:
+            await producer.start()
+            if self.broker is not None:
+                helpers.append(asyncio.create_task(self.broker.run(), name="broker-watch"))
             async with HealthServer(
                 self.metrics,
                 host=self.settings.metrics_host,
@@ -150,6 +189,8 @@ class Service:
                 ready=self.health,
             ) as health:
                 self.health_port = health.port
+                if self.topics is not None and not await self.topics.wait(self._stop):
+                    return  # stopped while waiting: no tier ever ran
                 tasks = [asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers]
                 log(
                     logger,
@@ -172,7 +213,13 @@ class Service:
             for t in [*tasks, *helpers]:
                 if not t.done():
                     t.cancel()
-            await producer.stop()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if not tasks:  # never started (stopped early, or the start failed): close them
+                for w in self.workers:
+                    await w.discard()
+            # An eighth of the shutdown reserve each to flush and to stop (engine/worker.py).
+            bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 8
+            await producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
             for close in self.close_clients:
                 result = close()
                 if asyncio.iscoroutine(result):
@@ -194,11 +241,14 @@ def _count_retry(metrics: Metrics, tier: str) -> Callable[[ModelUnavailable], No
     return count
 
 
-def _hold_gauge(metrics: Metrics, tier: str) -> Callable[[str | None], None]:
-    """Keeps ``api_blocked{tier,reason}`` at 1 for the current hold reason, 0 for the last."""
+def _hold_gauge(metrics: Metrics, tier: str, clock: HoldClock) -> Callable[[str | None], None]:
+    """Keeps ``api_blocked{tier,reason}`` at 1 for the current hold reason, 0 for the last;
+    starts the tier's hold clock the moment the account is blocked."""
     last: list[str] = []
 
     def change(reason: str | None) -> None:
+        if reason is not None:
+            clock.observe(reason, None)
         for old in last:
             metrics.api_blocked.labels(tier, old).set(0)
         last.clear()
@@ -236,19 +286,35 @@ def model_profiles(settings: Settings, tiers: list[str]) -> dict[str, ModelProfi
     return out
 
 
-def build_service(
-    settings: Settings,
-    tiers: list[str],
-    *,
-    metrics: Metrics | None = None,
-    model_factory: Callable[[str, str, Task, PriceTable], ModelClient] | None = None,
-) -> Service:
-    """Validate everything that can be validated before connecting, then build the workers."""
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the service is built from, once validated: everything checked before a socket
+    opens (``escalator config`` runs this too)."""
+
+    task: Task
+    prices: PriceTable
+    profiles: dict[str, ModelProfile]
+    thresholds: Thresholds
+    #: What is valid but probably not meant (logged once at start, printed by config).
+    notes: tuple[str, ...] = ()
+    #: What the thresholds file promises, for the live monitors (None without a file).
+    promise: Promise | None = None
+
+
+def load_parts(settings: Settings, tiers: list[str]) -> Parts:
+    """Load and validate the task, prices, model profiles and thresholds for ``tiers``; a
+    ConfigError names the variable (or file) at fault."""
     task = load_task(settings.routing.task_file)
     prices = load_prices(settings.routing.prices_file)
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
-    prices.require(*(models[t] for t in tiers))
     profiles = model_profiles(settings, tiers)
+    for tier in tiers:
+        if models[tier] not in prices.prices:
+            raise ConfigError(
+                f"{MODEL_VARIABLES[tier]}={models[tier]!r} has no price in price table "
+                f"{prices.version}; add it with ESCALATOR_PRICES_FILE"
+            )
+    promise: Promise | None = None
     if settings.routing.thresholds_file is not None:
         thresholds = load_threshold_file(
             settings.routing.thresholds_file,
@@ -256,6 +322,7 @@ def build_service(
             cheap_model=models["cheap"],
             strong_model=models["strong"],
         )
+        promise = load_promise(settings.routing.thresholds_file)
     else:
         thresholds = thresholds_from(settings)
     if thresholds.strong_default is None:
@@ -275,6 +342,37 @@ def build_service(
         raise ConfigError(
             f"ESCALATOR_LABEL_THRESHOLDS names labels not in the task: {', '.join(sorted(unknown))}"
         )
+    notes = []
+    if "cheap" in tiers and min([thresholds.default, *thresholds.per_label.values()]) > 1:
+        where = (
+            f"ESCALATOR_THRESHOLDS_FILE={settings.routing.thresholds_file}"
+            if settings.routing.thresholds_file is not None
+            else "the thresholds"
+        )
+        notes.append(
+            f"{where}: every request escalates (every threshold is above 1): each costs a "
+            "cheap and a strong call, about 20x the cheap tier alone"
+        )
+    return Parts(task, prices, profiles, thresholds, tuple(notes), promise)
+
+
+def build_service(
+    settings: Settings,
+    tiers: list[str],
+    *,
+    metrics: Metrics | None = None,
+    model_factory: Callable[[str, str, Task, PriceTable], ModelClient] | None = None,
+) -> Service:
+    """Validate everything that can be validated before connecting, then build the workers."""
+    parts = load_parts(settings, tiers)
+    task, prices, profiles, thresholds, promise = (
+        parts.task,
+        parts.prices,
+        parts.profiles,
+        parts.thresholds,
+        parts.promise,
+    )
+    models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     metrics = metrics or Metrics()
     metrics.spend_cap.set(settings.model.monthly_spend_cap_usd)
     if thresholds.expected_escalation is not None:
@@ -354,17 +452,29 @@ def build_service(
         agree=rv.adjudicate_agree,
     )
     policy = RetryPolicy.from_settings(settings)
+    # The live tests of the thresholds file in force (calibration/live.py).
+    alpha, shadow_rate = settings.routing.monitor_alpha, settings.routing.shadow_rate
+    agreement = (
+        live.agreement_watch(promise, alpha=alpha, shadow_rate=shadow_rate, metrics=metrics)
+        if "strong" in tiers
+        else None
+    )
+    confidence = (
+        live.confidence_watch(promise, alpha=alpha, metrics=metrics) if "cheap" in tiers else None
+    )
     workers: list[TierWorker] = []
     callers: dict[str, ModelCaller] = {}
+    holds: dict[str, Callable[[], Hold | None]] = {}
     for tier in tiers:
         limit = AdaptiveLimit(p.max_in_flight, enabled=p.adaptive_concurrency)
+        clock = HoldClock()
         breaker = CircuitBreaker(
             window=p.breaker_window,
             failure_ratio=p.breaker_failure_ratio,
             cooldown_s=p.breaker_cooldown_s,
             cooldown_max_s=p.breaker_cooldown_max_s,
             blocked_cooldown_s=p.blocked_probe_s,
-            on_hold_change=_hold_gauge(metrics, tier),
+            on_hold_change=_hold_gauge(metrics, tier, clock),
         )
         model = models[tier]
         caller = callers[tier] = ModelCaller(
@@ -377,6 +487,7 @@ def build_service(
             on_warmup=metrics.warmups.labels(tier, model).inc,
             admission=admissions[rate_limit_group(model)],
         )
+        holds[tier] = held_by(caller, clock)
         handler_cls = CheapHandler if tier == "cheap" else StrongHandler
         handler = handler_cls(
             caller=caller,
@@ -389,6 +500,8 @@ def build_service(
             task=task,
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             review=review,
+            promise_watch=agreement if tier == "strong" else None,
+            confidence_watch=confidence if tier == "cheap" else None,
         )
         if isinstance(handler, CheapHandler):
             topic, group = topics.requests, p.cheap_group
@@ -417,12 +530,71 @@ def build_service(
             metrics=metrics,
             options=WorkerOptions.from_settings(p),
             limit=limit,
+            parking=_parking(settings, metrics, tier, topic, group, holds),
         )
         shares.setdefault(model, _partition_share(worker))
         workers.append(worker)
     return Service(
-        settings, metrics, workers, producer, close, callers=callers, model_checks=checks
+        settings,
+        metrics,
+        workers,
+        producer,
+        close,
+        callers=callers,
+        model_checks=checks,
+        holds=holds,
+        broker=BrokerWatch(settings.kafka),
+        topics=TopicWatch(settings.kafka, topics_needed(settings, tiers)),
+        notes=list(parts.notes),
     )
+
+
+def topics_needed(settings: Settings, tiers: list[str]) -> list[str]:
+    """The topics ``tiers`` read or write, in Topics' order."""
+    t, rv = settings.topics, settings.review
+    needed = {t.escalations, t.results, t.dead_letter, t.decisions}
+    if "cheap" in tiers:
+        needed.add(t.requests)
+    if "strong" in tiers and rv.human_tier:
+        needed.add(t.reviews)
+    if "strong" in tiers and (rv.adjudicate_agree > 0 or rv.adjudicate_disagree > 0):
+        needed.add(t.adjudications)
+    if settings.parking.enabled:
+        needed.add(t.parked)
+    return [name for name in t.all() if name in needed]
+
+
+def _parking(
+    settings: Settings,
+    metrics: Metrics,
+    tier: str,
+    topic: str,
+    group: str,
+    holds: dict[str, Callable[[], Hold | None]],
+) -> Parking:
+    """The tier's retention watch, and its parking when ESCALATOR_PARKING is on (the watch
+    runs either way: the metrics, and the count of records lost, are wanted regardless)."""
+    hold = holds[tier]
+    metrics.held_since.labels(tier).set_function(lambda: _epoch(hold(), "since_s"))
+    metrics.hold_ends.labels(tier).set_function(lambda: _epoch(hold(), "ends_at_s"))
+    k = settings.parking
+    return Parking(
+        tier=tier,
+        topic=topic,
+        group=group,
+        parked_topic=settings.topics.parked,
+        log=KafkaLogView(settings.kafka, client_id=f"{settings.kafka.client_id}-retention"),
+        metrics=metrics,
+        hold=hold,
+        park_at=k.park_at,
+        check_s=k.check_s,
+        enabled=k.enabled,
+    )
+
+
+def _epoch(hold: Hold | None, name: str) -> float:
+    value = getattr(hold, name, None) if hold is not None else None
+    return float(value) if value is not None else 0.0
 
 
 def _admitted_rates(admission: Admission) -> Callable[[], dict[str, float] | None]:

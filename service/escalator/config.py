@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
+from urllib.parse import urlsplit
 
 from escalator.errors import ConfigError
 
@@ -32,6 +33,14 @@ PROCESSING_GUARANTEES: tuple[ProcessingGuarantee, ...] = get_args(ProcessingGuar
 DEFAULT_MAX_IN_FLIGHT = 64
 #: ESCALATOR_MAX_UNCOMMITTED defaults to this many times ESCALATOR_MAX_IN_FLIGHT.
 UNCOMMITTED_PER_IN_FLIGHT = 4
+MAX_PORT = 65535
+#: ESCALATOR_METRICS_PORT's default for each kind of process, so that a cheap tier, a strong
+#: tier and a review console can run side by side on one host without a port clash.
+#: (Kubernetes and compose set the variable to 9464 on every container.)
+DEFAULT_METRICS_PORTS = {"cheap": 9464, "all": 9464, "strong": 9465, "review": 9466}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Variables whose value is never shown (``escalator config`` prints them redacted).
+SECRET_VARIABLES = frozenset({"ANTHROPIC_API_KEY", "ESCALATOR_KAFKA_SASL_PASSWORD"})
 
 
 class Secret:
@@ -58,8 +67,19 @@ def parse_bootstrap(value: str) -> list[tuple[str, int]]:
         host, sep, port = server.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"{server!r} is not host:port")
+        if not 1 <= int(port) <= MAX_PORT:
+            raise ValueError(f"{server!r}: the port must be 1 to {MAX_PORT}")
         addresses.append((host, int(port)))
     return addresses
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without the credentials a proxy URL may carry (``https://user:token@host``)."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"***@{parts.hostname}{port}").geturl()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +93,9 @@ class KafkaSettings:
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     client_id: str = "escalator"
+    #: ESCALATOR_KAFKA_UNREACHABLE_S: with no broker answering for this long, the service is
+    #: not ready (``/readyz`` 503, with the reason).
+    unreachable_s: float = 30.0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -95,7 +118,8 @@ class Topics:
     """Every topic the service reads or writes: its fields are the one list of them. Each is
     set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
     ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
-    ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC."""
+    ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC,
+    ESCALATOR_PARKED_TOPIC."""
 
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
@@ -106,6 +130,9 @@ class Topics:
     reviews: str = "escalator.reviews"
     #: The measurement queue: a random sample of requests with both model answers.
     adjudications: str = "escalator.adjudications"
+    #: Held records copied here before their input topic's retention would delete them
+    #: (``engine/parking.py``); ``escalator parked replay`` sends them back.
+    parked: str = "escalator.parked"
 
     def all(self) -> list[str]:
         """Every topic the service reads or writes, in field order."""
@@ -185,6 +212,8 @@ class RoutingSettings:
     thresholds_file: Path | None = None
     # Fraction of cheap-tier *accepted* requests also answered by the strong tier (shadow).
     shadow_rate: float = 0.05
+    #: False-alarm probability of each live monitor of the thresholds file, per process.
+    monitor_alpha: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +263,24 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ParkingSettings:
+    """Holds that outlast retention (``kafka/retention.py``, ``engine/parking.py``)."""
+
+    #: ESCALATOR_PARKING: copy held records to the parked topic before retention deletes them.
+    enabled: bool = True
+    #: ESCALATOR_PARK_AT: park a held partition once its oldest uncommitted record has used this
+    #: share of its topic's retention (by time or by bytes).
+    park_at: float = 0.5
+    #: ESCALATOR_RETENTION_CHECK_S: how often each consumer looks at its partitions' deadlines.
+    check_s: float = 30.0
+    #: ESCALATOR_PARKED_RETENTION_MS: ``retention.ms`` of the parked topic when ``topics create``
+    #: makes it; -1 keeps parked records until they are replayed and deleted by an operator.
+    parked_retention_ms: int = -1
+    #: ESCALATOR_PARKED_REPLAY_GROUP: the group whose offsets say what ``parked replay`` sent.
+    replay_group: str = "escalator-parked-replay"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings
     model: ModelSettings
@@ -242,7 +289,8 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
-    metrics_port: int = 9464
+    parking: ParkingSettings = field(default_factory=ParkingSettings)
+    metrics_port: int = DEFAULT_METRICS_PORTS["cheap"]
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
     log_text: bool = False
@@ -250,34 +298,63 @@ class Settings:
     topic_replication: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One variable as the configuration read it: its effective value (shown as text) and
+    whether it came from the environment or is the default."""
+
+    variable: str
+    value: str
+    from_environment: bool
+
+
 class _Env:
-    """Typed access to a mapping of variables; every error names the variable."""
+    """Typed access to a mapping of variables; every error names the variable. Remembers each
+    variable it was asked for, with the value it gave (``sources``)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.sources: dict[str, Source] = {}
+
+    def _note(self, name: str, value: object) -> None:
+        given = self.env.get(name)
+        shown = "" if value is None else str(value)
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        if name in SECRET_VARIABLES and shown:
+            shown = "(set; not shown)"
+        self.sources[name] = Source(name, shown, given is not None and given.strip() != "")
 
     def raw(self, name: str) -> str | None:
         value = self.env.get(name)
         if value is None or value.strip() == "":
+            self._note(name, None)
             return None
+        self._note(name, value.strip())
         return value.strip()
 
     def get(self, name: str, default: T, parse: Callable[[str], T], what: str) -> T:
         value = self.raw(name)
         if value is None:
+            self._note(name, default)
             return default
         try:
-            return parse(value)
+            parsed = parse(value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{name}={value!r} is not {what}") from exc
+        self._note(name, parsed)
+        return parsed
 
     def text(self, name: str, default: str) -> str:
-        return self.raw(name) or default
+        value = self.raw(name) or default
+        self._note(name, value)
+        return value
 
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         value = self.get(name, default, int, "an integer")
-        if value < minimum:
-            raise ConfigError(f"{name}={value} must be at least {minimum}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+            raise ConfigError(f"{name}={value} must be {bound}")
         return value
 
     def optional_integer(self, name: str, minimum: int = 0) -> int | None:
@@ -290,18 +367,21 @@ class _Env:
     def number(self, name: str, default: float, lo: float = 0.0, hi: float = math.inf) -> float:
         value = self.get(name, default, float, "a number")
         if not (lo <= value <= hi) or math.isnan(value):
-            raise ConfigError(f"{name}={value} must be between {lo} and {hi}")
+            raise ConfigError(f"{name}={value} must be between {lo:g} and {hi:g}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name)
         if value is None:
+            self._note(name, default)
             return default
         if value.lower() in ("1", "true", "yes", "on"):
+            self._note(name, True)
             return True
         if value.lower() in ("0", "false", "no", "off"):
+            self._note(name, False)
             return False
-        raise ConfigError(f"{name}={value!r} is not a boolean (true/false)")
+        raise ConfigError(f"{name}={value!r} is not a boolean (on/off, true/false)")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default).upper()
@@ -367,13 +447,42 @@ def parse_caps(
     return out
 
 
-def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> Settings:
+def load_settings(
+    environ: Mapping[str, str], *, require_kafka: bool = True, role: str = "cheap"
+) -> Settings:
     """Parse and validate the whole configuration. Raises ConfigError naming the variable.
 
-    Every default is the dataclass field's (read from an instance built with defaults only):
-    a default is written once, on its field.
+    ``role`` is the kind of process (``cheap``, ``strong``, ``all``, ``review``): it picks
+    ESCALATOR_METRICS_PORT's default (DEFAULT_METRICS_PORTS). Every default is the dataclass
+    field's (read from an instance built with defaults only): a default is written once, on
+    its field.
     """
+    return _load(_Env(environ), require_kafka, role)
+
+
+def explain_settings(
+    environ: Mapping[str, str], *, require_kafka: bool = True, role: str = "cheap"
+) -> tuple[Settings, list[Source]]:
+    """:func:`load_settings`, and every variable it read with its value and source, in the
+    order read (secrets never shown)."""
     env = _Env(environ)
+    settings = _load(env, require_kafka, role)
+    return settings, list(env.sources.values())
+
+
+def log_level(environ: Mapping[str, str]) -> str:
+    """ESCALATOR_LOG_LEVEL, validated (the CLI needs it before anything else)."""
+    return _log_level(_Env(environ), default_of(Settings, "log_level"))
+
+
+def _log_level(env: _Env, default: str) -> str:
+    value = env.text("ESCALATOR_LOG_LEVEL", default).upper()
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"ESCALATOR_LOG_LEVEL={value!r} must be {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
     bootstrap = env.raw("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap is None and require_kafka:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port[,host:port...])")
@@ -410,6 +519,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         ssl_certfile=env.file("ESCALATOR_KAFKA_SSL_CERTFILE"),
         ssl_keyfile=env.file("ESCALATOR_KAFKA_SSL_KEYFILE"),
         client_id=env.text("ESCALATOR_KAFKA_CLIENT_ID", dk.client_id),
+        unreachable_s=env.number("ESCALATOR_KAFKA_UNREACHABLE_S", dk.unreachable_s, 1.0, 3600.0),
     )
 
     api_key = env.raw("ANTHROPIC_API_KEY")
@@ -499,6 +609,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         prices_file=env.file("ESCALATOR_PRICES_FILE"),
         thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
         shadow_rate=env.number("ESCALATOR_SHADOW_RATE", dr.shadow_rate, 0.0, 1.0),
+        monitor_alpha=env.number("ESCALATOR_MONITOR_ALPHA", dr.monitor_alpha, 1e-9, 0.5),
     )
     da = AdmissionSettings()
     admission = AdmissionSettings(
@@ -531,7 +642,7 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         adjudicate_agree=env.number("ESCALATOR_ADJUDICATE_AGREE", dv.adjudicate_agree, 0.0, 1.0),
         group=env.text("ESCALATOR_REVIEW_GROUP", dv.group),
         host=env.text("ESCALATOR_REVIEW_HOST", dv.host),
-        port=env.integer("ESCALATOR_REVIEW_PORT", dv.port, 0),
+        port=env.integer("ESCALATOR_REVIEW_PORT", dv.port, 0, MAX_PORT),
         tokens_file=env.file("ESCALATOR_REVIEW_TOKENS_FILE"),
         passwords_file=env.file("ESCALATOR_REVIEW_PASSWORDS_FILE"),
         lease_s=env.number("ESCALATOR_REVIEW_LEASE_S", dv.lease_s, 1.0, 86400.0),
@@ -544,12 +655,30 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
             "ESCALATOR_REVIEW_TOKENS_FILE and ESCALATOR_REVIEW_PASSWORDS_FILE are both set; "
             "choose one way for reviewers to sign in"
         )
-    ds = Settings(kafka=kafka, model=model)
-    log_level = env.text("ESCALATOR_LOG_LEVEL", ds.log_level).upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    dpk = ParkingSettings()
+    parked_retention = env.get(
+        "ESCALATOR_PARKED_RETENTION_MS", dpk.parked_retention_ms, int, "an integer"
+    )
+    if parked_retention != -1 and parked_retention < 60_000:
         raise ConfigError(
-            f"ESCALATOR_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR"
+            f"ESCALATOR_PARKED_RETENTION_MS={parked_retention} must be -1 (keep until deleted) "
+            "or at least 60000"
         )
+    parking = ParkingSettings(
+        enabled=env.flag("ESCALATOR_PARKING", dpk.enabled),
+        park_at=env.number("ESCALATOR_PARK_AT", dpk.park_at, 0.05, 0.95),
+        check_s=env.number("ESCALATOR_RETENTION_CHECK_S", dpk.check_s, 0.1, 3600.0),
+        parked_retention_ms=parked_retention,
+        replay_group=env.text("ESCALATOR_PARKED_REPLAY_GROUP", dpk.replay_group),
+    )
+    if parking.enabled and topics.parked in (topics.requests, topics.escalations, topics.reviews):
+        raise ConfigError(
+            f"ESCALATOR_PARKED_TOPIC={topics.parked!r} is an input topic; parked records need "
+            "a topic of their own"
+        )
+    ds = Settings(kafka=kafka, model=model)
+    if role not in DEFAULT_METRICS_PORTS:
+        raise ValueError(f"role {role!r} is not one of {', '.join(DEFAULT_METRICS_PORTS)}")
     return Settings(
         kafka=kafka,
         model=model,
@@ -558,9 +687,12 @@ def load_settings(environ: Mapping[str, str], *, require_kafka: bool = True) -> 
         routing=routing,
         admission=admission,
         review=review,
-        metrics_port=env.integer("ESCALATOR_METRICS_PORT", ds.metrics_port, 0),
+        parking=parking,
+        metrics_port=env.integer(
+            "ESCALATOR_METRICS_PORT", DEFAULT_METRICS_PORTS[role], 0, MAX_PORT
+        ),
         metrics_host=env.text("ESCALATOR_METRICS_HOST", ds.metrics_host),
-        log_level=log_level,
+        log_level=_log_level(env, ds.log_level),
         log_text=env.flag("ESCALATOR_LOG_TEXT", ds.log_text),
         topic_partitions=env.integer("ESCALATOR_TOPIC_PARTITIONS", ds.topic_partitions, 1),
         topic_replication=env.integer("ESCALATOR_TOPIC_REPLICATION", ds.topic_replication, 1),

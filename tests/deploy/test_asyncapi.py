@@ -56,12 +56,16 @@ def test_the_document_matches_the_service_defaults() -> None:
         "requests": settings.pipeline.cheap_group,
         "escalations": settings.pipeline.strong_group,
         "reviews": settings.review.group,
+        "parked": settings.parking.replay_group,
     }
     referenced = {
         Path(m["payload"]["schema"]["$ref"]).name
         for m in doc["components"]["messages"].values()
         if "schema" in m.get("payload", {})
-    } | {Path(doc["components"]["messages"]["deadLetter"]["headers"]["schema"]["$ref"]).name}
+    } | {
+        Path(doc["components"]["messages"][name]["headers"]["schema"]["$ref"]).name
+        for name in ("deadLetter", "parkedRecord")
+    }
     assert referenced == {p.name for p in SCHEMAS.glob("*.json")}
 
 

@@ -103,7 +103,7 @@ def test_builds_with_every_expected_object(path: str) -> None:
         "ScaledObject": 2,
         "Service": 2,
         "ServiceMonitor": 1,
-        "KafkaTopic": 7,
+        "KafkaTopic": 8,
         "ConfigMap": 2,
     }.items():
         assert kinds.count(kind) == count, (kind, kinds)

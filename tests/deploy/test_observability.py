@@ -101,10 +101,15 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "oldest item age against the bound",
         "decisions per hour, by reviewer",
         "time per decision, p50 and p90",
+        "oldest held record: share of retention used",
+        "parked and lost records",
+        "time until the api says it ends",
+        "promise monitors: e-value against the rejection level",
+        "promise monitors: verdicts",
     ):
         assert topic in titles, topic
     rows = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"]
-    assert "Human tier" in rows
+    assert {"Human tier", "Holds and retention", "Promise monitors"} <= set(rows)
 
 
 def test_every_rule_uses_exported_series(catalogue: dict[str, tuple[str, ...]]) -> None:
@@ -126,6 +131,11 @@ def test_every_alert_has_a_runbook() -> None:
         "EscalatorSpendOverBudget",
         "EscalatorNoDecisions",
         "EscalatorRateLimitBound",
+        "EscalatorRetentionAtRisk",
+        "EscalatorRecordsParked",
+        "EscalatorRecordsLost",
+        "EscalatorGuaranteeBroken",
+        "EscalatorConfidenceDrift",
     }
     for alert in alerts:
         assert alert["alert"].lower() in headings, f"no runbook section for {alert['alert']}"

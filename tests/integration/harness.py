@@ -32,6 +32,8 @@ def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dic
         "ESCALATOR_DECISIONS_TOPIC": f"dec-{unique}",
         "ESCALATOR_REVIEWS_TOPIC": f"rev-{unique}",
         "ESCALATOR_ADJUDICATIONS_TOPIC": f"adj-{unique}",
+        "ESCALATOR_PARKED_TOPIC": f"parked-{unique}",
+        "ESCALATOR_PARKED_REPLAY_GROUP": f"parked-replay-{unique}",
         "ESCALATOR_REVIEW_GROUP": f"review-{unique}",
         "ESCALATOR_CHEAP_GROUP": f"cheap-{unique}",
         "ESCALATOR_STRONG_GROUP": f"strong-{unique}",
@@ -121,13 +123,18 @@ async def collect(
     *,
     linger_s: float = 0.0,
     read_for_s: bool = False,
+    isolation_level: str = "read_uncommitted",
 ) -> Collected:
     """Read the topics from the start until ``until`` holds (then linger). A timeout fails the
     test, naming what was read: a test that went on with what it had would check nothing
     about the records that never came. ``read_for_s``: read for ``timeout_s`` and return
     what came (for tests that check that something did not happen)."""
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     got = Collected()

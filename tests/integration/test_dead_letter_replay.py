@@ -39,6 +39,35 @@ async def test_dead_letters_are_summarised_then_replayed_after_the_fix(
     assert summary.returncode == 0, summary.stderr
     assert "5 records" in summary.stdout
     assert "text_too_long: 3" in summary.stdout and "invalid_json: 1" in summary.stdout
+    (too_long,) = [x for x in summary.stdout.splitlines() if "text_too_long: 3" in x]
+    assert "failed 20" in too_long and "last error: 'text' has 100 chars, limit 40" in too_long
+
+    # Each dead letter, with its id, time and error, as JSON lines.
+    listed = await asyncio.to_thread(run_cli, env, "read", "dead-letters")
+    assert listed.returncode == 0, listed.stderr
+    rows = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["reason"] for r in rows) == [
+        "invalid_json",
+        "invalid_utf8",
+        *["text_too_long"] * 3,
+    ]
+    long_rows = [r for r in rows if r["reason"] == "text_too_long"]
+    assert sorted(r["id"] for r in long_rows) == [f"{unique}-long-{i}" for i in range(3)]
+    assert all(r["error"] and r["failed_at"] and r["source"] for r in rows)
+    assert all(r["source"].startswith(settings.topics.requests + "/") for r in rows)
+    (utf8,) = [r for r in rows if r["reason"] == "invalid_utf8"]
+    assert utf8["value_base64"] == "//4="  # the bytes as they came, not mangled
+
+    # Replaying malformed records would dead-letter them again: refused, and left out of --all.
+    malformed = await asyncio.to_thread(
+        run_cli, env, "dead-letters", "replay", "--reason", "invalid_utf8"
+    )
+    assert malformed.returncode == 2 and len(malformed.stderr.strip().splitlines()) == 1
+    assert "malformed" in malformed.stderr and "--include-malformed" in malformed.stderr
+    dry_all = await asyncio.to_thread(run_cli, env, "dead-letters", "replay", "--all", "--dry-run")
+    assert dry_all.returncode == 0, dry_all.stderr
+    assert "not replayed (malformed records" in dry_all.stdout
+    assert "invalid_json 1, invalid_utf8 1" in dry_all.stdout
 
     refused = await asyncio.to_thread(run_cli, env, "dead-letters", "replay")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1

@@ -190,3 +190,52 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
     after = subprocess.run([*cli, "status", *workdir], capture_output=True, text=True)
     assert after.returncode == 1
     assert "nodes alive: 0/1" in after.stdout
+
+
+@pytest.mark.timeout(300)
+async def test_cli_stop_then_start_keeps_the_data_and_the_port(tmp_path: Path) -> None:
+    """`kafka stop` then `kafka start` on the same --dir: the same bootstrap address, and a
+    record produced before the stop is still there; --fresh starts a new, empty cluster."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("an external cluster is in use; the launcher CLI is not under test")
+    cli = [sys.executable, "-m", "escalator", "kafka"]
+    workdir = ["--dir", str(tmp_path / "cli")]
+
+    def kafka(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args, *workdir], capture_output=True, text=True, check=False)
+
+    def address(done: subprocess.CompletedProcess[str]) -> str:
+        assert done.returncode == 0, done.stdout + done.stderr
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith("KAFKA_BOOTSTRAP")]
+        return line.partition("=")[2]
+
+    first = address(await asyncio.to_thread(kafka, "start"))
+    try:
+        await create_topic(first, "kept", partitions=1)
+        producer = AIOKafkaProducer(bootstrap_servers=first, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait("kept", b"before the stop")
+        finally:
+            await producer.stop()
+        assert (await asyncio.to_thread(kafka, "stop")).returncode == 0
+        again = await asyncio.to_thread(kafka, "start")
+        assert address(again) == first
+        assert "data kept" in again.stdout
+        consumer = AIOKafkaConsumer("kept", bootstrap_servers=first, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            assert await drain(consumer, 1) == [b"before the stop"]
+        finally:
+            await consumer.stop()
+        assert (await asyncio.to_thread(kafka, "stop")).returncode == 0
+        fresh = await asyncio.to_thread(kafka, "start", "--fresh")
+        assert "new cluster" in fresh.stdout
+        admin = AIOKafkaAdminClient(bootstrap_servers=address(fresh))
+        await admin.start()
+        try:
+            assert "kept" not in await admin.list_topics()
+        finally:
+            await admin.close()
+    finally:
+        await asyncio.to_thread(kafka, "stop")

@@ -146,6 +146,16 @@ async def test_shadow_calibrate_then_run_with_the_new_thresholds(
             [env["ESCALATOR_DECISIONS_TOPIC"]],
             lambda c: sum(orjson.loads(r.value)["id"].startswith("after") for r in c.records) >= 10,
         )
+        # The file's live tests: the cheap tier tests its confidences against the window's
+        # histogram; with no shadow sampling the strong tier cannot test the agreement.
+        tested = registry.get_sample_value(
+            "escalator_monitor_observations_total", {"monitor": "confidence", "result": "tested"}
+        )
+        assert tested is not None and tested >= 10
+        for monitor in ("confidence", "agreement"):
+            labels = {"monitor": monitor, "version": doc["version"]}
+            value = registry.get_sample_value("escalator_monitor_rejected", labels)
+            assert value == (0.0 if monitor == "confidence" else None), monitor
     assert {orjson.loads(r.value)["threshold_version"] for r in after.records} == {doc["version"]}
     assert {
         orjson.loads(r.value)["threshold_version"]

@@ -196,3 +196,46 @@ def attempt_record(tier: str, label: str, conf: float) -> dict[str, object]:
         "cost_usd": 1e-5 if tier == "cheap" else 2e-4,
         "latency_ms": 100.0,
     }
+
+
+def versions(world: World, rng: np.random.Generator, *designs: tuple[int, float, float]) -> Dataset:
+    """One log of several threshold versions, oldest first: ``(requests, shadow rate,
+    threshold)`` per version, as ``log`` draws each (versions v1, v2, ...)."""
+    parts = [
+        log(world, rng, n, p=p, tau=tau, version=f"v{k + 1}")
+        for k, (n, p, tau) in enumerate(designs)
+    ]
+    offset = 0
+    ts = []
+    for part in parts:
+        ts.append(part.ts_ms + offset)
+        offset += part.n * 1000
+    cat = {
+        key: np.concatenate([getattr(part, key) for part in parts])
+        for key in (
+            "conf",
+            "cheap_label",
+            "cheap_cost",
+            "strong_label",
+            "strong_cost",
+            "answered",
+            "accepted",
+            "certain",
+            "tau",
+            "shadow_rate",
+            "gold",
+        )
+    }
+    n = sum(part.n for part in parts)
+    return Dataset(
+        ids=[f"r{i}" for i in range(n)],
+        labels=LABELS,
+        stratum=np.concatenate(
+            [np.full(part.n, k, dtype=np.int64) for k, part in enumerate(parts)]
+        ),
+        ts_ms=np.concatenate(ts),
+        strata=tuple(f"v{k + 1}" for k in range(len(parts))),
+        cheap_model="cheap",
+        strong_model="strong",
+        **cat,
+    )

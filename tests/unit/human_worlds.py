@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from escalator.calibration import estimates
+from escalator.calibration.adjudications import HumanSample, assemble
 from escalator.calibration.certify import Dataset
-from escalator.calibration.human import HumanSample, design
+from escalator.calibration.human import cell_counts
 from tests.unit.calibration_worlds import attempt_record, one_stratum
 
 FloatArray = npt.NDArray[np.float64]
@@ -82,6 +84,8 @@ class Window:
     gold: npt.NDArray[np.int64]  # every request's human label (-1: neither)
     q_agree: float
     q_disagree: float
+    #: Per adjudicated request (aligned with ``adjudicated``): no decision yet.
+    undecided: npt.NDArray[np.bool_]
 
 
 def draw(
@@ -93,9 +97,18 @@ def draw(
     q_disagree: float,
     q_agree: float,
     tau: float = 0.7,
+    undecided: float = 0.0,
+    delay_s: float | None = None,
+    seconds_apart: float = 1.0,
 ) -> Window:
     """One window of ``n`` requests under threshold ``tau``, shadow rate ``p`` and the
-    adjudication rates; nobody's labels are review labels here (the strong grid does it all)."""
+    adjudication rates; nobody's labels are review labels here (the strong grid does it all).
+
+    Backlog: each sampled adjudication is undecided at calibration time with probability
+    ``undecided`` (at random); or, with ``delay_s``, its decision comes an exponential delay
+    after its request (mean ``delay_s``, twice that when the answers differ: hard cases take
+    longer; requests ``seconds_apart``), and calibration runs when a share ``undecided`` of
+    them is still undecided: the latest and the hardest are the likeliest to be missing."""
     kc = rng.choice(len(CONF), size=n, p=world.w_cheap)
     ks = rng.choice(len(SCONF), size=n, p=world.w_strong)
     conf, sconf = CONF[kc], SCONF[ks]
@@ -119,37 +132,66 @@ def draw(
     unlabelled = np.full(n, -1, dtype=np.int64)
     d = one_stratum(conf, cheap, strong, unlabelled, escalated, certain, answered, tau, p)
     idx = np.flatnonzero(adjudicated)
+    if delay_s is not None:
+        mean = np.where(agree[idx], delay_s, 2.0 * delay_s)
+        decided_at = idx * seconds_apart + rng.exponential(mean)
+        cut = np.quantile(decided_at, 1.0 - undecided) if len(idx) and undecided > 0 else np.inf
+        late = decided_at > cut
+    else:
+        late = rng.random(len(idx)) < undecided
     cell = np.where(certain[idx], 0, 2) + np.where(agree[idx], 0, 1)
-    stratum = np.zeros(len(idx), dtype=np.int64)
     recorded = np.where(certain[idx], 1.0, p) * np.where(agree[idx], q_agree, q_disagree)
-    nn, pi, possible, uncovered = design(d, q_agree, q_disagree, stratum, cell, recorded)
-    h = HumanSample(
-        stratum=stratum,
-        cell=cell.astype(np.int64),
-        cheap_conf=conf[idx],
-        cheap_label=cheap[idx],
-        strong_conf=sconf[idx],
-        strong_label=strong[idx],
-        strong_review=np.zeros(len(idx), dtype=bool),
-        gold=gold[idx],
-        n=nn,
-        pi=pi,
-        possible=possible,
-        uncovered=uncovered,
-        q_agree=q_agree,
-        q_disagree=q_disagree,
-        neither=int(neither[idx].sum()),
+    h = assemble(
+        d,
+        idx.astype(np.int64),
+        cell.astype(np.int64),
+        cheap=(conf[idx], cheap[idx]),
+        strong=(sconf[idx], strong[idx], np.zeros(len(idx), dtype=bool)),
+        gold=np.where(late, -1, gold[idx]),
+        pending=late,
+        recorded=recorded,
+        rates=(q_agree, q_disagree),
+        neither=int((neither[idx] & ~late).sum()),
     )
     strong_conf = np.where(answered, sconf, -1.0)
-    return Window(d, h, strong_conf, np.zeros(n, dtype=bool), idx, gold, q_agree, q_disagree)
+    return Window(d, h, strong_conf, np.zeros(n, dtype=bool), idx, gold, q_agree, q_disagree, late)
 
 
-def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str, object]]:
+def without_pending(win: Window) -> HumanSample:
+    """The sample as a calibrator that cannot see undecided adjudications reads it (no draws
+    recorded, or decisions after --until cut): the decided rows alone."""
+    h = win.human
+    keep = ~h.pending
+    idx = win.adjudicated[keep]
+    return assemble(
+        win.data,
+        idx.astype(np.int64),
+        h.cell[keep],
+        cheap=(h.cheap_conf[keep], h.cheap_label[keep]),
+        strong=(h.strong_conf[keep], h.strong_label[keep], h.strong_review[keep]),
+        gold=h.gold[keep],
+        pending=np.zeros(int(keep.sum()), dtype=bool),
+        recorded=h.pi[h.stratum[keep], h.cell[keep]],
+        rates=(win.q_agree, win.q_disagree),
+        neither=h.neither,
+        draws_recorded=False,
+    )
+
+
+def records(
+    win: Window,
+    *,
+    start_ms: int = 1_795_000_000_000,
+    delays_ms: npt.NDArray[np.int64] | None = None,
+    draws: bool = True,
+) -> list[dict[str, object]]:
     """The window as decisions-log records: cheap, strong and human decisions, as the service
-    writes them (contract/reviews.py's human_decision_value)."""
+    writes them (contract/reviews.py's human_decision_value). The strong records carry the
+    adjudication draw (``draws``); an undecided adjudication has no decision; a decided one
+    comes ``delays_ms[k]`` after its request (default 2 ms), so it may fall after --until."""
     d = win.data
     out: list[dict[str, object]] = []
-    adjudicated = set(win.adjudicated.tolist())
+    position = {int(i): k for k, i in enumerate(win.adjudicated.tolist())}
     for i in range(d.n):
         ts = start_ms + i * 1000
         rid = d.ids[i]
@@ -172,22 +214,24 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
             continue
         strong = attempt_record("strong", LABELS[int(d.strong_label[i])], float(win.strong_conf[i]))
         s_rate = 1.0 if escalated else p
-        out.append(
-            {
-                **common,
-                "ts_ms": ts + 1,
-                "attempt": strong,
-                "outcome": "final" if escalated else "shadow",
-                "threshold": None,
-                "shadow_rate": None,
-                "shadow": not escalated,
-                "sample_rate": s_rate,
-            }
-        )
-        if i not in adjudicated:
-            continue
         agree = cheap["label"] == strong["label"]
         q = win.q_agree if agree else win.q_disagree
+        k = position.get(i)
+        strong_rec: dict[str, object] = {
+            **common,
+            "ts_ms": ts + 1,
+            "attempt": strong,
+            "outcome": "final" if escalated else "shadow",
+            "threshold": None,
+            "shadow_rate": None,
+            "shadow": not escalated,
+            "sample_rate": s_rate,
+        }
+        if draws:
+            strong_rec["adjudication"] = {"sampled": k is not None, "rate": q}
+        out.append(strong_rec)
+        if k is None or bool(win.undecided[k]):
+            continue
         gold = None if win.gold[i] < 0 else LABELS[int(win.gold[i])]
         human = {
             **attempt_record("human", gold or "", 1.0),
@@ -202,7 +246,7 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
         out.append(
             {
                 **common,
-                "ts_ms": ts + 2,
+                "ts_ms": ts + (2 if delays_ms is None else int(delays_ms[k])),
                 "attempt": human,
                 "outcome": "human",
                 "threshold": None,
@@ -230,3 +274,27 @@ def records(win: Window, *, start_ms: int = 1_795_000_000_000) -> list[dict[str,
             }
         )
     return out
+
+
+def v1_lower(h: HumanSample, t_c: FloatArray, t_s: FloatArray, alpha: float) -> FloatArray:
+    """The lower bounds the human objective used before the backlog fix (v1): a sum of exact
+    per-cell Clopper-Pearson limits over pi, on the decided adjudications alone (pending ones,
+    which v1 could not see, simply absent), at ``alpha`` per pair. Kept here, in the tests, to
+    show that it fails when reviewers lag."""
+    z, _ = cell_counts(h, t_c, t_s)
+    share = h.n / max(int(h.n.sum()), 1) * alpha
+    parts = h.possible.sum(axis=1) + (h.uncovered > 0)
+    per = np.where(parts > 0, share / np.maximum(parts, 1), 0.0)
+    a_cell = np.where(h.possible, per[:, None], 0.0)
+    a_unc = np.where(h.uncovered > 0, per, 0.0)
+    nn = np.broadcast_to(h.n[:, None, None, None], z.shape)
+    al = np.broadcast_to(a_cell[:, :, None, None], z.shape)
+    zz = np.rint(z).astype(np.int64)
+    limits = estimates.exact_upper(zz.ravel(), nn.ravel(), al.ravel()).reshape(z.shape)
+    pi = h.pi[:, :, None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_cell = np.where(al > 0, np.minimum(limits / pi, 1.0), 0.0)
+    unc = np.where(a_unc > 0, estimates.exact_upper(h.uncovered, h.n, a_unc), 0.0)
+    stratum_err = np.minimum(per_cell.sum(axis=1) + unc[:, None, None], 1.0)
+    total = (stratum_err * h.n[:, None, None]).sum(axis=0) / max(int(h.n.sum()), 1)
+    return np.asarray(1.0 - np.minimum(total, 1.0), np.float64)

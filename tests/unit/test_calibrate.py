@@ -322,6 +322,7 @@ def test_threshold_body_short_form_is_the_full_form_less_its_detail(tmp_path: Pa
         "ledger",
         "margin",
         "guarantee",
+        "assumptions",
     }
     assert short["procedure"] == {k: full["procedure"][k] for k in short["procedure"]}
     assert short["dataset"] == {k: full["dataset"][k] for k in ("sha256", "requests")}

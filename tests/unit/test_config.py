@@ -169,10 +169,15 @@ def test_with_no_variables_every_setting_is_its_fields_default() -> None:
     assert compared >= 50  # the walk saw the sections, not just the top level
 
 
-def _load_settings_tree() -> ast.FunctionDef:
+def _load_settings_tree() -> ast.Module:
+    """The functions that read the environment for load_settings: ``_load`` and the readers
+    it delegates to (``_log_level``)."""
     tree = ast.parse(inspect.getsource(config))
-    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "load_settings"]
-    return fn
+    found = [
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("_load", "_log_level")
+    ]
+    assert len(found) == 2
+    return ast.Module(body=list(found), type_ignores=[])
 
 
 def test_load_settings_writes_no_default_of_its_own() -> None:
@@ -245,6 +250,7 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "decisions": "ESCALATOR_DECISIONS_TOPIC",
         "reviews": "ESCALATOR_REVIEWS_TOPIC",
         "adjudications": "ESCALATOR_ADJUDICATIONS_TOPIC",
+        "parked": "ESCALATOR_PARKED_TOPIC",
     }
     env = {variable: f"t.{name}" for name, variable in Topics.variables().items()}
     topics = load_settings({**BASE, **env}).topics
@@ -257,4 +263,34 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "escalator.decisions",
         "escalator.reviews",
         "escalator.adjudications",
+        "escalator.parked",
     ]
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"ESCALATOR_PARK_AT": "1.0"}, "ESCALATOR_PARK_AT"),
+        ({"ESCALATOR_PARK_AT": "half"}, "ESCALATOR_PARK_AT"),
+        ({"ESCALATOR_RETENTION_CHECK_S": "0"}, "ESCALATOR_RETENTION_CHECK_S"),
+        ({"ESCALATOR_PARKED_RETENTION_MS": "1000"}, "ESCALATOR_PARKED_RETENTION_MS"),
+        ({"ESCALATOR_PARKING": "maybe"}, "ESCALATOR_PARKING"),
+        ({"ESCALATOR_PARKED_TOPIC": "escalator.requests"}, "ESCALATOR_PARKED_TOPIC"),
+    ],
+)
+def test_parking_settings_are_validated_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    """A bad parking setting stops start-up with one line that names it."""
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({**BASE, **env})
+
+
+def test_parking_settings_default_to_parking_at_half_of_retention() -> None:
+    """Defaults: on, at 0.5, checked every 30 s, the parked topic kept until deleted."""
+    p = load_settings(BASE).parking
+    assert (p.enabled, p.park_at, p.check_s, p.parked_retention_ms) == (True, 0.5, 30.0, -1)
+    custom = load_settings(
+        {**BASE, "ESCALATOR_PARK_AT": "0.3", "ESCALATOR_PARKED_RETENTION_MS": "2592000000"}
+    ).parking
+    assert (custom.park_at, custom.parked_retention_ms) == (0.3, 2_592_000_000)

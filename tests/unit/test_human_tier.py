@@ -4,6 +4,7 @@ how adjudication samples are drawn and recorded, and that with both off nothing 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -215,3 +216,83 @@ def test_a_malformed_review_item_is_refused_with_its_reason(change: dict[str, An
     value = {**orjson.loads(review_item_value(item())), **change}
     with pytest.raises(InvalidRequest):
         parse_review_item(orjson.dumps(value), 1000)
+
+
+@pytest.mark.parametrize(
+    ("label", "confidence", "shadow", "outcome"),
+    [
+        ("unsafe", 0.9, False, "final"),
+        ("unsafe", 0.9, True, "shadow"),
+        ("unsafe", 0.2, False, "review"),
+    ],
+)
+async def test_the_final_strong_decision_records_the_adjudication_draw(
+    label: str, confidence: float, shadow: bool, outcome: str
+) -> None:
+    """Every final strong answer carries its draw, sampled or not, with the rate it had, so
+    the log knows what was put before people before anyone decides; the record validates."""
+    for rng_seed in (1, 2):
+        sampled_first = random.Random(rng_seed).random() < 0.5  # the handler's first draw
+        h = handler(
+            StrongHandler, strong(label, confidence), topics=TOPICS, thresholds=THRESHOLDS,
+            review=human_tier(disagree=0.5, agree=0.1), rng=random.Random(rng_seed),
+        )  # fmt: skip
+        outputs = await h.handle(FakeRecord(escalation("safe", shadow=shadow, rate=0.25)))
+        decision = orjson.loads(on_topic(outputs, "decisions")[-1].value)
+        assert decision["outcome"] == outcome
+        validator("decision.v1.json").validate(decision)
+        assert decision["adjudication"] == {"sampled": sampled_first, "rate": 0.5}
+        assert bool(on_topic(outputs, "adjudications")) == sampled_first
+
+
+async def test_with_adjudication_off_the_draw_says_rate_zero() -> None:
+    """Adjudication off: the draw is still recorded (not sampled, rate 0), so a window that
+    began before adjudication was turned on is recognised by calibration."""
+    h = handler(StrongHandler, strong("safe", 0.9), topics=TOPICS, thresholds=THRESHOLDS)
+    outputs = await h.handle(FakeRecord(escalation("safe"), topic="escalations"))
+    decision = orjson.loads(on_topic(outputs, "decisions")[-1].value)
+    assert decision["adjudication"] == {"sampled": False, "rate": 0.0}
+
+
+class Units:
+    """A PromiseWatch that records what it is fed."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float]] = []
+
+    def observe(self, loss: float, probability: float) -> None:
+        self.seen.append((loss, probability))
+
+
+@pytest.mark.parametrize(
+    ("cheap_label", "strong_label", "shadow", "unit"),
+    [
+        ("safe", "unsafe", False, (0.0, 1.0)),  # escalated: the strong answer is routed
+        ("safe", "safe", True, (0.0, 0.25)),  # a shadow that agrees
+        ("safe", "unsafe", True, (1.0, 0.25)),  # a shadow that differs
+    ],
+)
+async def test_the_strong_tier_feeds_the_promise_monitor_one_unit_per_answer(
+    cheap_label: str, strong_label: str, shadow: bool, unit: tuple[float, float]
+) -> None:
+    """Escalations are units that agree by definition (probability 1); shadows agree or not,
+    at their shadow rate."""
+    watch = Units()
+    h = handler(
+        StrongHandler, strong(strong_label, 0.9), topics=TOPICS, thresholds=THRESHOLDS,
+        promise_watch=watch,
+    )  # fmt: skip
+    await h.handle(FakeRecord(escalation(cheap_label, shadow=shadow, rate=0.25)))
+    assert watch.seen == [unit]
+
+
+async def test_a_failed_shadow_call_is_a_differing_unit() -> None:
+    """A shadow whose strong answers keep failing validation counts as differing, as
+    calibration counts it; the request already has its result, so nothing is dead-lettered."""
+    model = FakeModel(lambda n: replace(ok("safe", 0.9, tier="strong"), valid=False))
+    model.tier = "strong"
+    watch = Units()
+    h = handler(StrongHandler, model, topics=TOPICS, thresholds=THRESHOLDS, promise_watch=watch)
+    outputs = await h.handle(FakeRecord(escalation("safe", shadow=True, rate=0.5)))
+    assert not on_topic(outputs, "dead")
+    assert watch.seen == [(1.0, 0.5)]

@@ -13,12 +13,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from escalator.cli._common import check_port_free, existing_file, fraction, integer, number
 from escalator.errors import EscalatorError
+from escalator_dev.kafka_local import DEFAULT_KAFKA_VERSION as DEFAULT_KAFKA_VERSION_TEXT
+
+
+def kafka_version(text: str) -> str:
+    """An argparse type: an Apache Kafka release number (``4.1.1``)."""
+    if not re.fullmatch(r"\d+\.\d+\.\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kafka version like 4.1.1")
+    return text
 
 
 def _default_kafka_dir() -> Path:
@@ -39,16 +51,30 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     if args.kafka_version is None:
         args.kafka_version = DEFAULT_KAFKA_VERSION
     if args.action == "start":
-        with contextlib.suppress(KafkaLaunchError):
-            existing = LocalKafkaCluster.load(workdir)
+        existing = None
+        if not args.fresh:
+            with contextlib.suppress(KafkaLaunchError):
+                existing = LocalKafkaCluster.load(workdir)
+        if existing is not None:
             if existing.alive_nodes():
                 print(f"already running: KAFKA_BOOTSTRAP_SERVERS={existing.bootstrap_servers}")
                 return 0
-        shutil.rmtree(workdir, ignore_errors=True)
-        cluster = LocalKafkaCluster(workdir, args.nodes, version=args.kafka_version)
-        cluster.start(timeout_s=args.timeout)
+            recorded = len(existing.spec.nodes)
+            if args.nodes is not None and args.nodes != recorded:
+                raise KafkaLaunchError(
+                    f"{workdir} holds a {recorded}-node cluster; --nodes {args.nodes} needs "
+                    "--fresh (which deletes its data) or another --dir"
+                )
+            # Same data, same ports: what was produced before `kafka stop` is still there.
+            existing.restart(timeout_s=args.timeout)
+            cluster, how = existing, "started again (data kept)"
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            cluster = LocalKafkaCluster(workdir, args.nodes or 1, version=args.kafka_version)
+            cluster.start(timeout_s=args.timeout)
+            how = "up (new cluster)"
         version = kafka_version_from_log(cluster.server_log())
-        print(f"Apache Kafka {version} up with {args.nodes} node(s) in {workdir}")
+        print(f"Apache Kafka {version} {how} with {len(cluster.spec.nodes)} node(s) in {workdir}")
         print(f"KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap_servers}")
         return 0
     cluster = LocalKafkaCluster.load(workdir)
@@ -72,37 +98,29 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from escalator_dev.emulator.server import (
-        Latency,
-        SimConfig,
-        parse_fault,
-        parse_lexicon,
-        parse_limits,
-        serve,
-    )
+    from escalator_dev.emulator.server import SimConfig, parse_lexicon, serve
 
-    try:
-        lexicon = None
-        if args.refusal_lexicon is not None:
-            lexicon = parse_lexicon(orjson.loads(Path(args.refusal_lexicon).read_bytes()))
-        limits = dict(_model_limits(spec) for spec in args.rate_limit)
-        workspace = dict(_model_limits(spec) for spec in args.workspace_limit)
-        config = SimConfig(
-            latency=Latency.parse(args.latency),
-            faults=dict(parse_fault(f) for f in args.fault),
-            retry_after_s=args.retry_after_s,
-            seed=args.seed,
-            api_key=args.api_key,
-            retired=set(args.retire),
-            limits=limits,
-            default_limits=parse_limits(args.tier),
-            workspace_limits=workspace,
-            enum_case_rate=args.enum_case_rate,
-            refusals=not args.no_refusals,
-            refusal_lexicon=lexicon,
-        )
-    except (ValueError, OSError, orjson.JSONDecodeError) as exc:
-        raise EscalatorError(str(exc)) from exc
+    check_port_free(args.host, args.port, "--port", "--host")
+    lexicon = None
+    if args.refusal_lexicon is not None:
+        try:
+            lexicon = parse_lexicon(orjson.loads(args.refusal_lexicon.read_bytes()))
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            raise EscalatorError(f"--refusal-lexicon {args.refusal_lexicon}: {exc}") from exc
+    config = SimConfig(
+        latency=args.latency,
+        faults=dict(args.fault),
+        retry_after_s=args.retry_after_s,
+        seed=args.seed,
+        api_key=args.api_key,
+        retired=set(args.retire),
+        limits=dict(args.rate_limit),
+        default_limits=args.tier,
+        workspace_limits=dict(args.workspace_limit),
+        enum_case_rate=args.enum_case_rate,
+        refusals=not args.no_refusals,
+        refusal_lexicon=lexicon,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
     return 0
@@ -112,43 +130,118 @@ def _model_limits(spec: str) -> tuple[str, tuple[int, int, int]]:
     from escalator_dev.emulator.server import parse_limits
 
     model, sep, value = spec.partition("=")
-    if not sep:
-        raise ValueError(f"--rate-limit wants MODEL=RPM:ITPM:OTPM, got {spec!r}")
+    if not sep or not model:
+        raise ValueError(f"{spec!r} is not MODEL=RPM:ITPM:OTPM")
     return model, parse_limits(value)
 
 
+def _emulator_type(name: str) -> Callable[[str], Any]:
+    """An argparse type from one of the emulator's parsers (imported when used: the emulator
+    is not loaded for other commands); its ValueError becomes argparse's one-line error."""
+
+    def parse(text: str) -> Any:
+        from escalator_dev.emulator import server
+
+        try:
+            if name == "rate_limit":
+                return _model_limits(text)
+            if name == "latency":
+                return server.Latency.parse(text)
+            return getattr(server, f"parse_{name}")(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    kafka = sub.add_parser("kafka", help="run a local Apache Kafka from Maven artifacts")
-    kafka.add_argument("action", choices=["start", "stop", "status"])
-    kafka.add_argument("--nodes", type=int, default=1, help="cluster size (default 1)")
-    kafka.add_argument("--dir", type=Path, default=_default_kafka_dir(), help="state directory")
-    kafka.add_argument("--kafka-version", default=None, help="Apache Kafka version to fetch")
-    kafka.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for ready")
+    kafka = sub.add_parser(
+        "kafka",
+        help="run a local Apache Kafka from Maven artifacts",
+        description="A local Apache Kafka (KRaft) on loopback. `start` on a directory that "
+        "holds a stopped cluster starts it again with its data and its ports; --fresh starts "
+        "a new one (new ports, no data).",
+    )
+    kafka.add_argument(
+        "action", choices=["start", "stop", "status"], help="start, stop, or show the cluster"
+    )
+    kafka.add_argument(
+        "--nodes",
+        type=integer(1, 9),
+        default=None,
+        help="cluster size, for a new cluster (default 1)",
+    )
+    kafka.add_argument(
+        "--dir",
+        type=Path,
+        default=_default_kafka_dir(),
+        help="state directory: the cluster's data, logs, ports and process ids (default "
+        "%(default)s)",
+    )
+    kafka.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start: delete what --dir holds and start a new cluster",
+    )
+    kafka.add_argument(
+        "--kafka-version",
+        type=kafka_version,
+        default=None,
+        help=f"Apache Kafka version to fetch (default {DEFAULT_KAFKA_VERSION_TEXT})",
+    )
+    kafka.add_argument(
+        "--timeout",
+        type=number(1.0, 3600.0),
+        default=90.0,
+        help="seconds to wait for ready (default 90)",
+    )
     kafka.set_defaults(func=cmd_kafka)
 
-    sim = sub.add_parser("sim", help="run the Messages-API simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    sim.add_argument("--latency", default="0", help="0, fixed:MS or uniform:LO:HI")
+    sim = sub.add_parser(
+        "sim",
+        help="run the Messages-API simulator",
+        description="The emulator of the Messages and Models APIs (docs/SIMULATOR.md). Point "
+        "ANTHROPIC_BASE_URL at the URL it prints; every answer it gives is simulated.",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument(
+        "--port", type=integer(0, 65535), default=8765, help="0 picks a free port (default 8765)"
+    )
+    sim.add_argument(
+        "--latency",
+        type=_emulator_type("latency"),
+        default="0",
+        help="per answer: 0, fixed:MS or uniform:LO:HI (milliseconds)",
+    )
     sim.add_argument(
         "--fault",
+        type=_emulator_type("fault"),
         action="append",
         default=[],
         help="KIND[:RATE], KIND in 429, 529, 500, hang, bad-schema, bad-label, refuse, "
         "spend-limit, billing, spend-cap, contract-cap, ramp, auth, permission, schema-rejected; "
         "repeatable",
     )
-    sim.add_argument("--retry-after-s", type=float, default=1.0)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--retry-after-s",
+        type=number(0.0, 3600.0),
+        default=1.0,
+        help="retry-after of the 429s and 529s the faults make (default 1)",
+    )
+    sim.add_argument(
+        "--seed", type=integer(0), default=0, help="seed of the faults and answers (default 0)"
+    )
     sim.add_argument("--api-key", default=None, help="accept only this key (default: any)")
     sim.add_argument(
         "--tier",
+        type=_emulator_type("limits"),
         default="custom",
         help="rate limits of every model: start, build, scale (documented tiers), custom "
         "(default, 100,000 RPM), or RPM:ITPM:OTPM",
     )
     sim.add_argument(
         "--rate-limit",
+        type=_emulator_type("rate_limit"),
         action="append",
         default=[],
         help="MODEL=RPM:ITPM:OTPM for the rate-limit group of MODEL (or GROUP=..., e.g. "
@@ -156,6 +249,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     sim.add_argument(
         "--workspace-limit",
+        type=_emulator_type("rate_limit"),
         action="append",
         default=[],
         help="MODEL=RPM:ITPM:OTPM: the workspace's own limit for that group, beside the "
@@ -164,7 +258,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument("--retire", action="append", default=[], help="treat MODEL as retired")
     sim.add_argument(
         "--enum-case-rate",
-        type=float,
+        type=fraction,
         default=0.03,
         help="fraction of answers whose label comes back in another capitalization",
     )
@@ -173,6 +267,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     sim.add_argument(
         "--refusal-lexicon",
+        type=existing_file,
         default=None,
         help="JSON file {word: category} replacing the built-in refusal lexicon",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import statistics
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from escalator.cli._common import fraction, integer, number
 from escalator.config import Settings, load_settings
 from escalator.contract.messages import DeadLetterInfo
 from escalator.errors import EscalatorError
@@ -81,6 +83,11 @@ def _environment(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, 
 def cmd_demo(args: argparse.Namespace) -> int:
     wheel = datasets.fetch_pyrit_wheel()
     pool = datasets.sample(datasets.load_harm_samples(wheel), 3 * args.count)
+    if len(pool) < 3 * args.count:
+        raise EscalatorError(
+            f"--count {args.count}: the dataset has {len(pool)} texts, enough for --count "
+            f"{len(pool) // 3} at most (three phases)"
+        )
     n = args.count
     measure, rollout, people = pool[:n], pool[n : 2 * n], pool[2 * n :]
     out_dir = Path(args.output_dir)
@@ -136,6 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _compare("before: threshold 0.70 (phase 1)", before, 0.7)
         after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
         _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
+        _what_it_measures(before, after, result.threshold, args.target)
 
         print(
             f"\nPhase 4: the human tier, on {len(people)} new requests. The strong tier hands "
@@ -261,6 +269,32 @@ def _compare(name: str, data: Any, threshold: float) -> None:
     )
 
 
+def _what_it_measures(before: Any, after: Any, threshold: float, target: float) -> None:
+    """Lines under the before/after table: what calibration targets, and why accuracy against
+    people need not follow it here (how good the strong model itself is on these texts, and
+    how far apart two samples of this size can land)."""
+    from escalator.calibration.certify import STRONG_ONLY, curve
+
+    alone = curve(before, [0.0, STRONG_ONLY]).accuracy
+    same = curve(after, [0.7, threshold]).accuracy
+    if alone is None or same is None:
+        return
+    n = max(1, int(after.n))
+    noise = 2 * (0.5 / n) ** 0.5  # two standard errors of a difference of two shares near 50%
+    print(
+        f"  Calibration certifies agreement with the strong model (>= {target:.0%}), not "
+        "accuracy against people.\n"
+        f"  On these texts the strong model matches the human labels {alone[1]:.1%} of the "
+        f"time, the cheap one {alone[0]:.1%}\n"
+        "  (phase 1): escalating more cannot gain much. And before and after are different "
+        "texts: on phase 3's\n"
+        f"  own texts threshold 0.70 would score {same[0]:.1%} and {threshold:.2f} scores "
+        f"{same[1]:.1%}; two samples of {n} can differ\n"
+        f"  by about {noise * 100:.0f} points by chance. Accuracy against people is what phase 4 "
+        "and `calibrate --objective human` target."
+    )
+
+
 def _calibrate_on_people(
     settings: Settings, samples: list[datasets.Sample], out_dir: Path, simulated: bool
 ) -> None:
@@ -283,25 +317,27 @@ def _calibrate_on_people(
         f"\nCalibration on human truth{tag}: escalator calibrate --input {path} "
         "--objective human --target 0.75 --human-budget 0.5"
     )
-    code = cli(
-        [
-            "calibrate",
-            "--input",
-            str(path),
-            "--objective",
-            "human",
-            "--target",
-            "0.75",
-            "--human-budget",
-            "0.5",
-            "--review-cost",
-            "0.25",
-            "--output",
-            str(out_dir / "thresholds-human.json"),
-        ]
-    )
-    if code == 3:
-        print("  refused (the reason is on stderr): this window is too small for that guarantee")
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        code = cli(
+            [
+                "calibrate",
+                "--input",
+                str(path),
+                "--objective",
+                "human",
+                "--target",
+                "0.75",
+                "--human-budget",
+                "0.5",
+                "--review-cost",
+                "0.25",
+                "--output",
+                str(out_dir / "thresholds-human.json"),
+            ]
+        )
+    for line in said.getvalue().splitlines():  # the CLI's own reason, whatever it is
+        print(f"  {'refused' if code == 3 else 'said'}: {line}")
     print(f"\nThree-tier cost{tag}: escalator report --input {path} --review-cost 0.25")
     cli(["report", "--input", str(path), "--review-cost", "0.25"])
 
@@ -515,19 +551,25 @@ def _summary(
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the whole round trip on embedded defaults")
-    demo.add_argument("--count", type=int, default=300, help="texts per phase (default 300)")
+    demo.add_argument(
+        "--count", type=integer(30, 100_000), default=300, help="texts per phase (default 300)"
+    )
     demo.add_argument(
         "--target",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True, hi_open=True),
         default=0.90,
         help="agreement that calibration must certify (delta 0.05; the simulated cheap model "
         "agrees about 80%% at threshold 0.7)",
     )
     demo.add_argument(
         "--strong-threshold",
-        type=float,
+        type=fraction,
         default=0.8,
         help="phase 4: the strong tier hands answers below this confidence to people",
     )
-    demo.add_argument("--output-dir", default="demo-output", help="threshold file and plot")
+    demo.add_argument(
+        "--output-dir",
+        default="demo-output",
+        help="where the threshold files, the plot and the decisions log go (default demo-output)",
+    )
     demo.set_defaults(func=cmd_demo)

@@ -89,6 +89,17 @@ def ensure_kafka_libs(version: str = DEFAULT_KAFKA_VERSION, cache: Path | None =
     return libs
 
 
+def port_free(port: int) -> bool:
+    """True if nothing listens on loopback ``port`` (as a broker would bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """Ask the kernel for a free loopback port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -311,6 +322,21 @@ class LocalKafkaCluster:
             self._launch(libs, node)
         self.save()
         self.wait_ready(timeout_s=timeout_s)
+
+    def restart(self, timeout_s: float = 90.0) -> None:
+        """Start a stopped cluster again on its directory: same data, same ports, same cluster
+        id (``escalator kafka stop`` / ``start``). A port taken meanwhile is named."""
+        for node in self.spec.nodes:
+            ports = {"broker": node.broker_port, "controller": node.controller_port}
+            ports |= {f"{name} listener": port for name, port in node.extra_ports.items()}
+            for role, port in ports.items():
+                if not port_free(port):
+                    raise KafkaLaunchError(
+                        f"node {node.node_id}'s {role} port {port} (recorded in "
+                        f"{self.state_file}) is in use by another process; stop it, or start "
+                        "a new cluster with --fresh (new ports, no data)"
+                    )
+        self.start(timeout_s=timeout_s)
 
     def _launch(self, libs: Path, node: Node) -> None:
         node_dir = self._node_dir(node)

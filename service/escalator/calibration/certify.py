@@ -267,9 +267,18 @@ class Curve:
         return lo, float(self.escalation[i]), hi
 
 
-def curve(d: Dataset, thresholds: Sequence[float] | FloatArray, *, delta: float = 0.05) -> Curve:
+def curve(
+    d: Dataset,
+    thresholds: Sequence[float] | FloatArray,
+    *,
+    delta: float = 0.05,
+    target: float | None = None,
+) -> Curve:
+    """Estimates per threshold; with a ``target``, a window of several threshold versions
+    bounds each t with the estimator the design favours (``estimates.upper``)."""
     t = np.asarray(thresholds, dtype=np.float64)
     c = estimates.counts(d.sample(), t)
+    choice = None if target is None else estimates.choose(c, delta, 1.0 - target)
     n = max(d.n, 1)
     escalated = d.n - estimates._at_least(d.conf, t)
     return Curve(
@@ -277,8 +286,8 @@ def curve(d: Dataset, thresholds: Sequence[float] | FloatArray, *, delta: float 
         escalated=escalated,
         requests=d.n,
         escalation=escalated / n,
-        agreement=1.0 - estimates.point(c),
-        agreement_lower=1.0 - estimates.upper(c, delta),
+        agreement=1.0 - estimates.point(c, choice),
+        agreement_lower=1.0 - estimates.upper(c, delta, choice),
         cost_per_1k=_cost(d, t),
         accuracy=_accuracy(d, t),
         delta=delta,
@@ -404,7 +413,7 @@ def calibrate(
     thresholds = np.asarray(grid, dtype=np.float64) if grid is not None else default_grid()
     if thresholds[-1] < STRONG_ONLY:
         thresholds = np.append(thresholds, STRONG_ONLY)
-    c = curve(d, thresholds, delta=delta)
+    c = curve(d, thresholds, delta=delta, target=target if objective == "quality" else None)
     top = len(thresholds) - 1
     if objective == "rate":
         ok = np.flatnonzero(c.escalation <= target + 1e-12)
@@ -429,7 +438,7 @@ def calibrate(
         sub = d.subset(d.cheap_label == code)
         if sub.n == 0:
             continue
-        lc = curve(sub, thresholds, delta=share)
+        lc = curve(sub, thresholds, delta=share, target=target)
         cert, best, useful, _ = _verdict(lc, target, margin)
         results.append(
             LabelResult(

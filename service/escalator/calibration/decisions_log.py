@@ -69,3 +69,29 @@ def load(
     if kafka is None:
         raise EscalatorError("give --input FILE, or set KAFKA_BOOTSTRAP_SERVERS to read the topic")
     return asyncio.run(read_topic(kafka, topic, since_ms, until_ms))
+
+
+def with_late_decisions(
+    records: list[dict[str, Any]], until_ms: int | None
+) -> list[dict[str, Any]]:
+    """The window's records (before ``until_ms``) plus the human decisions made after it for
+    the window's own requests: a person decides minutes or hours after the request, and the
+    window is defined by its requests, not by when people got to them. ``records`` is
+    everything read from ``--since`` on, ``--until`` not applied."""
+    if until_ms is None:
+        return records
+
+    def ts(r: dict[str, Any]) -> int:
+        value = r.get("ts_ms")
+        return int(value) if isinstance(value, int | float) else 0
+
+    window = [r for r in records if ts(r) < until_ms]
+    ids = {r.get("id") for r in window if (r.get("attempt") or {}).get("tier") == "cheap"}
+    late = [
+        r
+        for r in records
+        if ts(r) >= until_ms
+        and (r.get("attempt") or {}).get("tier") == "human"
+        and r.get("id") in ids
+    ]
+    return window + late

@@ -23,6 +23,7 @@ call that was made) but is missing or invalid counts as a disagreement.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,12 +62,27 @@ class Counts:
     """Per stratum (rows) and threshold (columns): the counts both estimates are made of."""
 
     n: IntArray  # (S,) requests per stratum
-    certain_disagree: IntArray  # (S, T)
+    certain_disagree: IntArray | FloatArray  # (S, T) (expected counts are not integers)
     uncertain: IntArray  # (S, T) accepted at t with an uncertain strong answer
     sampled: IntArray  # (S, T) ... of which shadowed
-    sampled_disagree: IntArray  # (S, T) ... of which disagree
+    sampled_disagree: IntArray | FloatArray  # (S, T) ... of which disagree
     certain_possible: BoolArray  # (S, T) by design: can a certain answer have conf >= t?
     uncertain_possible: BoolArray  # (S,) by design: was any accepted answer left to sampling?
+    #: (S, T) certain strong answers with conf >= t, agreeing or not (the cheap side only).
+    certain: IntArray | None = None
+
+    def stratum(self, v: int) -> Counts:
+        """The counts of stratum ``v`` alone."""
+        return Counts(
+            n=self.n[v : v + 1],
+            certain_disagree=self.certain_disagree[v : v + 1],
+            uncertain=self.uncertain[v : v + 1],
+            sampled=self.sampled[v : v + 1],
+            sampled_disagree=self.sampled_disagree[v : v + 1],
+            certain_possible=self.certain_possible[v : v + 1],
+            uncertain_possible=self.uncertain_possible[v : v + 1],
+            certain=None if self.certain is None else self.certain[v : v + 1],
+        )
 
 
 def _at_least(values: FloatArray, thresholds: FloatArray) -> IntArray:
@@ -78,12 +94,13 @@ def _at_least(values: FloatArray, thresholds: FloatArray) -> IntArray:
 def counts(s: Sample, thresholds: FloatArray) -> Counts:
     strata = np.unique(s.stratum)
     t = np.asarray(thresholds, dtype=np.float64)
-    rows: dict[str, list[IntArray]] = {k: [] for k in ("cd", "u", "s", "sd")}
+    rows: dict[str, list[IntArray]] = {k: [] for k in ("cd", "c", "u", "s", "sd")}
     n, cpos, upos = [], [], []
     for v in strata:
         m = s.stratum == v
         unc = m & ~s.certain & (s.conf >= 0)
         rows["cd"].append(_at_least(s.conf[m & s.certain & s.disagree], t))
+        rows["c"].append(_at_least(s.conf[m & s.certain & (s.conf >= 0)], t))
         rows["u"].append(_at_least(s.conf[unc], t))
         rows["s"].append(_at_least(s.conf[unc & s.sampled], t))
         rows["sd"].append(_at_least(s.conf[unc & s.sampled & s.disagree], t))
@@ -102,6 +119,7 @@ def counts(s: Sample, thresholds: FloatArray) -> Counts:
         sampled_disagree=np.vstack(rows["sd"]),
         certain_possible=np.vstack(cpos),
         uncertain_possible=np.asarray(upos, dtype=bool),
+        certain=np.vstack(rows["c"]),
     )
 
 
@@ -120,8 +138,13 @@ def allocation(c: Counts, delta: float) -> tuple[FloatArray, FloatArray, FloatAr
     return share * wc / total, share * wa / total, share * wd / total
 
 
-def point(c: Counts) -> FloatArray:
-    """Hájek estimate of D(t), shape (T,), in [0, 1]."""
+def point(c: Counts, choice: IntArray | None = None) -> FloatArray:
+    """Hájek estimate of D(t), shape (T,), in [0, 1]; with ``choice``, from the estimator
+    ``upper`` uses at each t (so that the best estimate and the bound agree on their data)."""
+    return _by_choice(c, choice, _point)
+
+
+def _point(c: Counts) -> FloatArray:
     nsum = max(int(c.n.sum()), 1)
     q = _ratio(c)
     return np.asarray((c.certain_disagree + c.uncertain * q).sum(axis=0) / nsum, np.float64)
@@ -142,8 +165,55 @@ def _ratio(c: Counts) -> FloatArray:
     return np.asarray(np.where(np.isfinite(q), q, 1.0), np.float64)
 
 
-def upper(c: Counts, delta: float) -> FloatArray:
-    """Upper bound on D(t), shape (T,): P(D(t) > upper) <= delta at each t."""
+def upper(c: Counts, delta: float, choice: IntArray | None = None) -> FloatArray:
+    """Upper bound on D(t), shape (T,): P(D(t) > upper) <= delta at each t.
+
+    ``choice`` (from ``choose``): per t, 0 for the whole window (strata weighted by their
+    requests), v + 1 for stratum v alone. Under the promise's own assumption (requests alike
+    across the window's threshold versions) every stratum has the same D(t), so a stratum
+    alone bounds it; and the choice looks at the cheap side and the design only, never a
+    strong answer, so each t is still one test at ``delta``."""
+    return _by_choice(c, choice, lambda part: _upper(part, delta))
+
+
+def _by_choice(
+    c: Counts, choice: IntArray | None, per: Callable[[Counts], FloatArray]
+) -> FloatArray:
+    if choice is None or len(c.n) < 2:
+        return per(c)
+    options = np.vstack([per(c), *(per(c.stratum(v)) for v in range(len(c.n)))])
+    return np.asarray(np.take_along_axis(options, choice[None, :], axis=0)[0], np.float64)
+
+
+def choose(c: Counts, delta: float, aim: float) -> IntArray | None:
+    """Per t: 0 for the whole window, v + 1 for stratum v alone, whichever bound is predicted
+    smallest if the disagreement were ``aim`` (1 - target) everywhere, spread evenly over the
+    accepted answers: the counts a window would have then, from its cheap side and design
+    alone (no strong answer). A sparsely shadowed old version then cannot drag a well-measured
+    new one down. None for a window of one stratum."""
+    if len(c.n) < 2 or c.certain is None:
+        return None
+    accepted = (c.certain + c.uncertain).sum(axis=0) / max(int(c.n.sum()), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(accepted > 0, np.minimum(aim / accepted, 1.0), 0.0)
+    expected = Counts(
+        n=c.n,
+        certain_disagree=c.certain * rate,
+        uncertain=c.uncertain,
+        sampled=c.sampled,
+        sampled_disagree=c.sampled * rate,
+        certain_possible=c.certain_possible,
+        uncertain_possible=c.uncertain_possible,
+        certain=c.certain,
+    )
+    predicted = np.vstack(
+        [_upper(expected, delta), *(_upper(expected.stratum(v), delta) for v in range(len(c.n)))]
+    )
+    return np.asarray(np.argmin(predicted, axis=0), np.int64)
+
+
+def _upper(c: Counts, delta: float) -> FloatArray:
+    """The bound of the whole window: strata weighted by their requests (``allocation``)."""
     dc, da, dd = allocation(c, delta)
     nn = np.broadcast_to(c.n[:, None], c.uncertain.shape)
     ks = np.concatenate(
@@ -159,7 +229,7 @@ def upper(c: Counts, delta: float) -> FloatArray:
     return np.asarray(np.minimum(total, 1.0), np.float64)
 
 
-def exact_upper(k: IntArray, n: IntArray, alpha: FloatArray) -> FloatArray:
+def exact_upper(k: IntArray | FloatArray, n: IntArray, alpha: FloatArray) -> FloatArray:
     """Clopper-Pearson upper limits, computed once per distinct (k, n, alpha)."""
     alpha = np.where(alpha > 0, alpha, 1.0)  # a part with no budget is never used
     keys = np.stack([k.astype(np.float64), n.astype(np.float64), alpha])

@@ -15,9 +15,11 @@ from typing import cast
 import numpy as np
 
 from escalator.calibration import estimates, plan
+from escalator.calibration.adjudications import HumanSample
 from escalator.calibration.certify import Baselines, Calibration, Dataset
-from escalator.calibration.human import HumanCalibration, HumanSample, PeopleCurve
-from escalator.calibration.human import guarantee as human_guarantee
+from escalator.calibration.human import PeopleCurve
+from escalator.calibration.human_certify import HumanCalibration
+from escalator.calibration.human_certify import guarantee as human_guarantee
 
 
 def guarantee(result: Calibration, delta: float) -> str:
@@ -41,16 +43,30 @@ def refusal(result: Calibration, need: plan.Need) -> str:
         f"calibrate: cannot certify agreement >= {result.target} at delta {result.delta:.3g}: "
         f"{result.reason}"
     )
+    tail = "; wrote no thresholds file (--fallback escalate-all writes one that escalates "
+    tail += "everything)"
     if need.requests is None:
-        why = "no shadow sampling in force" if need.p <= 0 else "the estimates never reach it"
-        return f"{head}; more data would not help ({why}); wrote no thresholds file"
+        if need.p <= 0:
+            why = (
+                "no shadow sampling in force (ESCALATOR_SHADOW_RATE=0): accepted answers are "
+                "never compared, so no amount of data at this design can certify a threshold "
+                "that accepts anything"
+            )
+        elif need.goal_threshold is None:
+            why = (
+                "no threshold that accepts anything has an estimated agreement at the target on "
+                "this window, so the size of a window that would certify one cannot be "
+                "estimated from it"
+            )
+        else:
+            why = f"needs a fresh window of more than {plan.MAX_REQUESTS:,} requests"
+        return f"{head}; {why}{tail}"
     rate = "" if need.per_hour is None else f" at {need.per_hour:,.0f} requests/h"
     return (
         f"{head}; needs a fresh window of about {need.requests:,} requests with "
         f"{need.shadowed:,} shadowed answers (shadow rate {need.p:g}, threshold {need.tau:g}; "
         f"{plan.duration(need.hours)}{rate}) to certify t={need.goal_threshold:.2f} "
-        f"(escalating about {need.goal_escalation:.0%}); wrote no thresholds file "
-        "(--fallback escalate-all writes one that escalates everything)"
+        f"(escalating about {need.goal_escalation:.0%}){tail}"
     )
 
 
@@ -236,12 +252,14 @@ def people_table(h: HumanSample, pc: PeopleCurve) -> str:
     """Against people, per cheap threshold (routed as today: the strong answer below t)."""
     lines = [
         "",
-        f"Against people: {h.m} adjudicated requests (Horvitz-Thompson weights 1/pi; q_agree "
-        f"{h.q_agree:g}, q_disagree {h.q_disagree:g}; {h.neither} 'neither'), "
+        f"Against people: {h.decided} adjudicated requests{_undecided(h)} (Horvitz-Thompson "
+        f"weights 1/pi; q_agree {h.q_agree:g}, q_disagree {h.q_disagree:g}; {h.neither} "
+        "'neither'), "
         f"{sum(h.review_items.values())} review-queue decisions (chosen by rule: counted, not "
         f"a sample){_repeats(h)}",
-        f"  accuracy: Hajek estimate and exact lower bound at level {1 - pc.delta:.4g}; strong "
-        "wrong: among escalated; cheap wrong: among conf >= t",
+        f"  accuracy: Hajek estimate (decided ones) and lower bound at level {1 - pc.delta:.4g} "
+        "(betting, undecided ones counted wrong); strong wrong: among escalated; cheap wrong: "
+        "among conf >= t",
         "",
         "  threshold  accuracy  lower bound  strong wrong  cheap wrong",
     ]
@@ -254,6 +272,16 @@ def people_table(h: HumanSample, pc: PeopleCurve) -> str:
             f"{_share(pc.strong_wrong[i]):>12}  {_share(pc.cheap_wrong_confident[i]):>11}"
         )
     return "\n".join(lines)
+
+
+def _undecided(h: HumanSample) -> str:
+    if not h.draws_recorded:
+        return (
+            " (no adjudication draws in the log: undecided ones are invisible, and the bound "
+            "assumes none)"
+        )
+    pending = int(h.pending.sum())
+    return f" and {pending} sampled but undecided" if pending else ""
 
 
 def _share(x: float) -> str:
@@ -272,12 +300,12 @@ def _repeats(h: HumanSample) -> str:
 def human_table(data: Dataset, h: HumanSample, result: HumanCalibration, source: str) -> str:
     """The human objective: per strong threshold, the cheapest certified cheap threshold."""
     lines = [
-        f"Calibration on human truth from {source}: {data.n} requests, {h.m} adjudicated "
-        f"({data.cheap_model} -> {data.strong_model} -> people){_repeats(h)}",
+        f"Calibration on human truth from {source}: {data.n} requests, {h.decided} adjudicated"
+        f"{_undecided(h)} ({data.cheap_model} -> {data.strong_model} -> people){_repeats(h)}",
         f"objective: human, accuracy against people >= {result.target} with at most "
-        f"{result.budget:.1%} of traffic to people; lower bounds at level "
-        f"{1 - result.delta / len(result.strong_grid):.4g} each ({len(result.strong_grid)} strong "
-        "thresholds, Bonferroni)",
+        f"{result.budget:.1%} of traffic to people; lower bounds (betting, undecided ones "
+        f"counted wrong) at level {1 - result.delta / len(result.strong_grid):.4g} each "
+        f"({len(result.strong_grid)} strong thresholds, Bonferroni)",
         "",
         "  strong t_s  lowest t_c passed  accuracy  lower bound  to people  escalated  cost/1k USD",
     ]
@@ -306,6 +334,6 @@ def human_table(data: Dataset, h: HumanSample, result: HumanCalibration, source:
             f"  chosen: t_c={result.cheap_threshold:.2f}, t_s={result.strong_threshold:.2f}: "
             f"accuracy {result.accuracy[i, j]:.4f} (lower bound {result.accuracy_lower[i, j]:.4f})"
             f", {result.human[i, j]:.1%} to people, {result.escalation[i]:.1%} escalated",
-            f"  {human_guarantee(result)}",
+            f"  {human_guarantee(result, h)}",
         ]
     return "\n".join(lines)

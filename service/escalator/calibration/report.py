@@ -33,6 +33,15 @@ TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_re
 TYPES = ("input", "output", "cache_write", "cache_read")
 
 
+def _label_of(attempt: dict[str, Any]) -> str:
+    """The cheap answer's label for the by-label table; an answer without one is named for
+    why (a refusal, or an answer that failed validation), never "None"."""
+    label = attempt.get("label")
+    if label is not None:
+        return str(label)
+    return "(refused)" if attempt.get("stop_reason") == "refusal" else "(no valid label)"
+
+
 def build_report(
     records: list[dict[str, Any]],
     prices: PriceTable,
@@ -99,7 +108,7 @@ def build_report(
         counterfactual = sum(strong_cost_by_id.get(rid, mean_strong) for rid in cheap_by_id)
     by_label: dict[str, dict[str, float]] = defaultdict(lambda: {"requests": 0, "escalated": 0})
     for rid, rec in cheap_by_id.items():
-        label = str((rec.get("attempt") or {}).get("label"))
+        label = _label_of(rec.get("attempt") or {})
         by_label[label]["requests"] += 1
         by_label[label]["escalated"] += 1 if rid in escalated_ids else 0
     for stats in by_label.values():
@@ -172,7 +181,7 @@ def three_tier(
 ) -> dict[str, Any]:
     """Cheap, strong and human spend: people in items (review queue and adjudication apart,
     each ``review_id`` once) and in money at ``review_cost`` USD per item when given."""
-    from escalator.calibration.human import human_decisions
+    from escalator.calibration.adjudications import human_decisions
 
     unique, repeats = human_decisions(humans)
     items = {"review": 0, "adjudication": 0}

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -23,10 +24,25 @@ from escalator.tiers.routing import Thresholds
 
 if TYPE_CHECKING:
     # The service loads this module at start-up; certify (and numpy) only when calibrating.
+    from escalator.calibration import adjudications as hum
     from escalator.calibration import certify as cal
-    from escalator.calibration import human as hum
+    from escalator.calibration import human_certify as hc
 
 FILE_SCHEMA_VERSION = 1
+#: The largest threshold a file may hold: certify.STRONG_ONLY, above every confidence
+#: (everything escalates; what a refusal with ``--fallback escalate-all`` writes). Anything
+#: else above 1 is a typo that would escalate everything at about 20x the cost.
+MAX_THRESHOLD = 1.01
+
+#: The cheap-confidence histogram of the window: bins of this width over [0, 1].
+HISTOGRAM_BINS = 100
+#: What the quality guarantee assumes (the file's ``procedure.assumptions``).
+QUALITY_ASSUMPTIONS = (
+    "requests independent and identically distributed over the window, every threshold "
+    "version alike (traffic like the window's)",
+    "shadow sampling (and shedding under rate-limit pressure) ignored the answers",
+    "a strong answer that was due but is missing or invalid counted as a disagreement",
+)
 
 
 def content_version(body: dict[str, Any]) -> str:
@@ -41,6 +57,23 @@ def write_threshold_file(path: Path, body: dict[str, Any]) -> str:
     doc = {"schema_version": FILE_SCHEMA_VERSION, "version": version, **body}
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return version
+
+
+def confidence_histogram(data: cal.Dataset) -> dict[str, Any]:
+    """The window's cheap confidences (``HISTOGRAM_BINS`` bins of [0, 1]; the last bin holds
+    1.0) and its invalid or refused cheap answers: the reference the live confidence-drift
+    test compares with (calibration/monitor.py)."""
+    import numpy as np
+
+    valid = data.conf[data.conf >= 0]
+    bins = np.minimum((valid * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1)
+    counts = np.bincount(bins, minlength=HISTOGRAM_BINS)
+    return {
+        "bin_width": 1.0 / HISTOGRAM_BINS,
+        "counts": [int(x) for x in counts],
+        "invalid": int((data.conf < 0).sum()),
+        "requests": int(data.n),
+    }
 
 
 def estimates_at(data: cal.Dataset, result: cal.Calibration) -> dict[str, Any]:
@@ -101,6 +134,7 @@ def threshold_body(
             "ledger": None if ledger is None else str(ledger),
             "margin": result.margin,
             "guarantee": guarantee(result, result.delta) if quality else None,
+            "assumptions": list(QUALITY_ASSUMPTIONS) if quality else None,
         }
     body: dict[str, Any] = {
         "created_from": source,
@@ -125,6 +159,7 @@ def threshold_body(
         }
     body["dataset"] = dataset
     body["estimates"] = estimates_at(data, result)
+    body["confidence_histogram"] = confidence_histogram(data)
     if detail:
         body["baselines"] = {
             "cheap_only": base.cheap_only,
@@ -136,8 +171,9 @@ def threshold_body(
 
 
 def human_threshold_body(
-    result: hum.HumanCalibration,
+    result: hc.HumanCalibration,
     data: cal.Dataset,
+    sample: hum.HumanSample | None,
     *,
     source: str,
     delta: float,
@@ -148,12 +184,14 @@ def human_threshold_body(
     review_labels: list[str],
 ) -> dict[str, Any]:
     """The body of a threshold file from ``calibrate --objective human``: the cheap threshold
-    as ``threshold`` and the strong tier's review threshold under ``strong``."""
+    as ``threshold`` and the strong tier's review threshold under ``strong``. A refused result
+    (written by ``--fallback escalate-all``) escalates everything and leaves the strong tier's
+    review threshold to its settings: it promises nothing about accuracy against people."""
     from escalator.calibration import binomial
-    from escalator.calibration import human as hum
+    from escalator.calibration import human_certify as hc
 
-    assert result.chosen is not None
-    i, j = result.chosen
+    fallback = result.chosen is None
+    i, j = result.chosen if result.chosen is not None else (len(result.cheap_grid) - 1, 0)
     # The escalation interval the drift alert compares with, as estimates_at gives it.
     k, n = round(float(result.escalation[i]) * data.n), data.n
     escalation = [
@@ -161,7 +199,7 @@ def human_threshold_body(
         float(result.escalation[i]),
         float(binomial.upper(k, n, 0.025)[()]),
     ]
-    return {
+    body: dict[str, Any] = {
         "created_from": source,
         "objective": {
             "name": "human",
@@ -170,7 +208,7 @@ def human_threshold_body(
             "review_cost_usd": result.review_cost,
         },
         "procedure": {
-            "name": hum.PROCEDURE,
+            "name": hc.PROCEDURE,
             "delta": delta,
             "delta_spent": result.delta,
             "strong_thresholds_tried": [float(x) for x in result.strong_grid],
@@ -179,14 +217,15 @@ def human_threshold_body(
             if ledger is not None
             else "none (--ledger none)",
             "ledger": None if ledger is None else str(ledger),
-            "guarantee": hum.guarantee(result),
+            "guarantee": hc.guarantee(result, sample),
+            "assumptions": None if fallback else hc.assumptions(sample, result.pending),
+            "undecided_counted_wrong": result.pending,
             "review_labels": review_labels,
         },
         "window": window,
-        "status": result.status,
+        "status": "fallback: escalate all" if fallback else result.status,
         "threshold": result.cheap_threshold,
         "label_thresholds": {},
-        "strong": {"default": result.strong_threshold, "per_label": {}},
         "models": {"cheap": data.cheap_model, "strong": data.strong_model},
         "price_table_version": price_table_version,
         "dataset": {
@@ -197,15 +236,21 @@ def human_threshold_body(
         },
         "estimates": {
             "escalation_rate": escalation,
-            "human_share": float(result.human[i, j]),
-            "accuracy_vs_people": {
+            "human_share": None if fallback else float(result.human[i, j]),
+            "accuracy_vs_people": None
+            if fallback
+            else {
                 "point": float(result.accuracy[i, j]),
                 "lower_bound": float(result.accuracy_lower[i, j]),
                 "level": 1 - result.delta,
             },
             "cost_per_1k_usd": float(result.cost_per_1k[i, j]),
         },
+        "confidence_histogram": confidence_histogram(data),
     }
+    if not fallback:
+        body["strong"] = {"default": result.strong_threshold, "per_label": {}}
+    return body
 
 
 def load_threshold_file(
@@ -219,16 +264,31 @@ def load_threshold_file(
         raise ConfigError(f"{name}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("schema_version") != FILE_SCHEMA_VERSION:
         raise ConfigError(f"{name}: not a version-{FILE_SCHEMA_VERSION} threshold file")
-    models = doc.get("models") or {}
-    if models.get("cheap") != cheap_model or models.get("strong") != strong_model:
+    models = doc.get("models")
+    if (
+        not isinstance(models, dict)
+        or not isinstance(models.get("cheap"), str)
+        or not isinstance(models.get("strong"), str)
+    ):
         raise ConfigError(
-            f"{name}: calibrated for {models.get('cheap')} -> {models.get('strong')}, "
+            f"{name}: no 'models' naming the cheap and strong model it was calibrated for "
+            "(write it with escalator calibrate)"
+        )
+    if models["cheap"] != cheap_model or models["strong"] != strong_model:
+        raise ConfigError(
+            f"{name}: calibrated for {models['cheap']} -> {models['strong']}, "
             f"but the service runs {cheap_model} -> {strong_model}; calibrate again"
         )
     threshold = doc.get("threshold")
     per_label = doc.get("label_thresholds") or {}
-    if not isinstance(threshold, int | float) or not isinstance(per_label, dict):
+    if not _number(threshold) or not isinstance(per_label, dict):
         raise ConfigError(f"{name}: 'threshold' must be a number, 'label_thresholds' an object")
+    threshold = float(cast(float, threshold))
+    _in_range(name, "threshold", threshold)
+    for label, value in per_label.items():
+        if not _number(value):
+            raise ConfigError(f"{name}: label_thresholds[{label!r}] must be a number")
+        _in_range(name, f"label_thresholds[{label!r}]", value)
     unknown = set(per_label) - set(labels)
     if unknown:
         raise ConfigError(f"{name}: labels not in the task: {', '.join(sorted(unknown))}")
@@ -247,6 +307,70 @@ def load_threshold_file(
     )
 
 
+def _number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _in_range(name: str, key: str, value: float) -> None:
+    if not (0.0 <= value <= 1.0 or value == MAX_THRESHOLD):
+        raise ConfigError(
+            f"{name}: {key} is {value}; a threshold is a confidence from 0 to 1 (or "
+            f"{MAX_THRESHOLD}, escalate everything)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """What a thresholds file promises, for the live monitors (calibration/live.py)."""
+
+    version: str
+    objective: str  # quality, human, or another objective (no promise)
+    target: float
+    certified: bool  # False: refused, a fallback, or an objective without a guarantee
+    cheap_threshold: float
+    strong_threshold: float | None
+    review_labels: tuple[str, ...]
+    #: The window's cheap-confidence histogram (None in files written before it was stored).
+    histogram: tuple[int, ...] | None
+    invalid: int
+
+
+def load_promise(path: Path) -> Promise:
+    """The promise of a thresholds file that ``load_threshold_file`` accepted (its optional
+    keys read leniently: a file written before they existed promises what it promised)."""
+    name_var = f"ESCALATOR_THRESHOLDS_FILE={path}"
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{name_var}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{name_var}: not a threshold file")
+    objective = doc.get("objective") or {}
+    procedure = doc.get("procedure") or {}
+    strong = doc.get("strong") or {}
+    hist = doc.get("confidence_histogram") or {}
+    counts = hist.get("counts") if isinstance(hist, dict) else None
+    target = objective.get("target")
+    threshold = doc.get("threshold")
+    name = str(objective.get("name", "quality"))
+    certified = doc.get("status") == "certified" and name in ("quality", "human")
+    return Promise(
+        version=str(doc.get("version")),
+        objective=name,
+        target=float(target) if isinstance(target, int | float) else 1.0,
+        certified=certified and isinstance(target, int | float) and 0 < target < 1,
+        cheap_threshold=float(threshold) if isinstance(threshold, int | float) else 1.01,
+        strong_threshold=float(strong["default"])
+        if isinstance(strong.get("default"), int | float)
+        else None,
+        review_labels=tuple(str(x) for x in procedure.get("review_labels") or ()),
+        histogram=tuple(int(x) for x in counts)
+        if isinstance(counts, list) and all(isinstance(x, int) for x in counts) and counts
+        else None,
+        invalid=int(hist.get("invalid", 0)) if isinstance(hist, dict) else 0,
+    )
+
+
 def _strong(
     value: object, name: str, labels: tuple[str, ...]
 ) -> tuple[float | None, dict[str, float]]:
@@ -254,10 +378,7 @@ def _strong(
     human writes it): the strong tier's review thresholds. Absent: (None, {}), as before."""
     if value is None:
         return None, {}
-
-    def number(x: object) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool)
-
+    number = _number
     per = value.get("per_label", {}) if isinstance(value, dict) else None
     default = value.get("default") if isinstance(value, dict) else None
     if (
@@ -272,6 +393,10 @@ def _strong(
     unknown = set(per) - set(labels)
     if unknown:
         raise ConfigError(f"{name}: strong labels not in the task: {', '.join(sorted(unknown))}")
+    if default is not None:
+        _in_range(name, "strong.default", default)
+    for label, x in per.items():
+        _in_range(name, f"strong.per_label[{label!r}]", x)
     return (
         None if default is None else float(default),
         {str(k): float(v) for k, v in per.items()},

@@ -8,13 +8,19 @@ For each configured model (the cheap one and the strong one):
 - ``price``: the price table has it;
 - ``classify``: one classification of a fixed harmless text round-trips (valid label,
   ``stop_reason``, tokens, latency, cost);
-- ``cache``: a second call reads the prompt cache, or the line says why not (the prefix is
-  below that model's minimum cacheable length, which the API does not report as an error);
+- ``cache``: a second call reads the prompt cache, or a ``note`` line says why not (the
+  prefix is below that model's minimum cacheable length, which the API does not report as an
+  error): a cost to know, not a failure;
 - ``limits``: the organisation's rate limits from the ``anthropic-ratelimit-*`` headers.
 
 Then ``kafka``: the bootstrap servers answer with the configured security, and every topic
-exists (with its partition count). Exit 0 only when every check passed; otherwise exit 2 with
-one line naming the failed checks. The API key is never printed.
+exists (with its partition count and, for an input topic, its retention); the parked topic has
+no record waiting for ``escalator parked replay`` (else it says how many, and since when the
+hold they come from began). Last, ``service``: when a service listens on this host's metrics
+port (doctor run in a tier's pod), each tier's hold as ``/readyz`` reports it, with when it
+began and when the API says it ends. A model the account may not call says when the API says
+that ends (a spend cap). Exit 0 only when every check passed; otherwise exit 2 with one line
+naming the failed checks. The API key is never printed.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import anthropic
 
-from escalator.config import Settings
+from escalator.config import Settings, redacted_url
 from escalator.contract.messages import Attempt
-from escalator.errors import ConfigError, EscalatorError, ModelRejected, ModelUnavailable
+from escalator.errors import (
+    ApiBlocked,
+    ConfigError,
+    EscalatorError,
+    ModelRejected,
+    ModelUnavailable,
+)
 
 #: A text no safety classifier should decline and every model should call safe.
 HARMLESS = "What a lovely afternoon for a picnic in the park with the children."
@@ -40,9 +51,12 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: Passed, with something to know (a cost, not a fault): printed as ``note``.
+    note: bool = False
 
     def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+        status = "FAIL" if not self.ok else "note" if self.note else "ok  "
+        return f"{status} {self.name}: {self.detail}"
 
 
 def _usd(x: float) -> str:
@@ -99,7 +113,7 @@ async def check_model_end_to_end(
         first = await classifier.classify(HARMLESS)
         second = await classifier.classify(HARMLESS + " ")
     except (ModelUnavailable, ModelRejected) as exc:
-        checks.append(Check(f"classify {model}", False, str(exc)))
+        checks.append(Check(f"classify {model}", False, str(exc) + _ends(exc)))
         return checks
     checks.append(_classified(model, first))
     checks.append(_cached(model, first, second, profile.cache_min_tokens))
@@ -119,6 +133,20 @@ async def check_model_end_to_end(
             )
         )
     return checks
+
+
+def _ends(exc: Exception) -> str:
+    """For a blocked account, when the API says the block ends (a spend cap)."""
+    from escalator.model.holds import resumes_at
+
+    if not isinstance(exc, ApiBlocked):
+        return ""
+    ends = resumes_at(exc.kind, str(exc), time.time())
+    return "" if ends is None else f"; the API says access resumes at {_iso(ends)}"
+
+
+def _iso(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
 def _classified(model: str, a: Attempt) -> Check:
@@ -142,12 +170,14 @@ def _cached(model: str, first: Attempt, second: Attempt, minimum: int) -> Check:
             f"cache {model}", True, f"second call read {second.cache_read_tokens} cached tokens"
         )
     prefix = first.cache_write_tokens or first.input_tokens
+    # A cost to know about, not a fault: the calls work, at full input price.
     return Check(
         f"cache {model}",
-        False,
+        True,
         f"nothing was cached: the prompt has about {prefix} tokens, below {model}'s minimum "
         f"cacheable prefix of {minimum} (the API caches nothing below it and says nothing); "
         "every call pays full input price",
+        note=True,
     )
 
 
@@ -171,7 +201,81 @@ async def check_kafka(settings: Settings) -> list[Check]:
         except EscalatorError:
             checks.append(Check(f"topic {topic}", False, "missing: run `escalator topics create`"))
             continue
-        checks.append(Check(f"topic {topic}", True, f"{len(partitions)} partitions"))
+        detail = f"{len(partitions)} partitions"
+        if topic in (t.requests, t.escalations, t.reviews, t.adjudications, t.parked):
+            detail += f"; {await _retention(settings, topic)}"
+        if topic == t.parked:
+            checks.append(await _parked(settings, detail))
+            continue
+        checks.append(Check(f"topic {topic}", True, detail))
+    return checks
+
+
+async def _retention(settings: Settings, topic: str) -> str:
+    from escalator.kafka.admin import describe_configs
+    from escalator.kafka.retention import TopicRetention
+
+    configs = await describe_configs(settings.kafka, [topic])
+    return TopicRetention.from_configs(topic, configs.get(topic, {})).describe()
+
+
+async def _parked(settings: Settings, detail: str) -> Check:
+    """The parked topic: records waiting for ``escalator parked replay`` fail the check."""
+    from escalator.kafka.parked import scan_parked
+
+    topic = settings.topics.parked
+    scan = await scan_parked(settings)
+    if scan.total == 0:
+        return Check(f"topic {topic}", True, f"{detail}; nothing waits to be replayed")
+    since = _iso(scan.held_since_ms / 1000) if scan.held_since_ms is not None else "?"
+    ends = f", the API said it ends at {scan.hold_ends_at}" if scan.hold_ends_at else ""
+    reasons = ", ".join(sorted({reason for _, reason in scan.waiting}))
+    return Check(
+        f"topic {topic}",
+        False,
+        f"{detail}; {scan.total} parked record(s) wait for `escalator parked replay`, from a "
+        f"hold ({reasons or '?'}) that began at {since}{ends}",
+    )
+
+
+async def check_service(settings: Settings) -> list[Check]:
+    """The holds of a service on this host (``/readyz`` on the metrics port), if one runs."""
+    import aiohttp
+
+    port = settings.metrics_port
+    if not port:
+        return []
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+            session.get(url) as response,
+        ):
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return [Check("service", True, f"no Escalator service answers {url} (run doctor in a "
+                      "tier's pod to see its holds)")]  # fmt: skip
+    checks = []
+    for tier in body.get("tiers", []) if isinstance(body, dict) else []:
+        name = f"service {tier.get('tier')}"
+        if not tier.get("held"):
+            state = "joined" if tier.get("joined") else "not joined yet"
+            checks.append(Check(name, bool(tier.get("joined")), f"{state}; not held"))
+            continue
+        ends = tier.get("hold_ends")
+        checks.append(
+            Check(
+                name,
+                False,
+                f"held ({tier.get('held')}) since {tier.get('held_since') or '?'}"
+                + (
+                    f"; the API says it ends at {ends}"
+                    if ends
+                    else "; no end date: someone must act"
+                )
+                + f": {tier.get('message')}",
+            )
+        )
     return checks
 
 
@@ -189,6 +293,7 @@ async def run_doctor(settings: Settings) -> list[Check]:
         checks += await check_kafka(settings)
     else:
         checks.append(Check("kafka", False, "KAFKA_BOOTSTRAP_SERVERS is not set"))
+    checks += await check_service(settings)
     return checks
 
 
@@ -197,16 +302,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     settings = settings_from_env(require_kafka=False)
     base = settings.model.base_url
-    if base:
-        # Never print credentials a proxy URL may carry (https://user:token@host).
-        parts = urlsplit(base)
-        if parts.username or parts.password:
-            base = parts._replace(
-                netloc=f"***@{parts.hostname}{f':{parts.port}' if parts.port else ''}"
-            ).geturl()
-    where = f"the API at {base}" if base else "the Claude API"
+    if settings.model.api_key is None and base is None:
+        raise ConfigError(
+            "set ANTHROPIC_API_KEY (the Claude API), or ANTHROPIC_BASE_URL to an emulator "
+            "(`escalator sim` prints its URL)"
+        )
+    # Never print credentials a proxy URL may carry (https://user:token@host).
+    where = f"the API at {redacted_url(base)}" if base else "the Claude API"
     if settings.model.simulated:
-        where += " (no ANTHROPIC_API_KEY: the emulator, simulated)"
+        where += " (no ANTHROPIC_API_KEY: simulated answers)"
     print(f"escalator doctor: checking against {where}")
     started = time.monotonic()
     checks = asyncio.run(run_doctor(settings))
@@ -216,7 +320,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     took = time.monotonic() - started
     if failed:
         raise EscalatorError(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}")
-    print(f"all {len(checks)} checks passed in {took:.1f} s")
+    notes = sum(c.note for c in checks)
+    noted = f" ({notes} note{'s' if notes > 1 else ''} above)" if notes else ""
+    print(f"all {len(checks)} checks passed in {took:.1f} s{noted}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,35 @@ from typing import Any
 import orjson
 
 from escalator.calibration import decisions_log
-from escalator.cli._common import parse_time, settings_from_env
+from escalator.cli._common import (
+    existing_file,
+    fraction,
+    integer,
+    number,
+    parse_time,
+    settings_from_env,
+    writable_path,
+)
 from escalator.errors import EscalatorError
 
 
-def _records(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+def _records(
+    args: argparse.Namespace, *, late_decisions: bool = False
+) -> tuple[list[dict[str, Any]], str]:
+    """The window's records; with ``late_decisions``, also the human decisions made after
+    ``--until`` for the window's own requests (calibrate: people decide after the window)."""
     settings = settings_from_env(require_kafka=args.input is None)
     since = parse_time(args.since, "--since")
     until = parse_time(args.until, "--until")
     kafka = settings.kafka if args.input is None else None
-    records = decisions_log.load(kafka, settings.topics.decisions, args.input, since, until)
+    if kafka is not None:  # an unreachable broker, named in one line before reading
+        from escalator.kafka.clients import check_connection
+
+        asyncio.run(check_connection(kafka))
+    read_until = None if late_decisions else until
+    records = decisions_log.load(kafka, settings.topics.decisions, args.input, since, read_until)
+    if late_decisions:
+        records = decisions_log.with_late_decisions(records, until)
     source = str(args.input) if args.input else f"topic {settings.topics.decisions}"
     return records, source
 
@@ -85,17 +105,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from escalator.calibration.render import calibration_table, plan_table, plot, refusal
 
     settings = settings_from_env(require_kafka=False)
+    _check_target(args)
     prices = _prices(settings)
     target = args.target
     if target is None:
         if args.objective not in ("quality", "human"):
             raise EscalatorError(f"--objective {args.objective} needs --target")
         target = 0.95 if args.objective == "human" else 0.98
-    if args.objective == "human" and args.plan:
-        raise EscalatorError("--plan sizes the shadow measurement; it has no human objective")
     if args.plan and args.assume_accepted is not None:
+        if args.objective == "human":
+            raise EscalatorError(
+                "--objective human --plan needs a pilot log (--input or the topic)"
+            )
         return _plan_assumed(args, target, prices, settings)
-    records, source = _records(args)
+    records, source = _records(args, late_decisions=True)
     grid = cal.grid_arg(args.grid) if args.grid else None
     data = cal.pair_decisions(records)
     ledger = _ledger_path(args) if args.objective in ("quality", "human") else None
@@ -106,6 +129,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     attempt = len(attempts) + 1
     delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
+    if args.plan and args.objective == "human":
+        return _plan_human(args, records, data, target, tfile.spent(args.delta, attempt))
     if args.plan:
         result = cal.calibrate(data, target=target, delta=delta, margin=args.margin, grid=grid)
         call = args.strong_call_usd or _strong_call_usd(records, prices)
@@ -129,7 +154,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"calibrate: this window ({window['first_ts']} .. {window['last_ts']}) overlaps "
                 f"attempt {seen.get('attempt')} ({w.get('first_ts')} .. {w.get('last_ts')}, "
                 f"{seen.get('status')}) in {ledger}: a window certifies once; measure on and "
-                f"use --since after {w.get('last_ts')}",
+                f"use --since after {w.get('last_ts')} (to explore without spending the "
+                "ledger's error budget: --ledger none --output elsewhere.json, which certifies "
+                "nothing you should deploy)",
                 file=sys.stderr,
             )
             return EXIT_REFUSED
@@ -188,8 +215,51 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_target(args: argparse.Namespace) -> None:
+    """--target's range depends on the objective: checked before any data is read."""
+    target = args.target
+    if target is None:
+        return
+    if args.objective in ("quality", "human") and not 0 < target <= 1:
+        raise EscalatorError(f"--target {target}: agreement or accuracy must be in (0, 1]")
+    if args.objective == "rate" and not 0 <= target <= 1:
+        raise EscalatorError(f"--target {target}: an escalation rate must be in [0, 1]")
+    if args.objective == "budget" and not target > 0:
+        raise EscalatorError(f"--target {target}: a budget in USD per 1,000 must be above 0")
+
+
+def _grid(text: str) -> str:
+    """An argparse type: a valid --grid (parsed again where used)."""
+    from escalator.calibration import certify as cal
+
+    try:
+        cal.grid_arg(text)
+    except EscalatorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _strong_grid(text: str) -> str:
+    """An argparse type: a valid --strong-grid (parsed again where used)."""
+    from escalator.calibration import human_certify
+
+    try:
+        human_certify.strong_grid_arg(text)
+    except EscalatorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _tokens(text: str) -> str:
+    """An argparse type: INPUT:OUTPUT token counts."""
+    given, _, out = text.partition(":")
+    if not given.isdigit() or not (out == "" or out.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not INPUT:OUTPUT token counts")
+    return text
+
+
 def _review_labels(args: argparse.Namespace) -> list[str]:
-    from escalator.calibration.human import DEFAULT_REVIEW_LABELS
+    from escalator.calibration.adjudications import DEFAULT_REVIEW_LABELS
 
     given = args.review_label or list(DEFAULT_REVIEW_LABELS)
     return [] if given == ["none"] else given
@@ -200,10 +270,10 @@ def _print_people(
 ) -> None:
     """The against-people table, when the window has adjudicated human decisions (only then:
     the output without human decisions is what it always was)."""
-    from escalator.calibration import human
+    from escalator.calibration import adjudications, human
     from escalator.calibration.render import people_table
 
-    h = human.human_sample(records, data, _review_labels(args))
+    h = adjudications.human_sample(records, data, _review_labels(args))
     if h is not None and h.m > 0:
         print(people_table(h, human.people_curve(h, t, delta)))
 
@@ -218,21 +288,32 @@ def _calibrate_human(
     attempt: int,
     prices: Any,
 ) -> int:
+    from escalator.calibration import adjudications as adj
     from escalator.calibration import certify as cal
-    from escalator.calibration import human
+    from escalator.calibration import human_certify as hc
     from escalator.calibration import threshold_file as tfile
     from escalator.calibration.render import human_table
 
     labels = _review_labels(args)
-    h = human.human_sample(records, data, labels)
+    h = adj.human_sample(records, data, labels)
     if h is None:
         raise EscalatorError(
             "--objective human needs human decisions in the decisions log (adjudications: "
             "ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
         )
+    if not h.draws_recorded:
+        raise EscalatorError(
+            "the window's strong decisions record no adjudication draw, so undecided "
+            "adjudications cannot be told apart from unsampled requests: calibrate on a window "
+            "measured since the strong tier records them (--since)"
+        )
+    if h.pending.any() and args.undecided == "refuse":
+        # Before any person's label is read: nothing is spent, the window stays usable.
+        print(hc.pending_refusal(h), file=sys.stderr)
+        return EXIT_REFUSED
     delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
-    strong_conf, strong_review = human.strong_confidences(records, data, labels)
-    result = human.calibrate_human(
+    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
+    result = hc.calibrate_human(
         data,
         h,
         strong_conf,
@@ -242,7 +323,7 @@ def _calibrate_human(
         delta=delta,
         review_cost=args.review_cost or 0.0,
         grid=cal.grid_arg(args.grid) if args.grid else None,
-        strong_grid=human.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
+        strong_grid=hc.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
     )
     print(human_table(data, h, result, source))
     if ledger is not None:
@@ -257,18 +338,22 @@ def _calibrate_human(
                 "target": result.target,
                 "human_budget": result.budget,
                 "delta_spent": delta,
+                "undecided": result.pending,
                 "threshold": None if result.chosen is None else result.cheap_threshold,
                 "strong_threshold": None if result.chosen is None else result.strong_threshold,
                 "dataset_sha256": data.fingerprint(),
             },
         )
+    fallback = args.fallback == "escalate-all"
     if result.status == "refused":
-        need = human.needed(data, h, result, tfile.spent(args.delta, attempt + 1))
-        print(human.refusal(result, need), file=sys.stderr)
-        return EXIT_REFUSED
+        need = hc.needed(data, h, result, tfile.spent(args.delta, attempt + 1), args.power)
+        print(hc.refusal(result, need), file=sys.stderr)
+        if not fallback:
+            return EXIT_REFUSED
     body = tfile.human_threshold_body(
         result,
         data,
+        h,
         source=source,
         delta=args.delta,
         window=window,
@@ -282,6 +367,42 @@ def _calibrate_human(
         f"\nthreshold file: {args.output} (version {version}); "
         f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
     )
+    return 0
+
+
+def _plan_human(
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    data: Any,
+    target: float,
+    delta_next: float,
+) -> int:
+    from escalator.calibration import adjudications as adj
+    from escalator.calibration import certify as cal
+    from escalator.calibration import human_certify as hc
+    from escalator.calibration.human_plan import plan_adjudication, render_plan
+
+    labels = _review_labels(args)
+    h = adj.human_sample(records, data, labels)
+    if h is None or h.decided == 0:
+        raise EscalatorError(
+            "--objective human --plan needs a pilot with adjudicated human decisions "
+            "(ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
+        )
+    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
+    result = hc.calibrate_human(
+        data,
+        h,
+        strong_conf,
+        strong_review,
+        target=target,
+        budget=args.human_budget,
+        delta=delta_next,
+        grid=cal.grid_arg(args.grid) if args.grid else None,
+        strong_grid=hc.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
+    )
+    plan = plan_adjudication(data, h, result, delta_next, args.power)
+    print(render_plan(plan, result))
     return 0
 
 
@@ -368,7 +489,7 @@ class _Defaults(argparse.HelpFormatter):
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
-        type=Path,
+        type=existing_file,
         default=None,
         help="decisions JSONL (default: read the decisions topic)",
     )
@@ -379,7 +500,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser("export", help="write the decisions log as JSON lines")
     _source_args(export)
-    export.add_argument("--output", default=None, help="file (default: stdout)")
+    export.add_argument("--output", type=writable_path, default=None, help="file (default: stdout)")
     export.set_defaults(func=cmd_export)
 
     calibrate = sub.add_parser(
@@ -406,27 +527,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     calibrate.add_argument(
         "--target",
-        type=float,
+        type=number(),
         default=None,
         help="quality: agreement to certify (default 0.98); rate: escalation rate; "
         "budget: USD per 1,000 requests (required for rate and budget)",
     )
     calibrate.add_argument(
         "--delta",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True, hi_open=True),
         default=0.05,
         help="error budget: the guarantee holds with probability >= 1 - delta; with a "
         "ledger, attempt k spends delta * 6 / (pi^2 k^2) of it",
     )
     calibrate.add_argument(
         "--margin",
-        type=float,
+        type=fraction,
         default=0.10,
         help="refuse when the lowest certifiable threshold escalates more than this above the "
         "best threshold by point estimate (1 accepts any certified threshold)",
     )
     calibrate.add_argument(
         "--grid",
+        type=_grid,
         default=None,
         help="START:STOP:STEP thresholds (default 0:1:0.01), tested "
         "from the top down after escalate-all",
@@ -439,6 +561,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     calibrate.add_argument(
         "--output",
+        type=writable_path,
         default="thresholds.json",
         help="the thresholds file to write (written only when certified, or with --fallback)",
     )
@@ -460,69 +583,72 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--plan",
         action="store_true",
         help="print the measurement plan (requests, shadowed answers, duration, shadow cost "
-        "per shadow rate) instead of calibrating; writes nothing",
+        "per shadow rate; with --objective human, the adjudication rates that minimise the "
+        "bound's variance for the same people's time) instead of calibrating; writes nothing",
     )
     calibrate.add_argument(
         "--power",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True, hi_open=True),
         default=0.8,
         help="plans (and the refusal's estimate) size the window to pass with about this "
         "probability",
     )
     calibrate.add_argument(
         "--traffic-per-hour",
-        type=float,
+        type=number(0.0, lo_open=True),
         default=None,
         help="plan: requests per hour (default: the window's observed rate)",
     )
     calibrate.add_argument(
         "--assume-threshold",
-        type=float,
+        type=number(0.0, 1.01),
         default=None,
         help="plan: threshold in force while measuring (default: the window's)",
     )
     calibrate.add_argument(
         "--assume-accepted",
-        type=float,
+        type=number(0.0, 1.0, lo_open=True),
         default=None,
         help="plan without a log: share of traffic accepted at the threshold to certify",
     )
     calibrate.add_argument(
         "--assume-disagreement",
-        type=float,
+        type=fraction,
         default=None,
         help="plan without a log: share of those accepted answers that the strong model "
         "would answer differently",
     )
     calibrate.add_argument(
         "--strong-call-usd",
-        type=float,
+        type=number(0.0),
         default=None,
         help="plan: cost of one shadow call (default: the window's strong calls re-priced "
         "with the price table)",
     )
     calibrate.add_argument(
         "--assume-strong-tokens",
+        type=_tokens,
         default="1500:20",
         help="plan without a log: INPUT:OUTPUT tokens of one strong call, priced with the "
         "price table",
     )
     calibrate.add_argument(
         "--human-budget",
-        type=float,
+        type=fraction,
         default=0.05,
         help="objective human: the largest share of traffic (0..1) that may be sent to people "
         "by the routing (estimated; adjudication samples are extra)",
     )
     calibrate.add_argument(
         "--review-cost",
-        type=float,
+        type=number(0.0),
         default=None,
         help="objective human: USD per item decided by a person, added to the cost that "
         "orders the pairs (default: 0, people ranked by share only)",
     )
     calibrate.add_argument(
         "--strong-grid",
+        type=_strong_grid,
         default=None,
         help="objective human: comma-separated strong thresholds to try (default "
         "0,0.5,0.6,0.7,0.8,0.9,0.95,0.99,1.01; each costs delta / K)",
@@ -534,17 +660,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a label the strong answer cannot settle (sent to people); repeat for more; "
         "'none' for no such label (default: review-needed, when the log has it)",
     )
-    calibrate.add_argument("--plot", default=None, help="PNG path (needs the plot extra)")
+    calibrate.add_argument(
+        "--undecided",
+        choices=["refuse", "wrong"],
+        default="refuse",
+        help="objective human: what to do with adjudications sampled but not decided yet. "
+        "refuse: exit 3 saying how many and when to try again, before reading any person's "
+        "label (no attempt spent); wrong: count each as wrong (always valid, often a refusal)",
+    )
+    calibrate.add_argument(
+        "--plot", type=writable_path, default=None, help="PNG path (needs the plot extra)"
+    )
     calibrate.set_defaults(func=cmd_calibrate)
 
     report = sub.add_parser("report", help="spend, savings and escalation from the decisions log")
     _source_args(report)
-    report.add_argument("--monthly-volume", type=int, default=None)
+    report.add_argument(
+        "--monthly-volume",
+        type=integer(1),
+        default=None,
+        help="requests per month: adds a monthly projection of spend and savings",
+    )
     report.add_argument(
         "--review-cost",
-        type=float,
+        type=number(0.0),
         default=None,
         help="USD per human decision: prices the human tier's items (default: counted only)",
     )
-    report.add_argument("--json", action="store_true")
+    report.add_argument(
+        "--json", action="store_true", help="the report as one JSON object (for tools)"
+    )
     report.set_defaults(func=cmd_report)

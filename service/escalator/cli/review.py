@@ -13,7 +13,7 @@ import asyncio
 import getpass
 import sys
 
-from escalator.cli._common import settings_from_env
+from escalator.cli._common import check_port_free, settings_from_env
 from escalator.errors import EscalatorError
 
 
@@ -23,10 +23,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from escalator.review.auth import load_authenticator
     from escalator.review.service import serve
 
-    settings = settings_from_env()
-    logs.configure(settings.log_level)
+    settings = settings_from_env(role="review")
     rv = settings.review
     auth = load_authenticator(rv.tokens_file, rv.passwords_file)
+    check_port_free(
+        settings.metrics_host,
+        settings.metrics_port,
+        "ESCALATOR_METRICS_PORT",
+        "ESCALATOR_METRICS_HOST",
+    )
+    check_port_free(rv.host, rv.port, "ESCALATOR_REVIEW_PORT", "ESCALATOR_REVIEW_HOST")
+    logs.configure(settings.log_level)
 
     async def main() -> None:
         await check_connection(settings.kafka)
@@ -67,12 +74,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     review = sub.add_parser("review", help="the human tier's review console")
     commands = review.add_subparsers(dest="review_command", required=True)
     serve = commands.add_parser(
-        "serve", help="serve the review page (ESCALATOR_REVIEW_HOST:ESCALATOR_REVIEW_PORT)"
+        "serve",
+        help="serve the review page (ESCALATOR_REVIEW_HOST:ESCALATOR_REVIEW_PORT, default "
+        "127.0.0.1:8080; metrics on ESCALATOR_METRICS_PORT, default 9466)",
     )
     serve.set_defaults(func=cmd_serve)
     hashed = commands.add_parser(
         "hash", help="print a reviewer's line for the tokens or passwords file"
     )
     hashed.add_argument("name", help="the reviewer id, as decisions will record it")
-    hashed.add_argument("--kind", choices=("password", "token"), default="password")
+    hashed.add_argument(
+        "--kind",
+        choices=("password", "token"),
+        default="password",
+        help="password: read it (twice at a terminal); token: make a random one and show it "
+        "once (default password)",
+    )
     hashed.set_defaults(func=cmd_hash)

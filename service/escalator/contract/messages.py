@@ -124,6 +124,24 @@ class Escalation:
     sample_rate: float = 1.0
 
 
+#: Dead-letter reasons that describe the record's own bytes (not JSON, not UTF-8, a field
+#: missing or of the wrong type, an id too long): replaying the same bytes fails the same way.
+#: (``text_too_long`` is not one of them: raising ESCALATOR_MAX_TEXT_CHARS fixes it.)
+MALFORMED_REASONS = frozenset(
+    {
+        "empty_value",
+        "invalid_utf8",
+        "invalid_json",
+        "wrong_type",
+        "missing_field",
+        "empty_field",
+        "id_too_long",
+        "invalid_escalation",
+        "invalid_review_item",
+    }
+)
+
+
 def _fail(reason: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, reason=reason)
 
@@ -219,29 +237,33 @@ def decision_value(
     sample_rate: float | None = None,
     threshold: float | None = None,
     shadow_rate: float | None = None,
+    adjudication: tuple[bool, float] | None = None,
 ) -> bytes:
     """One record per model call for the decisions log (schemas/decision.v1.json).
 
     A cheap decision also records the threshold it was routed by and the shadow rate in
     force, so that calibration knows, for every request, whether a strong answer was certain
-    (confidence below the threshold) or sampled with that rate."""
+    (confidence below the threshold) or sampled with that rate. The strong tier's final answer
+    records its adjudication draw, ``(sampled, rate)``: calibration then knows which requests
+    were put before people, decided or not yet (added within version 1; absent elsewhere)."""
     now = time.time()
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "id": request.id,
-            "attempt": attempt,
-            "outcome": outcome,
-            "threshold_version": threshold_version,
-            "threshold": threshold,
-            "shadow_rate": shadow_rate,
-            "shadow": shadow,
-            "sample_rate": sample_rate,
-            "gold_label": gold_label(request),
-            "ts": iso_from(now),
-            "ts_ms": int(now * 1000),
-        }
-    )
+    value: dict[str, object] = {
+        "schema_version": SCHEMA_VERSION,
+        "id": request.id,
+        "attempt": attempt,
+        "outcome": outcome,
+        "threshold_version": threshold_version,
+        "threshold": threshold,
+        "shadow_rate": shadow_rate,
+        "shadow": shadow,
+        "sample_rate": sample_rate,
+        "gold_label": gold_label(request),
+        "ts": iso_from(now),
+        "ts_ms": int(now * 1000),
+    }
+    if adjudication is not None:
+        value["adjudication"] = {"sampled": adjudication[0], "rate": adjudication[1]}
+    return orjson.dumps(value)
 
 
 def result_value(
@@ -275,6 +297,11 @@ def result_value(
 
 def now_iso() -> str:
     return iso_from(time.time())
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """:func:`iso_from` for epoch milliseconds, exact (no float rounding of the fraction)."""
+    return f"{_second(epoch_ms // 1000)}.{epoch_ms % 1000:03d}Z"
 
 
 def iso_from(epoch_s: float) -> str:

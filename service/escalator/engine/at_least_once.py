@@ -20,7 +20,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from escalator.engine.delivery import Bound, Output, PartitionTracker
 from escalator.kafka.clients import ProducerHandle
-from escalator.observability.logs import log
+from escalator.observability.logs import log, log_repeating
 
 logger = logging.getLogger("escalator.pipeline")
 
@@ -117,7 +117,7 @@ class AtLeastOnce:
 
     async def _produce_failed(self, exc: KafkaError, producer: AIOKafkaProducer) -> None:
         self._w.series.produce_errors.inc()
-        log(logger, "produce_failed", logging.WARNING, tier=self._w.tier, error=repr(exc))
+        log_repeating(logger, "produce_failed", logging.WARNING, tier=self._w.tier, error=repr(exc))
         with contextlib.suppress(KafkaError):
             await self._producer.repair(exc, failed=producer)
 
@@ -167,7 +167,9 @@ class AtLeastOnce:
             return
         except KafkaError as exc:
             w.metrics.commits.labels(w.tier, "retry").inc()
-            log(logger, "commit_failed_will_retry", logging.WARNING, tier=w.tier, error=repr(exc))
+            log_repeating(
+                logger, "commit_failed_will_retry", logging.WARNING, tier=w.tier, error=repr(exc)
+            )
             return
         for tp, tracker, part, finished in covered:
             tracker.committed = offsets[tp].offset

@@ -30,12 +30,14 @@ from escalator.observability.metrics import Metrics, TierSeries
 
 class Output(NamedTuple):
     """One record to produce for an input record. A tuple: a frozen dataclass's __init__
-    cost a microsecond per output on the per-record path (B1 in BENCHMARKS.md)."""
+    cost a microsecond per output on the per-record path (B1 in BENCHMARKS.md). A value or a
+    header value may be null only on a parked copy (``engine/parking.py``), which keeps the
+    record byte for byte."""
 
     topic: str
-    value: bytes
+    value: bytes | None
     key: bytes | None
-    headers: Headers = []
+    headers: Headers | list[tuple[str, bytes | None]] = []
 
 
 class PartitionTracker:

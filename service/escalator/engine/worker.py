@@ -11,6 +11,10 @@ chosen once by the service. The worker has no branch on the guarantee.
 What to do with a record is the job of a :class:`Handler` (``tiers/handlers.py``): it returns
 the outputs. Only once the strategy has taken them (for at-least-once: every acknowledgement
 is in) does the offset count as done; the watermark below which all are done is what commits.
+
+A held record that nears its topic's retention is parked instead (``parking.py``): its held
+call is cancelled, or it is fetched although the tier is held, and its output is a copy of it
+on the parked topic, delivered and committed through the same strategy.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from escalator.config import PipelineSettings, default_of
 from escalator.engine.delivery import Bound, Delivery, Output, PartitionTracker
+from escalator.engine.parking import Parking, watching
+from escalator.kafka.clients import stop_consumer
 from escalator.model.limits import AdaptiveLimit
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
@@ -34,6 +40,17 @@ from escalator.observability.metrics import Metrics
 __all__ = ["Handler", "Output", "PartitionTracker", "Record", "TierWorker", "WorkerOptions"]
 
 logger = logging.getLogger("escalator.pipeline")
+#: Of ESCALATOR_SHUTDOWN_GRACE_S (at most half of it), what the drain leaves for the final
+#: commit (3/8), leaving the group (1/4) and, in app.py, the producer's flush and stop (1/8
+#: each): 7/8 of it at most, the rest for the process's own exit. Each is a bound that only a
+#: broker outage reaches; a commit that misses it leaves its records to be redone.
+STOP_RESERVE_S = 6.0
+MIN_FINAL_COMMIT_S = 1.0
+
+
+def stop_reserve_s(grace_s: float) -> float:
+    """The part of the shutdown grace kept for what follows the drain (see STOP_RESERVE_S)."""
+    return min(STOP_RESERVE_S, grace_s / 2)
 
 
 class Record(Protocol):
@@ -109,6 +126,7 @@ class TierWorker:
         metrics: Metrics,
         options: WorkerOptions,
         limit: AdaptiveLimit | None = None,
+        parking: Parking | None = None,
     ) -> None:
         self.topic = topic
         self.tier = handler.tier
@@ -137,6 +155,13 @@ class TierWorker:
         self._keepalive_s = min(5.0, options.max_poll_interval_ms / 4000)
         self._fatal: BaseException | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        # Parking: the tasks whose records are in the handler now (by partition and offset),
+        # and those cancelled to be parked instead.
+        self._parking = parking
+        self._handling: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
+        self._park_cancels: set[asyncio.Task[None]] = set()
+        if parking is not None:
+            parking.bind(self._trackers, self._park_in_flight)
         delivery.bind(
             Bound(
                 tier=self.tier,
@@ -193,30 +218,65 @@ class TierWorker:
     # -- main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         self._consumer.subscribe([self.topic], listener=_Listener(self))
-        await self._consumer.start()
         try:
-            while not self._stopping.is_set():
-                await self._poll_once()
-                if self._commit_due() and self._commit_idle():
-                    # A commit (a round trip, or a transaction's several) runs beside the poll
-                    # loop, one at a time: awaited here it would leave freed model slots idle
-                    # until it returned (B1, B3 in BENCHMARKS.md). aiokafka's commit lock keeps
-                    # commits in order.
-                    self._last_commit = time.monotonic()
-                    self._uncommitted_done = 0
-                    self._commit_task = asyncio.create_task(self._commit())
-            await self._drain(self._opts.shutdown_grace_s)
-            if self._commit_task is not None:
-                await self._commit_task
-            await self._commit()
+            await self._start_consumer()
+            async with watching(self._parking):
+                while not self._stopping.is_set():
+                    await self._poll_once()
+                    if self._commit_due() and self._commit_idle():
+                        # A commit (a round trip, or a transaction's several) runs beside the
+                        # poll loop, one at a time: awaited here it would leave freed model
+                        # slots idle until it returned (B1, B3 in BENCHMARKS.md). aiokafka's
+                        # commit lock keeps commits in order.
+                        self._last_commit = time.monotonic()
+                        self._uncommitted_done = 0
+                        self._commit_task = asyncio.create_task(self._commit())
+            # The whole shutdown fits in the grace: the drain leaves a reserve for the final
+            # commit and leaving the group, which cannot finish in a broker outage (then they
+            # give up at their bound: uncommitted work is redone by the next owner).
+            reserve = stop_reserve_s(self._opts.shutdown_grace_s)
+            await self._drain(self._opts.shutdown_grace_s - reserve)
+            await self._final_commit(reserve * 3 / 8)
         finally:
             await self._cancel_remaining()
             self._series.ready.set(0)
-            await self._consumer.stop()  # leaves the group
+            reserve = stop_reserve_s(self._opts.shutdown_grace_s)
+            await stop_consumer(self._consumer, timeout_s=reserve / 4)  # leaves the group
             await self._delivery.close()
             log(logger, "worker_stopped", tier=self.tier)
         if self._fatal is not None:
             raise self._fatal
+
+    async def _start_consumer(self) -> None:
+        """``consumer.start()``, which waits for the first assignment (a join that can take a
+        session timeout, or forever without a broker), abandoned if we are stopped first."""
+        start = asyncio.ensure_future(self._consumer.start())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not start.done():
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await start
+        if not start.cancelled():
+            start.result()
+
+    async def _final_commit(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(max(timeout_s, MIN_FINAL_COMMIT_S)):
+                if self._commit_task is not None:
+                    await self._commit_task
+                await self._commit()
+        except TimeoutError:
+            log(
+                logger,
+                "final_commit_timed_out",
+                logging.WARNING,
+                tier=self.tier,
+                uncommitted=self._pending + self._delivery.uncommitted(),
+            )
 
     def _commit_idle(self) -> bool:
         task = self._commit_task
@@ -233,8 +293,25 @@ class TierWorker:
     async def _poll_once(self) -> None:
         if self._handler.should_pause():
             # The breaker is open: take no new work, but keep polling so the group keeps us.
-            self._set_paused(True)
-            self._dispatch(await self._consumer.getmany(timeout_ms=self._opts.poll_timeout_ms))
+            # Partitions being parked are fetched still, within the uncommitted budget.
+            free = self.max_pending - self._pending - self._delivery.reserved()
+            parking = self._parking.parking() if self._parking is not None and free > 0 else set()
+            if not parking and self._parking is not None and self._in_flight == 0 and free > 0:
+                # Everything held was parked: without a call waiting, the breaker would have
+                # nothing to probe with and the hold would never end. Take one record.
+                self._set_paused(True, keep=self._consumer.assignment())
+                self._dispatch(
+                    await self._consumer.getmany(
+                        timeout_ms=self._opts.poll_timeout_ms, max_records=1
+                    )
+                )
+                return
+            self._set_paused(True, keep=parking)
+            self._dispatch(
+                await self._consumer.getmany(
+                    timeout_ms=self._opts.poll_timeout_ms, max_records=free if parking else None
+                )
+            )
             return
         free = min(
             self.limit.limit - self._in_flight,
@@ -258,6 +335,7 @@ class TierWorker:
 
     def _dispatch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         not_ready = self._delivery.not_ready
+        parking = self._parking
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
             if tracker is None or tp in not_ready:
@@ -266,6 +344,9 @@ class TierWorker:
                     # these again later rather than skip them.
                     self._consumer.seek(tp, records[0].offset)
                 continue  # not (or no longer) ours: the new owner reads from the committed offset
+            if parking is not None and parking.until(tp) is not None:
+                self._dispatch_parked(parking, tp, tracker, records)
+                continue
             for record in records:
                 tracker.add(record.offset)
                 self._in_flight += 1
@@ -275,22 +356,54 @@ class TierWorker:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    def _set_paused(self, pause: bool) -> None:
+    def _dispatch_parked(
+        self, parking: Parking, tp: TopicPartition, tracker: PartitionTracker, records: list[Any]
+    ) -> None:
+        """Records of a partition being parked: below its end mark each is parked (no model
+        slot); from the mark on they wait, unfetched, for the hold to end."""
+        until = parking.until(tp)
+        for record in records:
+            if until is None or record.offset >= until:
+                self._consumer.seek(tp, record.offset)
+                parking.reached(tp)
+                return
+            tracker.add(record.offset)
+            self._pending += 1
+            task = asyncio.create_task(self._park(tp, tracker, record))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            if record.offset + 1 >= until:
+                parking.reached(tp)
+
+    def _set_paused(self, pause: bool, keep: set[TopicPartition] | None = None) -> None:
         assignment = self._consumer.assignment()
         paused = self._consumer.paused()
+        if keep:
+            # Held, but these partitions are being parked: fetch them.
+            if assignment - paused - keep:
+                self._consumer.pause(*(assignment - paused - keep))
+            if (keep & paused) - self._delivery.not_ready:
+                self._consumer.resume(*((keep & paused) - self._delivery.not_ready))
+            self._paused = True
+            self._series.paused_partitions.set(len(assignment - keep))
+            return
         if pause and assignment - paused:
             self._consumer.pause(*(assignment - paused))
         elif not pause and paused - self._delivery.not_ready:
             self._consumer.resume(*(paused - self._delivery.not_ready))
-        if pause != self._paused:
+        if pause != self._paused or pause:
             self._paused = pause
             self._series.paused_partitions.set(len(assignment) if pause else 0)
 
     async def _process(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
         started = time.perf_counter()
         holds_slot = True
+        parked = False
         try:
-            outputs = await self._handler.handle(record)
+            if self._parking is None:
+                outputs = await self._handler.handle(record)
+            else:
+                outputs, parked = await self._answer_or_park(tp, record)
             self._release_slot()
             holds_slot = False
             await self._delivery.deliver(tp, tracker, record.offset, outputs)
@@ -302,14 +415,64 @@ class TierWorker:
         finally:
             if holds_slot:
                 self._release_slot()
+        self._done(tp, tracker, record.offset)
+        if parked and self._parking is not None:
+            self._parking.parked()
+            return
+        self._series.processing.observe(time.perf_counter() - started)
+
+    def _done(self, tp: TopicPartition, tracker: PartitionTracker, offset: int) -> None:
         # Only here, once the strategy has the outputs, does the offset count as done.
         if self._trackers.get(tp) is tracker:
-            popped = tracker.complete(record.offset)
+            popped = tracker.complete(offset)
             self._pending -= popped
             self._uncommitted_done += popped
             self._delivery.advanced(tp, popped)
         self._capacity.set()
-        self._series.processing.observe(time.perf_counter() - started)
+
+    # -- parking -------------------------------------------------------------------------------
+    async def _answer_or_park(self, tp: TopicPartition, record: Any) -> tuple[list[Output], bool]:
+        """The handler's outputs, or (if parking cancels the held call) the parked copy."""
+        assert self._parking is not None
+        task = asyncio.current_task()
+        assert task is not None
+        if self._parking.takes(tp, record.offset):
+            return self._parking.outputs(record), True  # dispatched as parking began
+        handling = self._handling.get(tp)
+        if handling is None:
+            handling = self._handling[tp] = {}
+        handling[record.offset] = task
+        try:
+            return await self._handler.handle(record), False
+        except asyncio.CancelledError:
+            if task not in self._park_cancels:
+                raise
+            self._park_cancels.discard(task)
+            if task.uncancel() > 0:
+                raise  # stopped as well
+            return self._parking.outputs(record), True
+        finally:
+            handling.pop(record.offset, None)
+
+    def _park_in_flight(self, tp: TopicPartition, until: int) -> None:
+        """Parking starts on ``tp``: the held calls of its records below ``until`` end, and
+        those records are parked instead (``_answer_or_park``)."""
+        for offset, task in list(self._handling.get(tp, {}).items()):
+            if offset < until and not task.done():
+                self._park_cancels.add(task)
+                task.cancel()
+        self._capacity.set()
+
+    async def _park(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
+        """A record fetched to be parked: its copy is its output."""
+        assert self._parking is not None
+        try:
+            await self._delivery.deliver(tp, tracker, record.offset, self._parking.outputs(record))
+        except asyncio.CancelledError:
+            self._series.abandoned.inc()
+            raise
+        self._done(tp, tracker, record.offset)
+        self._parking.parked()
 
     def _release_slot(self) -> None:
         self._in_flight -= 1
@@ -327,6 +490,9 @@ class TierWorker:
         tracker = self._trackers.pop(tp, None)
         if tracker is None:
             return
+        self._handling.pop(tp, None)
+        if self._parking is not None:
+            self._parking.revoked({tp})
         redo = set(tracker.pending) | self._delivery.release(tp, reason)
         if redo:
             self._series.abandoned.inc(len(redo))
@@ -348,6 +514,8 @@ class TierWorker:
             self._fatal = exc
             self.stop()
             return
+        if self._parking is not None:
+            self._parking.assigned(assigned)
         self._metrics.rebalances.labels(self.tier, "assigned").inc()
         self._series.ready.set(1)
         self._joined.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
@@ -104,16 +105,31 @@ class ProducerHandle:
             self._on_recreate(reason)
             return True
 
-    async def stop(self, flush_timeout_s: float = 10.0) -> None:
+    async def stop(self, flush_timeout_s: float = 10.0, stop_timeout_s: float = 10.0) -> None:
+        """Flush, then stop; each bounded. In a broker outage neither can finish (aiokafka
+        waits for its batches to expire): past the bounds the connections are closed anyway.
+        Unacknowledged outputs were never committed past, so their records are redone."""
         with contextlib.suppress(KafkaError, TimeoutError):
             await asyncio.wait_for(self._producer.flush(), timeout=flush_timeout_s)
-        await self._producer.stop()
+        try:
+            await asyncio.wait_for(self._producer.stop(), timeout=stop_timeout_s)
+        except TimeoutError:
+            log(logger, "producer_stop_timed_out", logging.WARNING, after_s=stop_timeout_s)
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                await asyncio.wait_for(self._producer.client.close(), 5)
 
 
 def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """aiokafka keyword arguments for the configured security protocol."""
     kwargs: dict[str, Any] = {"security_protocol": kafka.security_protocol}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        if kafka.ssl_cafile is not None:
+            try:  # alone first, so that the error names the file at fault
+                ssl.create_default_context(cafile=str(kafka.ssl_cafile))
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    f"ESCALATOR_KAFKA_SSL_CAFILE={kafka.ssl_cafile}: not a PEM CA bundle ({exc})"
+                ) from exc
         try:
             context: ssl.SSLContext = create_ssl_context(
                 cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
@@ -121,7 +137,10 @@ def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
                 keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
             )
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"ESCALATOR_KAFKA_SSL_*: cannot load TLS files: {exc}") from exc
+            raise ConfigError(
+                "ESCALATOR_KAFKA_SSL_CERTFILE / ESCALATOR_KAFKA_SSL_KEYFILE: cannot load the "
+                f"client certificate and key ({exc})"
+            ) from exc
         kwargs["ssl_context"] = context
     if kafka.security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = kafka.sasl_mechanism
@@ -173,7 +192,18 @@ def _explain(kafka: KafkaSettings, address: str, exc: BaseException) -> tuple[bo
         )
     if isinstance(exc, TimeoutError):
         return False, f"no answer from Kafka at {address}: check KAFKA_BOOTSTRAP_SERVERS"
-    return False, f"cannot connect to Kafka at {address} ({exc!r}): check KAFKA_BOOTSTRAP_SERVERS"
+    if isinstance(exc, ConnectionRefusedError):
+        return False, (
+            f"nothing listens at {address} (connection refused): is the broker running? "
+            "check KAFKA_BOOTSTRAP_SERVERS"
+        )
+    if isinstance(exc, socket.gaierror):
+        return False, (
+            f"cannot resolve {address.rpartition(':')[0]!r} ({exc.strerror}): check "
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+    return False, f"cannot connect to Kafka at {address} ({reason}): check KAFKA_BOOTSTRAP_SERVERS"
 
 
 async def check_connection(kafka: KafkaSettings, timeout_s: float = 15.0) -> str:
@@ -239,9 +269,9 @@ async def produce_and_await(
     The engine does not use this: it produces per partition, with commits (engine/).
     """
     producer = make_producer(kafka)
-    await producer.start()
     futures = []
     try:
+        await producer.start()
         if isinstance(records, AsyncIterable):
             async for topic, key, value, headers in records:
                 futures.append(await producer.send(topic, value, key=key, headers=headers or None))
@@ -275,8 +305,8 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, **overrides: Any) 
 async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
     """The topic's partition numbers, sorted, from the broker (not aiokafka's metadata cache)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
@@ -294,8 +324,8 @@ async def read_to_end(
     """Every record of ``topic`` (from ``since_ms`` if given) up to the end offsets seen at the
     start, read group-less: nothing is committed and no group is joined."""
     consumer = make_consumer(kafka, None, **overrides)
-    await consumer.start()
     try:
+        await consumer.start()
         tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
@@ -319,21 +349,30 @@ async def read_to_end(
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def create_topics(
-    kafka: KafkaSettings, names: list[str], partitions: int, replication: int
+    kafka: KafkaSettings,
+    names: list[str],
+    partitions: int,
+    replication: int,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    """Create the topics that do not exist yet (with ``configs[name]``, if given); return the
+    names created. Idempotent: an existing topic's configs are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(n, partitions, replication) for n in missing], timeout_ms=30_000
+                [
+                    NewTopic(n, partitions, replication, topic_configs=(configs or {}).get(n, {}))
+                    for n in missing
+                ],
+                timeout_ms=30_000,
             )
             for entry in response.topic_errors:
                 topic, code = entry[0], entry[1]
@@ -350,3 +389,49 @@ async def create_topics(
         return missing
     finally:
         await admin.close()
+
+
+async def missing_topics(kafka: KafkaSettings, names: list[str]) -> list[str]:
+    """Those of ``names`` the cluster does not have (one metadata request, no group)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **security_kwargs(kafka))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return [n for n in names if n not in existing]
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float | None = None) -> None:
+    """``consumer.stop()`` (leave the group, close the connections), safe in a broker outage.
+
+    aiokafka 0.14's fetcher cancels its fetch tasks on close and awaits them without catching
+    their ``CancelledError``; a fetch task sleeping in its retry back-off (which happens only
+    while the broker is unreachable) re-raises it out of ``stop()``, which then leaves its
+    network client open. That cancellation is told apart from one of the caller (which is
+    re-raised) and the close is finished here. ``timeout_s`` bounds the whole close (leaving
+    the group cannot succeed without a broker); past it the connections are closed anyway.
+    """
+    current = asyncio.current_task()
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout_s)
+    except asyncio.CancelledError:
+        if current is not None and current.cancelling():
+            raise
+        await _finish_close(consumer)
+    except TimeoutError:
+        await _finish_close(consumer)
+
+
+async def _finish_close(consumer: AIOKafkaConsumer) -> None:
+    """What ``stop()`` left undone: the fetch tasks and the network client (private parts of
+    aiokafka 0.14, read defensively: there is no public way)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    for task in list(getattr(fetcher, "_pending_tasks", ())):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KafkaError):
+            await task
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        with contextlib.suppress(KafkaError, OSError):
+            await asyncio.wait_for(client.close(), 5)

@@ -15,9 +15,15 @@ from datetime import datetime
 
 import anthropic
 
+from escalator.config import redacted_url
 from escalator.errors import ApiBlocked, ConfigError, ModelUnavailable
 from escalator.model.caller import translate_error
 from escalator.model.profiles import ModelProfile
+
+
+def _api_error(body: object) -> bool:
+    """True for the API's error shape: ``{"type": "error", "error": {"type": ...}}``."""
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,13 @@ async def check_model(
         info = await client.models.retrieve(model)
     except anthropic.AnthropicError as exc:
         error = translate_error(exc)
+        if isinstance(exc, anthropic.APIStatusError) and not _api_error(exc.body):
+            # Not the API's own error shape: whatever answers there is not a Messages API.
+            raise ConfigError(
+                f"ANTHROPIC_BASE_URL: {redacted_url(str(client.base_url))} answered "
+                f"{exc.status_code} to GET /v1/models/{model}, without an API error body: "
+                "does it point at the Anthropic API (or a proxy of it)?"
+            ) from exc
         if isinstance(error, ApiBlocked) and error.kind == "model_not_found":
             raise ConfigError(
                 f"{variable}={model!r}: the API does not know this model (404)"

@@ -202,8 +202,8 @@ def _parse(table: object, source: str) -> dict[str, Price]:
             raise ConfigError(
                 f"{source}: {model}: needs numeric input, output, cache_write, cache_read"
             ) from exc
-        if any(v < 0 for v in values.values()):
-            raise ConfigError(f"{source}: {model}: prices must not be negative")
+        if any(not v >= 0 or v == float("inf") for v in values.values()):
+            raise ConfigError(f"{source}: {model}: prices must be finite and not negative")
         long_tokens = row.get("long_prompt_tokens")
         write_1h = row.get("cache_write_1h")
         geo = row.get("inference_geo") or {}

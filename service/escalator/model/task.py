@@ -20,6 +20,11 @@ import orjson
 from escalator.errors import ConfigError
 
 LABEL_MAX = 64
+#: At most this many labels: each is an enum value in every request's output schema and a
+#: word in the cached prompt, and a confidence spread over hundreds of labels means little.
+LABELS_MAX = 100
+#: The instructions are sent (cached) with every call; beyond this it is the wrong file.
+INSTRUCTIONS_MAX_CHARS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +107,25 @@ def parse_task(raw: bytes, source: str) -> Task:
     if (
         not isinstance(labels, list)
         or len(labels) < 2
-        or not all(isinstance(x, str) and 0 < len(x) <= LABEL_MAX for x in labels)
+        or not all(isinstance(x, str) and x.strip() for x in labels)
         or len(set(labels)) != len(labels)
     ):
         raise ConfigError(f"{source}: 'labels' must be a list of 2+ distinct non-empty strings")
+    if len(labels) > LABELS_MAX:
+        raise ConfigError(f"{source}: {len(labels)} labels; at most {LABELS_MAX}")
+    for label in labels:
+        if len(label) > LABEL_MAX or label != label.strip() or not label.isprintable():
+            raise ConfigError(
+                f"{source}: label {label[:80]!r} must be printable text on one line, without "
+                f"leading or trailing spaces, of at most {LABEL_MAX} characters"
+            )
     if not isinstance(instructions, str) or not instructions.strip():
         raise ConfigError(f"{source}: 'instructions' must be a non-empty string")
+    if len(instructions) > INSTRUCTIONS_MAX_CHARS:
+        raise ConfigError(
+            f"{source}: 'instructions' has {len(instructions):,} characters; at most "
+            f"{INSTRUCTIONS_MAX_CHARS:,}"
+        )
     if len(_folded(tuple(labels))) != len(labels):
         raise ConfigError(f"{source}: 'labels' must differ by more than capitalization")
     refusal = data.get("refusal_label")

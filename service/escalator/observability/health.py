@@ -1,9 +1,11 @@
 """The operator's HTTP port: ``/metrics`` (Prometheus), ``/healthz`` (liveness) and
 ``/readyz`` (readiness: every tier has joined its group, and no tier's traffic is held
-because the account cannot call its model). A not-ready answer says why, per tier::
+because the account cannot call its model). A not-ready answer says why, per tier, with when
+the hold began and, where the API says (a spend cap), when it ends::
 
     {"ready": false, "tiers": [{"tier": "cheap", "joined": true, "held": "spend_limit",
-     "message": "spend limit reached (400): ..."}]}
+     "message": "spend cap reached (429 ...)", "held_since": "2026-12-10T08:00:00.000Z",
+     "hold_ends": "2027-01-01T00:00:00.000Z"}]}
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from escalator.contract.messages import iso_from
 from escalator.observability.metrics import Metrics
 
 
@@ -24,6 +27,9 @@ class TierHealth:
     #: The api_blocked reason while the account holds this tier's traffic, else None.
     held: str | None = None
     message: str | None = None
+    #: When the hold began, and when the API says it ends (epoch seconds; None: not said).
+    held_since_s: float | None = None
+    hold_ends_s: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -81,8 +87,19 @@ class HealthServer:
         body = {
             "ready": ok,
             "tiers": [
-                {"tier": t.tier, "joined": t.joined, "held": t.held, "message": t.message}
+                {
+                    "tier": t.tier,
+                    "joined": t.joined,
+                    "held": t.held,
+                    "message": t.message,
+                    "held_since": _iso(t.held_since_s),
+                    "hold_ends": _iso(t.hold_ends_s),
+                }
                 for t in tiers
             ],
         }
         return web.json_response(body, status=200 if ok else 503)
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    return None if epoch_s is None else iso_from(epoch_s)

@@ -3,6 +3,13 @@
 ``log(logger, "decision", id=..., tier=...)`` writes ``{"ts":..., "level":..., "event":
 "decision", "id": ...}``. Request text is never logged unless ESCALATOR_LOG_TEXT is set, and
 no secret is ever passed here.
+
+No line per retry: what repeats while something is down (aiokafka's own warnings and errors,
+one per failed request, about 120 a second in a broker outage; and our events logged with
+:func:`log_repeating`) goes through a :class:`Summariser`: the first line of each kind is
+written, the repeats are counted, and one ``log_summary`` line per interval says how many of
+each were held back. A kind that stays quiet for a whole interval is written again the next
+time it happens. At ESCALATOR_LOG_LEVEL=DEBUG every line is written.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Any, TextIO
 
 import orjson
@@ -19,6 +27,68 @@ import orjson
 from escalator.contract.messages import iso_from
 
 _HANDLER: BufferedLineHandler | None = None
+#: Loggers (and their children) whose warnings and errors are summarised: the Kafka client
+#: logs a line for every failed attempt of its own retries.
+SUMMARISED_LOGGERS = ("aiokafka",)
+#: One ``log_summary`` line per this many seconds, while lines are being held back.
+SUMMARY_INTERVAL_S = 60.0
+#: The summary names this many kinds at most (the most frequent), and counts the rest.
+SUMMARY_KINDS = 10
+
+
+class Summariser(logging.Filter):
+    """Writes the first record of each kind, holds back and counts its repeats (see the module
+    docstring). A kind is the logger and the message template (for our events, the event
+    name). Thread-safe: records arrive from any thread, the summary is taken by the flusher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()  # kinds written, or held back, in this interval
+        self._active: set[str] = set()  # kinds that occurred in the current interval
+        self._held: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "repeating", False) and not _summarised(record.name):
+            return True
+        kind = f"{record.name}: {record.msg}"
+        with self._lock:
+            self._active.add(kind)
+            if kind not in self._seen:
+                self._seen.add(kind)
+                return True
+            self._held[kind] += 1
+        return False
+
+    def take(self) -> Counter[str]:
+        """The repeats held back since the last call; kinds quiet since then are forgotten."""
+        with self._lock:
+            held, self._held = self._held, Counter()
+            self._seen &= self._active
+            self._active = set()
+        return held
+
+
+def _summarised(name: str) -> bool:
+    return any(name == n or name.startswith(n + ".") for n in SUMMARISED_LOGGERS)
+
+
+def summary_line(held: Counter[str], interval_s: float) -> str:
+    """The ``log_summary`` line for ``held`` (kind -> repeats held back)."""
+    kinds = dict(held.most_common(SUMMARY_KINDS))
+    other = sum(held.values()) - sum(kinds.values())
+    if other:
+        kinds["(other kinds)"] = other
+    payload = {
+        "ts": iso_from(time.time()),
+        "level": "warning",
+        "logger": "escalator.logs",
+        "event": "log_summary",
+        "interval_s": interval_s,
+        "held_back": sum(held.values()),
+        "by_kind": kinds,
+    }
+    return orjson.dumps(payload).decode()
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,9 +113,21 @@ class BufferedLineHandler(logging.Handler):
     crash can lose at most 0.2 s of INFO lines; warnings and errors are written at once.
     """
 
-    def __init__(self, stream: TextIO, max_bytes: int = 64 * 1024, max_delay_s: float = 0.2):
+    def __init__(
+        self,
+        stream: TextIO,
+        max_bytes: int = 64 * 1024,
+        max_delay_s: float = 0.2,
+        summariser: Summariser | None = None,
+        summary_interval_s: float = SUMMARY_INTERVAL_S,
+    ):
         super().__init__()
         self.stream = stream
+        self.summariser = summariser
+        if summariser is not None:
+            self.addFilter(summariser)
+        self._summary_s = summary_interval_s
+        self._last_summary = time.monotonic()
         self._lines: list[str] = []
         self._size = 0
         self._max_bytes = max_bytes
@@ -58,7 +140,17 @@ class BufferedLineHandler(logging.Handler):
 
     def _flush_every(self, interval_s: float) -> None:
         while not self._stop_flush.wait(interval_s):
+            if time.monotonic() - self._last_summary >= self._summary_s:
+                self.summarise()
             self.flush()
+
+    def summarise(self) -> None:
+        """Append the ``log_summary`` line of what was held back since the last one, if any."""
+        self._last_summary = time.monotonic()
+        if self.summariser is not None:
+            held = self.summariser.take()
+            if held:
+                self.append_line(summary_line(held, self._summary_s), urgent=True)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -76,6 +168,7 @@ class BufferedLineHandler(logging.Handler):
 
     def close(self) -> None:
         self._stop_flush.set()
+        self.summarise()  # what was held back since the last summary is counted, not lost
         self.flush()
         super().close()
 
@@ -92,7 +185,12 @@ class BufferedLineHandler(logging.Handler):
             self.release()
 
 
-def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure(
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    *,
+    summary_interval_s: float = SUMMARY_INTERVAL_S,
+) -> None:
     # One decision line per record is on the hot path: skip what our JSON lines never show
     # (caller frame lookup, thread and process names). _srcfile=None is the documented way
     # to turn off findCaller's stack walk.
@@ -103,7 +201,10 @@ def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
     global _HANDLER
     if _HANDLER is not None:
         _HANDLER.close()
-    handler = _HANDLER = BufferedLineHandler(stream or sys.stderr)
+    summariser = None if level.upper() == "DEBUG" else Summariser()
+    handler = _HANDLER = BufferedLineHandler(
+        stream or sys.stderr, summariser=summariser, summary_interval_s=summary_interval_s
+    )
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -118,6 +219,16 @@ def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
 def log(logger: logging.Logger, event: str, level: int = logging.INFO, /, **fields: Any) -> None:
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields})
+
+
+def log_repeating(
+    logger: logging.Logger, event: str, level: int = logging.WARNING, /, **fields: Any
+) -> None:
+    """:func:`log` for an event that repeats while something is down (a failed send retried,
+    a commit that will be retried): the first is written, repeats are counted in the
+    ``log_summary`` line (see :class:`Summariser`)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields, "repeating": True})
 
 
 class EventLog:

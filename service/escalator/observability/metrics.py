@@ -306,6 +306,28 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # The monitors of a thresholds file's promise (calibration/monitor.py): monitor is
+        # agreement (strong tier), people (review console) or confidence (cheap tier).
+        self.monitor_evalue = Gauge(
+            "escalator_monitor_evalue",
+            "E-value of the sequential test of the thresholds file in force (1 at the start; "
+            "at 1/alpha or more, the promise is rejected).",
+            ["monitor", "version"],
+            registry=r,
+        )
+        self.monitor_rejected = Gauge(
+            "escalator_monitor_rejected",
+            "1 once the sequential test has rejected the thresholds file's promise (or, for "
+            "confidence, its confidence distribution); until the process restarts.",
+            ["monitor", "version"],
+            registry=r,
+        )
+        self.monitor_observations = Counter(
+            "escalator_monitor_observations",
+            "Units the monitor has tested (skipped: below its sampling floor).",
+            ["monitor", "result"],
+            registry=r,
+        )
         self.review_depth = Gauge(
             "escalator_review_queue_depth",
             "Items waiting for a reviewer (leased ones included), per queue.",
@@ -371,6 +393,63 @@ class Metrics:
             "escalator_review_invalid_items",
             "Records on a review topic that are not review items (dead-lettered).",
             ["queue"],
+            registry=r,
+        )
+        # Holds that outlast retention (engine/parking.py; the review console too).
+        self.retention_used = Gauge(
+            "escalator_retention_used_ratio",
+            "Share of its topic's retention the oldest uncommitted record has used (by time or "
+            "by bytes), the largest over this process's partitions; the broker cannot delete "
+            "it below 1.",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.held_oldest_age = Gauge(
+            "escalator_held_oldest_age_seconds",
+            "Age of the oldest uncommitted record, the largest over this process's partitions.",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.retention_ms = Gauge(
+            "escalator_retention_ms",
+            "The topic's effective retention.ms as the broker describes it (-1: unlimited).",
+            ["topic"],
+            registry=r,
+        )
+        self.retention_bytes = Gauge(
+            "escalator_retention_bytes",
+            "The topic's effective retention.bytes per partition (-1: unlimited).",
+            ["topic"],
+            registry=r,
+        )
+        self.park_at = Gauge(
+            "escalator_park_at_ratio",
+            "ESCALATOR_PARK_AT: held records are parked once retention_used_ratio reaches it.",
+            registry=r,
+        )
+        self.parked = Counter(
+            "escalator_parked",
+            "Held records copied to the parked topic (acknowledged) before retention could "
+            "delete them.",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.retention_lost = Counter(
+            "escalator_retention_lost",
+            "Records the broker deleted before the group committed past them (lost work).",
+            ["tier", "topic"],
+            registry=r,
+        )
+        self.held_since = Gauge(
+            "escalator_held_since_seconds",
+            "When the tier's current hold began (Unix time; 0 while not held).",
+            ["tier"],
+            registry=r,
+        )
+        self.hold_ends = Gauge(
+            "escalator_hold_ends_seconds",
+            "When the API says the current hold ends (a spend cap; Unix time; 0: not said).",
+            ["tier"],
             registry=r,
         )
 

@@ -20,6 +20,9 @@ returns every leased item to its queue, which is what a reviewer who left would 
 
 A record on a review topic that is not a review item goes to the dead-letter topic with its
 reason, like bad input at the tiers.
+
+An item that waits so long that its topic's retention would delete it is parked instead
+(``parking.py``): copied to the parked topic, acknowledged, then passed by the watermark.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ from escalator.contract.reviews import (
     parse_review_item,
 )
 from escalator.errors import InvalidRequest
-from escalator.kafka.clients import make_consumer, make_producer, read_to_end
-from escalator.observability.logs import log
+from escalator.kafka.admin import KafkaLogView
+from escalator.kafka.clients import make_consumer, make_producer, read_to_end, stop_consumer
+from escalator.observability.logs import log, log_repeating
 from escalator.observability.metrics import Metrics
 from escalator.review.ledger import (
     DECIDED_MEMORY,
@@ -63,9 +67,12 @@ from escalator.review.ledger import (
     review_id_of,
     watermark,
 )
+from escalator.review.parking import ReviewParking
 from escalator.review.queues import Lease, Outcome, QueueStat
 
 logger = logging.getLogger("escalator.review")
+#: On shutdown, the final commit and leaving the group are each bounded by this (an outage).
+STOP_COMMIT_S = 5.0
 #: How far before the oldest fetched item the recovery scan of the decisions log starts: the
 #: item's timestamp is the strong tier's clock, the decision's is this console's.
 RECOVERY_SKEW_MS = 5 * 60 * 1000
@@ -90,6 +97,7 @@ class ReviewConsumer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         read_decided: Callable[[int], Awaitable[list[str]]] | None = None,
+        parking: ReviewParking | None = None,
     ) -> None:
         self._kafka = kafka
         self._consumer = consumer
@@ -112,6 +120,7 @@ class ReviewConsumer:
         self._idle.set()
         self._lag: dict[TopicPartition, int] = {}
         self._read_decided = read_decided or self._decided_since
+        self._parking = parking
         metrics.review_age_bound.set(settings.max_age_s)
 
     @classmethod
@@ -131,6 +140,18 @@ class ReviewConsumer:
             settings=rv,
             metrics=metrics,
             max_text_chars=settings.pipeline.max_text_chars,
+            parking=ReviewParking(
+                topics=[settings.topics.reviews, settings.topics.adjudications],
+                group=rv.group,
+                parked_topic=settings.topics.parked,
+                log_view=KafkaLogView(
+                    settings.kafka, client_id=f"{settings.kafka.client_id}-retention"
+                ),
+                metrics=metrics,
+                park_at=settings.parking.park_at,
+                check_s=settings.parking.check_s,
+                enabled=settings.parking.enabled,
+            ),
         )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -144,10 +165,13 @@ class ReviewConsumer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(KafkaError):
-            await self._commit(list(self._parts))
-        await self._consumer.stop()
+        with contextlib.suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(STOP_COMMIT_S):  # no broker: the items come back later
+                await self._commit(list(self._parts))
+        await stop_consumer(self._consumer, timeout_s=STOP_COMMIT_S)
         await self._producer.stop()
+        if self._parking is not None:
+            await self._parking.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -172,12 +196,18 @@ class ReviewConsumer:
             await self._recover()
             self._expire()
             await self._refresh()
+            if self._parking is not None:
+                parked = await self._parking.maybe_check(self._parts, self._send_parked)
+                if parked:
+                    await self._commit(parked)
 
     # -- partitions --------------------------------------------------------------------
 
     def _assigned(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self._parts.setdefault(tp, PartitionLedger())
+        if self._parking is not None:
+            self._parking.stale()
         self._joined.set()
 
     async def _revoked(self, tps: Iterable[TopicPartition]) -> None:
@@ -191,6 +221,8 @@ class ReviewConsumer:
                 await self._commit_unlocked(gone)
             for tp in gone:
                 self._parts.pop(tp)
+            if self._parking is not None:
+                self._parking.forget(gone)
             # Every lease into those partitions ends, expired ones too: a stale lease id must
             # not decide an item that has come back as a new entry.
             for lease_id, entry in list(self._leases.items()):
@@ -206,7 +238,16 @@ class ReviewConsumer:
             await self._dead_letter(tp, record, headers, exc, queue)
             part.settled.add(record.offset)
             return
-        entry = Entry(item, tp, record.offset, record.key, headers)
+        entry = Entry(
+            item,
+            tp,
+            record.offset,
+            record.key,
+            headers,
+            timestamp_ms=record.timestamp,
+            raw=record.value,
+            raw_headers=list(record.headers or ()),
+        )
         if part.recovering:
             part.held.append((record.timestamp, entry))
             return
@@ -392,6 +433,8 @@ class ReviewConsumer:
         if entry is None or part is None or part.entries.get(entry.offset) is not entry:
             return self._count("review", reviewer, "lost")  # its partition moved meanwhile
         item = entry.item
+        if entry.parked:
+            return self._count(item.queue, reviewer, "lost")  # parked: near its retention
         if entry.deciding:
             return self._count(item.queue, reviewer, "duplicate")  # a double submit
         if entry.done or self._decided.seen(item.review_id):
@@ -439,7 +482,7 @@ class ReviewConsumer:
         try:
             await self._commit([entry.tp])
         except KafkaError as exc:  # the next decision or the shutdown commits it
-            log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
+            log_repeating(logger, "review_commit_failed", logging.WARNING, error=str(exc))
         return self._count(item.queue, reviewer, "done")
 
     async def _settle_duplicate(self, entry: Entry) -> None:
@@ -451,7 +494,7 @@ class ReviewConsumer:
         try:
             await self._commit([entry.tp])
         except KafkaError as exc:
-            log(logger, "review_commit_failed", logging.WARNING, error=str(exc))
+            log_repeating(logger, "review_commit_failed", logging.WARNING, error=str(exc))
 
     def _leases_shown(self, lease_id: str, entry: Entry) -> int:
         lease = entry.lease
@@ -475,6 +518,12 @@ class ReviewConsumer:
             )
         decision = human_decision_value(item, verdict, source)
         await (await self._producer.send(self._topics.decisions, decision, key=key))
+
+    async def _send_parked(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[Any]
+    ) -> None:
+        """One parked copy, acknowledged (``parking.py``)."""
+        await (await self._producer.send(topic, value, key=key, headers=headers))
 
     def _count(self, queue: str, reviewer: str, outcome: Outcome) -> Outcome:
         self._metrics.review_decisions.labels(queue, reviewer, outcome).inc()

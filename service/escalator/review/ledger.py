@@ -53,6 +53,12 @@ class Entry:
     done: bool = False
     #: Reviewers who gave this item back (skip): they get other items first.
     skipped: set[str] = field(default_factory=set)
+    #: The record as it arrived (timestamp, value, every header): what parking copies.
+    timestamp_ms: int = 0
+    raw: bytes | None = None
+    raw_headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    #: Copied to the parked topic (review/parking.py): out of the queue, not decided.
+    parked: bool = False
 
 
 @dataclass(slots=True)

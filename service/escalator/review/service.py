@@ -13,6 +13,8 @@ import logging
 import signal
 from collections.abc import Callable
 
+from escalator.calibration import live
+from escalator.calibration.threshold_file import load_promise
 from escalator.config import Settings
 from escalator.contract.reviews import Queue
 from escalator.observability.health import HealthServer, TierHealth
@@ -20,7 +22,7 @@ from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 from escalator.review.auth import Authenticator
 from escalator.review.consumer import ReviewConsumer
-from escalator.review.queues import Outcome
+from escalator.review.queues import Lease, Outcome, QueueStat, ReviewQueues
 from escalator.review.web import LoginOutcome, ReviewConsole
 
 logger = logging.getLogger("escalator.review")
@@ -42,6 +44,52 @@ class MetricsObserver:
 
     def on_skip(self, queue: Queue, reviewer: str) -> None:
         self._metrics.review_skips.labels(queue).inc()
+
+
+class WatchedQueues:
+    """The queues, with every adjudication decision also fed to the live test of a human
+    thresholds file (``calibration/live.py``): the console is where those decisions are made."""
+
+    def __init__(self, inner: ReviewQueues, watch: live.PeopleWatch) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    def stats(self) -> list[QueueStat]:
+        return self._inner.stats()
+
+    def lease(self, queue: Queue, reviewer: str) -> Lease | None:
+        return self._inner.lease(queue, reviewer)
+
+    def lease_of(self, lease_id: str, reviewer: str) -> Lease | None:
+        return self._inner.lease_of(lease_id, reviewer)
+
+    def release(self, lease_id: str, reviewer: str) -> None:
+        self._inner.release(lease_id, reviewer)
+
+    async def decide(
+        self, lease_id: str, reviewer: str, label: str | None, note: str | None
+    ) -> Outcome:
+        held = self._inner.lease_of(lease_id, reviewer)
+        outcome = await self._inner.decide(lease_id, reviewer, label, note)
+        if outcome == "done" and held is not None:
+            self._watch.observe(held.item, label)
+        return outcome
+
+
+def watched(settings: Settings, queues: ReviewQueues, metrics: Metrics) -> ReviewQueues:
+    """The queues, watched when the thresholds file in force makes a human promise."""
+    path = settings.routing.thresholds_file
+    if path is None:
+        return queues
+    rv = settings.review
+    watch = live.people_watch(
+        load_promise(path),
+        alpha=settings.routing.monitor_alpha,
+        shadow_rate=settings.routing.shadow_rate,
+        adjudicate=(rv.adjudicate_agree, rv.adjudicate_disagree),
+        metrics=metrics,
+    )
+    return queues if watch is None else WatchedQueues(queues, watch)
 
 
 async def serve(
@@ -70,7 +118,7 @@ async def serve(
                 ready=lambda: [TierHealth("review", queues.joined)],
             ) as health,
             ReviewConsole(
-                queues,
+                watched(settings, queues, metrics),
                 auth,
                 host=rv.host,
                 port=rv.port,

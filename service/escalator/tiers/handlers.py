@@ -37,6 +37,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from escalator.contract.messages import (
     H_PREFIX,
@@ -73,6 +74,19 @@ class TierTopics:
     decisions: str
     reviews: str = ""
     adjudications: str = ""
+
+
+class PromiseWatch(Protocol):
+    """The live test of a thresholds file's promise (``calibration/live.py``): one sampled
+    unit, its loss (1: the routed answer differs from the reference) and its probability."""
+
+    def observe(self, loss: float, probability: float) -> None: ...
+
+
+class ConfidenceWatch(Protocol):
+    """The live test of the cheap confidences against the calibration window's."""
+
+    def observe(self, confidence: float | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +159,12 @@ class _Base:
         task: Task | None = None,
         escalate_when_unavailable: bool = False,
         review: ReviewPolicy | None = None,
+        promise_watch: PromiseWatch | None = None,
+        confidence_watch: ConfidenceWatch | None = None,
     ) -> None:
         self.review = review or ReviewPolicy()
+        self.promise_watch = promise_watch
+        self.confidence_watch = confidence_watch
         self.labels = task.labels if task is not None else ()
         self.refusal_label = task.refusal_label if task is not None else None
         self.escalate_when_unavailable = escalate_when_unavailable
@@ -206,6 +224,7 @@ class _Base:
         outcome: str,
         shadow: bool = False,
         sample_rate: float | None = None,
+        adjudication: tuple[bool, float] | None = None,
     ) -> Output:
         """The decisions-log record of one model answer (counted in metrics here, once)."""
         self.metrics.observe_attempt(attempt, shadow=shadow)
@@ -218,6 +237,7 @@ class _Base:
             sample_rate=sample_rate,
             threshold=self.thresholds.for_label(attempt.label) if self.tier == "cheap" else None,
             shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
+            adjudication=adjudication,
         )
         return Output(self.topics.decisions, value, key)
 
@@ -274,6 +294,9 @@ class CheapHandler(_Base):
             attempt = self._unavailable("unavailable:poison")
             decision, reason = "escalate", "cheap_unavailable"
         else:
+            if self.confidence_watch is not None:
+                valid = attempt.valid and not attempt.refused and attempt.label is not None
+                self.confidence_watch.observe(attempt.confidence if valid else None)
             if attempt.refused:
                 decision, reason = "escalate", "cheap_refused"
             else:
@@ -342,6 +365,7 @@ class StrongHandler(_Base):
         request = escalation.request
         key = record.key or request.id.encode()
         shadow = escalation.shadow
+        nominal = escalation.sample_rate  # before shedding: the live monitor's probability
         if shadow:
             # Real traffic before measurement: while the strong model's budget is tight, shed
             # shadow calls at random, and record the rate actually applied (the cheap tier's
@@ -380,19 +404,44 @@ class StrongHandler(_Base):
                 request.text, shadow=shadow, on_invalid=invalid, credit_token=credit
             )
         except PermanentError as exc:  # poison, a 400 for it alone, or invalid answers
+            self._watch(escalation, None, nominal)
             return self._give_up(record, exc, decisions, shadow)
         attempts.append(attempt)
-        outputs = self._adjudicate(record, escalation, attempt)
+        self._watch(escalation, attempt, nominal)
+        outputs, draw = self._adjudicate(record, escalation, attempt)
         if not shadow:
             reason = self.review.review_reason(escalation.cheap, attempt, self.thresholds)
             if reason is not None:
-                return decisions + self._to_review(record, escalation, attempt, reason) + outputs
+                handed = self._to_review(record, escalation, attempt, reason, draw)
+                return decisions + handed + outputs
         if attempt.refused:
             # Never asked again: retrying a refusal usually refuses again, and each is billed.
-            return (
-                self._refused(record, request, escalation, attempt, attempts, decisions) + outputs
-            )
-        return self._final(record, request, escalation, attempt, attempts, decisions) + outputs
+            refused = self._refused(record, request, escalation, attempt, attempts, decisions, draw)
+            return refused + outputs
+        return (
+            self._final(record, request, escalation, attempt, attempts, decisions, draw) + outputs
+        )
+
+    def _watch(self, escalation: Escalation, strong: Attempt | None, probability: float) -> None:
+        """The live test of a quality thresholds file: an escalated request agrees by
+        definition (its answer is the strong one); a shadow one agrees when both answers are
+        valid with the same label (a failed or refused shadow call differs, as calibration
+        counts it). ``probability``: the shadow rate before shedding (a kept shadow's weight
+        ``1/p`` rather than ``1/(p k)`` only makes the test more cautious)."""
+        if self.promise_watch is None:
+            return
+        if not escalation.shadow:
+            self.promise_watch.observe(0.0, 1.0)
+            return
+        cheap = escalation.cheap
+        agree = (
+            strong is not None
+            and cheap.valid
+            and strong.valid
+            and not strong.refused
+            and cheap.label == strong.label
+        )
+        self.promise_watch.observe(0.0 if agree else 1.0, probability)
 
     def _item(
         self, escalation: Escalation, strong: Attempt, queue: Queue, reason: str, rate: float
@@ -415,7 +464,12 @@ class StrongHandler(_Base):
         )
 
     def _to_review(
-        self, record: Record, escalation: Escalation, attempt: Attempt, reason: str
+        self,
+        record: Record,
+        escalation: Escalation,
+        attempt: Attempt,
+        reason: str,
+        draw: tuple[bool, float] | None = None,
     ) -> list[Output]:
         """The human tier: the request's result waits for a reviewer (docs/CONTRACT.md)."""
         request = escalation.request
@@ -424,24 +478,32 @@ class StrongHandler(_Base):
         self.metrics.decision(self.tier, attempt.label or "", "reviewed")
         self.metrics.review_handoffs.labels(reason).inc()
         decision = self.decision(
-            request, attempt, key, outcome="review", sample_rate=escalation.sample_rate
+            request,
+            attempt,
+            key,
+            outcome="review",
+            sample_rate=escalation.sample_rate,
+            adjudication=draw,
         )
         value = self._item(escalation, attempt, "review", reason, 1.0)
         return [decision, Output(self.topics.reviews, value, key, _headers(record))]
 
-    def _adjudicate(self, record: Record, escalation: Escalation, attempt: Attempt) -> list[Output]:
+    def _adjudicate(
+        self, record: Record, escalation: Escalation, attempt: Attempt
+    ) -> tuple[list[Output], tuple[bool, float]]:
         """Measurement: a random sample of requests with both answers goes before a person,
-        with its probability recorded (more often where the answers differ)."""
+        with its probability recorded (more often where the answers differ). Returns the item
+        and the draw, ``(sampled, rate)``, which the final decision record carries."""
         rate = self.review.adjudication_rate(escalation.cheap, attempt)
         if rate <= 0.0 or self.rng.random() >= rate:
-            return []
+            return [], (False, rate)
         cheap = escalation.cheap
         agree = cheap.valid and attempt.valid and cheap.label == attempt.label
         reason = "sampled_agree" if agree else "sampled_disagree"
         self.metrics.adjudications_sampled.labels(reason).inc()
         value = self._item(escalation, attempt, "adjudication", reason, rate)
         key = record.key or escalation.request.id.encode()
-        return [Output(self.topics.adjudications, value, key, _headers(record))]
+        return [Output(self.topics.adjudications, value, key, _headers(record))], (True, rate)
 
     def _final(
         self,
@@ -451,6 +513,7 @@ class StrongHandler(_Base):
         attempt: Attempt,
         attempts: list[Attempt],
         decisions: list[Output],
+        draw: tuple[bool, float] | None = None,
     ) -> list[Output]:
         key = record.key or request.id.encode()
         shadow = escalation.shadow
@@ -463,6 +526,7 @@ class StrongHandler(_Base):
                 outcome="shadow" if shadow else "final",
                 shadow=shadow,
                 sample_rate=escalation.sample_rate,
+                adjudication=draw,
             )
         )
         if shadow:
@@ -486,13 +550,14 @@ class StrongHandler(_Base):
         attempt: Attempt,
         attempts: list[Attempt],
         decisions: list[Output],
+        draw: tuple[bool, float] | None = None,
     ) -> list[Output]:
         """The task's refusal policy: its ``refusal_label``, or a dead letter."""
         category = attempt.refusal_category or "uncategorized"
         if self.refusal_label is not None:
             decided = replace(attempt, label=self.refusal_label, confidence=1.0, valid=True)
             attempts[-1] = decided
-            return self._final(record, request, escalation, decided, attempts, decisions)
+            return self._final(record, request, escalation, decided, attempts, decisions, draw)
         key = record.key or request.id.encode()
         self.log_decision(request, attempt, escalated=True)
         decisions.append(
@@ -503,6 +568,7 @@ class StrongHandler(_Base):
                 outcome="refused",
                 shadow=escalation.shadow,
                 sample_rate=escalation.sample_rate,
+                adjudication=draw,
             )
         )
         error = PermanentError(
