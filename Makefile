@@ -83,9 +83,12 @@ types: $(STAMP)
 unit: $(STAMP)
 	$(PYTEST) tests/unit -q
 
-# Known vulnerabilities in every pinned package (PyPI's advisory data, via pip-audit).
+# Known vulnerabilities in every pinned package: pip-audit (each release's advisories), and
+# PyPI's latest-release advisories for what it could not reach. Its last line says how many
+# packages were audited and by what, "NOTHING audited" when no source answered
+# (service/dev/escalator_dev/audit.py).
 audit: $(STAMP)
-	$(BIN)/pip-audit -r requirements.lock --progress-spinner off
+	$(BIN)/python -m escalator_dev.audit requirements.lock
 
 check: lint types audit unit
 

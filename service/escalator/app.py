@@ -37,7 +37,7 @@ from escalator.model.check import ModelFacts, check_model
 from escalator.model.holds import Hold, HoldClock, held_by
 from escalator.model.limits import AdaptiveLimit
 from escalator.model.prices import PriceTable, load_prices
-from escalator.model.profiles import ModelProfile, ProfileTable, load_profiles
+from escalator.model.profiles import ModelProfile, ProfileTable, load_profiles, rate_limit_group
 from escalator.model.task import Task, load_task
 from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
@@ -374,6 +374,7 @@ def build_service(
     )
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     metrics = metrics or Metrics()
+    metrics.spend_cap.set(settings.model.monthly_spend_cap_usd)
     if thresholds.expected_escalation is not None:
         for bound, value in zip(
             ("low", "expected", "high"), thresholds.expected_escalation, strict=True
@@ -381,15 +382,15 @@ def build_service(
             metrics.calibrated_escalation.labels(bound, thresholds.version).set(value)
     close: list[Callable[[], object]] = []
     checks: list[Callable[[], Awaitable[ModelFacts]]] = []
-    # One admission gate per model (shared by the tiers of this process that call it), fed
-    # by the rate-limit headers of every response from that model.
+    # One admission gate per rate-limit group (shared by the tiers of this process whose
+    # models draw from it), fed by the rate-limit headers of every response from its models.
     shares: dict[str, Callable[[], float]] = {}
     admissions: dict[str, Admission] = {}
     for tier in tiers:
         model = models[tier]
-        if model in admissions:
+        if rate_limit_group(model) in admissions:
             continue
-        admissions[model] = Admission(
+        admissions[rate_limit_group(model)] = Admission(
             Budget(
                 Tuning(target=settings.admission.target),
                 cap=settings.admission.caps.get(model),
@@ -399,12 +400,13 @@ def build_service(
             max_tokens=profiles[tier].max_tokens,
             enabled=settings.admission.enabled,
             observer=metrics.admission(tier, model),
+            count_cache_reads=settings.admission.count_cache_reads,
         )
-        metrics.watch_admission(model, _admitted_rates(admissions[model]))
+        metrics.watch_admission(model, _admitted_rates(admissions[rate_limit_group(model)]))
 
     def on_rate_limits(model: str, limits: dict[str, tuple[float, float]]) -> None:
         metrics.observe_rate_limits(model, limits)
-        gate = admissions.get(model)
+        gate = admissions.get(rate_limit_group(model))
         if gate is not None:
             gate.observe(limits)
 
@@ -483,7 +485,7 @@ def build_service(
             limit=limit,
             warm_ttl_s=0.9 * CACHE_TTL_S[settings.model.cache_ttl],
             on_warmup=metrics.warmups.labels(tier, model).inc,
-            admission=admissions[model],
+            admission=admissions[rate_limit_group(model)],
         )
         holds[tier] = held_by(caller, clock)
         handler_cls = CheapHandler if tier == "cheap" else StrongHandler

@@ -162,6 +162,9 @@ class ModelSettings:
     #: Ask GET /v1/models/{id} about each model at start-up.
     check_models: bool = True
     cache_ttl: str = "5m"
+    #: The organisation's monthly spend cap in USD as the operator states it (the Console
+    #: shows it; the Messages API does not): 0 is not stated.
+    monthly_spend_cap_usd: float = 0.0
 
     @property
     def simulated(self) -> bool:
@@ -223,6 +226,9 @@ class AdmissionSettings:
     target: float = 0.95
     #: Hard cap per model for the whole deployment: (RPM, ITPM, OTPM).
     caps: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: The input limit that binds counts cache reads (``input_tokens_per_minute``, as a
+    #: workspace limit may); False: the organisation's cache-aware limit.
+    count_cache_reads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,6 +545,9 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         ).lower(),
         check_models=env.flag("ESCALATOR_MODEL_CHECK", dm.check_models),
         cache_ttl=env.choice("ESCALATOR_CACHE_TTL", dm.cache_ttl, ("5M", "1H")).lower(),
+        monthly_spend_cap_usd=env.number(
+            "ESCALATOR_MONTHLY_SPEND_CAP_USD", dm.monthly_spend_cap_usd, 0.0
+        ),
     )
 
     dp = PipelineSettings()
@@ -611,6 +620,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
             env.raw("ESCALATOR_ADMISSION_CAP"),
             (model.cheap_model, model.strong_model),
         ),
+        count_cache_reads=env.flag("ESCALATOR_ADMISSION_COUNT_CACHE_READS", da.count_cache_reads),
     )
     dt = Topics()
     topics = Topics(

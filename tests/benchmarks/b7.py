@@ -1,6 +1,8 @@
 """B7 (issue 14): spending an organisation's rate limit with admission control, against AIMD only.
 
-One emulator process is the organisation: its per-model buckets are shared by every client.
+One emulator process is the organisation: its buckets (one set per rate-limit group) are shared
+by every client; it charges a call when it admits it and holds its output reservation until the
+response ends, as the API does (before issue 21 it charged after the latency).
 The cheap model's limits bind (600 RPM, 200k input TPM, 80k output TPM); the strong model's
 (300 RPM) have room. Three cheap-tier processes and one strong-tier process run in their
 groups (``escalator run --tier T``, each its own process), and a feeder keeps ``FLOOR``
@@ -39,9 +41,24 @@ from tests.integration.test_pipeline import TEXTS
 from tests.reliability.common import LedgerReader, ServiceProcess, sim_stats
 
 CHEAP, STRONG = "claude-haiku-5-5", "claude-sonnet-5-5"
-LIMITS = {CHEAP: (600, 200_000, 80_000), STRONG: (300, 150_000, 60_000)}
+#: ``requests`` (default): the cheap model's requests limit binds, latency 100-300 ms.
+#: ``output``: its output limit binds through the reservation each call holds while it runs
+#: (``max_tokens`` 2,048, latency 1-3 s, 60k OTPM): what charging at admission changes.
+VARIANT = os.environ.get("ESCALATOR_B7_VARIANT", "requests")
+if VARIANT == "output":
+    LIMITS = {CHEAP: (6_000, 10_000_000, 60_000), STRONG: (6_000, 10_000_000, 10_000_000)}
+    LATENCY = "uniform:1000:3000"
+    EXTRA_ENV = {"ESCALATOR_MODEL_MAX_TOKENS": "2048"}
+else:
+    LIMITS = {CHEAP: (600, 200_000, 80_000), STRONG: (300, 150_000, 60_000)}
+    LATENCY = "uniform:100:300"
+    EXTRA_ENV = {}
 KINDS = ("requests", "input_tokens", "output_tokens")
 DURATION_S = float(os.environ.get("ESCALATOR_B7_DURATION_S", "300"))
+#: Which modes to run ("on,off" by default): "on" alone re-measures admission control.
+MODES = tuple(os.environ.get("ESCALATOR_B7_MODES", "on,off").split(","))
+#: Whether to run the cases without and with a cheap process killed ("no,yes" by default).
+KILLS = tuple(k == "yes" for k in os.environ.get("ESCALATOR_B7_KILLS", "no,yes").split(","))
 #: Requests produced and not yet decided by the cheap tier, at least (3 x 64 in flight fit).
 FLOOR = 600
 RESTART_AFTER_S = 15.0
@@ -65,7 +82,7 @@ async def run_case(bootstrap: str, tmp: Path, mode: str, kill: bool) -> dict[str
     """One five-minute run; its figures."""
     unique = f"b7{mode}{'k' if kill else ''}{uuid.uuid4().hex[:6]}"
     limits = [f"--rate-limit={m}={':'.join(map(str, v))}" for m, v in LIMITS.items()]
-    proc, url = sim.spawn("--latency", "uniform:100:300", *limits)
+    proc, url = sim.spawn("--latency", LATENCY, *limits)
     async with AsyncExitStack() as stack:
         stack.callback(sim.terminate, proc)
         env = make_env(
@@ -80,6 +97,7 @@ async def run_case(bootstrap: str, tmp: Path, mode: str, kill: bool) -> dict[str
             ESCALATOR_BACKOFF_MAX_S="20",
             ESCALATOR_SESSION_TIMEOUT_MS="10000",
             ESCALATOR_SHUTDOWN_GRACE_S="5",
+            **EXTRA_ENV,
         )
         settings = load_settings(env)
         await setup_topics(settings)
@@ -147,7 +165,12 @@ async def run_case(bootstrap: str, tmp: Path, mode: str, kill: bool) -> dict[str
         await feeder
     assert s60 is not None
     seconds, steady_s = t1 - t0, t1 - t60
-    row: dict[str, Any] = {"mode": mode, "kill": kill, "seconds": round(seconds)}
+    row: dict[str, Any] = {
+        "variant": VARIANT,
+        "mode": mode,
+        "kill": kill,
+        "seconds": round(seconds),
+    }
     calls = {m: _delta(s1, s0, f"charged_requests:{m}") for m in LIMITS}
     limited = {m: _delta(s1, s0, f"rate_limited:{m}") for m in LIMITS}
     for m, short in ((CHEAP, "cheap"), (STRONG, "strong")):
@@ -185,8 +208,8 @@ def describe(row: dict[str, Any]) -> str:
 
 async def b7(bootstrap: str, sim_url: str, tmp: Path, report: Any) -> list[dict[str, Any]]:
     rows = []
-    for kill in (False, True):
-        for mode in ("on", "off"):
+    for kill in KILLS:
+        for mode in MODES:
             started = time.monotonic()
             row = await run_case(bootstrap, tmp, mode, kill)
             row["wall_s"] = round(time.monotonic() - started)

@@ -143,6 +143,22 @@ def test_every_alert_has_a_runbook() -> None:
         assert anchor == alert["alert"].lower()
 
 
+def test_every_alert_has_a_promtool_test_in_which_it_fires() -> None:
+    """promtool passes a rules file whose alerts have no test at all: so each alert must have
+    at least one test case in which it is expected to fire (an expectation of silence alone
+    would pass with a broken expression too)."""
+    cases = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in cases
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    alerts = {r["alert"] for r in rules() if "alert" in r}
+    assert alerts, "no alert read from the rules file: the check would pass vacuously"
+    assert alerts <= firing, f"alerts never tested firing: {sorted(alerts - firing)}"
+
+
 def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
     promtool = tool("promtool")
     check = subprocess.run(

@@ -122,9 +122,13 @@ async def collect(
     timeout_s: float = 60,
     *,
     linger_s: float = 0.0,
+    read_for_s: bool = False,
     isolation_level: str = "read_uncommitted",
 ) -> Collected:
-    """Read the topics from the start until ``until`` holds (then linger), or time out."""
+    """Read the topics from the start until ``until`` holds (then linger). A timeout fails the
+    test, naming what was read: a test that went on with what it had would check nothing
+    about the records that never came. ``read_for_s``: read for ``timeout_s`` and return
+    what came (for tests that check that something did not happen)."""
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -141,6 +145,9 @@ async def collect(
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
                 got.records.extend(records)
+        if not read_for_s and not until(got):
+            counts = {t: len(got.on(t)) for t in topics}
+            raise AssertionError(f"collect: not done after {timeout_s} s; read {counts}")
         end = loop.time() + linger_s
         while loop.time() < end:
             batch = await consumer.getmany(timeout_ms=300)

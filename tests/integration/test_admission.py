@@ -108,4 +108,6 @@ async def test_two_processes_share_one_limit_and_stay_under_it(
     )
     assert limited == 0
     assert charged <= RPM + RPM / 60 * elapsed  # the bucket's minute plus its refill
+    # And the limit was being spent: two idle processes would pass the two lines above.
+    assert charged >= 0.5 * RPM / 60 * elapsed, charged
     assert all(s >= 0.2 * charged for s in shares), shares

@@ -133,6 +133,47 @@ async def test_refusals_are_never_retried_and_each_request_has_one_outcome(
     assert stats["refusals"] == n == refusals
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("ttl_s", "outcome"), [(300.0, "redeemed"), (0.0, "not_applied:expired")])
+async def test_a_cheap_refusal_is_answered_with_its_fallback_credit(
+    kafka_bootstrap: str, unique: str, ttl_s: float, outcome: str
+) -> None:
+    """Only the cheap model refuses: each refusal carries a fallback credit token (on the cheap
+    decision and in the escalation), the strong call echoes it, and the strong decision
+    records the outcome: redeemed within the token's life, not_applied:expired after it (the
+    call is still answered, at the normal price). The cheap refusal itself stays billed."""
+    n = 12
+    with running_sim() as url:
+        await set_sim(url, model_faults={"claude-haiku-5-5": {"refuse": 1.0}}, credit_ttl_s=ttl_s)
+        env = make_env(kafka_bootstrap, url, unique, ESCALATOR_SHADOW_RATE="0")
+        async with running_service(env, ["cheap", "strong"]):
+            await produce(
+                kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], requests(n, "fc", [CONFIDENT])
+            )
+            got = await collect(
+                kafka_bootstrap,
+                [env["ESCALATOR_RESULTS_TOPIC"], env["ESCALATOR_DECISIONS_TOPIC"]],
+                lambda c: len(c.on(env["ESCALATOR_RESULTS_TOPIC"])) >= n,
+                timeout_s=120,
+                linger_s=1.0,
+            )
+        stats = await sim_stats(url)
+    check = validator("decision.v1.json")
+    decisions = [orjson.loads(r.value) for r in got.on(env["ESCALATOR_DECISIONS_TOPIC"])]
+    for decision in decisions:
+        check.validate(decision)
+    cheap = [d["attempt"] for d in decisions if d["attempt"]["tier"] == "cheap"]
+    strong = [d["attempt"] for d in decisions if d["attempt"]["tier"] == "strong"]
+    assert len(cheap) >= n and len(strong) >= n
+    assert all(a["stop_reason"] == "refusal" and a["fallback_credit_token"] for a in cheap)
+    assert all(a["cost_usd"] > 0 for a in cheap)  # the refused call is billed
+    assert all(a["valid"] and a["fallback_credit"] == outcome for a in strong)
+    results = [orjson.loads(r.value) for r in got.on(env["ESCALATOR_RESULTS_TOPIC"])]
+    assert {r["escalation_reason"] for r in results} == {"cheap_refused"}
+    key = "fallback_credit:" + outcome.removeprefix("not_applied:")
+    assert stats[key] >= n and stats["fallback_credits_minted"] >= n
+
+
 ACCOUNT_FAULTS = {
     "spend-limit 400": ({"faults": {"spend-limit": 1.0}}, "spend_limit"),
     "billing 402": ({"faults": {"billing": 1.0}}, "billing"),

@@ -136,11 +136,12 @@ def test_doctor_without_key_or_url_says_what_to_set() -> None:
 async def test_run_refuses_to_start_with_a_retired_model(
     kafka_bootstrap: str, sim_url: str, unique: str
 ) -> None:
-    """escalator run checks each model at start-up: a retired one is one line, exit 2."""
+    """escalator run checks each model at start-up: a retired one is one line naming the date
+    of its retirement, exit 2."""
     env = await _env(kafka_bootstrap, sim_url, unique, ESCALATOR_STRONG_MODEL="claude-sonnet-4-5")
     done = run_cli(env, "run", "--tier", "strong")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        "escalator: error: ESCALATOR_STRONG_MODEL='claude-sonnet-4-5' is retired: requests "
-        "naming it fail; choose a current model"
+        "escalator: error: ESCALATOR_STRONG_MODEL='claude-sonnet-4-5' is retired (since "
+        "2026-11-30, Model deprecations): requests naming it fail; choose a current model"
     )

@@ -315,7 +315,11 @@ async def test_sigterm_drains_commits_and_restart_does_not_redo_work(
     assert code == 0, err[-2000:]
     assert '"event":"draining"' in err
     before = await collect(
-        kafka_bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: False, timeout_s=2
+        kafka_bootstrap,
+        [env["ESCALATOR_RESULTS_TOPIC"]],
+        lambda c: False,
+        timeout_s=2,
+        read_for_s=True,
     )
     done_before = before.results_by_id(env["ESCALATOR_RESULTS_TOPIC"])
     assert 0 < len(done_before) < n, "SIGTERM must land mid-stream for this test to mean much"
@@ -335,7 +339,11 @@ async def test_sigterm_drains_commits_and_restart_does_not_redo_work(
 
 async def _count_results(bootstrap: str, env: dict[str, str]) -> bool:
     got = await collect(
-        bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: len(c.records) >= 10, timeout_s=1
+        bootstrap,
+        [env["ESCALATOR_RESULTS_TOPIC"]],
+        lambda c: len(c.records) >= 10,
+        timeout_s=1,
+        read_for_s=True,  # a poll: wait_for asks again
     )
     return len(got.records) >= 10
 

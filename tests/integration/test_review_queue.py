@@ -91,7 +91,11 @@ async def test_reviewed_requests_get_one_human_result_each(
     n = 12
     await fill_reviews(env, kafka_bootstrap, n, "hu")
     early = await collect(
-        kafka_bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: False, timeout_s=2
+        kafka_bootstrap,
+        [env["ESCALATOR_RESULTS_TOPIC"]],
+        lambda c: False,
+        timeout_s=2,
+        read_for_s=True,
     )
     assert early.records == [], "a reviewed request's result waits for its reviewer"
     metrics = Metrics()

@@ -18,7 +18,7 @@ from escalator.errors import ConfigError
 from escalator.model.caller import AnthropicClassifier
 from escalator.model.check import check_model
 from escalator.model.prices import load_prices
-from escalator.model.profiles import BUILTIN, load_profiles
+from escalator.model.profiles import BUILTIN, ModelProfile, load_profiles
 from escalator.model.task import load_task
 from tests.conftest import running_sim
 
@@ -108,10 +108,11 @@ async def test_the_request_the_service_builds_is_accepted_and_answered(
 
 
 async def test_a_retired_model_fails_the_start_up_check(client: anthropic.AsyncAnthropic) -> None:
-    """claude-sonnet-4-5 retired on 2026-11-30: GET says retired, POST answers 404."""
+    """claude-sonnet-4-5 retired on 2026-11-30: GET says retired, POST answers 404, and the
+    start-up check refuses it even with a profile of its own (a profiles file may give one)."""
     info = await client.models.retrieve("claude-sonnet-4-5")
     assert info.lifecycle == "retired"
-    profile = load_profiles(None).require("claude-sonnet-4-5", "ESCALATOR_STRONG_MODEL")
+    profile = ModelProfile(None, None, 128, 1024)
     with pytest.raises(ConfigError, match="ESCALATOR_STRONG_MODEL='claude-sonnet-4-5' is retired"):
         await check_model(client, "claude-sonnet-4-5", profile, "ESCALATOR_STRONG_MODEL")
     # The pinned SDK warns about this id itself.

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 from escalator.model.admission import Admission, Budget, Cost, Ticket, TokenEstimate, Tuning
 from escalator.model.caller import rate_limits
+from escalator_dev.emulator.limits import Charge, Exceeded, Limits
 from escalator_dev.emulator.rules import RateLimiter
 
 
@@ -44,9 +45,11 @@ def test_calls_pass_through_until_headers_arrive() -> None:
     assert budget.keep_probability() == 1.0
 
 
-def test_level_resets_from_headers_allowing_for_rounding_and_calls_in_flight() -> None:
+def test_level_resets_from_headers_allowing_for_rounding_and_calls_just_sent() -> None:
     """The level is ``remaining`` minus the rounding of token counts (a thousand; requests are
-    exact) minus what this process has in flight."""
+    exact) minus the calls this process sent after the API wrote those headers (admitted within
+    header_lag_s). The API charges a call when it admits it, so an older call in flight is
+    already in ``remaining`` and is not subtracted twice."""
     clock = Clock()
     budget = Budget(clock=clock)
     budget.observe(headers(600, 500, 200_000, 150_000))
@@ -56,6 +59,46 @@ def test_level_resets_from_headers_allowing_for_rounding_and_calls_in_flight() -
     budget.observe(headers(600, 500, 200_000, 150_000))
     assert budget.buckets["requests"].level == 499
     assert budget.buckets["input_tokens"].level == 148_800
+    clock.now += 1.0  # the call is still in flight, and the API has long counted it
+    budget.observe(headers(600, 499, 200_000, 150_000))
+    assert budget.buckets["requests"].level == 499
+    assert budget.in_flight["requests"] == 1
+
+
+def test_tokens_header_is_a_bucket_of_its_own_only_when_it_differs() -> None:
+    """tokens-* repeating the input (or output) header is the most restrictive limit, already
+    counted; a tokens-* of its own (a combined limit) is a fourth bucket charged input plus
+    output, and it can be the one that holds a call."""
+    clock = Clock()
+    budget = Budget(clock=clock)
+    mirror = {**headers(600, 600, 200_000, 150_000), "tokens": (200_000.0, 150_000.0)}
+    budget.observe(mirror)
+    assert budget.buckets["tokens"].limit == 0
+    combined = {**headers(600, 600, 200_000, 200_000), "tokens": (100_000.0, 1_300.0)}
+    budget.observe(combined)
+    assert budget.buckets["tokens"].limit == 100_000
+    assert CALL.of("tokens") == 328.0
+    # 1,300 left minus 1,000 of rounding is 300: below one call's 328 plus the reserve.
+    assert budget.wait_s(CALL) > 0
+
+
+def test_cache_reads_count_only_where_the_limit_counts_them() -> None:
+    """A cache-aware input limit (the organisation's) is charged uncached input and writes; an
+    input_tokens_per_minute limit (a workspace's) also the reads, learned from answers."""
+    for count in (False, True):
+        gate = Admission(
+            Budget(clock=Clock()), TokenEstimate(1.0), max_tokens=128, count_cache_reads=count
+        )
+        for _ in range(50):
+            gate.settle(
+                Ticket(gate.cost(40), 40),
+                input_tokens=60,
+                cache_write_tokens=0,
+                output_tokens=20,
+                cache_read_tokens=700,
+            )
+        reads = gate.cost(40).input_tokens - gate.estimate.estimate(40)
+        assert reads == (pytest.approx(700, rel=0.01) if count else 0.0)
 
 
 def test_levels_refill_at_the_limit_per_minute_and_keep_a_reserve() -> None:
@@ -154,16 +197,23 @@ def test_a_cap_is_split_by_partition_share_and_paces_without_headers() -> None:
 class Pod:
     budget: Budget
     alive: bool = True
-    pending: list[tuple[float, Cost]] | None = None
+    pending: list[tuple[float, Cost, Charge]] = field(default_factory=list)
 
 
 def _run_group(
-    seconds: float, n: int, limiter: RateLimiter, clock: Clock, events: dict[float, str]
+    seconds: float,
+    n: int,
+    limits: Limits,
+    clock: Clock,
+    events: dict[float, str],
+    call: Cost = CALL,
+    latency_s: float = 0.2,
 ) -> tuple[int, int, dict[int, int]]:
-    """``n`` pods with unbounded demand call a shared bucket set (the emulator's RateLimiter,
-    charged when the answer is ready, 200 ms after admission); each pod's share is one over the
-    pods alive, as the consumer group's assignment would make it. Events kill or restart a
-    pod at a time. Returns (answered, 429s, answered per second)."""
+    """``n`` pods with unbounded demand call a shared bucket set (the emulator's, which charges
+    a call when it is admitted and holds its output reservation until the answer, 200 ms
+    later; a 429 comes back at once); each pod's share is one over the pods alive, as the
+    consumer group's assignment would make it. Events kill or restart a pod at a time.
+    Returns (answered, 429s, answered per second)."""
     alive = [n]
 
     def share() -> float:
@@ -188,19 +238,11 @@ def _run_group(
                 pods[int(index)] = Pod(Budget(share=share, clock=clock))
                 alive[0] += 1
         for pod in pods:
-            if pod.pending is None:
-                pod.pending = []
             due = [p for p in pod.pending if p[0] <= clock.now]
             pod.pending = [p for p in pod.pending if p[0] > clock.now]
-            for _, cost in due:
-                refused = limiter.admit(int(cost.input_tokens), int(cost.output_tokens))
-                pod.budget.observe(rate_limits(limiter.headers()))
-                if refused:
-                    limited += 1
-                    pod.budget.settle(cost, None)
-                    pod.budget.on_rate_limited()
-                    continue
-                limiter.settle(int(cost.output_tokens), 20)
+            for _, cost, charge in due:
+                charge.settle(20)
+                pod.budget.observe(rate_limits(limits.headers()))
                 pod.budget.settle(cost, Cost(1, cost.input_tokens, 20))
                 answered += 1
                 per_second[int(t)] = per_second.get(int(t), 0) + 1
@@ -209,9 +251,16 @@ def _run_group(
             # Unbounded demand: 64 in flight at most, as many admitted as the budget allows;
             # before any headers, one call (the cache warm-up goes alone).
             room = 64 if pod.budget.active else 1
-            while len(pod.pending) < room and pod.budget.wait_s(CALL) <= 0:
-                pod.budget.admit(CALL, waited=True)
-                pod.pending.append((clock.now + 0.2, CALL))
+            while len(pod.pending) < room and pod.budget.wait_s(call) <= 0:
+                pod.budget.admit(call, waited=True)
+                outcome = limits.admit(int(call.input_tokens), 0, int(call.output_tokens))
+                if isinstance(outcome, Exceeded):
+                    limited += 1
+                    pod.budget.observe(rate_limits(limits.headers()))
+                    pod.budget.settle(call, None)
+                    pod.budget.on_rate_limited()
+                    break
+                pod.pending.append((clock.now + latency_s, call, outcome))
     return answered, limited, per_second
 
 
@@ -220,15 +269,31 @@ def test_three_processes_share_one_limit_without_coordination() -> None:
     least 90% of the limit after the ramp; with one killed, the other two take up its share;
     a restarted one ramps in without 429s."""
     clock = Clock()
-    limiter = RateLimiter(600, 200_000, 80_000, clock=clock)
+    limits = Limits(RateLimiter(600, 200_000, 80_000, clock=clock), clock=clock)
     answered, limited, per_second = _run_group(
-        300, 3, limiter, clock, {100.0: "kill:0", 200.0: "restart:0"}
+        300, 3, limits, clock, {100.0: "kill:0", 200.0: "restart:0"}
     )
     assert limited == 0 and answered > 0
     used = [per_second.get(s, 0) for s in range(300)]
     for lo, hi in ((20, 100), (130, 200), (230, 300)):
         window = sum(used[lo:hi]) / ((hi - lo) * 10.0)
         assert 0.9 <= window <= 1.05, (lo, hi, window)
+
+
+def test_an_output_limit_bound_by_reservations_is_used_without_429s() -> None:
+    """Calls of 2 s that reserve 2,048 output tokens when admitted and keep 20, against
+    60,000 OTPM: the limit allows 3,000 such calls a minute (50/s), and the reservations bound
+    how fast a group may get there. Three budgets, each drawing only its share of what a
+    reading leaves free and pacing the output calls keep: no 429s, and at least 40% of the
+    net rate after the first minute (they ramp; the emulator's old accounting, which charged
+    20 tokens at the end, let any burst through)."""
+    clock = Clock()
+    limits = Limits(RateLimiter(6_000, 10_000_000, 60_000, clock=clock), clock=clock)
+    call = Cost(1.0, 200.0, 2048.0, 20.0)
+    answered, limited, per_second = _run_group(300, 3, limits, clock, {}, call, 2.0)
+    assert limited == 0 and answered > 0
+    steady = sum(per_second.get(s, 0) for s in range(60, 300)) / 240
+    assert steady >= 0.4 * 60_000 / 20 / 60, steady
 
 
 async def test_shadow_calls_yield_to_real_calls_that_arrive_soon_after() -> None:

@@ -12,7 +12,7 @@ import httpx2 as httpx
 import pytest
 
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable
-from escalator.model.caller import AnthropicClassifier, RateLimits
+from escalator.model.caller import AnthropicClassifier, RateLimits, retry_after_s
 from escalator.model.prices import load_prices
 from escalator.model.profiles import load_profiles
 from escalator.model.task import load_task
@@ -293,6 +293,27 @@ async def test_account_level_failures_block_instead_of_failing_the_record(
     assert "sk-unit-test" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        # An HTTP date (RFC 9110): 30 s after the fake clock's now.
+        ({"retry-after": "Sun, 06 Dec 2026 03:00:30 GMT"}, 30.0),
+        ({"retry-after": "Sun, 06 Dec 2026 02:59:00 GMT"}, 0.0),  # already past: now
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_as_an_http_date(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    """retry-after may be seconds or an HTTP date; an unreadable one is ignored, not a crash."""
+    now = 1796526000.0  # 2026-12-06T03:00:00Z
+    assert retry_after_s(headers, now=lambda: now) == expected
+
+
 async def test_a_ramp_limit_429_is_a_rate_limit_with_its_retry_after() -> None:
     """ramp_limit_exceeded is an acceleration limit: retry after retry-after, not a block."""
     with pytest.raises(ModelUnavailable) as info:
@@ -326,3 +347,27 @@ async def test_connection_failure_and_timeout_are_retryable() -> None:
     with pytest.raises(ModelUnavailable) as info:
         await classifier(slow).classify("x")
     assert info.value.kind == "timeout"
+
+
+def test_when_a_spend_hold_ends_is_read_from_the_api() -> None:
+    """A spend-limit message names its date; a monthly cap (429) ends at 00:00 UTC on the 1st
+    of the next month (Rate limits); other holds have no end the API states."""
+    from datetime import UTC, datetime
+
+    from escalator.model.caller import hold_ends_at
+
+    now = datetime(2026, 12, 10, 15, 0, tzinfo=UTC)
+    limit = ApiBlocked(
+        "spend limit reached (400): You have reached your specified API usage limits. You "
+        "will regain access on 2027-01-01 at 00:00 UTC.",
+        kind="spend_limit",
+    )
+    assert hold_ends_at(limit, now) == datetime(2027, 1, 1, tzinfo=UTC)
+    cap = ApiBlocked(
+        "spend cap reached (429 enforced_spend_limit_reached): ...", kind="spend_limit"
+    )
+    assert hold_ends_at(cap, now) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert hold_ends_at(cap, datetime(2026, 11, 30, tzinfo=UTC)) == datetime(
+        2026, 12, 1, tzinfo=UTC
+    )
+    assert hold_ends_at(ApiBlocked("billing problem (402)", kind="billing"), now) is None

@@ -42,6 +42,12 @@ TABLE = load_prices(None)
         ("claude-sonnet-5-5", Usage(200, 12, 1300, 0), (200 * 2 + 12 * 10 + 1300 * 2.5) / 1e6),
         ("claude-sonnet-5-5", Usage(200_000, 0, 0, 0), 0.4),
         ("claude-sonnet-5-5", Usage(), 0.0),
+        # Fable 5.2: $8 in, $40 out, $10 5-minute write, $16 1-hour write, $0.20 read.
+        ("claude-fable-5-2", Usage(200, 12, 1300, 0), (200 * 8 + 12 * 40 + 1300 * 10) / 1e6),
+        ("claude-fable-5-2", Usage(0, 0, 1000, 0, 1000), 1000 * 16 / 1e6),
+        ("claude-fable-5-2", Usage(0, 0, 0, 1000), 1000 * 0.2 / 1e6),
+        # A dated snapshot is priced by its family's row.
+        ("claude-haiku-4-5-20251001", Usage(1000, 100, 0, 0), (1000 * 1 + 100 * 5) / 1e6),
     ],
 )
 def test_cost(model: str, usage: Usage, expected_usd: float) -> None:
@@ -53,6 +59,15 @@ def test_unknown_model_is_a_startup_error_not_zero() -> None:
     """A model without a price fails at start-up, naming the model."""
     with pytest.raises(ConfigError, match="claude-new-9"):
         TABLE.require("claude-haiku-5-5", "claude-new-9")
+
+
+def test_dated_snapshots_pass_the_start_up_check_and_retired_models_keep_their_price() -> None:
+    """The dated id the models page documents passes the check that the bare alias passes;
+    Sonnet 4.5, retired on 2026-11-30, keeps its row so that old decisions can be priced."""
+    TABLE.require("claude-haiku-4-5-20251001", "claude-haiku-4-5", "claude-fable-5-2")
+    assert TABLE.cost_usd("claude-sonnet-4-5-20250929", Usage(1000, 0, 0, 0)) == 0.003
+    with pytest.raises(ConfigError, match="claude-haiku-4-5-2025"):
+        TABLE.require("claude-haiku-4-5-2025")  # not a dated snapshot: no family
 
 
 def test_override_file(tmp_path: Path) -> None:

@@ -22,6 +22,17 @@ def test_profiles_match_dated_snapshots_and_unknown_models_are_a_startup_error()
         table.require("claude-nova-1", "ESCALATOR_CHEAP_MODEL")
 
 
+def test_retired_models_are_a_startup_error_naming_the_date() -> None:
+    """claude-sonnet-4-5 (and its dated snapshot) retired on 2026-11-30: one line naming the
+    variable and the date, before any API call; Fable 5.2 has a profile that always thinks."""
+    table = load_profiles(None)
+    for model in ("claude-sonnet-4-5", "claude-sonnet-4-5-20250929"):
+        with pytest.raises(ConfigError, match=rf"V='{model}' is retired \(since 2026-11-30"):
+            table.require(model, "V")
+    fable = table.require("claude-fable-5-2", "V")
+    assert fable.always_thinks and fable.thinking is None and fable.max_tokens == 4096
+
+
 def test_a_profiles_file_adds_models_and_is_validated(tmp_path: Path) -> None:
     """A user-supplied profile is used; a bad one is one line naming the file."""
     path = tmp_path / "p.json"

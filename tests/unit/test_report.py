@@ -97,3 +97,27 @@ def test_unknown_model_is_refused_not_zero() -> None:
     bad["attempt"]["model"] = "claude-unknown-9"
     with pytest.raises(Exception, match="claude-unknown-9"):
         build_report([bad], PRICES)
+
+
+def test_month_to_date_spend_against_the_stated_cap() -> None:
+    """Only this UTC month's decisions count (shadow included), against the stated cap, with a
+    straight-line projection; without a cap the report says how to state one."""
+    now = 1796526000.0  # 2026-12-06T03:00:00Z: 5 days and 3 hours into December
+    december, november = 1796100000000, 1796000000000  # ms: Dec 1 04:40 and Nov 30
+    stamped = [
+        {**RECORDS[0], "ts_ms": november},  # last month: not counted
+        {**RECORDS[1], "ts_ms": december},
+        {**RECORDS[2], "ts_ms": december + 1},  # shadow: counted, the bill has it
+    ]
+    r = build_report(stamped, PRICES, spend_cap_usd=0.01, now=now)
+    mtd = r["month_to_date"]
+    assert mtd["month"] == "2026-12" and mtd["decisions"] == 2
+    assert mtd["usd"] == pytest.approx(CHEAP_B + SHADOW_B)
+    assert mtd["share_of_cap"] == pytest.approx((CHEAP_B + SHADOW_B) / 0.01)
+    elapsed = now - 1796083200  # since 2026-12-01T00:00:00Z
+    assert mtd["projected_usd"] == pytest.approx((CHEAP_B + SHADOW_B) * 31 * 86400 / elapsed)
+    text = render_text(r)
+    assert "month to date (2026-12):" in text and "of the $0.01 monthly cap" in text
+    assert "2 decisions from 2026-12-01 04:40 UTC" in text  # November's is not counted
+    uncapped = render_text(build_report(stamped, PRICES, now=now))
+    assert "no monthly cap stated: ESCALATOR_MONTHLY_SPEND_CAP_USD" in uncapped

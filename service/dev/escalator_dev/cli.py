@@ -116,6 +116,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         retired=set(args.retire),
         limits=dict(args.rate_limit),
         default_limits=args.tier,
+        workspace_limits=dict(args.workspace_limit),
         enum_case_rate=args.enum_case_rate,
         refusals=not args.no_refusals,
         refusal_lexicon=lexicon,
@@ -243,7 +244,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_emulator_type("rate_limit"),
         action="append",
         default=[],
-        help="MODEL=RPM:ITPM:OTPM for one model; repeatable",
+        help="MODEL=RPM:ITPM:OTPM for the rate-limit group of MODEL (or GROUP=..., e.g. "
+        "haiku-5); repeatable",
+    )
+    sim.add_argument(
+        "--workspace-limit",
+        type=_emulator_type("rate_limit"),
+        action="append",
+        default=[],
+        help="MODEL=RPM:ITPM:OTPM: the workspace's own limit for that group, beside the "
+        "organisation's; its input limit counts cache reads; repeatable",
     )
     sim.add_argument("--retire", action="append", default=[], help="treat MODEL as retired")
     sim.add_argument(

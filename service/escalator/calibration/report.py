@@ -6,6 +6,14 @@ its own rate (cache writes at the write rate, cache reads at the read rate), and
 the cost the service recorded at call time. This is the usual back-of-envelope arithmetic
 (requests x tokens x price), done from observed tokens instead of averages.
 
+Month-to-date spend is the re-priced cost of the decisions read whose ``ts_ms`` falls in the
+current UTC month (shadow calls included: the bill counts them), against the monthly spend cap
+the operator states (``ESCALATOR_MONTHLY_SPEND_CAP_USD``; the tier's cap is on the Rate limits
+page and in the Console, not in the Messages API), with a straight-line projection to the end
+of the month. It covers only the decisions read: a source that starts after the 1st, or a
+decisions topic whose retention dropped the month's start, under-counts, and the report says
+from when it counts.
+
 Agreement of the routed answers with the strong model, at the thresholds in force when each
 request was routed, uses calibration's estimators (``estimates``): a Hájek estimate within
 threshold-version strata and its exact lower bound (a description of the window at 95%, not
@@ -14,6 +22,8 @@ a certification: ``calibrate`` is what certifies).
 
 from __future__ import annotations
 
+import calendar
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -38,6 +48,8 @@ def build_report(
     monthly_volume: int | None = None,
     *,
     review_cost: float | None = None,
+    spend_cap_usd: float = 0.0,
+    now: float | None = None,
 ) -> dict[str, Any]:
     # People are not priced by tokens: their decisions are counted apart (``human_tier``).
     humans = [r for r in records if (r.get("attempt") or {}).get("tier") == "human"]
@@ -116,6 +128,7 @@ def build_report(
         "savings_pct": None if not counterfactual else 1 - actual / counterfactual,
         "escalation_rate_by_label": dict(sorted(by_label.items())),
     }
+    report["month_to_date"] = month_to_date(records, prices, spend_cap_usd, now)
     report["agreement_in_force"] = agreement_in_force(records)
     if humans or review_cost is not None:
         report["three_tier"] = three_tier(rows, humans, review_cost)
@@ -129,6 +142,38 @@ def build_report(
             else counterfactual / n * monthly_volume,
         }
     return report
+
+
+def month_to_date(
+    records: list[dict[str, Any]], prices: PriceTable, cap_usd: float, now: float | None
+) -> dict[str, Any]:
+    """This UTC month's spend so far (re-priced), against the stated cap, and its projection."""
+    now = time.time() if now is None else now
+    day = time.gmtime(now)
+    start = calendar.timegm((day.tm_year, day.tm_mon, 1, 0, 0, 0, 0, 0, 0))
+    year, month = day.tm_year + (day.tm_mon == 12), day.tm_mon % 12 + 1
+    end = calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
+    usd = 0.0
+    counted = 0
+    first: int | None = None
+    for rec in records:
+        a = rec.get("attempt") or {}
+        ts = rec.get("ts_ms")
+        if a.get("tier") == "human" or not isinstance(ts, int) or not start * 1000 <= ts:
+            continue
+        usd += prices.cost_usd(str(a.get("model")), usage_of(a))
+        counted += 1
+        first = ts if first is None else min(first, ts)
+    elapsed = max(1.0, now - start)
+    return {
+        "month": f"{day.tm_year:04d}-{day.tm_mon:02d}",
+        "usd": usd,
+        "decisions": counted,
+        "counted_from_ms": first,
+        "projected_usd": usd * (end - start) / elapsed,
+        "cap_usd": cap_usd or None,
+        "share_of_cap": usd / cap_usd if cap_usd else None,
+    }
 
 
 def three_tier(
@@ -267,6 +312,25 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
         f"({_pct(report['savings_pct'])})",
         "",
     ]
+    mtd = report.get("month_to_date")
+    if mtd:
+        since = mtd["counted_from_ms"]
+        counted = (
+            "no decision this month"
+            if since is None
+            else f"{mtd['decisions']} decisions from "
+            + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(since / 1000))
+        )
+        cap = (
+            f" of the ${mtd['cap_usd']:,.2f} monthly cap ({_pct(mtd['share_of_cap'])})"
+            if mtd["cap_usd"]
+            else " (no monthly cap stated: ESCALATOR_MONTHLY_SPEND_CAP_USD)"
+        )
+        lines += [
+            f"  month to date ({mtd['month']}):     {usd(mtd['usd'])}{cap}",
+            f"    projected to month end {usd(mtd['projected_usd'])}; {counted}",
+            "",
+        ]
     agree = report.get("agreement_in_force")
     if agree:
         lines.append(

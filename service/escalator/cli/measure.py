@@ -467,6 +467,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         load_prices(settings.routing.prices_file),
         args.monthly_volume,
         review_cost=args.review_cost,
+        spend_cap_usd=settings.model.monthly_spend_cap_usd,
     )
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

@@ -66,6 +66,14 @@ class Attempt:
     inference_geo: str | None = None
     #: The ``request-id`` header: what Anthropic's support asks for.
     request_id: str | None = None
+    #: A refusal's ``stop_details.fallback_credit_token`` (Fallback credit): the strong tier
+    #: echoes it when it answers the escalation, so that the retry is billed as if the
+    #: request had been on the strong model all along. Opaque; expires 5 minutes after the
+    #: refusal; usable only by the same organisation and workspace.
+    fallback_credit_token: str | None = None
+    #: What happened to a fallback credit token this call presented: ``redeemed``, or
+    #: ``not_applied:<reason>`` (``usage.fallback_credit``); None when it presented none.
+    fallback_credit: str | None = None
 
     @property
     def refused(self) -> bool:
@@ -94,6 +102,8 @@ class Attempt:
                 cache_write_1h_tokens=int(data.get("cache_write_1h_tokens", 0)),
                 inference_geo=_opt_str(data.get("inference_geo")),
                 request_id=_opt_str(data.get("request_id")),
+                fallback_credit_token=_opt_str(data.get("fallback_credit_token")),
+                fallback_credit=_opt_str(data.get("fallback_credit")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest(f"bad attempt: {exc}", reason="invalid_escalation") from exc

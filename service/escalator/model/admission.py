@@ -1,17 +1,26 @@
-"""Admission control from the API's own rate-limit headers: one controller per model and process,
+"""Admission control from the API's own rate-limit headers: one controller per rate-limit group
+(a model family, ``profiles.rate_limit_group``) and process,
 in front of every model call, so that the pods of a deployment spend the organisation's rate
 limit instead of finding it with 429s. No pod talks to another: each sees the organisation's
 buckets only through the ``anthropic-ratelimit-*`` headers of its own responses.
 
 :class:`Budget` is the synchronous core (a clock is injected, so it is tested with a fake one).
-Per bucket kind (requests, input tokens, output tokens) it keeps
+Per bucket kind (requests, input tokens, output tokens, and tokens when that header is a limit
+of its own) it keeps
 
 - the **level**: what the organisation has left, reset from every response's ``remaining``
-  (minus the API's rounding of token counts to the thousand, minus this process's calls still
-  in flight), refilled at ``limit / 60`` per second between responses, and drawn down by each
-  call admitted. A call is admitted only when every level covers its estimate plus a reserve
-  of ``(1 - target) * limit``: the hard floor, reached only if the pacing below misjudged.
-- the **allowance**: this process's own pacing bucket, refilled at its admitted rate ``rate``.
+  (minus the API's rounding of token counts to the thousand, minus this process's calls sent
+  since the API wrote those headers), refilled at ``limit / 60`` per second between responses,
+  and drawn down by each call admitted. A call is admitted only when every level covers its
+  estimate plus a reserve of ``(1 - target) * limit``: the hard floor, reached only if the
+  pacing below misjudged. Every process reads the same headers, so between two readings each
+  draws only its ``share`` of what the last one left above the reserve (its **quota**):
+  processes admitting on one stale reading would overshoot together, which a limit bound by
+  large output reservations (``max_tokens`` held while a call runs) turns into 429s.
+- the **allowance**: this process's own pacing bucket, refilled at its admitted rate ``rate``,
+  drawn by what a call keeps (for output, the real output learned from answers, not the
+  reservation that comes back when it ends), the units in which the headers' slope measures
+  the group's consumption.
   This is how pods share the limit without a coordinator. ``rate`` is steered from the
   headers (see :meth:`Budget._control`):
 
@@ -30,6 +39,18 @@ Per bucket kind (requests, input tokens, output tokens) it keeps
   is the one thing the pods share); it only scales the start rate and the additive terms, so
   the group's acceleration does not depend on how many pods there are, and it splits an
   optional hard ``cap`` (per model, per minute, for the whole deployment).
+
+What is counted is what the API counts (Rate limits; the Admin API's limiter types). The API
+charges a call when it admits it: its request, its input (uncached input and cache writes; cache
+reads too under an ``input_tokens_per_minute`` limit, such as a workspace may set, but not under
+the organisation's cache-aware one, ``ESCALATOR_ADMISSION_CACHE_READS``), and ``max_tokens`` of
+output, reserved until the response ends and then corrected to the real output. So a
+response's ``remaining`` already counts this process's calls in flight, and the level subtracts
+only the calls admitted within ``header_lag_s`` before the headers were read (sent after the API
+wrote them). ``tokens-*`` is read too: where it repeats the input or the output header (the
+Claude API's "most restrictive limit") it adds nothing; where it differs (a combined input +
+output limit, as Claude Platform on AWS documents it) it is a fourth bucket, charged input plus
+output.
 
 An unpredicted 429 halves every rate (at most once a second); the in-flight AIMD in
 ``limits.py`` stays as the backstop. When responses carry no headers (Bedrock, a proxy), the
@@ -58,9 +79,9 @@ from typing import Protocol
 
 from escalator.config import AdmissionSettings, default_of
 
-KINDS = ("requests", "input_tokens", "output_tokens")
+KINDS = ("requests", "input_tokens", "output_tokens", "tokens")
 #: The API rounds token ``remaining`` to the thousand; the request count is exact.
-ROUNDING = {"requests": 0.0, "input_tokens": 1000.0, "output_tokens": 1000.0}
+ROUNDING = {"requests": 0.0, "input_tokens": 1000.0, "output_tokens": 1000.0, "tokens": 1000.0}
 #: ``{kind: (limit, remaining)}`` from one response's headers (``model.rate_limits``).
 Limits = Mapping[str, tuple[float, float]]
 #: (RPM, ITPM, OTPM): a hard cap per model for the whole deployment.
@@ -69,16 +90,31 @@ Cap = tuple[float, float, float]
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """What one call draws from each bucket."""
+    """What one call draws from each bucket: ``output_tokens`` is what the API reserves when
+    it admits the call (``max_tokens``), held until the call ends; ``paced_output`` what it
+    is expected to keep (the real output, learned from answers; None: the reservation)."""
 
     requests: float
     input_tokens: float
     output_tokens: float
+    paced_output: float | None = None
 
     def of(self, kind: str) -> float:
+        """Drawn from the level (what the headers will show while the call runs)."""
         if kind == "requests":
             return self.requests
+        if kind == "tokens":
+            return self.input_tokens + self.output_tokens
         return self.input_tokens if kind == "input_tokens" else self.output_tokens
+
+    def pace(self, kind: str) -> float:
+        """Drawn from this process's pacing allowance: what the group's consumption, measured
+        from the headers over time, counts (the reservation comes back when the call ends)."""
+        if self.paced_output is None or kind in ("requests", "input_tokens"):
+            return self.of(kind)
+        if kind == "tokens":
+            return self.input_tokens + self.paced_output
+        return self.paced_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +150,8 @@ class Tuning:
     shadow_delay_s: float = 10.0
     #: Unpredicted 429s halve the rates at most once per this.
     cut_cooldown_s: float = 1.0
+    #: Calls admitted this recently are taken as not yet in the headers being read.
+    header_lag_s: float = 0.05
 
 
 @dataclass(slots=True)
@@ -137,6 +175,8 @@ class _Bucket:
     limited: bool = False
     #: The group's consumption measured from the headers (units per second; nan: bucket full).
     group_rate: float = math.nan
+    #: This process's share of the level the last reading left above the reserve.
+    quota: float = 0.0
 
 
 def _slope(samples: list[tuple[float, float]]) -> float:
@@ -166,9 +206,11 @@ class Budget:
         self._share = share
         self.buckets = {k: _Bucket(k) for k in KINDS}
         if cap is not None:
-            for kind, value in zip(KINDS, cap, strict=True):
+            for kind, value in zip(KINDS[:3], cap, strict=True):
                 self.buckets[kind].cap = float(value)
         self.in_flight = dict.fromkeys(KINDS, 0.0)
+        #: (admitted at, cost) of recent calls: those the next headers may not count yet.
+        self._recent: deque[tuple[float, Cost]] = deque()
         now = clock()
         self._advanced = now
         self._controlled = now
@@ -225,6 +267,7 @@ class Budget:
         for b in self.buckets.values():
             if b.limit > 0:
                 b.level = min(b.limit, b.level + dt * b.limit / 60.0)
+                b.quota = min(b.limit, b.quota + dt * b.limit / 60.0 * self.share())
             if self._paced(b):
                 if b.rate <= 0:
                     b.rate = self._start_rate(b)
@@ -241,8 +284,13 @@ class Budget:
         now = self._clock()
         self._advance(now)
         seen = False
+        while self._recent and self._recent[0][0] < now - self.tuning.header_lag_s:
+            self._recent.popleft()
         for kind, b in self.buckets.items():
             got = limits.get(kind)
+            if kind == "tokens" and got is not None:
+                if got in (limits.get("input_tokens"), limits.get("output_tokens")):
+                    got = None  # the most restrictive of the two, already counted
             if got is None or got[0] <= 0:
                 continue
             seen = True
@@ -254,7 +302,9 @@ class Budget:
                     b.rate = self._start_rate(b)
                     b.allowance = self._depth(b)
             low = max(0.0, min(limit, remaining - ROUNDING[kind]))
-            b.level = max(0.0, low - self.in_flight[kind])
+            b.level = max(0.0, low - sum(c.of(kind) for _, c in self._recent))
+            reserve = (1.0 - self.tuning.target) * limit
+            b.quota = self.share() * max(0.0, b.level - reserve)
             b.samples.append((now, remaining))
             while b.samples and b.samples[0][0] < now - self.tuning.window_s:
                 b.samples.popleft()
@@ -344,8 +394,13 @@ class Budget:
                 short = need_level + reserve - b.level
                 if short > 0:
                     wait = max(wait, short / (b.limit / 60.0))
+                # This process's part of what the last reading left free: every process reads
+                # the same headers, so between two readings each draws only its share of it.
+                short = min(need, b.limit - reserve) - b.quota
+                if short > 0:
+                    wait = max(wait, short / (b.limit / 60.0 * self.share()))
             if self._paced(b) and b.rate > 0:
-                need_pace = min(need, self._depth(b))
+                need_pace = min(cost.pace(kind), self._depth(b))
                 short = need_pace - b.allowance
                 if short > 0:
                     b.limited = True
@@ -359,22 +414,19 @@ class Budget:
         for kind, b in self.buckets.items():
             need = cost.of(kind)
             b.level -= need
-            b.allowance -= need
+            b.quota -= need
+            b.allowance -= cost.pace(kind)
             self.in_flight[kind] += need
+        self._recent.append((now, cost))
         if real:
             self.pressure += 0.05 * ((1.0 if waited else 0.0) - self.pressure)
 
     def settle(self, cost: Cost, actual: Cost | None = None) -> None:
         """A call admitted with ``cost`` ended; ``actual`` is what the API charged (None: no
-        answer). Output is charged at ``max_tokens`` and the difference refunded at the end."""
+        answer). The API gives back the unused output reservation when the response ends; the
+        next headers show it, so the level is not credited here."""
         for kind in KINDS:
             self.in_flight[kind] = max(0.0, self.in_flight[kind] - cost.of(kind))
-        if actual is not None:
-            b = self.buckets["output_tokens"]
-            if b.limit > 0:
-                b.level = min(
-                    b.limit, b.level + max(0.0, cost.output_tokens - actual.output_tokens)
-                )
 
     def no_headers(self) -> None:
         """An answer came without rate-limit headers; after enough of them in a row the
@@ -425,6 +477,8 @@ class TokenEstimate:
         self._sxy = 100.0 * (overhead + 100.0)
         #: Tokens a call that writes the prompt cache adds (learned from cache writes seen).
         self.cache_write = 2048.0
+        #: Cache reads per call (an average over recent calls), for limits that count them.
+        self.cache_read = 0.0
 
     def tokens(self, text: str) -> int:
         return math.ceil(len(text.encode()) / 4 * self.factor)
@@ -439,7 +493,10 @@ class TokenEstimate:
                 return max(1.0, my + slope * (x - mx))
         return max(1.0, my * (x + 1.0) / (mx + 1.0))
 
-    def observe(self, x: float, actual: float, cache_write: float = 0.0) -> None:
+    def observe(
+        self, x: float, actual: float, cache_write: float = 0.0, cache_read: float = 0.0
+    ) -> None:
+        self.cache_read += 0.1 * (cache_read - self.cache_read)
         d = self._decay
         self._w = self._w * d + 1.0
         self._sx = self._sx * d + x
@@ -506,10 +563,17 @@ class Admission:
         max_tokens: int,
         enabled: bool = True,
         observer: AdmissionObserver | None = None,
+        count_cache_reads: bool = False,
     ) -> None:
         self.budget = budget
         self.estimate = estimate
         self.max_tokens = max_tokens
+        #: The input limit counts cache reads (``input_tokens_per_minute``, a workspace's);
+        #: False: the organisation's cache-aware limit (ESCALATOR_ADMISSION_CACHE_READS).
+        self.count_cache_reads = count_cache_reads
+        #: Output tokens a call keeps (an average over recent answers); until the first
+        #: answer, the whole reservation.
+        self.output_estimate = float(max_tokens)
         #: False: AIMD only (ESCALATOR_ADMISSION=off); usage and 429s are still counted.
         self.enabled = enabled
         self._observer: AdmissionObserver = observer or _Quiet()
@@ -524,8 +588,12 @@ class Admission:
         return sum(1 for _, _, w in self._heap if not w.future.done())
 
     def cost(self, x: int, *, warm: bool = False) -> Cost:
-        tokens = self.estimate.estimate(x) + (self.estimate.cache_write if warm else 0.0)
-        return Cost(1.0, tokens, float(self.max_tokens))
+        tokens = self.estimate.estimate(x)
+        if warm:
+            tokens += self.estimate.cache_write
+        elif self.count_cache_reads:
+            tokens += self.estimate.cache_read
+        return Cost(1.0, tokens, float(self.max_tokens), self.output_estimate)
 
     async def acquire(self, text: str, *, shadow: bool = False, warm: bool = False) -> Ticket:
         """Wait until the call may be made."""
@@ -600,14 +668,21 @@ class Admission:
         input_tokens: int,
         cache_write_tokens: int,
         output_tokens: int,
+        cache_read_tokens: int = 0,
     ) -> None:
         """The call was answered (and billed) with this usage. When no response has brought
         headers since it was admitted, that counts towards the fall-back to pass-through."""
-        actual = Cost(1.0, float(input_tokens + cache_write_tokens), float(output_tokens))
+        counted = input_tokens + cache_write_tokens
+        if self.count_cache_reads:
+            counted += cache_read_tokens
+        actual = Cost(1.0, float(counted), float(output_tokens))
         self._observer.used(actual)
         if ticket.cost is not None:
             self._observer.estimated(ticket.cost, actual)
-            self.estimate.observe(ticket.x, float(input_tokens), float(cache_write_tokens))
+            self.output_estimate += 0.1 * (output_tokens - self.output_estimate)
+            self.estimate.observe(
+                ticket.x, float(input_tokens), float(cache_write_tokens), float(cache_read_tokens)
+            )
             self.budget.settle(ticket.cost, actual)
         if ticket.cost is not None and self.observations == ticket.seen:
             self.budget.no_headers()

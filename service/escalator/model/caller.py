@@ -17,10 +17,13 @@ record that fails while others succeed is given up on.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 import anthropic
@@ -47,6 +50,7 @@ from escalator.observability.logs import log
 
 logger = logging.getLogger("escalator.model")
 
+#: Every documented ``anthropic-ratelimit-*`` family (Rate limits: "Response headers").
 RATE_LIMIT_KINDS = ("requests", "input-tokens", "output-tokens", "tokens")
 #: 429 ``error.details.error_code`` values that mean a monthly spend cap, not a rate.
 SPEND_CAP_CODES = frozenset(
@@ -69,19 +73,34 @@ class ModelClient(Protocol):
     tier: str
     model: str
 
-    async def classify(self, text: str) -> Attempt: ...
+    async def classify(self, text: str, *, credit_token: str | None = None) -> Attempt:
+        """``credit_token``: a refusal's fallback credit token to echo (Fallback credit)."""
+        ...
 
 
-def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+def retry_after_s(
+    headers: Mapping[str, str] | None, now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``retry-after`` as seconds or as an HTTP
+    date (RFC 9110 allows both; a date in the past means now). None: absent or unreadable."""
     if headers is None:
         return None
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         raw = headers.get(name)
-        if raw is not None:
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) * scale)
+        except ValueError:
+            pass
+        if name == "retry-after":
             try:
-                return max(0.0, float(raw) * scale)
-            except ValueError:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError):
                 continue
+            if when.tzinfo is None:  # RFC 9110: an HTTP date is always GMT
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - now())
     return None
 
 
@@ -98,6 +117,28 @@ def rate_limits(headers: Mapping[str, str]) -> RateLimits:
         except ValueError:
             continue
     return out
+
+
+#: "You will regain access on 2027-01-01 at 00:00 UTC" (the spend-limit messages).
+REGAIN_RE = re.compile(r"regain access on (\d{4}-\d{2}-\d{2})(?: at (\d{2}):(\d{2}) UTC)?")
+
+
+def hold_ends_at(error: ApiBlocked, now: datetime | None = None) -> datetime | None:
+    """When the API says a spend hold ends (for /readyz and the doctor): the date its message
+    names ("You will regain access on ..."), else, for a monthly spend cap (429
+    ``*_spend_limit_reached``), the documented end: "API usage pauses until 00:00 UTC on the
+    first day of the next month" (Rate limits). None for every other hold."""
+    if error.kind != "spend_limit":
+        return None
+    said = REGAIN_RE.search(str(error))
+    if said is not None:
+        day = date.fromisoformat(said.group(1))
+        hour, minute = int(said.group(2) or 0), int(said.group(3) or 0)
+        return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+    if str(error).startswith("spend cap reached (429"):
+        now = now or datetime.now(UTC)
+        return datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+    return None
 
 
 def translate_error(exc: anthropic.AnthropicError) -> ModelUnavailable | ModelRejected:
@@ -139,14 +180,14 @@ def translate_error(exc: anthropic.AnthropicError) -> ModelUnavailable | ModelRe
         return ModelUnavailable(
             f"rate limited (429{' ' + code if code else ''}){where}",
             kind="rate_limit",
-            retry_after_s=_retry_after_s(headers),
+            retry_after_s=retry_after_s(headers),
             request_id=rid,
         )
     if status == 529:
         return ModelUnavailable(
             f"API overloaded (529){where}",
             kind="overloaded",
-            retry_after_s=_retry_after_s(headers),
+            retry_after_s=retry_after_s(headers),
             request_id=rid,
         )
     if status >= 500 or status in (408, 409):
@@ -170,8 +211,15 @@ def translate_error(exc: anthropic.AnthropicError) -> ModelUnavailable | ModelRe
     )
 
 
+#: Every call opts in to fallback credit, so that a refusal carries a token the strong tier
+#: can echo (Fallback credit: "Send the request that may be refused with the anthropic-beta:
+#: fallback-credit-2026-07-01 header"; the SDK's first-party ``messages`` surface mints none).
+FALLBACK_CREDIT_BETA = "fallback-credit-2026-07-01"
+
+
 class AnthropicClassifier:
-    """ModelClient over ``anthropic.AsyncAnthropic`` (the real API or the emulator)."""
+    """ModelClient over ``anthropic.AsyncAnthropic`` (the real API or the emulator), through the
+    SDK's beta surface with the fallback-credit beta (the only one sent)."""
 
     def __init__(
         self,
@@ -209,10 +257,17 @@ class AnthropicClassifier:
             **self._fields,
         }
 
-    async def classify(self, text: str) -> Attempt:
+    async def classify(self, text: str, *, credit_token: str | None = None) -> Attempt:
         started = time.perf_counter()
+        request = self.request(text)
+        if credit_token is not None:
+            # best_effort: a token that cannot be redeemed (expired, another body...) costs
+            # the normal price instead of failing the call; usage.fallback_credit says which.
+            request["fallback_credit_token"] = {"token": credit_token, "mode": "best_effort"}
         try:
-            raw = await self._client.messages.with_raw_response.create(**self.request(text))
+            raw = await self._client.beta.messages.with_raw_response.create(
+                **request, betas=[FALLBACK_CREDIT_BETA]
+            )
             message = await raw.parse()
         except anthropic.APIStatusError as exc:
             self._report_limits(exc.response.headers)
@@ -233,11 +288,13 @@ class AnthropicClassifier:
             inference_geo=geo,
         )
         refusal: str | None = None
+        token: str | None = None
         label: str | None
         error: str | None
         if message.stop_reason == "refusal":
             details = message.stop_details
             refusal = (details.category if details else None) or "uncategorized"
+            token = details.fallback_credit_token if details else None
             label, confidence, error = None, 0.0, "refused"
         else:
             raw_text = "".join(b.text for b in message.content if b.type == "text")
@@ -260,6 +317,8 @@ class AnthropicClassifier:
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             inference_geo=geo,
             request_id=raw.request_id,
+            fallback_credit_token=token,
+            fallback_credit=_credit_outcome(u.fallback_credit) if credit_token else None,
         )
 
     def _report_limits(self, headers: Mapping[str, str]) -> None:
@@ -289,6 +348,16 @@ class AnthropicClassifier:
         ):
             return label, 0.0, "confidence_invalid"
         return label, float(confidence), None
+
+
+def _credit_outcome(usage: Any) -> str:
+    """``usage.fallback_credit`` as one word: ``redeemed`` or ``not_applied:<reason>``."""
+    status = getattr(usage, "status", None)
+    if status is None:
+        return "not_applied:no_outcome_reported"
+    if status.type == "redeemed":
+        return "redeemed"
+    return f"not_applied:{getattr(status, 'reason', 'unknown')}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -440,7 +509,9 @@ class ModelCaller:
         """Probability of making a shadow call now (below 1 while the budget is tight)."""
         return self.admission.shadow_keep()
 
-    async def _once(self, text: str, shadow: bool = False) -> Attempt:
+    async def _once(
+        self, text: str, shadow: bool = False, credit_token: str | None = None
+    ) -> Attempt:
         probe, warmer = await self._admit()
         try:
             ticket = await self.admission.acquire(text, shadow=shadow, warm=warmer)
@@ -451,7 +522,10 @@ class ModelCaller:
                 self._warm_done()
             raise
         try:
-            answer = await self.client.classify(text)
+            if credit_token is None:
+                answer = await self.client.classify(text)
+            else:
+                answer = await self.client.classify(text, credit_token=credit_token)
         except ApiBlocked as exc:
             self.admission.failed(ticket)
             self.breaker.block(exc.kind, str(exc), probe=probe)
@@ -482,6 +556,7 @@ class ModelCaller:
             input_tokens=answer.input_tokens,
             cache_write_tokens=answer.cache_write_tokens,
             output_tokens=answer.output_tokens,
+            cache_read_tokens=answer.cache_read_tokens,
         )
         self._last_answer = self._clock()
         self.breaker.record(True, probe=probe)
@@ -499,13 +574,15 @@ class ModelCaller:
             error=str(exc)[:300],
         )
 
-    async def call(self, text: str, *, shadow: bool = False) -> Attempt:
+    async def call(
+        self, text: str, *, shadow: bool = False, credit_token: str | None = None
+    ) -> Attempt:
         """Answer ``text``; raise ModelUnavailable once attempts are exhausted, ApiBlocked and
         ModelRejected at once. ``shadow`` calls yield to real ones at the admission gate."""
         try:
             # Fast path: most calls succeed first time, and building tenacity's retry state
             # per call costs more than the rest of the pipeline's per-record work.
-            return await self._once(text, shadow)
+            return await self._once(text, shadow, credit_token)
         except ApiBlocked:
             raise
         except ModelUnavailable as exc:
@@ -524,7 +601,7 @@ class ModelCaller:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(text, shadow)
+                return await self._once(text, shadow, credit_token)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def answer(
@@ -534,6 +611,7 @@ class ModelCaller:
         give_up_when_unavailable: bool = False,
         shadow: bool = False,
         on_invalid: Callable[[Attempt], None] | None = None,
+        credit_token: str | None = None,
     ) -> Attempt:
         """Answer ``text``, holding the record through outages and account-level failures.
 
@@ -550,10 +628,14 @@ class ModelCaller:
         text is asked again, and after ``invalid_answer_attempts`` of them
         :class:`PermanentError` ``model_output_invalid`` is raised. A refusal is an answer,
         returned at once, never asked again (each one is billed).
+
+        ``credit_token`` (a refusal's fallback credit token) goes with the calls until one is
+        answered: an answer has used it up, redeemed or not.
         """
         invalid = 0
         while True:
-            attempt = await self._held(text, give_up_when_unavailable, shadow)
+            attempt = await self._held(text, give_up_when_unavailable, shadow, credit_token)
+            credit_token = None
             if on_invalid is None or attempt.valid or attempt.refused:
                 return attempt
             on_invalid(attempt)
@@ -565,7 +647,13 @@ class ModelCaller:
                     reason="model_output_invalid",
                 )
 
-    async def _held(self, text: str, give_up_when_unavailable: bool, shadow: bool) -> Attempt:
+    async def _held(
+        self,
+        text: str,
+        give_up_when_unavailable: bool,
+        shadow: bool,
+        credit_token: str | None = None,
+    ) -> Attempt:
         """One answer, valid or not, through outages and blocks (see :meth:`answer`)."""
         failed = 0
         rejected_at: int | None = None
@@ -573,7 +661,7 @@ class ModelCaller:
         backoff_s = self.policy.initial_s
         while True:
             try:
-                return await self.call(text, shadow=shadow)
+                return await self.call(text, shadow=shadow, credit_token=credit_token)
             except ApiBlocked:
                 continue  # the breaker is blocked: the next call waits for its probe
             except ModelRejected:

@@ -7,6 +7,11 @@ Defaults, per million tokens, from Anthropic's model overview and pricing pages 
 | model             | input | output | 5m cache write | 1h cache write | cache read |
 | claude-haiku-5-5  | 0.10  | 0.50   | 0.125          | 0.20           | 0.01       |
 | claude-sonnet-5-5 | 2.00  | 10.00  | 2.50           | 4.00           | 0.10       |
+| claude-fable-5-2  | 8.00  | 40.00  | 10.00          | 16.00          | 0.20       |
+
+Claude Fable 5.2 (released 2026-11-09) is not in the stored copy of the pricing page, which
+predates it; its row is the list price as published on platform.claude.com and quoted, checked
+2026-12-01, by two public price trackers (docs/SIMULATOR.md says which): 20% below Fable 5.1.
 
 Haiku 5.5 bills a request whose prompt (input + cache reads + cache writes) exceeds 100,000
 tokens at 5x every rate, output included. Sonnet 5.5's cache-read price was cut from $0.20
@@ -16,7 +21,10 @@ Cache writes are priced by TTL, as billed: ``usage.cache_creation`` splits them 
 "us"``) costs 1.1x on every token type, on Claude Opus 4.6, Sonnet 4.6 and later models.
 
 Override the whole table with ESCALATOR_PRICES_FILE (JSON, same shape as DEFAULT_TABLE).
-An unknown model is a start-up error, never $0.
+A dated snapshot id (``claude-haiku-4-5-20251001``) is priced by its family's row, as
+``profiles.family`` finds it. An unknown model is a start-up error, never $0. Claude Sonnet
+4.5 retired on 2026-11-30: the profiles refuse it at start-up (``profiles.RETIRED``), and its
+row stays so that ``escalator report`` can still price the decisions it made.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 import orjson
 
 from escalator.errors import ConfigError
+from escalator.model.profiles import family
 
 MTOK = 1_000_000
 
@@ -72,7 +81,7 @@ class Usage:
         return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
 
 
-DEFAULT_VERSION = "anthropic-2026-11-28"
+DEFAULT_VERSION = "anthropic-2026-12-01"
 US = {"us": 1.1}
 DEFAULT_TABLE: dict[str, dict[str, object]] = {
     "claude-haiku-5-5": {
@@ -109,6 +118,14 @@ DEFAULT_TABLE: dict[str, dict[str, object]] = {
         "cache_read": 0.25,
         "inference_geo": US,
     },
+    "claude-fable-5-2": {
+        "input": 8.0,
+        "output": 40.0,
+        "cache_write": 10.0,
+        "cache_write_1h": 16.0,
+        "cache_read": 0.20,
+        "inference_geo": US,
+    },
     "claude-haiku-4-5": {
         "input": 1.0,
         "output": 5.0,
@@ -124,6 +141,7 @@ DEFAULT_TABLE: dict[str, dict[str, object]] = {
         "cache_read": 0.30,
         "inference_geo": US,
     },
+    # Retired 2026-11-30: kept to price the decisions it made (escalator report).
     "claude-sonnet-4-5": {
         "input": 3.0,
         "output": 15.0,
@@ -139,9 +157,16 @@ class PriceTable:
     version: str
     prices: dict[str, Price]
 
+    def price(self, model: str) -> Price:
+        """The row for ``model`` or its dated snapshot's family (KeyError: none)."""
+        key = family(model, self.prices)
+        if key is None:
+            raise KeyError(model)
+        return self.prices[key]
+
     def require(self, *models: str) -> None:
         """Fail at start-up for a model without a price."""
-        missing = [m for m in models if m not in self.prices]
+        missing = [m for m in models if family(m, self.prices) is None]
         if missing:
             raise ConfigError(
                 f"no price for model(s) {', '.join(missing)} in price table {self.version}; "
@@ -149,7 +174,7 @@ class PriceTable:
             )
 
     def cost_usd(self, model: str, usage: Usage) -> float:
-        price = self.prices[model]
+        price = self.price(model)
         mult = price.geo_multiplier(usage.inference_geo)
         if price.long_prompt_tokens is not None and usage.prompt_tokens > price.long_prompt_tokens:
             mult *= price.long_prompt_multiplier

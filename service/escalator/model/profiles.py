@@ -6,8 +6,8 @@ The documented rules differ by model (see docs/SIMULATOR.md, "Conformance", for 
   count toward ``max_tokens``. Haiku 5.5 turns thinking off with ``{"type": "disabled"}``
   (effort high or below). Sonnet 5.5 answers ``disabled`` with a 400; its lowest setting is
   ``{"type": "between_tools"}``, accepted at effort low, medium or high.
-- Opus 5.5 and Fable 5.1 always think; only effort can be lowered, so ``max_tokens`` must leave
-  room for the thinking before the answer.
+- Opus 5.5 and Fable 5.1 and 5.2 always think; only effort can be lowered, so ``max_tokens``
+  must leave room for the thinking before the answer.
 - Haiku 4.5 and Sonnet 4.x do not think unless asked and take no ``output_config.effort`` here.
 - The minimum cacheable prefix is 512 tokens on the 5.5 models, 1,024 on Sonnet 4.5, 2,048
   on Sonnet 4.6 (the docs disagree between 1,024 and 2,048; we take the stricter) and 4,096
@@ -15,14 +15,18 @@ The documented rules differ by model (see docs/SIMULATOR.md, "Conformance", for 
 - The 5.x tokenizer counts about 30% more tokens than Haiku 4.5's for the same text.
 
 A model id matches a profile by its exact id or as a dated snapshot of it
-(``claude-haiku-4-5-20251001``). An unknown model is a start-up error unless
-``ESCALATOR_MODEL_PROFILES_FILE`` supplies its profile (the same file can override ours).
+(``claude-haiku-4-5-20251001``): :func:`family`, which the price table uses too. An unknown
+model is a start-up error unless ``ESCALATOR_MODEL_PROFILES_FILE`` supplies its profile (the
+same file can override ours). A model the deprecations page lists as retired (:data:`RETIRED`)
+is a start-up error naming the date, before any call: "Requests to retired models will fail".
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +71,34 @@ BUILTIN: dict[str, ModelProfile] = {
     "claude-sonnet-5-5": ModelProfile("between_tools", "medium", 128, 512, 1.3),
     "claude-opus-5-5": ModelProfile(None, "low", 4096, 512, 1.3, always_thinks=True),
     "claude-fable-5-1": ModelProfile(None, "low", 4096, 512, 1.3, always_thinks=True),
+    "claude-fable-5-2": ModelProfile(None, "low", 4096, 512, 1.3, always_thinks=True),
     "claude-haiku-4-5": ModelProfile(None, None, 128, 4096, 1.0),
     "claude-sonnet-4-6": ModelProfile(None, None, 128, 2048, 1.0),
-    "claude-sonnet-4-5": ModelProfile(None, None, 128, 1024, 1.0),
 }
+#: Retired models (Model deprecations; the pinned SDK's end-of-life list agrees), by family.
+RETIRED: dict[str, date] = {"claude-sonnet-4-5": date(2026, 11, 30)}
+
+
+def family(model: str, known: Mapping[str, object]) -> str | None:
+    """The key of ``known`` that ``model`` names: itself, or the family of a dated snapshot
+    (``claude-haiku-4-5-20251001`` -> ``claude-haiku-4-5``)."""
+    if model in known:
+        return model
+    snapshot = SNAPSHOT_RE.match(model)
+    if snapshot and snapshot.group("family") in known:
+        return snapshot.group("family")
+    return None
+
+
+def rate_limit_group(model: str) -> str:
+    """The rate-limit group of a model: its family and major version (``claude-haiku-5-5`` ->
+    ``haiku-5``). Rate limits: "Limits are pooled by model family" (Claude Platform on AWS);
+    the Admin API's ``model_group`` example is "Claude Sonnet 4.x". An id of another shape is
+    its own group."""
+    parts = model.split("-")
+    if len(parts) >= 3 and parts[0] == "claude" and parts[2].isdigit():
+        return f"{parts[1]}-{parts[2]}"
+    return model
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +107,17 @@ class ProfileTable:
     source: str = "built-in profiles"
 
     def lookup(self, model: str) -> ModelProfile | None:
-        found = self.profiles.get(model)
-        if found is None:
-            snapshot = SNAPSHOT_RE.match(model)
-            if snapshot:
-                found = self.profiles.get(snapshot.group("family"))
-        return found
+        key = family(model, self.profiles)
+        return None if key is None else self.profiles[key]
 
     def require(self, model: str, variable: str) -> ModelProfile:
         """The profile for ``model`` (named by ``variable``), or a start-up error."""
+        retired = family(model, RETIRED)
+        if retired is not None and family(model, self.profiles) is None:
+            raise ConfigError(
+                f"{variable}={model!r} is retired (since {RETIRED[retired]:%Y-%m-%d}, Model "
+                "deprecations): requests naming it fail; choose a current model"
+            )
         found = self.lookup(model)
         if found is None:
             known = ", ".join(sorted(self.profiles))

@@ -5,6 +5,8 @@ Every series is listed in the README (Operations); tests check the exposition ho
 
 from __future__ import annotations
 
+import calendar
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -71,6 +73,22 @@ class Metrics:
             ["tier", "model", "shadow"],
             registry=r,
         )
+        self.spend_month = Counter(
+            "escalator_spend_month_usd",
+            "Spend in USD in the calendar month (UTC) named by the label, shadow calls "
+            "included: month-to-date is its increase over the month (dashboard, "
+            "EscalatorSpendNearMonthlyCap); the past month's series is dropped at the turn.",
+            ["month"],
+            registry=r,
+        )
+        self.spend_cap = Gauge(
+            "escalator_spend_cap_usd",
+            "The monthly spend cap the operator stated (ESCALATOR_MONTHLY_SPEND_CAP_USD); "
+            "0: not stated.",
+            registry=r,
+        )
+        self._month: tuple[float, str, Any] | None = None
+        self.spend_this_month(0.0)  # the month's series exists from the start, at 0
         self.invalid_answers = HotCounter(
             "escalator_invalid_answers",
             "Answers that failed validation.",
@@ -454,6 +472,20 @@ class Metrics:
             child = self._decisions[key] = self.decisions.labels(tier, label, outcome)
         child.inc()
 
+    def spend_this_month(self, usd: float, now: float | None = None) -> None:
+        """Add to this UTC month's spend; at the turn of the month, drop the last one's."""
+        now = time.time() if now is None else now
+        if self._month is None or now >= self._month[0]:
+            day = time.gmtime(now)
+            label = f"{day.tm_year:04d}-{day.tm_mon:02d}"
+            if self._month is not None and self._month[1] != label:
+                self.spend_month.remove(self._month[1])
+            year, month = day.tm_year + (day.tm_mon == 12), day.tm_mon % 12 + 1
+            until = calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
+            self._month = (float(until), label, self.spend_month.labels(label))
+        if usd:
+            self._month[2].inc(usd)
+
     def observe_attempt(self, attempt: Attempt, shadow: bool = False) -> None:
         key = (attempt.tier, attempt.model, "true" if shadow else "false")
         series = self._models.get(key)
@@ -469,6 +501,7 @@ class Metrics:
             if n:
                 child.inc(n)
         series.cost.inc(attempt.cost_usd)
+        self.spend_this_month(attempt.cost_usd)
         if attempt.refused:
             # Also when the task's refusal_label made it a valid answer: its confidence is
             # a policy's, not the model's, and stays out of the histogram.

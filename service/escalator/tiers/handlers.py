@@ -396,8 +396,13 @@ class StrongHandler(_Base):
             )
             self.log_decision(request, attempt, escalated=True)
 
+        # A refused cheap answer carries the API's fallback credit token: the strong call
+        # echoes it, so the request is billed as if it had been on the strong model all along.
+        credit = escalation.cheap.fallback_credit_token if escalation.cheap.refused else None
         try:
-            attempt = await self.caller.answer(request.text, shadow=shadow, on_invalid=invalid)
+            attempt = await self.caller.answer(
+                request.text, shadow=shadow, on_invalid=invalid, credit_token=credit
+            )
         except PermanentError as exc:  # poison, a 400 for it alone, or invalid answers
             self._watch(escalation, None, nominal)
             return self._give_up(record, exc, decisions, shadow)

@@ -57,6 +57,16 @@ class ModelSpec:
     deprecated_on: date | None = None
     retires_on: date | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    #: Fast mode (``speed: "fast"`` with its beta header): Opus 5.5 here.
+    fast_mode: bool = False
+    #: Accepts a ``fallbacks`` list (server-side fallback): the Fable and Opus models here.
+    server_fallbacks: bool = False
+
+    @property
+    def group(self) -> str:
+        """The rate-limit group: a model family by major version ("Claude Sonnet 4.x" is the
+        Admin API's example of a ``model_group``; "Limits are pooled by model family")."""
+        return f"{self.line}-{self.id.removeprefix(f'claude-{self.line}-').split('-')[0]}"
 
     def lifecycle(self, today: date) -> str:
         if self.retires_on is not None and today >= self.retires_on:
@@ -183,6 +193,31 @@ MODELS: tuple[ModelSpec, ...] = (
         refuses=True,
         inference_geo=True,
         thinking_display="omitted",
+        fast_mode=True,
+        server_fallbacks=True,
+    ),
+    ModelSpec(
+        "claude-fable-5-2",
+        "Claude Fable 5.2",
+        "fable",
+        date(2026, 11, 9),
+        answers="strong",
+        thinking_default="adaptive",
+        thinking_types=frozenset({"adaptive"}),
+        efforts=ALL_EFFORTS,
+        default_effort="high",
+        off_efforts=(),
+        cache_min_tokens=512,
+        tokenizer_factor=1.3,
+        max_tokens=128_000,
+        max_input_tokens=1_000_000,
+        rejects_sampling=True,
+        rejects_prefill=True,
+        rejects_forced_tools=True,
+        refuses=True,
+        inference_geo=True,
+        thinking_display="omitted",
+        server_fallbacks=True,
     ),
     ModelSpec(
         "claude-fable-5-1",
@@ -205,6 +240,7 @@ MODELS: tuple[ModelSpec, ...] = (
         refuses=True,
         inference_geo=True,
         thinking_display="omitted",
+        server_fallbacks=True,
     ),
     ModelSpec(
         "claude-haiku-4-5",
@@ -269,9 +305,11 @@ def model_index() -> dict[str, ModelSpec]:
     return out
 
 
-#: Per-model rate limits of the emulated organisation: (RPM, input TPM, output TPM). The
-#: default is a custom tier well above Scale, so that benchmarks measure Escalator rather
-#: than the limit; ``--rate-limit`` and ``POST /_sim/config`` set binding ones.
+#: Rate limits of the emulated organisation per rate-limit group (a model family by major
+#: version, ``ModelSpec.group``): (RPM, input TPM, output TPM). The default is a custom tier
+#: well above Scale, so that benchmarks measure Escalator rather than the limit;
+#: ``--rate-limit`` and ``POST /_sim/config`` set binding ones (naming a model sets its
+#: group's).
 DEFAULT_LIMITS = (100_000, 100_000_000, 20_000_000)
 #: The documented tiers for Haiku 5.5 (Start, Build, Scale); ``--tier`` applies them to
 #: every model.

@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -47,8 +46,25 @@ KNOWN_FIELDS = frozenset(
         "mcp_servers",
         "context_management",
         "cache_control",
+        # In the pinned SDK's request types (2.14.0), with documented behaviour:
+        "diagnostics",
+        "speed",
+        "fallback_credit_token",
+        "fallbacks",
     }
 )
+#: ``anthropic-beta`` values that make a refusal carry a fallback credit token (Fallback credit:
+#: "The server-side-fallback header also grants the same fields, and the earlier
+#: fallback-credit-2026-06-01 header remains accepted").
+CREDIT_BETAS = frozenset(
+    {
+        "fallback-credit-2026-07-01",
+        "fallback-credit-2026-06-01",
+        "server-side-fallback-2026-07-01",
+        "server-side-fallback-2026-06-01",
+    }
+)
+FAST_MODE_BETA = "fast-mode-2026-02-01"
 NUMBER_CONSTRAINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 STRING_CONSTRAINTS = ("minLength", "maxLength")
 ARRAY_CONSTRAINTS = ("maxItems", "uniqueItems", "contains")
@@ -178,6 +194,18 @@ class Settings:
     display: str
     schema: dict[str, Any] | None
     geo: str
+    #: ``speed``: "standard" or "fast" (Fast mode, Opus 5.5 with its beta header).
+    speed: str = "standard"
+    #: ``diagnostics``: the request opted in (``previous_message_id`` may be None).
+    diagnostics: bool = False
+    previous_message_id: str | None = None
+    #: Top-level ``cache_control``: its TTL ("5m" or "1h"), None when absent.
+    auto_cache_ttl: str | None = None
+    #: ``fallback_credit_token`` (its token, and the mode: "strict" or "best_effort").
+    credit_token: str | None = None
+    credit_mode: str = "strict"
+    #: ``fallbacks``: a list of model ids, "default", or None.
+    fallbacks: tuple[str, ...] | str | None = None
 
 
 def text_of(content: Any) -> str:
@@ -193,7 +221,9 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def validate(body: dict[str, Any], spec: ModelSpec, version: str) -> Settings:
+def validate(
+    body: dict[str, Any], spec: ModelSpec, version: str, betas: frozenset[str] = frozenset()
+) -> Settings:
     """Every documented 400 for this model, in the order a reader of the docs would check."""
     extra = sorted(set(body) - KNOWN_FIELDS)
     if extra:
@@ -258,6 +288,13 @@ def validate(body: dict[str, Any], spec: ModelSpec, version: str) -> Settings:
             raise bad_request("inference_geo: not supported on this model")
         if geo not in ("global", "us"):
             raise bad_request('inference_geo: must be "global" or "us"')
+    token, mode = _credit_token(body.get("fallback_credit_token"), betas)
+    fallbacks = _fallbacks(body.get("fallbacks"), spec)
+    if token is not None and fallbacks is not None:
+        # "Two failures stay hard in both modes: a malformed token, and combining
+        # fallback_credit_token with fallbacks."
+        raise bad_request("fallback_credit_token cannot be combined with fallbacks")
+    previous, diagnostics = _diagnostics(body.get("diagnostics"))
     return Settings(
         max_tokens=max_tokens,
         thinking=thinking,
@@ -266,7 +303,93 @@ def validate(body: dict[str, Any], spec: ModelSpec, version: str) -> Settings:
         display=display,
         schema=schema,
         geo=geo or "global",
+        speed=_speed(body.get("speed"), spec, betas),
+        diagnostics=diagnostics,
+        previous_message_id=previous,
+        auto_cache_ttl=_cache_control(body.get("cache_control"), "cache_control"),
+        credit_token=token,
+        credit_mode=mode,
+        fallbacks=fallbacks,
     )
+
+
+def _speed(raw: Any, spec: ModelSpec, betas: frozenset[str]) -> str:
+    """Fast mode: "supported on Claude Opus 5.5, Claude Opus 5, and Claude Opus 4.8 ... Set
+    speed: "fast" with the fast-mode-2026-02-01 beta header". The page does not say what other
+    models answer: a 400 (stricter). "Some models require the fast-mode beta header for any
+    speed value": those that have fast mode, here."""
+    if raw is None:
+        return "standard"
+    if raw not in ("standard", "fast"):
+        raise bad_request('speed: Input should be "standard" or "fast"')
+    if spec.fast_mode and FAST_MODE_BETA not in betas:
+        raise bad_request(f"speed: requires the anthropic-beta header {FAST_MODE_BETA}")
+    if raw == "fast" and not spec.fast_mode:
+        raise bad_request(f"speed: fast mode is not supported for {spec.id}")
+    return str(raw)
+
+
+def _diagnostics(raw: Any) -> tuple[str | None, bool]:
+    """``diagnostics: {previous_message_id: "msg_..." | null}`` (null opts in on a first turn)."""
+    if raw is None:
+        return None, False
+    if not isinstance(raw, dict) or set(raw) - {"previous_message_id"}:
+        raise bad_request("diagnostics: must be an object with previous_message_id")
+    previous = raw.get("previous_message_id")
+    if previous is not None and not isinstance(previous, str):
+        raise bad_request("diagnostics.previous_message_id: must be a string or null")
+    return previous, True
+
+
+def _cache_control(raw: Any, where: str) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("type") != "ephemeral":
+        raise bad_request(f'{where}: Input should be {{"type": "ephemeral"}}')
+    ttl = raw.get("ttl", "5m")
+    if ttl not in ("5m", "1h"):
+        raise bad_request(f'{where}.ttl: Input should be "5m" or "1h"')
+    return str(ttl)
+
+
+def _credit_token(raw: Any, betas: frozenset[str]) -> tuple[str | None, str]:
+    """The bare string, or ``{token, mode}``; the object form "Requires anthropic-beta:
+    fallback-credit-2026-07-01; without that header the field accepts the bare string only"."""
+    if raw is None:
+        return None, "strict"
+    if isinstance(raw, str):
+        return raw, "strict"
+    if not isinstance(raw, dict) or not isinstance(raw.get("token"), str):
+        raise bad_request("fallback_credit_token: must be a string or {token, mode}")
+    if "fallback-credit-2026-07-01" not in betas:
+        raise bad_request(
+            "fallback_credit_token: the object form requires the anthropic-beta header "
+            "fallback-credit-2026-07-01"
+        )
+    mode = raw.get("mode", "strict")
+    if mode not in ("strict", "best_effort"):
+        raise bad_request('fallback_credit_token.mode: Input should be "strict" or "best_effort"')
+    return str(raw["token"]), str(mode)
+
+
+def _fallbacks(raw: Any, spec: ModelSpec) -> tuple[str, ...] | str | None:
+    """``fallbacks``: "Some models don't support fallbacks; on those models, a list of
+    fallback models returns a 400 error ... On a model that doesn't support fallbacks, the
+    request runs on the requested model alone" (with "default")."""
+    if raw is None:
+        return None
+    if raw == "default":
+        return "default"
+    if not isinstance(raw, list) or not raw or len(raw) > 3:
+        raise bad_request('fallbacks: must be "default" or a list of 1 to 3 {model} objects')
+    models: list[str] = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise bad_request("fallbacks: each entry must be an object with a model")
+        models.append(entry["model"])
+    if not spec.server_fallbacks:
+        raise bad_request(f"fallbacks: {spec.id} does not support server-side fallbacks")
+    return tuple(models)
 
 
 def _thinking(
@@ -345,6 +468,10 @@ class Bucket:
         self.level = min(self.limit, self.level + (now - self.updated) * self.limit / 60.0)
         self.updated = now
 
+    def level_at(self, now: float) -> float:
+        self.refill(now)
+        return self.level
+
     def wait_s(self, need: float) -> float:
         """Seconds until ``need`` is available (0 if it is now)."""
         if need <= self.level:
@@ -359,11 +486,12 @@ class Bucket:
 
 @dataclass(slots=True)
 class RateLimiter:
-    """One organisation's requests, input-token and output-token buckets for one model.
+    """One set of requests, input-token and output-token buckets (an organisation's rate-limit
+    group, or a workspace's limits for it: ``emulator.limits``).
 
-    Input counts uncached input and cache writes, not cache reads; output is charged at
-    ``max_tokens`` when a request starts and corrected to the real count when it ends, as the
-    rate-limits page describes.
+    What counts as input is the caller's to say (cache reads or not); output is charged at
+    ``max_tokens`` when a request is admitted and corrected to the real count when it ends, as
+    the rate-limits page describes.
     """
 
     rpm: int
@@ -380,54 +508,38 @@ class RateLimiter:
             "output-tokens": Bucket(self.otpm, self.otpm, now),
         }
 
-    def admit(self, input_tokens: int, max_tokens: int) -> str | None:
-        """Take the estimate, or return which limit it would exceed."""
+    def _needs(self, input_tokens: int, max_tokens: int) -> dict[str, float]:
+        return {
+            "requests": 1.0,
+            "input-tokens": float(input_tokens),
+            "output-tokens": float(max_tokens),
+        }
+
+    def exceeded(self, input_tokens: int, max_tokens: int) -> str | None:
+        """Which limit the call would exceed now (None: it fits)."""
         now = self.clock()
-        needs = {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": max_tokens}
-        for name, bucket in self.buckets.items():
+        for name, need in self._needs(input_tokens, max_tokens).items():
+            bucket = self.buckets[name]
             bucket.refill(now)
-            if bucket.wait_s(needs[name]) > 0:
+            if bucket.wait_s(need) > 0:
                 return name
-        for name, bucket in self.buckets.items():
-            bucket.level -= needs[name]
         return None
 
+    def charge(self, input_tokens: int, max_tokens: int) -> None:
+        now = self.clock()
+        for name, need in self._needs(input_tokens, max_tokens).items():
+            self.buckets[name].refill(now)
+            self.buckets[name].level -= need
+
     def retry_after_s(self, name: str, input_tokens: int, max_tokens: int) -> int:
-        need = {"requests": 1.0, "input-tokens": input_tokens, "output-tokens": max_tokens}[name]
-        wait = self.buckets[name].wait_s(float(need))
+        need = self._needs(input_tokens, max_tokens)[name]
+        wait = self.buckets[name].wait_s(need)
         return max(1, math.ceil(wait)) if math.isfinite(wait) else 60
 
     def settle(self, max_tokens: int, output_tokens: int) -> None:
         bucket = self.buckets["output-tokens"]
         bucket.refill(self.clock())
         bucket.level = min(bucket.limit, bucket.level + max(0, max_tokens - output_tokens))
-
-    def headers(self) -> dict[str, str]:
-        """``anthropic-ratelimit-*``: limit, remaining (tokens rounded to the thousand), and
-        reset (RFC 3339, when the bucket is full again); ``tokens-*`` is the most
-        restrictive of the two token limits."""
-        now = self.clock()
-        wall = time.time()
-        out: dict[str, str] = {}
-        tightest: tuple[float, str] | None = None
-        for name, bucket in self.buckets.items():
-            bucket.refill(now)
-            remaining = max(0.0, bucket.level)
-            if name != "requests":
-                remaining = round(remaining / 1000) * 1000
-                share = bucket.level / bucket.limit
-                if tightest is None or share < tightest[0]:
-                    tightest = (share, name)
-            reset = datetime.fromtimestamp(wall + bucket.full_at(now) - now, UTC)
-            out[f"anthropic-ratelimit-{name}-limit"] = str(int(bucket.limit))
-            out[f"anthropic-ratelimit-{name}-remaining"] = str(int(remaining))
-            out[f"anthropic-ratelimit-{name}-reset"] = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
-        if tightest is not None:
-            for part in ("limit", "remaining", "reset"):
-                out[f"anthropic-ratelimit-tokens-{part}"] = out[
-                    f"anthropic-ratelimit-{tightest[1]}-{part}"
-                ]
-        return out
 
 
 def check_prompt_length(spec: ModelSpec, total_input_tokens: int) -> None:

@@ -48,15 +48,18 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
+from escalator_dev.emulator import cache, credits
+from escalator_dev.emulator.credits import Memory
+from escalator_dev.emulator.limits import Charge, Exceeded, Limits
 from escalator_dev.emulator.models import DEFAULT_LIMITS, TIERS, ModelSpec, model_index
 from escalator_dev.emulator.rules import (
     API_VERSIONS,
+    CREDIT_BETAS,
     ApiError,
     RateLimiter,
     Settings,
     bad_request,
     check_prompt_length,
-    schema_key,
     text_of,
     thinking_tokens,
     tokens,
@@ -421,9 +424,15 @@ class SimConfig:
     revoked_keys: set[str] = field(default_factory=set)
     #: Models retired at run time (on top of the table's retirement dates).
     retired: set[str] = field(default_factory=set)
-    #: (RPM, ITPM, OTPM) per model id; models not named get ``default_limits``.
+    #: (RPM, ITPM, OTPM) per rate-limit group, named by the group (``haiku-5``) or by any
+    #: of its models; groups not named get ``default_limits``.
     limits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     default_limits: tuple[int, int, int] = DEFAULT_LIMITS
+    #: The workspace's own limits per group (named likewise; none by default). Its input
+    #: limit counts cache reads (``input_tokens_per_minute``); the organisation's does not.
+    workspace_limits: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: A fallback credit token expires this long after its refusal (documented: 5 minutes).
+    credit_ttl_s: float = 300.0
     #: Fraction of answers whose label comes back in another capitalization.
     enum_case_rate: float = 0.03
     refusals: bool = True
@@ -434,30 +443,40 @@ class SimConfig:
 
 
 @dataclass(slots=True)
-class CacheEntry:
-    readable_at: float
-    expires_at: float
-
-
-@dataclass(slots=True)
 class SimState:
     config: SimConfig
     rng: random.Random
     models: dict[str, ModelSpec] = field(default_factory=model_index)
-    cache: dict[tuple[str, ...], CacheEntry] = field(default_factory=dict)
-    limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    cache: dict[tuple[str, ...], cache.CacheEntry] = field(default_factory=dict)
+    limiters: dict[str, Limits] = field(default_factory=dict)
     stats: Counter[str] = field(default_factory=Counter)
     serial: int = 0
+    memory: Memory = field(default_factory=Memory)
 
     def today(self) -> date:
         return self.config.today or datetime.now(UTC).date()
 
-    def limiter(self, spec: ModelSpec) -> RateLimiter:
-        limiter = self.limiters.get(spec.id)
-        if limiter is None:
-            rpm, itpm, otpm = self.config.limits.get(spec.id, self.config.default_limits)
-            limiter = self.limiters[spec.id] = RateLimiter(rpm, itpm, otpm)
-        return limiter
+    def _configured(
+        self, table: dict[str, tuple[int, int, int]], spec: ModelSpec
+    ) -> tuple[int, int, int] | None:
+        if spec.group in table:
+            return table[spec.group]
+        for model, value in table.items():
+            named = self.models.get(model)
+            if named is not None and named.group == spec.group:
+                return value
+        return None
+
+    def limiter(self, spec: ModelSpec) -> Limits:
+        """The organisation's (and workspace's) buckets of the model's rate-limit group."""
+        limits = self.limiters.get(spec.group)
+        if limits is None:
+            org = self._configured(self.config.limits, spec) or self.config.default_limits
+            ws = self._configured(self.config.workspace_limits, spec)
+            limits = self.limiters[spec.group] = Limits(
+                RateLimiter(*org), RateLimiter(*ws) if ws is not None else None
+            )
+        return limits
 
     def request_id(self) -> str:
         self.serial += 1
@@ -486,17 +505,19 @@ def _system_blocks(system: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _authenticate(state: SimState, request: web.Request) -> None:
+def _authenticate(state: SimState, request: web.Request) -> str:
+    """The request's key, if it may call (a hash of it binds fallback credit tokens to it)."""
     key = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
     if key is None and auth.lower().startswith("bearer "):
         key = auth[7:].strip()
     if not key:
         raise ApiError(401, "authentication_error", "x-api-key header is required")
-    state.stats["with_api_key"] += 1  # counted, never stored or logged
+    state.stats["with_api_key"] += 1  # counted, never logged
     wanted = state.config.api_key
     if (wanted is not None and key != wanted) or key in state.config.revoked_keys:
         raise ApiError(401, "authentication_error", "invalid x-api-key")
+    return key
 
 
 def _version(request: web.Request) -> str:
@@ -519,26 +540,6 @@ def _model(state: SimState, model: Any) -> ModelSpec:
         # unknown id: the docs give no other status.)
         raise ApiError(404, "not_found_error", f"model: {model}")
     return spec
-
-
-def _cache_prefix(
-    spec: ModelSpec, system: list[dict[str, Any]], settings: Settings
-) -> tuple[tuple[str, ...] | None, int, float]:
-    """(cache key, prefix tokens, TTL) of the system prefix up to the last breakpoint, or no
-    key when there is none or it is below the model's minimum (then nothing is cached and no
-    error is returned)."""
-    last = max((i for i, b in enumerate(system) if b.get("cache_control")), default=-1)
-    if last < 0:
-        return None, 0, 0.0
-    prefix = "".join(str(b.get("text", "")) for b in system[: last + 1])
-    n = tokens(prefix, spec.tokenizer_factor)
-    if n < spec.cache_min_tokens:
-        return None, 0, 0.0
-    ttl = 3600.0 if (system[last].get("cache_control") or {}).get("ttl") == "1h" else 300.0
-    digest = hashlib.sha256(prefix.encode()).hexdigest()
-    # Changing the output format or the thinking settings invalidates the cache.
-    key = (spec.id, digest, schema_key(settings.schema), settings.thinking, str(ttl))
-    return key, n, ttl
 
 
 def _pick_fault(
@@ -640,10 +641,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     state: SimState = request.app["state"]
     state.stats["requests"] += 1
     request_id = state.request_id()
-    limiter: RateLimiter | None = None
+    limiter: Limits | None = None
     try:
-        _authenticate(state, request)
+        api_key = _authenticate(state, request)
         version = _version(request)
+        betas = frozenset(
+            b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
+        )
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -652,8 +656,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
             raise bad_request("request body must be an object")
         spec = _model(state, body.get("model"))
         limiter = state.limiter(spec)
-        settings = validate(body, spec, version)
-        response = await _answer(state, request, spec, body, settings, limiter)
+        settings = validate(body, spec, version, betas)
+        call = Call(request, spec, body, settings, betas, api_key)
+        response = await _answer(state, call, limiter)
     except ApiError as exc:
         state.stats[f"status:{exc.status}"] += 1
         # Rate-limit headers on errors too, once the model (and so its limits) is known.
@@ -663,128 +668,284 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _answer(
-    state: SimState,
-    request: web.Request,
-    spec: ModelSpec,
-    body: dict[str, Any],
-    settings: Settings,
-    limiter: RateLimiter,
-) -> web.Response:
-    msgs = body["messages"]
-    user_text = text_of(msgs[-1].get("content"))
-    doc = DOCUMENT_RE.search(user_text)
-    text = html.unescape(doc.group(1)) if doc else user_text
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One valid request, as the emulator answers it."""
 
-    system = _system_blocks(body.get("system"))
-    all_input = "".join(str(b.get("text", "")) for b in system) + "".join(
-        text_of(m.get("content")) for m in msgs
-    )
+    request: web.Request
+    spec: ModelSpec
+    body: dict[str, Any]
+    settings: Settings
+    betas: frozenset[str]
+    api_key: str
+
+    @property
+    def text(self) -> str:
+        """The text between ``<document>`` tags (or the whole last user turn)."""
+        user_text = text_of(self.body["messages"][-1].get("content"))
+        doc = DOCUMENT_RE.search(user_text)
+        return html.unescape(doc.group(1)) if doc else user_text
+
+
+@dataclass(slots=True)
+class Reply:
+    """One model's answer to a call: content, stop, usage, and the charge it holds."""
+
+    spec: ModelSpec
+    content: list[dict[str, Any]]
+    stop_reason: str
+    stop_details: dict[str, Any] | None
+    out_tokens: int
+    thought: int
+    plan: cache.CachePlan
+    uncached: int
+    charge: Charge
+
+
+def _input(state: SimState, call: Call, spec: ModelSpec) -> tuple[cache.CachePlan, int]:
+    """(cache plan, input tokens not covered by the cache) of ``call`` on ``spec``."""
+    body, settings = call.body, call.settings
+    all_input = "".join(str(b.get("text", "")) for b in _system_blocks(body.get("system")))
+    all_input += "".join(text_of(m.get("content")) for m in body["messages"])
     factor = spec.tokenizer_factor
     schema = settings.schema
     schema_tokens = (
         (tokens(orjson.dumps(schema).decode(), factor) + FORMAT_PROMPT_TOKENS) if schema else 0
     )
-    key, prefix, ttl = _cache_prefix(spec, system, settings)
-    now = time.monotonic()
-    entry = state.cache.get(key) if key is not None else None
-    hit = entry is not None and entry.readable_at <= now < entry.expires_at
-    created = 0 if (key is None or hit) else prefix
-    read = prefix if hit else 0
     total_input = 8 + tokens(all_input, factor) + schema_tokens
     check_prompt_length(spec, total_input)
-    uncached = total_input - (prefix if key is not None else 0)
+    plan = cache.plan(spec, body, settings, state.cache, time.monotonic())
+    return plan, total_input - plan.covered
 
-    fault, argument = _pick_fault(state, request, text, spec.id)
+
+def _admit(
+    state: SimState, spec: ModelSpec, plan: cache.CachePlan, uncached: int, max_tokens: int
+) -> Charge | Exceeded:
+    """Charge the call on its group's (and the workspace's) buckets when it is admitted:
+    uncached input and cache writes, cache reads on the workspace's limit only."""
+    outcome = state.limiter(spec).admit(uncached + plan.created, plan.read, max_tokens)
+    if isinstance(outcome, Exceeded):
+        state.stats["rate_limited"] += 1
+        state.stats[f"rate_limited:{spec.id}"] += 1
+        state.stats[f"rate_limited:{outcome.owner}"] += 1
+        return outcome
+    state.stats[f"charged_requests:{spec.id}"] += 1
+    state.stats[f"charged_input_tokens:{spec.id}"] += uncached + plan.created
+    state.stats[f"charged_cache_read_tokens:{spec.id}"] += plan.read
+    return outcome
+
+
+def _rate_limited(spec: ModelSpec, exceeded: Exceeded) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limit_error",
+        f"This request would exceed your {exceeded.owner}'s rate limit for "
+        f"{exceeded.kind.replace('-', ' ')} per minute ({spec.group} models). Please try "
+        "again later.",
+        headers={"retry-after": str(exceeded.retry_after_s)},
+    )
+
+
+async def _answer(state: SimState, call: Call, limiter: Limits) -> web.Response:
+    spec, settings = call.spec, call.settings
+    text = call.text
+    fault, argument = _pick_fault(state, call.request, text, spec.id)
     if fault:
         state.stats[f"fault:{fault}"] += 1
     latency = state.config.latency
-    header_latency = request.headers.get("x-sim-latency-ms")
+    header_latency = call.request.headers.get("x-sim-latency-ms")
     if header_latency:
         latency = Latency(float(header_latency), float(header_latency))
     delay = latency.sample_s(state.rng)
-    if fault == "hang":
-        await asyncio.sleep(state.config.hang_s)
-    if delay:
-        await asyncio.sleep(delay)
     error = _fault_error(fault, state.config.retry_after_s, state.today()) if fault else None
     if error is not None:
+        # Account and transient faults: after the latency, and charged nothing.
+        if delay:
+            await asyncio.sleep(delay)
         raise error
-    # Input TPM counts uncached input and cache writes; cache reads do not count. Output TPM
-    # is charged at max_tokens now and corrected when the answer is known.
-    exceeded = limiter.admit(uncached + created, settings.max_tokens)
-    if exceeded is not None:
-        retry = limiter.retry_after_s(exceeded, uncached + created, settings.max_tokens)
-        state.stats["rate_limited"] += 1
-        state.stats[f"rate_limited:{spec.id}"] += 1
-        raise ApiError(
-            429,
-            "rate_limit_error",
-            f"This request would exceed your organization's rate limit for {exceeded} per "
-            f"minute ({spec.id}). Please try again later.",
-            headers={"retry-after": str(retry)},
-        )
+    credit = _presented_credit(state, call)
+    plan, uncached = _input(state, call, spec)
+    admitted = _admit(state, spec, plan, uncached, settings.max_tokens)
+    if isinstance(admitted, Exceeded):
+        raise _rate_limited(spec, admitted)  # a token presented is still good for a retry
+    if credit is not None and credit.reason is None and settings.credit_token is not None:
+        state.memory.consume(settings.credit_token)
+    try:
+        if fault == "hang":
+            await asyncio.sleep(state.config.hang_s)
+        if delay:
+            await asyncio.sleep(delay)
+        reply = _reply(state, call, spec, fault, argument, plan, uncached, admitted)
+        if reply.stop_reason == "refusal" and isinstance(settings.fallbacks, tuple):
+            reply = _fall_back(state, call, reply, settings.fallbacks)
+    except BaseException:
+        admitted.settle(0)  # the caller went away (a timeout): no output was produced
+        raise
+    # The output reservation was held until now: the response ends here.
+    reply.charge.settle(reply.out_tokens)
+    state.stats[f"charged_output_tokens:{reply.spec.id}"] += reply.out_tokens
+    return _respond(state, call, reply, credit)
 
+
+def _presented_credit(state: SimState, call: Call) -> credits.Redemption | None:
+    """Check a presented fallback credit token before anything is charged: a malformed one
+    is a 400 in both modes, a failing one a 400 in strict mode."""
+    token = call.settings.credit_token
+    if token is None:
+        return None
+    if not state.memory.known(token):
+        raise bad_request("fallback_credit_token: malformed or unknown token")
+    state.memory.token_ttl_s = state.config.credit_ttl_s
+    outcome = state.memory.redeem(
+        token,
+        model=call.spec.id,
+        eligible=call.spec.id in _current(state),
+        api_key=call.api_key,
+        body=call.body,
+        betas=bool(call.betas & CREDIT_BETAS),
+    )
+    state.stats[f"fallback_credit:{outcome.reason or 'redeemed'}"] += 1
+    if outcome.reason is not None and call.settings.credit_mode == "strict":
+        raise bad_request(f"fallback_credit_token: not redeemable ({outcome.reason})")
+    return outcome
+
+
+def _current(state: SimState) -> set[str]:
+    """Models that may be the target of a fallback: those not retired."""
+    today = state.today()
+    return {
+        s.id
+        for s in state.models.values()
+        if s.lifecycle(today) != "retired" and s.id not in state.config.retired
+    }
+
+
+def _reply(
+    state: SimState,
+    call: Call,
+    spec: ModelSpec,
+    fault: str | None,
+    argument: str | None,
+    plan: cache.CachePlan,
+    uncached: int,
+    charge: Charge,
+) -> Reply:
+    settings = call.settings
+    text = call.text
+    factor = spec.tokenizer_factor
     if fault == "refuse":
         refusal: str | None = argument or "general_harms"
     else:
         refusal = _refusal_category(state, spec, text)
     if refusal is not None:
         content, out_tokens, stop_reason = _refusal_content(factor)
-        stop_details: dict[str, Any] | None = {
+        refused: dict[str, Any] = {
             "type": "refusal",
             "category": refusal,
             "explanation": REFUSAL_EXPLANATIONS.get(refusal),
         }
         thought = 0
         state.stats["refusals"] += 1
+        if call.betas & CREDIT_BETAS:
+            # Every refusing model of the table mints one here (docs/SIMULATOR.md).
+            refused["fallback_credit_token"] = state.memory.mint(
+                spec.id, call.api_key, call.body, plan.covered
+            )
+            refused["fallback_has_prefill_claim"] = False  # output_config.format: same body
+            refused["recommended_model"] = None
+            state.stats["fallback_credits_minted"] += 1
+        details: dict[str, Any] | None = refused
     else:
         content, out_tokens, thought, stop_reason = _content(state, spec, text, settings, fault)
-        stop_details = None
+        details = None
         if stop_reason == "max_tokens" and thought >= settings.max_tokens:
             state.stats["max_tokens_in_thinking"] += 1
-    limiter.settle(settings.max_tokens, out_tokens)
-    # What counted against this model's limits (benchmark B7 in BENCHMARKS.md reads these
-    # per model).
-    state.stats[f"charged_requests:{spec.id}"] += 1
-    state.stats[f"charged_input_tokens:{spec.id}"] += uncached + created
-    state.stats[f"charged_output_tokens:{spec.id}"] += out_tokens
-    if key is not None:
-        done = time.monotonic()
-        if hit and entry is not None:
-            entry.expires_at = done + ttl  # each read refreshes the TTL, free of charge
-            state.stats["cache_reads"] += 1
-        else:
-            # The entry becomes readable now that its response is on its way, not before:
-            # requests sent meanwhile all paid for a write.
-            state.cache[key] = CacheEntry(readable_at=done, expires_at=done + ttl)
-            state.stats["cache_writes"] += 1
+    return Reply(spec, content, stop_reason, details, out_tokens, thought, plan, uncached, charge)
+
+
+def _fall_back(state: SimState, call: Call, refused: Reply, models: tuple[str, ...]) -> Reply:
+    """Server-side fallback: the same request on each fallback model in turn. One whose rate
+    limit is exhausted stops the chain: the refusal stands, naming it in
+    ``recommended_model`` ("Populated when a fallback attempt could not be made")."""
+    current = refused
+    for model in models:
+        spec = state.models.get(model)
+        if spec is None or spec.id not in _current(state):
+            raise bad_request(f"fallbacks: model: {model}")
+        plan, uncached = _input(state, call, spec)
+        admitted = _admit(state, spec, plan, uncached, call.settings.max_tokens)
+        if isinstance(admitted, Exceeded):
+            assert current.stop_details is not None
+            current.stop_details["recommended_model"] = spec.id
+            return current
+        current.charge.settle(current.out_tokens)
+        nxt = _reply(state, call, spec, None, None, plan, uncached, admitted)
+        category = (current.stop_details or {}).get("category")
+        seam = {
+            "type": "fallback",
+            "from": {"model": current.spec.id},
+            "to": {"model": spec.id},
+            "trigger": {"type": "refusal", "category": category},
+        }
+        nxt.content = [seam, *nxt.content]
+        current = nxt
+        if nxt.stop_reason != "refusal":
+            return nxt
+    return current
+
+
+def _respond(
+    state: SimState, call: Call, reply: Reply, credit: credits.Redemption | None
+) -> web.Response:
+    spec, settings, plan = reply.spec, call.settings, reply.plan
+    cache.settle(plan, state.cache, time.monotonic())
+    state.stats["cache_reads"] += bool(plan.read)
+    state.stats["cache_writes"] += bool(plan.created)
     state.stats["answered"] += 1
+    created, read = plan.created, plan.read
+    if credit is not None and credit.reason is None:
+        # Redeemed: the writes of the prefix warm on the refused model are billed as reads.
+        moved = min(created, credit.credited)
+        created, read = created - moved, read + moved
+    message_id = "msg_sim_" + hashlib.sha256(f"{spec.id}:{call.text}".encode()).hexdigest()[:24]
+    usage: dict[str, Any] = {
+        "input_tokens": reply.uncached,
+        "output_tokens": reply.out_tokens,
+        "cache_creation_input_tokens": created,
+        "cache_read_input_tokens": read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": created if plan.ttl == "5m" else 0,
+            "ephemeral_1h_input_tokens": created if plan.ttl == "1h" else 0,
+        },
+        "output_tokens_details": {"thinking_tokens": reply.thought},
+        "service_tier": "standard",
+        "inference_geo": settings.geo if spec.inference_geo else None,
+        "speed": settings.speed,
+    }
+    if credit is not None:
+        usage["fallback_credit"] = credit.usage()
+    print_ = credits.fingerprint(spec.id, settings.speed, call.body, plan.covered)
+    diagnostics = None
+    if settings.diagnostics:
+        reason = state.memory.cache_miss_reason(settings.previous_message_id, print_, plan.read)
+        diagnostics = None if reason is None else {"cache_miss_reason": reason}
+    state.memory.remember(message_id, print_)
     message = {
-        "id": "msg_sim_" + hashlib.sha256(f"{spec.id}:{text}".encode()).hexdigest()[:24],
+        "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": spec.id,
-        "content": content,
-        "stop_reason": stop_reason,
+        "content": reply.content,
+        "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "stop_details": stop_details,
-        "usage": {
-            "input_tokens": uncached,
-            "output_tokens": out_tokens,
-            "cache_creation_input_tokens": created,
-            "cache_read_input_tokens": read,
-            "cache_creation": {
-                "ephemeral_5m_input_tokens": created if ttl == 300.0 else 0,
-                "ephemeral_1h_input_tokens": created if ttl == 3600.0 else 0,
-            },
-            "output_tokens_details": {"thinking_tokens": thought},
-            "service_tier": "standard",
-            "inference_geo": settings.geo if spec.inference_geo else None,
-        },
+        "stop_details": reply.stop_details,
+        "usage": usage,
+        "diagnostics": diagnostics,
     }
     return web.Response(
-        body=orjson.dumps(message), content_type="application/json", headers=limiter.headers()
+        body=orjson.dumps(message),
+        content_type="application/json",
+        headers=state.limiter(call.spec).headers(),
     )
 
 
@@ -889,6 +1050,8 @@ async def get_config(request: web.Request) -> web.Response:
             "retired": sorted(cfg.retired),
             "limits": {k: list(v) for k, v in cfg.limits.items()},
             "default_limits": list(cfg.default_limits),
+            "workspace_limits": {k: list(v) for k, v in cfg.workspace_limits.items()},
+            "credit_ttl_s": cfg.credit_ttl_s,
             "enum_case_rate": cfg.enum_case_rate,
             "refusals": cfg.refusals,
             "refusal_lexicon": cfg.refusal_lexicon,
@@ -927,6 +1090,13 @@ async def set_config(request: web.Request) -> web.Response:
         if "default_limits" in body:
             cfg.default_limits = parse_limits(str(body["default_limits"]))
             state.limiters.clear()
+        if "workspace_limits" in body:
+            cfg.workspace_limits = {
+                str(m): parse_limits(str(v)) for m, v in dict(body["workspace_limits"]).items()
+            }
+            state.limiters.clear()
+        if "credit_ttl_s" in body:
+            cfg.credit_ttl_s = float(body["credit_ttl_s"])
         if "enum_case_rate" in body:
             cfg.enum_case_rate = float(body["enum_case_rate"])
         if "refusals" in body:
