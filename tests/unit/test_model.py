@@ -347,27 +347,3 @@ async def test_connection_failure_and_timeout_are_retryable() -> None:
     with pytest.raises(ModelUnavailable) as info:
         await classifier(slow).classify("x")
     assert info.value.kind == "timeout"
-
-
-def test_when_a_spend_hold_ends_is_read_from_the_api() -> None:
-    """A spend-limit message names its date; a monthly cap (429) ends at 00:00 UTC on the 1st
-    of the next month (Rate limits); other holds have no end the API states."""
-    from datetime import UTC, datetime
-
-    from escalator.model.caller import hold_ends_at
-
-    now = datetime(2026, 12, 10, 15, 0, tzinfo=UTC)
-    limit = ApiBlocked(
-        "spend limit reached (400): You have reached your specified API usage limits. You "
-        "will regain access on 2027-01-01 at 00:00 UTC.",
-        kind="spend_limit",
-    )
-    assert hold_ends_at(limit, now) == datetime(2027, 1, 1, tzinfo=UTC)
-    cap = ApiBlocked(
-        "spend cap reached (429 enforced_spend_limit_reached): ...", kind="spend_limit"
-    )
-    assert hold_ends_at(cap, now) == datetime(2027, 1, 1, tzinfo=UTC)
-    assert hold_ends_at(cap, datetime(2026, 11, 30, tzinfo=UTC)) == datetime(
-        2026, 12, 1, tzinfo=UTC
-    )
-    assert hold_ends_at(ApiBlocked("billing problem (402)", kind="billing"), now) is None

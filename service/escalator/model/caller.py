@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC
 from typing import Any, Protocol
 
 import anthropic
@@ -117,28 +116,6 @@ def rate_limits(headers: Mapping[str, str]) -> RateLimits:
         except ValueError:
             continue
     return out
-
-
-#: "You will regain access on 2027-01-01 at 00:00 UTC" (the spend-limit messages).
-REGAIN_RE = re.compile(r"regain access on (\d{4}-\d{2}-\d{2})(?: at (\d{2}):(\d{2}) UTC)?")
-
-
-def hold_ends_at(error: ApiBlocked, now: datetime | None = None) -> datetime | None:
-    """When the API says a spend hold ends (for /readyz and the doctor): the date its message
-    names ("You will regain access on ..."), else, for a monthly spend cap (429
-    ``*_spend_limit_reached``), the documented end: "API usage pauses until 00:00 UTC on the
-    first day of the next month" (Rate limits). None for every other hold."""
-    if error.kind != "spend_limit":
-        return None
-    said = REGAIN_RE.search(str(error))
-    if said is not None:
-        day = date.fromisoformat(said.group(1))
-        hour, minute = int(said.group(2) or 0), int(said.group(3) or 0)
-        return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
-    if str(error).startswith("spend cap reached (429"):
-        now = now or datetime.now(UTC)
-        return datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
-    return None
 
 
 def translate_error(exc: anthropic.AnthropicError) -> ModelUnavailable | ModelRejected:
