@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,8 +49,10 @@ def image_commands(config: dict[str, Any], container: Container) -> set[str]:
     """The commands `escalator --help` lists inside the image."""
     done = container.run(*config["Entrypoint"], "--help")
     assert done.returncode == 0, done.stderr
-    usage = done.stdout.split("{", 1)[1].split("}", 1)[0]
-    return set(usage.split(","))
+    # argparse lists each subcommand on its own line, indented four spaces, under COMMAND.
+    listed = set(re.findall(r"^    ([a-z][a-z-]*)(?:\s|$)", done.stdout, flags=re.MULTILINE))
+    assert listed, f"no commands in `escalator --help`:\n{done.stdout}"
+    return listed
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
