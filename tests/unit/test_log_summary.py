@@ -63,14 +63,14 @@ def test_aiokafka_repeats_are_counted_not_written(stream: io.StringIO) -> None:
 def test_our_repeating_events_and_a_quiet_interval(stream: io.StringIO) -> None:
     """log_repeating: the first line written, repeats counted; after an interval with none,
     the next one is written again. Ordinary log() lines are never held back."""
-    pipeline = logging.getLogger("escalator.pipeline")
+    engine = logging.getLogger("escalator.engine")
     for _ in range(5):
-        logs.log_repeating(pipeline, "produce_failed", logging.WARNING, error="x")
-        logs.log(pipeline, "dead_letter", logging.WARNING, reason="invalid_json")
+        logs.log_repeating(engine, "produce_failed", logging.WARNING, error="x")
+        logs.log(engine, "dead_letter", logging.WARNING, reason="invalid_json")
     assert logs._HANDLER is not None
     logs._HANDLER.summarise()  # interval 1: 4 repeats held back
     logs._HANDLER.summarise()  # interval 2: nothing happened
-    logs.log_repeating(pipeline, "produce_failed", logging.WARNING, error="y")
+    logs.log_repeating(engine, "produce_failed", logging.WARNING, error="y")
     events = [line["event"] for line in _lines(stream)]
     assert events.count("dead_letter") == 5
     assert events.count("produce_failed") == 2

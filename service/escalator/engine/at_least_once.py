@@ -22,7 +22,7 @@ from escalator.engine.delivery import Bound, Output, PartitionTracker
 from escalator.kafka.clients import ProducerHandle
 from escalator.observability.logs import log, log_repeating
 
-logger = logging.getLogger("escalator.pipeline")
+logger = logging.getLogger("escalator.engine")
 
 
 class _Partition:

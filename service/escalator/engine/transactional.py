@@ -25,7 +25,7 @@ from aiokafka.structs import OffsetAndMetadata
 from escalator.engine.delivery import Bound, Output, PartitionTracker
 from escalator.observability.logs import log_repeating
 
-logger = logging.getLogger("escalator.pipeline")
+logger = logging.getLogger("escalator.engine")
 
 
 class _Partition:

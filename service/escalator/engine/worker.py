@@ -39,7 +39,7 @@ from escalator.observability.metrics import Metrics
 
 __all__ = ["Handler", "Output", "PartitionTracker", "Record", "TierWorker", "WorkerOptions"]
 
-logger = logging.getLogger("escalator.pipeline")
+logger = logging.getLogger("escalator.engine")
 #: Of ESCALATOR_SHUTDOWN_GRACE_S (at most half of it), what the drain leaves for the final
 #: commit (3/8), leaving the group (1/4) and, in app.py, the producer's flush and stop (1/8
 #: each): 7/8 of it at most, the rest for the process's own exit. Each is a bound that only a

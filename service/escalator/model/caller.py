@@ -1,17 +1,19 @@
-"""The model boundary: the ModelClient protocol, its Anthropic adapter, and the one retry and
+"""The model boundary: the ModelClient protocol, its Anthropic adapter, and the retry and
 failure policy around it.
 
 The adapter builds the request from the model's profile (``profiles.py``: thinking, effort,
 ``max_tokens``), with the cached system prefix, the delimited user text, and structured output
-constrained to the label enum. It calls the SDK with its own retries off (``max_retries=0``:
-one retry layer, ours), reads the rate-limit headers of every response, translates SDK errors
-once into our tree, and validates the answer against the label set (case-insensitively). A
-refusal is an answer, not an error.
+constrained to the label enum. It calls the SDK with the SDK's own retries off
+(``max_retries=0``: every retry is ours, and counted), reads the rate-limit headers of every
+response, translates SDK errors once into our tree, and validates the answer against the label
+set (case-insensitively). A refusal is an answer, not an error.
 
-:class:`ModelCaller` adds the retry layer (tenacity: exponential backoff with jitter and a cap,
-honouring ``retry-after``), the circuit breaker, the cache warm-up gate, and the hold rule
-(:meth:`ModelCaller.answer`): outages and account-level failures hold the record; only a
-record that fails while others succeed is given up on.
+:class:`ModelCaller` retries at two levels, both here. :meth:`ModelCaller.call` retries a
+transient failure a few times (tenacity: exponential backoff with jitter and a cap, honouring
+``retry-after``); :meth:`ModelCaller.answer` then holds the record through what outlasts those
+retries (the hold rule, with its own doubling wait between rounds): outages and account-level
+failures hold it, and only a record that fails while others succeed is given up on. Around
+both: the circuit breaker and the cache warm-up gate.
 """
 
 from __future__ import annotations
@@ -372,7 +374,8 @@ class RetryPolicy:
 
 
 class ModelCaller:
-    """One retry layer around a ModelClient, gated by a circuit breaker and a cache warm-up.
+    """The retries and the hold rule around a ModelClient, gated by a circuit breaker and a
+    cache warm-up.
 
     Before each call, the model's :class:`~escalator.model.admission.Admission` gate waits until the
     organisation's rate limit (as the headers show it) and this process's share of it cover
