@@ -136,12 +136,20 @@ test: check deploy-check integration reliability-ci image-test
 demo: $(STAMP)
 	$(BIN)/escalator demo
 
-bench: $(STAMP)
-	$(BIN)/python -m tests.benchmarks.run
+# B1q's peer, Quix Streams, in a virtualenv of its own: a benchmark-only dependency.
+QUIX := .bench/quix
+$(QUIX)/.installed: tests/benchmarks/quix-requirements.txt
+	$(PY) -m venv $(QUIX)
+	$(QUIX)/bin/pip install -q --upgrade pip
+	$(QUIX)/bin/pip install -q -r tests/benchmarks/quix-requirements.txt
+	touch $@
+
+bench: $(STAMP) $(QUIX)/.installed
+	ESCALATOR_QUIX_PYTHON=$(QUIX)/bin/python $(BIN)/python -m tests.benchmarks.run
 
 # Re-pin every Python package to what is installed in the venv now.
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | grep -vi '^escalator' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .bench .pytest_cache .mypy_cache .ruff_cache

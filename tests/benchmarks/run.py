@@ -1,8 +1,9 @@
 """Benchmarks B1-B5 of the routing pipeline (issue 3), B6, the cost of exactly-once
-(issue 5), and B7, admission control against a binding rate limit (issue 14, in ``b7.py``).
+(issue 5), B7, admission control against a binding rate limit (issue 14, in ``b7.py``), and
+B1q, the cheap tier's plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``).
 They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b2 b3 b4 b5 b6 b7]      (``make bench`` runs all)
+    python -m tests.benchmarks.run [b1 b1e b1q b2 b3 b4 b5 b6 b7]   (``make bench`` runs all)
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
 Absolute numbers on a 2-core machine are noisy; the ratios are the result. Anything that
@@ -578,9 +579,131 @@ async def b6(bootstrap: str, sim_url: str) -> None:
         )
 
 
+# -- B1q: the same job against a peer, Quix Streams -------------------------------------------
+QUIX_APP = Path(__file__).with_name("quix_app.py")
+QUIX_PYTHON = os.environ.get("ESCALATOR_QUIX_PYTHON", ".bench/quix/bin/python")
+
+
+async def _committed_at(bootstrap: str, group: str, topic: str, n: int) -> float:
+    """Wall-clock time at which the broker shows ``group``'s offsets on ``topic`` covering n
+    records, polled every 0.05 s."""
+    while True:
+        if await committed_total(bootstrap, group, topic) >= n:
+            return time.time()
+        await asyncio.sleep(0.05)
+
+
+async def escalator_to_commit(env: dict[str, str], n: int) -> float:
+    """The cheap tier with the instant model, from its first model call to all n committed:
+    stopped once it has processed n (the drain and final commit are timed)."""
+    first: list[float] = []
+
+    class FirstTimed(InstantModel):
+        async def classify(self, text: str) -> Attempt:
+            if not first:
+                first.append(time.time())
+            return await super().classify(text)
+
+    def factory(tier: str, model: str, task: Task, prices: PriceTable) -> InstantModel:
+        return FirstTimed(tier, model)
+
+    settings = load_settings(env)
+    service = build_service(settings, ["cheap"], model_factory=factory)
+    run = asyncio.create_task(service.run(install_signals=False))
+    registry = service.metrics.registry
+    labels = {"tier": "cheap"}
+    try:
+        while (registry.get_sample_value("escalator_processing_seconds_count", labels) or 0) < n:
+            if run.done():
+                run.result()
+                raise AssertionError("the cheap tier stopped before processing its backlog")
+            await asyncio.sleep(0.01)
+        service.stop()
+        end = await _committed_at(
+            env["KAFKA_BOOTSTRAP_SERVERS"],
+            settings.pipeline.cheap_group,
+            settings.topics.requests,
+            n,
+        )
+    finally:
+        service.stop()
+        await run
+    return n / (end - first[0])
+
+
+async def quix_to_commit(python: str, env: dict[str, str], n: int) -> float:
+    """The Quix Streams application (its own virtualenv), from its first record to all n
+    committed (it stops itself at the n-th record, flushing and committing)."""
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    requests, results = env["ESCALATOR_REQUESTS_TOPIC"], env["ESCALATOR_RESULTS_TOPIC"]
+    group = f"quix-{uuid.uuid4().hex[:6]}"
+    proc = await asyncio.create_subprocess_exec(
+        python,
+        str(QUIX_APP),
+        bootstrap,
+        requests,
+        results,
+        group,
+        str(n),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},  # its dependencies' deprecation notes
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if not line:
+            raise AssertionError(f"the Quix Streams app exited with {await proc.wait()}")
+        first = float(orjson.loads(line)["first"])
+        end = await asyncio.wait_for(_committed_at(bootstrap, group, requests, n), 600)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+    return n / (end - first)
+
+
+async def b1q(bootstrap: str, sim_url: str) -> None:
+    """The same job on three sides, each timed from its first record to its last commit: the
+    bare aiokafka pipe (B1's baseline), Escalator's cheap tier with the instant model, and a
+    Quix Streams application (tests/benchmarks/quix_app.py). 100,000 requests, 6 partitions,
+    a fresh backlog each; both frameworks are stopped at the last record, so their final flush
+    and commit are in the time (the bare pipe commits each batch); two rounds, in turn."""
+    python = QUIX_PYTHON
+    n = int(os.environ.get("ESCALATOR_B1Q_RECORDS", "100000"))
+    rates: dict[str, list[float]] = {"bare": [], "escalator": [], "quix": []}
+    for _ in range(2):
+        env = await with_backlog(bootstrap, sim_url, "b1qb", n)
+        requests, results = env["ESCALATOR_REQUESTS_TOPIC"], env["ESCALATOR_RESULTS_TOPIC"]
+        rates["bare"].append(await bare_pipe(bootstrap, requests, results, n))
+        env = await with_backlog(bootstrap, sim_url, "b1qe", n)
+        rates["escalator"].append(await escalator_to_commit(env, n))
+        env = await with_backlog(bootstrap, sim_url, "b1qq", n)
+        rates["quix"].append(await quix_to_commit(python, env, n))
+        print(
+            "    (round: " + ", ".join(f"{k} {v[-1]:,.0f} msg/s" for k, v in rates.items()) + ")",
+            flush=True,
+        )
+    bare, ours, quix = rates["bare"], rates["escalator"], rates["quix"]
+
+    def each(values: list[float]) -> str:
+        return " / ".join(f"{v:,.0f}" for v in values)
+
+    def ratios(top: list[float], bottom: list[float]) -> str:
+        return " / ".join(f"{t / b:.2f}" for t, b in zip(top, bottom, strict=True))
+
+    report(
+        "B1q",
+        f"Quix Streams 3.28.1 {each(quix)} msg/s; bare aiokafka pipe {each(bare)} msg/s; "
+        f"cheap tier, instant fake model {each(ours)} msg/s ({n:,} records, to the last commit)",
+        f"against Quix {ratios(ours, quix)}; against the bare pipe {ratios(ours, bare)}",
+        ">= 0.45 of Quix",
+    )
+
+
 BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b1": b1,
     "b1e": b1e,
+    "b1q": b1q,
     "b2": b2,
     "b3": b3,
     "b6": b6,
@@ -624,8 +747,10 @@ async def main(selected: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b2", "b3", "b4", "b5", "b6", "b7"]
+    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b1q", "b2", "b3", "b4", "b5", "b6", "b7"]
     unknown = set(chosen) - set(BENCHES) - set(SUBPROCESS_BENCHES)
     if unknown:
         sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    if "b1q" in chosen and not os.path.exists(QUIX_PYTHON):
+        sys.exit(f"B1q needs Quix Streams in its own virtualenv ({QUIX_PYTHON}): run `make bench`")
     asyncio.run(main(chosen))
