@@ -170,3 +170,44 @@ def test_no_command_module_imports_another(command: str) -> None:
 def test_the_circle_finder_finds_circles() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# -- one commit path ---------------------------------------------------------------------------
+#: Calls that commit consumer offsets, alone or in a transaction.
+COMMIT_CALLS = {"commit", "send_offsets_to_transaction", "commit_transaction"}
+#: Modules outside engine/ that may commit, each for a reason that is not consume-and-process:
+#: the parked topic's replay command records how far it has sent (a one-shot scan to the end
+#: offsets seen at its start, like a CLI tool's bookmark), not a consumer of work.
+COMMITS_ALLOWED = {"escalator.kafka.parked"}
+#: The review console's queues still commit on their own (issue 23 asks them onto the engine).
+SECOND_COMMIT_PATH = "escalator.review.consumer"
+
+
+def commits_in(module: str) -> list[int]:
+    """Lines of ``module`` that call a method named like an offset commit."""
+    tree = ast.parse(MODULES[module].read_text())
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in COMMIT_CALLS
+    ]
+
+
+def test_offsets_are_committed_only_by_the_engine() -> None:
+    """One commit path: every offset commit of the runtime is in ``engine/`` (save the
+    allowed exceptions above, and the review console's, tracked by the test below)."""
+    committing = {m for m in MODULES if m.startswith("escalator.") and commits_in(m)}
+    assert {m for m in committing if m.startswith("escalator.engine.")}, "the scan saw nothing"
+    outside = committing - COMMITS_ALLOWED - {SECOND_COMMIT_PATH}
+    assert {m for m in outside if not m.startswith("escalator.engine.")} == set()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 23: the review console still has its own consume-and-commit loop; "
+    "when it moves onto the engine this passes, and the marker must go",
+)
+def test_the_review_console_commits_through_the_engine() -> None:
+    assert SECOND_COMMIT_PATH not in MODULES or commits_in(SECOND_COMMIT_PATH) == []
