@@ -98,6 +98,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from escalator_dev.emulator.batches import BatchSettings
     from escalator_dev.emulator.server import SimConfig, parse_lexicon, serve
 
     check_port_free(args.host, args.port, "--port", "--host")
@@ -120,6 +121,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
         enum_case_rate=args.enum_case_rate,
         refusals=not args.no_refusals,
         refusal_lexicon=lexicon,
+        batch=BatchSettings(
+            latency_s=args.batch_latency,
+            rpm=args.batch_limits[0],
+            queue=args.batch_limits[1],
+            faults=dict(args.batch_fault),
+        ),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
@@ -270,6 +277,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=existing_file,
         default=None,
         help="JSON file {word: category} replacing the built-in refusal lexicon",
+    )
+    sim.add_argument(
+        "--batch-latency",
+        type=number(0.0, 30 * 86400.0),
+        default=10.0,
+        metavar="SECONDS",
+        help="Message Batches: seconds from creation until a batch's last request is "
+        "processed (default 10; past 86400 the rest expire)",
+    )
+    sim.add_argument(
+        "--batch-fault",
+        type=_emulator_type("batch_fault"),
+        action="append",
+        default=[],
+        help="KIND[:RATE], KIND in errored, expired: that fraction of batch requests is "
+        "errored (api_error) or never processed (expired at 24 h); repeatable",
+    )
+    sim.add_argument(
+        "--batch-limits",
+        type=_emulator_type("batch_limits"),
+        default="100000:10000000",
+        metavar="RPM:QUEUE",
+        help="Message Batches rate limits: requests per minute to the batch endpoints, batch "
+        "requests in the processing queue (default 100000:10000000)",
     )
     sim.set_defaults(func=cmd_sim)
 
