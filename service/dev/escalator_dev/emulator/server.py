@@ -501,6 +501,9 @@ class SimState:
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
+STATE = web.AppKey("state", SimState)
+
+
 def _error_response(error: ApiError, request_id: str, headers: dict[str, str]) -> web.Response:
     inner: dict[str, Any] = {"type": error.kind, "message": error.message}
     if error.error_code is not None:
@@ -655,7 +658,7 @@ def _refusal_category(state: SimState, spec: ModelSpec, text: str) -> str | None
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     state.stats["requests"] += 1
     request_id = state.request_id()
     limiter: Limits | None = None
@@ -1068,7 +1071,7 @@ def _content(
 
 def _models_request(request: web.Request) -> tuple[SimState, str, web.Response | None]:
     """The Models API's prelude: state, a request id, and the error response if the key fails."""
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     request_id = state.request_id()
     try:
         _authenticate(state, request)
@@ -1105,7 +1108,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     cfg = state.config
     return web.json_response(
         {
@@ -1136,7 +1139,7 @@ async def get_config(request: web.Request) -> web.Response:
 async def set_config(request: web.Request) -> web.Response:
     """Change faults, latency, retirements, keys and limits while running (a 60 s outage in a
     reliability test, a revoked key, a model retired mid-run)."""
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     cfg = state.config
     try:
         body = orjson.loads(await request.read())
@@ -1255,7 +1258,7 @@ def make_app(config: SimConfig) -> web.Application:
     # A batch may be 256 MB (Message Batches); larger bodies are a 413 (batch_routes).
     app = web.Application(client_max_size=257 * 1024 * 1024)
     state = SimState(config=config, rng=random.Random(config.seed))
-    app["state"] = state
+    app[STATE] = state
     batch_routes.install(app, _BatchHost(state))
     app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", list_models)
