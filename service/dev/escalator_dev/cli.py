@@ -17,13 +17,16 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from escalator.cli._common import check_port_free, existing_file, fraction, integer, number
 from escalator.errors import EscalatorError
 from escalator_dev.kafka_local import DEFAULT_KAFKA_VERSION as DEFAULT_KAFKA_VERSION_TEXT
+
+if TYPE_CHECKING:
+    from escalator_dev.emulator.batches import BatchSettings
 
 
 def kafka_version(text: str) -> str:
@@ -98,7 +101,6 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from escalator_dev.emulator.batches import BatchSettings
     from escalator_dev.emulator.server import SimConfig, parse_lexicon, serve
 
     check_port_free(args.host, args.port, "--port", "--host")
@@ -121,16 +123,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
         enum_case_rate=args.enum_case_rate,
         refusals=not args.no_refusals,
         refusal_lexicon=lexicon,
-        batch=BatchSettings(
-            latency_s=args.batch_latency,
-            rpm=args.batch_limits[0],
-            queue=args.batch_limits[1],
-            faults=dict(args.batch_fault),
-        ),
+        batch=_batch_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
     return 0
+
+
+def _batch_settings(args: argparse.Namespace) -> BatchSettings:
+    """The Batches API's settings: the flags given, the emulator's defaults for the rest."""
+    from escalator_dev.emulator.batches import BatchSettings
+
+    batch = BatchSettings(faults=dict(args.batch_fault))
+    if args.batch_latency is not None:
+        batch.latency_s = args.batch_latency
+    if args.batch_limits is not None:
+        batch.rpm, batch.queue = args.batch_limits
+    return batch
 
 
 def _model_limits(spec: str) -> tuple[str, tuple[int, int, int]]:
@@ -281,7 +290,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument(
         "--batch-latency",
         type=number(0.0, 30 * 86400.0),
-        default=10.0,
+        default=None,
         metavar="SECONDS",
         help="Message Batches: seconds from creation until a batch's last request is "
         "processed (default 10; past 86400 the rest expire)",
@@ -297,7 +306,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument(
         "--batch-limits",
         type=_emulator_type("batch_limits"),
-        default="100000:10000000",
+        default=None,
         metavar="RPM:QUEUE",
         help="Message Batches rate limits: requests per minute to the batch endpoints, batch "
         "requests in the processing queue (default 100000:10000000)",
