@@ -5,6 +5,7 @@ each documented behaviour of docs/SIMULATOR.md ("Message Batches") is what a cli
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from escalator.model.prices import Usage, load_prices
+from escalator_dev.emulator import server as sim_server
 from escalator_dev.emulator.batches import BatchSettings
 from escalator_dev.emulator.server import SimConfig, make_app
 
@@ -416,3 +418,27 @@ async def test_processing_happens_on_the_wall_clock_too(sim: Sim) -> None:
     )
     await asyncio.sleep(0.3)
     assert (await sim.client.messages.batches.retrieve(batch.id)).processing_status == "ended"
+
+
+def test_the_sim_command_flags_set_the_batch_behaviour() -> None:
+    """`escalator sim --batch-latency --batch-fault --batch-limits`, in its own process: the
+    batch ends after its latency with about the errored fraction, and the limits are set."""
+    proc, url = sim_server.spawn(
+        "--batch-latency", "0.3", "--batch-fault", "errored:0.5", "--batch-limits", "50:1000"
+    )
+    try:
+        client = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0, timeout=10)
+        requests = [{"custom_id": f"p{i}", "params": params(f"p {i}")} for i in range(100)]
+        batch = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+        deadline = 50
+        while (batch := client.messages.batches.retrieve(batch.id)).ended_at is None:
+            deadline -= 1
+            assert deadline > 0, "the batch did not end"
+            time.sleep(0.1)
+        assert 30 <= batch.request_counts.errored <= 70
+        config = client.get("/_sim/config", cast_to=object)
+        assert config["batch_limits"] == [50, 1000]  # type: ignore[index]
+        client.close()
+    finally:
+        sim_server.terminate(proc)
