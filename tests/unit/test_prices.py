@@ -55,6 +55,61 @@ def test_cost(model: str, usage: Usage, expected_usd: float) -> None:
     assert TABLE.cost_usd(model, usage) == pytest.approx(expected_usd, rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("model", "usage", "expected_usd"),
+    [
+        # Haiku 5.5 at half price: 1,000 in at $0.05, 100 out at $0.25 per MTok.
+        (
+            "claude-haiku-5-5",
+            Usage(1000, 100, service_tier="batch"),
+            (1000 * 0.05 + 100 * 0.25) / 1e6,
+        ),
+        # Stacks with caching: 5-minute write at $0.0625, 1-hour at $0.10, read at $0.005.
+        (
+            "claude-haiku-5-5",
+            Usage(0, 0, 2000, 3000, 500, service_tier="batch"),
+            (1500 * 0.0625 + 500 * 0.10 + 3000 * 0.005) / 1e6,
+        ),
+        # Stacks with US inference (x1.1) and with Haiku 5.5's long-prompt band (x5).
+        (
+            "claude-sonnet-5-5",
+            Usage(1000, 10, inference_geo="us", service_tier="batch"),
+            (1000 * 2 + 10 * 10) * 1.1 * 0.5 / 1e6,
+        ),
+        (
+            "claude-haiku-5-5",
+            Usage(100_001, 1000, service_tier="batch"),
+            (100_001 * 0.10 + 1000 * 0.50) * 5 * 0.5 / 1e6,
+        ),
+        # The standard and priority tiers, and no tier at all, are the list price.
+        (
+            "claude-fable-5-2",
+            Usage(1000, 100, service_tier="standard"),
+            (1000 * 8 + 100 * 40) / 1e6,
+        ),
+        (
+            "claude-fable-5-2",
+            Usage(1000, 100, service_tier="priority"),
+            (1000 * 8 + 100 * 40) / 1e6,
+        ),
+        ("claude-fable-5-2", Usage(1000, 100), (1000 * 8 + 100 * 40) / 1e6),
+    ],
+)
+def test_batch_usage_costs_half_and_stacks_with_the_other_multipliers(
+    model: str, usage: Usage, expected_usd: float
+) -> None:
+    """usage.service_tier "batch" halves every token type, on top of cache, geo and band."""
+    assert TABLE.cost_usd(model, usage) == pytest.approx(expected_usd, rel=1e-12)
+
+
+def test_a_batch_costs_exactly_half_of_the_same_usage_in_real_time() -> None:
+    """For every model of the table, the same usage costs 50% on the batch tier."""
+    for model in TABLE.prices:
+        usage = Usage(12_345, 678, 900, 4_000, 300, inference_geo="us")
+        batch = Usage(12_345, 678, 900, 4_000, 300, inference_geo="us", service_tier="batch")
+        assert TABLE.cost_usd(model, batch) == pytest.approx(0.5 * TABLE.cost_usd(model, usage))
+
+
 def test_unknown_model_is_a_startup_error_not_zero() -> None:
     """A model without a price fails at start-up, naming the model."""
     with pytest.raises(ConfigError, match="claude-new-9"):

@@ -17,13 +17,16 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from escalator.cli._common import check_port_free, existing_file, fraction, integer, number
 from escalator.errors import EscalatorError
 from escalator_dev.kafka_local import DEFAULT_KAFKA_VERSION as DEFAULT_KAFKA_VERSION_TEXT
+
+if TYPE_CHECKING:
+    from escalator_dev.emulator.batches import BatchSettings
 
 
 def kafka_version(text: str) -> str:
@@ -120,10 +123,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
         enum_case_rate=args.enum_case_rate,
         refusals=not args.no_refusals,
         refusal_lexicon=lexicon,
+        batch=_batch_settings(args),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))
     return 0
+
+
+def _batch_settings(args: argparse.Namespace) -> BatchSettings:
+    """The Batches API's settings: the flags given, the emulator's defaults for the rest."""
+    from escalator_dev.emulator.batches import BatchSettings
+
+    batch = BatchSettings(faults=dict(args.batch_fault))
+    if args.batch_latency is not None:
+        batch.latency_s = args.batch_latency
+    if args.batch_limits is not None:
+        batch.rpm, batch.queue = args.batch_limits
+    return batch
 
 
 def _model_limits(spec: str) -> tuple[str, tuple[int, int, int]]:
@@ -270,6 +286,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=existing_file,
         default=None,
         help="JSON file {word: category} replacing the built-in refusal lexicon",
+    )
+    sim.add_argument(
+        "--batch-latency",
+        type=number(0.0, 30 * 86400.0),
+        default=None,
+        metavar="SECONDS",
+        help="Message Batches: seconds from creation until a batch's last request is "
+        "processed (default 10; past 86400 the rest expire)",
+    )
+    sim.add_argument(
+        "--batch-fault",
+        type=_emulator_type("batch_fault"),
+        action="append",
+        default=[],
+        help="KIND[:RATE], KIND in errored, expired: that fraction of batch requests is "
+        "errored (api_error) or never processed (expired at 24 h); repeatable",
+    )
+    sim.add_argument(
+        "--batch-limits",
+        type=_emulator_type("batch_limits"),
+        default=None,
+        metavar="RPM:QUEUE",
+        help="Message Batches rate limits: requests per minute to the batch endpoints, batch "
+        "requests in the processing queue (default 100000:10000000)",
     )
     sim.set_defaults(func=cmd_sim)
 

@@ -19,6 +19,9 @@ to $0.10 on 2026-10-07 (0.05x input); some stored copies of the model page still
 Cache writes are priced by TTL, as billed: ``usage.cache_creation`` splits them into 5-minute
 (1.25x input) and 1-hour (2x input) writes. Inference pinned to the US (``inference_geo:
 "us"``) costs 1.1x on every token type, on Claude Opus 4.6, Sonnet 4.6 and later models.
+The Message Batches API bills every token type at 50% ("All usage is charged at 50% of the
+standard API prices"; usage says ``service_tier: "batch"``), stacking with the cache, geo and
+long-prompt multipliers (:data:`SERVICE_TIER_MULTIPLIERS`).
 
 Override the whole table with ESCALATOR_PRICES_FILE (JSON, same shape as DEFAULT_TABLE).
 A dated snapshot id (``claude-haiku-4-5-20251001``) is priced by its family's row, as
@@ -75,11 +78,16 @@ class Usage:
     #: The part of ``cache_write_tokens`` written with the 1-hour TTL.
     cache_write_1h_tokens: int = 0
     inference_geo: str | None = None
+    #: ``usage.service_tier``: "standard", "priority" or "batch" (None: standard).
+    service_tier: str | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return self.input_tokens + self.cache_write_tokens + self.cache_read_tokens
 
+
+#: Price multiplier per ``usage.service_tier`` (Pricing, Batch processing: 50% for batches).
+SERVICE_TIER_MULTIPLIERS: dict[str, float] = {"batch": 0.5}
 
 DEFAULT_VERSION = "anthropic-2026-12-01"
 US = {"us": 1.1}
@@ -176,6 +184,7 @@ class PriceTable:
     def cost_usd(self, model: str, usage: Usage) -> float:
         price = self.price(model)
         mult = price.geo_multiplier(usage.inference_geo)
+        mult *= SERVICE_TIER_MULTIPLIERS.get(usage.service_tier or "standard", 1.0)
         if price.long_prompt_tokens is not None and usage.prompt_tokens > price.long_prompt_tokens:
             mult *= price.long_prompt_multiplier
         writes_1h = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)

@@ -4,8 +4,12 @@ It stands in for Claude where no API key (or no network) exists: in tests, in CI
 Everything measured against it is *simulated* and is labelled so. It is not a model of
 Escalator's assumptions: each behaviour follows a documentation page, listed with its source
 in docs/SIMULATOR.md ("Conformance"); where the docs are silent or disagree it takes the
-stricter reading. The per-model facts are one table (``sim_models.py``); the rules that
-produce 400s, thinking, token counts and rate-limit buckets are in ``sim_rules.py``.
+stricter reading. The per-model facts are one table (``models.py``); the rules that
+produce 400s, thinking, token counts and rate-limit buckets are in ``rules.py``; the
+organisation's buckets in ``limits.py``, prompt caching in ``cache.py``, fallback credit in
+``credits.py``, and the Message Batches API in ``batches.py`` (the store and its clock) and
+``batch_routes.py`` (its endpoints), which answer every batch item through :func:`answer`,
+the same path as ``POST /v1/messages``.
 
 What it serves:
 - ``POST /v1/messages``: authentication (401), ``anthropic-version``, per-model validation
@@ -17,6 +21,8 @@ What it serves:
   response has been sent; per-model rate-limit buckets with ``anthropic-ratelimit-*``
   headers on every response and 429 + ``retry-after`` when one is empty; ``request-id``.
 - ``GET /v1/models/{id}`` and ``GET /v1/models``: ModelInfo with capabilities and lifecycle.
+- ``/v1/messages/batches``: create, list, retrieve, cancel, delete, results (JSONL), on an
+  emulated clock (``batches.py``).
 - ``GET``/``POST /_sim/config``: faults, latency, retirements, keys and limits, live.
 
 The answering rule (deterministic from the text; the emulator never sees gold labels) is
@@ -41,6 +47,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import IO, Any
@@ -48,7 +55,14 @@ from typing import IO, Any
 import orjson
 from aiohttp import web
 
-from escalator_dev.emulator import cache, credits
+from escalator_dev.emulator import batch_routes, cache, credits
+from escalator_dev.emulator.batches import (
+    BatchSettings,
+    BatchStore,
+    Hung,
+    parse_batch_fault,
+    parse_batch_limits,
+)
 from escalator_dev.emulator.credits import Memory
 from escalator_dev.emulator.limits import Charge, Exceeded, Limits
 from escalator_dev.emulator.models import DEFAULT_LIMITS, TIERS, ModelSpec, model_index
@@ -440,6 +454,8 @@ class SimConfig:
     refusal_lexicon: dict[str, str] | None = None
     #: The emulator's date, for lifecycles (None: today, UTC).
     today: date | None = None
+    #: The Message Batches API: processing time, faults, limits (``batches.py``).
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
 
 @dataclass(slots=True)
@@ -452,6 +468,7 @@ class SimState:
     stats: Counter[str] = field(default_factory=Counter)
     serial: int = 0
     memory: Memory = field(default_factory=Memory)
+    batches: BatchStore = field(default_factory=BatchStore)
 
     def today(self) -> date:
         return self.config.today or datetime.now(UTC).date()
@@ -484,6 +501,9 @@ class SimState:
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
+STATE = web.AppKey("state", SimState)
+
+
 def _error_response(error: ApiError, request_id: str, headers: dict[str, str]) -> web.Response:
     inner: dict[str, Any] = {"type": error.kind, "message": error.message}
     if error.error_code is not None:
@@ -543,10 +563,10 @@ def _model(state: SimState, model: Any) -> ModelSpec:
 
 
 def _pick_fault(
-    state: SimState, request: web.Request, text: str, model: str
+    state: SimState, headers: Mapping[str, str], text: str, model: str
 ) -> tuple[str | None, str | None]:
     """(kind, argument) of the fault for this request, if any."""
-    header = request.headers.get("x-sim-fault")
+    header = headers.get("x-sim-fault")
     if header:
         return (header if header in FAULT_KINDS else None), None
     marker = MARKER_RE.search(text)
@@ -638,7 +658,7 @@ def _refusal_category(state: SimState, spec: ModelSpec, text: str) -> str | None
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     state.stats["requests"] += 1
     request_id = state.request_id()
     limiter: Limits | None = None
@@ -656,28 +676,68 @@ async def messages(request: web.Request) -> web.StreamResponse:
             raise bad_request("request body must be an object")
         spec = _model(state, body.get("model"))
         limiter = state.limiter(spec)
-        settings = validate(body, spec, version, betas)
-        call = Call(request, spec, body, settings, betas, api_key)
-        response = await _answer(state, call, limiter)
+        message = await answer(state, spec, body, request.headers, api_key, version, betas)
+        headers = limiter.headers()  # read once the response ends (the output is settled)
     except ApiError as exc:
         state.stats[f"status:{exc.status}"] += 1
         # Rate-limit headers on errors too, once the model (and so its limits) is known.
         headers = limiter.headers() if limiter is not None else {}
         return _error_response(exc, request_id, headers)
-    response.headers["request-id"] = request_id
-    return response
+    return web.Response(
+        body=orjson.dumps(message),
+        content_type="application/json",
+        headers={**headers, "request-id": request_id},
+    )
+
+
+async def answer(
+    state: SimState,
+    spec: ModelSpec,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    api_key: str,
+    version: str,
+    betas: frozenset[str],
+    *,
+    batch: bool = False,
+) -> dict[str, Any]:
+    """The one answering path: validate ``body`` for ``spec`` and answer it (a Message), or
+    raise the documented :class:`ApiError`. ``POST /v1/messages`` and every item of a Message
+    Batch come through here; a batch item (``batch``) has no latency of its own, is not charged
+    on the real-time buckets ("The Message Batches API has its own rate limits") and reports
+    ``usage.service_tier: "batch"``."""
+    settings = validate(body, spec, version, betas)
+    call = Call(headers, spec, body, settings, betas, api_key, batch)
+    return await _answer(state, call, state.limiter(spec))
+
+
+async def answer_batch_item(
+    state: SimState,
+    body: Any,
+    headers: Mapping[str, str],
+    api_key: str,
+    version: str,
+    betas: frozenset[str],
+) -> dict[str, Any]:
+    """One request of a batch, through :func:`answer` (its ``params``, as sent)."""
+    if not isinstance(body, dict):
+        raise bad_request("params: must be an object")
+    spec = _model(state, body.get("model"))
+    return await answer(state, spec, body, headers, api_key, version, betas, batch=True)
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
     """One valid request, as the emulator answers it."""
 
-    request: web.Request
+    headers: Mapping[str, str]
     spec: ModelSpec
     body: dict[str, Any]
     settings: Settings
     betas: frozenset[str]
     api_key: str
+    #: An item of a Message Batch (no latency, batch limits, ``service_tier: "batch"``).
+    batch: bool = False
 
     @property
     def text(self) -> str:
@@ -719,10 +779,19 @@ def _input(state: SimState, call: Call, spec: ModelSpec) -> tuple[cache.CachePla
 
 
 def _admit(
-    state: SimState, spec: ModelSpec, plan: cache.CachePlan, uncached: int, max_tokens: int
+    state: SimState,
+    spec: ModelSpec,
+    plan: cache.CachePlan,
+    uncached: int,
+    max_tokens: int,
+    batch: bool = False,
 ) -> Charge | Exceeded:
     """Charge the call on its group's (and the workspace's) buckets when it is admitted:
-    uncached input and cache writes, cache reads on the workspace's limit only."""
+    uncached input and cache writes, cache reads on the workspace's limit only. A batch item
+    is charged nothing here: batches have their own limits (``batches.py``)."""
+    if batch:
+        state.stats[f"batch_answered:{spec.id}"] += 1
+        return Charge((), max_tokens)
     outcome = state.limiter(spec).admit(uncached + plan.created, plan.read, max_tokens)
     if isinstance(outcome, Exceeded):
         state.stats["rate_limited"] += 1
@@ -746,17 +815,20 @@ def _rate_limited(spec: ModelSpec, exceeded: Exceeded) -> ApiError:
     )
 
 
-async def _answer(state: SimState, call: Call, limiter: Limits) -> web.Response:
+async def _answer(state: SimState, call: Call, limiter: Limits) -> dict[str, Any]:
     spec, settings = call.spec, call.settings
     text = call.text
-    fault, argument = _pick_fault(state, call.request, text, spec.id)
+    fault, argument = _pick_fault(state, call.headers, text, spec.id)
     if fault:
         state.stats[f"fault:{fault}"] += 1
+    if fault == "hang" and call.batch:
+        raise Hung  # the item never finishes: it expires with its batch
     latency = state.config.latency
-    header_latency = call.request.headers.get("x-sim-latency-ms")
+    header_latency = call.headers.get("x-sim-latency-ms")
     if header_latency:
         latency = Latency(float(header_latency), float(header_latency))
-    delay = latency.sample_s(state.rng)
+    # A batch's processing time is the batch's (``--batch-latency``), not each item's.
+    delay = 0.0 if call.batch else latency.sample_s(state.rng)
     error = _fault_error(fault, state.config.retry_after_s, state.today()) if fault else None
     if error is not None:
         # Account and transient faults: after the latency, and charged nothing.
@@ -765,7 +837,7 @@ async def _answer(state: SimState, call: Call, limiter: Limits) -> web.Response:
         raise error
     credit = _presented_credit(state, call)
     plan, uncached = _input(state, call, spec)
-    admitted = _admit(state, spec, plan, uncached, settings.max_tokens)
+    admitted = _admit(state, spec, plan, uncached, settings.max_tokens, call.batch)
     if isinstance(admitted, Exceeded):
         raise _rate_limited(spec, admitted)  # a token presented is still good for a retry
     if credit is not None and credit.reason is None and settings.credit_token is not None:
@@ -873,7 +945,7 @@ def _fall_back(state: SimState, call: Call, refused: Reply, models: tuple[str, .
         if spec is None or spec.id not in _current(state):
             raise bad_request(f"fallbacks: model: {model}")
         plan, uncached = _input(state, call, spec)
-        admitted = _admit(state, spec, plan, uncached, call.settings.max_tokens)
+        admitted = _admit(state, spec, plan, uncached, call.settings.max_tokens, call.batch)
         if isinstance(admitted, Exceeded):
             assert current.stop_details is not None
             current.stop_details["recommended_model"] = spec.id
@@ -896,7 +968,7 @@ def _fall_back(state: SimState, call: Call, refused: Reply, models: tuple[str, .
 
 def _respond(
     state: SimState, call: Call, reply: Reply, credit: credits.Redemption | None
-) -> web.Response:
+) -> dict[str, Any]:
     spec, settings, plan = reply.spec, call.settings, reply.plan
     cache.settle(plan, state.cache, time.monotonic())
     state.stats["cache_reads"] += bool(plan.read)
@@ -918,7 +990,8 @@ def _respond(
             "ephemeral_1h_input_tokens": created if plan.ttl == "1h" else 0,
         },
         "output_tokens_details": {"thinking_tokens": reply.thought},
-        "service_tier": "standard",
+        # Pricing: batch usage "is charged at 50% of the standard API prices".
+        "service_tier": "batch" if call.batch else "standard",
         "inference_geo": settings.geo if spec.inference_geo else None,
         "speed": settings.speed,
     }
@@ -942,11 +1015,7 @@ def _respond(
         "usage": usage,
         "diagnostics": diagnostics,
     }
-    return web.Response(
-        body=orjson.dumps(message),
-        content_type="application/json",
-        headers=state.limiter(call.spec).headers(),
-    )
+    return message
 
 
 def _refusal_content(factor: float) -> tuple[list[dict[str, Any]], int, str]:
@@ -1002,7 +1071,7 @@ def _content(
 
 def _models_request(request: web.Request) -> tuple[SimState, str, web.Response | None]:
     """The Models API's prelude: state, a request id, and the error response if the key fails."""
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     request_id = state.request_id()
     try:
         _authenticate(state, request)
@@ -1039,7 +1108,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     cfg = state.config
     return web.json_response(
         {
@@ -1055,6 +1124,13 @@ async def get_config(request: web.Request) -> web.Response:
             "enum_case_rate": cfg.enum_case_rate,
             "refusals": cfg.refusals,
             "refusal_lexicon": cfg.refusal_lexicon,
+            "batch_latency_s": cfg.batch.latency_s,
+            "batch_cancel_s": cfg.batch.cancel_s,
+            "batch_faults": cfg.batch.faults,
+            "batch_limits": [cfg.batch.rpm, cfg.batch.queue],
+            "batch_max_bytes": cfg.batch.max_bytes,
+            "batch_advance_s": state.batches.clock.advance_s,
+            "batch_queue": state.batches.queued(),
             "stats": dict(state.stats),
         }
     )
@@ -1063,7 +1139,7 @@ async def get_config(request: web.Request) -> web.Response:
 async def set_config(request: web.Request) -> web.Response:
     """Change faults, latency, retirements, keys and limits while running (a 60 s outage in a
     reliability test, a revoked key, a model retired mid-run)."""
-    state: SimState = request.app["state"]
+    state: SimState = request.app[STATE]
     cfg = state.config
     try:
         body = orjson.loads(await request.read())
@@ -1104,14 +1180,86 @@ async def set_config(request: web.Request) -> web.Response:
         if "refusal_lexicon" in body:
             lexicon = body["refusal_lexicon"]
             cfg.refusal_lexicon = None if lexicon is None else parse_lexicon(lexicon)
+        _set_batch_config(state, body)
     except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
         return _error_response(bad_request(str(exc)), state.request_id(), {})
     return await get_config(request)
 
 
+@dataclass(frozen=True, slots=True)
+class _BatchHost:
+    """The emulator as the batch endpoints see it (``batch_routes.Host``)."""
+
+    state: SimState
+
+    @property
+    def store(self) -> BatchStore:
+        return self.state.batches
+
+    @property
+    def settings(self) -> BatchSettings:
+        return self.state.config.batch
+
+    def request_id(self) -> str:
+        return self.state.request_id()
+
+    def count(self, stat: str) -> None:
+        self.state.stats[stat] += 1
+
+    def authenticate(self, request: web.Request) -> tuple[str, str, frozenset[str]]:
+        api_key = _authenticate(self.state, request)
+        version = _version(request)
+        betas = frozenset(
+            b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
+        )
+        return api_key, version, betas
+
+    def error_response(self, error: ApiError, request_id: str) -> web.Response:
+        return _error_response(error, request_id, {})
+
+    async def answer(
+        self,
+        params: Any,
+        headers: Mapping[str, str],
+        api_key: str,
+        version: str,
+        betas: frozenset[str],
+    ) -> dict[str, Any]:
+        return await answer_batch_item(self.state, params, headers, api_key, version, betas)
+
+
+def _set_batch_config(state: SimState, body: dict[str, Any]) -> None:
+    """The Batches API's settings, and its clock: ``batch_advance_s`` moves it forward."""
+    batch = state.config.batch
+    if "batch_latency_s" in body:
+        batch.latency_s = _non_negative(body["batch_latency_s"], "batch_latency_s")
+    if "batch_cancel_s" in body:
+        batch.cancel_s = _non_negative(body["batch_cancel_s"], "batch_cancel_s")
+    if "batch_faults" in body:
+        batch.faults = dict(
+            parse_batch_fault(f"{k}:{v}") for k, v in dict(body["batch_faults"]).items()
+        )
+    if "batch_limits" in body:
+        batch.rpm, batch.queue = parse_batch_limits(str(body["batch_limits"]))
+    if "batch_max_bytes" in body:
+        batch.max_bytes = int(_non_negative(body["batch_max_bytes"], "batch_max_bytes"))
+    if "batch_advance_s" in body:
+        state.batches.clock.advance_s += _non_negative(body["batch_advance_s"], "batch_advance_s")
+
+
+def _non_negative(value: Any, name: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def make_app(config: SimConfig) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["state"] = SimState(config=config, rng=random.Random(config.seed))
+    # A batch may be 256 MB (Message Batches); larger bodies are a 413 (batch_routes).
+    app = web.Application(client_max_size=257 * 1024 * 1024)
+    state = SimState(config=config, rng=random.Random(config.seed))
+    app[STATE] = state
+    batch_routes.install(app, _BatchHost(state))
     app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
