@@ -265,6 +265,7 @@ class AnthropicClassifier:
             cache_read_tokens=u.cache_read_input_tokens or 0,
             cache_write_1h_tokens=created.ephemeral_1h_input_tokens if created else 0,
             inference_geo=geo,
+            service_tier=u.service_tier,  # "batch" is half price (prices.py)
         )
         refusal: str | None = None
         token: str | None = None
