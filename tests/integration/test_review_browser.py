@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import orjson
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -33,6 +34,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from escalator.calibration.decisions_log import read_topic
 from escalator.config import Settings, load_settings
 from escalator.contract.reviews import Queue, ReviewItem, review_item_value
+from escalator.kafka.clients import read_to_end
 from escalator.observability.metrics import Metrics
 from escalator.review.auth import Authenticator, hash_secret
 from escalator.review.consumer import ReviewConsumer
@@ -118,21 +120,22 @@ class KafkaBackend:
 
     async def decided(self) -> list[Recorded]:
         topics = self.settings.topics
-        results = {r["id"]: r for r in await read_topic(self.settings.kafka, topics.results)}
+        results = {}
+        async for record in read_to_end(self.settings.kafka, topics.results):
+            result = orjson.loads(record.value or b"")
+            results[result["id"]] = result
         out = []
         for d in await read_topic(self.settings.kafka, topics.decisions):
-            if d.get("outcome") != "human":
+            review = d.review
+            if d.outcome != "human" or review is None:
                 continue
-            review = d["review"]
-            if review["queue"] == "review":
-                result = results.get(d["id"])
+            if review.queue == "review":
+                result = results.get(d.id)
                 if result is None:
                     continue  # not acknowledged on both topics yet
-                assert (result["tier"], result["reviewer"]) == ("human", review["reviewer"])
-                assert result["label"] == d["gold_label"]
-            out.append(
-                Recorded(review["review_id"], review["reviewer"], d["gold_label"], review["note"])
-            )
+                assert (result["tier"], result["reviewer"]) == ("human", review.reviewer)
+                assert result["label"] == d.gold_label
+            out.append(Recorded(review.review_id, review.reviewer, d.gold_label, review.note))
         return out
 
 

@@ -21,7 +21,13 @@ from escalator.calibration.certify import (
     pair_decisions,
 )
 from escalator.cli.main import main
+from escalator.contract.decisions import Decision
 from tests.unit.calibration_worlds import LABELS, log, overconfident, realistic, records
+
+
+def read(records: list[dict[str, Any]]) -> list[Decision]:
+    """The records as the decisions log reads them back."""
+    return [Decision.from_dict(r) for r in records]
 
 
 def test_estimates_stay_in_zero_one_and_are_consistent_at_p_0_2() -> None:
@@ -94,7 +100,7 @@ def test_mixed_threshold_versions_and_shadow_rates_are_estimated_per_stratum() -
     recs += records(
         w, rng, 6000, p=0.05, tau=0.8, version="v2", prefix="b", start_ms=1_800_000_000_000
     )
-    d = pair_decisions(recs)
+    d = pair_decisions(read(recs))
     assert d.strata == ("v1", "v2")
     c = curve(d, np.asarray([0.6, 0.85, STRONG_ONLY]))
     assert np.all((c.agreement >= 0) & (c.agreement <= 1))
@@ -163,15 +169,17 @@ def test_pairing_from_decision_records() -> None:
         }
 
     d = pair_decisions(
-        [
-            rec("a", "cheap", "safe", conf=0.9, outcome="accepted", gold="safe"),
-            rec("a", "strong", "safe", outcome="shadow", shadow=True, rate=0.25),
-            rec("b", "cheap", "unsafe", conf=0.4, outcome="escalated"),
-            rec("b", "strong", None, outcome="refused"),
-            rec("c", "cheap", "safe", conf=0.99, outcome="accepted"),
-            rec("d", "cheap", None, outcome="escalated"),
-            rec("d", "strong", "safe", outcome="final", rate=1.0),
-        ]
+        read(
+            [
+                rec("a", "cheap", "safe", conf=0.9, outcome="accepted", gold="safe"),
+                rec("a", "strong", "safe", outcome="shadow", shadow=True, rate=0.25),
+                rec("b", "cheap", "unsafe", conf=0.4, outcome="escalated"),
+                rec("b", "strong", None, outcome="refused"),
+                rec("c", "cheap", "safe", conf=0.99, outcome="accepted"),
+                rec("d", "cheap", None, outcome="escalated"),
+                rec("d", "strong", "safe", outcome="final", rate=1.0),
+            ]
+        )
     )
     assert d.ids == ["a", "b", "c", "d"]
     assert list(d.certain) == [False, True, False, True]
@@ -287,7 +295,7 @@ def test_report_uses_the_same_estimators_for_agreement_as_routed() -> None:
     from escalator.calibration.report import agreement_in_force
 
     w = realistic()
-    got = agreement_in_force(records(w, np.random.default_rng(9), 8000, p=0.2, tau=0.7))
+    got = agreement_in_force(read(records(w, np.random.default_rng(9), 8000, p=0.2, tau=0.7)))
     assert got is not None
     truth = w.agreement(0.7)[0]
     assert abs(got["point"] - truth) < 0.01

@@ -28,9 +28,16 @@ from escalator.calibration.certify import pair_decisions
 from escalator.calibration.report import build_report, render_text
 from escalator.calibration.threshold_file import load_threshold_file
 from escalator.cli.main import main
+from escalator.contract.decisions import Decision
 from escalator.errors import ConfigError
 from escalator.model.prices import load_prices
 from tests.unit.human_worlds import HumanWorld, draw, moderation, records
+
+
+def read(records: list[dict[str, Any]]) -> list[Decision]:
+    """The records as the decisions log reads them back."""
+    return [Decision.from_dict(r) for r in records]
+
 
 FULL = os.environ.get("ESCALATOR_CALIBRATION_SCALE") == "full"
 DELTA = 0.05
@@ -153,8 +160,8 @@ def test_horvitz_thompson_and_hajek_on_a_hand_computed_log() -> None:
     """The tiny log's errors weighted by 1/pi: HT = sum(wrong / pi) / N, Hájek divides by
     sum(1 / pi) instead; worked by hand for cheap-only, strong-only and t_c = 0.7 routing."""
     recs = tiny_log()
-    d = pair_decisions(recs)
-    h = adjudications.human_sample(recs, d)
+    d = pair_decisions(read(recs))
+    h = adjudications.human_sample(read(recs), d)
     assert h is not None and h.m == 3 and h.neither == 1
     assert h.q_agree == 0.5 and h.q_disagree == 1.0
     # Cells: r1 certain-differ (pi 1), r2 certain-agree (pi 0.5), r3 shadow-agree (0.25).
@@ -197,8 +204,8 @@ def test_a_sampled_adjudication_without_a_decision_is_pending_and_counted_wrong(
     """r3 sampled (its draw is on the strong record) but not decided: a pending row with no
     label, left out of the point estimate, counted wrong by the bound, and reported."""
     recs = [r for r in tiny_log() if not (r["id"] == "r3" and r["attempt"]["tier"] == "human")]
-    d = pair_decisions(recs)
-    h = adjudications.human_sample(recs, d)
+    d = pair_decisions(read(recs))
+    h = adjudications.human_sample(read(recs), d)
     assert h is not None and h.m == 3 and h.decided == 2 and int(h.pending.sum()) == 1
     assert h.backlog is not None and h.backlog.pending == 1 and h.backlog.sampled == 3
     assert h.neither == 0
@@ -217,9 +224,9 @@ def test_a_window_with_strong_answers_missing_their_draw_is_refused() -> None:
     for r in recs:
         if r["id"] == "r2" and r["attempt"]["tier"] == "strong":
             del r["adjudication"]
-    d = pair_decisions(recs)
+    d = pair_decisions(read(recs))
     with pytest.raises(human.CalibrationError, match="--since"):
-        adjudications.human_sample(recs, d)
+        adjudications.human_sample(read(recs), d)
 
 
 def test_adjudication_turned_on_inside_the_window_is_refused() -> None:
@@ -227,9 +234,9 @@ def test_adjudication_turned_on_inside_the_window_is_refused() -> None:
     of the window, whose requests had no chance; refused naming the variable."""
     recs = tiny_log()
     extra = [_cheap("r5", "A", 0.55, "escalated"), _strong("r5", "A", 0.9, False, (False, 0.0))]
-    d = pair_decisions([*recs, *extra])
+    d = pair_decisions(read([*recs, *extra]))
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE was off"):
-        adjudications.human_sample([*recs, *extra], d)
+        adjudications.human_sample(read([*recs, *extra]), d)
 
 
 def test_a_repeated_review_id_counts_once_and_review_items_are_no_sample() -> None:
@@ -242,15 +249,15 @@ def test_a_repeated_review_id_counts_once_and_review_items_are_no_sample() -> No
     review = _human(
         "r4", "B", cheap, strong, s_rate=1.0, q=1.0, queue="review", reason="strong_low_confidence"
     )
-    d = pair_decisions([*recs, again, strong, review])
-    h = adjudications.human_sample([*recs, again, strong, review], d)
+    d = pair_decisions(read([*recs, again, strong, review]))
+    h = adjudications.human_sample(read([*recs, again, strong, review]), d)
     assert h is not None and h.m == 3 and h.repeats == 1 and h.neither == 1
     assert h.review_items == {"strong_low_confidence": 1}
 
 
 def test_human_labels_are_not_read_as_metadata_gold() -> None:
     """A person's gold_label is the human source only: the gold column stays as before."""
-    d = pair_decisions(tiny_log())
+    d = pair_decisions(read(tiny_log()))
     assert int((d.gold >= 0).sum()) == 0
 
 
@@ -264,9 +271,9 @@ def test_a_design_without_agreeing_adjudications_is_refused_in_one_line() -> Non
     error, never a guess."""
     kept = [r for r in tiny_log() if (r["id"] != "r2" and r["id"] != "r3") or "review" not in r]
     recs = _without_draws(kept)
-    d = pair_decisions(recs)
+    d = pair_decisions(read(recs))
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE"):
-        adjudications.human_sample(recs, d)
+        adjudications.human_sample(read(recs), d)
 
 
 def _write(path: Path, recs: list[dict[str, Any]]) -> None:
@@ -553,14 +560,14 @@ def test_report_three_tiers_counts_people_apart_and_prices_them() -> None:
             "reason": "review_label",
         },
     }
-    rep = build_report([*recs, review, recs[-1]], prices, review_cost=0.5)
+    rep = build_report(read([*recs, review, recs[-1]]), prices, review_cost=0.5)
     t = rep["three_tier"]
     assert t["human_items"] == {"review": 1, "adjudication": 3}
     assert t["repeated_decisions_ignored"] == 1
     assert t["human_usd"]["total"] == pytest.approx(2.0)
     assert t["total_usd"] == pytest.approx(t["cheap_usd"] + t["strong_usd"] + 2.0)
     assert "people, review queue" in render_text(rep)
-    plain = build_report([r for r in recs if r["attempt"]["tier"] != "human"], prices)
+    plain = build_report(read([r for r in recs if r["attempt"]["tier"] != "human"]), prices)
     assert "three_tier" not in plain
 
 
@@ -647,12 +654,12 @@ def test_a_window_whose_adjudication_rate_changed_is_refused() -> None:
     decisions, for a log without draws): the design is not one design, and the sample is
     refused naming the variable, rather than weighted wrongly."""
     changed = [dict(r) for r in tiny_log()]
-    data = pair_decisions(changed)
+    data = pair_decisions(read(changed))
     for r in changed:
         if r["id"] == "r3" and r["attempt"]["tier"] == "strong":
             r["adjudication"] = {**r["adjudication"], "rate": 0.25}
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE changed"):
-        adjudications.human_sample(changed, data)
+        adjudications.human_sample(read(changed), data)
     legacy = _without_draws([dict(r) for r in tiny_log()])
     for r in legacy:
         block = r.get("review")
@@ -660,4 +667,4 @@ def test_a_window_whose_adjudication_rate_changed_is_refused() -> None:
             r["review"] = {**block, "review_rate": block["review_rate"] / 2}
             break
     with pytest.raises(human.CalibrationError, match="ESCALATOR_ADJUDICATE_AGREE changed"):
-        adjudications.human_sample(legacy, data)
+        adjudications.human_sample(read(legacy), data)

@@ -7,6 +7,8 @@ inside functions: a lazy import is still an arrow. The rules:
 - the runtime never imports the development tools (they are not in its wheel);
 - no import circle, between modules or between the role folders;
 - no CLI command module imports another (shared helpers live in ``cli/_common.py``).
+- the wiring (``app.py``) takes the model side finished from ``model/stack.py``, never its parts;
+- ``tiers/`` never imports ``calibration/`` (which reads ``tiers/routing.py``).
 """
 
 from __future__ import annotations
@@ -170,6 +172,29 @@ def test_no_command_module_imports_another(command: str) -> None:
 def test_the_circle_finder_finds_circles() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+#: What the model stack (model/stack.py) assembles: the wiring takes them from it, finished.
+MODEL_PARTS = {
+    f"escalator.model.{m}" for m in ("admission", "breaker", "caller", "limits", "holds", "check")
+}
+
+
+def test_the_wiring_takes_the_model_side_finished_from_its_stack() -> None:
+    """app.py connects finished parts: the gate, breaker, caller and limits are assembled in
+    model/stack.py, so nothing travels up to the wiring and back down."""
+    assert "escalator.model.stack" in GRAPH["escalator.app"]
+    assert MODEL_PARTS <= set(MODULES), "a model part moved: update MODEL_PARTS"
+    assert GRAPH["escalator.app"] & MODEL_PARTS == set()
+
+
+def test_tiers_never_import_calibration() -> None:
+    """Calibration reads tiers/routing.py, so a tier gets calibration's live tests handed in
+    behind a protocol (tiers.table.Watches), never by importing them."""
+    tiers = [m for m in MODULES if m.startswith("escalator.tiers.")]
+    assert "escalator.tiers.table" in tiers
+    arrows = [(m, t) for m in tiers for t in GRAPH[m] if t.startswith("escalator.calibration")]
+    assert arrows == []
 
 
 # -- one commit path ---------------------------------------------------------------------------

@@ -75,11 +75,14 @@ def test_refusal_label_must_be_one_of_the_labels_and_labels_must_differ_in_more_
 def test_a_max_tokens_override_must_leave_room_for_models_that_always_think() -> None:
     """ESCALATOR_MODEL_MAX_TOKENS=64 with Opus 5.5 (it always thinks) is a start-up error;
     with Haiku 5.5 (thinking off) it is taken."""
-    from escalator.app import model_profiles
     from escalator.config import load_settings
+    from escalator.model.stack import model_profiles
+    from escalator.tiers.table import tier_table
 
     env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "ESCALATOR_MODEL_MAX_TOKENS": "64"}
-    assert model_profiles(load_settings(env), ["cheap"])["cheap"].max_tokens == 64
+    settings = load_settings(env)
+    assert model_profiles(settings, [tier_table(settings)["cheap"].model])["cheap"].max_tokens == 64
     env["ESCALATOR_STRONG_MODEL"] = "claude-opus-5-5"
+    settings = load_settings(env)
     with pytest.raises(ConfigError, match="ESCALATOR_MODEL_MAX_TOKENS=64 leaves no room"):
-        model_profiles(load_settings(env), ["strong"])
+        model_profiles(settings, [tier_table(settings)["strong"].model])

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from escalator.calibration.report import build_report, render_text
+from escalator.contract.decisions import Decision
 from escalator.model.prices import load_prices
+
+
+def read(records: list[dict[str, Any]]) -> list[Decision]:
+    """The records as the decisions log reads them back."""
+    return [Decision.from_dict(r) for r in records]
+
 
 PRICES = load_prices(None)  # haiku 5.5: .10/.50/.125/.01; sonnet 5.5: 2/10/2.5/.10 per MTok
 
@@ -63,7 +70,7 @@ STRONG_C = (220 * 2 + 12 * 10 + 1300 * 0.10) / 1e6  # 6.9e-4
 
 def test_spend_shadow_counterfactual_and_savings() -> None:
     """Actual spend excludes shadow; the counterfactual uses observed strong costs."""
-    r = build_report(RECORDS, PRICES, monthly_volume=3_000_000)
+    r = build_report(read(RECORDS), PRICES, monthly_volume=3_000_000)
     assert r["actual_usd"] == pytest.approx(CHEAP_A + CHEAP_B + CHEAP_C + STRONG_C)
     assert r["shadow_usd"] == pytest.approx(SHADOW_B)
     # a has no strong answer: it is priced at the 1/p-weighted mean of the observed ones.
@@ -79,7 +86,7 @@ def test_spend_shadow_counterfactual_and_savings() -> None:
 
 def test_cost_by_token_type() -> None:
     """Each token type is priced at its own rate: writes at the write rate, reads at the read."""
-    r = build_report(RECORDS, PRICES)
+    r = build_report(read(RECORDS), PRICES)
     cheap = next(row for row in r["spend"] if row["tier"] == "cheap")
     assert cheap["cache_write_tokens"] == 1300 and cheap["cache_read_tokens"] == 2600
     assert cheap["cost_by_type_usd"]["cache_write"] == pytest.approx(1300 * 0.125 / 1e6)
@@ -96,7 +103,7 @@ def test_unknown_model_is_refused_not_zero() -> None:
     bad = rec("x", "cheap", (1, 1, 0, 0), outcome="accepted")
     bad["attempt"]["model"] = "claude-unknown-9"
     with pytest.raises(Exception, match="claude-unknown-9"):
-        build_report([bad], PRICES)
+        build_report(read([bad]), PRICES)
 
 
 def test_month_to_date_spend_against_the_stated_cap() -> None:
@@ -109,7 +116,7 @@ def test_month_to_date_spend_against_the_stated_cap() -> None:
         {**RECORDS[1], "ts_ms": december},
         {**RECORDS[2], "ts_ms": december + 1},  # shadow: counted, the bill has it
     ]
-    r = build_report(stamped, PRICES, spend_cap_usd=0.01, now=now)
+    r = build_report(read(stamped), PRICES, spend_cap_usd=0.01, now=now)
     mtd = r["month_to_date"]
     assert mtd["month"] == "2026-12" and mtd["decisions"] == 2
     assert mtd["usd"] == pytest.approx(CHEAP_B + SHADOW_B)
@@ -119,5 +126,5 @@ def test_month_to_date_spend_against_the_stated_cap() -> None:
     text = render_text(r)
     assert "month to date (2026-12):" in text and "of the $0.01 monthly cap" in text
     assert "2 decisions from 2026-12-01 04:40 UTC" in text  # November's is not counted
-    uncapped = render_text(build_report(stamped, PRICES, now=now))
+    uncapped = render_text(build_report(read(stamped), PRICES, now=now))
     assert "no monthly cap stated: ESCALATOR_MONTHLY_SPEND_CAP_USD" in uncapped

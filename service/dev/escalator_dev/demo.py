@@ -198,11 +198,9 @@ async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
     deadline = time.monotonic() + 300
     while True:
         records = [
-            r
-            for r in await read_topic(settings.kafka, settings.topics.decisions)
-            if r.get("id") in wanted
+            r for r in await read_topic(settings.kafka, settings.topics.decisions) if r.id in wanted
         ]
-        strong = {r["id"] for r in records if r["attempt"]["tier"] == "strong"}
+        strong = {r.id for r in records if r.tier == "strong"}
         if strong >= wanted or time.monotonic() > deadline:
             return pair_decisions(records)
         await asyncio.sleep(0.5)
@@ -307,7 +305,7 @@ def _calibrate_on_people(
     records = [
         r
         for r in asyncio.run(read_topic(settings.kafka, settings.topics.decisions))
-        if r.get("id") in wanted
+        if r.id in wanted
     ]
     path = out_dir / "decisions-phase4.jsonl"
     with path.open("wb") as f:

@@ -29,13 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from escalator.calibration import betting
 from escalator.calibration.certify import CalibrationError, Dataset
+from escalator.contract.decisions import HUMAN, Decision
+from escalator.contract.messages import Attempt
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -50,20 +51,21 @@ DRAWN = ("final", "shadow", "review", "refused")
 PACE_HOURS = 6.0
 
 
-def human_decisions(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def human_decisions(records: Iterable[Decision]) -> tuple[list[Decision], int]:
     """The human decisions of the log, first one per ``review_id``; and how many repeats."""
     seen: set[str] = set()
-    out: list[dict[str, Any]] = []
+    out: list[Decision] = []
     repeats = 0
     for rec in records:
-        if (rec.get("attempt") or {}).get("tier") != "human":
+        if rec.tier != HUMAN:
             continue
-        review = rec.get("review") or {}
-        key = review.get("review_id") or f"{review.get('queue')}:{rec.get('id')}"
+        review = rec.review
+        queue = review.queue if review is not None else None
+        key = (review.review_id if review is not None else "") or f"{queue}:{rec.id}"
         if key in seen:
             repeats += 1
             continue
-        seen.add(str(key))
+        seen.add(key)
         out.append(rec)
     return out, repeats
 
@@ -142,35 +144,35 @@ class _Draw:
     s_rate: float
     ts_ms: int
     agree: bool
-    strong: dict[str, Any]
+    strong: Attempt
 
 
 def _draws(
-    records: Sequence[dict[str, Any]], d: Dataset, index: dict[str, int], code: dict[str, int]
+    records: Sequence[Decision], d: Dataset, index: dict[str, int], code: dict[str, int]
 ) -> tuple[dict[int, _Draw], int]:
     """Per request of ``d``: the strong tier's adjudication draw (a sampled one wins over an
     unsampled repeat); and how many final strong answers carry none."""
     out: dict[int, _Draw] = {}
     missing = 0
     for rec in records:
-        a = rec.get("attempt") or {}
-        if a.get("tier") != "strong" or rec.get("outcome") not in DRAWN:
+        a = rec.attempt
+        if a.tier != "strong" or rec.outcome not in DRAWN:
             continue
-        i = index.get(str(rec.get("id")))
+        i = index.get(rec.id)
         if i is None:
             continue
-        draw = rec.get("adjudication")
-        if not isinstance(draw, dict):
+        draw = rec.adjudication
+        if draw is None:
             missing += 1
             continue
-        label = a.get("label")
-        strong = code.get(label, -1) if bool(a.get("valid")) and isinstance(label, str) else -1
+        label = a.label
+        strong = code.get(label, -1) if a.valid and label is not None else -1
         agree = strong >= 0 and strong == int(d.cheap_label[i])
         new = _Draw(
-            sampled=bool(draw.get("sampled")),
-            rate=_num(draw.get("rate"), 0.0),
-            s_rate=_num(rec.get("sample_rate"), 1.0),
-            ts_ms=int(rec.get("ts_ms") or 0),
+            sampled=draw.sampled,
+            rate=draw.rate,
+            s_rate=_num(rec.sample_rate, 1.0),
+            ts_ms=rec.ts_ms,
             agree=agree,
             strong=a,
         )
@@ -203,7 +205,7 @@ def _rates(draws: dict[int, _Draw]) -> tuple[float, float]:
 
 
 def human_sample(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Decision],
     d: Dataset,
     review_labels: Sequence[str] = DEFAULT_REVIEW_LABELS,
 ) -> HumanSample | None:
@@ -224,15 +226,15 @@ def human_sample(
         )
     review = {code[x] for x in review_labels if x in code}
     review_items: dict[str, int] = {}
-    decided: dict[int, dict[str, Any]] = {}
+    decided: dict[int, Decision] = {}
     unmatched = 0
     for rec in humans:
-        block = rec.get("review") or {}
-        if block.get("queue") != "adjudication":
-            reason = str(block.get("reason"))
+        block = rec.review
+        if block is None or block.queue != "adjudication":
+            reason = block.reason if block is not None else "None"
             review_items[reason] = review_items.get(reason, 0) + 1
             continue
-        i = index.get(str(rec.get("id")))
+        i = index.get(rec.id)
         if i is None:
             unmatched += 1
         else:
@@ -258,9 +260,10 @@ def human_sample(
     rows = sorted(decided) + pending
     m = len(rows)
 
-    def answer(a: dict[str, Any]) -> tuple[float, int]:
-        ok = bool(a.get("valid")) and a.get("label") in code
-        return (_num(a.get("confidence"), 0.0), code[a["label"]]) if ok else (-1.0, -1)
+    def answer(a: Attempt | None) -> tuple[float, int]:
+        if a is None or not a.valid or a.label is None or a.label not in code:
+            return -1.0, -1
+        return a.confidence, code[a.label]
 
     cell, gold = np.zeros(m, np.int64), np.zeros(m, np.int64)
     cc, sc, recorded = np.zeros(m), np.zeros(m), np.zeros(m)
@@ -271,14 +274,14 @@ def human_sample(
         found = decided.get(i)
         if found is not None:
             rec = found
-            block = rec.get("review") or {}
-            agree = bool(block.get("agree"))
-            label = rec.get("gold_label")
+            block = rec.review
+            agree = block is not None and block.agree
+            label = rec.gold_label
             neither += label is None
-            gold[k] = code.get(label, -1) if isinstance(label, str) else -1
-            cc[k], cl[k] = answer(block.get("cheap") or {})
-            sc[k], sl[k] = answer(block.get("strong") or {})
-            recorded[k] = _num(rec.get("sample_rate"))
+            gold[k] = code.get(label, -1) if label is not None else -1
+            cc[k], cl[k] = answer(block.cheap if block is not None else None)
+            sc[k], sl[k] = answer(block.strong if block is not None else None)
+            recorded[k] = _num(rec.sample_rate)
         else:
             draw = draws[i]
             agree, gold[k], is_pending[k] = draw.agree, -1, True
@@ -356,12 +359,13 @@ def assemble(
     )
 
 
-def _legacy_rates(decided: dict[int, dict[str, Any]]) -> tuple[float, float]:
+def _legacy_rates(decided: dict[int, Decision]) -> tuple[float, float]:
     """(q_agree, q_disagree) from the decisions' review rates (logs without draws)."""
     found: dict[bool, set[float]] = {True: set(), False: set()}
     for rec in decided.values():
-        block = rec.get("review") or {}
-        found[bool(block.get("agree"))].add(_num(block.get("review_rate")))
+        block = rec.review
+        agree = block is not None and block.agree
+        found[agree].add(_num(block.review_rate if block is not None else None))
     out = []
     for agree, name in ((True, "AGREE"), (False, "DISAGREE")):
         rates = found[agree]
@@ -375,11 +379,9 @@ def _legacy_rates(decided: dict[int, dict[str, Any]]) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def _backlog(
-    draws: dict[int, _Draw], decided: dict[int, dict[str, Any]], pending: list[int]
-) -> Backlog:
+def _backlog(draws: dict[int, _Draw], decided: dict[int, Decision], pending: list[int]) -> Backlog:
     times = [draws[i].ts_ms for i in pending]
-    made = sorted(int(r.get("ts_ms") or 0) for r in decided.values())
+    made = sorted(r.ts_ms for r in decided.values())
     per_hour = None
     if made:
         recent = [t for t in made if t >= made[-1] - PACE_HOURS * 3.6e6]
@@ -484,7 +486,7 @@ def design(
 
 
 def strong_confidences(
-    records: Iterable[dict[str, Any]], d: Dataset, review_labels: Sequence[str]
+    records: Iterable[Decision], d: Dataset, review_labels: Sequence[str]
 ) -> tuple[FloatArray, BoolArray]:
     """Per request of ``d``: the strong answer's confidence (-1: none valid) and whether its
     label is a review label."""
@@ -492,12 +494,12 @@ def strong_confidences(
     conf = np.full(d.n, -1.0)
     review = np.zeros(d.n, dtype=bool)
     for rec in records:
-        a = rec.get("attempt") or {}
-        i = index.get(str(rec.get("id")))
-        if a.get("tier") != "strong" or i is None or not a.get("valid"):
+        a = rec.attempt
+        i = index.get(rec.id)
+        if a.tier != "strong" or i is None or not a.valid:
             continue
-        if a.get("label") is None:
+        if a.label is None:
             continue
-        conf[i] = _num(a.get("confidence"), 0.0)
-        review[i] = a["label"] in review_labels
+        conf[i] = a.confidence
+        review[i] = a.label in review_labels
     return conf, review

@@ -28,12 +28,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from escalator.calibration import binomial, estimates
+from escalator.contract.decisions import Decision
 from escalator.errors import EscalatorError
 
 FloatArray = npt.NDArray[np.float64]
@@ -144,34 +145,31 @@ def _rate(value: object) -> float:
     )
 
 
-def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
+def pair_decisions(records: Iterable[Decision]) -> Dataset:
     """Pair decisions-log records per id. Requests without a cheap answer are left out.
 
     A cheap record's ``outcome`` says whether the strong answer was certain (escalated) or
     left to the shadow sample (accepted). Its ``shadow_rate`` (older logs: the ``sample_rate``
     of that version's shadow records, where they agree) marks p = 1 as certain too.
     """
-    cheap: dict[str, dict[str, Any]] = {}
-    strong: dict[str, dict[str, Any]] = {}
+    cheap: dict[str, Decision] = {}
+    strong: dict[str, Decision] = {}
     called: set[str] = set()
     gold: dict[str, str] = {}
     shadow_rates: dict[str, set[float]] = {}
     for rec in records:
-        attempt = rec.get("attempt") or {}
-        rid = rec.get("id")
-        if not isinstance(rid, str):
-            continue
+        attempt, rid = rec.attempt, rec.id
         # A person's label (tier "human") is another source, read by calibration/human.py.
-        if isinstance(rec.get("gold_label"), str) and attempt.get("tier") != "human":
-            gold[rid] = rec["gold_label"]
-        if attempt.get("tier") == "cheap":
+        if rec.gold_label is not None and attempt.tier != "human":
+            gold[rid] = rec.gold_label
+        if attempt.tier == "cheap":
             cheap[rid] = rec
-        elif attempt.get("tier") == "strong":
+        elif attempt.tier == "strong":
             called.add(rid)
-            if rec.get("shadow"):
-                rate = _rate(rec.get("sample_rate"))
-                shadow_rates.setdefault(str(rec.get("threshold_version")), set()).add(rate)
-            if attempt.get("valid") and attempt.get("label") is not None:
+            if rec.shadow:
+                rate = _rate(rec.sample_rate)
+                shadow_rates.setdefault(rec.threshold_version, set()).add(rate)
+            if attempt.valid and attempt.label is not None:
                 strong[rid] = rec
     if not cheap:
         raise CalibrationError("no cheap-tier decisions to calibrate on")
@@ -179,17 +177,17 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
         raise CalibrationError(
             "no strong-tier answers: run with ESCALATOR_SHADOW_RATE > 0 to measure first"
         )
-    ids = sorted(cheap, key=lambda r: (int(cheap[r].get("ts_ms") or 0), r))
+    ids = sorted(cheap, key=lambda r: (cheap[r].ts_ms, r))
     labels = sorted(
         {
-            str(r["attempt"]["label"])
+            r.attempt.label
             for r in (*cheap.values(), *strong.values())
-            if r["attempt"].get("label") is not None
+            if r.attempt.label is not None
         }
         | set(gold.values())
     )
     code = {label: i for i, label in enumerate(labels)}
-    versions = sorted({str(cheap[r].get("threshold_version")) for r in ids})
+    versions = sorted({cheap[r].threshold_version for r in ids})
     vcode = {v: i for i, v in enumerate(versions)}
     n = len(ids)
     conf, ccost, scost = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -200,28 +198,28 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
     stratum, ts = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     for i, rid in enumerate(ids):
         rec = cheap[rid]
-        ca = rec["attempt"]
-        valid = bool(ca.get("valid")) and ca.get("label") in code
-        conf[i] = float(ca.get("confidence", 0.0)) if valid else -1.0
-        clab[i] = code[ca["label"]] if valid else -1
-        ccost[i] = float(ca.get("cost_usd", 0.0))
-        version = str(rec.get("threshold_version"))
+        ca = rec.attempt
+        valid = ca.valid and ca.label in code
+        conf[i] = ca.confidence if valid else -1.0
+        clab[i] = code[ca.label] if valid and ca.label is not None else -1
+        ccost[i] = ca.cost_usd
+        version = rec.threshold_version
         stratum[i] = vcode[version]
-        tau[i] = _rate(rec.get("threshold"))
-        srate[i] = _rate(rec.get("shadow_rate"))
+        tau[i] = _rate(rec.threshold)
+        srate[i] = _rate(rec.shadow_rate)
         if np.isnan(srate[i]) and len(shadow_rates.get(version, ())) == 1:
             srate[i] = next(iter(shadow_rates[version]))
-        accepted[i] = rec.get("outcome") == "accepted"
+        accepted[i] = rec.outcome == "accepted"
         certain[i] = not accepted[i] or srate[i] >= 1.0
-        ts[i] = int(rec.get("ts_ms") or 0)
+        ts[i] = rec.ts_ms
         answered[i] = rid in called
         if rid in strong:
-            sa = strong[rid]["attempt"]
-            slab[i] = code[str(sa["label"])]
-            scost[i] = float(sa.get("cost_usd", 0.0))
+            sa = strong[rid].attempt
+            slab[i] = code[str(sa.label)]
+            scost[i] = sa.cost_usd
         if rid in gold:
             glab[i] = code[gold[rid]]
-    first_strong = next(iter(strong.values()))["attempt"]["model"]
+    first_strong = next(iter(strong.values())).attempt.model
     return Dataset(
         ids=ids,
         labels=labels,
@@ -239,8 +237,8 @@ def pair_decisions(records: Iterable[dict[str, Any]]) -> Dataset:
         gold=glab,
         ts_ms=ts,
         strata=tuple(versions),
-        cheap_model=str(cheap[ids[0]]["attempt"]["model"]),
-        strong_model=str(first_strong),
+        cheap_model=cheap[ids[0]].attempt.model,
+        strong_model=first_strong,
     )
 
 

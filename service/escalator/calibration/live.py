@@ -19,6 +19,7 @@ several pods and restarts). ``escalator_monitor_rejected`` latches at 1 once a t
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from escalator.calibration.monitor import DriftMonitor, PromiseMonitor
 from escalator.calibration.threshold_file import Promise
@@ -118,6 +119,25 @@ def confidence_watch(
     if not monitor.edges:
         return None
     return LiveConfidence(monitor, _Series(metrics, "confidence", promise.version))
+
+
+@dataclass(frozen=True, slots=True)
+class TierWatches:
+    """The tiers' live tests of the thresholds file in force, built for the tier that asks
+    (``tiers.table.Watches``): ESCALATOR_MONITOR_ALPHA, ESCALATOR_SHADOW_RATE."""
+
+    promise: Promise | None
+    alpha: float
+    shadow_rate: float
+    metrics: Metrics
+
+    def agreement(self) -> LivePromise | None:
+        return agreement_watch(
+            self.promise, alpha=self.alpha, shadow_rate=self.shadow_rate, metrics=self.metrics
+        )
+
+    def confidence(self) -> LiveConfidence | None:
+        return confidence_watch(self.promise, alpha=self.alpha, metrics=self.metrics)
 
 
 class PeopleWatch:

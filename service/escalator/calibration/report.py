@@ -27,23 +27,24 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from escalator.contract.decisions import HUMAN, Decision
+from escalator.contract.messages import Attempt
 from escalator.model.prices import PriceTable, Usage
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
 TYPES = ("input", "output", "cache_write", "cache_read")
 
 
-def _label_of(attempt: dict[str, Any]) -> str:
+def _label_of(attempt: Attempt) -> str:
     """The cheap answer's label for the by-label table; an answer without one is named for
     why (a refusal, or an answer that failed validation), never "None"."""
-    label = attempt.get("label")
-    if label is not None:
-        return str(label)
-    return "(refused)" if attempt.get("stop_reason") == "refusal" else "(no valid label)"
+    if attempt.label is not None:
+        return attempt.label
+    return "(refused)" if attempt.refused else "(no valid label)"
 
 
 def build_report(
-    records: list[dict[str, Any]],
+    records: list[Decision],
     prices: PriceTable,
     monthly_volume: int | None = None,
     *,
@@ -52,16 +53,16 @@ def build_report(
     now: float | None = None,
 ) -> dict[str, Any]:
     # People are not priced by tokens: their decisions are counted apart (``human_tier``).
-    humans = [r for r in records if (r.get("attempt") or {}).get("tier") == "human"]
-    records = [r for r in records if (r.get("attempt") or {}).get("tier") != "human"]
+    humans = [r for r in records if r.tier == HUMAN]
+    records = [r for r in records if r.tier != HUMAN]
     spend: dict[tuple[str, str, bool], dict[str, Any]] = {}
-    cheap_by_id: dict[str, dict[str, Any]] = {}
+    cheap_by_id: dict[str, Decision] = {}
     escalated_ids: set[str] = set()
     strong_costs: list[tuple[float, float]] = []  # (cost, weight 1/sample_rate)
     strong_cost_by_id: dict[str, float] = {}
     for rec in records:
-        a = rec.get("attempt") or {}
-        tier, model, shadow = str(a.get("tier")), str(a.get("model")), bool(rec.get("shadow"))
+        a = rec.attempt
+        tier, model, shadow = a.tier, a.model, rec.shadow
         prices.require(model)
         usage = usage_of(a)
         row = spend.setdefault(
@@ -80,23 +81,21 @@ def build_report(
             },
         )
         row["calls"] += 1
-        row["recorded_usd"] += float(a.get("cost_usd", 0.0))
+        row["recorded_usd"] += a.cost_usd
         row["cost_usd"] += prices.cost_usd(model, usage)
         for f in TOKEN_FIELDS:
-            row[f] += int(a.get(f, 0))
+            row[f] += getattr(a, f)
         for kind in TYPES:
             row["cost_by_type_usd"][kind] += prices.cost_usd(model, _only(kind, usage))
-        rid = rec.get("id")
-        if not isinstance(rid, str):
-            continue
+        rid = rec.id
         if tier == "cheap":
             cheap_by_id[rid] = rec
-            if rec.get("outcome") == "escalated":
+            if rec.outcome == "escalated":
                 escalated_ids.add(rid)
-        elif tier == "strong" and a.get("valid"):
+        elif tier == "strong" and a.valid:
             cost = prices.cost_usd(model, usage)
             strong_cost_by_id[rid] = cost
-            strong_costs.append((cost, 1.0 / float(rec.get("sample_rate") or 1.0)))
+            strong_costs.append((cost, 1.0 / (rec.sample_rate or 1.0)))
     rows = sorted(spend.values(), key=lambda r: (r["shadow"], r["tier"], r["model"]))
     actual = sum(r["cost_usd"] for r in rows if not r["shadow"])
     shadow_usd = sum(r["cost_usd"] for r in rows if r["shadow"])
@@ -108,7 +107,7 @@ def build_report(
         counterfactual = sum(strong_cost_by_id.get(rid, mean_strong) for rid in cheap_by_id)
     by_label: dict[str, dict[str, float]] = defaultdict(lambda: {"requests": 0, "escalated": 0})
     for rid, rec in cheap_by_id.items():
-        label = _label_of(rec.get("attempt") or {})
+        label = _label_of(rec.attempt)
         by_label[label]["requests"] += 1
         by_label[label]["escalated"] += 1 if rid in escalated_ids else 0
     for stats in by_label.values():
@@ -145,7 +144,7 @@ def build_report(
 
 
 def month_to_date(
-    records: list[dict[str, Any]], prices: PriceTable, cap_usd: float, now: float | None
+    records: list[Decision], prices: PriceTable, cap_usd: float, now: float | None
 ) -> dict[str, Any]:
     """This UTC month's spend so far (re-priced), against the stated cap, and its projection."""
     now = time.time() if now is None else now
@@ -157,11 +156,10 @@ def month_to_date(
     counted = 0
     first: int | None = None
     for rec in records:
-        a = rec.get("attempt") or {}
-        ts = rec.get("ts_ms")
-        if a.get("tier") == "human" or not isinstance(ts, int) or not start * 1000 <= ts:
+        a, ts = rec.attempt, rec.ts_ms
+        if a.tier == HUMAN or not start * 1000 <= ts:
             continue
-        usd += prices.cost_usd(str(a.get("model")), usage_of(a))
+        usd += prices.cost_usd(a.model, usage_of(a))
         counted += 1
         first = ts if first is None else min(first, ts)
     elapsed = max(1.0, now - start)
@@ -177,7 +175,7 @@ def month_to_date(
 
 
 def three_tier(
-    rows: list[dict[str, Any]], humans: list[dict[str, Any]], review_cost: float | None
+    rows: list[dict[str, Any]], humans: list[Decision], review_cost: float | None
 ) -> dict[str, Any]:
     """Cheap, strong and human spend: people in items (review queue and adjudication apart,
     each ``review_id`` once) and in money at ``review_cost`` USD per item when given."""
@@ -188,12 +186,13 @@ def three_tier(
     reasons: dict[str, int] = defaultdict(int)
     seconds = 0.0
     for rec in unique:
-        review = rec.get("review") or {}
-        queue = "adjudication" if review.get("queue") == "adjudication" else "review"
+        review = rec.review
+        queue = (
+            "adjudication" if review is not None and review.queue == "adjudication" else "review"
+        )
         items[queue] += 1
-        reasons[f"{queue}:{review.get('reason')}"] += 1
-        value = review.get("seconds")
-        seconds += float(value) if isinstance(value, int | float) else 0.0
+        reasons[f"{queue}:{review.reason if review is not None else None}"] += 1
+        seconds += (review.seconds or 0.0) if review is not None else 0.0
     cheap = sum(r["cost_usd"] for r in rows if r["tier"] == "cheap")
     strong = sum(r["cost_usd"] for r in rows if r["tier"] == "strong")
     total_items = items["review"] + items["adjudication"]
@@ -219,7 +218,7 @@ def three_tier(
     }
 
 
-def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> dict[str, Any] | None:
+def agreement_in_force(records: list[Decision], delta: float = 0.05) -> dict[str, Any] | None:
     """Routed agreement with the strong model as routed (Hájek estimate, exact lower bound)."""
     import numpy as np
 
@@ -232,11 +231,7 @@ def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> di
         return None
     s = d.sample()
     # Shift each confidence so that "accepted as routed" is "conf >= 0": one threshold, 0.
-    outcome = {
-        str(r.get("id")): r.get("outcome")
-        for r in records
-        if (r.get("attempt") or {}).get("tier") == "cheap"
-    }
+    outcome = {r.id: r.outcome for r in records if r.tier == "cheap"}
     accepted = np.asarray([outcome.get(i) == "accepted" for i in d.ids]) & (d.conf >= 0)
     shifted = estimates.Sample(
         conf=np.where(accepted, 1.0, -1.0),
@@ -256,16 +251,15 @@ def agreement_in_force(records: list[dict[str, Any]], delta: float = 0.05) -> di
     }
 
 
-def usage_of(attempt: dict[str, Any]) -> Usage:
+def usage_of(attempt: Attempt) -> Usage:
     """The billed usage of one logged attempt (older records lack the 1h and geo fields)."""
-    geo = attempt.get("inference_geo")
     return Usage(
-        input_tokens=int(attempt.get("input_tokens", 0)),
-        output_tokens=int(attempt.get("output_tokens", 0)),
-        cache_write_tokens=int(attempt.get("cache_write_tokens", 0)),
-        cache_read_tokens=int(attempt.get("cache_read_tokens", 0)),
-        cache_write_1h_tokens=int(attempt.get("cache_write_1h_tokens", 0)),
-        inference_geo=geo if isinstance(geo, str) else None,
+        input_tokens=attempt.input_tokens,
+        output_tokens=attempt.output_tokens,
+        cache_write_tokens=attempt.cache_write_tokens,
+        cache_read_tokens=attempt.cache_read_tokens,
+        cache_write_1h_tokens=attempt.cache_write_1h_tokens,
+        inference_geo=attempt.inference_geo,
     )
 
 

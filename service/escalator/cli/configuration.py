@@ -81,7 +81,9 @@ def _validate(settings: Settings, role: str) -> list[str]:
         load_authenticator(rv.tokens_file, rv.passwords_file)
         check_port_free(rv.host, rv.port, "ESCALATOR_REVIEW_PORT", "ESCALATOR_REVIEW_HOST")
         return notes
-    from escalator.app import TIERS, anthropic_client, load_parts
+    from escalator.app import load_parts
+    from escalator.model.stack import anthropic_client
+    from escalator.tiers.table import TIERS
 
     tiers = list(TIERS) if role == "all" else [role]
     parts = load_parts(settings, tiers)

@@ -66,17 +66,18 @@ def _usd(x: float) -> str:
 async def check_model_end_to_end(
     settings: Settings, tier: str, client: anthropic.AsyncAnthropic
 ) -> list[Check]:
-    from escalator.app import MODEL_VARIABLES, model_profiles
     from escalator.model.caller import AnthropicClassifier, RateLimits
     from escalator.model.check import check_model
     from escalator.model.prices import load_prices
+    from escalator.model.stack import model_profiles
     from escalator.model.task import load_task
+    from escalator.tiers.table import tier_table
 
-    model = settings.model.cheap_model if tier == "cheap" else settings.model.strong_model
-    variable = MODEL_VARIABLES[tier]
+    choice = tier_table(settings)[tier].model
+    model, variable = choice.model, choice.variable
     checks: list[Check] = []
     try:
-        profile = model_profiles(settings, [tier])[tier]
+        profile = model_profiles(settings, [choice])[tier]
         facts = await check_model(client, model, profile, variable)
     except (ConfigError, ModelUnavailable) as exc:
         return [Check(f"model {model}", False, str(exc))]
@@ -280,7 +281,7 @@ async def check_service(settings: Settings) -> list[Check]:
 
 
 async def run_doctor(settings: Settings) -> list[Check]:
-    from escalator.app import anthropic_client
+    from escalator.model.stack import anthropic_client
 
     checks: list[Check] = []
     client = anthropic_client(settings)

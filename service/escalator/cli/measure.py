@@ -20,12 +20,13 @@ from escalator.cli._common import (
     settings_from_env,
     writable_path,
 )
+from escalator.contract.decisions import Decision
 from escalator.errors import EscalatorError
 
 
 def _records(
     args: argparse.Namespace, *, late_decisions: bool = False
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[Decision], str]:
     """The window's records; with ``late_decisions``, also the human decisions made after
     ``--until`` for the window's own requests (calibrate: people decide after the window)."""
     settings = settings_from_env(require_kafka=args.input is None)
@@ -86,14 +87,12 @@ def _ledger_path(args: argparse.Namespace) -> Path | None:
     return Path(args.output).parent / "calibration-ledger.jsonl"
 
 
-def _strong_call_usd(records: list[dict[str, Any]], prices: Any) -> float | None:
+def _strong_call_usd(records: list[Decision], prices: Any) -> float | None:
     """Mean cost of one strong call in the window, re-priced from its tokens."""
     from escalator.calibration.report import usage_of
 
     costs = [
-        prices.cost_usd(str(a.get("model")), usage_of(a))
-        for r in records
-        if (a := r.get("attempt") or {}).get("tier") == "strong"
+        prices.cost_usd(r.attempt.model, usage_of(r.attempt)) for r in records if r.tier == "strong"
     ]
     return sum(costs) / len(costs) if costs else None
 
@@ -266,7 +265,7 @@ def _review_labels(args: argparse.Namespace) -> list[str]:
 
 
 def _print_people(
-    args: argparse.Namespace, records: list[dict[str, Any]], data: Any, t: Any, delta: float
+    args: argparse.Namespace, records: list[Decision], data: Any, t: Any, delta: float
 ) -> None:
     """The against-people table, when the window has adjudicated human decisions (only then:
     the output without human decisions is what it always was)."""
@@ -280,7 +279,7 @@ def _print_people(
 
 def _calibrate_human(
     args: argparse.Namespace,
-    records: list[dict[str, Any]],
+    records: list[Decision],
     data: Any,
     source: str,
     window: dict[str, Any],
@@ -372,7 +371,7 @@ def _calibrate_human(
 
 def _plan_human(
     args: argparse.Namespace,
-    records: list[dict[str, Any]],
+    records: list[Decision],
     data: Any,
     target: float,
     delta_next: float,

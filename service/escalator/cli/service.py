@@ -27,9 +27,10 @@ from escalator.errors import ConfigError, EscalatorError, InvalidRequest
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from escalator.app import TIERS, build_service, load_parts
+    from escalator.app import build_service, load_parts
     from escalator.kafka.clients import check_connection
     from escalator.observability import logs
+    from escalator.tiers.table import TIERS
 
     tiers = list(TIERS) if args.tier == "all" else [args.tier]
     # Everything that can be checked without a network, before logging or any socket: the

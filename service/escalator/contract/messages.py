@@ -227,45 +227,6 @@ def gold_label(request: Request) -> str | None:
     return gold if isinstance(gold, str) else None
 
 
-def decision_value(
-    request: Request,
-    attempt: Attempt,
-    *,
-    outcome: str,
-    threshold_version: str,
-    shadow: bool = False,
-    sample_rate: float | None = None,
-    threshold: float | None = None,
-    shadow_rate: float | None = None,
-    adjudication: tuple[bool, float] | None = None,
-) -> bytes:
-    """One record per model call for the decisions log (schemas/decision.v1.json).
-
-    A cheap decision also records the threshold it was routed by and the shadow rate in
-    force, so that calibration knows, for every request, whether a strong answer was certain
-    (confidence below the threshold) or sampled with that rate. The strong tier's final answer
-    records its adjudication draw, ``(sampled, rate)``: calibration then knows which requests
-    were put before people, decided or not yet (added within version 1; absent elsewhere)."""
-    now = time.time()
-    value: dict[str, object] = {
-        "schema_version": SCHEMA_VERSION,
-        "id": request.id,
-        "attempt": attempt,
-        "outcome": outcome,
-        "threshold_version": threshold_version,
-        "threshold": threshold,
-        "shadow_rate": shadow_rate,
-        "shadow": shadow,
-        "sample_rate": sample_rate,
-        "gold_label": gold_label(request),
-        "ts": iso_from(now),
-        "ts_ms": int(now * 1000),
-    }
-    if adjudication is not None:
-        value["adjudication"] = {"sampled": adjudication[0], "rate": adjudication[1]}
-    return orjson.dumps(value)
-
-
 def result_value(
     request: Request,
     final: Attempt,

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import orjson
 
+from escalator.contract.decisions import HUMAN, Decision, Review
 from escalator.contract.messages import (
     SCHEMA_VERSION,
     Attempt,
@@ -55,7 +56,6 @@ REVIEW_REASONS = (
 )
 #: The reviewer's verdict when no label of the task is right.
 NEITHER = "neither"
-HUMAN = "human"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,48 +181,48 @@ def human_attempt(item: ReviewItem, verdict: Verdict) -> Attempt:
     )
 
 
-def _review_block(item: ReviewItem, verdict: Verdict, source: str) -> dict[str, Any]:
-    return {
-        "queue": item.queue,
-        "review_id": item.review_id,
-        "reason": item.reason,
-        "reviewer": verdict.reviewer,
-        "verdict": "label" if verdict.label is not None else NEITHER,
-        "note": verdict.note,
-        "seconds": round(verdict.seconds, 3),
-        "cheap": item.cheap,
-        "strong": item.strong,
-        "agree": item.agree,
-        "escalation_reason": item.escalation_reason,
-        "strong_sample_rate": item.sample_rate,
-        "review_rate": item.review_rate,
-        "item": source,
-    }
+def _review_block(item: ReviewItem, verdict: Verdict, source: str) -> Review:
+    return Review(
+        queue=item.queue,
+        review_id=item.review_id,
+        reason=item.reason,
+        reviewer=verdict.reviewer,
+        verdict="label" if verdict.label is not None else NEITHER,
+        note=verdict.note,
+        seconds=round(verdict.seconds, 3),
+        cheap=item.cheap,
+        strong=item.strong,
+        agree=item.agree,
+        escalation_reason=item.escalation_reason,
+        strong_sample_rate=item.sample_rate,
+        review_rate=item.review_rate,
+        item=source,
+    )
 
 
-def human_decision_value(item: ReviewItem, verdict: Verdict, source: str) -> bytes:
+def human_decision(item: ReviewItem, verdict: Verdict, source: str) -> Decision:
     """The decisions-log record of a reviewer's decision (schemas/decision.v1.json).
 
     ``source`` is the item's ``topic/partition/offset``."""
     now = time.time()
-    return orjson.dumps(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "id": item.request.id,
-            "attempt": human_attempt(item, verdict),
-            "outcome": HUMAN,
-            "threshold_version": item.threshold_version,
-            "threshold": None,
-            "shadow_rate": None,
-            "shadow": item.shadow,
-            "sample_rate": item.inclusion,
-            "gold_label": verdict.label,
-            "gold_source": HUMAN,
-            "review": _review_block(item, verdict, source),
-            "ts": iso_from(now),
-            "ts_ms": int(now * 1000),
-        }
+    return Decision(
+        id=item.request.id,
+        attempt=human_attempt(item, verdict),
+        outcome=HUMAN,
+        threshold_version=item.threshold_version,
+        shadow=item.shadow,
+        sample_rate=item.inclusion,
+        gold_label=verdict.label,
+        gold_source=HUMAN,
+        review=_review_block(item, verdict, source),
+        ts=iso_from(now),
+        ts_ms=int(now * 1000),
     )
+
+
+def human_decision_value(item: ReviewItem, verdict: Verdict, source: str) -> bytes:
+    """:func:`human_decision`'s bytes."""
+    return human_decision(item, verdict, source).value()
 
 
 def human_result_value(item: ReviewItem, verdict: Verdict) -> bytes:

@@ -402,8 +402,10 @@ class ModelCaller:
         on_warmup: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         admission: Admission | None = None,
+        on_rate_limits: Callable[[str, RateLimits], None] = lambda model, limits: None,
     ) -> None:
         self.client = client
+        self._on_rate_limits = on_rate_limits
         self.limit = limit or AdaptiveLimit(1, enabled=False)
         #: Admission control from the rate-limit headers (``admission.py``), after the breaker
         #: and the warm-up gate: the warm-up call goes first.
@@ -423,6 +425,12 @@ class ModelCaller:
     @property
     def model(self) -> str:
         return self.client.model
+
+    def rate_limits_seen(self, model: str, limits: RateLimits) -> None:
+        """A response's rate-limit headers, from the adapter: to ``on_rate_limits`` (the
+        metrics), then to the admission gate this caller already holds."""
+        self._on_rate_limits(model, limits)
+        self.admission.observe(limits)
 
     def hold(self) -> tuple[str | None, str | None]:
         """Why the account holds this tier's traffic (None if it does not), and a message

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import orjson
 from aiokafka import TopicPartition
 
+from escalator.contract.decisions import HUMAN, Decision, NotADecision
 from escalator.contract.messages import Headers
-from escalator.contract.reviews import HUMAN, ReviewItem
+from escalator.contract.reviews import ReviewItem
 from escalator.review.queues import Lease
 
 #: Review ids remembered as decided, at most (the oldest are forgotten first). A repeat older
@@ -89,12 +89,11 @@ def watermark(part: PartitionLedger) -> int | None:
 
 
 def review_id_of(value: bytes | None) -> str | None:
+    """The review id of a human decision on the decisions topic (None for anything else)."""
     try:
-        data = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
+        decision = Decision.from_json(value or b"")
+    except NotADecision:
         return None
-    if not isinstance(data, dict) or data.get("outcome") != HUMAN:
+    if decision.outcome != HUMAN or decision.review is None:
         return None
-    review = data.get("review")
-    rid = review.get("review_id") if isinstance(review, dict) else None
-    return rid if isinstance(rid, str) else None
+    return decision.review.review_id or None

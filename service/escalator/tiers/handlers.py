@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from escalator.contract.decisions import Decision
 from escalator.contract.messages import (
     H_PREFIX,
     Attempt,
@@ -46,7 +47,6 @@ from escalator.contract.messages import (
     Headers,
     Request,
     dead_letter_headers,
-    decision_value,
     escalation_value,
     parse_escalation,
     parse_request,
@@ -228,7 +228,7 @@ class _Base:
     ) -> Output:
         """The decisions-log record of one model answer (counted in metrics here, once)."""
         self.metrics.observe_attempt(attempt, shadow=shadow)
-        value = decision_value(
+        value = Decision.of_answer(
             request,
             attempt,
             outcome=outcome,
@@ -238,7 +238,7 @@ class _Base:
             threshold=self.thresholds.for_label(attempt.label) if self.tier == "cheap" else None,
             shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
             adjudication=adjudication,
-        )
+        ).value()
         return Output(self.topics.decisions, value, key)
 
     def log_decision(self, request: Request, attempt: Attempt, *, escalated: bool) -> None:

@@ -1,0 +1,184 @@
+"""The tier table: one row (:class:`TierSpec`) per tier this service can run, resolved from
+settings by :func:`tier_table`. A row names the tier's input topic and consumer group, the
+model it calls, the topics it needs, and the factory of its handler; ``app.build_service``
+builds each row the same way. Adding a tier, or a lane, is adding a row (and a handler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from escalator.config import Settings
+from escalator.engine.worker import Handler
+from escalator.model.caller import ModelCaller
+from escalator.model.stack import ModelChoice
+from escalator.model.task import Task
+from escalator.observability.metrics import Metrics
+from escalator.tiers.handlers import (
+    CheapHandler,
+    ConfidenceWatch,
+    PromiseWatch,
+    ReviewPolicy,
+    StrongHandler,
+    TierTopics,
+)
+from escalator.tiers.routing import Thresholds
+
+#: The tiers, in the order ``--tier all`` runs them.
+TIERS = ("cheap", "strong")
+
+
+class Watches(Protocol):
+    """The live tests of the thresholds file in force that a tier's handler may carry
+    (``calibration.live.TierWatches``), built when its tier asks."""
+
+    def agreement(self) -> PromiseWatch | None: ...
+    def confidence(self) -> ConfidenceWatch | None: ...
+
+
+class NoWatches:
+    """No live tests (no thresholds file, or tests)."""
+
+    def agreement(self) -> PromiseWatch | None:
+        return None
+
+    def confidence(self) -> ConfidenceWatch | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerParts:
+    """What every tier's handler is built from, besides its model caller."""
+
+    topics: TierTopics
+    metrics: Metrics
+    thresholds: Thresholds
+    task: Task
+    review: ReviewPolicy
+    max_text_chars: int
+    log_text: bool
+    shadow_rate: float
+    escalate_when_unavailable: bool
+    watches: Watches
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        *,
+        task: Task,
+        thresholds: Thresholds,
+        metrics: Metrics,
+        watches: Watches | None = None,
+    ) -> HandlerParts:
+        t, rv = settings.topics, settings.review
+        return cls(
+            topics=TierTopics(
+                t.results, t.escalations, t.dead_letter, t.decisions, t.reviews, t.adjudications
+            ),
+            metrics=metrics,
+            thresholds=thresholds,
+            task=task,
+            review=ReviewPolicy.of(
+                task,
+                human_tier=rv.human_tier,
+                disagree=rv.adjudicate_disagree,
+                agree=rv.adjudicate_agree,
+            ),
+            max_text_chars=settings.pipeline.max_text_chars,
+            log_text=settings.log_text,
+            shadow_rate=settings.routing.shadow_rate,
+            escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
+            watches=watches or NoWatches(),
+        )
+
+
+#: Builds a tier's handler from the shared parts and the tier's model caller.
+HandlerFactory = Callable[[HandlerParts, ModelCaller], Handler]
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    """One tier: what it reads, as which group, with which model, and what it does."""
+
+    name: str
+    handler: HandlerFactory
+    #: The topic it consumes, and its consumer group.
+    topic: str
+    group: str
+    model: ModelChoice
+    #: The topics it needs beyond those every tier writes (results, escalations, dead
+    #: letters, decisions): the service starts once they all exist.
+    needs: frozenset[str] = frozenset()
+
+
+def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
+    return CheapHandler(
+        caller=caller,
+        topics=parts.topics,
+        metrics=parts.metrics,
+        thresholds=parts.thresholds,
+        max_text_chars=parts.max_text_chars,
+        log_text=parts.log_text,
+        shadow_rate=parts.shadow_rate,
+        task=parts.task,
+        escalate_when_unavailable=parts.escalate_when_unavailable,
+        review=parts.review,
+        confidence_watch=parts.watches.confidence(),
+    )
+
+
+def strong_handler(parts: HandlerParts, caller: ModelCaller) -> StrongHandler:
+    return StrongHandler(
+        caller=caller,
+        topics=parts.topics,
+        metrics=parts.metrics,
+        thresholds=parts.thresholds,
+        max_text_chars=parts.max_text_chars,
+        log_text=parts.log_text,
+        shadow_rate=parts.shadow_rate,
+        task=parts.task,
+        escalate_when_unavailable=parts.escalate_when_unavailable,
+        review=parts.review,
+        promise_watch=parts.watches.agreement(),
+    )
+
+
+def tier_table(settings: Settings) -> dict[str, TierSpec]:
+    """Every tier, by name, in :data:`TIERS` order."""
+    t, p, m, rv = settings.topics, settings.pipeline, settings.model, settings.review
+    strong_needs = {t.reviews} if rv.human_tier else set()
+    if rv.adjudicate_agree > 0 or rv.adjudicate_disagree > 0:
+        strong_needs.add(t.adjudications)
+    rows = (
+        TierSpec(
+            "cheap",
+            cheap_handler,
+            topic=t.requests,
+            group=p.cheap_group,
+            model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
+            needs=frozenset({t.requests}),
+        ),
+        TierSpec(
+            "strong",
+            strong_handler,
+            topic=t.escalations,
+            group=p.strong_group,
+            model=ModelChoice("strong", m.strong_model, "ESCALATOR_STRONG_MODEL"),
+            needs=frozenset(strong_needs),
+        ),
+    )
+    return {row.name: row for row in rows}
+
+
+def topics_needed(settings: Settings, rows: list[TierSpec]) -> list[str]:
+    """The topics ``rows`` read or write, in Topics' order."""
+    t = settings.topics
+    needed = {t.escalations, t.results, t.dead_letter, t.decisions}
+    for row in rows:
+        needed |= row.needs
+    if settings.parking.enabled:
+        needed.add(t.parked)
+    return [name for name in t.all() if name in needed]

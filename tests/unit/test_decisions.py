@@ -1,0 +1,165 @@
+"""The decisions-log record (contract/decisions.py): what is written is read back equal, it
+follows decision.v1.json, reading is lenient with old and partial records and loses nothing
+on export, and the log readers (JSONL, the review console's recovery scan) go through it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from escalator.calibration.decisions_log import read_jsonl, with_late_decisions, write_jsonl
+from escalator.contract.decisions import Adjudication, Decision, NotADecision
+from escalator.contract.messages import Attempt, Request
+from escalator.contract.reviews import Verdict, human_decision
+from escalator.errors import EscalatorError
+from escalator.review.ledger import review_id_of
+from tests.integration.harness import validator
+from tests.unit.review_fakes import make_item
+
+CHEAP = Attempt(
+    "cheap",
+    "claude-haiku-5-5",
+    "safe",
+    0.83,
+    True,
+    120,
+    9,
+    0,
+    1300,
+    2.1e-5,
+    412.5,
+    stop_reason="end_turn",
+    request_id="req_1",
+)
+STRONG = Attempt("strong", "claude-sonnet-5-5", "unsafe", 0.7, True, 130, 12, 0, 0, 4e-4, 900.0)
+REQUEST = Request("r1", "some text", {"gold_label": "unsafe", "source": "x"})
+
+
+def cheap_decision() -> Decision:
+    return Decision.of_answer(
+        REQUEST,
+        CHEAP,
+        outcome="accepted",
+        threshold_version="env-1234abcd",
+        threshold=0.8,
+        shadow_rate=0.05,
+    )
+
+
+def strong_decision() -> Decision:
+    return Decision.of_answer(
+        REQUEST,
+        STRONG,
+        outcome="final",
+        threshold_version="env-1234abcd",
+        sample_rate=1.0,
+        adjudication=(True, 0.1),
+    )
+
+
+def human() -> Decision:
+    item = make_item("r1", "some text", queue="adjudication", reason="sampled_disagree")
+    return human_decision(item, Verdict("alice", None, "neither fits", 4.25), "adj/0/3")
+
+
+@pytest.mark.parametrize("make", [cheap_decision, strong_decision, human])
+def test_what_is_written_is_read_back_equal_and_follows_the_schema(make: Any) -> None:
+    """write -> read equals, for each kind of record the service writes; the bytes validate
+    against decision.v1.json."""
+    decision = make()
+    raw = decision.value()
+    validator("decision.v1.json").validate(orjson.loads(raw))
+    assert Decision.from_json(raw) == decision
+    assert Decision.from_json(Decision.from_json(raw).value()) == decision
+
+
+def test_the_fields_calibration_needs_are_written() -> None:
+    """The cheap record carries its threshold and shadow rate and the request's gold label;
+    the strong one its draw; only the human one its review block and gold source."""
+    c = orjson.loads(cheap_decision().value())
+    assert (c["threshold"], c["shadow_rate"], c["gold_label"]) == (0.8, 0.05, "unsafe")
+    assert "adjudication" not in c and "review" not in c and "gold_source" not in c
+    s = strong_decision()
+    assert s.adjudication == Adjudication(True, 0.1)
+    assert orjson.loads(s.value())["adjudication"] == {"sampled": True, "rate": 0.1}
+    h = human()
+    assert h.tier == "human" and h.gold_label is None and h.gold_source == "human"
+    assert h.review is not None and h.review.review_id == "adjudication:r1"
+    assert h.review.cheap is not None and h.review.cheap.label == "safe"
+
+
+def test_old_and_partial_records_read_with_defaults_and_unknown_keys_survive() -> None:
+    """A record written before ``adjudication``, ``threshold`` or ``ts`` existed reads with
+    them absent; a value of the wrong type reads as absent; a key this version does not know
+    is kept and written back."""
+    old: dict[str, Any] = {
+        "schema_version": 1,
+        "id": "r9",
+        "attempt": {
+            "tier": "strong",
+            "model": "m",
+            "label": "safe",
+            "confidence": 1,
+            "valid": True,
+        },
+        "outcome": "shadow",
+        "threshold_version": "v0",
+        "shadow": True,
+        "sample_rate": "0.25",
+        "gold_label": 3,
+        "ts_ms": 1_700_000_000_000,
+        "future_field": {"x": 1},
+    }
+    d = Decision.from_dict(old)
+    assert (d.threshold, d.adjudication, d.review, d.ts) == (None, None, None, "")
+    assert d.sample_rate is None and d.gold_label is None
+    assert d.attempt.confidence == 1.0 and d.ts_ms == 1_700_000_000_000
+    written = orjson.loads(d.value())
+    assert written["future_field"] == {"x": 1}
+    assert Decision.from_json(d.value()) == d
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"not json", b"[1, 2]", b'{"attempt": {}}', b'{"id": "x"}', b'{"id": "x", "attempt": 3}'],
+)
+def test_what_is_not_a_decision_says_so(value: bytes) -> None:
+    with pytest.raises(NotADecision):
+        Decision.from_json(value)
+
+
+def test_an_export_round_trips_through_jsonl_and_skips_what_is_not_a_decision(
+    tmp_path: Path,
+) -> None:
+    """write_jsonl then read_jsonl gives the same decisions; a JSON line that is not a
+    decision is skipped; a line that is not JSON is an error naming the line."""
+    decisions = [cheap_decision(), strong_decision(), human()]
+    path = tmp_path / "log.jsonl"
+    with path.open("wb") as f:
+        write_jsonl(decisions, f)
+        f.write(b'{"something": "else"}\n\n')
+    assert read_jsonl(path) == decisions
+    with path.open("ab") as f:
+        f.write(b"{oops\n")
+    with pytest.raises(EscalatorError, match=r"log.jsonl:6: not JSON"):
+        read_jsonl(path)
+
+
+def test_late_human_decisions_join_their_window() -> None:
+    """Human decisions after --until count when their request's cheap answer is inside."""
+    inside = cheap_decision()
+    late = replace(human(), ts_ms=inside.ts_ms + 10_000)
+    other = replace(late, id="r2")
+    got = with_late_decisions([inside, late, other], inside.ts_ms + 1)
+    assert got == [inside, late]
+
+
+def test_the_review_console_recognises_human_decisions_only() -> None:
+    assert review_id_of(human().value()) == "adjudication:r1"
+    assert review_id_of(strong_decision().value()) is None
+    assert review_id_of(b"garbage") is None
+    assert review_id_of(None) is None
