@@ -39,6 +39,7 @@ from escalator.model.limits import AdaptiveLimit
 from escalator.model.prices import PriceTable, load_prices
 from escalator.model.profiles import ModelProfile, ProfileTable, load_profiles, rate_limit_group
 from escalator.model.task import Task, load_task
+from escalator.observability import tracing as tracing_
 from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
@@ -75,6 +76,7 @@ def anthropic_client(settings: Settings) -> anthropic.AsyncAnthropic:
         base_url=m.base_url,
         max_retries=0,  # one retry layer: ours (tenacity), see model.ModelCaller
         timeout=m.timeout_s,
+        open_telemetry=False,  # no SDK spans (they may carry text): observability/tracing.py
     )
 
 
@@ -374,13 +376,15 @@ def build_service(
     )
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}
     metrics = metrics or Metrics()
+    tracing = tracing_.start(settings.tracing)  # a no-op unless ESCALATOR_TRACING / OTEL_*
+    tracing.link(metrics)
     metrics.spend_cap.set(settings.model.monthly_spend_cap_usd)
     if thresholds.expected_escalation is not None:
         for bound, value in zip(
             ("low", "expected", "high"), thresholds.expected_escalation, strict=True
         ):
             metrics.calibrated_escalation.labels(bound, thresholds.version).set(value)
-    close: list[Callable[[], object]] = []
+    close: list[Callable[[], object]] = [tracing.shutdown]
     checks: list[Callable[[], Awaitable[ModelFacts]]] = []
     # One admission gate per rate-limit group (shared by the tiers of this process whose
     # models draw from it), fed by the rate-limit headers of every response from its models.
@@ -478,7 +482,7 @@ def build_service(
         )
         model = models[tier]
         caller = callers[tier] = ModelCaller(
-            model_factory(tier, model, task, prices),
+            tracing.model_client(model_factory(tier, model, task, prices)),
             breaker,
             policy,
             on_retry=_count_retry(metrics, tier),
@@ -525,8 +529,8 @@ def build_service(
         worker = TierWorker(
             topic=topic,
             consumer=make_consumer(settings.kafka, group, **consumer_kwargs),
-            delivery=delivery,
-            handler=handler,
+            delivery=tracing.delivery(delivery),
+            handler=tracing.handler(handler, group=group),
             metrics=metrics,
             options=WorkerOptions.from_settings(p),
             limit=limit,
