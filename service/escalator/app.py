@@ -306,6 +306,7 @@ class Parts:
 def load_parts(settings: Settings, tiers: list[str]) -> Parts:
     """Load and validate the task, prices, model profiles and thresholds for ``tiers``; a
     ConfigError names the variable (or file) at fault."""
+    tracing_.check(settings.tracing)  # the otel extra, when tracing is on
     task = load_task(settings.routing.task_file)
     prices = load_prices(settings.routing.prices_file)
     models = {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model}

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import importlib.util
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
@@ -143,11 +144,32 @@ class Tracing:
         """Export what is left (the service stops)."""
 
 
+def check(settings: TracingSettings) -> None:
+    """ConfigError, naming the variable that turned tracing on, when the ``otel`` extra (the
+    SDK, or the OTLP exporter it needs) is not installed. Nothing is started."""
+    if settings.on_by is None:
+        return
+    needed = ["opentelemetry.sdk.trace"]
+    if "otlp" in settings.exporters:
+        needed.append("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    for module in needed:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a parent package is missing
+            found = False
+        if not found:
+            raise ConfigError(
+                f"{settings.on_by} turns tracing on, but {module} is not installed: "
+                "pip install 'escalator[otel]' (or turn tracing off)"
+            )
+
+
 def start(settings: TracingSettings) -> Tracing:
     """The tracing the settings ask for. ConfigError, naming the variable that turned it on,
     when the ``otel`` extra is not installed."""
     if settings.on_by is None:
         return Tracing()
+    check(settings)
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
