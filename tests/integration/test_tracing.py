@@ -11,10 +11,6 @@ A missing Jaeger fails the test rather than skipping it: ``make test`` builds it
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +24,10 @@ from escalator.model.task import load_task
 from escalator.observability.tracing import SCOPE
 from escalator_dev.emulator.server import classify
 from tests.integration.harness import collect, make_env, produce, running_service
+from tests.integration.jaeger import Jaeger, JaegerMissing, running_jaeger
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 LABELS = list(load_task(None).labels)
 #: A word in every text, to look for in everything Jaeger stores.
 MARK = "Kumquat7731"
@@ -39,91 +35,22 @@ ACCEPTED = f"What a lovely afternoon for a picnic in the park, said {MARK}."
 ESCALATED = f"He said {MARK} would hurt them if they did not pay."
 UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
-JAEGER_CONFIG = """
-service:
-  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
-  pipelines:
-    traces: {receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter]}
-  telemetry: {metrics: {level: none}, logs: {level: warn}}
-extensions:
-  jaeger_storage: {backends: {memory_store: {memory: {max_traces: 10000}}}}
-  jaeger_query:
-    storage: {traces: memory_store}
-    enable_tracing: false
-    http: {endpoint: "127.0.0.1:${env:JAEGER_QUERY_PORT}"}
-    grpc: {endpoint: "127.0.0.1:${env:JAEGER_QUERY_GRPC_PORT}"}
-  healthcheckv2: {use_v2: true, http: {endpoint: "127.0.0.1:${env:JAEGER_HEALTH_PORT}"}}
-receivers:
-  otlp: {protocols: {http: {endpoint: "127.0.0.1:${env:JAEGER_OTLP_HTTP_PORT}"}}}
-processors: {batch: {}}
-exporters: {jaeger_storage_exporter: {trace_storage: memory_store}}
-"""
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _jaeger_binary() -> Path:
-    found = shutil.which("jaeger") or str(ROOT / ".tools" / "bin" / "jaeger")
-    if not Path(found).is_file():
-        pytest.fail(f"{found} is missing: run `make tools` (Jaeger v1.75.0 from the Go proxy)")
-    return Path(found)
 
 
 @pytest.fixture
-def jaeger(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Jaeger v2 on loopback with free ports; yields its OTLP and query base URLs."""
-    query, grpc, health, otlp = _free_ports(4)
-    config = tmp_path / "jaeger.yaml"
-    config.write_text(JAEGER_CONFIG)
-    env = {
-        **os.environ,
-        "JAEGER_QUERY_PORT": str(query),
-        "JAEGER_QUERY_GRPC_PORT": str(grpc),
-        "JAEGER_HEALTH_PORT": str(health),
-        "JAEGER_OTLP_HTTP_PORT": str(otlp),
-    }
-    log = (tmp_path / "jaeger.log").open("wb")
-    proc = subprocess.Popen(
-        [str(_jaeger_binary()), "--config", f"file:{config}"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def jaeger(tmp_path: Path) -> Iterator[Jaeger]:
+    """Jaeger v2 on loopback with free ports (fails, never skips, without the binary)."""
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{health}/status", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"jaeger did not start: {(tmp_path / 'jaeger.log').read_text()}")
-            time.sleep(0.1)
-        yield {"otlp": f"http://127.0.0.1:{otlp}", "query": f"http://127.0.0.1:{query}"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        with running_jaeger(tmp_path) as running:
+            yield running
+    except JaegerMissing as exc:
+        pytest.fail(str(exc))
 
 
-def _otel_env(jaeger: dict[str, str], service: str) -> dict[str, str]:
+def _otel_env(jaeger: Jaeger, service: str) -> dict[str, str]:
     return {
         "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger["otlp"],
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp,
         "OTEL_SERVICE_NAME": service,
         "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -197,7 +124,7 @@ async def test_each_request_is_one_trace_across_both_tiers_with_no_text(
     kafka_bootstrap: str,
     sim_url: str,
     unique: str,
-    jaeger: dict[str, str],
+    jaeger: Jaeger,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Four requests (accepted and escalated, with and without a producer's traceparent) are
@@ -253,7 +180,7 @@ async def test_each_request_is_one_trace_across_both_tiers_with_no_text(
     # The service has stopped: its last spans were exported on the way out.
     results = {orjson.loads(r.value)["id"]: r for r in got.records}
     assert sorted(results) == sorted(cases)
-    query = jaeger["query"]
+    query = jaeger.query
     listed = await _wait_for_traces(query, service_name, len(cases))
     assert len(listed) == len(cases), [t["traceID"] for t in listed]
 
