@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from escalator.config import TracingSettings, load_settings
@@ -222,6 +223,26 @@ async def test_without_a_traceparent_a_record_starts_a_trace_of_its_own() -> Non
         (process,) = [s for s in exporter.get_finished_spans() if s.name.startswith("process")]
         assert process.parent is None and not process.links
         assert trace_id == format(process.context.trace_id, "032x")
+
+
+async def test_a_trace_the_sampler_leaves_out_costs_no_spans_and_stays_one_trace() -> None:
+    """Sampled out (OTEL_TRACES_SAMPLER): no span is exported, no exemplar names it, and the
+    outputs carry its context flagged not sampled, so the next tier leaves it out too."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    on = tracing._Tracing(provider)
+    delivery = FakeDelivery()
+    handler = on.handler(FakeHandler(on.model_client(FakeModel())), group="g")
+    assert await one_record(handler, on.delivery(delivery), FakeRecord(headers=[])) is None
+    assert exporter.get_finished_spans() == ()
+    (outputs,) = delivery.delivered
+    parents = {bytes(v) for out in outputs for k, v in out.headers if k == "traceparent"}
+    (parent,) = parents
+    assert len(parent) == 55 and int(parent[-2:], 16) & 1 == 0, parent  # the sampled bit
+    # A producer that samples: the parent decides (parent-based), the record is traced.
+    assert await one_record(handler, on.delivery(FakeDelivery()), FakeRecord()) == UPSTREAM_TRACE
+    assert len(exporter.get_finished_spans()) == 4
 
 
 async def test_a_dead_letter_and_a_failed_call_mark_their_spans() -> None:

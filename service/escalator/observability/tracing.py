@@ -60,10 +60,11 @@ T = TypeVar("T")
 
 
 class _Open(NamedTuple):
-    """The ``process`` span of the record this task handles, and its trace id (hex)."""
+    """The ``process`` span of the record this task handles, and its trace id (hex), None
+    when the sampler left the trace out (then no child span is made: see _TracedDelivery)."""
 
     span: Span
-    trace_id: str
+    trace_id: str | None
 
 
 #: Per record task: its open ``process`` span (set by the handler wrapper, read by the
@@ -91,7 +92,7 @@ def response(response_id: str | None, response_model: str | None) -> None:
 
 
 def trace_id() -> str | None:
-    """The trace id of the record this task handles (exemplars), or None."""
+    """The trace id of the record this task handles, if sampled (exemplars), or None."""
     current = _record.get()
     return current.trace_id if current is not None else None
 
@@ -284,7 +285,10 @@ class _TracedHandler:
             attributes=attributes,
             links=links,
         )
-        _record.set(_Open(span, format(span.get_span_context().trace_id, "032x")))
+        sampled = span.is_recording()
+        _record.set(
+            _Open(span, format(span.get_span_context().trace_id, "032x") if sampled else None)
+        )
         token = context.attach(trace.set_span_in_context(span))
         try:
             return await self._inner.handle(record)
@@ -344,6 +348,18 @@ class _TracedDelivery:
 
         process = current.span
         parent = trace.set_span_in_context(process)
+        if current.trace_id is None:
+            # Sampled out: no send spans (they would record nothing either); the outputs
+            # carry the process span's context, flagged not sampled, so the next tier
+            # leaves the trace out too (parent-based sampling) and it stays one trace.
+            injected: dict[str, str] = {}
+            propagate.inject(injected, context=parent)
+            unsampled = [_with_headers(out, injected) for out in outputs]
+            try:
+                await self._inner.deliver(tp, tracker, offset, unsampled)
+            finally:
+                process.end()
+            return
         sends: list[Span] = []
         traced: list[Any] = []
         for out in outputs:
@@ -359,15 +375,14 @@ class _TracedDelivery:
                 },
             )
             sends.append(span)
-            injected: dict[str, str] = {}
-            propagate.inject(injected, context=trace.set_span_in_context(span))
-            headers = [(k, v) for k, v in out.headers or () if k not in injected]
-            headers += [(k, v.encode()) for k, v in injected.items()]
-            for key, value in headers:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(span))
+            out = _with_headers(out, carrier)
+            for key, value in out.headers:
                 if key == REASON_HEADER and value:
                     process.set_attribute("escalator.dead_letter_reason", bytes(value).decode())
                     process.set_status(Status(StatusCode.ERROR))
-            traced.append(out._replace(headers=headers))
+            traced.append(out)
         try:
             await self._inner.deliver(tp, tracker, offset, traced)
         except BaseException as exc:
@@ -379,6 +394,13 @@ class _TracedDelivery:
             for span in sends:
                 span.end()
             process.end()
+
+
+def _with_headers(out: Any, injected: dict[str, str]) -> Any:
+    """``out`` with the injected trace headers in place of those it carried."""
+    headers = [(k, v) for k, v in out.headers or () if k not in injected]
+    headers += [(k, v.encode()) for k, v in injected.items()]
+    return out._replace(headers=headers)
 
 
 class _EndedSpan:
@@ -402,7 +424,15 @@ class _TracedModel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    async def _call(self, text: str, credit_token: str | None) -> Attempt:
+        if credit_token is None:  # as the caller calls it: fakes may not take the keyword
+            return await self._inner.classify(text)
+        return await self._inner.classify(text, credit_token=credit_token)
+
     async def classify(self, text: str, *, credit_token: str | None = None) -> Attempt:
+        record = _record.get()
+        if record is not None and record.trace_id is None:  # its trace is sampled out
+            return await self._call(text, credit_token)
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -420,11 +450,7 @@ class _TracedModel:
         token = context.attach(trace.set_span_in_context(span))
         mine = _model.set(span)
         try:
-            attempt = await (
-                self._inner.classify(text)  # as the caller does: fakes may not take it
-                if credit_token is None
-                else self._inner.classify(text, credit_token=credit_token)
-            )
+            attempt = await self._call(text, credit_token)
         except BaseException as exc:
             kind = getattr(exc, "kind", None) or getattr(exc, "reason", None)
             error = kind if isinstance(exc, EscalatorError) and kind else type(exc).__name__
