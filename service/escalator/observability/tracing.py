@@ -4,7 +4,8 @@ Off unless ESCALATOR_TRACING or the standard OTEL_* variables turn it on
 (:class:`~escalator.config.TracingSettings`); then the ``otel`` extra must be installed, and
 the OpenTelemetry SDK reads its own variables (endpoint, headers, sampler, resource, batch
 sizes). Off, :func:`start` gives a :class:`Tracing` whose wrappers hand back what they were
-given: the per-record path pays for the three hooks below only (a context-variable read each).
+given: the per-record path pays for the hooks below only (a context-variable read each). A
+trace the sampler leaves out makes no child spans (BENCHMARKS.md, B1t: the cost of each).
 
 On, the service's parts are wrapped where app.py assembles them:
 
