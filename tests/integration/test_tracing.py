@@ -20,8 +20,11 @@ import httpx2 as httpx
 import orjson
 import pytest
 
+from escalator.config import load_settings
 from escalator.model.task import load_task
+from escalator.observability.metrics import Metrics
 from escalator.observability.tracing import SCOPE
+from escalator.review.consumer import ReviewConsumer
 from escalator_dev.emulator.server import classify
 from tests.integration.harness import collect, make_env, produce, running_service
 from tests.integration.jaeger import Jaeger, JaegerMissing, running_jaeger
@@ -319,3 +322,80 @@ async def test_each_request_is_one_trace_across_both_tiers_with_no_text(
     }
     assert found, "no exemplar on the latency histograms"
     assert found <= trace_ids, (found, trace_ids)
+
+
+async def test_the_human_tier_continues_the_trace(
+    kafka_bootstrap: str,
+    sim_url: str,
+    unique: str,
+    jaeger: Jaeger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request the strong tier hands to people: the review console's decision is a
+    ``process`` span (tier human) whose parent is the strong tier's ``send`` span of the
+    review item, and the result it publishes carries the context of its own ``send`` span:
+    producer, cheap tier, strong tier and reviewer in one trace, without the text."""
+    service_name = f"escalator-human-{unique}"
+    otel = _otel_env(jaeger, service_name)
+    for name, value in otel.items():
+        monkeypatch.setenv(name, value)
+    env = make_env(
+        kafka_bootstrap,
+        sim_url,
+        unique,
+        ESCALATOR_THRESHOLD="1.0",  # everything escalates,
+        ESCALATOR_SHADOW_RATE="0",
+        ESCALATOR_HUMAN_TIER="on",
+        ESCALATOR_STRONG_THRESHOLD="1.0",  # and every strong answer goes to people
+        **otel,
+    )
+    upstream = ("traceparent", f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01".encode())
+    async with running_service(env, ["cheap", "strong"]):
+        await produce(
+            kafka_bootstrap,
+            env["ESCALATOR_REQUESTS_TOPIC"],
+            [orjson.dumps({"id": "h-1", "text": ESCALATED})],
+            headers=[upstream],
+        )
+        await collect(kafka_bootstrap, [env["ESCALATOR_REVIEWS_TOPIC"]], lambda c: c.records)
+    queues = ReviewConsumer.from_settings(load_settings(env), Metrics())
+    async with queues:
+        task = asyncio.create_task(queues.run())
+        try:
+            await asyncio.wait_for(queues.wait_joined(), 60)
+            deadline = time.monotonic() + 30
+            while (lease := queues.lease("review", "alice")) is None:
+                assert time.monotonic() < deadline, "no review item came"
+                await asyncio.sleep(0.2)
+            label = lease.item.labels[0]
+            assert await queues.decide(lease.id, "alice", label, None) == "done"
+        finally:
+            queues.stop()
+            await task
+    got = await collect(kafka_bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: c.records)
+    (record,) = got.records
+    _, trace_id, result_send_span, _ = _traceparent(record.headers).split("-")
+    assert trace_id == UPSTREAM_TRACE
+    await _wait_for_traces(jaeger.query, service_name, 1)
+    deadline = time.monotonic() + 20
+    while True:  # the console's spans come from its own exporter, flushed as it stopped
+        spans, raw = _trace(jaeger.query, trace_id)
+        names = _by_name(spans)
+        if f"process {env['ESCALATOR_REVIEWS_TOPIC']}" in names or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    by_id = {_hex(s["spanId"]): s for s in spans}
+    (human,) = names[f"process {env['ESCALATOR_REVIEWS_TOPIC']}"]
+    ha = _attrs(human)
+    assert ha["escalator.tier"] == "human"
+    assert ha["escalator.review_queue"] == "review"
+    assert ha["messaging.consumer.group.name"] == env["ESCALATOR_REVIEW_GROUP"]
+    (review_send,) = names[f"send {env['ESCALATOR_REVIEWS_TOPIC']}"]
+    assert _hex(human["parentSpanId"]) == _hex(review_send["spanId"])
+    assert [_hex(x["spanId"]) for x in human["links"]] == [_hex(review_send["spanId"])]
+    (strong,) = names[f"process {env['ESCALATOR_ESCALATIONS_TOPIC']}"]
+    assert _hex(review_send["parentSpanId"]) == _hex(strong["spanId"])
+    result_send = by_id[result_send_span]
+    assert result_send["name"] == f"send {env['ESCALATOR_RESULTS_TOPIC']}"
+    assert _hex(result_send["parentSpanId"]) == _hex(human["spanId"])
+    assert MARK.encode() not in raw

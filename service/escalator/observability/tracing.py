@@ -142,8 +142,29 @@ class Tracing:
     def link(self, metrics: Metrics) -> None:
         """Exemplars (trace ids) on the latency histograms of ``metrics``."""
 
+    def decision(
+        self, headers: Any, *, topic: str, partition: int, offset: int, group: str, queue: str
+    ) -> HumanSpans:
+        """The spans of one human decision on a review item that arrived with ``headers``
+        (the review console: ``process`` for the item, ``send`` for each output)."""
+        return _NO_SPANS
+
     async def shutdown(self) -> None:
         """Export what is left (the service stops)."""
+
+
+class HumanSpans:
+    """A human decision's spans. Off: none; the outputs keep the headers they are given."""
+
+    def headers(self, topic: str, headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """``headers`` for an output to ``topic``, with its ``send`` span's context."""
+        return headers
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The outputs are acknowledged (or ``error`` stopped them)."""
+
+
+_NO_SPANS = HumanSpans()
 
 
 def check(settings: TracingSettings) -> None:
@@ -236,6 +257,35 @@ class _Tracing(Tracing):
 
     def link(self, metrics: Metrics) -> None:
         metrics.link_traces(trace_id)
+
+    def decision(
+        self, headers: Any, *, topic: str, partition: int, offset: int, group: str, queue: str
+    ) -> HumanSpans:
+        from opentelemetry import context, propagate, trace
+        from opentelemetry.trace import Link, SpanKind
+
+        carrier = _carrier(headers)
+        parent = propagate.extract(carrier) if carrier else None
+        upstream = trace.get_current_span(parent).get_span_context() if parent else None
+        links = [Link(upstream)] if upstream is not None and upstream.is_valid else None
+        span = self._tracer.start_span(
+            f"process {topic}",
+            context=parent if links else context.Context(),
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": topic,
+                "messaging.destination.partition.id": str(partition),
+                "messaging.kafka.offset": offset,
+                "messaging.consumer.group.name": group,
+                "escalator.tier": "human",
+                "escalator.review_queue": queue,
+            },
+        )
+        return _HumanSpans(self._tracer, span)
 
     async def shutdown(self) -> None:
         # The last batch goes out over HTTP: not on the event loop.
@@ -399,9 +449,50 @@ class _TracedDelivery:
 
 def _with_headers(out: Any, injected: dict[str, str]) -> Any:
     """``out`` with the injected trace headers in place of those it carried."""
-    headers = [(k, v) for k, v in out.headers or () if k not in injected]
-    headers += [(k, v.encode()) for k, v in injected.items()]
-    return out._replace(headers=headers)
+    return out._replace(headers=_replaced(out.headers, injected))
+
+
+def _replaced(headers: Any, injected: dict[str, str]) -> list[tuple[str, Any]]:
+    kept = [(k, v) for k, v in headers or () if k not in injected]
+    return kept + [(k, v.encode()) for k, v in injected.items()]
+
+
+class _HumanSpans(HumanSpans):
+    def __init__(self, tracer: Tracer, process: Span) -> None:
+        self._tracer = tracer
+        self._process = process
+        self._sends: list[Span] = []
+
+    def headers(self, topic: str, headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import SpanKind
+
+        span = self._process
+        if span.is_recording():
+            span = self._tracer.start_span(
+                f"send {topic}",
+                context=trace.set_span_in_context(self._process),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.name": "send",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": topic,
+                },
+            )
+            self._sends.append(span)
+        injected: dict[str, str] = {}
+        propagate.inject(injected, context=trace.set_span_in_context(span))
+        return _replaced(headers, injected)
+
+    def end(self, error: BaseException | None = None) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        for span in (*self._sends, self._process):
+            if error is not None:
+                span.set_attribute("error.type", type(error).__name__)
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
 
 
 class _EndedSpan:
