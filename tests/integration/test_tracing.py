@@ -11,6 +11,8 @@ A missing Jaeger fails the test rather than skipping it: ``make test`` builds it
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from escalator.observability.metrics import Metrics
 from escalator.observability.tracing import SCOPE
 from escalator.review.consumer import ReviewConsumer
 from escalator_dev.emulator.server import classify
+from escalator_dev.kafka_local import free_port
 from tests.integration.harness import collect, make_env, produce, running_service
 from tests.integration.jaeger import Jaeger, JaegerMissing, running_jaeger
 
@@ -399,3 +402,84 @@ async def test_the_human_tier_continues_the_trace(
     assert result_send["name"] == f"send {env['ESCALATOR_RESULTS_TOPIC']}"
     assert _hex(result_send["parentSpanId"]) == _hex(human["spanId"])
     assert MARK.encode() not in raw
+
+
+def _start_prometheus(binary: str, workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus with exemplar storage, scraping the service's port every second."""
+    target = {"targets": [f"127.0.0.1:{port}"]}
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "escalator", "static_configs": [target]}],
+    }
+    (workdir / "prometheus.yml").write_text(orjson.dumps(config).decode())  # JSON is YAML
+    address = f"127.0.0.1:{free_port()}"
+    with (workdir / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address={address}",
+                "--enable-feature=exemplar-storage",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, address
+
+
+@pytest.mark.timeout(240)
+async def test_prometheus_stores_exemplars_that_name_the_traces(
+    kafka_bootstrap: str,
+    sim_url: str,
+    unique: str,
+    jaeger: Jaeger,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real Prometheus (Debian's, with exemplar storage) scrapes the service with tracing
+    on: it negotiates OpenMetrics, and the exemplars of the processing-latency histogram name
+    the traces of the results."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed: run `make tools` (Debian package prometheus)")
+    otel = _otel_env(jaeger, f"escalator-prom-{unique}")
+    for name, value in otel.items():
+        monkeypatch.setenv(name, value)
+    env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0", **otel)
+    started = time.time()
+    async with running_service(env, ["cheap", "strong"]) as service:
+        proc, address = _start_prometheus(binary, tmp_path, service.health_port)
+        try:
+            values = [orjson.dumps({"id": f"p-{i}", "text": ACCEPTED}) for i in range(5)]
+            await produce(kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], values)
+            got = await collect(
+                kafka_bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: len(c.records) >= 5
+            )
+            traces = {_traceparent(r.headers).split("-")[1] for r in got.records}
+            found: set[str] = set()
+            async with httpx.AsyncClient() as client:
+                deadline = time.monotonic() + 90
+                while not (found & traces) and time.monotonic() < deadline:
+                    await asyncio.sleep(1)
+                    try:
+                        r = await client.get(
+                            f"http://{address}/api/v1/query_exemplars",
+                            params={
+                                "query": "escalator_processing_seconds_bucket",
+                                "start": str(started - 60),
+                                "end": str(time.time() + 60),
+                            },
+                        )
+                    except httpx.HTTPError:
+                        continue  # not listening yet
+                    if r.status_code != 200:
+                        continue
+                    for series in r.json()["data"]:
+                        for exemplar in series["exemplars"]:
+                            found.add(exemplar["labels"]["trace_id"])
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert found & traces, (found, traces, (tmp_path / "prometheus.log").read_text()[-2000:])
+    assert found <= traces, "an exemplar names a trace that is not one of these results'"

@@ -18,7 +18,9 @@ On, the service's parts are wrapped where app.py assembles them:
   when the strategy has the output (at-least-once: acknowledged by the broker); the
   ``process`` span ends with the last of them;
 - each model client: a ``chat {model}`` span (kind CLIENT) per API call, with the GenAI
-  attributes, the cost and the tier.
+  attributes, the cost and the tier;
+- the review console (:meth:`Tracing.decision`): a ``process`` span per human decision, under
+  the strong tier's ``send`` span of the item, and a ``send`` span per output it publishes.
 
 Hooks the rest of the service calls (no-ops unless a span of ours is current):
 :func:`escalated` (tiers: why the record was or is escalated), :func:`response` (the model
