@@ -20,11 +20,13 @@ WORKDIR /src
 # `python` or `pip` on the PATH.
 RUN python3 -m venv /opt/escalator
 # The runtime dependencies first, pinned by the lock file (which pins every package we test
-# with; only the runtime ones are installed), in a layer that a source change keeps.
+# with; only the runtime ones are installed), in a layer that a source change keeps. With them
+# the `otel` extra, so that the standard OTEL_* variables can turn tracing on (it is off
+# unless they do; docs/OPERATIONS.md, "Tracing").
 COPY pyproject.toml requirements.lock ./
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=secret,id=ca-bundle,target=/etc/ssl/certs/ca-certificates.crt \
-    python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/runtime.txt \
+    python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies']['otel'], sep='\n')" > /tmp/runtime.txt \
  && /opt/escalator/bin/pip install -c requirements.lock -r /tmp/runtime.txt
 COPY README.md ./
 COPY service/escalator ./service/escalator

@@ -41,6 +41,7 @@ from escalator.model.stack import (
     model_profiles,
 )
 from escalator.model.task import Task, load_task
+from escalator.observability import tracing as tracing_
 from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
@@ -64,6 +65,8 @@ class Service:
     workers: list[TierWorker]
     producer: ProducerHandle
     models: ModelStacks
+    #: Spans, or a no-op (observability/tracing.py); flushed on close.
+    tracing: tracing_.Tracing = field(default_factory=tracing_.Tracing)
     health_port: int = 0
     #: Whether a broker answers (readiness in an outage); None: not watched (tests).
     broker: BrokerWatch | None = None
@@ -233,6 +236,7 @@ class Service:
             bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 8
             await self.producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
             await self.models.aclose()
+            await self.tracing.shutdown()
         finally:
             if self._signals:
                 loop = asyncio.get_running_loop()
@@ -264,6 +268,7 @@ class Parts:
 def load_parts(settings: Settings, tiers: list[str]) -> Parts:
     """Load and validate the task, prices, model profiles and thresholds for ``tiers``; a
     ConfigError names the variable (or file) at fault."""
+    tracing_.check(settings.tracing)  # the otel extra, when tracing is on
     table = tier_table(settings)
     choices = [table[tier].model for tier in tiers]
     task = load_task(settings.routing.task_file)
@@ -297,6 +302,8 @@ def build_service(
     rows = [tier_table(settings)[tier] for tier in tiers]
     metrics = metrics or Metrics()
     _set_static_metrics(settings, metrics, parts.thresholds)
+    tracing = tracing_.start(settings.tracing)  # a no-op unless ESCALATOR_TRACING / OTEL_*
+    tracing.link(metrics)
     models = build_model_stacks(
         settings,
         [row.model for row in rows],
@@ -305,6 +312,7 @@ def build_service(
         profiles=parts.profiles,
         metrics=metrics,
         model_factory=model_factory,
+        traced=tracing.model_client,
     )
     producer = ProducerHandle(
         lambda: make_producer(settings.kafka),
@@ -319,7 +327,15 @@ def build_service(
     for row in rows:
         stack = models[row.name]
         handler = row.handler(handler_parts, stack.caller)
-        worker = _worker(settings, row, handler, stack, producer, metrics)
+        worker = _worker(
+            settings,
+            row,
+            tracing.handler(handler, group=row.group),
+            stack,
+            producer,
+            metrics,
+            tracing,
+        )
         stack.follow(worker)
         workers.append(worker)
     return Service(
@@ -328,6 +344,7 @@ def build_service(
         workers,
         producer,
         models,
+        tracing=tracing,
         broker=BrokerWatch(settings.kafka),
         topics=TopicWatch(settings.kafka, topics_needed(settings, rows)),
         notes=list(parts.notes),
@@ -351,6 +368,7 @@ def _worker(
     stack: ModelStack,
     producer: ProducerHandle,
     metrics: Metrics,
+    tracing: tracing_.Tracing,
 ) -> TierWorker:
     """The worker of one row: its consumer, its delivery strategy, its parking."""
     p = settings.pipeline
@@ -372,7 +390,7 @@ def _worker(
     return TierWorker(
         topic=row.topic,
         consumer=make_consumer(settings.kafka, row.group, **consumer_kwargs),
-        delivery=delivery,
+        delivery=tracing.delivery(delivery),
         handler=handler,
         metrics=metrics,
         options=WorkerOptions.from_settings(p),

@@ -280,6 +280,25 @@ class ParkingSettings:
     replay_group: str = "escalator-parked-replay"
 
 
+#: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
+#: http/protobuf, and the SDK's console exporter).
+TRACE_EXPORTERS = ("otlp", "console")
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """Whether spans are exported (``observability/tracing.py``). Everything else (endpoint,
+    headers, sampler, resource) the OpenTelemetry SDK reads from its own OTEL_* variables."""
+
+    #: The variable that turned tracing on (named by start-up errors), or None: off.
+    #: ESCALATOR_TRACING=on/off decides; unset, tracing is on when OTEL_TRACES_EXPORTER names
+    #: an exporter or an OTLP endpoint is set (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    #: OTEL_EXPORTER_OTLP_ENDPOINT), unless OTEL_SDK_DISABLED=true or the exporter is ``none``.
+    on_by: str | None = None
+    #: OTEL_TRACES_EXPORTER, as a tuple of TRACE_EXPORTERS (default ``otlp``).
+    exporters: tuple[str, ...] = ("otlp",)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings
@@ -290,6 +309,7 @@ class Settings:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     parking: ParkingSettings = field(default_factory=ParkingSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     metrics_port: int = DEFAULT_METRICS_PORTS["cheap"]
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -480,6 +500,50 @@ def _log_level(env: _Env, default: str) -> str:
     if value not in LOG_LEVELS:
         raise ConfigError(f"ESCALATOR_LOG_LEVEL={value!r} must be {', '.join(LOG_LEVELS)}")
     return value
+
+
+def _tracing(env: _Env) -> TracingSettings:
+    """ESCALATOR_TRACING, or the standard OTEL_* variables that mean "export spans"."""
+    given = env.raw("ESCALATOR_TRACING")
+    explicit = env.flag("ESCALATOR_TRACING", False) if given is not None else None
+    variable = "OTEL_TRACES_EXPORTER"
+    names = [n.strip().lower() for n in (env.raw(variable) or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*TRACE_EXPORTERS, "none")]
+    if unknown or ("none" in names and len(names) > 1):
+        raise ConfigError(
+            f"{variable}={','.join(names)!r}: Escalator exports spans with "
+            f"{' or '.join(TRACE_EXPORTERS)} (or none)"
+        )
+    disabled = (env.raw("OTEL_SDK_DISABLED") or "").lower() == "true"
+    endpoint = next(
+        (
+            name
+            for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+            if env.raw(name) is not None
+        ),
+        None,
+    )
+    if explicit is not None:
+        on_by = "ESCALATOR_TRACING" if explicit else None
+    elif disabled or names == ["none"]:
+        on_by = None
+    else:
+        on_by = variable if names else endpoint
+    if on_by is not None and disabled:
+        on_by = None  # the SDK's own switch wins: its tracer would record nothing anyway
+    if on_by is not None and names == ["none"]:
+        raise ConfigError(f"{on_by} turns tracing on, but {variable}=none exports nothing")
+    exporters = tuple(names) if names and names != ["none"] else ("otlp",)
+    if on_by is not None and "otlp" in exporters:
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = env.raw(name)
+            if protocol is not None and protocol != "http/protobuf":
+                raise ConfigError(
+                    f"{name}={protocol!r}: Escalator's OTLP exporter speaks http/protobuf only"
+                )
+            if protocol is not None:
+                break
+    return TracingSettings(on_by=on_by, exporters=exporters)
 
 
 def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
@@ -688,6 +752,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         admission=admission,
         review=review,
         parking=parking,
+        tracing=_tracing(env),
         metrics_port=env.integer(
             "ESCALATOR_METRICS_PORT", DEFAULT_METRICS_PORTS[role], 0, MAX_PORT
         ),

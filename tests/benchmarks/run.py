@@ -44,6 +44,7 @@ from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from tests.benchmarks import b7 as b7_module
 from tests.integration.harness import committed_total, make_env, setup_topics
+from tests.integration.jaeger import running_jaeger
 
 TEXTS = [
     "What a lovely afternoon for a picnic in the park with the children.",
@@ -211,6 +212,57 @@ async def b1(bootstrap: str, sim_url: str) -> None:
         f"{ours:,.0f} msg/s ({n:,} records)",
         f"ratio {ours / base:.2f}",
         ">= 0.7",
+    )
+
+
+async def b1t(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    """B1's cheap tier (instant fake model) with tracing off, on for every record, and on with
+    1% of the traces sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio), alternated, twice
+    each. On: OTLP over HTTP to a local Jaeger (tests/integration/jaeger.py), the SDK's batch
+    processor; four spans per sampled record (process, chat, two sends). No bare pipe: the
+    ratios are against tracing off."""
+    n = 30_000
+
+    def factory(tier: str, model: str, task: Task, prices: PriceTable) -> InstantModel:
+        return InstantModel(tier, model)
+
+    modes = {
+        "off": {"ESCALATOR_TRACING": "off"},
+        "all": {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        "1%": {
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        },
+    }
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    with running_jaeger(tmp) as jaeger:
+        otel = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp,
+            "OTEL_SERVICE_NAME": "escalator-b1t",
+        }
+        for _ in range(2):
+            for mode, extra in modes.items():
+                on = {**otel, **extra} if mode != "off" else extra
+                os.environ.update(on)  # the SDK reads the process environment itself
+                try:
+                    env = await with_backlog(bootstrap, sim_url, "b1t", n, **on)
+                    rate = await run_pipeline(env, n, factory)
+                finally:
+                    for name in on:
+                        os.environ.pop(name, None)
+                print(f"    tracing {mode}: {rate:,.0f} msg/s", flush=True)
+                rates[mode].append(rate)
+    median = {mode: statistics.median(r) for mode, r in rates.items()}
+    runs = "; ".join(f"{m} {', '.join(f'{r:,.0f}' for r in rs)}" for m, rs in rates.items())
+    report(
+        "B1t",
+        f"cheap tier, instant fake model, msg/s: tracing off {median['off']:,.0f}, on (every "
+        f"record) {median['all']:,.0f}, on (1% sampled) {median['1%']:,.0f} (medians of 2 "
+        f"alternated runs, {n:,} records each; runs: {runs})",
+        f"on / off {median['all'] / median['off']:.2f}; "
+        f"1% / off {median['1%'] / median['off']:.2f}",
+        "measured (issue 26)",
     )
 
 
@@ -714,7 +766,12 @@ async def b7(bootstrap: str, sim_url: str, tmp: Path) -> None:
     await b7_module.b7(bootstrap, sim_url, tmp, report)
 
 
-SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {"b4": b4, "b5": b5, "b7": b7}
+SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
+    "b4": b4,
+    "b5": b5,
+    "b7": b7,
+    "b1t": b1t,
+}
 
 
 async def main(selected: list[str]) -> None:

@@ -69,6 +69,20 @@ def test_has_the_service_commands_and_no_development_ones(
     assert done.returncode != 0 and "No module named 'escalator_dev'" in done.stderr
 
 
+def test_tracing_can_be_turned_on(config: dict[str, Any], container: Container) -> None:
+    """The image carries the `otel` extra: the standard variables turn tracing on, and
+    `escalator config` (which checks the extra, connecting to nothing) accepts them."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:1",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+    }
+    done = container.run(*entrypoint(config, "config"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "OTEL_TRACES_EXPORTER" in done.stdout and "otlp" in done.stdout, done.stdout
+
+
 def test_has_no_emulator_pom_or_dataset_files(container: Container) -> None:
     """No file of the development tools anywhere in the image (emulator, Maven pom, log4j
     configuration, datasets, demo), and no build leftovers; the runtime's own data is there."""

@@ -37,7 +37,7 @@ from escalator.cli.main import build_parser, main
 
 UNREACHABLE = "127.0.0.1:9"  # nothing listens on the discard port here: refused at once
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
-VARIABLE = re.compile(r"^(ESCALATOR|KAFKA|ANTHROPIC)_[A-Z0-9_]+$")
+VARIABLE = re.compile(r"^(ESCALATOR|KAFKA|ANTHROPIC|OTEL)_[A-Z0-9_]+$")
 
 
 # -- files and ports the cases need --------------------------------------------------------------
@@ -199,6 +199,14 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_PARK_AT": [Case("0.99"), Case("half")],
     "ESCALATOR_RETENTION_CHECK_S": [Case("0"), Case("often")],
     "ESCALATOR_PARKED_RETENTION_MS": [Case("1000"), Case("forever")],
+    "ESCALATOR_TRACING": [Case("maybe")],
+    "OTEL_TRACES_EXPORTER": [
+        Case("zipkin"),
+        Case("none,otlp"),
+        Case("none", {"ESCALATOR_TRACING": "on"}),
+    ],
+    "OTEL_EXPORTER_OTLP_PROTOCOL": [Case("grpc", {"ESCALATOR_TRACING": "on"})],
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": [Case("grpc", {"OTEL_TRACES_EXPORTER": "otlp"})],
 }
 
 #: Settings for which no value is bad, and why.
@@ -212,6 +220,11 @@ SETTING_EXEMPT: dict[str, str] = {
     "ESCALATOR_PARKED_REPLAY_GROUP": "any non-empty string is a legal consumer group id",
     "ESCALATOR_GROUP_INSTANCE_ID": "any non-empty string is a legal group instance id",
     "ESCALATOR_TRANSACTIONAL_ID_PREFIX": "any non-empty string is a legal transactional id",
+    "OTEL_SDK_DISABLED": "read as the OpenTelemetry SDK reads it: only true turns it off",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "only its presence is read here; the OTLP exporter reads "
+    "the value itself (tests/integration/test_tracing.py)",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "only its presence is read here; the OTLP exporter "
+    "reads the value itself",
 }
 
 

@@ -47,6 +47,7 @@ from escalator.model.limits import AdaptiveLimit
 from escalator.model.prices import PriceTable, Usage
 from escalator.model.profiles import ModelProfile
 from escalator.model.task import Task
+from escalator.observability import tracing
 from escalator.observability.logs import log
 
 logger = logging.getLogger("escalator.model")
@@ -248,6 +249,7 @@ class AnthropicClassifier:
                 **request, betas=[FALLBACK_CREDIT_BETA]
             )
             message = await raw.parse()
+            tracing.response(message.id, message.model)
         except anthropic.APIStatusError as exc:
             self._report_limits(exc.response.headers)
             raise translate_error(exc) from exc

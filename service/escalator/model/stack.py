@@ -69,6 +69,7 @@ def anthropic_client(settings: Settings) -> anthropic.AsyncAnthropic:
         api_key=m.api_key.get() if m.api_key else SIM_API_KEY,
         base_url=m.base_url,
         max_retries=0,  # every retry is ours, and counted: model.ModelCaller
+        open_telemetry=False,  # no SDK spans (they may carry text): observability/tracing.py
         timeout=m.timeout_s,
     )
 
@@ -186,6 +187,7 @@ def build_model_stacks(
     metrics: Metrics,
     model_factory: ModelFactory | None = None,
     client: anthropic.AsyncAnthropic | None = None,
+    traced: Callable[[ModelClient], ModelClient] = lambda client: client,
 ) -> ModelStacks:
     """One :class:`ModelStack` per tier, over one API client: ``client`` if given (tests give
     one over a fake transport), else one from the settings; or over ``model_factory``'s
@@ -248,7 +250,7 @@ def build_model_stacks(
         )
         gate, share = gates[rate_limit_group(model)]
         caller = ModelCaller(
-            adapter,
+            traced(adapter),
             breaker,
             policy,
             on_retry=_count_retry(metrics, tier),

@@ -15,9 +15,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
 
 from escalator.contract.messages import iso_from
 from escalator.observability.metrics import Metrics
+
+OPENMETRICS = "application/openmetrics-text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +78,12 @@ class HealthServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _metrics_view(self, _: web.Request) -> web.Response:
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        # Exemplars exist only in OpenMetrics: served to a scraper that asks for it, when
+        # tracing is on (otherwise the text format, as before).
+        if self._metrics.exemplars and OPENMETRICS in request.headers.get("Accept", ""):
+            body = self._metrics.exposition(openmetrics=True)
+            return web.Response(body=body, headers={"Content-Type": OPENMETRICS_CONTENT_TYPE})
         body = self._metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

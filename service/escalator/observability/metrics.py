@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from escalator.contract.messages import Attempt
-from escalator.observability.hotmetrics import HotCounter, HotHistogram
+from escalator.observability.hotmetrics import HotCounter, HotHistogram, TraceIdSource
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
@@ -25,6 +26,8 @@ ESTIMATE_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        #: Whether the latency histograms keep exemplars (:meth:`link_traces`).
+        self.exemplars = False
         self.requests = HotCounter(
             "escalator_requests", "Records consumed, by tier.", ["tier"], registry=r
         )
@@ -546,8 +549,19 @@ class Metrics:
         for kind in ("requests", "input_tokens", "output_tokens"):
             self.admission_rate.labels(model, kind).set_function(reader(kind))
 
-    def exposition(self) -> bytes:
+    def exposition(self, openmetrics: bool = False) -> bytes:
+        """Prometheus' text format; OpenMetrics (which carries exemplars) when asked."""
+        if openmetrics:
+            body: bytes = openmetrics_latest(self.registry)  # type: ignore[no-untyped-call]
+            return body
         return generate_latest(self.registry)
+
+    def link_traces(self, trace_ids: TraceIdSource) -> None:
+        """Exemplars on the latency histograms: each bucket keeps the trace id of its
+        latest observation (``observability/tracing.py``). Call before any series exists."""
+        self.model_latency.with_exemplars(trace_ids)
+        self.processing.with_exemplars(trace_ids)
+        self.exemplars = True
 
     def catalogue(self) -> dict[str, tuple[str, ...]]:
         """Every series name this process can expose, with its label names.

@@ -57,8 +57,10 @@ from escalator.contract.reviews import (
 from escalator.errors import InvalidRequest
 from escalator.kafka.admin import KafkaLogView
 from escalator.kafka.clients import make_consumer, make_producer, read_to_end, stop_consumer
+from escalator.observability import tracing as tracing_
 from escalator.observability.logs import log, log_repeating
 from escalator.observability.metrics import Metrics
+from escalator.observability.tracing import Tracing
 from escalator.review.ledger import (
     DECIDED_MEMORY,
     Entry,
@@ -98,6 +100,7 @@ class ReviewConsumer:
         rng: random.Random | None = None,
         read_decided: Callable[[int], Awaitable[list[str]]] | None = None,
         parking: ReviewParking | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._kafka = kafka
         self._consumer = consumer
@@ -121,6 +124,7 @@ class ReviewConsumer:
         self._lag: dict[TopicPartition, int] = {}
         self._read_decided = read_decided or self._decided_since
         self._parking = parking
+        self._tracing = tracing or Tracing()  # spans of each decision (observability/tracing.py)
         metrics.review_age_bound.set(settings.max_age_s)
 
     @classmethod
@@ -152,6 +156,7 @@ class ReviewConsumer:
                 check_s=settings.parking.check_s,
                 enabled=settings.parking.enabled,
             ),
+            tracing=tracing_.start(settings.tracing),
         )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -172,6 +177,7 @@ class ReviewConsumer:
         await self._producer.stop()
         if self._parking is not None:
             await self._parking.close()
+        await self._tracing.shutdown()
 
     def stop(self) -> None:
         self._stop.set()
@@ -510,14 +516,34 @@ class ReviewConsumer:
         item = entry.item
         key = entry.key or item.request.id.encode()
         source = f"{entry.tp.topic}/{entry.tp.partition}/{entry.offset}"
-        if item.queue == "review":
-            result = human_result_value(item, verdict)
-            headers = entry.headers or None
+        spans = self._tracing.decision(
+            entry.headers,
+            topic=entry.tp.topic,
+            partition=entry.tp.partition,
+            offset=entry.offset,
+            group=self._settings.group,
+            queue=item.queue,
+        )
+        try:
+            if item.queue == "review":
+                result = human_result_value(item, verdict)
+                headers = spans.headers(self._topics.results, entry.headers) or None
+                await (
+                    await self._producer.send(
+                        self._topics.results, result, key=key, headers=headers
+                    )
+                )
+            decision = human_decision_value(item, verdict, source)
+            headers = spans.headers(self._topics.decisions, []) or None
             await (
-                await self._producer.send(self._topics.results, result, key=key, headers=headers)
+                await self._producer.send(
+                    self._topics.decisions, decision, key=key, headers=headers
+                )
             )
-        decision = human_decision_value(item, verdict, source)
-        await (await self._producer.send(self._topics.decisions, decision, key=key))
+        except BaseException as exc:
+            spans.end(exc)
+            raise
+        spans.end()
 
     async def _send_parked(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[Any]

@@ -58,6 +58,7 @@ from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
 from escalator.model.caller import ModelCaller
 from escalator.model.task import Task
+from escalator.observability import tracing
 from escalator.observability.logs import EventLog, log
 from escalator.observability.metrics import Metrics
 from escalator.tiers.routing import Route, Thresholds, route
@@ -324,6 +325,7 @@ class CheapHandler(_Base):
                 outputs.append(Output(self.topics.escalations, shadow, key, headers))
             return outputs
         self.metrics.decision(self.tier, attempt.label or "", "escalated")
+        tracing.escalated(reason or "low_confidence")
         value = escalation_value(request, reason or "low_confidence", attempt)
         outputs.append(Output(self.topics.escalations, value, key, headers))
         return outputs
@@ -365,6 +367,7 @@ class StrongHandler(_Base):
         request = escalation.request
         key = record.key or request.id.encode()
         shadow = escalation.shadow
+        tracing.escalated(escalation.reason)
         nominal = escalation.sample_rate  # before shedding: the live monitor's probability
         if shadow:
             # Real traffic before measurement: while the strong model's budget is tight, shed
