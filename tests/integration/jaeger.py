@@ -72,11 +72,18 @@ def binary() -> Path:
 
 
 @contextlib.contextmanager
-def running_jaeger(workdir: Path) -> Iterator[Jaeger]:
-    """Jaeger on 127.0.0.1 with free ports for the block (its config and log in ``workdir``)."""
+def running_jaeger(workdir: Path, ui_assets: Path | None = None) -> Iterator[Jaeger]:
+    """Jaeger on 127.0.0.1 with free ports for the block (its config and log in ``workdir``);
+    with ``ui_assets`` (a jaeger-ui build), it serves that UI (``trace_screenshot.py``)."""
     query, grpc, health, otlp = free_ports(4)
     config = workdir / "jaeger.yaml"
-    config.write_text(CONFIG)
+    text = CONFIG
+    if ui_assets is not None:
+        text = text.replace(
+            "    enable_tracing: false\n",
+            f"    enable_tracing: false\n    ui: {{assets_path: {str(ui_assets)!r}}}\n",
+        )
+    config.write_text(text)
     env = {
         **os.environ,
         "JAEGER_QUERY_PORT": str(query),
