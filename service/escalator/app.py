@@ -195,6 +195,8 @@ class Service:
                 tiers=[w.tier for w in self.workers],
                 metrics_port=health.port,
                 simulated=self.settings.model.simulated,
+                # What turned spans on (a variable's name), or off: a span per record costs.
+                tracing=self.settings.tracing.on_by or "off",
             )
             if on_ready is not None:
                 self._helpers.append(asyncio.create_task(self._notify_ready(on_ready)))
@@ -217,26 +219,35 @@ class Service:
                 raise t.exception()  # type: ignore[misc]
 
     async def close(self) -> None:
-        """The one close path: cancel what still runs, close the health port, close the
-        consumers of tiers that never ran, flush and stop the producer (bounded), close the
-        model clients. Idempotent."""
+        """The one close path: stop the tiers that still run and wait for their drain and
+        final commit (within ESCALATOR_SHUTDOWN_GRACE_S, then cancel them), close the health
+        port, close the consumers of tiers that never ran, flush and stop the producer
+        (bounded), close the model clients, flush the spans. Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
+            running = [t for t in self._tasks if not t.done()]
+            if running:  # e.g. `async with service:` left without stop() and wait()
+                self.stop()
+                await asyncio.wait(running, timeout=self.settings.pipeline.shutdown_grace_s)
             for t in [*self._tasks, *self._helpers]:
                 if not t.done():
                     t.cancel()
-            await asyncio.gather(*self._helpers, return_exceptions=True)
+            await asyncio.gather(*self._tasks, *self._helpers, return_exceptions=True)
             await self._exits.aclose()
             if not self._tasks:  # never started (stopped early, or the start failed)
                 for w in self.workers:
                     await w.discard()
             # An eighth of the shutdown reserve each to flush and to stop (engine/worker.py).
             bound = stop_reserve_s(self.settings.pipeline.shutdown_grace_s) / 8
-            await self.producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
-            await self.models.aclose()
-            await self.tracing.shutdown()
+            try:
+                await self.producer.stop(flush_timeout_s=bound, stop_timeout_s=max(bound, 0.5))
+            finally:
+                try:
+                    await self.models.aclose()
+                finally:
+                    await self.tracing.shutdown()
         finally:
             if self._signals:
                 loop = asyncio.get_running_loop()

@@ -292,8 +292,9 @@ class TracingSettings:
 
     #: The variable that turned tracing on (named by start-up errors), or None: off.
     #: ESCALATOR_TRACING=on/off decides; unset, tracing is on when OTEL_TRACES_EXPORTER names
-    #: an exporter or an OTLP endpoint is set (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-    #: OTEL_EXPORTER_OTLP_ENDPOINT), unless OTEL_SDK_DISABLED=true or the exporter is ``none``.
+    #: an exporter, unless OTEL_SDK_DISABLED=true. An OTLP endpoint alone does not turn it on:
+    #: platforms inject OTEL_EXPORTER_OTLP_ENDPOINT into every pod, and a span per record
+    #: costs about four fifths of a CPU-bound tier's throughput (BENCHMARKS.md, B1t).
     on_by: str | None = None
     #: OTEL_TRACES_EXPORTER, as a tuple of TRACE_EXPORTERS (default ``otlp``).
     exporters: tuple[str, ...] = ("otlp",)
@@ -515,20 +516,12 @@ def _tracing(env: _Env) -> TracingSettings:
             f"{' or '.join(TRACE_EXPORTERS)} (or none)"
         )
     disabled = (env.raw("OTEL_SDK_DISABLED") or "").lower() == "true"
-    endpoint = next(
-        (
-            name
-            for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-            if env.raw(name) is not None
-        ),
-        None,
-    )
     if explicit is not None:
         on_by = "ESCALATOR_TRACING" if explicit else None
     elif disabled or names == ["none"]:
         on_by = None
     else:
-        on_by = variable if names else endpoint
+        on_by = variable if names else None
     if on_by is not None and disabled:
         on_by = None  # the SDK's own switch wins: its tracer would record nothing anyway
     if on_by is not None and names == ["none"]:

@@ -1,9 +1,13 @@
 """Benchmarks B1-B5 of the routing pipeline (issue 3), B6, the cost of exactly-once
-(issue 5), B7, admission control against a binding rate limit (issue 14, in ``b7.py``), and
-B1q, the cheap tier's plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``).
+(issue 5), B7, admission control against a binding rate limit (issue 14, in ``b7.py``),
+B1q, the cheap tier's plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``), and
+B1t, the cost of tracing (issue 26).
 They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b1e b1q b2 b3 b4 b5 b6 b7]   (``make bench`` runs all)
+    python -m tests.benchmarks.run [b1 b1e b1q b1t b2 b3 b4 b5 b6 b7]
+
+With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7. B1e (the engine alone) and B1t
+(tracing's cost, which needs Jaeger from ``make tools``) run when named.
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
 Absolute numbers on a 2-core machine are noisy; the ratios are the result. Anything that

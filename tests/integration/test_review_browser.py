@@ -42,7 +42,7 @@ from escalator.review.queues import ReviewQueues
 from escalator.review.web import ReviewConsole
 from tests.conftest import repo_root
 from tests.integration.harness import make_env, setup_topics
-from tests.unit.review_fakes import FakeReviewQueues, Recorded, make_item
+from tests.unit.review.fakes import FakeReviewQueues, Recorded, make_item
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps trying hosts this closed network

@@ -10,7 +10,8 @@ incomplete beta function ``I_x(a, b)`` and its inverse in ``x``, from which the 
 so that P(p > upper) <= alpha and P(p < lower) <= alpha for every true p. ``I_x(a, b)`` is
 evaluated by its continued fraction (modified Lentz), in the half of [0, 1] where it converges
 fast, and inverted by Newton steps kept inside a shrinking bracket, so a poor step falls back
-to bisection. ``tests/unit/test_binomial.py`` checks the limits against exact binomial sums.
+to bisection. ``tests/unit/calibration/test_binomial.py`` checks the limits against exact
+binomial sums.
 """
 
 from __future__ import annotations

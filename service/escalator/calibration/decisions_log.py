@@ -51,8 +51,10 @@ def read_jsonl(path: Path) -> list[Decision]:
 
 
 def write_jsonl(records: list[Decision], stream: IO[bytes]) -> None:
+    """One line per record: as it was read (``Decision.raw``), or as this version writes it."""
     for rec in records:
-        stream.write(rec.value() + b"\n")
+        line = orjson.dumps(rec.raw) if rec.raw is not None else rec.value()
+        stream.write(line + b"\n")
 
 
 def load(

@@ -55,7 +55,7 @@ PROCEDURE += "betting bound (Waudby-Smith-Ramdas) on Horvitz-Thompson adjudicati
 DEFAULT_STRONG_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, STRONG_ONLY)
 #: Sizing a fresh window: the bets learn from earlier blocks and the first block bets nothing,
 #: so a window needs this much more than the Kelly growth of a known distribution would say
-#: (checked against worlds with known truth: tests/unit/test_human_backlog.py).
+#: (checked against worlds with known truth: tests/unit/calibration/test_human_backlog.py).
 LEARNING = 1.5
 #: Sizing takes each cell's error rate at this one-sided upper confidence level.
 PILOT_LEVEL = 0.5

@@ -6,7 +6,9 @@ report, ``escalator export`` and the review console's recovery scan read them ba
 :meth:`Decision.from_json` / :meth:`Decision.from_dict`. Reading is lenient, as the log
 outlives the versions that wrote it: a field added within version 1 (``adjudication``...) may
 be absent, a value of the wrong type reads as absent, and keys this version does not know are
-kept (``extra``) and written back, so that ``export`` loses nothing. What is not a decision at
+kept (``extra``) and written back. A record read keeps the object it was read from (``raw``):
+``export`` writes that, byte for byte as orjson re-encodes it, so it changes nothing (nested
+unknown keys, wrong-typed values and the schema version included). What is not a decision at
 all (no ``id``, no ``attempt`` object) raises :class:`NotADecision`.
 """
 
@@ -139,6 +141,9 @@ class Decision:
     review: Review | None = None
     #: Keys this version does not know, kept so that what is read can be written back whole.
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The object this record was read from (None when written by this process): what
+    #: ``export`` writes back, unchanged.
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def tier(self) -> str:
@@ -258,6 +263,7 @@ class Decision:
             gold_source=_opt_str(data.get("gold_source")),
             review=Review.from_dict(review) if isinstance(review, Mapping) else None,
             extra={k: v for k, v in data.items() if k not in _KNOWN},
+            raw=data,
         )
 
 

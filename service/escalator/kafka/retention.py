@@ -29,7 +29,7 @@ after it (offsets) times a per-record size that bounds what one record takes in 
 above (:func:`record_log_bytes`: uncompressed, each in a batch of its own). A compressed topic
 takes less, which makes the estimate early, never late.
 
-``tests/unit/test_retention.py`` checks this against a simulated broker log that rolls and
+``tests/unit/kafka/test_retention.py`` checks this against a simulated broker log that rolls and
 deletes segments by Kafka's rules (the known truth).
 """
 

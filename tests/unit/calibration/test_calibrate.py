@@ -22,7 +22,7 @@ from escalator.calibration.certify import (
 )
 from escalator.cli.main import main
 from escalator.contract.decisions import Decision
-from tests.unit.calibration_worlds import LABELS, log, overconfident, realistic, records
+from tests.unit.calibration.worlds import LABELS, log, overconfident, realistic, records
 
 
 def read(records: list[dict[str, Any]]) -> list[Decision]:

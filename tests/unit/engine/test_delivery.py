@@ -22,7 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
 
 from escalator.engine.at_least_once import AtLeastOnce
-from escalator.engine.delivery import Delivery
+from escalator.engine.delivery import Delivery, PartitionTracker
 from escalator.engine.transactional import Transactional
 from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
 from escalator.errors import ConfigError
@@ -534,3 +534,19 @@ async def test_a_revocation_whose_commit_fails_still_lets_the_partitions_go() ->
         await worker.on_revoked({TP})
     assert TP not in worker._trackers, "let go although the commit failed"
     assert sample(metrics, "escalator_rebalances_total", tier="cheap", event="revoked") == 1
+
+
+def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
+    """Out-of-order completion commits only below the first gap."""
+    t = PartitionTracker()
+    for offset in (10, 11, 12, 13):
+        t.add(offset)
+    t.complete(12)
+    t.complete(13)
+    assert t.to_commit() is None and t.in_flight == 2
+    t.complete(10)
+    assert t.to_commit() == 11
+    t.committed = 11
+    assert t.to_commit() is None
+    t.complete(11)
+    assert t.to_commit() == 14 and t.in_flight == 0 and t.idle.is_set()

@@ -1,4 +1,4 @@
-"""Request profiles per model and the task's schema and label rules."""
+"""Request profiles per model: dated snapshots, retired models, the profiles file, max_tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from escalator.errors import ConfigError
 from escalator.model.profiles import load_profiles
-from escalator.model.task import load_task, parse_task
+from escalator.model.task import load_task
 
 TASK = load_task(None)
 
@@ -43,33 +43,6 @@ def test_a_profiles_file_adds_models_and_is_validated(tmp_path: Path) -> None:
     path.write_text('{"models": {"m": {"thinking": "sometimes", "max_tokens": 256}}}')
     with pytest.raises(ConfigError, match=r"ESCALATOR_MODEL_PROFILES_FILE=.*thinking"):
         load_profiles(path)
-
-
-def test_the_output_schema_uses_only_supported_keywords() -> None:
-    """No numerical or string constraints (documented 400s); every object closed."""
-    schema = TASK.output_schema()
-    confidence = schema["properties"]["confidence"]
-    assert confidence["type"] == "number"
-    assert not {"minimum", "maximum", "multipleOf"} & set(confidence)
-    assert schema["additionalProperties"] is False
-
-
-@pytest.mark.parametrize(
-    ("answer", "expected"),
-    [("safe", "safe"), ("SAFE", "safe"), ("Review-Needed", "review-needed"), ("nope", None)],
-)
-def test_labels_are_matched_case_insensitively(answer: str, expected: str | None) -> None:
-    """Enum values may come back in another capitalization; the task's spelling wins."""
-    assert TASK.canonical_label(answer) == expected
-
-
-def test_refusal_label_must_be_one_of_the_labels_and_labels_must_differ_in_more_than_case() -> None:
-    """Both are start-up errors naming the task file."""
-    with pytest.raises(ConfigError, match="refusal_label"):
-        parse_task(b'{"labels": ["a", "b"], "instructions": "x", "refusal_label": "c"}', "F")
-    with pytest.raises(ConfigError, match="capitalization"):
-        parse_task(b'{"labels": ["a", "A"], "instructions": "x"}', "F")
-    assert TASK.refusal_label == "unsafe"
 
 
 def test_a_max_tokens_override_must_leave_room_for_models_that_always_think() -> None:

@@ -21,7 +21,7 @@ from escalator.calibration import estimates
 from escalator.calibration.adjudications import HumanSample, assemble
 from escalator.calibration.certify import Dataset
 from escalator.calibration.human import cell_counts
-from tests.unit.calibration_worlds import attempt_record, one_stratum
+from tests.unit.calibration.worlds import attempt_record, one_stratum
 
 FloatArray = npt.NDArray[np.float64]
 LABELS = ["review-needed", "safe", "unsafe"]

@@ -146,3 +146,38 @@ async def test_stopped_before_the_tiers_start_no_tier_runs() -> None:
     await asyncio.wait_for(run, 10)
     assert (worker.ran, worker.discarded) == (0, 1)
     assert (producer.stopped, models.closed) == (1, 1)
+
+
+async def test_leaving_the_block_without_stopping_drains_the_tiers_before_the_producer() -> None:
+    """``async with`` left while the tiers run: close stops them and waits for their drain
+    (their run returns, not cancelled) before it stops the producer and closes the models."""
+    order: list[str] = []
+
+    class DrainingWorker(FakeWorker):
+        async def run(self) -> None:
+            try:
+                await super().run()
+                order.append("tier drained")
+            except asyncio.CancelledError:
+                order.append("tier cancelled")
+                raise
+
+    class OrderedProducer(FakeProducer):
+        async def stop(self, flush_timeout_s: float = 10.0, stop_timeout_s: float = 10.0) -> None:
+            order.append("producer stopped")
+
+    class OrderedModels(FakeModels):
+        async def aclose(self) -> None:
+            order.append("models closed")
+
+    worker = DrainingWorker("cheap")
+    svc = Service(
+        settings(),
+        Metrics(),
+        [worker],
+        OrderedProducer(),
+        OrderedModels({}, []),  # type: ignore[list-item, arg-type]
+    )
+    async with svc:
+        await worker.wait_joined()
+    assert order == ["tier drained", "producer stopped", "models closed"]

@@ -22,8 +22,8 @@ from escalator.calibration.threshold_file import (
 from escalator.config import load_settings
 from escalator.observability.metrics import Metrics
 from escalator.review.service import WatchedQueues, watched
-from tests.unit.calibration_worlds import log, realistic
-from tests.unit.review_fakes import FakeReviewQueues, make_item
+from tests.unit.calibration.worlds import log, realistic
+from tests.unit.review.fakes import FakeReviewQueues, make_item
 
 
 def quality_file(tmp_path: Path) -> Path:

@@ -221,10 +221,6 @@ SETTING_EXEMPT: dict[str, str] = {
     "ESCALATOR_GROUP_INSTANCE_ID": "any non-empty string is a legal group instance id",
     "ESCALATOR_TRANSACTIONAL_ID_PREFIX": "any non-empty string is a legal transactional id",
     "OTEL_SDK_DISABLED": "read as the OpenTelemetry SDK reads it: only true turns it off",
-    "OTEL_EXPORTER_OTLP_ENDPOINT": "only its presence is read here; the OTLP exporter reads "
-    "the value itself (tests/integration/test_tracing.py)",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "only its presence is read here; the OTLP exporter "
-    "reads the value itself",
 }
 
 

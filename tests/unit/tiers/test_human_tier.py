@@ -25,7 +25,7 @@ from escalator.model.task import load_task
 from escalator.tiers.handlers import ReviewPolicy, StrongHandler, TierTopics
 from escalator.tiers.routing import Thresholds
 from tests.integration.harness import validator
-from tests.unit.test_tiers import FakeModel, FakeRecord, handler, ok, refusal
+from tests.unit.tiers.test_handlers import FakeModel, FakeRecord, handler, ok, refusal
 
 TASK = load_task(None)
 TOPICS = TierTopics("results", "escalations", "dead", "decisions", "reviews", "adjudications")

@@ -12,7 +12,7 @@ For each world (realistic, overconfident), log size n in {2,000, 10,000} and sha
 Reduced by default (a few dozen repetitions: CI's budget). The full run, 200 repetitions per
 cell, prints the table that docs/CALIBRATION.md shows:
     ESCALATOR_CALIBRATION_SCALE=full .venv/bin/python -m pytest \
-        tests/unit/test_calibration_statistics.py -q -s
+        tests/unit/calibration/test_statistics.py -q -s
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 from escalator.calibration import binomial, plan
 from escalator.calibration.certify import calibrate
 from escalator.calibration.threshold_file import estimates_at
-from tests.unit.calibration_worlds import World, log, overconfident, realistic
+from tests.unit.calibration.worlds import World, log, overconfident, realistic
 
 FULL = os.environ.get("ESCALATOR_CALIBRATION_SCALE") == "full"
 DELTA = 0.05
@@ -157,7 +157,7 @@ def test_old_sparsely_shadowed_data_does_not_turn_a_certifiable_window_into_a_re
     (here the new version alone), so adding the old data refuses no more often than the new
     data alone, and the guarantee still holds; weighting the strata by their requests, as
     before, refused most of the time."""
-    from tests.unit.calibration_worlds import versions
+    from tests.unit.calibration.worlds import versions
 
     world = realistic()
     reps = 200 if FULL else 40

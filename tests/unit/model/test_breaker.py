@@ -1,8 +1,7 @@
-"""The circuit breaker tells outages from single failures; the watermark never skips a gap."""
+"""The circuit breaker tells outages from single failures."""
 
 from __future__ import annotations
 
-from escalator.engine.worker import PartitionTracker
 from escalator.model.breaker import CircuitBreaker
 
 
@@ -38,19 +37,3 @@ def test_one_failing_record_among_successes_does_not_open_it() -> None:
     for i in range(20):
         b.record(i % 5 != 0)
     assert b.state == "closed"
-
-
-def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
-    """Out-of-order completion commits only below the first gap."""
-    t = PartitionTracker()
-    for offset in (10, 11, 12, 13):
-        t.add(offset)
-    t.complete(12)
-    t.complete(13)
-    assert t.to_commit() is None and t.in_flight == 2
-    t.complete(10)
-    assert t.to_commit() == 11
-    t.committed = 11
-    assert t.to_commit() is None
-    t.complete(11)
-    assert t.to_commit() == 14 and t.in_flight == 0 and t.idle.is_set()

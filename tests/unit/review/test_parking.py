@@ -13,7 +13,7 @@ from escalator.kafka.retention import TopicRetention
 from escalator.observability.metrics import Metrics
 from escalator.review.consumer import ReviewConsumer
 from escalator.review.parking import ReviewParking
-from tests.unit.test_review_queue import (
+from tests.unit.review.test_consumer import (
     TOPICS,
     TP,
     Clock,

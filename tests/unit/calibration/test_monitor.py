@@ -6,7 +6,8 @@ escalation rate where it was.
 
 CI runs a few dozen streams; the full scale (``make calibration-stats``) runs 200 per cell and
 prints the tables docs/CALIBRATION.md shows:
-    ESCALATOR_CALIBRATION_SCALE=full .venv/bin/python -m pytest tests/unit/test_monitor.py -q -s
+    ESCALATOR_CALIBRATION_SCALE=full .venv/bin/python -m pytest \
+        tests/unit/calibration/test_monitor.py -q -s
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The statistical test runs 100 repetitions of two cells at the CI scale (p = 1 an
 the full scale (``ESCALATOR_CALIBRATION_SCALE=full``, ``make calibration-stats``) runs 1,000 per
 cell and prints the table docs/CALIBRATION.md shows:
     ESCALATOR_CALIBRATION_SCALE=full .venv/bin/python -m pytest \
-        tests/unit/test_human_calibration.py -q -s -k promise
+        tests/unit/calibration/test_human.py -q -s -k promise
 The backlog (undecided adjudications) is tested in test_human_backlog.py.
 """
 
@@ -31,7 +31,7 @@ from escalator.cli.main import main
 from escalator.contract.decisions import Decision
 from escalator.errors import ConfigError
 from escalator.model.prices import load_prices
-from tests.unit.human_worlds import HumanWorld, draw, moderation, records
+from tests.unit.calibration.human_worlds import HumanWorld, draw, moderation, records
 
 
 def read(records: list[dict[str, Any]]) -> list[Decision]:

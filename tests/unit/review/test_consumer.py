@@ -17,7 +17,7 @@ from escalator.contract.reviews import ReviewItem, review_item_value
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
 from escalator.review.consumer import ReviewConsumer
-from tests.unit.test_tiers import ok
+from tests.unit.tiers.test_handlers import ok
 
 TOPICS = Topics()
 TP = TopicPartition(TOPICS.reviews, 0)

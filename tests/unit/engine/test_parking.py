@@ -27,7 +27,7 @@ from escalator.kafka.retention import TopicRetention
 from escalator.model.holds import Hold
 from escalator.observability.metrics import Metrics
 from tests.integration.harness import validator
-from tests.unit.test_delivery import (
+from tests.unit.engine.test_delivery import (
     GUARANTEES,
     TP,
     AckingProducer,

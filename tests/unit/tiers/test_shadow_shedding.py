@@ -16,7 +16,7 @@ from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.observability.metrics import Metrics
 from escalator.tiers.handlers import StrongHandler
 from escalator.tiers.routing import Thresholds
-from tests.unit.test_tiers import TASK, TOPICS, FakeRecord
+from tests.unit.tiers.test_handlers import TASK, TOPICS, FakeRecord
 
 
 class KnownWorld:

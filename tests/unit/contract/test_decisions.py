@@ -18,7 +18,7 @@ from escalator.contract.reviews import Verdict, human_decision
 from escalator.errors import EscalatorError
 from escalator.review.ledger import review_id_of
 from tests.integration.harness import validator
-from tests.unit.review_fakes import make_item
+from tests.unit.review.fakes import make_item
 
 CHEAP = Attempt(
     "cheap",
@@ -163,3 +163,37 @@ def test_the_review_console_recognises_human_decisions_only() -> None:
     assert review_id_of(strong_decision().value()) is None
     assert review_id_of(b"garbage") is None
     assert review_id_of(None) is None
+
+
+def test_export_writes_each_record_back_as_it_was_read() -> None:
+    """Nested unknown keys, wrong-typed values, a missing field and an older schema version
+    survive a read and a write unchanged; a record written by this process is written whole."""
+    import io
+
+    odd = {
+        "schema_version": 0,
+        "id": "r-odd",
+        "outcome": "accepted",
+        "threshold_version": "v1",
+        "sample_rate": "0.25",
+        "ts_ms": 1.5,
+        "adjudication": {"sampled": True, "future": [1, 2]},
+        "attempt": {
+            "tier": "cheap",
+            "model": "claude-haiku-5-5",
+            "label": "safe",
+            "confidence": 0.9,
+            "valid": True,
+            "input_tokens": 10,
+            "output_tokens": 2,
+            "latency_ms": 5,
+            "cost_usd": 0.0001,
+            "a_key_from_the_future": {"nested": True},
+        },
+        "unknown_top": "kept",
+    }
+    read = Decision.from_dict(orjson.loads(orjson.dumps(odd)))
+    out = io.BytesIO()
+    write_jsonl([read], out)
+    assert orjson.loads(out.getvalue()) == odd
+    assert out.getvalue() == orjson.dumps(odd) + b"\n"

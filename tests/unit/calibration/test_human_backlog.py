@@ -1,5 +1,5 @@
 """The human objective when reviewers lag, measured against a world whose truth is known
-exactly (tests/unit/human_worlds.py): undecided adjudications counted as wrong keep the
+exactly (tests/unit/calibration/human_worlds.py): undecided adjudications counted as wrong keep the
 promise in every cell; the bound the objective used before (v1: undecided ones invisible)
 breaks it; and the fresh window a refusal asks for is enough.
 
@@ -10,7 +10,7 @@ for differing answers) with calibration run while that share is still undecided 
 and hardest missing). CI runs 20 repetitions per cell; the full scale (``make
 calibration-stats``) 200, and prints the tables docs/CALIBRATION.md shows:
     ESCALATOR_CALIBRATION_SCALE=full .venv/bin/python -m pytest \\
-        tests/unit/test_human_backlog.py -q -s
+        tests/unit/calibration/test_human_backlog.py -q -s
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import pytest
 
 from escalator.calibration import binomial
 from escalator.calibration import human_certify as hc
-from tests.unit.human_worlds import HumanWorld, Window, draw, moderation, v1_lower, without_pending
+from tests.unit.calibration.human_worlds import (
+    HumanWorld,
+    Window,
+    draw,
+    moderation,
+    v1_lower,
+    without_pending,
+)
 
 FULL = os.environ.get("ESCALATOR_CALIBRATION_SCALE") == "full"
 DELTA = 0.05

@@ -12,7 +12,7 @@ from typing import Any
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.worker import WorkerOptions, stop_reserve_s
 from escalator.observability.metrics import Metrics
-from tests.unit.test_delivery import AckingProducer, Broker, FakeConsumer, make_worker
+from tests.unit.engine.test_delivery import AckingProducer, Broker, FakeConsumer, make_worker
 
 
 class NeverJoins(FakeConsumer):

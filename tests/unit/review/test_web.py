@@ -1,7 +1,7 @@
 """The review console over HTTP: sign-in, CSRF, headers, escaping, and who decided what.
 
 Each test drives the real aiohttp application (``make_app``) through aiohttp's test client,
-against the strict in-memory queues of ``review_fakes``.
+against the strict in-memory queues of ``tests.unit.review.fakes``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from escalator.contract.reviews import REVIEW_REASONS
 from escalator.review import pages
 from escalator.review.auth import Authenticator, hash_secret, load_authenticator
 from escalator.review.web import ReviewConsole, make_app
-from tests.unit.review_fakes import FakeReviewQueues, make_item
+from tests.unit.review.fakes import FakeReviewQueues, make_item
 
 TOKENS = {"ana": "ana-token-0123456789", "bob": "bob-token-0123456789"}
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&"

@@ -284,15 +284,19 @@ async def test_exemplars_name_the_trace_in_openmetrics_only() -> None:
 
 
 def test_settings_turn_it_on_by_the_standard_variables() -> None:
-    """Unset: off. An OTLP endpoint or an exporter turns it on, ESCALATOR_TRACING decides,
-    OTEL_SDK_DISABLED=true turns it off."""
+    """Unset: off. An exporter turns it on (an OTLP endpoint alone does not: platforms inject
+    one everywhere), ESCALATOR_TRACING decides, OTEL_SDK_DISABLED=true turns it off."""
     base = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
 
     def on_by(**env: str) -> str | None:
         return load_settings({**base, **env}).tracing.on_by
 
     assert on_by() is None
-    assert on_by(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318") == "OTEL_EXPORTER_OTLP_ENDPOINT"
+    assert on_by(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318") is None
+    assert on_by(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://c:4318") is None
+    assert on_by(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT="http://c") == (
+        "OTEL_TRACES_EXPORTER"
+    )
     assert on_by(OTEL_TRACES_EXPORTER="console") == "OTEL_TRACES_EXPORTER"
     assert on_by(OTEL_TRACES_EXPORTER="none", OTEL_EXPORTER_OTLP_ENDPOINT="http://c") is None
     assert on_by(ESCALATOR_TRACING="on") == "ESCALATOR_TRACING"
