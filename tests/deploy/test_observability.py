@@ -191,3 +191,32 @@ def test_compose_provisions_the_dashboard_and_the_rules() -> None:
         (ROOT / "deploy/grafana/provisioning/dashboards/escalator.yaml").read_text()
     )
     assert provider["providers"][0]["options"]["path"] == mounts["./grafana/dashboards"]
+
+
+def test_compose_links_exemplars_to_the_traces() -> None:
+    """The tiers export spans to the compose Jaeger, Prometheus stores exemplars, and Grafana's
+    Prometheus data source sends an exemplar's trace_id to a Jaeger data source that exists
+    and points at that Jaeger's query port; the dashboard's latency panels ask for exemplars."""
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    services = compose["services"]
+    env = compose["x-escalator-env"]
+    assert env["OTEL_TRACES_EXPORTER"].startswith("${OTEL_TRACES_EXPORTER:-otlp}")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert services["jaeger"]["image"].startswith("jaegertracing/jaeger:2.")
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
+    sources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text()
+    )["datasources"]
+    by_uid = {s["uid"]: s for s in sources}
+    (link,) = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert link["name"] == "trace_id"  # the exemplar label the service writes (tracing.py)
+    target = by_uid[link["datasourceUid"]]
+    assert target["type"] == "jaeger" and target["url"] == "http://jaeger:16686"
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    asks = [
+        t
+        for p in panels
+        for t in p.get("targets", [])
+        if "_seconds_bucket" in t.get("expr", "") and t.get("exemplar")
+    ]
+    assert asks, "no latency panel asks for exemplars"
