@@ -44,7 +44,9 @@ async def one_escalated_trace(bootstrap: str, sim_url: str, otlp: str) -> str:
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     os.environ.update(otel)  # the OpenTelemetry SDK reads the process environment itself
-    env = make_env(bootstrap, sim_url, f"shot{uuid.uuid4().hex[:6]}", **otel)
+    env = make_env(
+        bootstrap, sim_url, f"shot{uuid.uuid4().hex[:6]}", ESCALATOR_SHADOW_RATE="0", **otel
+    )
     async with running_service(env, ["cheap", "strong"]):
         await produce(
             bootstrap,
