@@ -272,7 +272,8 @@ async def b1t(bootstrap: str, sim_url: str, tmp: Path) -> None:
 
 class ConstantHandler:
     """B1e's handler: two prebuilt outputs per record (result- and decision-sized), no parsing,
-    no model, no metrics: what is left is the engine and the at-least-once delivery."""
+    no model, no metrics: what is left is the engine and the at-least-once delivery. It
+    answers at once (a list: no task per record, as tier 0 or a dead letter would)."""
 
     tier = "cheap"
 
@@ -280,7 +281,7 @@ class ConstantHandler:
         self._results = results
         self._decisions = decisions
 
-    async def handle(self, record: Any) -> list[Output]:
+    def handle(self, record: Any) -> list[Output]:
         return [
             Output(self._results, RESULT_SIZED, record.key),
             Output(self._decisions, DECISION_SIZED, record.key),
@@ -290,16 +291,21 @@ class ConstantHandler:
         return False
 
 
-async def b1e(bootstrap: str, sim_url: str) -> None:
-    """B1 decomposed: the engine alone (TierWorker + AtLeastOnce, a constant handler) against
-    the same bare pipe, on the same backlog size. B1 / B1e is what the tier's per-record work
-    (parse, model call path, routing, outputs, metrics, logs) costs; B1e is the engine's."""
-    n = 30_000
+class AwaitingConstantHandler(ConstantHandler):
+    """The same outputs from a coroutine: the engine runs each record as a task under the
+    in-flight limit, as it does a record that waits for a model."""
+
+    async def _answer(self, record: Any) -> list[Output]:
+        return ConstantHandler.handle(self, record)
+
+    def handle(self, record: Any) -> Any:
+        return self._answer(record)
+
+
+async def engine_alone(bootstrap: str, sim_url: str, n: int, handler_class: type) -> float:
+    """msg/s of a TierWorker + AtLeastOnce with a constant handler over a fresh backlog."""
     env = await with_backlog(bootstrap, sim_url, "b1e", n)
     settings = load_settings(env)
-    base = await bare_pipe(bootstrap, settings.topics.requests, settings.topics.results, n)
-    env2 = await with_backlog(bootstrap, sim_url, "b1e", n)
-    settings = load_settings(env2)
     metrics = Metrics()
     producer = ProducerHandle(lambda: make_producer(settings.kafka))
     await producer.start()
@@ -307,7 +313,7 @@ async def b1e(bootstrap: str, sim_url: str) -> None:
         topic=settings.topics.requests,
         consumer=make_consumer(settings.kafka, settings.pipeline.cheap_group),
         delivery=AtLeastOnce(producer),
-        handler=ConstantHandler(settings.topics.results, settings.topics.decisions),
+        handler=handler_class(settings.topics.results, settings.topics.decisions),
         metrics=metrics,
         options=WorkerOptions.from_settings(settings.pipeline),
     )
@@ -325,16 +331,31 @@ async def b1e(bootstrap: str, sim_url: str) -> None:
                 run.result()
             await asyncio.sleep(0.05)
         assert started is not None
-        ours = n / (time.perf_counter() - started)
+        return n / (time.perf_counter() - started)
     finally:
         worker.stop()
         await run
         await producer.get().stop()
+
+
+async def b1e(bootstrap: str, sim_url: str) -> None:
+    """B1 decomposed: the engine alone (TierWorker + AtLeastOnce, a constant handler) against
+    the same bare pipe, on the same backlog size, twice: records answered at once (no task
+    each), and records answered by a coroutine (a task each, as a model call). B1 / B1e is
+    what the tier's per-record work (parse, model call path, routing, outputs, metrics, logs)
+    costs; B1e is the engine's."""
+    n = 30_000
+    env = await with_backlog(bootstrap, sim_url, "b1e", n)
+    settings = load_settings(env)
+    base = await bare_pipe(bootstrap, settings.topics.requests, settings.topics.results, n)
+    at_once = await engine_alone(bootstrap, sim_url, n, ConstantHandler)
+    awaited = await engine_alone(bootstrap, sim_url, n, AwaitingConstantHandler)
     report(
         "B1e",
         f"bare aiokafka pipe {base:,.0f} msg/s; the engine alone (worker + at-least-once, "
-        f"constant outputs) {ours:,.0f} msg/s ({n:,} records)",
-        f"ratio {ours / base:.2f}",
+        f"constant outputs), answered at once {at_once:,.0f} msg/s, by a coroutine (a task "
+        f"per record) {awaited:,.0f} msg/s ({n:,} records each)",
+        f"ratio {at_once / base:.2f} at once, {awaited / base:.2f} by a coroutine",
         "diagnostic for B1",
     )
 

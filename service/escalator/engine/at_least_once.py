@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from escalator.engine.delivery import Bound, Output, PartitionTracker
+from escalator.engine.delivery import Bound, Done, Output, PartitionTracker
 from escalator.kafka.clients import ProducerHandle
 from escalator.observability.logs import log, log_repeating
 
@@ -61,13 +62,17 @@ class AtLeastOnce:
         return max(0, self.finished - self._w.max_in_flight)
 
     async def deliver(
-        self, tp: TopicPartition, tracker: PartitionTracker, offset: int, outputs: list[Output]
+        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
     ) -> None:
-        self._awaiting_ack += 1
+        n = len(done)
+        self._awaiting_ack += n
         try:
-            await self._produce_all(outputs)
+            if n == 1:
+                await self._produce_all(done[0].outputs)
+            else:
+                await self._produce_all([out for d in done for out in d.outputs])
         finally:
-            self._awaiting_ack -= 1
+            self._awaiting_ack -= n
 
     def advanced(self, tp: TopicPartition, popped: int) -> None:
         self._parts[tp].finished += popped

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from contextvars import Context
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -38,6 +39,19 @@ class Output(NamedTuple):
     value: bytes | None
     key: bytes | None
     headers: Headers | list[tuple[str, bytes | None]] = []
+
+
+class Done(NamedTuple):
+    """A record the handler is done with: its offset and outputs, handed to the strategy with
+    the others of its partition that finished in the same turn of the event loop."""
+
+    offset: int
+    outputs: list[Output]
+    #: When the worker dispatched it (``perf_counter``), for the processing histogram; None for
+    #: a parked copy, which is not counted as processed.
+    started: float | None = None
+    #: The context its handler ran in, when it ran as a task (tracing reads its span there).
+    context: Context | None = None
 
 
 class PartitionTracker:
@@ -61,9 +75,18 @@ class PartitionTracker:
         self.pending.append(offset)
         self.idle.clear()
 
+    def extend(self, offsets: Iterable[int]) -> None:
+        """Offsets dispatched together (a fetched batch), in order."""
+        self.pending.extend(offsets)
+        self.idle.clear()
+
     def complete(self, offset: int) -> int:
         """Mark ``offset`` done; return how many offsets became committable."""
-        self.done.add(offset)
+        return self.complete_many((offset,))
+
+    def complete_many(self, offsets: Iterable[int]) -> int:
+        """Mark these offsets done; return how many offsets became committable."""
+        self.done.update(offsets)
         popped = 0
         while self.pending and self.pending[0] in self.done:
             first = self.pending.popleft()
@@ -135,9 +158,10 @@ class Delivery(Protocol):
         ...
 
     async def deliver(
-        self, tp: TopicPartition, tracker: PartitionTracker, offset: int, outputs: list[Output]
+        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
     ) -> None:
-        """Take a record's outputs. On return the record may count as done."""
+        """Take the outputs of these records of ``tp`` (a batch, in any order). On return
+        they may all count as done."""
         ...
 
     def advanced(self, tp: TopicPartition, popped: int) -> None:

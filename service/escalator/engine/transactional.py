@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
-from escalator.engine.delivery import Bound, Output, PartitionTracker
+from escalator.engine.delivery import Bound, Done, Output, PartitionTracker
 from escalator.observability.logs import log_repeating
 
 logger = logging.getLogger("escalator.engine")
@@ -67,13 +67,14 @@ class Transactional:
         return self.held
 
     async def deliver(
-        self, tp: TopicPartition, tracker: PartitionTracker, offset: int, outputs: list[Output]
+        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
     ) -> None:
         # Produced and committed with the offsets, in the partition's next transaction.
         part = self._parts.get(tp)
         if part is not None and part.tracker is tracker:  # not revoked meanwhile
-            part.outputs[offset] = outputs
-            self.held += 1
+            for d in done:
+                part.outputs[d.offset] = d.outputs
+            self.held += len(done)
 
     def advanced(self, tp: TopicPartition, popped: int) -> None:
         pass

@@ -1,16 +1,23 @@
 """Consume, dispatch, hand over to the delivery strategy: the engine shared by both tiers.
 
 One :class:`TierWorker` owns one consumer in one group. It polls continuously (so it never
-drifts past ``max_poll_interval_ms``), runs each record as a task under a global in-flight
-limit, pauses partitions when that limit is reached or the breaker is open, follows
-rebalances, and drains on stop. What happens to a record's outputs and offset (produce and
-await acknowledgements, or hold them for a transaction; when and how to commit) belongs to its
-:class:`~escalator.engine.delivery.Delivery`: ``at_least_once.py`` or ``transactional.py``,
-chosen once by the service. The worker has no branch on the guarantee.
+drifts past ``max_poll_interval_ms``), dispatches what each poll returns, pauses partitions
+when its limits are reached or the breaker is open, follows rebalances, and drains on stop.
 
-What to do with a record is the job of a :class:`Handler` (``tiers/handlers.py``): it returns
-the outputs. Only once the strategy has taken them (for at-least-once: every acknowledgement
-is in) does the offset count as done; the watermark below which all are done is what commits.
+Dispatch is batch-shaped. A :class:`Handler` answers a record either at once (a list of
+outputs: bad input, a local answer) or with a coroutine (a call to a model). Per partition of
+a fetched batch, the records answered at once are delivered together by one task, with no
+task of their own; each record that waits for a model runs as a task under the in-flight
+limit, and the records of a partition that finish in the same turn of the event loop are
+delivered together. Acknowledgements are awaited, and the watermark moved, per delivered
+batch, not per record.
+
+What happens to the outputs and offsets (produce and await acknowledgements, or hold them
+for a transaction; when and how to commit) belongs to the :class:`~escalator.engine.delivery.Delivery`:
+``at_least_once.py`` or ``transactional.py``, chosen once by the service. The worker has no
+branch on the guarantee. Only once the strategy has taken a record's outputs (for
+at-least-once: every acknowledgement is in) does its offset count as done; the watermark
+below which all are done is what commits.
 
 A held record that nears its topic's retention is parked instead (``parking.py``): its held
 call is cancelled, or it is fetched although the tier is held, and its output is a copy of it
@@ -21,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from escalator.config import PipelineSettings, default_of
-from escalator.engine.delivery import Bound, Delivery, Output, PartitionTracker
+from escalator.engine.delivery import Bound, Delivery, Done, Output, PartitionTracker
 from escalator.engine.parking import Parking, watching
 from escalator.kafka.clients import stop_consumer
 from escalator.model.limits import AdaptiveLimit
@@ -67,8 +76,10 @@ class Record(Protocol):
 class Handler(Protocol):
     tier: str
 
-    async def handle(self, record: Record) -> list[Output]:
-        """Outputs for one record. Must not raise except CancelledError."""
+    def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
+        """Outputs for one record: the list itself when they are known at once (bad input, a
+        local answer), else an awaitable (a coroutine: a call to a model), which the worker
+        runs as a task under the in-flight limit. Must not raise except CancelledError."""
         ...
 
     def should_pause(self) -> bool:
@@ -159,6 +170,12 @@ class TierWorker:
         # and those cancelled to be parked instead.
         self._parking = parking
         self._handling: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
+        # Per partition, the records that finished in this turn of the loop, collecting for one
+        # delivery (``_finished``), with the tracker they were dispatched under.
+        self._ready: dict[TopicPartition, tuple[PartitionTracker, list[Done]]] = {}
+        # The handler's coroutines whose task has not run yet: closed if it is cancelled first
+        # (on stop), so none is left un-awaited.
+        self._unstarted: set[Coroutine[Any, Any, list[Output]]] = set()
         self._park_cancels: set[asyncio.Task[None]] = set()
         if parking is not None:
             parking.bind(self._trackers, self._park_in_flight)
@@ -334,8 +351,13 @@ class TierWorker:
         )
 
     def _dispatch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """One fetched batch: per partition, the records answered at once (a dead letter,
+        say) are delivered together by one task; each record that waits for a model runs as
+        a task of its own, holding a model slot, and is delivered with the others of its
+        partition that finish in the same turn of the event loop (``_finished``)."""
         not_ready = self._delivery.not_ready
         parking = self._parking
+        handle = self._handler.handle
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
             if tracker is None or tp in not_ready:
@@ -347,14 +369,26 @@ class TierWorker:
             if parking is not None and parking.until(tp) is not None:
                 self._dispatch_parked(parking, tp, tracker, records)
                 continue
+            n = len(records)
+            tracker.extend([r.offset for r in records])
+            self._pending += n
+            self._series.requests.inc(n)
+            started = time.perf_counter()
+            ready: list[Done] = []
             for record in records:
-                tracker.add(record.offset)
+                if parking is not None and parking.takes(tp, record.offset):
+                    # Parking began as it was fetched: its copy is its output.
+                    ready.append(Done(record.offset, parking.outputs(record)))
+                    continue
+                work = handle(record)
+                if isinstance(work, list):
+                    ready.append(Done(record.offset, work, started))
+                    continue
                 self._in_flight += 1
-                self._pending += 1
-                self._series.requests.inc()
-                task = asyncio.create_task(self._process(tp, tracker, record))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._unstarted.add(work)
+                self._spawn(self._answer(tp, tracker, record, work, started))
+            if ready:
+                self._spawn(self._deliver_done(tp, tracker, ready))
 
     def _dispatch_parked(
         self, parking: Parking, tp: TopicPartition, tracker: PartitionTracker, records: list[Any]
@@ -362,18 +396,24 @@ class TierWorker:
         """Records of a partition being parked: below its end mark each is parked (no model
         slot); from the mark on they wait, unfetched, for the hold to end."""
         until = parking.until(tp)
+        copies: list[Done] = []
         for record in records:
             if until is None or record.offset >= until:
                 self._consumer.seek(tp, record.offset)
                 parking.reached(tp)
-                return
+                break
             tracker.add(record.offset)
             self._pending += 1
-            task = asyncio.create_task(self._park(tp, tracker, record))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            copies.append(Done(record.offset, parking.outputs(record)))
             if record.offset + 1 >= until:
                 parking.reached(tp)
+        if copies:
+            self._spawn(self._deliver_done(tp, tracker, copies))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _set_paused(self, pause: bool, keep: set[TopicPartition] | None = None) -> None:
         assignment = self._consumer.assignment()
@@ -395,62 +435,97 @@ class TierWorker:
             self._paused = pause
             self._series.paused_partitions.set(len(assignment) if pause else 0)
 
-    async def _process(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
-        started = time.perf_counter()
-        holds_slot = True
-        parked = False
+    async def _answer(
+        self,
+        tp: TopicPartition,
+        tracker: PartitionTracker,
+        record: Any,
+        work: Coroutine[Any, Any, list[Output]],
+        started: float,
+    ) -> None:
+        """A record that waits for a model: its answer, holding a slot, then its delivery."""
+        self._unstarted.discard(work)
         try:
             if self._parking is None:
-                outputs = await self._handler.handle(record)
+                done = Done(record.offset, await work, started, contextvars.copy_context())
             else:
-                outputs, parked = await self._answer_or_park(tp, record)
-            self._release_slot()
-            holds_slot = False
-            await self._delivery.deliver(tp, tracker, record.offset, outputs)
+                done = await self._answer_or_park(tp, record, work, started)
         except asyncio.CancelledError:
             # Not done: the offset stays uncommitted and the record is redone by whoever owns
             # the partition next. That is the duplicate window, and it is counted.
             self._series.abandoned.inc()
             raise
         finally:
-            if holds_slot:
-                self._release_slot()
-        self._done(tp, tracker, record.offset)
-        if parked and self._parking is not None:
-            self._parking.parked()
-            return
-        self._series.processing.observe(time.perf_counter() - started)
+            self._release_slot()
+        await self._finished(tp, tracker, done)
 
-    def _done(self, tp: TopicPartition, tracker: PartitionTracker, offset: int) -> None:
-        # Only here, once the strategy has the outputs, does the offset count as done.
+    async def _finished(self, tp: TopicPartition, tracker: PartitionTracker, done: Done) -> None:
+        """Deliver ``done`` with the others of ``tp`` that finish in this turn of the loop: the
+        first to finish waits one turn for the rest, then delivers them all (one set of
+        acknowledgements awaited, one move of the watermark)."""
+        ready = self._ready.get(tp)
+        if ready is not None and ready[0] is tracker:
+            ready[1].append(done)
+            return
+        batch = [done]
+        self._ready[tp] = (tracker, batch)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self._series.abandoned.inc(len(batch))
+            raise
+        finally:
+            if self._ready.get(tp, (None, None))[1] is batch:
+                del self._ready[tp]
+        await self._deliver_done(tp, tracker, batch)
+
+    async def _deliver_done(
+        self, tp: TopicPartition, tracker: PartitionTracker, done: list[Done]
+    ) -> None:
+        try:
+            await self._delivery.deliver(tp, tracker, done)
+        except asyncio.CancelledError:
+            self._series.abandoned.inc(len(done))
+            raise
+        # Only here, once the strategy has the outputs, do the offsets count as done.
         if self._trackers.get(tp) is tracker:
-            popped = tracker.complete(offset)
+            popped = tracker.complete_many([d.offset for d in done])
             self._pending -= popped
             self._uncommitted_done += popped
             self._delivery.advanced(tp, popped)
         self._capacity.set()
+        now = time.perf_counter()
+        processing = self._series.processing
+        for d in done:
+            if d.started is None:
+                if self._parking is not None:
+                    self._parking.parked()
+            elif d.context is None:
+                processing.observe(now - d.started)
+            else:
+                d.context.run(processing.observe, now - d.started)  # its trace's exemplar
 
     # -- parking -------------------------------------------------------------------------------
-    async def _answer_or_park(self, tp: TopicPartition, record: Any) -> tuple[list[Output], bool]:
-        """The handler's outputs, or (if parking cancels the held call) the parked copy."""
+    async def _answer_or_park(
+        self, tp: TopicPartition, record: Any, work: Awaitable[list[Output]], started: float
+    ) -> Done:
+        """The handler's answer, or (if parking cancels the held call) the parked copy."""
         assert self._parking is not None
         task = asyncio.current_task()
         assert task is not None
-        if self._parking.takes(tp, record.offset):
-            return self._parking.outputs(record), True  # dispatched as parking began
         handling = self._handling.get(tp)
         if handling is None:
             handling = self._handling[tp] = {}
         handling[record.offset] = task
         try:
-            return await self._handler.handle(record), False
+            return Done(record.offset, await work, started, contextvars.copy_context())
         except asyncio.CancelledError:
             if task not in self._park_cancels:
                 raise
             self._park_cancels.discard(task)
             if task.uncancel() > 0:
                 raise  # stopped as well
-            return self._parking.outputs(record), True
+            return Done(record.offset, self._parking.outputs(record))
         finally:
             handling.pop(record.offset, None)
 
@@ -462,17 +537,6 @@ class TierWorker:
                 self._park_cancels.add(task)
                 task.cancel()
         self._capacity.set()
-
-    async def _park(self, tp: TopicPartition, tracker: PartitionTracker, record: Any) -> None:
-        """A record fetched to be parked: its copy is its output."""
-        assert self._parking is not None
-        try:
-            await self._delivery.deliver(tp, tracker, record.offset, self._parking.outputs(record))
-        except asyncio.CancelledError:
-            self._series.abandoned.inc()
-            raise
-        self._done(tp, tracker, record.offset)
-        self._parking.parked()
 
     def _release_slot(self) -> None:
         self._in_flight -= 1
@@ -561,6 +625,10 @@ class TierWorker:
 
     async def _cancel_remaining(self) -> None:
         await _cancel_all(set(self._tasks))
+        for work in self._unstarted:
+            work.close()
+            self._release_slot()
+        self._unstarted.clear()
 
 
 async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:

@@ -208,6 +208,7 @@ class Budget:
         if cap is not None:
             for kind, value in zip(KINDS[:3], cap, strict=True):
                 self.buckets[kind].cap = float(value)
+        self._active = self._any_paced()
         self.in_flight = dict.fromkeys(KINDS, 0.0)
         #: (admitted at, cost) of recent calls: those the next headers may not count yet.
         self._recent: deque[tuple[float, Cost]] = deque()
@@ -223,7 +224,11 @@ class Budget:
     # -- state ------------------------------------------------------------------------------
     @property
     def active(self) -> bool:
-        """False until a response brought headers (and with no cap): calls pass through."""
+        """False until a response brought headers (and with no cap): calls pass through.
+        Read on every call; kept up to date where a limit or cap changes."""
+        return self._active
+
+    def _any_paced(self) -> bool:
         return any(b.limit > 0 or b.cap > 0 for b in self.buckets.values())
 
     def share(self) -> float:
@@ -297,6 +302,7 @@ class Budget:
             limit, remaining = float(got[0]), float(got[1])
             if b.limit != limit:
                 b.limit = limit  # first sight, or the organisation changed tier
+                self._active = True
                 b.samples.clear()
                 if b.rate <= 0 or b.slow_start:
                     b.rate = self._start_rate(b)
@@ -440,6 +446,7 @@ class Budget:
                     b.group_rate = math.nan
                     if b.cap <= 0:
                         b.rate = 0.0
+            self._active = self._any_paced()
 
     def on_rate_limited(self) -> None:
         """A 429 the budget did not prevent: halve every rate (once per cooldown)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
@@ -112,7 +112,7 @@ class _Record(Protocol):
 class _Handler(Protocol):
     tier: str
 
-    async def handle(self, record: Any) -> list[Any]: ...
+    def handle(self, record: Any) -> list[Any] | Awaitable[list[Any]]: ...
 
     def should_pause(self) -> bool: ...
 
@@ -344,7 +344,8 @@ class _TracedHandler:
         )
         token = context.attach(trace.set_span_in_context(span))
         try:
-            return await self._inner.handle(record)
+            work = self._inner.handle(record)
+            return work if isinstance(work, list) else await work
         except BaseException as exc:
             # Cancelled (stopping, or parked instead): no delivery will end this span.
             _record.set(None)
@@ -389,64 +390,68 @@ class _TracedDelivery:
     def not_ready(self) -> Any:
         return self._inner.not_ready
 
-    async def deliver(self, tp: Any, tracker: Any, offset: int, outputs: list[Any]) -> None:
-        current = _record.get()
-        if current is None:
-            # Not a record of ours (a parked copy, kept byte for byte): as it is.
-            await self._inner.deliver(tp, tracker, offset, outputs)
-            return
-        _record.set(current._replace(span=_ENDED))
+    async def deliver(self, tp: Any, tracker: Any, done: Sequence[Any]) -> None:
+        """``done``: the engine's ``Done`` records; each that ran in a traced context gets a
+        ``send`` span per output, and its process span ends with the delivery."""
         from opentelemetry import propagate, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
-        process = current.span
-        parent = trace.set_span_in_context(process)
-        if current.trace_id is None:
-            # Sampled out: no send spans (they would record nothing either); the outputs
-            # carry the process span's context, flagged not sampled, so the next tier
-            # leaves the trace out too (parent-based sampling) and it stays one trace.
-            injected: dict[str, str] = {}
-            propagate.inject(injected, context=parent)
-            unsampled = [_with_headers(out, injected) for out in outputs]
-            try:
-                await self._inner.deliver(tp, tracker, offset, unsampled)
-            finally:
-                process.end()
-            return
+        processes: list[Span] = []
         sends: list[Span] = []
         traced: list[Any] = []
-        for out in outputs:
-            span = self._tracer.start_span(
-                f"send {out.topic}",
-                context=parent,
-                kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.name": "send",
-                    "messaging.operation.type": "send",
-                    "messaging.destination.name": out.topic,
-                },
-            )
-            sends.append(span)
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier, context=trace.set_span_in_context(span))
-            out = _with_headers(out, carrier)
-            for key, value in out.headers:
-                if key == REASON_HEADER and value:
-                    process.set_attribute("escalator.dead_letter_reason", bytes(value).decode())
-                    process.set_status(Status(StatusCode.ERROR))
-            traced.append(out)
+        for d in done:
+            current = d.context.get(_record) if d.context is not None else None
+            if current is None:
+                # Not a record of ours (a parked copy, kept byte for byte): as it is.
+                traced.append(d)
+                continue
+            d.context.run(_record.set, current._replace(span=_ENDED))
+            process = current.span
+            processes.append(process)
+            parent = trace.set_span_in_context(process)
+            if current.trace_id is None:
+                # Sampled out: no send spans (they would record nothing either); the outputs
+                # carry the process span's context, flagged not sampled, so the next tier
+                # leaves the trace out too (parent-based sampling) and it stays one trace.
+                injected: dict[str, str] = {}
+                propagate.inject(injected, context=parent)
+                traced.append(d._replace(outputs=[_with_headers(o, injected) for o in d.outputs]))
+                continue
+            outputs: list[Any] = []
+            for out in d.outputs:
+                span = self._tracer.start_span(
+                    f"send {out.topic}",
+                    context=parent,
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.operation.name": "send",
+                        "messaging.operation.type": "send",
+                        "messaging.destination.name": out.topic,
+                    },
+                )
+                sends.append(span)
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier, context=trace.set_span_in_context(span))
+                out = _with_headers(out, carrier)
+                for key, value in out.headers:
+                    if key == REASON_HEADER and value:
+                        reason = bytes(value).decode()
+                        process.set_attribute("escalator.dead_letter_reason", reason)
+                        process.set_status(Status(StatusCode.ERROR))
+                outputs.append(out)
+            traced.append(d._replace(outputs=outputs))
         try:
-            await self._inner.deliver(tp, tracker, offset, traced)
+            await self._inner.deliver(tp, tracker, traced)
         except BaseException as exc:
-            for span in (*sends, process):
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR))
+            for span in (*sends, *processes):
+                if span.is_recording():
+                    span.set_attribute("error.type", type(exc).__name__)
+                    span.set_status(Status(StatusCode.ERROR))
             raise
         finally:
-            for span in sends:
+            for span in (*sends, *processes):
                 span.end()
-            process.end()
 
 
 def _with_headers(out: Any, injected: dict[str, str]) -> Any:

@@ -36,8 +36,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from escalator.contract.decisions import Decision
 from escalator.contract.messages import (
@@ -272,11 +273,15 @@ class _Base:
 class CheapHandler(_Base):
     tier = "cheap"
 
-    async def handle(self, record: Record) -> list[Output]:
+    def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
+        """Bad input is answered at once (a dead letter); a request waits for the model."""
         try:
             request = parse_request(record.value, self.max_text_chars)
         except InvalidRequest as exc:
             return self.dead_letter(record, exc)
+        return self._ask(record, request)
+
+    async def _ask(self, record: Record, request: Request) -> list[Output]:
         key = record.key or request.id.encode()
         headers = _headers(record)
         decision: Route
@@ -359,13 +364,13 @@ class StrongHandler(_Base):
             return decisions
         return decisions + self.dead_letter(record, error, extra=extra)
 
-    async def handle(self, record: Record) -> list[Output]:
+    def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
+        """Bad input is answered at once (a dead letter), and so is a shadow escalation shed
+        while the strong model's budget is tight; the rest wait for the model."""
         try:
             escalation = parse_escalation(record.value, self.max_text_chars)
         except InvalidRequest as exc:
             return self.dead_letter(record, exc)
-        request = escalation.request
-        key = record.key or request.id.encode()
         shadow = escalation.shadow
         tracing.escalated(escalation.reason)
         nominal = escalation.sample_rate  # before shedding: the live monitor's probability
@@ -381,6 +386,12 @@ class StrongHandler(_Base):
                     self.metrics.shadows_shed.labels(self.caller.model).inc()
                     return []
                 escalation = replace(escalation, sample_rate=escalation.sample_rate * keep)
+        return self._ask(record, escalation, nominal)
+
+    async def _ask(self, record: Record, escalation: Escalation, nominal: float) -> list[Output]:
+        request = escalation.request
+        key = record.key or request.id.encode()
+        shadow = escalation.shadow
         decisions: list[Output] = []
         attempts: list[Attempt] = [escalation.cheap]
 

@@ -478,7 +478,9 @@ async def test_at_least_once_a_failed_send_is_resent_until_acknowledged() -> Non
 
 
 async def test_at_least_once_an_offset_never_commits_before_its_outputs_are_acknowledged() -> None:
-    """Acks that never come hold the watermark: nothing above the first unacked record commits."""
+    """Acks that never come hold the watermark: nothing from the first unacked record on
+    commits. (Records are delivered in batches, so the watermark may stop lower, at the first
+    record of the unacked one's batch; never above it.)"""
 
     class Silent(AckingProducer):
         async def send(self, topic: str, value: bytes, **kwargs: Any) -> asyncio.Future[None]:
@@ -505,10 +507,11 @@ async def test_at_least_once_an_offset_never_commits_before_its_outputs_are_ackn
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
-    assert broker.committed == 7, "the watermark stops below the unacknowledged record"
+    assert broker.committed is not None
+    assert broker.committed <= 7, "the watermark stops below the unacknowledged record"
     worker.stop()
     await asyncio.wait_for(task, 30)
-    assert broker.committed == 7
+    assert broker.committed <= 7
 
 
 async def test_a_revocation_whose_commit_fails_still_lets_the_partitions_go() -> None:

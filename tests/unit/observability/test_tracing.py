@@ -6,6 +6,7 @@ a missing extra is a one-line start-up error; exemplars on the latency histogram
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from escalator.config import TracingSettings, load_settings
 from escalator.contract.messages import Attempt
-from escalator.engine.delivery import Output
+from escalator.engine.delivery import Done, Output
 from escalator.errors import ConfigError, ModelUnavailable
 from escalator.observability import tracing
 from escalator.observability.metrics import Metrics
@@ -99,8 +100,8 @@ class FakeDelivery:
     delivered: list[list[Output]] = field(default_factory=list)
     awaiting_ack: int = 0
 
-    async def deliver(self, tp: Any, tracker: Any, offset: int, outputs: list[Output]) -> None:
-        self.delivered.append(outputs)
+    async def deliver(self, tp: Any, tracker: Any, done: list[Done]) -> None:
+        self.delivered.extend(d.outputs for d in done)
 
     def reserved(self) -> int:
         return 7
@@ -114,14 +115,18 @@ def traced() -> tuple[tracing.Tracing, InMemorySpanExporter]:
 
 
 async def one_record(handler: Any, delivery: Any, record: Any) -> str | None:
-    """What the worker does with one record, in a task of its own; the exemplar trace id."""
+    """What the worker does with a record that waits for a model: its handler in a task of
+    its own, then its delivery (in a batch, from another task), with the context it ran in;
+    the exemplar trace id read in that context, as the worker observes the histogram."""
 
-    async def run() -> str | None:
+    async def run() -> Done:
         outputs = await handler.handle(record)
-        await delivery.deliver(None, None, record.offset, outputs)
-        return tracing.trace_id()
+        return Done(record.offset, outputs, 0.0, contextvars.copy_context())
 
-    return await asyncio.create_task(run())
+    done = await asyncio.create_task(run())
+    await asyncio.create_task(delivery.deliver(None, None, [done]))
+    assert done.context is not None
+    return done.context.run(tracing.trace_id)
 
 
 async def test_off_the_parts_are_themselves_and_the_hooks_do_nothing() -> None:
@@ -272,12 +277,14 @@ async def test_exemplars_name_the_trace_in_openmetrics_only() -> None:
     handler = on.handler(FakeHandler(FakeModel()), group="g")
     series = metrics.tier("cheap")
 
-    async def run() -> None:
+    async def run() -> Done:
         outputs = await handler.handle(FakeRecord())
-        await on.delivery(FakeDelivery()).deliver(None, None, 41, outputs)
-        series.processing.observe(0.3)
+        return Done(41, outputs, 0.0, contextvars.copy_context())
 
-    await asyncio.create_task(run())
+    done = await asyncio.create_task(run())
+    await on.delivery(FakeDelivery()).deliver(None, None, [done])
+    assert done.context is not None
+    done.context.run(series.processing.observe, 0.3)
     openmetrics = metrics.exposition(openmetrics=True).decode()
     assert f'# {{trace_id="{UPSTREAM_TRACE}"}} 0.3' in openmetrics
     assert "trace_id" not in metrics.exposition().decode()

@@ -86,6 +86,13 @@ def caller(model: FakeModel, *, poison: int = 4, invalid: int = 3) -> ModelCalle
     return ModelCaller(model, breaker, policy)
 
 
+async def handled(h: Any, record: Any) -> list[Any]:
+    """The handler's outputs as the engine gets them: at once (a list), or from the
+    coroutine it returns for a record that waits for a model."""
+    work = h.handle(record)
+    return work if isinstance(work, list) else await work
+
+
 def handler(cls: type[Any], model: FakeModel, **kw: Any) -> Any:
     options: dict[str, Any] = {
         "caller": caller(model),
@@ -117,7 +124,7 @@ async def test_cheap_refusal_escalates_once_with_its_reason_and_category() -> No
     not retried, and the decision records the category."""
     model = FakeModel(lambda n: refusal())
     h = handler(CheapHandler, model)
-    outputs = await h.handle(FakeRecord(request()))
+    outputs = await handled(h, FakeRecord(request()))
     assert model.calls == 1
     (esc,) = on(outputs, "escalations")
     body = orjson.loads(esc.value)
@@ -137,7 +144,7 @@ async def test_strong_refusal_becomes_the_tasks_refusal_label() -> None:
     its category on the result; one call."""
     model = FakeModel(lambda n: refusal("strong"))
     h = handler(StrongHandler, model)
-    outputs = await h.handle(FakeRecord(escalation()))
+    outputs = await handled(h, FakeRecord(escalation()))
     assert model.calls == 1
     (result,) = on(outputs, "results")
     body = orjson.loads(result.value)
@@ -150,7 +157,7 @@ async def test_strong_refusal_without_a_refusal_label_is_dead_lettered_once() ->
     """No refusal_label: dead letter model_refused with the category header; one call."""
     model = FakeModel(lambda n: refusal("strong"))
     h = handler(StrongHandler, model, task=replace(TASK, refusal_label=None))
-    outputs = await h.handle(FakeRecord(escalation()))
+    outputs = await handled(h, FakeRecord(escalation()))
     assert model.calls == 1
     (dead,) = on(outputs, "dead")
     headers = dict(dead.headers)
@@ -163,7 +170,7 @@ async def test_a_shadow_refusal_never_dead_letters() -> None:
     """A measurement call refused: its decision is logged; no dead letter, no result."""
     model = FakeModel(lambda n: refusal("strong"))
     h = handler(StrongHandler, model, task=replace(TASK, refusal_label=None))
-    outputs = await h.handle(FakeRecord(escalation("shadow", shadow=True)))
+    outputs = await handled(h, FakeRecord(escalation("shadow", shadow=True)))
     assert on(outputs, "decisions") and not on(outputs, "dead") and not on(outputs, "results")
 
 
@@ -366,7 +373,7 @@ async def test_a_dead_letter_carries_only_its_own_reserved_headers(
     """Upstream's fake reason and tier are replaced by ours, each header once; replay-of is
     dropped from dead letters too (replay sets a fresh one)."""
     h = handler(cls, FakeModel(lambda n: ok()))
-    (dead,) = await h.handle(FakeRecord(value, headers=UPSTREAM))
+    (dead,) = await handled(h, FakeRecord(value, headers=UPSTREAM))
     assert dead.topic == "dead"
     names = [k for k, _ in dead.headers]
     assert len(names) == len(set(names))
@@ -383,7 +390,7 @@ async def test_a_strong_refusal_dead_letter_drops_upstream_reserved_headers() ->
     model = FakeModel(lambda n: refusal("strong"))
     h = handler(StrongHandler, model, task=replace(TASK, refusal_label=None))
     arrived = [*UPSTREAM, ("x-escalator-refusal-category", b"fake")]
-    outputs = await h.handle(FakeRecord(escalation(), headers=arrived))
+    outputs = await handled(h, FakeRecord(escalation(), headers=arrived))
     (dead,) = on(outputs, "dead")
     reserved = [(k, v) for k, v in dead.headers if k.startswith("x-escalator-")]
     assert ("x-escalator-reason", b"model_refused") in reserved

@@ -25,7 +25,7 @@ from escalator.model.task import load_task
 from escalator.tiers.handlers import ReviewPolicy, StrongHandler, TierTopics
 from escalator.tiers.routing import Thresholds
 from tests.integration.harness import validator
-from tests.unit.tiers.test_handlers import FakeModel, FakeRecord, handler, ok, refusal
+from tests.unit.tiers.test_handlers import FakeModel, FakeRecord, handled, handler, ok, refusal
 
 TASK = load_task(None)
 TOPICS = TierTopics("results", "escalations", "dead", "decisions", "reviews", "adjudications")
@@ -77,7 +77,7 @@ async def test_a_strong_answer_goes_to_review_instead_of_results(
         StrongHandler, strong(label, confidence), topics=TOPICS, thresholds=THRESHOLDS,
         review=human_tier(**extra),
     )  # fmt: skip
-    outputs = await h.handle(FakeRecord(escalation(cheap_label), topic="escalations"))
+    outputs = await handled(h, FakeRecord(escalation(cheap_label), topic="escalations"))
     assert topics_of(outputs) == ["decisions", "reviews"]
     item = parse_review_item(next(o.value for o in outputs if o.topic == "reviews"), 1000)
     assert item.reason == reason and item.queue == "review"
@@ -96,14 +96,14 @@ async def test_a_confident_strong_answer_is_decided_as_before() -> None:
         StrongHandler, strong("safe", 0.9), topics=TOPICS, thresholds=THRESHOLDS,
         review=human_tier(on_disagreement=True),
     )  # fmt: skip
-    outputs = await h.handle(FakeRecord(escalation("safe"), topic="escalations"))
+    outputs = await handled(h, FakeRecord(escalation("safe"), topic="escalations"))
     assert topics_of(outputs) == ["decisions", "results"]
 
 
 async def test_without_the_human_tier_nothing_goes_to_people() -> None:
     """The default policy: a low-confidence review-label answer is a result, as before."""
     h = handler(StrongHandler, strong("review-needed", 0.2), topics=TOPICS, thresholds=THRESHOLDS)
-    outputs = await h.handle(FakeRecord(escalation("safe"), topic="escalations"))
+    outputs = await handled(h, FakeRecord(escalation("safe"), topic="escalations"))
     assert topics_of(outputs) == ["decisions", "results"]
 
 
@@ -112,14 +112,14 @@ async def test_a_refusal_goes_to_review_when_the_task_says_so() -> None:
     model = FakeModel(lambda n: refusal("strong"))
     model.tier = "strong"
     h = handler(StrongHandler, model, topics=TOPICS, thresholds=THRESHOLDS, review=human_tier())
-    outputs = await h.handle(FakeRecord(escalation("safe"), topic="escalations"))
+    outputs = await handled(h, FakeRecord(escalation("safe"), topic="escalations"))
     assert topics_of(outputs) == ["decisions", "reviews"]
     assert parse_review_item(outputs[-1].value, 1000).reason == "strong_refused"
     h = handler(
         StrongHandler, model, topics=TOPICS, thresholds=THRESHOLDS,
         review=human_tier(refusals=False),
     )  # fmt: skip
-    outputs = await h.handle(FakeRecord(escalation("safe"), topic="escalations"))
+    outputs = await handled(h, FakeRecord(escalation("safe"), topic="escalations"))
     assert orjson.loads(on_topic(outputs, "results")[0].value)["label"] == TASK.refusal_label
 
 
@@ -134,7 +134,7 @@ async def test_a_shadow_answer_is_never_reviewed_but_may_be_adjudicated() -> Non
         StrongHandler, strong("unsafe", 0.2), topics=TOPICS, thresholds=THRESHOLDS,
         review=human_tier(disagree=1.0),
     )  # fmt: skip
-    outputs = await h.handle(FakeRecord(escalation("safe", shadow=True, rate=0.25)))
+    outputs = await handled(h, FakeRecord(escalation("safe", shadow=True, rate=0.25)))
     assert topics_of(outputs) == ["adjudications", "decisions"]
     item = parse_review_item(on_topic(outputs, "adjudications")[0].value, 1000)
     assert item.queue == "adjudication" and item.reason == "sampled_disagree"
@@ -154,7 +154,7 @@ async def test_adjudication_samples_at_the_rate_for_agreement_or_disagreement(
     )  # fmt: skip
     n, sampled = 2000, 0
     for _ in range(n):
-        outputs = await h.handle(FakeRecord(escalation(cheap_label), topic="escalations"))
+        outputs = await handled(h, FakeRecord(escalation(cheap_label), topic="escalations"))
         found = on_topic(outputs, "adjudications")
         sampled += len(found)
         assert on_topic(outputs, "results"), "adjudication never replaces the result"
@@ -237,7 +237,7 @@ async def test_the_final_strong_decision_records_the_adjudication_draw(
             StrongHandler, strong(label, confidence), topics=TOPICS, thresholds=THRESHOLDS,
             review=human_tier(disagree=0.5, agree=0.1), rng=random.Random(rng_seed),
         )  # fmt: skip
-        outputs = await h.handle(FakeRecord(escalation("safe", shadow=shadow, rate=0.25)))
+        outputs = await handled(h, FakeRecord(escalation("safe", shadow=shadow, rate=0.25)))
         decision = orjson.loads(on_topic(outputs, "decisions")[-1].value)
         assert decision["outcome"] == outcome
         validator("decision.v1.json").validate(decision)
@@ -249,7 +249,7 @@ async def test_with_adjudication_off_the_draw_says_rate_zero() -> None:
     """Adjudication off: the draw is still recorded (not sampled, rate 0), so a window that
     began before adjudication was turned on is recognised by calibration."""
     h = handler(StrongHandler, strong("safe", 0.9), topics=TOPICS, thresholds=THRESHOLDS)
-    outputs = await h.handle(FakeRecord(escalation("safe"), topic="escalations"))
+    outputs = await handled(h, FakeRecord(escalation("safe"), topic="escalations"))
     decision = orjson.loads(on_topic(outputs, "decisions")[-1].value)
     assert decision["adjudication"] == {"sampled": False, "rate": 0.0}
 
@@ -282,7 +282,7 @@ async def test_the_strong_tier_feeds_the_promise_monitor_one_unit_per_answer(
         StrongHandler, strong(strong_label, 0.9), topics=TOPICS, thresholds=THRESHOLDS,
         promise_watch=watch,
     )  # fmt: skip
-    await h.handle(FakeRecord(escalation(cheap_label, shadow=shadow, rate=0.25)))
+    await handled(h, FakeRecord(escalation(cheap_label, shadow=shadow, rate=0.25)))
     assert watch.seen == [unit]
 
 
@@ -293,6 +293,6 @@ async def test_a_failed_shadow_call_is_a_differing_unit() -> None:
     model.tier = "strong"
     watch = Units()
     h = handler(StrongHandler, model, topics=TOPICS, thresholds=THRESHOLDS, promise_watch=watch)
-    outputs = await h.handle(FakeRecord(escalation("safe", shadow=True, rate=0.5)))
+    outputs = await handled(h, FakeRecord(escalation("safe", shadow=True, rate=0.5)))
     assert not on_topic(outputs, "dead")
     assert watch.seen == [(1.0, 0.5)]

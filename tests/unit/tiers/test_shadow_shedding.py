@@ -16,7 +16,7 @@ from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.observability.metrics import Metrics
 from escalator.tiers.handlers import StrongHandler
 from escalator.tiers.routing import Thresholds
-from tests.unit.tiers.test_handlers import TASK, TOPICS, FakeRecord
+from tests.unit.tiers.test_handlers import TASK, TOPICS, FakeRecord, handled
 
 
 class KnownWorld:
@@ -82,7 +82,7 @@ async def test_shadows_are_shed_when_tight_and_real_escalations_never() -> None:
     for i in range(500):
         world.labels[f"t{i}"] = "safe"
         _tight(budget, 0.8)  # each answer brings headers
-        outputs = await handler.handle(FakeRecord(_shadow(f"r{i}", f"t{i}", 0.5)))
+        outputs = await handled(handler, FakeRecord(_shadow(f"r{i}", f"t{i}", 0.5)))
         kept += [orjson.loads(o.value) for o in outputs if o.topic == "decisions"]
     assert 70 <= len(kept) <= 130 and world.calls == len(kept)
     assert {round(d["sample_rate"], 9) for d in kept} == {0.1}
@@ -91,13 +91,13 @@ async def test_shadows_are_shed_when_tight_and_real_escalations_never() -> None:
     for i in range(20):  # p = 1: the calibration counts these as certain, never shed
         world.labels[f"c{i}"] = "safe"
         _tight(budget, 0.8)
-        await handler.handle(FakeRecord(_shadow(f"c{i}", f"c{i}", 1.0)))
+        await handled(handler, FakeRecord(_shadow(f"c{i}", f"c{i}", 1.0)))
     assert world.calls == calls + 20
     world.labels["real"] = "unsafe"
     request = parse_request(orjson.dumps({"id": "x", "text": "real"}), 1000)
     cheap = Attempt("cheap", "fake-cheap", "safe", 0.4, True, 10, 5)
     for _ in range(50):
-        outputs = await handler.handle(FakeRecord(escalation_value(request, "low", cheap)))
+        outputs = await handled(handler, FakeRecord(escalation_value(request, "low", cheap)))
         assert [o.topic for o in outputs].count("results") == 1
 
 
@@ -126,7 +126,7 @@ async def test_weighted_agreement_stays_unbiased_when_shadows_are_shed() -> None
             if rng.random() >= rate:
                 continue  # the cheap tier did not shadow it
             _tight(budget, 0.8 if tight else 0.0)
-            for out in await handler.handle(FakeRecord(_shadow(rid, text, rate))):
+            for out in await handled(handler, FakeRecord(_shadow(rid, text, rate))):
                 decisions.append(orjson.loads(out.value))
         w = [1 / d["sample_rate"] for d in decisions]
         a = [1.0 if d["attempt"]["label"] == "safe" else 0.0 for d in decisions]

@@ -1,0 +1,184 @@
+"""The worker's batch-shaped dispatch, against the fakes of test_delivery.py.
+
+Records answered at once (a list from ``handle``) are delivered per fetched batch, with no
+task each; records answered by a coroutine (a model call) run as tasks under the in-flight
+limit, and those of a partition that finish in the same turn of the loop are delivered
+together. Either way an offset commits only once its outputs are taken by the strategy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from escalator.engine.delivery import Delivery, Done, PartitionTracker
+from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
+from escalator.observability.metrics import Metrics
+from tests.unit.engine.test_delivery import (
+    GUARANTEES,
+    TP,
+    Broker,
+    FakeConsumer,
+    assert_delivered,
+    make_delivery,
+    sample,
+    until,
+)
+
+
+class Counting:
+    """A strategy that records how many records each ``deliver`` call carried."""
+
+    def __init__(self, inner: Delivery) -> None:
+        self._inner = inner
+        self.calls: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def not_ready(self) -> Any:
+        return self._inner.not_ready
+
+    @property
+    def awaiting_ack(self) -> int:
+        return self._inner.awaiting_ack
+
+    async def deliver(
+        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
+    ) -> None:
+        self.calls.append(len(done))
+        await self._inner.deliver(tp, tracker, done)
+
+
+class AtOnce:
+    """Answers every record at once (a list), as a dead letter or a local answer would."""
+
+    tier = "cheap"
+
+    def handle(self, record: Record) -> list[Output]:
+        return [Output("results", str(record.offset).encode(), None)]
+
+    def should_pause(self) -> bool:
+        return False
+
+
+class Gated:
+    """Odd offsets are bad input (answered at once); even ones wait for a model, which
+    answers them all together when ``gate`` opens."""
+
+    tier = "cheap"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    def handle(self, record: Record) -> Any:
+        if record.offset % 2:
+            return [Output("results", str(record.offset).encode(), None)]
+        return self._model(record)
+
+    async def _model(self, record: Record) -> list[Output]:
+        self.waiting += 1
+        await self.gate.wait()
+        return [Output("results", str(record.offset).encode(), None)]
+
+    def should_pause(self) -> bool:
+        return False
+
+
+def worker(
+    consumer: FakeConsumer, delivery: Any, handler: Any, metrics: Metrics, **options: Any
+) -> TierWorker:
+    opts = {"max_in_flight": 8, "max_uncommitted": 32, "commit_interval_s": 0.02, **options}
+    return TierWorker(
+        topic=TP.topic,
+        consumer=consumer,  # type: ignore[arg-type]
+        delivery=delivery,
+        handler=handler,
+        metrics=metrics,
+        options=WorkerOptions(**opts),
+    )
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_records_answered_at_once_are_delivered_per_fetched_batch(guarantee: str) -> None:
+    broker = Broker()
+    inner, _ = make_delivery(guarantee, broker)
+    delivery = Counting(inner)
+    consumer = FakeConsumer(broker, 200)
+    metrics = Metrics()
+    w = worker(consumer, delivery, AtOnce(), metrics)
+    task = asyncio.create_task(w.run())
+    await until(lambda: broker.committed >= 200)
+    w.stop()
+    await asyncio.wait_for(task, 30)
+    assert_delivered(broker, 200, guarantee)
+    fetches = len(consumer.redo_at_fetch)
+    assert len(delivery.calls) == fetches, "one delivery per fetched batch, not per record"
+    assert max(delivery.calls) == 8, "a batch is as large as the in-flight limit lets a poll be"
+    assert sample(metrics, "escalator_processing_seconds_count", tier="cheap") == 200
+    assert sample(metrics, "escalator_requests_total", tier="cheap") == 200
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_records_a_model_answers_together_are_delivered_together(guarantee: str) -> None:
+    """A mixed batch: the bad input is delivered at once, while the model-bound records of
+    the same batch hold the watermark below them; once the model answers them all in one
+    turn, they go out as one delivery and everything commits."""
+    broker = Broker()
+    inner, _ = make_delivery(guarantee, broker)
+    delivery = Counting(inner)
+    consumer = FakeConsumer(broker, 8)
+    handler = Gated()
+    metrics = Metrics()
+    w = worker(consumer, delivery, handler, metrics, max_in_flight=8)
+    task = asyncio.create_task(w.run())
+    await until(lambda: handler.waiting == 4 and 4 in [c for c in delivery.calls])
+    await asyncio.sleep(0.1)
+    assert delivery.calls == [4], "the four bad records of the batch, in one delivery"
+    assert w.in_flight == 4, "only the records that wait for a model hold a slot"
+    assert broker.committed == 0, "offset 0 waits for the model: nothing commits above it"
+    handler.gate.set()
+    await until(lambda: broker.committed >= 8)
+    w.stop()
+    await asyncio.wait_for(task, 30)
+    assert delivery.calls == [4, 4], "the four answered in one turn, in one delivery"
+    assert_delivered(broker, 8, guarantee)
+    assert w.in_flight == 0
+
+
+async def test_a_stop_abandons_a_collected_batch_whole_and_counts_it() -> None:
+    """Records that finished and wait in a batch for their delivery are not done: a stop
+    that cancels the delivery leaves all of them to be redone, and counts each."""
+    broker = Broker()
+
+    class NeverAcked:
+        def get(self) -> NeverAcked:
+            return self
+
+        def healthy(self) -> bool:
+            return True
+
+        async def send(self, topic: str, value: bytes, **kwargs: Any) -> asyncio.Future[None]:
+            return asyncio.get_running_loop().create_future()
+
+    from escalator.engine.at_least_once import AtLeastOnce
+
+    delivery = Counting(AtLeastOnce(NeverAcked()))  # type: ignore[arg-type]
+    consumer = FakeConsumer(broker, 8)
+    handler = Gated()
+    metrics = Metrics()
+    w = worker(consumer, delivery, handler, metrics, max_in_flight=4, shutdown_grace_s=0.2)
+    task = asyncio.create_task(w.run())
+    await until(lambda: handler.waiting == 4)
+    handler.gate.set()
+    await until(lambda: delivery.calls == [4, 4])
+    w.stop()
+    await asyncio.wait_for(task, 30)
+    assert broker.committed == 0
+    assert sample(metrics, "escalator_abandoned_in_flight_total", tier="cheap") == 8
