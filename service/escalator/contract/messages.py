@@ -29,6 +29,11 @@ REPLAY_HEADER = H_PREFIX + "replay-of"
 #: dropped from every output. (The cheap tier writes no reserved header on an escalation:
 #: the strong tier reads everything it needs from the escalation's value.)
 INPUT_HEADERS = frozenset({REPLAY_HEADER})
+#: The lanes a model call can go by: the Messages API, or the Message Batches API (half the
+#: price, answers within 24 hours; ESCALATOR_BATCH_LANE). ``Decision.lane`` records which.
+REALTIME = "realtime"
+BATCH = "batch"
+LANES = (REALTIME, BATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,11 @@ class Attempt:
     #: What happened to a fallback credit token this call presented: ``redeemed``, or
     #: ``not_applied:<reason>`` (``usage.fallback_credit``); None when it presented none.
     fallback_credit: str | None = None
+    #: ``usage.service_tier``: ``standard``, ``priority`` or ``batch`` (a Message Batches
+    #: answer, billed at 50%); None when the call returned no usage or predates the field.
+    #: Prices (``model/prices.py``) and ``escalator report`` read it, so that a batch answer
+    #: is never re-priced at the real-time rate.
+    service_tier: str | None = None
 
     @property
     def refused(self) -> bool:
@@ -104,6 +114,7 @@ class Attempt:
                 request_id=_opt_str(data.get("request_id")),
                 fallback_credit_token=_opt_str(data.get("fallback_credit_token")),
                 fallback_credit=_opt_str(data.get("fallback_credit")),
+                service_tier=_opt_str(data.get("service_tier")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest(f"bad attempt: {exc}", reason="invalid_escalation") from exc
