@@ -280,6 +280,35 @@ class ParkingSettings:
     replay_group: str = "escalator-parked-replay"
 
 
+#: A batch's documented lifetime: the Message Batches API expires what is not done in 24 hours.
+BATCH_EXPIRY_S = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    """Deadlines, and the batch lane on the Message Batches API (``lane/``)."""
+
+    #: ESCALATOR_BATCH_LANE: off by default, because batches are not eligible for Zero Data
+    #: Retention. This version records lanes and deadlines but has no lane worker yet (issue
+    #: 24), so turning it on is refused at start-up.
+    enabled: bool = False
+    #: ESCALATOR_DEADLINE_S: the requests topic's default deadline, for requests that set no
+    #: ``deadline_s`` of their own; None: none (answered in real time).
+    deadline_s: float | None = None
+    #: ESCALATOR_BATCH_EXPECTED_S: the completion time assumed until batches are observed
+    #: (most batches end within an hour, every one within 24).
+    expected_s: float = 3600.0
+    #: ESCALATOR_BATCH_SLACK_FACTOR: how many times the lane's expected time (assembly +
+    #: completion) a request's slack must cover to be sent to it.
+    slack_factor: float = 2.0
+    #: ESCALATOR_BATCH_FALLBACK_S: the time kept back, past the lane's, to answer in real time
+    #: a request whose batch item expired, was canceled or errored.
+    fallback_s: float = 300.0
+    #: ESCALATOR_BATCH_MAX_AGE_S: a batch is submitted once its oldest request waited this long
+    #: (or it reached the documented limits).
+    max_age_s: float = 60.0
+
+
 #: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
 #: http/protobuf, and the SDK's console exporter).
 TRACE_EXPORTERS = ("otlp", "console")
@@ -311,6 +340,7 @@ class Settings:
     review: ReviewSettings = field(default_factory=ReviewSettings)
     parking: ParkingSettings = field(default_factory=ParkingSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    lane: LaneSettings = field(default_factory=LaneSettings)
     metrics_port: int = DEFAULT_METRICS_PORTS["cheap"]
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -539,6 +569,28 @@ def _tracing(env: _Env) -> TracingSettings:
     return TracingSettings(on_by=on_by, exporters=exporters)
 
 
+def _lane(env: _Env) -> LaneSettings:
+    """ESCALATOR_BATCH_LANE, ESCALATOR_DEADLINE_S and the lane rule's margins."""
+    d = LaneSettings()
+    enabled = env.flag("ESCALATOR_BATCH_LANE", d.enabled)
+    if enabled:
+        raise ConfigError(
+            "ESCALATOR_BATCH_LANE=on: this version has no batch lane worker yet (issue 24); "
+            "it records each request's deadline and lane, and answers everything in real time"
+        )
+    deadline = env.get("ESCALATOR_DEADLINE_S", None, float, "a number of seconds")
+    if deadline is not None and not 1.0 <= deadline <= 30 * 86400.0:
+        raise ConfigError(f"ESCALATOR_DEADLINE_S={deadline:g} must be between 1 and 2592000")
+    return LaneSettings(
+        enabled=enabled,
+        deadline_s=deadline,
+        expected_s=env.number("ESCALATOR_BATCH_EXPECTED_S", d.expected_s, 1.0, BATCH_EXPIRY_S),
+        slack_factor=env.number("ESCALATOR_BATCH_SLACK_FACTOR", d.slack_factor, 1.0, 100.0),
+        fallback_s=env.number("ESCALATOR_BATCH_FALLBACK_S", d.fallback_s, 0.0, 86400.0),
+        max_age_s=env.number("ESCALATOR_BATCH_MAX_AGE_S", d.max_age_s, 1.0, 86400.0),
+    )
+
+
 def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
     bootstrap = env.raw("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap is None and require_kafka:
@@ -746,6 +798,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         review=review,
         parking=parking,
         tracing=_tracing(env),
+        lane=_lane(env),
         metrics_port=env.integer(
             "ESCALATOR_METRICS_PORT", DEFAULT_METRICS_PORTS[role], 0, MAX_PORT
         ),

@@ -14,6 +14,13 @@ of the month. It covers only the decisions read: a source that starts after the 
 decisions topic whose retention dropped the month's start, under-counts, and the report says
 from when it counts.
 
+Each spend row is one tier, model, shadow flag and lane (``realtime``, or ``batch``: the
+Message Batches API, ``ESCALATOR_BATCH_LANE``). A call is priced as it was billed: a batch
+answer (``service_tier: "batch"`` on its attempt) at 50% of every token type, so the report
+never re-prices it at the real-time rate. ``lanes`` adds up spend per lane, and the batch
+lane's saving: what its calls would have cost in real time (the same tokens at the standard
+rate) less what they cost.
+
 Agreement of the routed answers with the strong model, at the thresholds in force when each
 request was routed, uses calibration's estimators (``estimates``): a Hájek estimate within
 threshold-version strata and its exact lower bound (a description of the window at 95%, not
@@ -25,10 +32,11 @@ from __future__ import annotations
 import calendar
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from escalator.contract.decisions import HUMAN, Decision
-from escalator.contract.messages import Attempt
+from escalator.contract.messages import LANES, Attempt
 from escalator.model.prices import PriceTable, Usage
 
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
@@ -55,25 +63,27 @@ def build_report(
     # People are not priced by tokens: their decisions are counted apart (``human_tier``).
     humans = [r for r in records if r.tier == HUMAN]
     records = [r for r in records if r.tier != HUMAN]
-    spend: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    spend: dict[tuple[str, str, bool, str], dict[str, Any]] = {}
     cheap_by_id: dict[str, Decision] = {}
     escalated_ids: set[str] = set()
     strong_costs: list[tuple[float, float]] = []  # (cost, weight 1/sample_rate)
     strong_cost_by_id: dict[str, float] = {}
     for rec in records:
         a = rec.attempt
-        tier, model, shadow = a.tier, a.model, rec.shadow
+        tier, model, shadow, lane = a.tier, a.model, rec.shadow, rec.lane
         prices.require(model)
         usage = usage_of(a)
         row = spend.setdefault(
-            (tier, model, shadow),
+            (tier, model, shadow, lane),
             {
                 "tier": tier,
                 "model": model,
                 "shadow": shadow,
+                "lane": lane,
                 "calls": 0,
                 "recorded_usd": 0.0,
                 "cost_usd": 0.0,
+                "realtime_usd": 0.0,
                 **dict.fromkeys(TOKEN_FIELDS, 0),
                 "cost_by_type_usd": dict.fromkeys(
                     ("input", "output", "cache_write", "cache_read"), 0.0
@@ -83,6 +93,7 @@ def build_report(
         row["calls"] += 1
         row["recorded_usd"] += a.cost_usd
         row["cost_usd"] += prices.cost_usd(model, usage)
+        row["realtime_usd"] += prices.cost_usd(model, replace(usage, service_tier=None))
         for f in TOKEN_FIELDS:
             row[f] += getattr(a, f)
         for kind in TYPES:
@@ -96,7 +107,7 @@ def build_report(
             cost = prices.cost_usd(model, usage)
             strong_cost_by_id[rid] = cost
             strong_costs.append((cost, 1.0 / (rec.sample_rate or 1.0)))
-    rows = sorted(spend.values(), key=lambda r: (r["shadow"], r["tier"], r["model"]))
+    rows = sorted(spend.values(), key=lambda r: (r["shadow"], r["tier"], r["model"], r["lane"]))
     actual = sum(r["cost_usd"] for r in rows if not r["shadow"])
     shadow_usd = sum(r["cost_usd"] for r in rows if r["shadow"])
     n = len(cheap_by_id)
@@ -126,6 +137,7 @@ def build_report(
         "savings_usd": None if counterfactual is None else counterfactual - actual,
         "savings_pct": None if not counterfactual else 1 - actual / counterfactual,
         "escalation_rate_by_label": dict(sorted(by_label.items())),
+        "lanes": lanes(rows),
     }
     report["month_to_date"] = month_to_date(records, prices, spend_cap_usd, now)
     report["agreement_in_force"] = agreement_in_force(records)
@@ -141,6 +153,24 @@ def build_report(
             else counterfactual / n * monthly_volume,
         }
     return report
+
+
+def lanes(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Spend per lane (shadow calls included: the bill counts them), and what the same calls
+    would have cost in real time; ``saving_usd`` is the difference (0 for ``realtime``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for lane in LANES:
+        mine = [r for r in rows if r["lane"] == lane]
+        cost = sum(r["cost_usd"] for r in mine)
+        realtime = sum(r["realtime_usd"] for r in mine)
+        out[lane] = {
+            "calls": sum(r["calls"] for r in mine),
+            "shadow_calls": sum(r["calls"] for r in mine if r["shadow"]),
+            "cost_usd": cost,
+            "realtime_usd": realtime,
+            "saving_usd": realtime - cost,
+        }
+    return out
 
 
 def month_to_date(
@@ -260,23 +290,25 @@ def usage_of(attempt: Attempt) -> Usage:
         cache_read_tokens=attempt.cache_read_tokens,
         cache_write_1h_tokens=attempt.cache_write_1h_tokens,
         inference_geo=attempt.inference_geo,
+        service_tier=attempt.service_tier,
     )
 
 
 def _only(kind: str, usage: Usage) -> Usage:
-    """The part of ``usage`` of one token type (cache writes keep their TTL split)."""
-    geo = usage.inference_geo
+    """The part of ``usage`` of one token type (cache writes keep their TTL split; the geo and
+    the service tier, batch at 50%, apply to every type)."""
+    none = Usage(inference_geo=usage.inference_geo, service_tier=usage.service_tier)
     if kind == "input":
-        return Usage(input_tokens=usage.input_tokens, inference_geo=geo)
+        return replace(none, input_tokens=usage.input_tokens)
     if kind == "output":
-        return Usage(output_tokens=usage.output_tokens, inference_geo=geo)
+        return replace(none, output_tokens=usage.output_tokens)
     if kind == "cache_write":
-        return Usage(
+        return replace(
+            none,
             cache_write_tokens=usage.cache_write_tokens,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            inference_geo=geo,
         )
-    return Usage(cache_read_tokens=usage.cache_read_tokens, inference_geo=geo)
+    return replace(none, cache_read_tokens=usage.cache_read_tokens)
 
 
 def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
@@ -288,12 +320,13 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
         f"  requests {report['requests']}, escalated {report['escalated']} "
         f"({_pct(report['escalation_rate'])})",
         "",
-        "  tier    model                 shadow  calls    input   output  c.write  c.read"
-        "        cost",
+        "  tier    model                 shadow lane      calls    input   output  c.write"
+        "  c.read        cost",
     ]
     for r in report["spend"]:
         lines.append(
             f"  {r['tier']:<7} {r['model']:<21} {('yes' if r['shadow'] else 'no'):<6} "
+            f"{r['lane']:<8} "
             f"{r['calls']:>6} {r['input_tokens']:>8} {r['output_tokens']:>8} "
             f"{r['cache_write_tokens']:>8} {r['cache_read_tokens']:>7} {usd(r['cost_usd']):>12}"
         )
@@ -304,6 +337,7 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
         f"  all-strong counterfactual:    {usd(report['all_strong_usd'])}",
         f"  savings:                      {usd(report['savings_usd'])} "
         f"({_pct(report['savings_pct'])})",
+        *_lane_lines(report["lanes"], usd),
         "",
     ]
     mtd = report.get("month_to_date")
@@ -348,6 +382,25 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
             f"(all-strong {usd(monthly['all_strong_usd'])})",
         ]
     return "\n".join(lines)
+
+
+def _lane_lines(by_lane: dict[str, dict[str, Any]], usd: Any) -> list[str]:
+    """Spend by lane, shadow calls included; the batch lane's line only when it answered."""
+    batch = by_lane["batch"]
+    lines = [
+        "",
+        "  spend by lane (shadow included):",
+        f"    realtime  {by_lane['realtime']['calls']:>7} calls  "
+        f"{usd(by_lane['realtime']['cost_usd'])}",
+    ]
+    if batch["calls"]:
+        lines.append(
+            f"    batch     {batch['calls']:>7} calls  {usd(batch['cost_usd'])}  (in real time "
+            f"{usd(batch['realtime_usd'])}: saved {usd(batch['saving_usd'])})"
+        )
+    else:
+        lines.append("    batch           0 calls  (ESCALATOR_BATCH_LANE is off or unused)")
+    return lines
 
 
 def _three_tier_lines(t: dict[str, Any], usd: Any) -> list[str]:

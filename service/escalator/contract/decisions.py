@@ -21,7 +21,16 @@ from typing import Any
 
 import orjson
 
-from escalator.contract.messages import SCHEMA_VERSION, Attempt, Request, gold_label, iso_from
+from escalator.contract.messages import (
+    BATCH,
+    LANES,
+    REALTIME,
+    SCHEMA_VERSION,
+    Attempt,
+    Request,
+    gold_label,
+    iso_from,
+)
 from escalator.errors import InvalidRequest
 
 #: ``outcome`` of a reviewer's decision, and ``attempt.tier`` and ``gold_source`` with it.
@@ -44,6 +53,8 @@ _KNOWN = frozenset(
         "ts",
         "ts_ms",
         "adjudication",
+        "lane",
+        "deadline_s",
     }
 )
 
@@ -139,6 +150,12 @@ class Decision:
     adjudication: Adjudication | None = None
     gold_source: str | None = None
     review: Review | None = None
+    #: ``realtime`` or ``batch``: the lane that answered (added within version 1; see
+    #: :func:`lane_of` for records without it).
+    lane: str = REALTIME
+    #: The deadline in force, seconds from the request record's timestamp: the request's
+    #: own ``deadline_s``, else the topic default; None: none (added within version 1).
+    deadline_s: float | None = None
     #: Keys this version does not know, kept so that what is read can be written back whole.
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: The object this record was read from (None when written by this process): what
@@ -162,6 +179,8 @@ class Decision:
         threshold: float | None = None,
         shadow_rate: float | None = None,
         adjudication: tuple[bool, float] | None = None,
+        lane: str | None = None,
+        deadline_s: float | None = None,
     ) -> Decision:
         """One model call's record, stamped now.
 
@@ -170,7 +189,8 @@ class Decision:
         certain (confidence below the threshold) or sampled with that rate. The strong
         tier's final answer records its adjudication draw, ``(sampled, rate)``: calibration
         then knows which requests were put before people, decided or not yet (added within
-        version 1; absent elsewhere)."""
+        version 1; absent elsewhere). ``lane`` defaults to what the call was billed as, and
+        ``deadline_s`` (the deadline in force) to the request's own."""
         now = time.time()
         return cls(
             id=request.id,
@@ -185,6 +205,8 @@ class Decision:
             ts=iso_from(now),
             ts_ms=int(now * 1000),
             adjudication=Adjudication(*adjudication) if adjudication is not None else None,
+            lane=lane if lane is not None else lane_of(attempt, None),
+            deadline_s=deadline_s if deadline_s is not None else request.deadline_s,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +229,8 @@ class Decision:
             value["review"] = self.review.to_dict()
         value["ts"] = self.ts
         value["ts_ms"] = self.ts_ms
+        value["lane"] = self.lane
+        value["deadline_s"] = self.deadline_s
         if self.adjudication is not None:
             value["adjudication"] = {
                 "sampled": self.adjudication.sampled,
@@ -262,13 +286,29 @@ class Decision:
             ),
             gold_source=_opt_str(data.get("gold_source")),
             review=Review.from_dict(review) if isinstance(review, Mapping) else None,
+            lane=lane_of(attempt, data.get("lane")),
+            deadline_s=_positive(data.get("deadline_s")),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
             raw=data,
         )
 
 
+def lane_of(attempt: Attempt, recorded: Any) -> str:
+    """The lane a record names, or for one that names none (older records, or a value this
+    version does not know), the lane its call was billed as: ``batch`` for a Message Batches
+    answer (``service_tier: "batch"``), else ``realtime``."""
+    if recorded in LANES:
+        return str(recorded)
+    return BATCH if attempt.service_tier == BATCH else REALTIME
+
+
 def _is_num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> float | None:
+    number = _opt_num(value)
+    return number if number is not None and 0 < number < float("inf") else None
 
 
 def _opt_num(value: Any) -> float | None:

@@ -7,6 +7,7 @@ validate what the service writes against them. See docs/CONTRACT.md.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ REPLAY_HEADER = H_PREFIX + "replay-of"
 #: dropped from every output. (The cheap tier writes no reserved header on an escalation:
 #: the strong tier reads everything it needs from the escalation's value.)
 INPUT_HEADERS = frozenset({REPLAY_HEADER})
+#: The lanes a model call can go by: the Messages API, or the Message Batches API (half the
+#: price, answers within 24 hours; ESCALATOR_BATCH_LANE). ``Decision.lane`` records which.
+REALTIME = "realtime"
+BATCH = "batch"
+LANES = (REALTIME, BATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,10 @@ class Request:
     id: str
     text: str
     metadata: dict[str, Any] | None = None
+    #: How long the answer may take, in seconds from the request record's timestamp (the
+    #: optional ``deadline_s`` field); None: the requests topic's default (ESCALATOR_DEADLINE_S)
+    #: applies. The batch lane takes only what can wait (``lane/deadlines.py``).
+    deadline_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,11 @@ class Attempt:
     #: What happened to a fallback credit token this call presented: ``redeemed``, or
     #: ``not_applied:<reason>`` (``usage.fallback_credit``); None when it presented none.
     fallback_credit: str | None = None
+    #: ``usage.service_tier``: ``standard``, ``priority`` or ``batch`` (a Message Batches
+    #: answer, billed at 50%); None when the call returned no usage or predates the field.
+    #: Prices (``model/prices.py``) and ``escalator report`` read it, so that a batch answer
+    #: is never re-priced at the real-time rate.
+    service_tier: str | None = None
 
     @property
     def refused(self) -> bool:
@@ -104,6 +119,7 @@ class Attempt:
                 request_id=_opt_str(data.get("request_id")),
                 fallback_credit_token=_opt_str(data.get("fallback_credit_token")),
                 fallback_credit=_opt_str(data.get("fallback_credit")),
+                service_tier=_opt_str(data.get("service_tier")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest(f"bad attempt: {exc}", reason="invalid_escalation") from exc
@@ -136,6 +152,7 @@ MALFORMED_REASONS = frozenset(
         "missing_field",
         "empty_field",
         "id_too_long",
+        "invalid_deadline",
         "invalid_escalation",
         "invalid_review_item",
     }
@@ -180,7 +197,29 @@ def request_from_json(data: Any, max_text_chars: int) -> Request:
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise _fail("wrong_type", f"'metadata' must be an object, got {type(metadata).__name__}")
-    return Request(id=rid, text=text, metadata=metadata)
+    return Request(id=rid, text=text, metadata=metadata, deadline_s=_deadline(data))
+
+
+def _deadline(data: dict[str, Any]) -> float | None:
+    """The optional ``deadline_s``: a positive, finite number of seconds (null: absent)."""
+    value = data.get("deadline_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(
+            "invalid_deadline", f"'deadline_s' must be a number, got {type(value).__name__}"
+        )
+    if not 0 < value < math.inf:
+        raise _fail("invalid_deadline", f"'deadline_s' must be a positive number, got {value}")
+    return float(value)
+
+
+def request_json(request: Request) -> dict[str, Any]:
+    """A request as the escalation and review item embed it (``deadline_s`` only when set)."""
+    out: dict[str, Any] = {"id": request.id, "text": request.text, "metadata": request.metadata}
+    if request.deadline_s is not None:
+        out["deadline_s"] = request.deadline_s
+    return out
 
 
 def parse_escalation(value: bytes | None, max_text_chars: int) -> Escalation:
@@ -212,7 +251,7 @@ def escalation_value(
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
-            "request": {"id": request.id, "text": request.text, "metadata": request.metadata},
+            "request": request_json(request),
             "reason": reason,
             "cheap": cheap,
             "shadow": shadow,

@@ -301,6 +301,7 @@ class AnthropicClassifier:
             request_id=raw.request_id,
             fallback_credit_token=token,
             fallback_credit=_credit_outcome(u.fallback_credit) if credit_token else None,
+            service_tier=usage.service_tier,
         )
 
     def _report_limits(self, headers: Mapping[str, str]) -> None:

@@ -57,6 +57,7 @@ from escalator.contract.messages import (
 from escalator.contract.reviews import Queue, ReviewItem, review_item_value
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
+from escalator.lane.deadlines import LaneRule
 from escalator.model.caller import ModelCaller
 from escalator.model.task import Task
 from escalator.observability import tracing
@@ -163,7 +164,9 @@ class _Base:
         review: ReviewPolicy | None = None,
         promise_watch: PromiseWatch | None = None,
         confidence_watch: ConfidenceWatch | None = None,
+        lane: LaneRule | None = None,
     ) -> None:
+        self.lane = lane or LaneRule()
         self.review = review or ReviewPolicy()
         self.promise_watch = promise_watch
         self.confidence_watch = confidence_watch
@@ -240,6 +243,7 @@ class _Base:
             threshold=self.thresholds.for_label(attempt.label) if self.tier == "cheap" else None,
             shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
             adjudication=adjudication,
+            deadline_s=self.lane.deadline_s(request),
         ).value()
         return Output(self.topics.decisions, value, key)
 

@@ -7,11 +7,12 @@ builds each row the same way. Adding a tier, or a lane, is adding a row (and a h
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from escalator.config import Settings
 from escalator.engine.worker import Handler
+from escalator.lane.deadlines import LaneRule
 from escalator.model.caller import ModelCaller
 from escalator.model.stack import ModelChoice
 from escalator.model.task import Task
@@ -62,6 +63,8 @@ class HandlerParts:
     shadow_rate: float
     escalate_when_unavailable: bool
     watches: Watches
+    #: Deadlines and the lane rule (every decision records the deadline in force).
+    lane: LaneRule = field(default_factory=LaneRule)
 
     @classmethod
     def of(
@@ -92,6 +95,7 @@ class HandlerParts:
             shadow_rate=settings.routing.shadow_rate,
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             watches=watches or NoWatches(),
+            lane=LaneRule.of(settings.lane),
         )
 
 
@@ -127,6 +131,7 @@ def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
         escalate_when_unavailable=parts.escalate_when_unavailable,
         review=parts.review,
         confidence_watch=parts.watches.confidence(),
+        lane=parts.lane,
     )
 
 
@@ -143,6 +148,7 @@ def strong_handler(parts: HandlerParts, caller: ModelCaller) -> StrongHandler:
         escalate_when_unavailable=parts.escalate_when_unavailable,
         review=parts.review,
         promise_watch=parts.watches.agreement(),
+        lane=parts.lane,
     )
 
 

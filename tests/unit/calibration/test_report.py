@@ -128,3 +128,46 @@ def test_month_to_date_spend_against_the_stated_cap() -> None:
     assert "2 decisions from 2026-12-01 04:40 UTC" in text  # November's is not counted
     uncapped = render_text(build_report(read(stamped), PRICES, now=now))
     assert "no monthly cap stated: ESCALATOR_MONTHLY_SPEND_CAP_USD" in uncapped
+
+
+def batch(record: dict[str, Any], *, lane: str | None = "batch") -> dict[str, Any]:
+    """The record as a Message Batches answer: billed at 50% (``service_tier: "batch"``)."""
+    out = {**record, "attempt": {**record["attempt"], "service_tier": "batch"}}
+    if lane is not None:
+        out["lane"] = lane
+    return out
+
+
+@pytest.mark.parametrize("lane", ["batch", None])
+def test_batch_answers_are_priced_at_half_and_counted_by_lane(lane: str | None) -> None:
+    """A batch-billed answer is re-priced at 50% of every token type, never at full price;
+    spend is split by lane (shadow included) and the batch lane's saving is the other half.
+    A record written before ``lane`` existed is placed by its service tier."""
+    records = [*RECORDS[:2], batch(RECORDS[2], lane=lane), *RECORDS[3:]]
+    r = build_report(read(records), PRICES)
+    assert r["shadow_usd"] == pytest.approx(SHADOW_B / 2)
+    assert r["actual_usd"] == pytest.approx(CHEAP_A + CHEAP_B + CHEAP_C + STRONG_C)
+    shadow = next(row for row in r["spend"] if row["shadow"])
+    assert shadow["lane"] == "batch" and shadow["cost_usd"] == pytest.approx(SHADOW_B / 2)
+    assert sum(shadow["cost_by_type_usd"].values()) == pytest.approx(SHADOW_B / 2)
+    assert r["lanes"]["batch"] == pytest.approx(
+        {
+            "calls": 1,
+            "shadow_calls": 1,
+            "cost_usd": SHADOW_B / 2,
+            "realtime_usd": SHADOW_B,
+            "saving_usd": SHADOW_B / 2,
+        }
+    )
+    realtime = r["lanes"]["realtime"]
+    assert realtime["calls"] == 4 and realtime["saving_usd"] == 0.0
+    assert realtime["cost_usd"] == pytest.approx(r["actual_usd"])
+    text = render_text(r)
+    assert "batch           1 calls" in text and f"saved ${SHADOW_B / 2:,.6f}" in text
+
+
+def test_with_no_batch_answer_the_report_says_the_lane_was_not_used() -> None:
+    """All real time: the batch lane shows 0 calls and no saving."""
+    r = build_report(read(RECORDS), PRICES)
+    assert r["lanes"]["batch"]["calls"] == 0 and r["lanes"]["batch"]["saving_usd"] == 0.0
+    assert "ESCALATOR_BATCH_LANE is off or unused" in render_text(r)

@@ -123,6 +123,59 @@ def test_old_and_partial_records_read_with_defaults_and_unknown_keys_survive() -
     assert Decision.from_json(d.value()) == d
 
 
+def batch_decision() -> Decision:
+    """A strong answer from the Message Batches API (billed at 50%)."""
+    return Decision.of_answer(
+        REQUEST,
+        replace(STRONG, service_tier="batch"),
+        outcome="shadow",
+        threshold_version="env-1234abcd",
+        shadow=True,
+        sample_rate=0.2,
+    )
+
+
+def test_the_lane_is_written_and_read_back() -> None:
+    """Every record says its lane: realtime by default, batch for a batch-billed answer;
+    the attempt keeps its service tier; both validate against the schema."""
+    assert orjson.loads(cheap_decision().value())["lane"] == "realtime"
+    raw = batch_decision().value()
+    validator("decision.v1.json").validate(orjson.loads(raw))
+    back = Decision.from_json(raw)
+    assert back.lane == "batch" and back.attempt.service_tier == "batch"
+    assert Decision.from_json(back.value()) == back
+    forced = Decision.of_answer(
+        REQUEST, STRONG, outcome="final", threshold_version="v", lane="batch"
+    )
+    assert Decision.from_json(forced.value()).lane == "batch"
+
+
+@pytest.mark.parametrize(
+    ("lane", "tier", "expected"),
+    [
+        (None, None, "realtime"),
+        (None, "standard", "realtime"),
+        (None, "batch", "batch"),
+        ("batch", None, "batch"),
+        ("realtime", "batch", "realtime"),
+        ("warp", "batch", "batch"),
+        (7, None, "realtime"),
+    ],
+)
+def test_a_record_without_a_known_lane_reads_as_its_billing_says(
+    lane: Any, tier: str | None, expected: str
+) -> None:
+    """Older records (no ``lane``) and unknown values fall back to the attempt's
+    ``service_tier``: batch-billed means the batch lane, anything else real time."""
+    data = orjson.loads(cheap_decision().value())
+    data["attempt"]["service_tier"] = tier
+    if lane is None:
+        del data["lane"]
+    else:
+        data["lane"] = lane
+    assert Decision.from_dict(data).lane == expected
+
+
 @pytest.mark.parametrize(
     "value",
     [b"not json", b"[1, 2]", b'{"attempt": {}}', b'{"id": "x"}', b'{"id": "x", "attempt": 3}'],

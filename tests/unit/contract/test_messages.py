@@ -39,6 +39,11 @@ from tests.integration.harness import validator
         (b'{"id": "a", "text": "t", "metadata": [1]}', "wrong_type"),
         (orjson.dumps({"id": "a" * 257, "text": "t"}), "id_too_long"),
         (orjson.dumps({"id": "a", "text": "x" * 11}), "text_too_long"),
+        (b'{"id": "a", "text": "t", "deadline_s": "1h"}', "invalid_deadline"),
+        (b'{"id": "a", "text": "t", "deadline_s": true}', "invalid_deadline"),
+        (b'{"id": "a", "text": "t", "deadline_s": 0}', "invalid_deadline"),
+        (b'{"id": "a", "text": "t", "deadline_s": -5}', "invalid_deadline"),
+        (b'{"id": "a", "text": "t", "deadline_s": 1e999}', "invalid_json"),
     ],
 )
 def test_invalid_requests(value: bytes | None, reason: str) -> None:
@@ -53,6 +58,27 @@ def test_valid_request_keeps_metadata() -> None:
     meta = {"gold_label": "safe", "nested": {"a": [1, 2.5, None]}}
     req = parse_request(orjson.dumps({"id": "i" * 256, "text": "a\x00b", "metadata": meta}), 10)
     assert req == Request("i" * 256, "a\x00b", meta)
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [("", None), (', "deadline_s": null', None), (', "deadline_s": 90', 90.0)],
+)
+def test_a_deadline_is_optional_and_travels_with_the_escalation(
+    field: str, expected: float | None
+) -> None:
+    """deadline_s (seconds) is read as a float, absent or null is None; an escalation carries
+    it (and the key only when set), and both follow their schemas."""
+    raw = b'{"id": "a", "text": "t"' + field.encode() + b"}"
+    validator("request.v1.json").validate(orjson.loads(raw))
+    req = parse_request(raw, 10)
+    assert req.deadline_s == expected
+    cheap = Attempt("cheap", "claude-haiku-5-5", "safe", 0.4, True, 10, 5, service_tier="batch")
+    esc = escalation_value(req, "low_confidence", cheap)
+    validator("escalation.v1.json").validate(orjson.loads(esc))
+    assert ("deadline_s" in orjson.loads(esc)["request"]) == (expected is not None)
+    parsed = parse_escalation(esc, 10)
+    assert parsed.request == req and parsed.cheap.service_tier == "batch"
 
 
 def test_outputs_validate_against_schemas() -> None:
@@ -88,6 +114,8 @@ def test_outputs_validate_against_schemas() -> None:
     as_dict = {k: v.decode() for k, v in headers}
     validator("dead-letter-headers.v1.json").validate(as_dict)
     assert as_dict["x-escalator-reason"] == "invalid_json"  # an upstream header cannot spoof it
+    for reason in ("invalid_deadline", "id_too_long"):
+        validator("dead-letter-headers.v1.json").validate({**as_dict, "x-escalator-reason": reason})
     assert ("traceparent", b"x") in headers
 
 

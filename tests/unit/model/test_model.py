@@ -213,6 +213,15 @@ async def test_one_hour_cache_writes_and_us_inference_are_priced_as_billed() -> 
     assert attempt.cache_write_1h_tokens == 1500 and attempt.inference_geo == "us"
 
 
+@pytest.mark.parametrize(("tier", "factor"), [("batch", 0.5), ("standard", 1.0), (None, 1.0)])
+async def test_the_service_tier_is_recorded_and_priced(tier: str | None, factor: float) -> None:
+    """usage.service_tier lands on the attempt; a batch answer costs half (Haiku 5.5)."""
+    usage = {"input_tokens": 1000, "output_tokens": 10, "service_tier": tier}
+    attempt = await classifier(answer(usage=usage)).classify("x")
+    assert attempt.service_tier == tier
+    assert attempt.cost_usd == pytest.approx((1000 * 0.10 + 10 * 0.50) * factor / 1e6)
+
+
 async def test_rate_limit_headers_and_request_id_are_read_from_every_response() -> None:
     """anthropic-ratelimit-* (limit, remaining) per kind, and request-id on the attempt."""
     headers = {

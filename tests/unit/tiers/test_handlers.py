@@ -16,6 +16,7 @@ import pytest
 from escalator.contract.messages import Attempt, escalation_value, parse_request
 from escalator.engine.worker import Output
 from escalator.errors import ModelRejected, ModelUnavailable
+from escalator.lane.deadlines import LaneRule
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.model.task import load_task
@@ -396,3 +397,25 @@ async def test_a_strong_refusal_dead_letter_drops_upstream_reserved_headers() ->
     assert ("x-escalator-reason", b"model_refused") in reserved
     assert ("x-escalator-refusal-category", b"cyber") in reserved
     assert all(v != b"fake" for _, v in reserved)
+
+
+@pytest.mark.parametrize(
+    ("own", "default", "expected"), [(None, None, None), (None, 600.0, 600.0), (60.0, 600.0, 60.0)]
+)
+async def test_every_decision_records_its_lane_and_the_deadline_in_force(
+    own: float | None, default: float | None, expected: float | None
+) -> None:
+    """Cheap and strong decisions say realtime and the deadline in force: the request's own
+    (carried by the escalation), else the topic default, else null."""
+    rule = LaneRule(default_deadline_s=default)
+    body: dict[str, Any] = {"id": "r1", "text": "some text"}
+    if own is not None:
+        body["deadline_s"] = own
+    cheap = handler(CheapHandler, FakeModel(lambda n: ok(confidence=0.4)), lane=rule)
+    outputs = await cheap.handle(FakeRecord(orjson.dumps(body)))
+    [escalated] = on(outputs, "escalations")
+    strong = handler(StrongHandler, FakeModel(lambda n: ok(tier="strong")), lane=rule)
+    outputs += await strong.handle(FakeRecord(escalated.value, topic="escalations"))
+    decisions = [orjson.loads(o.value) for o in on(outputs, "decisions")]
+    assert [d["attempt"]["tier"] for d in decisions] == ["cheap", "strong"]
+    assert {(d["lane"], d["deadline_s"]) for d in decisions} == {("realtime", expected)}
