@@ -13,8 +13,9 @@ delivered together. Acknowledgements are awaited, and the watermark moved, per d
 batch, not per record.
 
 What happens to the outputs and offsets (produce and await acknowledgements, or hold them
-for a transaction; when and how to commit) belongs to the :class:`~escalator.engine.delivery.Delivery`:
-``at_least_once.py`` or ``transactional.py``, chosen once by the service. The worker has no
+for a transaction; when and how to commit) belongs to the
+:class:`~escalator.engine.delivery.Delivery`: ``at_least_once.py`` or ``transactional.py``,
+chosen once by the service. The worker has no
 branch on the guarantee. Only once the strategy has taken a record's outputs (for
 at-least-once: every acknowledgement is in) does its offset count as done; the watermark
 below which all are done is what commits.
