@@ -100,11 +100,14 @@ class Holder(Protocol):
     def revoking(self, partitions: set[TopicPartition]) -> None:
         """These partitions are being taken away. The handler gives up the records it holds
         for them and will not finish soon (their ``handle`` raises CancelledError: the next
-        owner redoes them); the worker then waits (bounded) only for the others."""
+        owner redoes them); the worker then waits (bounded) only for the others. Called
+        again when the worker lets each go (then also for a partition lost otherwise, e.g.
+        fenced): it must be idempotent."""
         ...
 
     def delivered(self, tp: TopicPartition, offset: int) -> None:
-        """The strategy has taken this record's outputs (at-least-once: acknowledged)."""
+        """The strategy has taken this record's outputs (at-least-once: acknowledged) and the
+        partition is still ours: the offset counts as done."""
         ...
 
 
@@ -454,7 +457,7 @@ class TierWorker:
             if holds_slot:
                 self._release_slot()
         self._done(tp, tracker, record.offset)
-        if self._holder is not None:
+        if self._holder is not None and self._trackers.get(tp) is tracker:
             self._holder.delivered(tp, record.offset)
         if parked and self._parking is not None:
             self._parking.parked()
@@ -532,6 +535,8 @@ class TierWorker:
             return
         self._handling.pop(tp, None)
         self._given_up.pop(tracker, None)
+        if self._holder is not None:
+            self._holder.revoking({tp})  # again after a revocation; first news if fenced
         if self._parking is not None:
             self._parking.revoked({tp})
         redo = set(tracker.pending) | self._delivery.release(tp, reason)
