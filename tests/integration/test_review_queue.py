@@ -19,8 +19,12 @@ from pathlib import Path
 import httpx2 as httpx
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
-from escalator.config import load_settings
+from escalator.config import Settings, load_settings
+from escalator.engine.at_least_once import AtLeastOnce
+from escalator.engine.delivery import Delivery
+from escalator.kafka.clients import ProducerHandle
 from escalator.observability.metrics import Metrics
 from escalator.review.auth import hash_secret
 from escalator.review.consumer import ReviewConsumer
@@ -140,11 +144,15 @@ async def test_reviewed_requests_get_one_human_result_each(
     )
 
 
-class CrashingConsumer(ReviewConsumer):
+class NeverCommits(AtLeastOnce):
     """A console that dies after publishing and before committing: it never commits."""
 
-    async def _commit_unlocked(self, tps: list[object]) -> None:  # type: ignore[override]
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
         return None
+
+
+def crashing(settings: Settings, group: str, producer: ProducerHandle) -> Delivery:
+    return NeverCommits(producer)
 
 
 async def test_a_console_that_dies_uncommitted_loses_nothing_and_counts_repeats_once(
@@ -157,7 +165,7 @@ async def test_a_console_that_dies_uncommitted_loses_nothing_and_counts_repeats_
     n = 10
     await fill_reviews(env, kafka_bootstrap, n, "cr")
     settings = load_settings(env)
-    first = CrashingConsumer.from_settings(settings, Metrics())
+    first = ReviewConsumer.from_settings(settings, Metrics(), strategy=crashing)
     async with first:
         task = asyncio.create_task(first.run())
         await asyncio.wait_for(first.wait_joined(), 60)
