@@ -486,9 +486,9 @@ class ReviewHandler:
         now_ms = self._clock() * 1000
         for lease_id, entry in list(self._leases.items()):
             lease = entry.lease
-            if entry.deciding or lease is None or lease.id != lease_id:
-                self._leases.pop(lease_id, None)  # decided, or taken by another reviewer
-            elif lease.expires_ms <= now_ms:
+            if entry.deciding or (lease is not None and lease.id != lease_id):
+                self._leases.pop(lease_id, None)  # decided or given up, or taken by another
+            elif lease is not None and lease.expires_ms <= now_ms:
                 # Back to the queue; the reviewer's decision still counts if nobody else has
                 # taken the item meanwhile (decide checks). The lease id stays known for that.
                 entry.lease = None
