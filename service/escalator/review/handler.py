@@ -290,8 +290,10 @@ class ReviewHandler:
             queue=item.queue,
         )
         outputs = []
-        # The result first: a decision on the log says its result was written too (the
-        # recovery scan skips items with a decision).
+        # The result first, then the decision (the recovery scan skips items with a decision).
+        # Exactly-once they commit together; at-least-once the engine sends both and resends
+        # each until acknowledged, so a decision can precede its result only while a failed
+        # result is being resent (docs/CONTRACT.md, "Human decision").
         if item.queue == "review":
             topic = self._topics.results
             headers = spans.headers(topic, entry.headers)

@@ -117,6 +117,8 @@ class FakeProducer:
         self.keys: list[bytes | None] = []
         self.headers: dict[str, Any] = {}
         self.fail = False
+        #: While set, acknowledgements wait for it to be cleared (a slow broker).
+        self.slow: asyncio.Event | None = None
 
     async def start(self) -> None: ...
     async def stop(self, **_: float) -> None: ...
@@ -136,11 +138,17 @@ class FakeProducer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
             future.set_exception(KafkaTimeoutError())
-        else:
-            self.sent.append((topic, value))
-            self.keys.append(key)
-            self.headers[topic] = headers
+            return future
+        self.sent.append((topic, value))
+        self.keys.append(key)
+        self.headers[topic] = headers
+        if self.slow is None:
             future.set_result(None)
+        else:
+            slow = self.slow
+            asyncio.get_running_loop().create_task(slow.wait()).add_done_callback(
+                lambda _: future.done() or future.set_result(None)
+            )
         return future
 
 
@@ -513,3 +521,23 @@ async def test_the_console_is_built_from_its_settings(guarantee: str) -> None:
         assert worker._parking is not None and worker._parking.topic == worker.topic
         assert worker._consumer._group_id == settings.review.group
     await q.__aexit__(None, None, None)  # never ran: closes the consumers and the producer
+
+
+async def test_a_revocation_waits_for_a_decision_being_delivered_and_commits_it() -> None:
+    """A decision whose acknowledgement is still on its way when the partition is revoked:
+    the revocation waits for it (not for the undecided item beside it), the reviewer is told
+    "done", and the revocation's commit passes the decided item."""
+    async with running([item("a", 1), item("b", 2)]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None and lease.item.request.id == "a"
+        c.producer.slow = asyncio.Event()
+        deciding = asyncio.create_task(c.q.decide(lease.id, "alice", "safe", None))
+        await eventually(lambda: len(c.producer.sent) == 2)
+        revoking = asyncio.create_task(c.consumer.listener.on_partitions_revoked({TP}))
+        await asyncio.sleep(0.2)
+        assert not revoking.done(), "the revocation waits for the decision being delivered"
+        assert c.q.stats()[0].depth == 0, "the undecided item left the queue at once"
+        c.producer.slow.set()
+        assert await asyncio.wait_for(deciding, 5) == "done"
+        await asyncio.wait_for(revoking, 5)
+        assert c.consumer.committed == 1, "committed with the revocation, not past b"
