@@ -22,7 +22,12 @@ import pytest
 from aiokafka import TopicPartition
 
 from escalator.config import Settings, load_settings
-from escalator.contract.reviews import review_item_value
+from escalator.contract.reviews import (
+    Verdict,
+    human_decision_value,
+    human_result_value,
+    review_item_value,
+)
 from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
 from escalator.kafka.clients import ProducerHandle
@@ -366,3 +371,31 @@ async def test_both_queues_commit_through_the_engine(
 
 async def _committed_is(bootstrap: str, group: str, topic: str, want: int) -> bool:
     return await committed_total(bootstrap, group, topic) == want
+
+
+async def test_a_decision_whose_result_is_missing_does_not_skip_its_item(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """The recovery scan: an item with a human decision and its human result on the logs is
+    recognised as decided; one whose decision is there but whose result is not (a console
+    that crashed between the two acknowledgements) is shown again, so its request still gets
+    its one result."""
+    env = make_env(kafka_bootstrap, "http://127.0.0.1:9", unique)
+    settings = load_settings(env)
+    await setup_topics(settings)
+    t = settings.topics
+    done, orphan = make_item("done-1", "text"), make_item("orphan-1", "text")
+    verdict = Verdict(reviewer="ana", label="safe", note=None, seconds=1.0)
+    await produce(
+        kafka_bootstrap,
+        t.decisions,
+        [human_decision_value(i, verdict, "x/0/0") for i in (done, orphan)],
+    )
+    await produce(kafka_bootstrap, t.results, [human_result_value(done, verdict)])
+    await produce(kafka_bootstrap, t.reviews, [review_item_value(i) for i in (done, orphan)])
+    metrics = Metrics()
+    async with console(env, metrics) as queues:
+        await wait_for(lambda: queues.stats()[0].depth == 1, timeout_s=60)
+        await asyncio.sleep(1.0)
+        assert [i.request.id for i in queues.waiting("review")] == ["orphan-1"]
+    assert 'escalator_review_duplicates_total{queue="review"} 1.0' in metrics.exposition().decode()

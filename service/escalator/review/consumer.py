@@ -39,7 +39,7 @@ from escalator.kafka.retention import TopicRetention
 from escalator.observability import tracing as tracing_
 from escalator.observability.metrics import Metrics
 from escalator.review.handler import TIER, ReviewHandler
-from escalator.review.ledger import review_id_of
+from escalator.review.ledger import human_decision_of, human_result_id
 from escalator.review.queues import Lease, Outcome, QueueStat
 
 
@@ -99,13 +99,21 @@ class ReviewConsumer:
 
         async def read_decided(since_ms: int) -> list[str]:
             """The review ids of every human decision on the decisions topic since then, in
-            the order read (so that the bounded memory forgets the oldest first)."""
-            found = []
+            the order read (so that the bounded memory forgets the oldest first); on the
+            reviews queue, only those whose human result is on the results topic too (at
+            least once, a console that crashed could have had its decision acknowledged and
+            not yet its result: that item is shown again, not skipped)."""
+            found: list[tuple[str, str | None]] = []
             async for record in read_to_end(settings.kafka, topics.decisions, since_ms=since_ms):
-                review_id = review_id_of(record.value)
-                if review_id is not None:
-                    found.append(review_id)
-            return found
+                decided = human_decision_of(record.value)
+                if decided is not None:
+                    found.append(decided)
+            if not any(needs is not None for _, needs in found):
+                return [review_id for review_id, _ in found]
+            results = set()
+            async for record in read_to_end(settings.kafka, topics.results, since_ms=since_ms):
+                results.add(human_result_id(record.value))
+            return [rid for rid, needs in found if needs is None or needs in results]
 
         def retention(topic: str) -> TopicRetention | None:
             parking = parkings.get(topic)

@@ -293,7 +293,8 @@ class ReviewHandler:
         # The result first, then the decision (the recovery scan skips items with a decision).
         # Exactly-once they commit together; at-least-once the engine sends both and resends
         # each until acknowledged, so a decision can precede its result only while a failed
-        # result is being resent (docs/CONTRACT.md, "Human decision").
+        # result is being resent; the scan then wants the result too (consumer.py,
+        # read_decided; docs/CONTRACT.md, "Human decision").
         if item.queue == "review":
             topic = self._topics.results
             headers = spans.headers(topic, entry.headers)

@@ -9,6 +9,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import orjson
 from aiokafka import TopicPartition
 
 from escalator.contract.decisions import HUMAN, Decision, NotADecision
@@ -95,6 +96,32 @@ class Entry:
     @property
     def key_of(self) -> tuple[TopicPartition, int]:
         return (self.tp, self.offset)
+
+
+def human_decision_of(value: bytes | None) -> tuple[str, str | None] | None:
+    """A human decision's review id, and the request id whose human result must be on the
+    results topic for it to count (None on the adjudications queue, which has no result);
+    None for anything else."""
+    try:
+        decision = Decision.from_json(value or b"")
+    except NotADecision:
+        return None
+    if decision.outcome != HUMAN or decision.review is None or not decision.review.review_id:
+        return None
+    needs = decision.id if decision.review.queue == "review" else None
+    return decision.review.review_id, needs
+
+
+def human_result_id(value: bytes | None) -> str | None:
+    """The request id of a result a person decided (tier ``human``); None for any other."""
+    try:
+        found = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(found, dict) or found.get("tier") != "human":
+        return None
+    request_id = found.get("id")
+    return request_id if isinstance(request_id, str) else None
 
 
 def review_id_of(value: bytes | None) -> str | None:
