@@ -16,15 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-
 from escalator.calibration.live import TierWatches
 from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
 from escalator.config import Settings, redacted_url
-from escalator.engine.at_least_once import AtLeastOnce
-from escalator.engine.delivery import Delivery
+from escalator.engine.guarantee import delivery_for
 from escalator.engine.parking import Parking
-from escalator.engine.transactional import Transactional
 from escalator.engine.worker import Handler, TierWorker, WorkerOptions, stop_reserve_s
 from escalator.errors import ConfigError, ModelUnavailable
 from escalator.kafka.admin import KafkaLogView
@@ -392,12 +388,7 @@ def _worker(
     }
     if p.group_instance_id:
         consumer_kwargs["group_instance_id"] = f"{p.group_instance_id}-{row.name}"
-    # The one place the guarantee is looked at: it picks the delivery strategy.
-    delivery: Delivery = (
-        Transactional(_transactional_factory(settings, row.group), row.group)
-        if p.processing_guarantee == "exactly_once"
-        else AtLeastOnce(producer)
-    )
+    delivery = delivery_for(settings, row.group, producer)
     return TierWorker(
         topic=row.topic,
         consumer=make_consumer(settings.kafka, row.group, **consumer_kwargs),
@@ -426,24 +417,3 @@ def _parking(settings: Settings, metrics: Metrics, row: TierSpec, stack: ModelSt
         check_s=k.check_s,
         enabled=k.enabled,
     )
-
-
-def _transactional_factory(
-    settings: Settings, group: str
-) -> Callable[[TopicPartition], AIOKafkaProducer]:
-    """One transactional id per input partition, stable across restarts and owners.
-
-    A new owner of a partition reuses its id, so ``init_transactions`` fences the previous
-    owner and aborts its open transaction. aiokafka sends TxnOffsetCommit v0 (no KIP-447
-    generation fencing), which is why the id is per partition, not per process.
-    """
-    prefix = settings.pipeline.transactional_id_prefix
-
-    def make(tp: TopicPartition) -> AIOKafkaProducer:
-        return make_producer(
-            settings.kafka,
-            transactional_id=f"{prefix}-{group}-{tp.topic}-{tp.partition}",
-            transaction_timeout_ms=60_000,
-        )
-
-    return make

@@ -19,20 +19,33 @@ from pathlib import Path
 import httpx2 as httpx
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
-from escalator.config import load_settings
+from escalator.config import Settings, load_settings
+from escalator.contract.reviews import (
+    Verdict,
+    human_decision_value,
+    human_result_value,
+    review_item_value,
+)
+from escalator.engine.at_least_once import AtLeastOnce
+from escalator.engine.delivery import Delivery
+from escalator.kafka.clients import ProducerHandle
 from escalator.observability.metrics import Metrics
 from escalator.review.auth import hash_secret
 from escalator.review.consumer import ReviewConsumer
 from tests.integration.harness import (
     collect,
+    committed_total,
     make_env,
     produce,
     requests,
     running_service,
+    setup_topics,
     validator,
     wait_for,
 )
+from tests.unit.review.fakes import make_item
 
 pytestmark = pytest.mark.integration
 
@@ -140,11 +153,15 @@ async def test_reviewed_requests_get_one_human_result_each(
     )
 
 
-class CrashingConsumer(ReviewConsumer):
+class NeverCommits(AtLeastOnce):
     """A console that dies after publishing and before committing: it never commits."""
 
-    async def _commit_unlocked(self, tps: list[object]) -> None:  # type: ignore[override]
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
         return None
+
+
+def crashing(settings: Settings, group: str, producer: ProducerHandle) -> Delivery:
+    return NeverCommits(producer)
 
 
 async def test_a_console_that_dies_uncommitted_loses_nothing_and_counts_repeats_once(
@@ -157,7 +174,7 @@ async def test_a_console_that_dies_uncommitted_loses_nothing_and_counts_repeats_
     n = 10
     await fill_reviews(env, kafka_bootstrap, n, "cr")
     settings = load_settings(env)
-    first = CrashingConsumer.from_settings(settings, Metrics())
+    first = ReviewConsumer.from_settings(settings, Metrics(), strategy=crashing)
     async with first:
         task = asyncio.create_task(first.run())
         await asyncio.wait_for(first.wait_joined(), 60)
@@ -292,3 +309,93 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_both_queues_commit_through_the_engine(
+    kafka_bootstrap: str, unique: str, guarantee: str
+) -> None:
+    """Items put on both queue topics (and one bad record) under each guarantee: every
+    decision is visible to a read_committed reader once, the bad record is a dead letter in
+    the tiers' shape, and the group's committed offsets pass everything decided."""
+    env = make_env(
+        kafka_bootstrap,
+        "http://127.0.0.1:9",
+        f"{unique}-{guarantee[:3]}",
+        ESCALATOR_PROCESSING_GUARANTEE=guarantee,
+    )
+    settings = load_settings(env)
+    await setup_topics(settings)
+    t = settings.topics
+    reviews = [review_item_value(make_item(f"q-{i}", "text", created_ms=i)) for i in range(3)]
+    judged = [review_item_value(make_item("j-0", "text", queue="adjudication"))]
+    await produce(kafka_bootstrap, t.reviews, [b"not a review item", *reviews])
+    await produce(kafka_bootstrap, t.adjudications, judged)
+    metrics = Metrics()
+    async with console(env, metrics) as queues:
+        await wait_for(lambda: [s.depth for s in queues.stats()] == [3, 1], timeout_s=60)
+        for queue in ("review", "review", "review", "adjudication"):
+            lease = queues.lease(queue, "ana")  # type: ignore[arg-type]
+            assert lease is not None
+            assert await queues.decide(lease.id, "ana", lease.item.labels[0], None) == "done"
+        assert [s.depth for s in queues.stats()] == [0, 0]
+        await wait_for(
+            lambda: _committed_is(kafka_bootstrap, settings.review.group, t.reviews, 4),
+            timeout_s=30,
+        )
+        await wait_for(
+            lambda: _committed_is(kafka_bootstrap, settings.review.group, t.adjudications, 1),
+            timeout_s=30,
+        )
+    got = await collect(
+        kafka_bootstrap,
+        [t.results, t.decisions, t.dead_letter],
+        lambda c: len(c.records) >= 3 + 4 + 1,
+        linger_s=1.0,
+        isolation_level="read_committed",
+    )
+    results = [orjson.loads(r.value) for r in got.on(t.results)]
+    assert sorted(r["id"] for r in results) == ["q-0", "q-1", "q-2"]
+    humans = [orjson.loads(r.value) for r in got.on(t.decisions)]
+    assert sorted(d["id"] for d in humans) == ["j-0", "q-0", "q-1", "q-2"]
+    (dead,) = got.on(t.dead_letter)
+    headers = dict(dead.headers)
+    assert (headers["x-escalator-tier"], headers["x-escalator-source-offset"]) == (b"review", b"0")
+    series = (
+        'escalator_transactions_total{result="committed",tier="review"}'
+        if guarantee == "exactly_once"
+        else 'escalator_commits_total{result="ok",tier="review"}'
+    )
+    assert series in metrics.exposition().decode()
+
+
+async def _committed_is(bootstrap: str, group: str, topic: str, want: int) -> bool:
+    return await committed_total(bootstrap, group, topic) == want
+
+
+async def test_a_decision_whose_result_is_missing_does_not_skip_its_item(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """The recovery scan: an item with a human decision and its human result on the logs is
+    recognised as decided; one whose decision is there but whose result is not (a console
+    that crashed between the two acknowledgements) is shown again, so its request still gets
+    its one result."""
+    env = make_env(kafka_bootstrap, "http://127.0.0.1:9", unique)
+    settings = load_settings(env)
+    await setup_topics(settings)
+    t = settings.topics
+    done, orphan = make_item("done-1", "text"), make_item("orphan-1", "text")
+    verdict = Verdict(reviewer="ana", label="safe", note=None, seconds=1.0)
+    await produce(
+        kafka_bootstrap,
+        t.decisions,
+        [human_decision_value(i, verdict, "x/0/0") for i in (done, orphan)],
+    )
+    await produce(kafka_bootstrap, t.results, [human_result_value(done, verdict)])
+    await produce(kafka_bootstrap, t.reviews, [review_item_value(i) for i in (done, orphan)])
+    metrics = Metrics()
+    async with console(env, metrics) as queues:
+        await wait_for(lambda: queues.stats()[0].depth == 1, timeout_s=60)
+        await asyncio.sleep(1.0)
+        assert [i.request.id for i in queues.waiting("review")] == ["orphan-1"]
+    assert 'escalator_review_duplicates_total{queue="review"} 1.0' in metrics.exposition().decode()

@@ -204,7 +204,8 @@ COMMIT_CALLS = {"commit", "send_offsets_to_transaction", "commit_transaction"}
 #: the parked topic's replay command records how far it has sent (a one-shot scan to the end
 #: offsets seen at its start, like a CLI tool's bookmark), not a consumer of work.
 COMMITS_ALLOWED = {"escalator.kafka.parked"}
-#: The review console's queues still commit on their own (issue 23 asks them onto the engine).
+#: Where the review console's queues committed on their own before issue 23 put them on the
+#: engine: they must not again.
 SECOND_COMMIT_PATH = "escalator.review.consumer"
 
 
@@ -229,10 +230,5 @@ def test_offsets_are_committed_only_by_the_engine() -> None:
     assert {m for m in outside if not m.startswith("escalator.engine.")} == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23: the review console still has its own consume-and-commit loop; "
-    "when it moves onto the engine this passes, and the marker must go",
-)
 def test_the_review_console_commits_through_the_engine() -> None:
     assert SECOND_COMMIT_PATH not in MODULES or commits_in(SECOND_COMMIT_PATH) == []

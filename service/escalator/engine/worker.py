@@ -47,7 +47,15 @@ from escalator.model.limits import AdaptiveLimit
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 
-__all__ = ["Handler", "Output", "PartitionTracker", "Record", "TierWorker", "WorkerOptions"]
+__all__ = [
+    "Handler",
+    "Holder",
+    "Output",
+    "PartitionTracker",
+    "Record",
+    "TierWorker",
+    "WorkerOptions",
+]
 
 logger = logging.getLogger("escalator.engine")
 #: Of ESCALATOR_SHUTDOWN_GRACE_S (at most half of it), what the drain leaves for the final
@@ -56,6 +64,8 @@ logger = logging.getLogger("escalator.engine")
 #: broker outage reaches; a commit that misses it leaves its records to be redone.
 STOP_RESERVE_S = 6.0
 MIN_FINAL_COMMIT_S = 1.0
+#: How often a revocation looks whether the revoked partitions' records are finished.
+REVOKE_POLL_S = 0.02
 
 
 def stop_reserve_s(grace_s: float) -> float:
@@ -85,6 +95,31 @@ class Handler(Protocol):
 
     def should_pause(self) -> bool:
         """True while the tier must not take new work (the breaker is open)."""
+        ...
+
+
+class Holder(Protocol):
+    """What a handler that holds records for long needs to hear from its worker (optional:
+    ``TierWorker(holder=...)``). The review console's handler holds each item until a person
+    decides it: it shows only items of partitions it owns, gives them up when the partition
+    goes, and tells the reviewer "done" once the decision is delivered."""
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        """These partitions are ours now (called before the delivery strategy sets them up;
+        their records may already be in ``handle``)."""
+        ...
+
+    def revoking(self, partitions: set[TopicPartition]) -> None:
+        """These partitions are being taken away. The handler gives up the records it holds
+        for them and will not finish soon (their ``handle`` raises CancelledError: the next
+        owner redoes them); the worker then waits (bounded) only for the others. Called
+        again when the worker lets each go (then also for a partition lost otherwise, e.g.
+        fenced): it must be idempotent."""
+        ...
+
+    def delivered(self, tp: TopicPartition, offset: int) -> None:
+        """The strategy has taken this record's outputs (at-least-once: acknowledged) and the
+        partition is still ours: the offset counts as done."""
         ...
 
 
@@ -139,6 +174,7 @@ class TierWorker:
         options: WorkerOptions,
         limit: AdaptiveLimit | None = None,
         parking: Parking | None = None,
+        holder: Holder | None = None,
     ) -> None:
         self.topic = topic
         self.tier = handler.tier
@@ -178,6 +214,10 @@ class TierWorker:
         # (on stop), so none is left un-awaited.
         self._unstarted: set[Coroutine[Any, Any, list[Output]]] = set()
         self._park_cancels: set[asyncio.Task[None]] = set()
+        self._holder = holder
+        #: Per partition (its tracker), records whose handler gave them up (CancelledError):
+        #: a revocation does not wait for them.
+        self._given_up: dict[PartitionTracker, int] = {}
         if parking is not None:
             parking.bind(self._trackers, self._park_in_flight)
         delivery.bind(
@@ -455,6 +495,7 @@ class TierWorker:
             # Not done: the offset stays uncommitted and the record is redone by whoever owns
             # the partition next. That is the duplicate window, and it is counted.
             self._series.abandoned.inc()
+            self._given_up[tracker] = self._given_up.get(tracker, 0) + 1
             raise
         finally:
             self._release_slot()
@@ -494,6 +535,9 @@ class TierWorker:
             self._pending -= popped
             self._uncommitted_done += popped
             self._delivery.advanced(tp, popped)
+            if self._holder is not None:
+                for d in done:
+                    self._holder.delivered(tp, d.offset)
         self._capacity.set()
         now = time.perf_counter()
         processing = self._series.processing
@@ -556,6 +600,9 @@ class TierWorker:
         if tracker is None:
             return
         self._handling.pop(tp, None)
+        self._given_up.pop(tracker, None)
+        if self._holder is not None:
+            self._holder.revoking({tp})  # again after a revocation; first news if fenced
         if self._parking is not None:
             self._parking.revoked({tp})
         redo = set(tracker.pending) | self._delivery.release(tp, reason)
@@ -570,6 +617,8 @@ class TierWorker:
         # before any await, so no fetched record finds itself without one.
         for tp in assigned:
             self._trackers.setdefault(tp, PartitionTracker())
+        if self._holder is not None:
+            self._holder.assigned(assigned)
         try:
             await self._delivery.assigned(assigned)
         except (KafkaError, OSError) as exc:
@@ -596,13 +645,11 @@ class TierWorker:
         if not revoked:
             return  # aiokafka calls this with nothing on the first join
         self._delivery.revoking(revoked)
+        if self._holder is not None:
+            self._holder.revoking(revoked)
         self._metrics.rebalances.labels(self.tier, "revoked").inc()
         trackers = [self._trackers[tp] for tp in revoked if tp in self._trackers]
-        waits = [asyncio.create_task(t.idle.wait()) for t in trackers]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=self._opts.revoke_wait_s)
-            for w in pending:
-                w.cancel()
+        await self._settle(trackers, self._opts.revoke_wait_s)
         try:
             await self._delivery.commit(revoked)
         finally:  # aiokafka swallows a listener's error: a partition kept would fail commits
@@ -617,6 +664,16 @@ class TierWorker:
             tier=self.tier,
             partitions=sorted(f"{tp.topic}-{tp.partition}" for tp in revoked),
         )
+
+    async def _settle(self, trackers: list[PartitionTracker], timeout_s: float) -> None:
+        """Until every record of these partitions is done or given up by its handler (at
+        most ``timeout_s``): what finishes now is committed with the revocation."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(t.in_flight > self._given_up.get(t, 0) for t in trackers):
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(REVOKE_POLL_S)
 
     # -- shutdown -------------------------------------------------------------------------------
     async def _drain(self, grace_s: float) -> None:

@@ -1,22 +1,31 @@
-"""The review queues' rules, against fakes of the consumer and producer: leases, the commit
-watermark, duplicates and recovery, bad items and a broker that does not acknowledge."""
+"""The review queues' rules, on the engine's real worker and at-least-once delivery against
+fakes of the consumer and producer: leases, the commit watermark, duplicates and recovery,
+bad items, a revocation, and a broker that does not acknowledge."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
-from escalator.config import ReviewSettings, Topics
+from escalator.config import ParkingSettings, ReviewSettings, Topics
 from escalator.contract.messages import Request
 from escalator.contract.reviews import ReviewItem, review_item_value
+from escalator.engine.at_least_once import AtLeastOnce
+from escalator.engine.parking import Parking
+from escalator.engine.worker import TierWorker, WorkerOptions
+from escalator.kafka.retention import TopicRetention
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
 from escalator.review.consumer import ReviewConsumer
+from escalator.review.handler import ReviewHandler
 from tests.unit.tiers.test_handlers import ok
 
 TOPICS = Topics()
@@ -31,75 +40,122 @@ class Rec:
     timestamp: int = 1_000_000
     headers: tuple[tuple[str, bytes], ...] = (("traceparent", b"00-abc-01"),)
     key: bytes | None = b"request-key"
+    topic: str = TP.topic
+    partition: int = TP.partition
 
 
+@dataclass
 class FakeConsumer:
-    def __init__(self) -> None:
-        self.pending: list[Rec] = []
-        self.commits: list[dict[TopicPartition, int]] = []
-        self.listener: Any = None
+    """The surface of AIOKafkaConsumer the engine's worker uses, for one partition."""
+
+    tp: TopicPartition
+    pending: list[Rec] = field(default_factory=list)
+    commits: list[int] = field(default_factory=list)
+    listener: Any = None
+    paused_set: set[TopicPartition] = field(default_factory=set)
+    high: int | None = None
+    fetched: int = 0
 
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.listener = listener
 
     async def start(self) -> None:
-        await self.listener.on_partitions_assigned([TP])
+        await self.listener.on_partitions_assigned({self.tp})
 
     async def stop(self) -> None:
         return None
 
-    async def getmany(self, **_: Any) -> dict[TopicPartition, list[Rec]]:
-        await asyncio.sleep(0.005)  # the real one waits for records: let others run
-        out, self.pending = self.pending, []
-        return {TP: out} if out else {}
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_set)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused_set |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused_set -= set(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        raise AssertionError("the console never seeks")
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Rec]]:
+        await asyncio.sleep(0.005)  # the real one waits for records: let others run
+        if self.tp in self.paused_set:
+            return {}
+        n = len(self.pending) if max_records is None else max_records
+        out, self.pending = self.pending[:n], self.pending[n:]
+        if out:
+            self.fetched = out[-1].offset + 1
+        return {self.tp: out} if out else {}
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append(offsets[self.tp].offset)
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        return None
+        return self.high
 
     async def position(self, tp: TopicPartition) -> int:
-        return 0
-
-    def pause(self, *tps: TopicPartition) -> None: ...
-    def resume(self, *tps: TopicPartition) -> None: ...
+        return self.fetched
 
     @property
     def committed(self) -> int | None:
-        return self.commits[-1][TP] if self.commits else None
+        return self.commits[-1] if self.commits else None
 
 
 class FakeProducer:
+    """ProducerHandle's surface; with ``fail`` set nothing is acknowledged."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
         self.keys: list[bytes | None] = []
         self.headers: dict[str, Any] = {}
         self.fail = False
+        #: While set, acknowledgements wait for it to be cleared (a slow broker).
+        self.slow: asyncio.Event | None = None
 
     async def start(self) -> None: ...
-    async def stop(self) -> None: ...
+    async def stop(self, **_: float) -> None: ...
+
+    def get(self) -> FakeProducer:
+        return self
+
+    def healthy(self) -> bool:
+        return True
+
+    async def repair(self, error: BaseException | None = None, failed: Any = None) -> bool:
+        return True
 
     async def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
-            from aiokafka.errors import KafkaTimeoutError
-
             future.set_exception(KafkaTimeoutError())
-        else:
-            self.sent.append((topic, value))
-            self.keys.append(key)
-            self.headers[topic] = headers
+            return future
+        self.sent.append((topic, value))
+        self.keys.append(key)
+        self.headers[topic] = headers
+        if self.slow is None:
             future.set_result(None)
+        else:
+            slow = self.slow
+            asyncio.get_running_loop().create_task(slow.wait()).add_done_callback(
+                lambda _: future.done() or future.set_result(None)
+            )
         return future
 
 
-def item(rid: str, created_ms: int = 1_000) -> bytes:
+def item(rid: str, created_ms: int = 1_000, queue: str = "review") -> bytes:
     return review_item_value(
         ReviewItem(
-            queue="review",
+            queue=queue,  # type: ignore[arg-type]
             request=Request(rid, f"text of {rid}"),
             reason="strong_low_confidence",
             cheap=ok("safe", 0.4),
@@ -123,228 +179,365 @@ class Clock:
         return self.now
 
 
-async def pump(q: ReviewConsumer) -> None:
-    """Run the consumer's loop for a moment: it takes what the fake has fetched."""
-    q._stop.clear()
-    task = asyncio.create_task(q.run())
-    await asyncio.sleep(0.05)
-    q.stop()
-    await task
+@dataclass
+class Console:
+    q: ReviewConsumer
+    consumer: FakeConsumer
+    producer: FakeProducer
+    clock: Clock
+    metrics: Metrics
+    consumers: dict[str, FakeConsumer]
 
 
-async def queues(
-    values: list[bytes | None], decided: set[str] | None = None, lease_s: float = 60
-) -> tuple[ReviewConsumer, FakeConsumer, FakeProducer, Clock, Metrics]:
-    consumer, producer, clock, metrics = FakeConsumer(), FakeProducer(), Clock(), Metrics()
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds (the test's assertion afterwards says what did not)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    values: list[bytes | None] | list[Rec],
+    decided: set[str] | None = None,
+    lease_s: float = 60,
+    *,
+    parking: ParkingSettings | None = None,
+    watch: Callable[[str, Metrics, Clock], Parking | None] = lambda topic, m, c: None,
+    buffer: int = 100,
+    retention: TopicRetention | None = None,
+) -> AsyncIterator[Console]:
+    """A console on fakes, running; the values arrive on partition 0 of the reviews topic."""
+    clock, metrics, producer = Clock(), Metrics(), FakeProducer()
+    consumers = {
+        t: FakeConsumer(TopicPartition(t, 0)) for t in (TOPICS.reviews, TOPICS.adjudications)
+    }
 
     async def read_decided(since_ms: int) -> list[str]:
         return sorted(decided or ())
 
-    q = ReviewConsumer(
-        kafka=None,  # type: ignore[arg-type]
-        consumer=consumer,  # type: ignore[arg-type]
-        producer=producer,  # type: ignore[arg-type]
+    handler = ReviewHandler(
         topics=TOPICS,
-        settings=replace(ReviewSettings(), lease_s=lease_s),
+        settings=replace(ReviewSettings(), lease_s=lease_s, buffer=buffer),
+        parking_settings=parking or ParkingSettings(check_s=0.01),
         metrics=metrics,
         max_text_chars=1000,
-        clock=clock,
         read_decided=read_decided,
+        retention=lambda topic: retention,
+        clock=clock,
+        decide_wait_s=0.3,
+        tick_s=0.01,
     )
-    await q.__aenter__()
-    consumer.pending = [Rec(i, v) for i, v in enumerate(values)]
-    await pump(q)
-    return q, consumer, producer, clock, metrics
+    options = WorkerOptions(max_in_flight=buffer, max_uncommitted=buffer, commit_interval_s=0.01)
+    workers = [
+        TierWorker(
+            topic=t,
+            consumer=c,  # type: ignore[arg-type]
+            delivery=AtLeastOnce(producer),  # type: ignore[arg-type]
+            handler=handler,
+            metrics=metrics,
+            options=options,
+            parking=watch(t, metrics, clock),
+            holder=handler,
+        )
+        for t, c in consumers.items()
+    ]
+    q = ReviewConsumer(
+        handler=handler, workers=workers, consumers=list(consumers.values()), producer=producer
+    )
+    records = [v if isinstance(v, Rec) else Rec(i, v) for i, v in enumerate(values)]
+    consumers[TOPICS.reviews].pending = records
+    async with q:
+        task = asyncio.create_task(q.run())
+        await asyncio.wait_for(q.wait_joined(), 5)
+        left = max(0, len(records) - buffer)
+        await eventually(lambda: len(consumers[TOPICS.reviews].pending) <= left)
+        await asyncio.sleep(0.1)  # the recovery scan
+        try:
+            yield Console(q, consumers[TOPICS.reviews], producer, clock, metrics, consumers)
+        finally:
+            q.stop()
+            await asyncio.wait_for(task, 10)
 
 
 async def test_two_reviewers_get_different_items_and_keep_their_own() -> None:
     """Leases: alice and bob never share an item; asking again gives the same one."""
-    q, *_ = await queues([item("a"), item("b"), item("c")])
-    a, b = q.lease("review", "alice"), q.lease("review", "bob")
-    assert a is not None and b is not None
-    assert a.item.review_id != b.item.review_id
-    assert q.lease("review", "alice") == a
-    assert [s.leased for s in q.stats()] == [2, 0] and q.stats()[0].depth == 3
+    async with running([item("a"), item("b"), item("c")]) as c:
+        q = c.q
+        a, b = q.lease("review", "alice"), q.lease("review", "bob")
+        assert a is not None and b is not None
+        assert a.item.review_id != b.item.review_id
+        assert q.lease("review", "alice") == a
+        assert [s.leased for s in q.stats()] == [2, 0] and q.stats()[0].depth == 3
 
 
 async def test_an_expired_lease_returns_the_item_and_a_late_decision_is_lost_if_taken() -> None:
     """After the lease time the item is free again; once bob holds it, alice's decision is
     refused as lost and bob's counts."""
-    q, _, _, clock, metrics = await queues([item("a")], lease_s=10)
-    a = q.lease("review", "alice")
-    assert a is not None
-    clock.now += 11
-    b = q.lease("review", "bob")
-    assert b is not None and b.item == a.item
-    assert await q.decide(a.id, "alice", "safe", None) == "lost"
-    assert await q.decide(b.id, "bob", "unsafe", None) == "done"
-    assert 'escalator_review_leases_expired_total{queue="review"} 1.0' in (
-        metrics.exposition().decode()
-    )
+    async with running([item("a")], lease_s=10) as c:
+        a = c.q.lease("review", "alice")
+        assert a is not None
+        c.clock.now += 11
+        b = c.q.lease("review", "bob")
+        assert b is not None and b.item == a.item
+        assert await c.q.decide(a.id, "alice", "safe", None) == "lost"
+        assert await c.q.decide(b.id, "bob", "unsafe", None) == "done"
+        assert 'escalator_review_leases_expired_total{queue="review"} 1.0' in (
+            c.metrics.exposition().decode()
+        )
 
 
 async def test_an_expired_lease_nobody_took_still_decides() -> None:
     """A reviewer who was slow but not overtaken still has their decision counted."""
-    q, _, producer, clock, _ = await queues([item("a")], lease_s=10)
-    a = q.lease("review", "alice")
-    assert a is not None
-    clock.now += 11
-    q.stats()
-    assert await q.decide(a.id, "alice", "safe", "slow") == "done"
-    assert len(producer.sent) == 2
+    async with running([item("a")], lease_s=10) as c:
+        a = c.q.lease("review", "alice")
+        assert a is not None
+        c.clock.now += 11
+        await asyncio.sleep(0.1)  # the console's ticks expire the lease meanwhile
+        assert c.q.stats()[0].leased == 0
+        assert await c.q.decide(a.id, "alice", "safe", "slow") == "done"
+        assert len(c.producer.sent) == 2
 
 
 async def test_the_commit_never_passes_an_undecided_item() -> None:
     """Deciding offset 1 first commits nothing past 0; deciding 0 then commits 2."""
-    q, consumer, *_ = await queues([item("a", 1), item("b", 2)])
-    first = q.lease("review", "alice")
-    second = q.lease("review", "bob")
-    assert first is not None and second is not None
-    assert first.item.request.id == "a"  # the oldest first
-    assert await q.decide(second.id, "bob", "safe", None) == "done"
-    assert consumer.committed in (None, 0)
-    assert await q.decide(first.id, "alice", "safe", None) == "done"
-    assert consumer.committed == 2
+    async with running([item("a", 1), item("b", 2)]) as c:
+        first = c.q.lease("review", "alice")
+        second = c.q.lease("review", "bob")
+        assert first is not None and second is not None
+        assert first.item.request.id == "a"  # the oldest first
+        assert await c.q.decide(second.id, "bob", "safe", None) == "done"
+        await asyncio.sleep(0.1)
+        assert c.consumer.committed in (None, 0)
+        assert await c.q.decide(first.id, "alice", "safe", None) == "done"
+        await eventually(lambda: c.consumer.committed == 2)
+        assert c.consumer.committed == 2
 
 
 async def test_a_decision_publishes_a_result_and_a_human_decision_then_commits() -> None:
     """The reviews queue: one result with the reviewer, one human decision; "neither" is a
-    null label."""
-    q, consumer, producer, *_ = await queues([item("a")])
-    lease = q.lease("review", "alice")
-    assert lease is not None
-    assert await q.decide(lease.id, "alice", None, "none fit") == "done"
-    topics = sorted(t for t, _ in producer.sent)
-    assert topics == [TOPICS.decisions, TOPICS.results]
-    assert producer.keys == [b"request-key", b"request-key"]
-    assert producer.headers[TOPICS.results] == [("traceparent", b"00-abc-01")]
-    result = orjson.loads(next(v for t, v in producer.sent if t == TOPICS.results))
-    assert (result["label"], result["reviewer"], result["tier"]) == (None, "alice", "human")
-    assert consumer.committed == 1
+    null label. The result carries the item's key and propagated headers."""
+    async with running([item("a")]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None
+        assert await c.q.decide(lease.id, "alice", None, "none fit") == "done"
+        assert [t for t, _ in c.producer.sent] == [TOPICS.results, TOPICS.decisions]
+        assert c.producer.keys == [b"request-key", b"request-key"]
+        assert c.producer.headers[TOPICS.results] == [("traceparent", b"00-abc-01")]
+        result = orjson.loads(next(v for t, v in c.producer.sent if t == TOPICS.results))
+        assert (result["label"], result["reviewer"], result["tier"]) == (None, "alice", "human")
+        await eventually(lambda: c.consumer.committed == 1)
+        assert c.consumer.committed == 1
+
+
+async def test_an_adjudication_publishes_only_a_human_decision() -> None:
+    """The adjudications queue is measurement: a decision record, no result."""
+    rec = Rec(0, item("j", queue="adjudication"), topic=TOPICS.adjudications)
+    async with running([]) as c:
+        c.consumers[TOPICS.adjudications].pending = [rec]
+        await eventually(lambda: c.q.lease("adjudication", "alice") is not None)
+        lease = c.q.lease("adjudication", "alice")
+        assert lease is not None
+        assert await c.q.decide(lease.id, "alice", "safe", None) == "done"
+        assert [t for t, _ in c.producer.sent] == [TOPICS.decisions]
+        await eventually(lambda: c.consumers[TOPICS.adjudications].committed == 1)
+        assert c.consumers[TOPICS.adjudications].committed == 1
 
 
 async def test_a_repeated_item_and_a_repeated_decision_count_once() -> None:
     """The same request twice (a duplicate item): the second is done at once; deciding the
     same lease twice gives duplicate and publishes nothing more."""
-    q, consumer, producer, _, metrics = await queues([item("a"), item("b")])
-    lease = q.lease("review", "alice")
-    assert lease is not None
-    assert await q.decide(lease.id, "alice", "safe", None) == "done"
-    assert await q.decide(lease.id, "alice", "safe", None) in ("duplicate", "lost")
-    assert len(producer.sent) == 2
-    consumer.pending = [Rec(2, item("a"))]
-    await pump(q)
-    assert q.stats()[0].depth == 1  # only b waits
-    assert 'escalator_review_duplicates_total{queue="review"} 1.0' in (
-        metrics.exposition().decode()
-    )
+    async with running([item("a"), item("b")]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None
+        assert await c.q.decide(lease.id, "alice", "safe", None) == "done"
+        assert await c.q.decide(lease.id, "alice", "safe", None) in ("duplicate", "lost")
+        assert len(c.producer.sent) == 2
+        c.consumer.pending = [Rec(2, item("a"))]
+        await eventually(lambda: c.consumer.committed == 1 and not c.consumer.pending)
+        await asyncio.sleep(0.05)
+        assert c.q.stats()[0].depth == 1  # only b waits
+        assert 'escalator_review_duplicates_total{queue="review"} 1.0' in (
+            c.metrics.exposition().decode()
+        )
 
 
 async def test_items_decided_before_a_restart_are_recognised_and_committed() -> None:
     """Recovery: review ids found in the decisions log are done before anything is shown."""
-    q, consumer, *_ = await queues([item("a"), item("b"), item("c")], decided={"review:a"})
-    assert q.stats()[0].depth == 2
-    lease = q.lease("review", "alice")
-    assert lease is not None and lease.item.request.id == "b"
-    assert consumer.committed == 1
+    async with running([item("a"), item("b"), item("c")], decided={"review:a"}) as c:
+        assert c.q.stats()[0].depth == 2
+        lease = c.q.lease("review", "alice")
+        assert lease is not None and lease.item.request.id == "b"
+        await eventually(lambda: c.consumer.committed == 1)
+        assert c.consumer.committed == 1
+        assert c.producer.sent == [], "a recognised item publishes nothing"
 
 
 async def test_a_bad_record_is_dead_lettered_and_passed() -> None:
-    """Not a review item: a dead letter with its reason; the commit moves past it."""
-    q, consumer, producer, *_ = await queues([b"not json", item("a")])
-    assert [t for t, _ in producer.sent] == [TOPICS.dead_letter]
-    lease = q.lease("review", "alice")
-    assert lease is not None
-    assert await q.decide(lease.id, "alice", "safe", None) == "done"
-    assert consumer.committed == 2
+    """Not a review item: a dead letter in the tiers' shape; the commit moves past it."""
+    async with running([b"not json", item("a")]) as c:
+        assert [t for t, _ in c.producer.sent] == [TOPICS.dead_letter]
+        headers = dict(c.producer.headers[TOPICS.dead_letter])
+        assert headers["x-escalator-tier"] == b"review"
+        assert headers["x-escalator-source-offset"] == b"0"
+        assert headers["traceparent"] == b"00-abc-01"
+        lease = c.q.lease("review", "alice")
+        assert lease is not None
+        assert await c.q.decide(lease.id, "alice", "safe", None) == "done"
+        await eventually(lambda: c.consumer.committed == 2)
+        assert c.consumer.committed == 2
+        assert 'escalator_review_invalid_items_total{queue="review"} 1.0' in (
+            c.metrics.exposition().decode()
+        )
 
 
 async def test_a_label_outside_the_set_is_refused() -> None:
     """The label must be one of the item's labels; nothing is published."""
-    q, _, producer, *_ = await queues([item("a")])
-    lease = q.lease("review", "alice")
-    assert lease is not None
-    assert await q.decide(lease.id, "alice", "<script>", None) == "invalid"
-    assert producer.sent == []
+    async with running([item("a")]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None
+        assert await c.q.decide(lease.id, "alice", "<script>", None) == "invalid"
+        assert c.producer.sent == []
 
 
-async def test_an_unacknowledged_decision_is_not_done() -> None:
-    """When the broker does not acknowledge, decide raises, the item stays undecided and
-    uncommitted, and the same lease can decide again once the broker is back."""
-    q, consumer, producer, *_ = await queues([item("a")])
-    lease = q.lease("review", "alice")
-    assert lease is not None
-    producer.fail = True
-    with pytest.raises(Exception, match=r"KafkaTimeoutError|Timeout"):
-        await q.decide(lease.id, "alice", "safe", None)
-    assert q.stats()[0].depth == 1 and consumer.committed in (None, 0)
-    producer.fail = False
-    assert await q.decide(lease.id, "alice", "safe", None) == "done"
-    assert consumer.committed == 1
+async def test_an_unacknowledged_decision_is_delivered_when_the_broker_is_back() -> None:
+    """When the broker does not acknowledge, decide fails (the page says so), the item stays
+    uncommitted, and the engine keeps the verdict: once the broker is back it is published and
+    committed; deciding again meanwhile is a double submit."""
+    async with running([item("a")]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None
+        c.producer.fail = True
+        with pytest.raises(TimeoutError):
+            await c.q.decide(lease.id, "alice", "safe", None)
+        assert c.consumer.committed is None
+        assert await c.q.decide(lease.id, "alice", "unsafe", None) == "duplicate"
+        c.producer.fail = False
+        await eventually(lambda: c.consumer.committed == 1, timeout_s=15)
+        assert c.consumer.committed == 1
+        assert [t for t, _ in c.producer.sent] == [TOPICS.results, TOPICS.decisions]
+        assert orjson.loads(c.producer.sent[0][1])["label"] == "safe"
 
 
 async def test_a_skipped_item_comes_back_last_for_whoever_skipped_it() -> None:
     """Skip gives the item back: the skipper gets the next one, someone else gets it, and the
     skipper gets it again only when nothing else is left."""
-    q, *_ = await queues([item("a", 1), item("b", 2)])
-    first = q.lease("review", "alice")
-    assert first is not None and first.item.request.id == "a"
-    q.release(first.id, "alice")
-    again = q.lease("review", "alice")
-    assert again is not None and again.item.request.id == "b"
-    other = q.lease("review", "bob")
-    assert other is not None and other.item.request.id == "a"
-    q.release(other.id, "bob")
-    assert await q.decide(again.id, "alice", "safe", None) == "done"
-    last = q.lease("review", "alice")
-    assert last is not None and last.item.request.id == "a"
+    async with running([item("a", 1), item("b", 2)]) as c:
+        q = c.q
+        first = q.lease("review", "alice")
+        assert first is not None and first.item.request.id == "a"
+        q.release(first.id, "alice")
+        again = q.lease("review", "alice")
+        assert again is not None and again.item.request.id == "b"
+        other = q.lease("review", "bob")
+        assert other is not None and other.item.request.id == "a"
+        q.release(other.id, "bob")
+        assert await q.decide(again.id, "alice", "safe", None) == "done"
+        last = q.lease("review", "alice")
+        assert last is not None and last.item.request.id == "a"
 
 
 async def test_two_copies_of_one_item_both_leave_the_queue() -> None:
     """The same request twice before either is decided (a redelivered hand-off): deciding
     one makes the other a duplicate that leaves the queue, and the commit passes both."""
-    q, consumer, producer, *_ = await queues([item("a"), item("a"), item("b")])
-    alice, bob = q.lease("review", "alice"), q.lease("review", "bob")
-    assert alice is not None and bob is not None
-    assert alice.item == bob.item  # both copies of a
-    assert await q.decide(alice.id, "alice", "safe", None) == "done"
-    assert await q.decide(bob.id, "bob", "unsafe", None) == "duplicate"
-    again = q.lease("review", "bob")
-    assert again is not None and again.item.request.id == "b"
-    assert await q.decide(again.id, "bob", "safe", None) == "done"
-    assert consumer.committed == 3
-    assert len(producer.sent) == 4  # a and b: a result and a decision each
+    async with running([item("a"), item("a"), item("b")]) as c:
+        alice, bob = c.q.lease("review", "alice"), c.q.lease("review", "bob")
+        assert alice is not None and bob is not None
+        assert alice.item == bob.item  # both copies of a
+        assert await c.q.decide(alice.id, "alice", "safe", None) == "done"
+        assert await c.q.decide(bob.id, "bob", "unsafe", None) == "duplicate"
+        again = c.q.lease("review", "bob")
+        assert again is not None and again.item.request.id == "b"
+        assert await c.q.decide(again.id, "bob", "safe", None) == "done"
+        await eventually(lambda: c.consumer.committed == 3)
+        assert c.consumer.committed == 3
+        assert len(c.producer.sent) == 4  # a and b: a result and a decision each
 
 
-async def test_a_stale_lease_cannot_decide_an_item_that_came_back() -> None:
-    """A lease from before a revocation (expired or not) is lost after the partition is
-    assigned again; the item's new copy is decided once."""
-    q, consumer, producer, clock, _ = await queues([item("a")], lease_s=10)
-    old = q.lease("review", "alice")
-    assert old is not None
-    clock.now += 11
-    q.stats()
-    await q._revoked([TP])
-    q._assigned([TP])
-    consumer.pending = [Rec(0, item("a"))]
-    await pump(q)
-    assert await q.decide(old.id, "alice", "safe", None) == "lost"
-    new = q.lease("review", "bob")
-    assert new is not None
-    assert await q.decide(new.id, "bob", "safe", None) == "done"
-    assert len(producer.sent) == 2 and consumer.committed == 1
+async def test_a_revoked_partition_leaves_the_queue_and_a_stale_lease_is_lost() -> None:
+    """A revocation takes the partition's undecided items out of the queue without waiting
+    for them; a lease from before it (expired or not) is lost once the partition is assigned
+    again, and the item's new copy is decided once."""
+    async with running([item("a")], lease_s=10) as c:
+        old = c.q.lease("review", "alice")
+        assert old is not None
+        c.clock.now += 11
+        c.q.stats()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await c.consumer.listener.on_partitions_revoked({TP})
+        assert loop.time() - started < 2, "the revocation waited for an undecided item"
+        assert c.q.stats()[0].depth == 0 and c.q.lease("review", "bob") is None
+        c.consumer.pending = [Rec(0, item("a"))]
+        await c.consumer.listener.on_partitions_assigned({TP})
+        await eventually(lambda: c.q.stats()[0].depth == 1)
+        assert await c.q.decide(old.id, "alice", "safe", None) == "lost"
+        new = c.q.lease("review", "bob")
+        assert new is not None
+        assert await c.q.decide(new.id, "bob", "safe", None) == "done"
+        await eventually(lambda: c.consumer.committed == 1)
+        assert len(c.producer.sent) == 2 and c.consumer.committed == 1
 
 
-async def test_the_result_is_acknowledged_before_the_decision_is_sent() -> None:
-    """If the result cannot be written, no decision is either: the recovery scan (which
-    skips items with a decision) can never skip a request whose result was lost."""
-    q, _, producer, *_ = await queues([item("a")])
-    lease = q.lease("review", "alice")
-    assert lease is not None
-    producer.fail = True
-    with pytest.raises(Exception, match=r"Timeout"):
-        await q.decide(lease.id, "alice", "safe", None)
-    assert producer.sent == []
-    producer.fail = False
-    assert await q.decide(lease.id, "alice", "safe", None) == "done"
-    assert [t for t, _ in producer.sent] == [TOPICS.results, TOPICS.decisions]
+async def test_the_buffer_bounds_what_a_console_holds_per_queue() -> None:
+    """ESCALATOR_REVIEW_BUFFER is the workers' in-flight limit: beyond it a queue's topic is
+    not fetched (the rest is counted as depth, from the lag), and deciding makes room."""
+    async with running([item(f"r{i}", i) for i in range(5)], buffer=3) as c:
+        c.consumer.high = 5
+        await eventually(lambda: c.q.stats()[0].depth == 5)
+        assert len(c.q.waiting("review")) == 3
+        assert len(c.consumer.pending) == 2
+        assert c.q.stats()[0].depth == 5, "the two not fetched count"
+        lease = c.q.lease("review", "alice")
+        assert lease is not None
+        assert await c.q.decide(lease.id, "alice", "safe", None) == "done"
+        await eventually(lambda: len(c.consumer.pending) == 1)
+        await asyncio.sleep(0.05)
+        assert [i.request.id for i in c.q.waiting("review")] == ["r1", "r2", "r3"]
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_the_console_is_built_from_its_settings(guarantee: str) -> None:
+    """One worker per queue topic in ESCALATOR_REVIEW_GROUP, each holding at most
+    ESCALATOR_REVIEW_BUFFER items (its in-flight and uncommitted limits), delivering with the
+    strategy ESCALATOR_PROCESSING_GUARANTEE picks, and watching its topic's retention."""
+    from escalator.config import load_settings
+    from escalator.engine.transactional import Transactional
+
+    settings = load_settings(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "ESCALATOR_REVIEW_BUFFER": "7",
+            "ESCALATOR_PROCESSING_GUARANTEE": guarantee,
+        }
+    )
+    q = ReviewConsumer.from_settings(settings, Metrics())
+    assert [w.topic for w in q.workers] == [TOPICS.reviews, TOPICS.adjudications]
+    for worker in q.workers:
+        assert (worker.limit.limit, worker.max_pending) == (7, 7)
+        assert worker.tier == "review"
+        assert isinstance(worker._delivery, Transactional) == (guarantee == "exactly_once")
+        assert worker._parking is not None and worker._parking.topic == worker.topic
+        assert worker._consumer._group_id == settings.review.group
+    await q.__aexit__(None, None, None)  # never ran: closes the consumers and the producer
+
+
+async def test_a_revocation_waits_for_a_decision_being_delivered_and_commits_it() -> None:
+    """A decision whose acknowledgement is still on its way when the partition is revoked:
+    the revocation waits for it (not for the undecided item beside it), the reviewer is told
+    "done", and the revocation's commit passes the decided item."""
+    async with running([item("a", 1), item("b", 2)]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None and lease.item.request.id == "a"
+        c.producer.slow = asyncio.Event()
+        deciding = asyncio.create_task(c.q.decide(lease.id, "alice", "safe", None))
+        await eventually(lambda: len(c.producer.sent) == 2)
+        revoking = asyncio.create_task(c.consumer.listener.on_partitions_revoked({TP}))
+        await asyncio.sleep(0.2)
+        assert not revoking.done(), "the revocation waits for the decision being delivered"
+        assert c.q.stats()[0].depth == 0, "the undecided item left the queue at once"
+        c.producer.slow.set()
+        assert await asyncio.wait_for(deciding, 5) == "done"
+        await asyncio.wait_for(revoking, 5)
+        assert c.consumer.committed == 1, "committed with the revocation, not past b"
