@@ -9,7 +9,7 @@ Commands, one module per group (each has a ``register(sub)``; none imports anoth
     dead-letters summary|replay           cli/deadletters.py
     parked summary|replay                 cli/parked.py
     review serve|hash                     cli/review.py
-    tier0 train|certify|inspect           cli/tier0.py
+    tier0 pairs|train|certify|inspect     cli/tier0.py
     kafka, sim, demo                      the escalator-dev package, when it is installed
 
 Helpers the command modules share (settings from the environment, time parsing, flag types,

@@ -1,8 +1,9 @@
-"""``escalator tier0 train|certify|inspect``: a local classifier trained on the service's own
-answers, and the certificate that lets it answer (service/escalator/tier0/).
+"""``escalator tier0 pairs|train|certify|inspect``: a local classifier trained on the service's
+own answers, and the certificate that lets it answer (service/escalator/tier0/).
 
-Training and certification read (text, final label) pairs from a pairs file (``--input``,
-JSON lines: tier0/pairs.py). Errors are one line and exit 2; a certification the data cannot
+``pairs`` joins the requests topic with the results topic (read without a consumer group)
+into a pairs file (JSON lines: tier0/pairs.py); training and certification read such a file
+(``--input``). Errors are one line and exit 2; a certification the data cannot
 support is refused with exit 3 (as ``calibrate``), with how many pairs a fresh window needs.
 """
 
@@ -42,6 +43,28 @@ def _window(args: argparse.Namespace) -> Any:
     from escalator.tier0 import pairs
 
     return pairs.window(pairs.read_jsonl(args.input), args.since, args.until)
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from escalator.cli._common import run_with_kafka, settings_from_env
+    from escalator.tier0 import pairs, source
+
+    settings = settings_from_env()
+    topics = settings.topics
+    found = run_with_kafka(
+        settings.kafka,
+        lambda: source.read_pairs(
+            settings.kafka, topics.requests, topics.results, args.since, args.until
+        ),
+    )
+    with args.output.open("wb") as f:
+        n = pairs.write_jsonl(found, f)
+    print(
+        f"wrote {n} pair(s) from {topics.requests} joined with {topics.results} to "
+        f"{args.output} (it holds request text: keep it as you keep the requests topic)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -272,6 +295,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument(
             "--until", type=_time, help="end of the window, excluded (ISO-8601 or epoch ms)"
         )
+
+    pairs_p = cmds.add_parser(
+        "pairs", help="join the requests and results topics into a pairs file (no group)"
+    )
+    pairs_p.add_argument(
+        "--since", type=_time, help="first request time of the window (ISO-8601 or epoch ms)"
+    )
+    pairs_p.add_argument(
+        "--until", type=_time, help="end of the window, excluded (ISO-8601 or epoch ms)"
+    )
+    pairs_p.add_argument(
+        "--output", type=writable_path, required=True, help="the pairs file to write (JSON lines)"
+    )
+    pairs_p.set_defaults(func=cmd_pairs)
 
     train_p = cmds.add_parser("train", help="fit tier 0 on a window of pairs")
     window_args(train_p)
