@@ -4,29 +4,16 @@ results topic without a consumer group, and ``tier0 train`` fits on what it wrot
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.integration.harness import collect, make_env, produce, running_service
+from tests.integration.test_measure import run_cli
 from tests.integration.test_pipeline import TEXTS
 
 pytestmark = pytest.mark.integration
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "escalator", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.mark.timeout(300)

@@ -102,12 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         "certification": None,
     }
     version = artefact.write_manifest(args.output, body)
-    last = w.describe()["last_ts"]
+    window = body["training"]["window"]
     print(
-        f"trained tier 0 on {w.n} pairs ({w.describe()['first_ts']} .. {last}) of "
+        f"trained tier 0 on {w.n} pairs ({window['first_ts']} .. {window['last_ts']}) of "
         f"{models['cheap']} -> {models['strong']} in {took:.1f} s: {args.output} (version "
         f"{version}); it answers nothing until certified on a later window: escalator tier0 "
-        f"certify --artefact {args.output} --since {last} ..."
+        f"certify --artefact {args.output} --since {w.last_ms + 1} ..."
     )
     return 0
 
