@@ -142,8 +142,8 @@ def certify_scores(
     top = len(t) - 1
     status: Literal["certified", "refused"] = "refused"
     reason = ""
-    if best == top:
-        reason = "no threshold's estimated agreement reaches the target"
+    if best == top or answered[best] <= 0:
+        reason = "no threshold at which tier 0 answers anything reaches the target by estimate"
     elif cert == top or answered[cert] <= 0:
         reason = "no threshold at which tier 0 answers anything can be certified"
     elif answered[cert] < answered[best] - margin - 1e-12:
@@ -202,7 +202,7 @@ def needed(c: Certification, delta: float, power: float = 0.8) -> int | None:
     every threshold from the top down to the goal must pass. None: not even ``MAX_PAIRS``,
     or no threshold to aim at."""
     top = len(c.thresholds) - 1
-    if c.best_index == top:
+    if c.best_index == top or c.answered[c.best_index] <= 0:
         return None
     within = np.flatnonzero(c.answered[:top] >= c.answered[c.best_index] - GOAL_SHARE * c.margin)
     goal = int(within.max())
