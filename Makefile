@@ -13,7 +13,7 @@ help:
 $(STAMP): pyproject.toml service/dev/pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev,plot,otel]' -e service/dev
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,plot,otel,tier0]' -e service/dev
 	touch $@
 
 venv: $(STAMP)

@@ -109,6 +109,7 @@ def test_without_a_broker_every_command_fails_in_one_line(tmp_path: Path, busy_p
         Run(["report"], REFUSED),
         Run(["read", "results"], REFUSED),
         Run(["read", "dead-letters"], REFUSED),
+        Run(["tier0", "pairs", "--output", str(tmp_path / "pairs.jsonl")], REFUSED),
         Run(["dead-letters", "summary"], REFUSED),
         Run(["dead-letters", "replay", "--all"], REFUSED),
         Run(["doctor"], "check(s) failed"),

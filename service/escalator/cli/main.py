@@ -9,6 +9,7 @@ Commands, one module per group (each has a ``register(sub)``; none imports anoth
     dead-letters summary|replay           cli/deadletters.py
     parked summary|replay                 cli/parked.py
     review serve|hash                     cli/review.py
+    tier0 pairs|train|certify|inspect     cli/tier0.py
     kafka, sim, demo                      the escalator-dev package, when it is installed
 
 Helpers the command modules share (settings from the environment, time parsing, flag types,
@@ -33,7 +34,17 @@ from importlib.metadata import entry_points
 from typing import NoReturn
 
 from escalator import __version__
-from escalator.cli import configuration, deadletters, doctor, measure, parked, read, review, service
+from escalator.cli import (
+    configuration,
+    deadletters,
+    doctor,
+    measure,
+    parked,
+    read,
+    review,
+    service,
+    tier0,
+)
 from escalator.config import log_level
 from escalator.errors import EscalatorError
 
@@ -59,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"escalator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (configuration, service, read, doctor, measure, deadletters, parked, review):
+    for group in (
+        configuration,
+        service,
+        read,
+        doctor,
+        measure,
+        deadletters,
+        parked,
+        review,
+        tier0,
+    ):
         group.register(sub)
     for plugin in entry_points(group=COMMANDS_GROUP):
         try:

@@ -469,6 +469,24 @@ FLAG_CASES: dict[str, list[list[str]]] = {
     "demo --target": [["demo", "--target", "1"]],
     "demo --strong-threshold": [["demo", "--strong-threshold", "2"]],
     "demo --output-dir": [],
+    "tier0 pairs --since": [["tier0", "pairs", "--since", "x"]],
+    "tier0 pairs --until": [["tier0", "pairs", "--until", "x"]],
+    "tier0 pairs --output": [["tier0", "pairs", "--output", "/no/such/dir/p.jsonl"]],
+    "tier0 train --input": [["tier0", "train", "--input", "no-such-file.jsonl"]],
+    "tier0 train --since": [["tier0", "train", "--since", "x"]],
+    "tier0 train --until": [["tier0", "train", "--until", "x"]],
+    "tier0 train --output": [["tier0", "train", "--output", "/no/such/dir/t.json"]],
+    "tier0 train --alpha": [["tier0", "train", "--alpha", "0"]],
+    "tier0 certify --input": [["tier0", "certify", "--input", "no-such-file.jsonl"]],
+    "tier0 certify --since": [["tier0", "certify", "--since", "x"]],
+    "tier0 certify --until": [["tier0", "certify", "--until", "x"]],
+    "tier0 certify --artefact": [["tier0", "certify", "--artefact", "no-such-file.json"]],
+    "tier0 certify --target": [["tier0", "certify", "--target", "1.5"]],
+    "tier0 certify --delta": [["tier0", "certify", "--delta", "0"]],
+    "tier0 certify --margin": [["tier0", "certify", "--margin", "2"]],
+    "tier0 certify --ledger": [],
+    "tier0 certify --power": [["tier0", "certify", "--power", "-1"]],
+    "tier0 inspect --artefact": [["tier0", "inspect", "--artefact", "no-such-file.json"]],
 }
 #: Arguments with an empty case list above: why no value of them is bad.
 FLAG_EXEMPT: dict[str, str] = {
@@ -480,6 +498,7 @@ FLAG_EXEMPT: dict[str, str] = {
     "sim --api-key": "any string may be the key the emulator accepts",
     "sim --retire": "any model name may be declared retired",
     "demo --output-dir": "any directory path; one that cannot be created is an OS error",
+    "tier0 certify --ledger": "any path; 'none' turns it off; an unreadable one is an OS error",
 }
 
 

@@ -1,0 +1,105 @@
+"""Tier 0's features and predictions (tier0/model.py, tier0/train.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from escalator.tier0.model import Features, Tier0Error, Tier0Model
+from escalator.tier0.train import fit
+from tests.unit.tier0.worlds import WORLDS
+
+
+def _columns(f: Features, text: str) -> set[int]:
+    doc, col = f.occurrences([text])
+    assert set(doc.tolist()) <= {0}
+    return set(col.tolist())
+
+
+def test_a_word_hashes_to_the_same_column_wherever_it_stands() -> None:
+    """The same word, alone, first, last, in another text of the batch: the same columns (by
+    prefix hashes), and case does not matter."""
+    f = Features(char_ngrams=(3, 3), words=True, bits=20)
+    alone = _columns(f, "parcel")
+    assert alone <= _columns(f, "my PARCEL is late")
+    assert alone <= _columns(f, "where is the parcel")
+    doc, col = f.occurrences(["nothing here", "the parcel"])
+    assert alone <= set(col[doc == 1].tolist())
+    assert not alone <= set(col[doc == 0].tolist())
+
+
+def test_no_ngram_spans_two_texts_and_a_batch_scores_as_its_texts_alone() -> None:
+    """Predicting a batch gives each text what predicting it alone gives (the texts do not
+    leak into each other), including empty, non-ASCII and very short texts."""
+    rng = np.random.default_rng(0)
+    world = WORLDS[0]
+    texts, labels = world.draw(600, rng)
+    model = fit(texts, labels, features=Features(bits=16))
+    batch = ["", "é", "ab", "Ärger über die Rechnung 💳", *texts[:50]]
+    together = model.probabilities(batch)
+    alone = np.vstack([model.probabilities([t]) for t in batch])
+    np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-9)
+    assert np.allclose(together.sum(axis=1), 1.0)
+
+
+def test_it_learns_near_repeats_and_is_unsure_on_texts_it_cannot_know() -> None:
+    """On unseen near-repeats of a world with no hard texts and no noise, predictions match
+    the routed label almost always; random strings get lower confidence."""
+    rng = np.random.default_rng(1)
+    world = WORLDS[0].__class__("clean", hard=0.0, noise=0.0)
+    texts, labels = world.draw(3000, rng)
+    model = fit(texts, labels, features=Features(bits=18))
+    test_texts, test_labels = world.draw(2000, rng)
+    predicted = model.predict(test_texts)
+    accuracy = np.mean([p == y for (p, _), y in zip(predicted, test_labels, strict=True)])
+    assert accuracy > 0.97
+    hard = WORLDS[0].__class__("hard", hard=1.0, noise=0.0)
+    hard_texts, _ = hard.draw(2000, rng)
+    _, conf_hard = model.scores(hard_texts)
+    _, conf_easy = model.scores(test_texts)
+    assert np.median(conf_hard) < np.median(conf_easy)
+
+
+def test_two_labels_make_a_two_column_model_whose_confidence_is_the_sigmoid() -> None:
+    """A binary fit is stored as two columns like any other; confidences are >= 0.5."""
+    model = fit(
+        ["buy now cheap", "hello friend", "cheap pills now", "see you friend"] * 5,
+        ["spam", "ok", "spam", "ok"] * 5,
+        features=Features(bits=12),
+    )
+    assert model.classes == ("ok", "spam") and model.weights.shape == (4096, 2)
+    [(label, conf)] = model.predict(["cheap pills"])
+    assert label == "spam" and 0.5 <= conf <= 1.0
+
+
+def test_training_needs_two_labels_and_weights_must_fit_the_features() -> None:
+    """One label: nothing to learn (one line). Mismatched arrays: refused at construction."""
+    with pytest.raises(Tier0Error, match="at least two labels"):
+        fit(["a", "b"], ["x", "x"])
+    with pytest.raises(Tier0Error, match="do not fit"):
+        Tier0Model(
+            Features(bits=12), ("a", "b"), np.zeros((4096, 3), np.float32), np.zeros(2, np.float32)
+        )
+
+
+def test_predict_costs_microseconds_per_record_in_bulk() -> None:
+    """A figure, not a timed assertion: microseconds per record for a batch of 5,000 texts
+    of about 100 characters (docs/CALIBRATION.md quotes a run of this test with -s)."""
+    rng = np.random.default_rng(2)
+    texts, labels = WORLDS[1].draw(3000, rng)
+    model = fit(texts, labels)
+    batch, _ = WORLDS[1].draw(5000, rng)
+    model.predict(batch[:100])
+    started = time.perf_counter()
+    out = model.predict(batch)
+    took = time.perf_counter() - started
+    chars = sum(map(len, batch)) / len(batch)
+    print(
+        f"\n  predict: {took / len(batch) * 1e6:.1f} us/record for {len(batch)} texts of "
+        f"{chars:.0f} characters (2**{model.features.bits} columns, {len(model.classes)} "
+        f"labels; load average {os.getloadavg()[0]:.1f})"
+    )
+    assert len(out) == len(batch)
