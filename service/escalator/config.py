@@ -119,7 +119,7 @@ class Topics:
     set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
     ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
     ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC,
-    ESCALATOR_PARKED_TOPIC."""
+    ESCALATOR_PARKED_TOPIC, ESCALATOR_HANDOFF_TOPIC, ESCALATOR_LANE_STATE_TOPIC."""
 
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
@@ -133,6 +133,11 @@ class Topics:
     #: Held records copied here before their input topic's retention would delete them
     #: (``engine/parking.py``); ``escalator parked replay`` sends them back.
     parked: str = "escalator.parked"
+    #: The batch lane's ledger: requests the cheap tier handed to the lane (``lane/``), kept
+    #: for :data:`HANDOFF_RETENTION_MS` (a batch may take 24 hours, then the fallback).
+    handoff: str = "escalator.handoff"
+    #: The batch lane's state, compacted: one record per batch (``lane/state.py``).
+    lane_state: str = "escalator.lane-state"
 
     def all(self) -> list[str]:
         """Every topic the service reads or writes, in field order."""
@@ -282,6 +287,9 @@ class ParkingSettings:
 
 #: A batch's documented lifetime: the Message Batches API expires what is not done in 24 hours.
 BATCH_EXPIRY_S = 24 * 3600.0
+#: The hand-off topic's retention: a batch's 24 hours, its fallback, and days to spare for a
+#: lane held (account trouble) or down.
+HANDOFF_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Protocol
 from escalator.config import Settings
 from escalator.engine.worker import Handler
 from escalator.lane.deadlines import LaneRule
+from escalator.lane.handoff import HandOff
 from escalator.model.caller import ModelCaller
 from escalator.model.stack import ModelChoice
 from escalator.model.task import Task
@@ -65,6 +66,8 @@ class HandlerParts:
     watches: Watches
     #: Deadlines and the lane rule (every decision records the deadline in force).
     lane: LaneRule = field(default_factory=LaneRule)
+    #: The batch lane's hand-off (ESCALATOR_BATCH_LANE), None: everything in real time.
+    handoff: HandOff | None = None
 
     @classmethod
     def of(
@@ -96,6 +99,7 @@ class HandlerParts:
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             watches=watches or NoWatches(),
             lane=LaneRule.of(settings.lane),
+            handoff=HandOff.of(settings.lane, t.handoff) if settings.lane.enabled else None,
         )
 
 
@@ -132,6 +136,7 @@ def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
         review=parts.review,
         confidence_watch=parts.watches.confidence(),
         lane=parts.lane,
+        handoff=parts.handoff,
     )
 
 
@@ -165,7 +170,8 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             topic=t.requests,
             group=p.cheap_group,
             model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
-            needs=frozenset({t.requests}),
+            # With the lane on, the cheap tier hands what can wait to the hand-off topic.
+            needs=frozenset({t.requests, t.handoff} if settings.lane.enabled else {t.requests}),
         ),
         TierSpec(
             "strong",
