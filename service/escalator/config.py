@@ -297,8 +297,8 @@ class LaneSettings:
     """Deadlines, and the batch lane on the Message Batches API (``lane/``)."""
 
     #: ESCALATOR_BATCH_LANE: off by default, because batches are not eligible for Zero Data
-    #: Retention. This version records lanes and deadlines but has no lane worker yet (issue
-    #: 24), so turning it on is refused at start-up.
+    #: Retention. The lane worker is not complete in this version (issue 24, ``lane/``), so
+    #: turning it on is refused at start-up.
     enabled: bool = False
     #: ESCALATOR_DEADLINE_S: the requests topic's default deadline, for requests that set no
     #: ``deadline_s`` of their own; None: none (answered in real time).
@@ -315,6 +315,10 @@ class LaneSettings:
     #: ESCALATOR_BATCH_MAX_AGE_S: a batch is submitted once its oldest request waited this long
     #: (or it reached the documented limits).
     max_age_s: float = 60.0
+    #: ESCALATOR_LANE_GROUP: the lane worker's consumer group (it reads the hand-off topic).
+    group: str = "escalator-lane"
+    #: ESCALATOR_BATCH_POLL_S: how often the lane asks whether its batches have ended.
+    poll_s: float = 10.0
 
 
 #: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
@@ -583,8 +587,9 @@ def _lane(env: _Env) -> LaneSettings:
     enabled = env.flag("ESCALATOR_BATCH_LANE", d.enabled)
     if enabled:
         raise ConfigError(
-            "ESCALATOR_BATCH_LANE=on: this version has no batch lane worker yet (issue 24); "
-            "it records each request's deadline and lane, and answers everything in real time"
+            "ESCALATOR_BATCH_LANE=on: the batch lane is not complete in this version (issue 24: "
+            "it cannot be run from the command line yet); every request is answered in real "
+            "time, and each decision records its deadline and lane"
         )
     deadline = env.get("ESCALATOR_DEADLINE_S", None, float, "a number of seconds")
     if deadline is not None and not 1.0 <= deadline <= 30 * 86400.0:
@@ -596,6 +601,8 @@ def _lane(env: _Env) -> LaneSettings:
         slack_factor=env.number("ESCALATOR_BATCH_SLACK_FACTOR", d.slack_factor, 1.0, 100.0),
         fallback_s=env.number("ESCALATOR_BATCH_FALLBACK_S", d.fallback_s, 0.0, 86400.0),
         max_age_s=env.number("ESCALATOR_BATCH_MAX_AGE_S", d.max_age_s, 1.0, 86400.0),
+        group=env.text("ESCALATOR_LANE_GROUP", d.group),
+        poll_s=env.number("ESCALATOR_BATCH_POLL_S", d.poll_s, 0.1, 3600.0),
     )
 
 

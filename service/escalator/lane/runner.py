@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
+from aiokafka.errors import KafkaError
 
-from escalator.errors import ModelRejected, ModelUnavailable
+from escalator.errors import EscalatorError, ModelRejected
 from escalator.lane.assembly import Assembly, Batch, Member, custom_id, place_of
 from escalator.lane.batches import BatchApi, ItemResult
 from escalator.lane.deadlines import CompletionTimes
@@ -85,22 +86,51 @@ class BatchRunner:
         self._delivered: set[str] = set()
         self._cut: list[Batch] = []
         self._loop: asyncio.Task[None] | None = None
+        #: Set while what the state topic says is known here: a record joins only then.
+        self._fresh = asyncio.Event()
+        self._refreshing: set[asyncio.Task[None]] = set()
         self.created = 0
 
     async def __aenter__(self) -> BatchRunner:
-        for key, state in (await self._state.read()).items():
-            if state.batch_id is None:
-                log(logger, "lane_intent_unadopted", logging.WARNING, members=len(state.members))
-                continue
-            self._track(key, state)
+        await self._read()
         self._loop = asyncio.create_task(self._run(), name="batch-lane")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
+        for task in [*self._refreshing, *([self._loop] if self._loop else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+                await task
+
+    async def _read(self) -> None:
+        """Track every submitted batch the state topic holds open (the same batch is polled
+        again, never created again)."""
+        for key, state in (await self._state.read()).items():
+            if key in self._open:
+                continue
+            if state.batch_id is None:
+                log(logger, "lane_intent_unadopted", logging.WARNING, members=len(state.members))
+                continue
+            self._track(key, state)
+        self._fresh.set()
+
+    def refresh(self) -> None:
+        """Partitions were assigned: read the state topic again before their records join
+        (another worker may have submitted their batches)."""
+        self._fresh.clear()
+        task = asyncio.create_task(self._reread(), name="batch-lane-refresh")
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _reread(self) -> None:
+        while True:
+            try:
+                await self._read()
+            except (KafkaError, OSError) as exc:
+                log(logger, "lane_state_read_failed", logging.WARNING, error=str(exc)[:300])
+                await asyncio.sleep(self.poll_s)
+            else:
+                return
 
     def waiting(self) -> int:
         """Requests not yet in a submitted batch."""
@@ -111,6 +141,7 @@ class BatchRunner:
     ) -> ItemResult:
         """The result for the hand-off record at ``partition``/``offset``: from the batch it
         is already in (recorded), else from the open batch of ``model`` it joins now."""
+        await self._fresh.wait()
         cid = custom_id(partition, offset)
         waiter = self._waiters.get(cid)
         if waiter is None or waiter.done():
@@ -148,8 +179,10 @@ class BatchRunner:
         while True:
             try:
                 await self.tick()
-            except (ModelUnavailable, OSError) as exc:
-                log(logger, "lane_poll_failed", logging.WARNING, error=str(exc)[:300])
+            except (EscalatorError, KafkaError, OSError) as exc:
+                # The API or the broker: the round is tried again (a batch not created stays
+                # cut, one not collected stays open); records keep waiting, never lost.
+                log(logger, "lane_round_failed", logging.WARNING, error=str(exc)[:300])
             await asyncio.sleep(self.poll_s)
 
     async def tick(self) -> None:

@@ -14,7 +14,7 @@ applies the real-time failure policy (retries, holds, a dead letter for a 400 of
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import TopicPartition
 
@@ -25,6 +25,7 @@ from escalator.lane.runner import BatchRunner
 from escalator.tiers.handlers import CheapHandler
 
 
+@runtime_checkable
 class BatchModel(Protocol):
     """What the lane needs of the cheap model's adapter (``model.caller.AnthropicClassifier``):
     the request body it sends in real time, and its reading of an answer."""
@@ -66,7 +67,7 @@ class LaneHandler:
 
     # Holder: the engine tells which hand-off partitions are ours, and what is delivered.
     def assigned(self, partitions: set[TopicPartition]) -> None:
-        return None
+        self.runner.refresh()
 
     def revoking(self, partitions: set[TopicPartition]) -> None:
         self.runner.give_up({tp.partition for tp in partitions})

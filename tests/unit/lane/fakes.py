@@ -19,8 +19,13 @@ class FakeBatches:
         self.finished: set[str] = set()
         self.reject = False
         self.polls = 0
+        #: Raised by the next create, once.
+        self.fail: Exception | None = None
 
     async def create(self, requests: list[dict[str, Any]]) -> str:
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
         if self.reject:
             raise ModelRejected("too many", reason="invalid_request_error")
         self.created.append(requests)

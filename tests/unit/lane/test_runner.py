@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from escalator.errors import ModelUnavailable
 from escalator.lane.batches import ItemResult
 from escalator.lane.runner import BatchRunner
 from escalator.lane.state import BatchState, open_batches
@@ -138,3 +139,19 @@ async def test_a_member_the_results_do_not_name_is_treated_as_expired() -> None:
         api.finish("b1")
         await r.tick()
         assert (await wait).kind == "expired"
+
+
+async def test_a_create_that_fails_is_tried_again_and_the_records_keep_waiting() -> None:
+    """The API unavailable at create: the round fails, the batch stays cut, the next round
+    creates it once; the loop survives and the records get their results."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    api.fail = ModelUnavailable("overloaded", kind="overloaded")
+    async with BatchRunner(api, state, max_age_s=60, poll_s=0.01, clock=clock, max_requests=1) as r:
+        wait = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+        for _ in range(300):
+            if api.created:
+                break
+            await asyncio.sleep(0.01)
+        assert len(api.created) == 1
+        api.finish("b1")
+        assert (await asyncio.wait_for(wait, 5)).message == "answer-p0o1"
