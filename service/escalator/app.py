@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, cast
 
 from escalator.calibration.live import TierWatches
 from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
-from escalator.config import Settings, redacted_url
+from escalator.config import UNCOMMITTED_PER_IN_FLIGHT, Settings, redacted_url
 from escalator.engine.guarantee import delivery_for
 from escalator.engine.parking import Parking
-from escalator.engine.worker import Handler, TierWorker, WorkerOptions, stop_reserve_s
+from escalator.engine.worker import Handler, Holder, TierWorker, WorkerOptions, stop_reserve_s
 from escalator.errors import ConfigError, ModelUnavailable
 from escalator.kafka.admin import KafkaLogView
 from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
 from escalator.kafka.watch import BrokerWatch, TopicWatch
+from escalator.lane.batches import AnthropicBatches
+from escalator.lane.runner import BatchRunner
+from escalator.lane.state_topic import KafkaStateLog
 from escalator.model.prices import PriceTable, load_prices
 from escalator.model.profiles import ModelProfile
 from escalator.model.stack import (
@@ -70,6 +75,9 @@ class Service:
     topics: TopicWatch | None = None
     #: Warnings about the configuration, logged once at start (e.g. everything escalates).
     notes: list[str] = field(default_factory=list)
+    #: What runs beside the tiers, entered once the producer runs and before the tiers
+    #: start, exited after they stop (the batch lane's runner).
+    beside: list[contextlib.AbstractAsyncContextManager[Any]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _helpers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -182,6 +190,8 @@ class Service:
             self.health_port = health.port
             if self.topics is not None and not await self.topics.wait(self._stop):
                 return  # stopped while waiting: no tier ever runs
+            for beside in self.beside:
+                await self._exits.enter_async_context(beside)
             self._tasks = [
                 asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers
             ]
@@ -307,13 +317,15 @@ def build_service(
     one per row of the tier table, over its model stack."""
     parts = load_parts(settings, tiers)
     rows = [tier_table(settings)[tier] for tier in tiers]
+    # One model stack per model tier: the lane answers in real time on the cheap tier's.
+    choices = list({row.model.tier: row.model for row in rows}.values())
     metrics = metrics or Metrics()
     _set_static_metrics(settings, metrics, parts.thresholds)
     tracing = tracing_.start(settings.tracing)  # a no-op unless ESCALATOR_TRACING / OTEL_*
     tracing.link(metrics)
     models = build_model_stacks(
         settings,
-        [row.model for row in rows],
+        choices,
         task=parts.task,
         prices=parts.prices,
         profiles=parts.profiles,
@@ -330,9 +342,14 @@ def build_service(
     handler_parts = HandlerParts.of(
         settings, task=parts.task, thresholds=parts.thresholds, metrics=metrics, watches=watches
     )
+    beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
+    if "lane" in tiers:
+        runner = _lane_runner(settings, models, producer, handler_parts)
+        handler_parts = dataclasses.replace(handler_parts, runner=runner)
+        beside.append(runner)
     workers = []
     for row in rows:
-        stack = models[row.name]
+        stack = models[row.model.tier]
         handler = row.handler(handler_parts, stack.caller)
         worker = _worker(
             settings,
@@ -342,6 +359,7 @@ def build_service(
             producer,
             metrics,
             tracing,
+            holder=cast(Holder, handler) if row.holds else None,
         )
         stack.follow(worker)
         workers.append(worker)
@@ -355,6 +373,24 @@ def build_service(
         broker=BrokerWatch(settings.kafka),
         topics=TopicWatch(settings.kafka, topics_needed(settings, rows)),
         notes=list(parts.notes),
+        beside=beside,
+    )
+
+
+def _lane_runner(
+    settings: Settings, models: ModelStacks, producer: ProducerHandle, parts: HandlerParts
+) -> BatchRunner:
+    """The lane's batches: on the Message Batches API of the process's API client, recorded
+    on the state topic through the process's producer."""
+    if models.client is None:
+        raise ConfigError("ESCALATOR_BATCH_LANE: the batch lane needs the Anthropic API client")
+    lane = settings.lane
+    return BatchRunner(
+        AnthropicBatches(models.client),
+        KafkaStateLog(settings.kafka, settings.topics.lane_state, producer),
+        max_age_s=lane.max_age_s,
+        poll_s=lane.poll_s,
+        times=parts.handoff.times if parts.handoff is not None else None,
     )
 
 
@@ -376,9 +412,19 @@ def _worker(
     producer: ProducerHandle,
     metrics: Metrics,
     tracing: tracing_.Tracing,
+    holder: Holder | None = None,
 ) -> TierWorker:
     """The worker of one row: its consumer, its delivery strategy, its parking."""
     p = settings.pipeline
+    options = WorkerOptions.from_settings(p)
+    limit = stack.limit if row.max_in_flight is None else None
+    if row.max_in_flight is not None:
+        # The lane's records wait for their batch, not for a model slot: their own bound (a
+        # fixed limit of that size, the engine's default), not the model's adaptive one.
+        n = row.max_in_flight
+        options = dataclasses.replace(
+            options, max_in_flight=n, max_uncommitted=UNCOMMITTED_PER_IN_FLIGHT * n
+        )
     consumer_kwargs: dict[str, object] = {
         "max_poll_interval_ms": p.max_poll_interval_ms,
         "session_timeout_ms": p.session_timeout_ms,
@@ -395,9 +441,10 @@ def _worker(
         delivery=tracing.delivery(delivery),
         handler=handler,
         metrics=metrics,
-        options=WorkerOptions.from_settings(p),
-        limit=stack.limit,
+        options=options,
+        limit=limit,
         parking=_parking(settings, metrics, row, stack),
+        holder=holder,
     )
 
 

@@ -119,7 +119,7 @@ class Topics:
     set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
     ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
     ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC,
-    ESCALATOR_PARKED_TOPIC."""
+    ESCALATOR_PARKED_TOPIC, ESCALATOR_HANDOFF_TOPIC, ESCALATOR_LANE_STATE_TOPIC."""
 
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
@@ -133,6 +133,11 @@ class Topics:
     #: Held records copied here before their input topic's retention would delete them
     #: (``engine/parking.py``); ``escalator parked replay`` sends them back.
     parked: str = "escalator.parked"
+    #: The batch lane's ledger: requests the cheap tier handed to the lane (``lane/``), kept
+    #: for :data:`HANDOFF_RETENTION_MS` (a batch may take 24 hours, then the fallback).
+    handoff: str = "escalator.handoff"
+    #: The batch lane's state, compacted: one record per batch (``lane/state.py``).
+    lane_state: str = "escalator.lane-state"
 
     def all(self) -> list[str]:
         """Every topic the service reads or writes, in field order."""
@@ -282,6 +287,9 @@ class ParkingSettings:
 
 #: A batch's documented lifetime: the Message Batches API expires what is not done in 24 hours.
 BATCH_EXPIRY_S = 24 * 3600.0
+#: The hand-off topic's retention: a batch's 24 hours, its fallback, and days to spare for a
+#: lane held (account trouble) or down.
+HANDOFF_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,8 +297,8 @@ class LaneSettings:
     """Deadlines, and the batch lane on the Message Batches API (``lane/``)."""
 
     #: ESCALATOR_BATCH_LANE: off by default, because batches are not eligible for Zero Data
-    #: Retention. This version records lanes and deadlines but has no lane worker yet (issue
-    #: 24), so turning it on is refused at start-up.
+    #: Retention. The lane worker is not complete in this version (issue 24, ``lane/``), so
+    #: turning it on is refused at start-up.
     enabled: bool = False
     #: ESCALATOR_DEADLINE_S: the requests topic's default deadline, for requests that set no
     #: ``deadline_s`` of their own; None: none (answered in real time).
@@ -307,6 +315,10 @@ class LaneSettings:
     #: ESCALATOR_BATCH_MAX_AGE_S: a batch is submitted once its oldest request waited this long
     #: (or it reached the documented limits).
     max_age_s: float = 60.0
+    #: ESCALATOR_LANE_GROUP: the lane worker's consumer group (it reads the hand-off topic).
+    group: str = "escalator-lane"
+    #: ESCALATOR_BATCH_POLL_S: how often the lane asks whether its batches have ended.
+    poll_s: float = 10.0
 
 
 #: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
@@ -575,8 +587,9 @@ def _lane(env: _Env) -> LaneSettings:
     enabled = env.flag("ESCALATOR_BATCH_LANE", d.enabled)
     if enabled:
         raise ConfigError(
-            "ESCALATOR_BATCH_LANE=on: this version has no batch lane worker yet (issue 24); "
-            "it records each request's deadline and lane, and answers everything in real time"
+            "ESCALATOR_BATCH_LANE=on: the batch lane is not complete in this version (issue 24: "
+            "it cannot be run from the command line yet); every request is answered in real "
+            "time, and each decision records its deadline and lane"
         )
     deadline = env.get("ESCALATOR_DEADLINE_S", None, float, "a number of seconds")
     if deadline is not None and not 1.0 <= deadline <= 30 * 86400.0:
@@ -588,6 +601,8 @@ def _lane(env: _Env) -> LaneSettings:
         slack_factor=env.number("ESCALATOR_BATCH_SLACK_FACTOR", d.slack_factor, 1.0, 100.0),
         fallback_s=env.number("ESCALATOR_BATCH_FALLBACK_S", d.fallback_s, 0.0, 86400.0),
         max_age_s=env.number("ESCALATOR_BATCH_MAX_AGE_S", d.max_age_s, 1.0, 86400.0),
+        group=env.text("ESCALATOR_LANE_GROUP", d.group),
+        poll_s=env.number("ESCALATOR_BATCH_POLL_S", d.poll_s, 0.1, 3600.0),
     )
 
 

@@ -58,9 +58,12 @@ async def setup_topics(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def running_service(env: dict[str, str], tiers: list[str]) -> AsyncIterator[Service]:
-    """Run the service in this process until the block ends; wait until it has joined."""
-    settings = load_settings(env)
+async def running_service(
+    env: dict[str, str] | Settings, tiers: list[str]
+) -> AsyncIterator[Service]:
+    """Run the service in this process until the block ends; wait until it has joined.
+    ``env``: the environment, or settings already loaded (and adjusted)."""
+    settings = env if isinstance(env, Settings) else load_settings(env)
     await setup_topics(settings)
     service = build_service(settings, tiers)
     ready = asyncio.Event()

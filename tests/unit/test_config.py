@@ -251,6 +251,8 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "reviews": "ESCALATOR_REVIEWS_TOPIC",
         "adjudications": "ESCALATOR_ADJUDICATIONS_TOPIC",
         "parked": "ESCALATOR_PARKED_TOPIC",
+        "handoff": "ESCALATOR_HANDOFF_TOPIC",
+        "lane_state": "ESCALATOR_LANE_STATE_TOPIC",
     }
     env = {variable: f"t.{name}" for name, variable in Topics.variables().items()}
     topics = load_settings({**BASE, **env}).topics
@@ -264,6 +266,8 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "escalator.reviews",
         "escalator.adjudications",
         "escalator.parked",
+        "escalator.handoff",
+        "escalator.lane-state",
     ]
 
 

@@ -67,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
+    from escalator.config import HANDOFF_RETENTION_MS
     from escalator.kafka.clients import create_topics
 
     settings = settings_from_env()
@@ -74,12 +75,16 @@ def cmd_topics(args: argparse.Namespace) -> int:
     replication = args.replication or settings.topic_replication
     names = settings.topics.all()
     # The parked topic keeps what it holds until replayed (ESCALATOR_PARKED_RETENTION_MS).
-    parked = {"retention.ms": str(settings.parking.parked_retention_ms)}
+    t = settings.topics
+    configs = {
+        t.parked: {"retention.ms": str(settings.parking.parked_retention_ms)},
+        # The lane's ledger outlives a batch's 24 hours; its state is one record per batch.
+        t.handoff: {"retention.ms": str(HANDOFF_RETENTION_MS)},
+        t.lane_state: {"cleanup.policy": "compact"},
+    }
     created = run_with_kafka(
         settings.kafka,
-        lambda: create_topics(
-            settings.kafka, names, partitions, replication, {settings.topics.parked: parked}
-        ),
+        lambda: create_topics(settings.kafka, names, partitions, replication, configs),
     )
     for name in names:
         print(f"{'created' if name in created else 'exists '} {name}")

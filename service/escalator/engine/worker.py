@@ -82,6 +82,8 @@ class Record(Protocol):
     key: bytes | None
     value: bytes | None
     headers: Any
+    #: Epoch milliseconds (the producer's or the broker's, per the topic's timestamp type).
+    timestamp: int
 
 
 class Handler(Protocol):

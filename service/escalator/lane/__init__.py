@@ -2,12 +2,24 @@
 the price (issue 24).
 
 What is here: each request's deadline, in use (every decision records the deadline in force
-and the lane), and the rule that picks its lane, tested, for the worker to call
-(``deadlines.py``). Tested but not wired yet: batch assembly per model up to the documented
-limits or an age bound, with custom ids the API accepts (``assembly.py``), and the per-batch
-state record with what a restarted worker finds open (``state.py``). There is no lane worker
-yet, so ``ESCALATOR_BATCH_LANE=on`` is refused at start-up and every request is answered in
-real time.
+and the lane), and the rule that picks its lane (``deadlines.py``); the cheap tier's hand-off
+(``handoff.py``: a request that can wait is answered at once by its copy on the hand-off
+topic, committed once that is acknowledged); batch assembly per model up to the documented
+limits or an age bound, with custom ids the API accepts (``assembly.py``); the per-batch state
+record and what a restarted worker finds open (``state.py``, on Kafka ``state_topic.py``); the
+Batches API boundary (``batches.py``); and the batches in flight (``runner.py``: intent,
+create, batch id, polling, results to the waiting records, resume of the same batch). The
+lane worker is a row of the tier table (``tiers/table.py``, handler ``tiers/lane.py``), run by
+``build_service(settings, [..., "lane"])``; tests/integration/test_batch_lane.py runs it on
+the real broker and the emulator.
+
+Still refused at start-up (``ESCALATOR_BATCH_LANE=on``), because these are missing: the
+command line cannot run the lane (``--tier lane``, and ``--tier all`` with the lane on);
+an intent without a batch id is not adopted (a kill between create and its state record can
+bill a batch twice); members whose deadline less ``ESCALATOR_BATCH_FALLBACK_S`` passes while
+their batch runs are not sent to real time yet; a stop waits the whole shutdown grace for the
+records that wait for their batch; the traced model client hides the adapter the lane needs;
+measurement through batches, the report by lane, the metrics, alerts and docs.
 
 The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 

@@ -121,6 +121,23 @@ class Assembly:
         late = [m for m, b in self._open.items() if now_s - b.oldest_s >= self.max_age_s]
         return [self._cut(model) for model in late]
 
+    def drop(self, partitions: set[int]) -> list[str]:
+        """Take the members of these hand-off partitions out of the open batches (their
+        partitions were revoked: the next owner batches them); their custom ids."""
+        dropped: list[str] = []
+        for model, batch in list(self._open.items()):
+            kept = [m for m in batch.members if m.partition not in partitions]
+            for m in batch.members:
+                if m.partition in partitions:
+                    dropped.append(m.custom_id)
+                    self._places.discard((m.partition, m.offset))
+            if kept:
+                batch.members = kept
+                batch.size_bytes = ENVELOPE_BYTES + sum(m.size_bytes for m in kept)
+            else:
+                del self._open[model]
+        return dropped
+
     def waiting(self) -> int:
         """Requests in open batches (a gauge: requests waiting for their batch)."""
         return sum(len(b.members) for b in self._open.values())

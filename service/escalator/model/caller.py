@@ -28,7 +28,6 @@ from datetime import UTC
 from typing import Any, Protocol
 
 import anthropic
-import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -42,9 +41,10 @@ from escalator.config import ModelSettings, Settings, default_of
 from escalator.contract.messages import Attempt
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable, PermanentError
 from escalator.model.admission import Admission, disabled
+from escalator.model.answers import attempt_of
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.limits import AdaptiveLimit
-from escalator.model.prices import PriceTable, Usage
+from escalator.model.prices import PriceTable
 from escalator.model.profiles import ModelProfile
 from escalator.model.task import Task
 from escalator.observability import tracing
@@ -237,6 +237,13 @@ class AnthropicClassifier:
             **self._fields,
         }
 
+    def attempt(self, message: Any) -> Attempt:
+        """The Attempt of a message answered elsewhere (a batch result), read as
+        :meth:`classify` reads its own."""
+        return attempt_of(
+            message, tier=self.tier, model=self.model, task=self._task, prices=self._prices
+        )
+
     async def classify(self, text: str, *, credit_token: str | None = None) -> Attempt:
         started = time.perf_counter()
         request = self.request(text)
@@ -257,90 +264,21 @@ class AnthropicClassifier:
             raise translate_error(exc) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         self._report_limits(raw.headers)
-        u = message.usage
-        created = u.cache_creation
-        geo = u.inference_geo
-        usage = Usage(
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_write_tokens=u.cache_creation_input_tokens or 0,
-            cache_read_tokens=u.cache_read_input_tokens or 0,
-            cache_write_1h_tokens=created.ephemeral_1h_input_tokens if created else 0,
-            inference_geo=geo,
-            service_tier=u.service_tier,  # "batch" is half price (prices.py)
-        )
-        refusal: str | None = None
-        token: str | None = None
-        label: str | None
-        error: str | None
-        if message.stop_reason == "refusal":
-            details = message.stop_details
-            refusal = (details.category if details else None) or "uncategorized"
-            token = details.fallback_credit_token if details else None
-            label, confidence, error = None, 0.0, "refused"
-        else:
-            raw_text = "".join(b.text for b in message.content if b.type == "text")
-            label, confidence, error = self._validate(raw_text, message.stop_reason)
-        return Attempt(
+        return attempt_of(
+            message,
             tier=self.tier,
             model=self.model,
-            label=label,
-            confidence=confidence,
-            valid=error is None,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cost_usd=self._prices.cost_usd(self.model, usage),
+            task=self._task,
+            prices=self._prices,
             latency_ms=latency_ms,
-            error=error,
-            stop_reason=message.stop_reason,
-            refusal_category=refusal,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            inference_geo=geo,
             request_id=raw.request_id,
-            fallback_credit_token=token,
-            fallback_credit=_credit_outcome(u.fallback_credit) if credit_token else None,
-            service_tier=usage.service_tier,
+            credit_token=credit_token,
         )
 
     def _report_limits(self, headers: Mapping[str, str]) -> None:
         limits = rate_limits(headers)
         if limits:
             self._on_rate_limits(self.model, limits)
-
-    def _validate(self, raw: str, stop_reason: str | None) -> tuple[str | None, float, str | None]:
-        """(label, confidence, error). An invalid answer has confidence 0 and an error code."""
-        if stop_reason not in ("end_turn", "stop_sequence"):
-            return None, 0.0, f"stop_reason_{stop_reason}"
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None, 0.0, "answer_not_json"
-        if not isinstance(data, dict):
-            return None, 0.0, "answer_not_object"
-        answer = data.get("label")
-        confidence = data.get("confidence")
-        label = self._task.canonical_label(answer) if isinstance(answer, str) else None
-        if label is None:
-            return None, 0.0, "label_not_in_set"
-        if (
-            isinstance(confidence, bool)
-            or not isinstance(confidence, int | float)
-            or not 0.0 <= float(confidence) <= 1.0
-        ):
-            return label, 0.0, "confidence_invalid"
-        return label, float(confidence), None
-
-
-def _credit_outcome(usage: Any) -> str:
-    """``usage.fallback_credit`` as one word: ``redeemed`` or ``not_applied:<reason>``."""
-    status = getattr(usage, "status", None)
-    if status is None:
-        return "not_applied:no_outcome_reported"
-    if status.type == "redeemed":
-        return "redeemed"
-    return f"not_applied:{getattr(status, 'reason', 'unknown')}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

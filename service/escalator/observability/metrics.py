@@ -104,6 +104,13 @@ class Metrics:
             ["tier", "error"],
             registry=r,
         )
+        self.lane_fallbacks = Counter(
+            "escalator_lane_fallbacks",
+            "Batch-lane requests answered in real time instead, by their batch result "
+            "(errored, expired, canceled).",
+            ["result"],
+            registry=r,
+        )
         self.shadow_failures = Counter(
             "escalator_shadow_failures",
             "Shadow (measurement) calls abandoned; the request already had its result.",

@@ -58,6 +58,7 @@ from escalator.contract.reviews import Queue, ReviewItem, review_item_value
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
 from escalator.lane.deadlines import LaneRule
+from escalator.lane.handoff import HandOff
 from escalator.model.caller import ModelCaller
 from escalator.model.task import Task
 from escalator.observability import tracing
@@ -277,31 +278,48 @@ class _Base:
 class CheapHandler(_Base):
     tier = "cheap"
 
+    def __init__(self, *, handoff: HandOff | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: The batch lane's hand-off (ESCALATOR_BATCH_LANE), None: everything in real time.
+        self.handoff = handoff
+
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         """Bad input is answered at once (a dead letter); a request waits for the model."""
         try:
             request = parse_request(record.value, self.max_text_chars)
         except InvalidRequest as exc:
             return self.dead_letter(record, exc)
-        return self._ask(record, request)
+        if self.handoff is not None:
+            handed = self.handoff.takes(record, request)
+            if handed is not None:  # the batch lane answers it: committed once handed off
+                return handed
+        return self.ask(record, request)
 
-    async def _ask(self, record: Record, request: Request) -> list[Output]:
-        key = record.key or request.id.encode()
-        headers = _headers(record)
-        decision: Route
-        reason: str | None
-        outputs: list[Output] = []
+    async def ask(self, record: Record, request: Request) -> list[Output]:
+        """The real-time path: ask the cheap model, route its answer."""
         try:
             attempt = await self.caller.answer(
                 request.text, give_up_when_unavailable=self.escalate_when_unavailable
             )
         except ModelUnavailable as exc:
-            attempt = self._unavailable(f"unavailable:{exc.kind}")
-            decision, reason = "escalate", "cheap_unavailable"
+            return self.routed(record, request, self._unavailable(f"unavailable:{exc.kind}"))
         except PermanentError as exc:
             if exc.reason != "model_unavailable":
                 return self.dead_letter(record, exc)  # a 400 for this request alone
-            attempt = self._unavailable("unavailable:poison")
+            return self.routed(record, request, self._unavailable("unavailable:poison"))
+        return self.routed(record, request, attempt)
+
+    def routed(self, record: Record, request: Request, attempt: Attempt) -> list[Output]:
+        """The outputs of a cheap answer, real-time or from the batch lane (whose answers say
+        ``service_tier: batch``, so their decisions record ``lane: batch``): accepted to
+        results (maybe shadowed), or escalated. An attempt made by :meth:`_unavailable`
+        escalates as ``cheap_unavailable`` with no decision record (no answer was had)."""
+        key = record.key or request.id.encode()
+        headers = _headers(record)
+        decision: Route
+        reason: str | None
+        outputs: list[Output] = []
+        if attempt.error is not None and attempt.error.startswith("unavailable:"):
             decision, reason = "escalate", "cheap_unavailable"
         else:
             if self.confidence_watch is not None:

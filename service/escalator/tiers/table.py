@@ -12,7 +12,11 @@ from typing import Protocol
 
 from escalator.config import Settings
 from escalator.engine.worker import Handler
+from escalator.errors import ConfigError
+from escalator.lane.assembly import MAX_REQUESTS
 from escalator.lane.deadlines import LaneRule
+from escalator.lane.handoff import HandOff
+from escalator.lane.runner import BatchRunner
 from escalator.model.caller import ModelCaller
 from escalator.model.stack import ModelChoice
 from escalator.model.task import Task
@@ -25,6 +29,7 @@ from escalator.tiers.handlers import (
     StrongHandler,
     TierTopics,
 )
+from escalator.tiers.lane import BatchModel, LaneHandler
 from escalator.tiers.routing import Thresholds
 
 #: The tiers, in the order ``--tier all`` runs them.
@@ -65,6 +70,10 @@ class HandlerParts:
     watches: Watches
     #: Deadlines and the lane rule (every decision records the deadline in force).
     lane: LaneRule = field(default_factory=LaneRule)
+    #: The batch lane's hand-off (ESCALATOR_BATCH_LANE), None: everything in real time.
+    handoff: HandOff | None = None
+    #: The lane worker's batches (built by the service when it runs the lane).
+    runner: BatchRunner | None = None
 
     @classmethod
     def of(
@@ -96,6 +105,7 @@ class HandlerParts:
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             watches=watches or NoWatches(),
             lane=LaneRule.of(settings.lane),
+            handoff=HandOff.of(settings.lane, t.handoff) if settings.lane.enabled else None,
         )
 
 
@@ -116,6 +126,11 @@ class TierSpec:
     #: The topics it needs beyond those every tier writes (results, escalations, dead
     #: letters, decisions): the service starts once they all exist.
     needs: frozenset[str] = frozenset()
+    #: Records it may wait on at once (None: ESCALATOR_MAX_IN_FLIGHT). The lane's wait for
+    #: their batch, not for a model slot: up to a batch's documented size.
+    max_in_flight: int | None = None
+    #: Whether its handler is also the worker's Holder (told of assignments and deliveries).
+    holds: bool = False
 
 
 def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
@@ -132,6 +147,7 @@ def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
         review=parts.review,
         confidence_watch=parts.watches.confidence(),
         lane=parts.lane,
+        handoff=parts.handoff,
     )
 
 
@@ -152,6 +168,20 @@ def strong_handler(parts: HandlerParts, caller: ModelCaller) -> StrongHandler:
     )
 
 
+def lane_handler(parts: HandlerParts, caller: ModelCaller) -> LaneHandler:
+    """The lane worker: the cheap tier's routing and real-time fallback over ``caller``, the
+    batches of ``parts.runner``, the request body and answer parse of the cheap adapter."""
+    if parts.runner is None:
+        raise ConfigError("ESCALATOR_BATCH_LANE: the lane worker was built without its batches")
+    adapter = caller.client
+    if not isinstance(adapter, BatchModel):
+        raise ConfigError(
+            "ESCALATOR_BATCH_LANE: the cheap model's client cannot build batch requests "
+            f"({type(adapter).__name__})"
+        )
+    return LaneHandler(cheap_handler(parts, caller), parts.runner, adapter)
+
+
 def tier_table(settings: Settings) -> dict[str, TierSpec]:
     """Every tier, by name, in :data:`TIERS` order."""
     t, p, m, rv = settings.topics, settings.pipeline, settings.model, settings.review
@@ -165,7 +195,8 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             topic=t.requests,
             group=p.cheap_group,
             model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
-            needs=frozenset({t.requests}),
+            # With the lane on, the cheap tier hands what can wait to the hand-off topic.
+            needs=frozenset({t.requests, t.handoff} if settings.lane.enabled else {t.requests}),
         ),
         TierSpec(
             "strong",
@@ -174,6 +205,18 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             group=p.strong_group,
             model=ModelChoice("strong", m.strong_model, "ESCALATOR_STRONG_MODEL"),
             needs=frozenset(strong_needs),
+        ),
+        # The batch lane (issue 24): not in TIERS, run only when asked for by name. Its real-
+        # time fallback is the cheap tier's, on the same model stack.
+        TierSpec(
+            "lane",
+            lane_handler,
+            topic=t.handoff,
+            group=settings.lane.group,
+            model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
+            needs=frozenset({t.handoff, t.lane_state}),
+            max_in_flight=MAX_REQUESTS,
+            holds=True,
         ),
     )
     return {row.name: row for row in rows}

@@ -206,6 +206,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_BATCH_SLACK_FACTOR": [Case("0.5"), Case("twice")],
     "ESCALATOR_BATCH_FALLBACK_S": [Case("-1"), Case("some")],
     "ESCALATOR_BATCH_MAX_AGE_S": [Case("0"), Case("old")],
+    "ESCALATOR_BATCH_POLL_S": [Case("0"), Case("often")],
     "OTEL_TRACES_EXPORTER": [
         Case("zipkin"),
         Case("none,otlp"),
@@ -221,6 +222,7 @@ SETTING_EXEMPT: dict[str, str] = {
     "check and by doctor (tests/integration/test_doctor.py)",
     "ESCALATOR_KAFKA_CLIENT_ID": "any string is a legal Kafka client id",
     "ESCALATOR_CHEAP_GROUP": "any non-empty string is a legal consumer group id",
+    "ESCALATOR_LANE_GROUP": "any non-empty string is a legal consumer group id",
     "ESCALATOR_STRONG_GROUP": "any non-empty string is a legal consumer group id",
     "ESCALATOR_REVIEW_GROUP": "any non-empty string is a legal consumer group id",
     "ESCALATOR_PARKED_REPLAY_GROUP": "any non-empty string is a legal consumer group id",

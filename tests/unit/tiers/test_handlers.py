@@ -16,7 +16,8 @@ import pytest
 from escalator.contract.messages import Attempt, escalation_value, parse_request
 from escalator.engine.worker import Output
 from escalator.errors import ModelRejected, ModelUnavailable
-from escalator.lane.deadlines import LaneRule
+from escalator.lane.deadlines import CompletionTimes, LaneRule
+from escalator.lane.handoff import DEADLINE_HEADER, LANE_HEADER, ORIGIN_HEADER, HandOff
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.model.task import load_task
@@ -37,6 +38,7 @@ class FakeRecord:
     offset: int = 7
     key: bytes | None = None
     headers: Any = ()
+    timestamp: int = 0
 
 
 class FakeModel:
@@ -419,3 +421,48 @@ async def test_every_decision_records_its_lane_and_the_deadline_in_force(
     decisions = [orjson.loads(o.value) for o in on(outputs, "decisions")]
     assert [d["attempt"]["tier"] for d in decisions] == ["cheap", "strong"]
     assert {(d["lane"], d["deadline_s"]) for d in decisions} == {("realtime", expected)}
+
+
+@pytest.mark.parametrize(("deadline_s", "handed"), [(None, False), (60.0, False), (86400.0, True)])
+async def test_a_request_that_can_wait_is_handed_off_at_once_without_a_model_call(
+    deadline_s: float | None, handed: bool
+) -> None:
+    """With the lane on, a request whose slack passes the lane rule is answered at once (a
+    list) by its copy on the hand-off topic, with its absolute deadline and origin; no model
+    call. One with no deadline, or too short a one, waits for the model as before."""
+    rule = LaneRule(enabled=True, fallback_s=300.0, max_age_s=60.0)
+    now_s = 1_000_000.0
+    handoff = HandOff(rule, CompletionTimes(3600.0), "handoff", clock=lambda: now_s)
+    model = FakeModel(lambda n: ok())
+    h = handler(CheapHandler, model, lane=rule, handoff=handoff)
+    body: dict[str, Any] = {"id": "r1", "text": "some text"}
+    if deadline_s is not None:
+        body["deadline_s"] = deadline_s
+    stamp_ms = int(now_s * 1000) - 5_000
+    record = FakeRecord(orjson.dumps(body), offset=9, headers=[("traceparent", b"t")])
+    record.timestamp = stamp_ms
+    work = h.handle(record)
+    if not handed:
+        assert not isinstance(work, list)
+        outputs = await work
+        assert model.calls == 1 and on(outputs, "results")
+        return
+    assert isinstance(work, list) and model.calls == 0
+    [out] = work
+    assert (out.topic, out.value) == ("handoff", record.value)
+    headers = dict(out.headers)
+    assert headers["traceparent"] == b"t"
+    assert headers[DEADLINE_HEADER] == str(stamp_ms + 86_400_000).encode()
+    assert headers[ORIGIN_HEADER] == b"requests/0/9"
+
+
+async def test_a_request_the_lane_sent_back_is_answered_in_real_time() -> None:
+    """A record flagged x-escalator-lane: realtime (the lane's fallback) is never handed off
+    again, however much slack it has."""
+    rule = LaneRule(enabled=True, default_deadline_s=86400.0)
+    handoff = HandOff(rule, CompletionTimes(60.0), "handoff", clock=lambda: 0.0)
+    model = FakeModel(lambda n: ok())
+    h = handler(CheapHandler, model, lane=rule, handoff=handoff)
+    record = FakeRecord(request(), headers=[(LANE_HEADER, b"realtime")])
+    outputs = await handled(h, record)
+    assert model.calls == 1 and on(outputs, "results") and not on(outputs, "handoff")

@@ -33,13 +33,34 @@ def test_each_tier_reads_its_topic_as_its_group_with_its_model() -> None:
         ESCALATOR_STRONG_MODEL="claude-opus-5-5",
     )
     table = tier_table(s)
-    assert tuple(table) == TIERS == ("cheap", "strong")
+    assert tuple(table) == (*TIERS, "lane") and TIERS == ("cheap", "strong")
     cheap, strong = table["cheap"], table["strong"]
     assert (cheap.topic, cheap.group, cheap.model.model) == ("in", "g-cheap", "claude-haiku-4-5")
     assert (strong.topic, strong.group, strong.model.model) == ("up", "g-strong", "claude-opus-5-5")
     assert cheap.model.variable == "ESCALATOR_CHEAP_MODEL"
     assert strong.model.variable == "ESCALATOR_STRONG_MODEL"
-    assert all(row.model.tier == name for name, row in table.items())
+    assert all(row.model.tier == name for name, row in table.items() if name in TIERS)
+
+
+def test_the_lane_reads_the_handoff_topic_on_the_cheap_model_stack() -> None:
+    """The batch lane's row: the hand-off topic as its own group, the cheap model (its
+    real-time fallback shares the cheap stack), its own bound of waiting records, a Holder;
+    the cheap row needs the hand-off topic only with the lane on."""
+    s = settings(
+        ESCALATOR_HANDOFF_TOPIC="h",
+        ESCALATOR_LANE_GROUP="g-lane",
+        ESCALATOR_CHEAP_MODEL="claude-haiku-4-5",
+    )
+    lane = tier_table(s)["lane"]
+    assert (lane.topic, lane.group, lane.model.tier, lane.model.model) == (
+        "h",
+        "g-lane",
+        "cheap",
+        "claude-haiku-4-5",
+    )
+    assert lane.max_in_flight == 10_000 and lane.holds
+    assert lane.needs == {"h", s.topics.lane_state}
+    assert "h" not in tier_table(s)["cheap"].needs
 
 
 class Watches:

@@ -1,0 +1,79 @@
+"""The Message Batches API as the lane sees it (:class:`BatchApi`), and its implementation on
+the ``anthropic`` SDK (``client.messages.batches``), with errors translated once, here, as the
+real-time adapter translates them (``model.caller.translate_error``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import anthropic
+
+from escalator.model.caller import translate_error
+
+#: What an item of an ended batch came to (the API's result types).
+Kind = Literal["succeeded", "errored", "canceled", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One request's result: its Message when ``succeeded``, else why not."""
+
+    custom_id: str
+    kind: Kind
+    message: Any = None
+    #: ``errored``: the error's type (``api_error``, ``invalid_request_error``...).
+    error: str | None = None
+
+
+class BatchApi(Protocol):
+    async def create(self, requests: list[dict[str, Any]]) -> str:
+        """Submit ``[{"custom_id", "params"}]``; the batch id. Raises ModelUnavailable (try
+        again later) or ModelRejected (the batch as a whole is refused)."""
+        ...
+
+    async def ended(self, batch_id: str) -> bool:
+        """True once the batch's processing has ended (its results can be read)."""
+        ...
+
+    def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
+        """The results of an ended batch, in no particular order."""
+        ...
+
+
+class AnthropicBatches:
+    """:class:`BatchApi` over ``anthropic.AsyncAnthropic`` (the real API or the emulator)."""
+
+    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+        self._client = client
+
+    async def create(self, requests: list[dict[str, Any]]) -> str:
+        try:
+            batch = await self._client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc
+        return batch.id
+
+    async def ended(self, batch_id: str) -> bool:
+        try:
+            batch = await self._client.messages.batches.retrieve(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc
+        return batch.processing_status == "ended"
+
+    async def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
+        try:
+            lines = await self._client.messages.batches.results(batch_id)
+            async for line in lines:
+                result = line.result
+                if result.type == "succeeded":
+                    yield ItemResult(line.custom_id, "succeeded", message=result.message)
+                elif result.type == "errored":
+                    error = getattr(result.error, "error", None)
+                    kind = getattr(error, "type", None) or "api_error"
+                    yield ItemResult(line.custom_id, "errored", error=str(kind))
+                else:
+                    yield ItemResult(line.custom_id, result.type)
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc

@@ -1,0 +1,88 @@
+"""The hand-off: the cheap tier's one call into the lane (``takes``), which answers a request
+that can wait with a copy of it on the hand-off topic instead of a model call.
+
+The copy is an output like any other: the engine commits the request's offset only once the
+hand-off topic has acknowledged it, so the topic is the lane's ledger and no consumer holds a
+requests partition for the hours a batch may take. The copy carries, in reserved headers, the
+request's absolute deadline (its record's timestamp + the deadline in force) and where it came
+from; the lane worker reads them, and every output of the lane drops them again
+(``propagated_headers``).
+
+A record flagged ``x-escalator-lane: realtime`` is never handed off: that is how the lane
+sends back what it could not answer in time (an expired or canceled batch item).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from escalator.config import LaneSettings
+from escalator.contract.messages import BATCH, H_PREFIX, REALTIME, Request, propagated_headers
+from escalator.engine.worker import Output, Record
+from escalator.lane.deadlines import Choice, CompletionTimes, LaneRule
+
+#: The request's absolute deadline, epoch milliseconds (on the hand-off topic).
+DEADLINE_HEADER = H_PREFIX + "deadline-ms"
+#: ``<topic>/<partition>/<offset>`` of the request the hand-off copies.
+ORIGIN_HEADER = H_PREFIX + "handoff-of"
+#: ``realtime`` on a request the lane sent back: answered in real time, never handed off again.
+LANE_HEADER = H_PREFIX + "lane"
+
+
+def flagged_realtime(record: Record) -> bool:
+    """True when ``record`` carries ``x-escalator-lane: realtime``."""
+    return any(k == LANE_HEADER and v == REALTIME.encode() for k, v in record.headers or ())
+
+
+def deadline_ms(record: Record) -> int | None:
+    """The absolute deadline a hand-off record carries, None when it carries none."""
+    for k, v in record.headers or ():
+        if k == DEADLINE_HEADER and v:
+            try:
+                return int(bytes(v))
+            except ValueError:
+                return None
+    return None
+
+
+class HandOff:
+    """The lane rule applied to each request the cheap tier reads."""
+
+    def __init__(
+        self,
+        rule: LaneRule,
+        times: CompletionTimes,
+        topic: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rule = rule
+        self.times = times
+        self.topic = topic
+        self._clock = clock
+
+    @classmethod
+    def of(cls, settings: LaneSettings, topic: str) -> HandOff:
+        return cls(LaneRule.of(settings), CompletionTimes(settings.expected_s), topic)
+
+    def choose(self, record: Record, request: Request) -> Choice:
+        waited_s = self._clock() - record.timestamp / 1000
+        return self.rule.choose(request, waited_s=waited_s, expected_s=self.times.expected_s())
+
+    def takes(self, record: Record, request: Request) -> list[Output] | None:
+        """The hand-off of ``record`` when the rule sends it to the lane, else None (answer
+        it in real time)."""
+        if flagged_realtime(record):
+            return None
+        choice = self.choose(record, request)
+        if choice.lane != BATCH or choice.deadline_s is None:
+            return None
+        deadline = record.timestamp + int(choice.deadline_s * 1000)
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        headers = [
+            *propagated_headers(record.headers),
+            (DEADLINE_HEADER, str(deadline).encode()),
+            (ORIGIN_HEADER, origin.encode()),
+        ]
+        return [Output(self.topic, record.value or b"", record.key, headers)]

@@ -1,0 +1,248 @@
+"""The lane's batches in flight: handed-off requests join the open batch of their model
+(``assembly.py``), which is submitted once cut, recorded on the state topic before and after
+the create call (``state.py``), polled until it ends, and whose results go back to the records
+waiting for them (:meth:`BatchRunner.join`).
+
+A record waits in ``join`` until its result is in, so the engine commits its hand-off offset
+only once what it led to is delivered. After a crash or a rebalance the records come again:
+the runner has read the open batches from the state topic on entry, so a record whose custom
+id is in a submitted batch waits for that batch (polled, never created again: no second
+bill), and one whose batch already ended gets its result from the kept results. A batch is
+closed (its tombstone written) once every member's outputs were delivered here.
+
+Left for later (docs/OPERATIONS.md, "The batch lane"): an intent without a batch id (a kill
+between the create call and its state record) is not adopted yet; its members join a new
+batch when they come again, so that window can bill a batch twice. A batch whose members
+were partly committed before a crash stays open on the state topic (polled, never paid for
+again) until an operator closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+from aiokafka.errors import KafkaError
+
+from escalator.errors import EscalatorError, ModelRejected
+from escalator.lane.assembly import Assembly, Batch, Member, custom_id, place_of
+from escalator.lane.batches import BatchApi, ItemResult
+from escalator.lane.deadlines import CompletionTimes
+from escalator.lane.state import BatchState
+from escalator.observability.logs import log
+
+logger = logging.getLogger("escalator.lane")
+
+
+class StateLog(Protocol):
+    """The compacted state topic."""
+
+    async def read(self) -> dict[bytes, BatchState]:
+        """The open batches (``state.open_batches`` over the topic read to its end)."""
+        ...
+
+    async def write(self, state: BatchState) -> None:
+        """Write ``state`` under its key and wait for the acknowledgement."""
+        ...
+
+    async def close(self, key: bytes) -> None:
+        """Write the tombstone of ``key`` and wait for the acknowledgement."""
+        ...
+
+
+class BatchRunner:
+    """Assembly, submission, polling and results of the lane's batches (an async context
+    manager: the loop that cuts and polls runs inside it)."""
+
+    def __init__(
+        self,
+        api: BatchApi,
+        state: StateLog,
+        *,
+        max_age_s: float,
+        poll_s: float = 5.0,
+        times: CompletionTimes | None = None,
+        clock: Callable[[], float] = time.time,
+        **limits: int,
+    ) -> None:
+        self._api = api
+        self._state = state
+        self._assembly = Assembly(max_age_s=max_age_s, **limits)
+        self.poll_s = poll_s
+        self.times = times or CompletionTimes(3600.0)
+        self._clock = clock
+        self._params: dict[str, dict[str, Any]] = {}
+        self._waiters: dict[str, asyncio.Future[ItemResult]] = {}
+        #: Submitted batches not closed, by state key; and each member's batch key.
+        self._open: dict[bytes, BatchState] = {}
+        self._batch_of: dict[str, bytes] = {}
+        #: Results of ended batches not closed yet; members whose outputs are delivered.
+        self._results: dict[bytes, dict[str, ItemResult]] = {}
+        self._delivered: set[str] = set()
+        self._cut: list[Batch] = []
+        self._loop: asyncio.Task[None] | None = None
+        #: Set while what the state topic says is known here: a record joins only then.
+        self._fresh = asyncio.Event()
+        self._refreshing: set[asyncio.Task[None]] = set()
+        self.created = 0
+
+    async def __aenter__(self) -> BatchRunner:
+        await self._read()
+        self._loop = asyncio.create_task(self._run(), name="batch-lane")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in [*self._refreshing, *([self._loop] if self._loop else [])]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _read(self) -> None:
+        """Track every submitted batch the state topic holds open (the same batch is polled
+        again, never created again)."""
+        for key, state in (await self._state.read()).items():
+            if key in self._open:
+                continue
+            if state.batch_id is None:
+                log(logger, "lane_intent_unadopted", logging.WARNING, members=len(state.members))
+                continue
+            self._track(key, state)
+        self._fresh.set()
+
+    def refresh(self) -> None:
+        """Partitions were assigned: read the state topic again before their records join
+        (another worker may have submitted their batches)."""
+        self._fresh.clear()
+        task = asyncio.create_task(self._reread(), name="batch-lane-refresh")
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _reread(self) -> None:
+        while True:
+            try:
+                await self._read()
+            except (KafkaError, OSError) as exc:
+                log(logger, "lane_state_read_failed", logging.WARNING, error=str(exc)[:300])
+                await asyncio.sleep(self.poll_s)
+            else:
+                return
+
+    def waiting(self) -> int:
+        """Requests not yet in a submitted batch."""
+        return self._assembly.waiting()
+
+    async def join(
+        self, model: str, partition: int, offset: int, params: dict[str, Any]
+    ) -> ItemResult:
+        """The result for the hand-off record at ``partition``/``offset``: from the batch it
+        is already in (recorded), else from the open batch of ``model`` it joins now."""
+        await self._fresh.wait()
+        cid = custom_id(partition, offset)
+        waiter = self._waiters.get(cid)
+        if waiter is None or waiter.done():
+            waiter = self._waiters[cid] = asyncio.get_running_loop().create_future()
+        key = self._batch_of.get(cid)
+        if key is not None:
+            kept = self._results.get(key, {}).get(cid)
+            if kept is not None:
+                self._resolve(kept)
+        elif cid not in self._params:
+            self._params[cid] = params
+            size = len(orjson.dumps({"custom_id": cid, "params": params}))
+            member = Member(partition, offset, size, self._clock())
+            try:
+                self._cut += self._assembly.add(model, member)
+            except ValueError:  # larger than a whole batch: the real-time path answers it
+                self._params.pop(cid, None)
+                self._resolve(ItemResult(cid, "errored", error="request_too_large"))
+        return await waiter
+
+    def delivered(self, partition: int, offset: int) -> None:
+        """The record's outputs are delivered: close its batch once every member's are."""
+        self._delivered.add(custom_id(partition, offset))
+
+    def give_up(self, partitions: set[int]) -> None:
+        """These hand-off partitions are no longer ours: their waiting records end (the next
+        owner redoes them)."""
+        for cid in self._assembly.drop(partitions):
+            self._params.pop(cid, None)  # not submitted: the next owner batches it
+        for cid, waiter in list(self._waiters.items()):
+            if place_of(cid)[0] in partitions and not waiter.done():
+                waiter.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except (EscalatorError, KafkaError, OSError) as exc:
+                # The API or the broker: the round is tried again (a batch not created stays
+                # cut, one not collected stays open); records keep waiting, never lost.
+                log(logger, "lane_round_failed", logging.WARNING, error=str(exc)[:300])
+            await asyncio.sleep(self.poll_s)
+
+    async def tick(self) -> None:
+        """One round: submit what is cut or due, poll what is submitted, close what is done."""
+        self._cut += self._assembly.due(self._clock())
+        while self._cut:
+            await self._submit(self._cut[0])
+            self._cut.pop(0)
+        for key, state in list(self._open.items()):
+            if key not in self._results and state.batch_id is not None:
+                if await self._api.ended(state.batch_id):
+                    await self._collect(key, state)
+            if key in self._results and all(m in self._delivered for m in state.members):
+                await self._state.close(key)
+                del self._open[key], self._results[key]
+                for m in state.members:
+                    self._batch_of.pop(m, None)
+                    self._delivered.discard(m)
+
+    async def _submit(self, batch: Batch) -> None:
+        """Intent, create, then the batch id: in that order on the state topic."""
+        members = tuple(m.custom_id for m in batch.members)
+        intent = BatchState(batch.model, members, int(self._clock() * 1000))
+        await self._state.write(intent)
+        requests = [{"custom_id": m, "params": self._params[m]} for m in members]
+        try:
+            batch_id = await self._api.create(requests)
+        except ModelRejected as exc:
+            # The batch as a whole is refused: each member goes to the real-time path.
+            log(logger, "lane_batch_refused", logging.WARNING, error=str(exc)[:300])
+            await self._state.close(intent.key)
+            for m in members:
+                self._params.pop(m, None)
+                self._resolve(ItemResult(m, "errored", error="batch_refused"))
+            return
+        self.created += 1
+        state = intent.submitted(batch_id, int(self._clock() * 1000))
+        await self._state.write(state)
+        log(logger, "lane_batch_submitted", batch_id=batch_id, model=batch.model, size=len(members))
+        for m in members:
+            self._params.pop(m, None)
+        self._track(state.key, state)
+
+    def _track(self, key: bytes, state: BatchState) -> None:
+        self._open[key] = state
+        for m in state.members:
+            self._batch_of[m] = key
+
+    async def _collect(self, key: bytes, state: BatchState) -> None:
+        results = {r.custom_id: r async for r in self._api.results(state.batch_id or "")}
+        if state.submitted_ms is not None:
+            self.times.observe(self._clock() - state.submitted_ms / 1000)
+        for m in state.members:
+            # A member the results do not name is treated as expired: answered in real time.
+            results.setdefault(m, ItemResult(m, "expired"))
+        self._results[key] = results
+        for result in results.values():
+            self._resolve(result)
+
+    def _resolve(self, result: ItemResult) -> None:
+        waiter = self._waiters.get(result.custom_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)

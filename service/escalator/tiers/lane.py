@@ -1,0 +1,76 @@
+"""The batch lane's handler: a row of the tier table reading the hand-off topic
+(``tiers/table.py``), through the engine like every tier.
+
+Each hand-off record waits (a coroutine under the engine) for its request's result from the
+Message Batches API (``lane/runner.py``), so its offset commits only once what the result led
+to is delivered. A ``succeeded`` item is parsed as a real-time answer is
+(``model/answers.py``) and routed by the cheap tier's own code (:meth:`CheapHandler.routed`):
+confident to results, unsure to escalations, the same contract, metrics and decisions, whose
+``lane`` says ``batch`` (the answer's ``service_tier``). Any other item (``errored``,
+``expired``, ``canceled``, a batch refused whole) is answered by the real-time path, which
+applies the real-time failure policy (retries, holds, a dead letter for a 400 of its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, Protocol, runtime_checkable
+
+from aiokafka import TopicPartition
+
+from escalator.contract.messages import Attempt, Request, parse_request
+from escalator.engine.worker import Output, Record
+from escalator.errors import InvalidRequest
+from escalator.lane.runner import BatchRunner
+from escalator.tiers.handlers import CheapHandler
+
+
+@runtime_checkable
+class BatchModel(Protocol):
+    """What the lane needs of the cheap model's adapter (``model.caller.AnthropicClassifier``):
+    the request body it sends in real time, and its reading of an answer."""
+
+    model: str
+
+    def request(self, text: str) -> dict[str, Any]: ...
+
+    def attempt(self, message: Any) -> Attempt: ...
+
+
+class LaneHandler:
+    """Handler and :class:`~escalator.engine.worker.Holder` of the hand-off topic."""
+
+    tier = "lane"
+
+    def __init__(self, cheap: CheapHandler, runner: BatchRunner, model: BatchModel) -> None:
+        self.cheap = cheap
+        self.runner = runner
+        self.model = model
+
+    def should_pause(self) -> bool:
+        return self.cheap.should_pause()
+
+    def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
+        try:
+            request = parse_request(record.value, self.cheap.max_text_chars)
+        except InvalidRequest as exc:  # the cheap tier read it before: only a foreign record
+            return self.cheap.dead_letter(record, exc)
+        return self._wait(record, request)
+
+    async def _wait(self, record: Record, request: Request) -> list[Output]:
+        params = self.model.request(request.text)
+        result = await self.runner.join(self.model.model, record.partition, record.offset, params)
+        if result.kind == "succeeded":
+            return self.cheap.routed(record, request, self.model.attempt(result.message))
+        self.cheap.metrics.lane_fallbacks.labels(result.kind).inc()
+        return await self.cheap.ask(record, request)
+
+    # Holder: the engine tells which hand-off partitions are ours, and what is delivered.
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        self.runner.refresh()
+
+    def revoking(self, partitions: set[TopicPartition]) -> None:
+        self.runner.give_up({tp.partition for tp in partitions})
+
+    def delivered(self, tp: TopicPartition, offset: int) -> None:
+        self.runner.delivered(tp.partition, offset)

@@ -1,0 +1,59 @@
+"""Fakes of the lane's boundaries: the Message Batches API and the state topic."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from escalator.errors import ModelRejected
+from escalator.lane.batches import ItemResult
+from escalator.lane.state import BatchState, open_batches
+
+
+class FakeBatches:
+    """Batches that end when told (``finish``), with results from ``answer(custom_id)``."""
+
+    def __init__(self, answer: Callable[[str, dict[str, Any]], ItemResult]) -> None:
+        self.answer = answer
+        self.created: list[list[dict[str, Any]]] = []
+        self.finished: set[str] = set()
+        self.reject = False
+        self.polls = 0
+        #: Raised by the next create, once.
+        self.fail: Exception | None = None
+
+    async def create(self, requests: list[dict[str, Any]]) -> str:
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
+        if self.reject:
+            raise ModelRejected("too many", reason="invalid_request_error")
+        self.created.append(requests)
+        return f"b{len(self.created)}"
+
+    def finish(self, batch_id: str) -> None:
+        self.finished.add(batch_id)
+
+    async def ended(self, batch_id: str) -> bool:
+        self.polls += 1
+        return batch_id in self.finished
+
+    async def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
+        for r in self.created[int(batch_id[1:]) - 1]:
+            yield self.answer(r["custom_id"], r["params"])
+
+
+class FakeState:
+    """The compacted state topic as a list of (key, value) records."""
+
+    def __init__(self, records: list[tuple[bytes, bytes | None]] | None = None) -> None:
+        self.records = records or []
+
+    async def read(self) -> dict[bytes, BatchState]:
+        return open_batches(self.records)
+
+    async def write(self, state: BatchState) -> None:
+        self.records.append((state.key, state.value()))
+
+    async def close(self, key: bytes) -> None:
+        self.records.append((key, None))

@@ -1,0 +1,157 @@
+"""The lane's batches in flight (lane/runner.py) against fakes of the Batches API and the
+state topic: one batch per cut, recorded before and after create; results back to the waiting
+records; a restart resumes the same batch; a refused batch sends its members to real time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from escalator.errors import ModelUnavailable
+from escalator.lane.batches import ItemResult
+from escalator.lane.runner import BatchRunner
+from escalator.lane.state import BatchState, open_batches
+from tests.unit.lane.fakes import FakeBatches, FakeState
+
+PARAMS = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+
+
+def succeeded(cid: str, params: dict[str, Any]) -> ItemResult:
+    return ItemResult(cid, "succeeded", message=f"answer-{cid}")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def runner(api: FakeBatches, state: FakeState, clock: Clock, **kw: Any) -> BatchRunner:
+    # The loop polls only when a test says so (tick): poll_s is long.
+    return BatchRunner(api, state, max_age_s=60.0, poll_s=3600.0, clock=clock, **kw)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_members_share_one_batch_recorded_before_and_after_create() -> None:
+    """Three records join one batch, cut by age: one create with their custom ids and the same
+    bodies; the state topic gets the intent (no id) then the id under one key; each record gets
+    its own result when the batch ends; the tombstone follows once all three are delivered."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (3, 4, 5)]
+        await settle()
+        await r.tick()
+        assert api.created == [] and r.waiting() == 3  # not due yet
+        clock.now += 60
+        await r.tick()
+        assert [[q["custom_id"] for q in b] for b in api.created] == [["p0o3", "p0o4", "p0o5"]]
+        assert all(q["params"] == PARAMS for q in api.created[0])
+        intent, submitted = (BatchState.from_value(v or b"") for _, v in state.records)
+        assert intent.batch_id is None and submitted.batch_id == "b1"
+        assert state.records[0][0] == state.records[1][0] == intent.key
+        await r.tick()
+        assert not any(w.done() for w in waits)
+        api.finish("b1")
+        await r.tick()
+        results = await asyncio.gather(*waits)
+        assert [x.message for x in results] == ["answer-p0o3", "answer-p0o4", "answer-p0o5"]
+        for o in (3, 4):
+            r.delivered(0, o)
+        await r.tick()
+        assert open_batches(state.records)  # one member not delivered yet: still open
+        r.delivered(0, 5)
+        await r.tick()
+        assert open_batches(state.records) == {} and state.records[-1] == (intent.key, None)
+
+
+async def test_a_restarted_runner_polls_the_same_batch_and_creates_none() -> None:
+    """A worker killed after submission: the next one reads the batch from the state topic,
+    and the re-delivered records wait for that batch (no second create); a member that comes
+    after the batch ended gets the kept result."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock, max_requests=2) as first:
+        lost = [asyncio.create_task(first.join("m", 1, o, PARAMS)) for o in (7, 8)]
+        await settle()
+        await first.tick()
+        assert len(api.created) == 1
+    for task in lost:
+        task.cancel()
+    async with runner(api, state, clock) as second:
+        again = asyncio.create_task(second.join("m", 1, 7, PARAMS))
+        await settle()
+        clock.now += 3600
+        await second.tick()
+        assert len(api.created) == 1 and not again.done()
+        api.finish("b1")
+        await second.tick()
+        assert (await again).message == "answer-p1o7"
+        late = await asyncio.wait_for(second.join("m", 1, 8, PARAMS), 1)
+        assert late.message == "answer-p1o8"
+        assert len(api.created) == 1 and second.created == 0
+
+
+async def test_a_batch_refused_whole_sends_every_member_to_real_time() -> None:
+    """A create refused as a whole (a 400): each member's result is errored (the handler then
+    answers it in real time) and the intent is closed."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    api.reject = True
+    async with runner(api, state, clock, max_requests=2) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        await r.tick()
+        assert [(x.kind, x.error) for x in await asyncio.gather(*waits)] == [
+            ("errored", "batch_refused")
+        ] * 2
+    assert open_batches(state.records) == {}
+
+
+async def test_revoked_partitions_leave_the_open_batch_and_their_waits_end() -> None:
+    """On revocation the records of the revoked partitions leave the batch being assembled
+    (the next owner batches them) and their waits are cancelled; the others stay."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock) as r:
+        gone = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+        kept = asyncio.create_task(r.join("m", 1, 1, PARAMS))
+        await settle()
+        r.give_up({0})
+        await settle()
+        assert gone.cancelled() and not kept.done()
+        clock.now += 60
+        await r.tick()
+        assert [[q["custom_id"] for q in b] for b in api.created] == [["p1o1"]]
+        kept.cancel()
+
+
+async def test_a_member_the_results_do_not_name_is_treated_as_expired() -> None:
+    """Every member gets a result: one missing from the results file is expired (real time)."""
+    api = FakeBatches(lambda cid, p: ItemResult("other", "succeeded", message="x"))
+    state, clock = FakeState(), Clock()
+    async with runner(api, state, clock, max_requests=1) as r:
+        wait = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+        await settle()
+        await r.tick()
+        api.finish("b1")
+        await r.tick()
+        assert (await wait).kind == "expired"
+
+
+async def test_a_create_that_fails_is_tried_again_and_the_records_keep_waiting() -> None:
+    """The API unavailable at create: the round fails, the batch stays cut, the next round
+    creates it once; the loop survives and the records get their results."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    api.fail = ModelUnavailable("overloaded", kind="overloaded")
+    async with BatchRunner(api, state, max_age_s=60, poll_s=0.01, clock=clock, max_requests=1) as r:
+        wait = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+        for _ in range(300):
+            if api.created:
+                break
+            await asyncio.sleep(0.01)
+        assert len(api.created) == 1
+        api.finish("b1")
+        assert (await asyncio.wait_for(wait, 5)).message == "answer-p0o1"

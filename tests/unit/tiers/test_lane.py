@@ -1,0 +1,89 @@
+"""The batch lane's handler (tiers/lane.py) against a fake model and fake Batches API: a
+succeeded item is routed as a real-time answer is (results or escalations, a decision that
+says lane batch), with no real-time call; any other result is answered in real time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from escalator.contract.messages import Attempt
+from escalator.lane.batches import ItemResult
+from escalator.lane.runner import BatchRunner
+from escalator.tiers.handlers import CheapHandler
+from escalator.tiers.lane import LaneHandler
+from tests.unit.lane.fakes import FakeBatches, FakeState
+from tests.unit.tiers.test_handlers import FakeModel, FakeRecord, handler, ok, on
+
+
+class Adapter:
+    """The BatchModel: a request body, and a 'message' that is already an Attempt."""
+
+    model = "fake-model"
+
+    def request(self, text: str) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": text}],
+        }
+
+    def attempt(self, message: Any) -> Attempt:
+        assert isinstance(message, Attempt)
+        return message
+
+
+def batch_answer(confidence: float) -> Attempt:
+    return replace(ok(confidence=confidence), service_tier="batch")
+
+
+async def run(result: ItemResult | None, *, confidence: float = 0.95) -> tuple[list[Any], Any]:
+    model = FakeModel(lambda n: ok())
+    cheap = handler(CheapHandler, model)
+
+    def answer(cid: str, params: dict[str, Any]) -> ItemResult:
+        assert params["messages"][0]["content"] == "some text"
+        return result or ItemResult(cid, "succeeded", message=batch_answer(confidence))
+
+    api = FakeBatches(answer)
+    async with BatchRunner(api, FakeState(), max_age_s=60, poll_s=0.01, max_requests=1) as r:
+        lane = LaneHandler(cheap, r, Adapter())
+        record = FakeRecord(orjson.dumps({"id": "r1", "text": "some text"}), topic="handoff")
+        work = lane.handle(record)
+        assert not isinstance(work, list)
+        task = asyncio.create_task(work)
+        for _ in range(500):  # the runner's loop submits the batch (cut at one request)
+            if api.created:
+                break
+            await asyncio.sleep(0.01)
+        api.finish("b1")
+        outputs = await asyncio.wait_for(task, 5)
+        lane.delivered(TopicPartition("handoff", 0), 7)
+    return outputs, model
+
+
+@pytest.mark.parametrize(("confidence", "topic"), [(0.95, "results"), (0.4, "escalations")])
+async def test_a_batch_answer_is_routed_as_a_real_time_one(confidence: float, topic: str) -> None:
+    """Confident: a result; unsure: an escalation; with a decision that says lane batch, and
+    no real-time call."""
+    outputs, model = await run(None, confidence=confidence)
+    assert model.calls == 0
+    assert len(on(outputs, topic)) == 1
+    [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
+    assert decision["lane"] == "batch"
+
+
+@pytest.mark.parametrize("kind", ["errored", "expired", "canceled"])
+async def test_an_item_without_an_answer_is_answered_in_real_time(kind: str) -> None:
+    """errored (the real-time failure policy applies), expired and canceled items: one
+    real-time call, and the request's result from it, lane realtime."""
+    outputs, model = await run(ItemResult("p0o7", kind))  # type: ignore[arg-type]
+    assert model.calls == 1
+    assert len(on(outputs, "results")) == 1
+    [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
+    assert decision["lane"] == "realtime"
