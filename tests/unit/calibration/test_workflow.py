@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
+from escalator.calibration import workflow
 from escalator.calibration.dataset import (
     STRONG_ONLY,
 )
 from escalator.calibration.threshold_file import load_threshold_file
+from escalator.model.prices import load_prices
 from tests.unit.calibration import human_worlds, worlds
 from tests.unit.calibration.logs import (
     cli,
     human_cli,
+    read,
     tiny_log,
     window,
     without_draws,
@@ -299,3 +304,78 @@ def test_quality_calibration_prints_the_against_people_table(tmp_path: Path) -> 
     )
     assert code in (0, 3)
     assert "Against people:" in stdout and "strong wrong" in stdout
+
+
+def _request(output: Path, **over: Any) -> workflow.Request:
+    """A Request with calibrate's defaults (as cli/measure.py builds it from the flags)."""
+    given: dict[str, Any] = {
+        "objective": "quality",
+        "target": None,
+        "delta": 0.05,
+        "margin": 0.10,
+        "grid": None,
+        "per_label": False,
+        "output": str(output),
+        "ledger": None,
+        "fallback": "none",
+        "plan": False,
+        "power": 0.8,
+        "traffic_per_hour": None,
+        "assume_threshold": None,
+        "assume_accepted": None,
+        "assume_disagreement": None,
+        "strong_call_usd": None,
+        "assume_strong_tokens": "1500:20",
+        "human_budget": 0.05,
+        "review_cost": None,
+        "strong_grid": None,
+        "review_labels": ("review-needed",),
+        "undecided": "refuse",
+        "plot": None,
+        "since": None,
+        "until": None,
+    }
+    return workflow.Request(**(given | over))
+
+
+def _run(req: workflow.Request, recs: list[dict[str, object]]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    target = workflow.target_of(req)
+    code = workflow.calibrate(req, target, read(recs), "test", load_prices(None), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_both_objectives_share_one_ledger_each_with_its_own_attempts(tmp_path: Path) -> None:
+    """The workflow without the CLI, writing only to the streams it is handed: a refused
+    quality attempt and a refused human attempt go to the same ledger, each numbered and
+    spending within its own objective; the human window then cannot certify a second time,
+    and nothing is written to stdout for that refusal."""
+    out = tmp_path / "t.json"
+    ledger = tmp_path / "calibration-ledger.jsonl"
+    quality = worlds.records(worlds.realistic(), np.random.default_rng(1), 1500, p=0.05)
+    code, stdout, err = _run(_request(out), quality)
+    assert code == workflow.EXIT_REFUSED and "Calibration from test" in stdout
+    assert err.startswith("calibrate: cannot certify agreement") and not out.exists()
+    people = human_worlds.records(
+        human_worlds.draw(
+            human_worlds.moderation(),
+            np.random.default_rng(4),
+            1500,
+            p=1.0,
+            q_disagree=0.5,
+            q_agree=0.2,
+        )
+    )
+    human = _request(out, objective="human", target=0.94, human_budget=0.15)
+    code, stdout, err = _run(human, people)
+    assert code == workflow.EXIT_REFUSED and "Calibration on human truth" in stdout
+    assert "cannot certify accuracy against people" in err and not out.exists()
+    entries = [orjson.loads(line) for line in ledger.read_bytes().splitlines()]
+    assert [(e["attempt"], e.get("objective", "quality")) for e in entries] == [
+        (1, "quality"),
+        (1, "human"),
+    ]
+    assert all(e["delta_spent"] == pytest.approx(0.05 * 6 / np.pi**2) for e in entries)
+    code, stdout, err = _run(human, people)
+    assert code == workflow.EXIT_REFUSED and stdout == ""
+    assert "overlaps attempt 1" in err and len(ledger.read_bytes().splitlines()) == 2
