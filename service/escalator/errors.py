@@ -3,7 +3,7 @@
     EscalatorError
     ├── ConfigError              bad configuration; raised at start-up, names the variable
     ├── KafkaUnreachable         (kafka/clients.py) no broker answered, with the likely cause
-    ├── CalibrationError         (calibration/certify.py) the decisions log cannot be used
+    ├── CalibrationError         (calibration/dataset.py) the decisions log cannot be used
     ├── RetryableError           transient: retry with backoff, never dead-letter for it
     │   └── ModelUnavailable     the model API is failing (429, 529, 5xx, timeout, connection)
     │       └── ApiBlocked       the *account* cannot call the model: spend limit, billing,

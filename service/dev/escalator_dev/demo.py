@@ -191,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
     """The phase's decisions, once every request has its cheap and strong answers logged."""
-    from escalator.calibration.certify import pair_decisions
+    from escalator.calibration.dataset import pair_decisions
     from escalator.calibration.decisions_log import read_topic
 
     wanted = {s.id for s in samples}
@@ -209,15 +209,15 @@ async def _decisions(settings: Settings, samples: list[datasets.Sample]) -> Any:
 def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
     """Certify a threshold on phase 1 (one attempt at delta 0.05), print the outcome and the
     plan for measuring in production; on a refusal, phase 3 escalates everything."""
-    from escalator.calibration import certify as cal
-    from escalator.calibration import plan
+    from escalator.calibration import curves, sizing
+    from escalator.calibration import search as cal
     from escalator.calibration.render import guarantee, plan_table, plot, refusal
     from escalator.calibration.threshold_file import threshold_body, write_threshold_file
     from escalator.model.prices import load_prices
 
     delta = 0.05
     result = cal.calibrate(data, objective="quality", target=target, delta=delta)
-    base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
+    base = curves.baselines(data, float(result.curve.escalation[result.chosen]))
     c = result.curve
     if result.status == "certified":
         i = result.chosen
@@ -227,7 +227,7 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
             f"best by estimate t={c.thresholds[result.best]:.2f}\n  {guarantee(result, delta)}"
         )
     else:
-        print("  " + refusal(result, plan.needed(data, result, delta)))
+        print("  " + refusal(result, sizing.needed(data, result, delta)))
         print("  phase 3 falls back to escalating everything (--fallback escalate-all)")
     window = {
         "first_ts_ms": int(data.ts_ms.min()),
@@ -256,7 +256,7 @@ def _calibrate(data: Any, target: float, out_dir: Path) -> tuple[Any, str]:
 def _compare(name: str, data: Any, threshold: float) -> None:
     """Routed cost and agreement at the threshold in force, measured on that phase's traffic
     with the calibrator's estimators."""
-    from escalator.calibration.certify import curve
+    from escalator.calibration.curves import curve
 
     c = curve(data, [threshold])
     acc = "" if c.accuracy is None else f", accuracy vs human labels {c.accuracy[0]:.1%}"
@@ -271,7 +271,8 @@ def _what_it_measures(before: Any, after: Any, threshold: float, target: float) 
     """Lines under the before/after table: what calibration targets, and why accuracy against
     people need not follow it here (how good the strong model itself is on these texts, and
     how far apart two samples of this size can land)."""
-    from escalator.calibration.certify import STRONG_ONLY, curve
+    from escalator.calibration.curves import curve
+    from escalator.calibration.dataset import STRONG_ONLY
 
     alone = curve(before, [0.0, STRONG_ONLY]).accuracy
     same = curve(after, [0.7, threshold]).accuracy

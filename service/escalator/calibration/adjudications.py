@@ -1,5 +1,5 @@
 """The adjudication sample: which requests were put before people, decided or not yet, and
-the design that drew them (``human.py`` measures routed answers against their labels).
+the design that drew them (``estimators.py`` measures routed answers against their labels).
 
 Data. Human decisions (``attempt.tier == "human"``, contract/reviews.py) come from two queues.
 Only the **adjudication** queue is a random sample: the strong tier puts a request that has
@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from escalator.calibration import betting
-from escalator.calibration.certify import CalibrationError, Dataset
+from escalator.calibration.dataset import CalibrationError, Dataset
 from escalator.contract.decisions import HUMAN, Decision
 from escalator.contract.messages import Attempt
 

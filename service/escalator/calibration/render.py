@@ -1,9 +1,11 @@
-"""What a calibration looks like to a person: the table ``escalator calibrate`` prints, the
-guarantee sentence, the refusal line, the measurement plan and the cost-against-agreement plot.
+"""The render stage: what a calibration looks like to a person, for either objective: the
+tables ``escalator calibrate`` prints, the guarantee sentence and its assumptions, the refusal
+line, the measurement plans and the cost-against-agreement plot.
 
-``escalator calibrate`` (cli/measure.py) and ``escalator demo`` (escalator_dev/demo.py) both
-print these; neither owns them. Nothing here computes a bound or chooses a threshold
-(``certify`` and ``plan`` do); this module only turns their results into text or a PNG.
+``escalator calibrate`` (calibration/workflow.py) and ``escalator demo`` (escalator_dev/demo.py)
+both print these; neither owns them. Nothing here computes a bound or chooses a threshold
+(``search``, ``sizing`` and ``plan`` do); this module only turns their results into text or a
+PNG.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from typing import cast
 
 import numpy as np
 
-from escalator.calibration import estimates, plan
+from escalator.calibration import estimators, plan, sizing
 from escalator.calibration.adjudications import HumanSample
-from escalator.calibration.certify import Baselines, Calibration, Dataset
-from escalator.calibration.human import PeopleCurve
-from escalator.calibration.human_certify import HumanCalibration
-from escalator.calibration.human_certify import guarantee as human_guarantee
+from escalator.calibration.curves import Baselines, PeopleCurve
+from escalator.calibration.dataset import Dataset
+from escalator.calibration.plan import AdjudicationPlan
+from escalator.calibration.search import Calibration, HumanCalibration
+
+#: How every refusal line ends.
+REFUSAL_TAIL = (
+    "; wrote no thresholds file (--fallback escalate-all writes one that escalates everything)"
+)
 
 
 def guarantee(result: Calibration, delta: float) -> str:
@@ -37,14 +44,13 @@ def guarantee(result: Calibration, delta: float) -> str:
     )
 
 
-def refusal(result: Calibration, need: plan.Need) -> str:
+def refusal(result: Calibration, need: sizing.Need) -> str:
     """One line: why the target cannot be certified, and how much more measurement would."""
     head = (
         f"calibrate: cannot certify agreement >= {result.target} at delta {result.delta:.3g}: "
         f"{result.reason}"
     )
-    tail = "; wrote no thresholds file (--fallback escalate-all writes one that escalates "
-    tail += "everything)"
+    tail = REFUSAL_TAIL
     if need.requests is None:
         if need.p <= 0:
             why = (
@@ -59,13 +65,13 @@ def refusal(result: Calibration, need: plan.Need) -> str:
                 "estimated from it"
             )
         else:
-            why = f"needs a fresh window of more than {plan.MAX_REQUESTS:,} requests"
+            why = f"needs a fresh window of more than {sizing.MAX_REQUESTS:,} requests"
         return f"{head}; {why}{tail}"
     rate = "" if need.per_hour is None else f" at {need.per_hour:,.0f} requests/h"
     return (
         f"{head}; needs a fresh window of about {need.requests:,} requests with "
         f"{need.shadowed:,} shadowed answers (shadow rate {need.p:g}, threshold {need.tau:g}; "
-        f"{plan.duration(need.hours)}{rate}) to certify t={need.goal_threshold:.2f} "
+        f"{sizing.duration(need.hours)}{rate}) to certify t={need.goal_threshold:.2f} "
         f"(escalating about {need.goal_escalation:.0%}){tail}"
     )
 
@@ -85,11 +91,11 @@ def plan_table(
     ``assume_threshold`` and ``traffic_per_hour`` replace the window's own (its most recent
     threshold, its observed rate) when given."""
     t = result.curve.thresholds
-    prof, cautious = plan.pilot(data, t, estimates.counts(data.sample(), t))
-    tau, _, per_hour = plan.design_in_force(data)
+    prof, cautious = sizing.pilot(data, t, estimators.counts(data.sample(), t))
+    tau, _, per_hour = sizing.design_in_force(data)
     tau = assume_threshold if assume_threshold is not None else tau
     per_hour = traffic_per_hour or per_hour
-    goal = plan.goal_index(prof, result.target, result.margin)
+    goal = sizing.goal_index(prof, result.target, result.margin)
     shadow_disagree = int((data.shadowed & (data.strong_label != data.cheap_label)).sum())
     rough = "; too few for more than a rough plan" if shadow_disagree < 20 else ""
     lines = [
@@ -101,7 +107,7 @@ def plan_table(
     if goal is None:
         lines.append("  no threshold's estimated agreement reaches the target: only escalate-all")
         return "\n".join(lines)
-    best = plan.goal_index(prof, result.target, 0.0)
+    best = sizing.goal_index(prof, result.target, 0.0)
     esc = prof.escalation()
     lines.append(
         f"  best achievable by estimate: t={t[best]:.2f}, escalating {esc[best]:.1%}; "
@@ -112,8 +118,8 @@ def plan_table(
 
 
 def plan_rows(
-    cautious: plan.Profile,
-    prof: plan.Profile,
+    cautious: sizing.Profile,
+    prof: sizing.Profile,
     tau: float,
     target: float,
     delta: float,
@@ -122,22 +128,26 @@ def plan_rows(
     goal: int,
     power: float,
 ) -> list[str]:
-    """The plan's table, one row per shadow rate (``cautious`` sizes it; ``prof`` is the
-    fallback when the cautious profile cannot reach the goal at all)."""
+    """The plan's table, one row per shadow rate (``plan.rows``)."""
     lines = ["", "  shadow rate    requests   shadowed    duration    shadow cost USD"]
-    accepted = float(prof.at(np.asarray([tau]))[0][0])
-    for p in plan.SHADOW_RATES:
-        n = plan.required_requests(cautious, plan.Design(tau, p), target, delta, goal, power)
-        if n is None:
-            n = plan.required_requests(prof, plan.Design(tau, p), target, delta, goal, power)
-        if n is None:
-            lines.append(f"  {p:>11g}    more than {plan.MAX_REQUESTS:,} requests")
+    for row in plan.rows(
+        cautious,
+        prof,
+        tau,
+        target,
+        delta,
+        goal,
+        per_hour=per_hour,
+        strong_call_usd=call_usd,
+        power=power,
+    ):
+        if row.requests is None or row.shadowed is None:
+            lines.append(f"  {row.p:>11g}    more than {sizing.MAX_REQUESTS:,} requests")
             continue
-        shadowed = math.ceil(n * accepted * p)
-        hours = None if not per_hour else n / per_hour
-        cost = "n/a" if call_usd is None else f"{shadowed * call_usd:,.4f}"
+        cost = "n/a" if row.shadow_usd is None else f"{row.shadow_usd:,.4f}"
         lines.append(
-            f"  {p:>11g}  {n:>10,}  {shadowed:>9,}  {plan.duration(hours):>10}  {cost:>17}"
+            f"  {row.p:>11g}  {row.requests:>10,}  {row.shadowed:>9,}  "
+            f"{sizing.duration(row.hours):>10}  {cost:>17}"
         )
     lines.append(
         "  (escalated requests get their strong answer anyway; only shadowed ones cost extra)"
@@ -336,4 +346,133 @@ def human_table(data: Dataset, h: HumanSample, result: HumanCalibration, source:
             f", {result.human[i, j]:.1%} to people, {result.escalation[i]:.1%} escalated",
             f"  {human_guarantee(result, h)}",
         ]
+    return "\n".join(lines)
+
+
+def assumptions(h: HumanSample | None, undecided: int) -> list[str]:
+    """What the human guarantee assumes, in the words the file and the CLI print."""
+    out = [
+        "requests independent and identically distributed over the window, every threshold "
+        "version alike (traffic like the window's)",
+        "people's labels are the truth (disagreement between reviewers is not modelled)",
+        "adjudication sampled every request with a strong answer at the recorded rates, "
+        "independently of its label",
+    ]
+    if h is not None and not h.draws_recorded:
+        out.append("every sampled adjudication was decided (the log records no draws)")
+    else:
+        out.append(
+            f"{undecided} sampled adjudication(s) without a decision counted as wrong; a "
+            "decision's timing does not depend on the labels of later requests"
+        )
+    return out
+
+
+def human_guarantee(result: HumanCalibration, h: HumanSample | None = None) -> str:
+    """The sentence a certified human calibration promises (stored in the threshold file)."""
+    if result.status != "certified":
+        return "none: refused"
+    return (
+        f"with probability at least {1 - result.delta:.6g} over the measurement window, the "
+        f"accuracy against people of routed answers at the chosen cheap and strong thresholds "
+        f"(a request sent to people counted as right), on traffic like the window's, is at "
+        f"least {result.target}; assuming " + "; ".join(assumptions(h, result.pending))
+    )
+
+
+def human_refusal(result: HumanCalibration, need: sizing.HumanNeed) -> str:
+    """One line: why the target cannot be certified, and how much more adjudication would."""
+    head = (
+        f"calibrate: cannot certify accuracy against people >= {result.target} at delta "
+        f"{result.delta:.3g} within a human budget of {result.budget:.1%}: {result.reason}"
+    )
+    if result.pending:
+        head += (
+            f" ({result.pending} undecided adjudication(s) counted as wrong; deciding them "
+            "first would help)"
+        )
+    tail = REFUSAL_TAIL
+    if need.beyond is not None:
+        return f"{head}; needs a fresh window more than {need.beyond:,.0f} times this one's{tail}"
+    if need.requests is None:
+        return f"{head}; {need.why}{tail}"
+    assert need.goal is not None
+    i, j = need.goal
+    return (
+        f"{head}; needs a fresh window of about {need.requests:,} requests with "
+        f"{need.adjudicated:,} adjudicated answers (about {need.factor:.1f} times this one's, "
+        f"at the same adjudication rates; {sizing.duration(need.hours)}) to certify "
+        f"t_c={result.cheap_grid[i]:.2f}, t_s={result.strong_grid[j]:.2f}{tail}"
+    )
+
+
+def pending_refusal(h: HumanSample) -> str:
+    """One line for ``--undecided refuse``: how many sampled adjudications are undecided, and
+    when to try again. Written before any person's label is read: nothing is spent."""
+    from datetime import UTC, datetime
+
+    b = h.backlog
+    assert b is not None
+
+    def iso(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    when = b.retry_after_ms()
+    if when is not None:
+        again = (
+            f"at the recent pace ({b.per_hour:,.1f} decisions/h) they should be decided by "
+            f"about {iso(when)}; try again then"
+        )
+    else:
+        again = "no recent adjudication decisions to measure the pace by: is anyone reviewing?"
+    oldest = (
+        "" if b.oldest_pending_ms is None else f", the oldest sampled at {iso(b.oldest_pending_ms)}"
+    )
+    return (
+        f"calibrate: {b.pending} of the window's {b.sampled} sampled adjudications have no "
+        f"decision yet{oldest}; {again} (nothing was read from people's labels and no attempt "
+        "was spent; --undecided wrong certifies now, counting them as wrong)"
+    )
+
+
+def adjudication_plan(ap: AdjudicationPlan, result: HumanCalibration) -> str:
+    """The plan as the CLI prints it."""
+    head = (
+        f"Adjudication plan from a pilot of {ap.pilot_requests:,} requests ({ap.decided} "
+        f"decided adjudications), target accuracy {result.target} within {result.budget:.1%} "
+        "of traffic to people"
+    )
+    if ap.pair is None:
+        return (
+            f"{head}\n  no pair's estimated accuracy reaches the target within the budget on "
+            "this pilot: nothing to plan for"
+        )
+    i, j = ap.pair
+    lines = [
+        head,
+        f"  at t_c={result.cheap_grid[i]:.2f}, t_s={result.strong_grid[j]:.2f} (the pair a "
+        "fresh window certifies soonest): a routed answer is wrong for "
+        f"{ap.error['agree']:.1%} of agreeing and {ap.error['differ']:.1%} of differing "
+        "answers",
+        f"  people's time: {ap.per_1k:.1f} adjudications per 1,000 requests, kept as is",
+        "",
+        "                   ADJUDICATE_AGREE  ADJUDICATE_DISAGREE  E[X^2]   fresh window needed",
+    ]
+    rates = {"now": ap.now, "neyman": ap.suggested, "best": ap.best}
+    for name, label in (("now", "now"), ("neyman", "Neyman"), ("best", "fewest requests")):
+        q = rates[name]
+        need = ap.requests[name]
+        size = (
+            "cannot be sized" if not math.isfinite(need) else f"about {math.ceil(need):,} requests"
+        )
+        moment = ap.second_moment[name]
+        lines.append(
+            f"  {label:<15}  {q['agree']:>16.3f}  {q['differ']:>19.3f}  {moment:>6.3f}   {size}"
+        )
+    lines.append(
+        "  (Neyman: each class sampled in proportion to the square root of its error rate, the "
+        "least variance; fewest requests: the split the bound needs least data with, its bets "
+        "being capped by the largest 1/pi. Set ESCALATOR_ADJUDICATE_AGREE / _DISAGREE, then "
+        "measure a fresh window)"
+    )
     return "\n".join(lines)

@@ -22,9 +22,9 @@ lane's saving: what its calls would have cost in real time (the same tokens at t
 rate) less what they cost.
 
 Agreement of the routed answers with the strong model, at the thresholds in force when each
-request was routed, uses calibration's estimators (``estimates``): a Hájek estimate within
-threshold-version strata and its exact lower bound (a description of the window at 95%, not
-a certification: ``calibrate`` is what certifies).
+request was routed, uses calibration's estimators (``estimators``, ``bounds``): a Hájek
+estimate within threshold-version strata and its exact lower bound (a description of the
+window at 95%, not a certification: ``calibrate`` is what certifies).
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ def agreement_in_force(records: list[Decision], delta: float = 0.05) -> dict[str
     """Routed agreement with the strong model as routed (Hájek estimate, exact lower bound)."""
     import numpy as np
 
-    from escalator.calibration import estimates
-    from escalator.calibration.certify import CalibrationError, pair_decisions
+    from escalator.calibration import bounds, estimators
+    from escalator.calibration.dataset import CalibrationError, Sample, pair_decisions
 
     try:
         d = pair_decisions(records)
@@ -263,7 +263,7 @@ def agreement_in_force(records: list[Decision], delta: float = 0.05) -> dict[str
     # Shift each confidence so that "accepted as routed" is "conf >= 0": one threshold, 0.
     outcome = {r.id: r.outcome for r in records if r.tier == "cheap"}
     accepted = np.asarray([outcome.get(i) == "accepted" for i in d.ids]) & (d.conf >= 0)
-    shifted = estimates.Sample(
+    shifted = Sample(
         conf=np.where(accepted, 1.0, -1.0),
         certain=s.certain,
         sampled=s.sampled,
@@ -272,10 +272,10 @@ def agreement_in_force(records: list[Decision], delta: float = 0.05) -> dict[str
         tau=np.zeros(d.n),
         shadow_rate=s.shadow_rate,
     )
-    c = estimates.counts(shifted, np.asarray([0.0]))
+    c = estimators.counts(shifted, np.asarray([0.0]))
     return {
-        "point": float(1.0 - estimates.point(c)[0]),
-        "lower_bound": float(1.0 - estimates.upper(c, delta)[0]),
+        "point": float(1.0 - estimators.point(c)[0]),
+        "lower_bound": float(1.0 - bounds.upper(c, delta)[0]),
         "level": 1.0 - delta,
         "shadowed": int(d.shadowed.sum()),
     }

@@ -23,13 +23,12 @@ from escalator.errors import ConfigError
 from escalator.tiers.routing import Thresholds
 
 if TYPE_CHECKING:
-    # The service loads this module at start-up; certify (and numpy) only when calibrating.
+    # The service loads this module at start-up; the search (and numpy) only when calibrating.
     from escalator.calibration import adjudications as hum
-    from escalator.calibration import certify as cal
-    from escalator.calibration import human_certify as hc
+    from escalator.calibration import curves, dataset, search
 
 FILE_SCHEMA_VERSION = 1
-#: The largest threshold a file may hold: certify.STRONG_ONLY, above every confidence
+#: The largest threshold a file may hold: dataset.STRONG_ONLY, above every confidence
 #: (everything escalates; what a refusal with ``--fallback escalate-all`` writes). Anything
 #: else above 1 is a typo that would escalate everything at about 20x the cost.
 MAX_THRESHOLD = 1.01
@@ -59,7 +58,7 @@ def write_threshold_file(path: Path, body: dict[str, Any]) -> str:
     return version
 
 
-def confidence_histogram(data: cal.Dataset) -> dict[str, Any]:
+def confidence_histogram(data: dataset.Dataset) -> dict[str, Any]:
     """The window's cheap confidences (``HISTOGRAM_BINS`` bins of [0, 1]; the last bin holds
     1.0) and its invalid or refused cheap answers: the reference the live confidence-drift
     test compares with (calibration/monitor.py)."""
@@ -76,9 +75,9 @@ def confidence_histogram(data: cal.Dataset) -> dict[str, Any]:
     }
 
 
-def estimates_at(data: cal.Dataset, result: cal.Calibration) -> dict[str, Any]:
+def estimates_at(data: dataset.Dataset, result: search.Calibration) -> dict[str, Any]:
     """The file's estimates at the chosen point (escalation as [low, point, high])."""
-    from escalator.calibration.certify import routed_escalation
+    from escalator.calibration.search import routed_escalation
 
     c, i = result.curve, result.chosen
     return {
@@ -94,14 +93,14 @@ def estimates_at(data: cal.Dataset, result: cal.Calibration) -> dict[str, Any]:
 
 
 def threshold_body(
-    result: cal.Calibration,
-    data: cal.Dataset,
+    result: search.Calibration,
+    data: dataset.Dataset,
     *,
     source: str,
     delta: float,
     window: dict[str, Any],
     price_table_version: str,
-    base: cal.Baselines,
+    base: curves.Baselines,
     ledger: Path | None = None,
     attempt: int | None = None,
     fallback: bool = False,
@@ -115,23 +114,20 @@ def threshold_body(
     ``escalator demo`` writes: no spending, margin or guarantee in the procedure, no per-label
     rows, the dataset's hash and size only, no baselines; ``window`` is stored as given.
     """
-    from escalator.calibration import certify as cal
+    from escalator.calibration.dataset import STRONG_ONLY
     from escalator.calibration.render import guarantee
+    from escalator.calibration.search import PROCEDURE
 
     quality = result.objective == "quality"
     procedure: dict[str, Any] = {
-        "name": cal.PROCEDURE if quality else f"{result.objective} (no guarantee)",
+        "name": PROCEDURE if quality else f"{result.objective} (no guarantee)",
         "delta": delta,
     }
     if detail:
         procedure["delta_spent"] = result.delta
     procedure["attempt"] = attempt if ledger is not None else None
     if detail:
-        procedure |= {
-            "spending": "delta * 6 / (pi^2 * attempt^2)"
-            if ledger is not None
-            else "none (--ledger none)",
-            "ledger": None if ledger is None else str(ledger),
+        procedure |= _spending(ledger) | {
             "margin": result.margin,
             "guarantee": guarantee(result, result.delta) if quality else None,
             "assumptions": list(QUALITY_ASSUMPTIONS) if quality else None,
@@ -142,7 +138,7 @@ def threshold_body(
         "procedure": procedure,
         "window": window,
         "status": "fallback: escalate all" if fallback else result.status,
-        "threshold": result.threshold if result.status != "refused" else cal.STRONG_ONLY,
+        "threshold": result.threshold if result.status != "refused" else STRONG_ONLY,
         "label_thresholds": result.label_thresholds,
     }
     if detail:
@@ -170,9 +166,17 @@ def threshold_body(
     return body
 
 
+def _spending(ledger: Path | None) -> dict[str, Any]:
+    """The procedure's spending rule and ledger (``spent``), as both objectives record them."""
+    return {
+        "spending": "none (--ledger none)" if ledger is None else SPENDING,
+        "ledger": None if ledger is None else str(ledger),
+    }
+
+
 def human_threshold_body(
-    result: hc.HumanCalibration,
-    data: cal.Dataset,
+    result: search.HumanCalibration,
+    data: dataset.Dataset,
     sample: hum.HumanSample | None,
     *,
     source: str,
@@ -187,18 +191,15 @@ def human_threshold_body(
     as ``threshold`` and the strong tier's review threshold under ``strong``. A refused result
     (written by ``--fallback escalate-all``) escalates everything and leaves the strong tier's
     review threshold to its settings: it promises nothing about accuracy against people."""
-    from escalator.calibration import binomial
-    from escalator.calibration import human_certify as hc
+    from escalator.calibration.curves import interval95
+    from escalator.calibration.render import assumptions, human_guarantee
+    from escalator.calibration.search import HUMAN_PROCEDURE
 
     fallback = result.chosen is None
     i, j = result.chosen if result.chosen is not None else (len(result.cheap_grid) - 1, 0)
     # The escalation interval the drift alert compares with, as estimates_at gives it.
-    k, n = round(float(result.escalation[i]) * data.n), data.n
-    escalation = [
-        float(binomial.lower(k, n, 0.025)[()]),
-        float(result.escalation[i]),
-        float(binomial.upper(k, n, 0.025)[()]),
-    ]
+    low, high = interval95(round(float(result.escalation[i]) * data.n), data.n)
+    escalation = [low, float(result.escalation[i]), high]
     body: dict[str, Any] = {
         "created_from": source,
         "objective": {
@@ -208,17 +209,14 @@ def human_threshold_body(
             "review_cost_usd": result.review_cost,
         },
         "procedure": {
-            "name": hc.PROCEDURE,
+            "name": HUMAN_PROCEDURE,
             "delta": delta,
             "delta_spent": result.delta,
             "strong_thresholds_tried": [float(x) for x in result.strong_grid],
             "attempt": attempt if ledger is not None else None,
-            "spending": "delta * 6 / (pi^2 * attempt^2)"
-            if ledger is not None
-            else "none (--ledger none)",
-            "ledger": None if ledger is None else str(ledger),
-            "guarantee": hc.guarantee(result, sample),
-            "assumptions": None if fallback else hc.assumptions(sample, result.pending),
+            **_spending(ledger),
+            "guarantee": human_guarantee(result, sample),
+            "assumptions": None if fallback else assumptions(sample, result.pending),
             "undecided_counted_wrong": result.pending,
             "review_labels": review_labels,
         },
@@ -410,6 +408,9 @@ def _strong(
 # models) has seen, and attempt k spends delta_k = delta * 6 / (pi^2 k^2) of the error budget,
 # so that over every attempt ever recorded the chance of certifying a threshold that misses its
 # target is at most delta (sum over k of 6 / (pi^2 k^2) = 1).
+
+
+SPENDING = "delta * 6 / (pi^2 * attempt^2)"
 
 
 def spent(delta: float, attempt: int) -> float:

@@ -1,4 +1,7 @@
-"""Measure-first commands: ``export``, ``calibrate`` and ``report`` over the decisions log."""
+"""Measure-first commands: ``export``, ``calibrate`` and ``report`` over the decisions log.
+
+The flags and the reading of the log live here; ``calibrate``'s workflow (ledger, delta
+spending, refusal, the thresholds file) is calibration/workflow.py's."""
 
 from __future__ import annotations
 
@@ -58,181 +61,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-EXIT_REFUSED = 3  # calibrate: the data cannot certify the target (one line says why)
+def _request(args: argparse.Namespace) -> Any:
+    """The flags of ``calibrate`` as the workflow's ``Request``."""
+    from dataclasses import fields
 
+    from escalator.calibration.adjudications import DEFAULT_REVIEW_LABELS
+    from escalator.calibration.workflow import Request
 
-def _window(args: argparse.Namespace, data: Any) -> dict[str, Any]:
-    first, last = int(data.ts_ms.min()), int(data.ts_ms.max())
-    return {
-        "since": args.since,
-        "until": args.until,
-        "first_ts_ms": first,
-        "last_ts_ms": last,
-        "first_ts": _iso(first),
-        "last_ts": _iso(last),
-    }
-
-
-def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def _ledger_path(args: argparse.Namespace) -> Path | None:
-    if args.ledger == "none":
-        return None
-    if args.ledger:
-        return Path(args.ledger)
-    return Path(args.output).parent / "calibration-ledger.jsonl"
-
-
-def _strong_call_usd(records: list[Decision], prices: Any) -> float | None:
-    """Mean cost of one strong call in the window, re-priced from its tokens."""
-    from escalator.calibration.report import usage_of
-
-    costs = [
-        prices.cost_usd(r.attempt.model, usage_of(r.attempt)) for r in records if r.tier == "strong"
-    ]
-    return sum(costs) / len(costs) if costs else None
+    given = args.review_label or list(DEFAULT_REVIEW_LABELS)
+    labels = () if given == ["none"] else tuple(given)
+    names = {f.name for f in fields(Request)} - {"review_labels"}
+    return Request(review_labels=labels, **{name: getattr(args, name) for name in names})
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from escalator.calibration import certify as cal
-    from escalator.calibration import plan
-    from escalator.calibration import threshold_file as tfile
-    from escalator.calibration.render import calibration_table, plan_table, plot, refusal
+    from escalator.calibration import workflow
+    from escalator.model.prices import load_prices
 
     settings = settings_from_env(require_kafka=False)
-    _check_target(args)
-    prices = _prices(settings)
-    target = args.target
-    if target is None:
-        if args.objective not in ("quality", "human"):
-            raise EscalatorError(f"--objective {args.objective} needs --target")
-        target = 0.95 if args.objective == "human" else 0.98
-    if args.plan and args.assume_accepted is not None:
-        if args.objective == "human":
-            raise EscalatorError(
-                "--objective human --plan needs a pilot log (--input or the topic)"
-            )
-        return _plan_assumed(args, target, prices, settings)
+    req = _request(args)
+    workflow.check_target(req)
+    prices = load_prices(settings.routing.prices_file)
+    target = workflow.target_of(req)
+    if req.plan and req.assume_accepted is not None:
+        strong = settings.model.strong_model
+        return workflow.plan_assumed(req, target, prices, strong, sys.stdout, sys.stderr)
     records, source = _records(args, late_decisions=True)
-    grid = cal.grid_arg(args.grid) if args.grid else None
-    data = cal.pair_decisions(records)
-    ledger = _ledger_path(args) if args.objective in ("quality", "human") else None
-    attempts = (
-        []
-        if ledger is None
-        else tfile.ledger_attempts(ledger, data.cheap_model, data.strong_model, args.objective)
-    )
-    attempt = len(attempts) + 1
-    delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
-    if args.plan and args.objective == "human":
-        return _plan_human(args, records, data, target, tfile.spent(args.delta, attempt))
-    if args.plan:
-        result = cal.calibrate(data, target=target, delta=delta, margin=args.margin, grid=grid)
-        call = args.strong_call_usd or _strong_call_usd(records, prices)
-        table = plan_table(
-            data,
-            result,
-            call_usd=call,
-            delta=tfile.spent(args.delta, attempt),
-            power=args.power,
-            assume_threshold=args.assume_threshold,
-            traffic_per_hour=args.traffic_per_hour,
-        )
-        print(table)
-        return 0
-    window = _window(args, data)
-    if ledger is not None:
-        seen = tfile.overlapping(attempts, window["first_ts_ms"], window["last_ts_ms"])
-        if seen is not None:
-            w = seen["window"]
-            print(
-                f"calibrate: this window ({window['first_ts']} .. {window['last_ts']}) overlaps "
-                f"attempt {seen.get('attempt')} ({w.get('first_ts')} .. {w.get('last_ts')}, "
-                f"{seen.get('status')}) in {ledger}: a window certifies once; measure on and "
-                f"use --since after {w.get('last_ts')} (to explore without spending the "
-                "ledger's error budget: --ledger none --output elsewhere.json, which certifies "
-                "nothing you should deploy)",
-                file=sys.stderr,
-            )
-            return EXIT_REFUSED
-    if args.objective == "human":
-        return _calibrate_human(args, records, data, source, window, ledger, attempt, prices)
-    result = cal.calibrate(
-        data,
-        objective=args.objective,
-        target=target,
-        delta=delta,
-        margin=args.margin,
-        grid=grid,
-        per_label=args.per_label,
-    )
-    base = cal.baselines(data, float(result.curve.escalation[result.chosen]))
-    print(calibration_table(data, result, base, source))
-    _print_people(args, records, data, result.curve.thresholds, result.curve.delta)
-    if ledger is not None:
-        tfile.append_attempt(
-            ledger,
-            {
-                "attempt": attempt,
-                "models": {"cheap": data.cheap_model, "strong": data.strong_model},
-                "window": window,
-                "status": result.status,
-                "target": target,
-                "delta_spent": delta,
-                "threshold": None if result.status == "refused" else result.threshold,
-                "dataset_sha256": data.fingerprint(),
-            },
-        )
-    if result.status == "refused":
-        need = plan.needed(data, result, tfile.spent(args.delta, attempt + 1), args.power)
-        print(refusal(result, need), file=sys.stderr)
-        if args.fallback != "escalate-all":
-            return EXIT_REFUSED
-    body = tfile.threshold_body(
-        result,
-        data,
-        source=source,
-        delta=args.delta,
-        window=window,
-        price_table_version=prices.version,
-        base=base,
-        ledger=ledger,
-        attempt=attempt,
-        fallback=args.fallback == "escalate-all",
-    )
-    version = tfile.write_threshold_file(Path(args.output), body)
-    print(
-        f"\nthreshold file: {args.output} (version {version}); "
-        f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
-    )
-    if args.plot:
-        print(plot(Path(args.plot), result, base))
-    return 0
-
-
-def _check_target(args: argparse.Namespace) -> None:
-    """--target's range depends on the objective: checked before any data is read."""
-    target = args.target
-    if target is None:
-        return
-    if args.objective in ("quality", "human") and not 0 < target <= 1:
-        raise EscalatorError(f"--target {target}: agreement or accuracy must be in (0, 1]")
-    if args.objective == "rate" and not 0 <= target <= 1:
-        raise EscalatorError(f"--target {target}: an escalation rate must be in [0, 1]")
-    if args.objective == "budget" and not target > 0:
-        raise EscalatorError(f"--target {target}: a budget in USD per 1,000 must be above 0")
+    return workflow.calibrate(req, target, records, source, prices, sys.stdout, sys.stderr)
 
 
 def _grid(text: str) -> str:
     """An argparse type: a valid --grid (parsed again where used)."""
-    from escalator.calibration import certify as cal
+    from escalator.calibration.dataset import grid_arg
 
     try:
-        cal.grid_arg(text)
+        grid_arg(text)
     except EscalatorError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -240,10 +103,10 @@ def _grid(text: str) -> str:
 
 def _strong_grid(text: str) -> str:
     """An argparse type: a valid --strong-grid (parsed again where used)."""
-    from escalator.calibration import human_certify
+    from escalator.calibration.dataset import strong_grid_arg
 
     try:
-        human_certify.strong_grid_arg(text)
+        strong_grid_arg(text)
     except EscalatorError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -255,202 +118,6 @@ def _tokens(text: str) -> str:
     if not given.isdigit() or not (out == "" or out.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not INPUT:OUTPUT token counts")
     return text
-
-
-def _review_labels(args: argparse.Namespace) -> list[str]:
-    from escalator.calibration.adjudications import DEFAULT_REVIEW_LABELS
-
-    given = args.review_label or list(DEFAULT_REVIEW_LABELS)
-    return [] if given == ["none"] else given
-
-
-def _print_people(
-    args: argparse.Namespace, records: list[Decision], data: Any, t: Any, delta: float
-) -> None:
-    """The against-people table, when the window has adjudicated human decisions (only then:
-    the output without human decisions is what it always was)."""
-    from escalator.calibration import adjudications, human
-    from escalator.calibration.render import people_table
-
-    h = adjudications.human_sample(records, data, _review_labels(args))
-    if h is not None and h.m > 0:
-        print(people_table(h, human.people_curve(h, t, delta)))
-
-
-def _calibrate_human(
-    args: argparse.Namespace,
-    records: list[Decision],
-    data: Any,
-    source: str,
-    window: dict[str, Any],
-    ledger: Path | None,
-    attempt: int,
-    prices: Any,
-) -> int:
-    from escalator.calibration import adjudications as adj
-    from escalator.calibration import certify as cal
-    from escalator.calibration import human_certify as hc
-    from escalator.calibration import threshold_file as tfile
-    from escalator.calibration.render import human_table
-
-    labels = _review_labels(args)
-    h = adj.human_sample(records, data, labels)
-    if h is None:
-        raise EscalatorError(
-            "--objective human needs human decisions in the decisions log (adjudications: "
-            "ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
-        )
-    if not h.draws_recorded:
-        raise EscalatorError(
-            "the window's strong decisions record no adjudication draw, so undecided "
-            "adjudications cannot be told apart from unsampled requests: calibrate on a window "
-            "measured since the strong tier records them (--since)"
-        )
-    if h.pending.any() and args.undecided == "refuse":
-        # Before any person's label is read: nothing is spent, the window stays usable.
-        print(hc.pending_refusal(h), file=sys.stderr)
-        return EXIT_REFUSED
-    delta = args.delta if ledger is None else tfile.spent(args.delta, attempt)
-    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
-    result = hc.calibrate_human(
-        data,
-        h,
-        strong_conf,
-        strong_review,
-        target=args.target if args.target is not None else 0.95,
-        budget=args.human_budget,
-        delta=delta,
-        review_cost=args.review_cost or 0.0,
-        grid=cal.grid_arg(args.grid) if args.grid else None,
-        strong_grid=hc.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
-    )
-    print(human_table(data, h, result, source))
-    if ledger is not None:
-        tfile.append_attempt(
-            ledger,
-            {
-                "attempt": attempt,
-                "objective": "human",
-                "models": {"cheap": data.cheap_model, "strong": data.strong_model},
-                "window": window,
-                "status": result.status,
-                "target": result.target,
-                "human_budget": result.budget,
-                "delta_spent": delta,
-                "undecided": result.pending,
-                "threshold": None if result.chosen is None else result.cheap_threshold,
-                "strong_threshold": None if result.chosen is None else result.strong_threshold,
-                "dataset_sha256": data.fingerprint(),
-            },
-        )
-    fallback = args.fallback == "escalate-all"
-    if result.status == "refused":
-        need = hc.needed(data, h, result, tfile.spent(args.delta, attempt + 1), args.power)
-        print(hc.refusal(result, need), file=sys.stderr)
-        if not fallback:
-            return EXIT_REFUSED
-    body = tfile.human_threshold_body(
-        result,
-        data,
-        h,
-        source=source,
-        delta=args.delta,
-        window=window,
-        price_table_version=prices.version,
-        ledger=ledger,
-        attempt=attempt,
-        review_labels=labels,
-    )
-    version = tfile.write_threshold_file(Path(args.output), body)
-    print(
-        f"\nthreshold file: {args.output} (version {version}); "
-        f"use it with ESCALATOR_THRESHOLDS_FILE={args.output}"
-    )
-    return 0
-
-
-def _plan_human(
-    args: argparse.Namespace,
-    records: list[Decision],
-    data: Any,
-    target: float,
-    delta_next: float,
-) -> int:
-    from escalator.calibration import adjudications as adj
-    from escalator.calibration import certify as cal
-    from escalator.calibration import human_certify as hc
-    from escalator.calibration.human_plan import plan_adjudication, render_plan
-
-    labels = _review_labels(args)
-    h = adj.human_sample(records, data, labels)
-    if h is None or h.decided == 0:
-        raise EscalatorError(
-            "--objective human --plan needs a pilot with adjudicated human decisions "
-            "(ESCALATOR_ADJUDICATE_DISAGREE / _AGREE > 0)"
-        )
-    strong_conf, strong_review = adj.strong_confidences(records, data, labels)
-    result = hc.calibrate_human(
-        data,
-        h,
-        strong_conf,
-        strong_review,
-        target=target,
-        budget=args.human_budget,
-        delta=delta_next,
-        grid=cal.grid_arg(args.grid) if args.grid else None,
-        strong_grid=hc.strong_grid_arg(args.strong_grid) if args.strong_grid else None,
-    )
-    plan = plan_adjudication(data, h, result, delta_next, args.power)
-    print(render_plan(plan, result))
-    return 0
-
-
-def _prices(settings: Any) -> Any:
-    from escalator.model.prices import load_prices
-
-    return load_prices(settings.routing.prices_file)
-
-
-def _plan_assumed(args: argparse.Namespace, target: float, prices: Any, settings: Any) -> int:
-    from escalator.calibration import plan
-    from escalator.calibration.render import plan_rows
-    from escalator.model.prices import Usage
-
-    if args.assume_disagreement is None:
-        raise EscalatorError("--assume-accepted needs --assume-disagreement")
-    prof = plan.assumed(args.assume_accepted, args.assume_disagreement)
-    call = args.strong_call_usd
-    if call is None:
-        tokens_in, _, tokens_out = args.assume_strong_tokens.partition(":")
-        call = prices.cost_usd(
-            settings.model.strong_model,
-            Usage(input_tokens=int(tokens_in), output_tokens=int(tokens_out or 0)),
-        )
-    if 1 - prof.disagree[0] < target:
-        print(
-            f"calibrate --plan: agreement {1 - prof.disagree[0]:.4f} at that threshold is below "
-            f"the target {target}: no measurement can certify it",
-            file=sys.stderr,
-        )
-        return EXIT_REFUSED
-    print(
-        f"Plan from assumptions: {args.assume_accepted:.0%} of traffic accepted, "
-        f"{args.assume_disagreement:.2%} of those disagree with the strong model; target "
-        f"{target}, delta {args.delta:g}, power {args.power:.0%}; strong call ${call:.6f}"
-    )
-    lines = plan_rows(
-        prof,
-        prof,
-        0.0,
-        target,
-        args.delta,
-        args.traffic_per_hour,
-        call,
-        0,
-        args.power,
-    )
-    print("\n".join(lines))
-    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

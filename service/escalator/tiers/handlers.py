@@ -135,7 +135,7 @@ class ReviewPolicy:
         """The probability that a request with these two answers is put before a person: the
         agree rate when both are valid with the same label, else the disagree rate (an invalid,
         refused or missing cheap answer, or a strong refusal, differs), so that every request
-        the strong tier answered has a known chance (calibration/human.py relies on it)."""
+        the strong tier answered has a known chance (calibration/estimators.py relies on it)."""
         if cheap.valid and strong.valid and cheap.label == strong.label:
             return self.adjudicate_agree
         return self.adjudicate_disagree

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from escalator.calibration import estimates
+from escalator.calibration import bounds
 from escalator.calibration.adjudications import HumanSample, assemble
-from escalator.calibration.certify import Dataset
-from escalator.calibration.human import cell_counts
+from escalator.calibration.dataset import Dataset
+from escalator.calibration.estimators import cell_counts
 from tests.unit.calibration.worlds import attempt_record, one_stratum
 
 FloatArray = npt.NDArray[np.float64]
@@ -290,11 +290,11 @@ def v1_lower(h: HumanSample, t_c: FloatArray, t_s: FloatArray, alpha: float) -> 
     nn = np.broadcast_to(h.n[:, None, None, None], z.shape)
     al = np.broadcast_to(a_cell[:, :, None, None], z.shape)
     zz = np.rint(z).astype(np.int64)
-    limits = estimates.exact_upper(zz.ravel(), nn.ravel(), al.ravel()).reshape(z.shape)
+    limits = bounds.exact_upper(zz.ravel(), nn.ravel(), al.ravel()).reshape(z.shape)
     pi = h.pi[:, :, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         per_cell = np.where(al > 0, np.minimum(limits / pi, 1.0), 0.0)
-    unc = np.where(a_unc > 0, estimates.exact_upper(h.uncovered, h.n, a_unc), 0.0)
+    unc = np.where(a_unc > 0, bounds.exact_upper(h.uncovered, h.n, a_unc), 0.0)
     stratum_err = np.minimum(per_cell.sum(axis=1) + unc[:, None, None], 1.0)
     total = (stratum_err * h.n[:, None, None]).sum(axis=0) / max(int(h.n.sum()), 1)
     return np.asarray(1.0 - np.minimum(total, 1.0), np.float64)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from escalator.calibration import binomial
-from escalator.calibration import human_certify as hc
+from escalator.calibration import binomial, search, sizing
+from escalator.calibration.dataset import grids
 from tests.unit.calibration.human_worlds import (
     HumanWorld,
     Window,
@@ -66,20 +66,20 @@ def _kw(world: HumanWorld) -> dict[str, Any]:
     return {"target": world.target, "budget": world.budget, "delta": DELTA}
 
 
-def certify(world: HumanWorld, w: Window, *, v1: bool = False) -> hc.HumanCalibration:
+def certify(world: HumanWorld, w: Window, *, v1: bool = False) -> search.HumanCalibration:
     """Today's procedure (undecided counted wrong), or v1's (the decided ones alone, their
     per-cell Clopper-Pearson sum)."""
     if not v1:
-        return hc.calibrate_human(w.data, w.human, w.strong_conf, w.strong_review, **_kw(world))
+        return search.calibrate_human(w.data, w.human, w.strong_conf, w.strong_review, **_kw(world))
     h = without_pending(w)
-    tc, ts = hc.grids(None, None)
+    tc, ts = grids(None, None)
     lower = v1_lower(h, tc, ts, DELTA / len(ts))
-    return hc.calibrate_human(
+    return search.calibrate_human(
         w.data, h, w.strong_conf, w.strong_review, lower_override=lower, **_kw(world)
     )
 
 
-def tally(world: HumanWorld, results: list[hc.HumanCalibration]) -> tuple[int, int, str]:
+def tally(world: HumanWorld, results: list[search.HumanCalibration]) -> tuple[int, int, str]:
     """(below the target, refused, median t_c chosen) over certified repetitions."""
     fails = refused = 0
     chosen = []
@@ -155,7 +155,7 @@ def test_a_window_of_the_size_a_refusal_asks_for_certifies_in_most_repetitions()
         first = certify(world, w)
         if first.status != "refused":
             continue
-        need = hc.needed(w.data, w.human, first, DELTA)
+        need = sizing.needed_human(w.data, w.human, first, DELTA)
         assert need.requests is not None, need
         factors.append(need.factor)
         tried += 1

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from escalator.calibration import live
-from escalator.calibration.certify import baselines, calibrate
+from escalator.calibration.curves import baselines
+from escalator.calibration.search import calibrate
 from escalator.calibration.threshold_file import (
     Promise,
     load_promise,

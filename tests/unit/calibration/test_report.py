@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from escalator.calibration.report import build_report, render_text
 from escalator.contract.decisions import Decision
 from escalator.model.prices import load_prices
+from tests.unit.calibration import worlds
+from tests.unit.calibration.logs import tiny_log
 
 
 def read(records: list[dict[str, Any]]) -> list[Decision]:
@@ -171,3 +174,49 @@ def test_with_no_batch_answer_the_report_says_the_lane_was_not_used() -> None:
     r = build_report(read(RECORDS), PRICES)
     assert r["lanes"]["batch"]["calls"] == 0 and r["lanes"]["batch"]["saving_usd"] == 0.0
     assert "ESCALATOR_BATCH_LANE is off or unused" in render_text(r)
+
+
+def test_report_uses_the_same_estimators_for_agreement_as_routed() -> None:
+    """report's agreement at the thresholds in force matches the truth at tau, with a bound."""
+    from escalator.calibration.report import agreement_in_force
+
+    w = worlds.realistic()
+    got = agreement_in_force(
+        read(worlds.records(w, np.random.default_rng(9), 8000, p=0.2, tau=0.7))
+    )
+    assert got is not None
+    truth = w.agreement(0.7)[0]
+    assert abs(got["point"] - truth) < 0.01
+    assert got["lower_bound"] < got["point"] <= 1.0
+
+
+def test_report_three_tiers_counts_people_apart_and_prices_them() -> None:
+    """Human decisions are counted by queue (each review_id once), priced at --review-cost,
+    and never priced by tokens; without human decisions the report has no such section."""
+    prices = load_prices(None)
+
+    def real(r: dict[str, Any]) -> dict[str, Any]:
+        model = {"cheap": "claude-haiku-5-5", "strong": "claude-sonnet-5-5"}
+        a = r["attempt"]
+        return {**r, "attempt": {**a, "model": model.get(a["tier"], "human")}}
+
+    recs = [real(r) for r in tiny_log()]
+    review = {
+        **recs[-1],
+        "id": "r9",
+        "review": {
+            **recs[-1]["review"],
+            "queue": "review",
+            "review_id": "review:r9",
+            "reason": "review_label",
+        },
+    }
+    rep = build_report(read([*recs, review, recs[-1]]), prices, review_cost=0.5)
+    t = rep["three_tier"]
+    assert t["human_items"] == {"review": 1, "adjudication": 3}
+    assert t["repeated_decisions_ignored"] == 1
+    assert t["human_usd"]["total"] == pytest.approx(2.0)
+    assert t["total_usd"] == pytest.approx(t["cheap_usd"] + t["strong_usd"] + 2.0)
+    assert "people, review queue" in render_text(rep)
+    plain = build_report(read([r for r in recs if r["attempt"]["tier"] != "human"]), prices)
+    assert "three_tier" not in plain

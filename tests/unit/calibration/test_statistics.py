@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from escalator.calibration import binomial, plan
-from escalator.calibration.certify import calibrate
+from escalator.calibration import binomial, sizing
+from escalator.calibration.search import calibrate
 from escalator.calibration.threshold_file import estimates_at
 from tests.unit.calibration.worlds import World, log, overconfident, realistic
 
@@ -80,7 +80,7 @@ def run_cell(world: World, n: int, p: float, reps: int, need_checks: int, seed: 
             held += 1
             escalation.append(1.0)
             if tried < need_checks:
-                need = plan.needed(d, cal, DELTA)
+                need = sizing.needed(d, cal, DELTA)
                 if need.requests is not None and need.requests <= 2_000_000:
                     tried += 1
                     again = calibrate(log(world, rng, need.requests, p=p), target=world.target)
@@ -200,7 +200,9 @@ def _weighted_by_requests(d: Any, target: float) -> _Verdict:
     """The rule before the stratum choice, rebuilt from public pieces: the curve without a
     target bounds every threshold with the strata weighted by their requests; then the same
     fixed sequence and refusal rules as ``calibrate`` (margin 0.10)."""
-    from escalator.calibration.certify import best_by_point, curve, default_grid, fixed_sequence
+    from escalator.calibration.curves import curve
+    from escalator.calibration.dataset import default_grid
+    from escalator.calibration.search import best_by_point, fixed_sequence
 
     c = curve(d, default_grid(), delta=DELTA)
     top = len(c.thresholds) - 1

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from escalator.calibration.certify import Dataset, default_grid
+from escalator.calibration.dataset import Dataset, default_grid
 
 FloatArray = npt.NDArray[np.float64]
 LABELS = ["review-needed", "safe", "unsafe"]
