@@ -20,6 +20,7 @@ from escalator.observability.metrics import Metrics
 from escalator.tiers.handlers import (
     CheapHandler,
     ConfidenceWatch,
+    LocalAnswers,
     PromiseWatch,
     ReviewPolicy,
     StrongHandler,
@@ -65,6 +66,9 @@ class HandlerParts:
     watches: Watches
     #: Deadlines and the lane rule (every decision records the deadline in force).
     lane: LaneRule = field(default_factory=LaneRule)
+    #: Tier 0 (ESCALATOR_TIER0_FILE, loaded and checked in ``app.load_parts``): the cheap
+    #: tier answers with it first; None: off.
+    tier0: LocalAnswers | None = None
 
     @classmethod
     def of(
@@ -75,6 +79,7 @@ class HandlerParts:
         thresholds: Thresholds,
         metrics: Metrics,
         watches: Watches | None = None,
+        tier0: LocalAnswers | None = None,
     ) -> HandlerParts:
         t, rv = settings.topics, settings.review
         return cls(
@@ -96,6 +101,7 @@ class HandlerParts:
             escalate_when_unavailable=settings.model.cheap_unavailable == "escalate",
             watches=watches or NoWatches(),
             lane=LaneRule.of(settings.lane),
+            tier0=tier0,
         )
 
 
@@ -132,6 +138,7 @@ def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
         review=parts.review,
         confidence_watch=parts.watches.confidence(),
         lane=parts.lane,
+        tier0=parts.tier0,
     )
 
 
