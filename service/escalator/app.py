@@ -16,7 +16,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from escalator.calibration.live import TierWatches
 from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
@@ -48,6 +48,9 @@ from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 from escalator.tiers.routing import Thresholds, escalation_note, thresholds_in_force
 from escalator.tiers.table import HandlerParts, TierSpec, tier_table, topics_needed
+
+if TYPE_CHECKING:
+    from escalator.tier0.artefact import Loaded as Tier0
 
 logger = logging.getLogger("escalator.app")
 
@@ -280,6 +283,8 @@ class Parts:
     notes: tuple[str, ...] = ()
     #: What the thresholds file promises, for the live monitors (None without a file).
     promise: Promise | None = None
+    #: Tier 0's certified artefact (ESCALATOR_TIER0_FILE), for the cheap tier; None: off.
+    tier0: Tier0 | None = None
 
 
 def load_parts(settings: Settings, tiers: list[str]) -> Parts:
@@ -303,7 +308,19 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
         promise = load_promise(file)
     thresholds = thresholds_in_force(settings, task.labels, from_file)
     note = escalation_note(thresholds, file) if "cheap" in tiers else None
-    return Parts(task, prices, profiles, thresholds, (note,) if note else (), promise)
+    tier0 = None
+    if settings.routing.tier0_file is not None and "cheap" in tiers:
+        # Imported only when tier 0 is on: it needs numpy, which `run` does not load otherwise.
+        from escalator.tier0.artefact import load as load_tier0
+
+        tier0 = load_tier0(
+            settings.routing.tier0_file,
+            task_fingerprint=task.fingerprint,
+            labels=task.labels,
+            cheap_model=table["cheap"].model.model,
+            strong_model=table["strong"].model.model,
+        )
+    return Parts(task, prices, profiles, thresholds, (note,) if note else (), promise, tier0)
 
 
 def build_service(
@@ -340,7 +357,12 @@ def build_service(
     r = settings.routing
     watches = TierWatches(parts.promise, r.monitor_alpha, r.shadow_rate, metrics)
     handler_parts = HandlerParts.of(
-        settings, task=parts.task, thresholds=parts.thresholds, metrics=metrics, watches=watches
+        settings,
+        task=parts.task,
+        thresholds=parts.thresholds,
+        metrics=metrics,
+        watches=watches,
+        tier0=parts.tier0,
     )
     beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
     if "lane" in tiers:

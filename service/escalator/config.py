@@ -215,6 +215,9 @@ class RoutingSettings:
     task_file: Path | None = None
     prices_file: Path | None = None
     thresholds_file: Path | None = None
+    #: ESCALATOR_TIER0_FILE: a certified tier-0 artefact (tier0/artefact.py) the cheap tier
+    #: answers with before any model call when it is confident; None: tier 0 off.
+    tier0_file: Path | None = None
     # Fraction of cheap-tier *accepted* requests also answered by the strong tier (shadow).
     shadow_rate: float = 0.05
     #: False-alarm probability of each live monitor of the thresholds file, per process.
@@ -732,6 +735,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         task_file=env.file("ESCALATOR_TASK_FILE"),
         prices_file=env.file("ESCALATOR_PRICES_FILE"),
         thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
+        tier0_file=env.file("ESCALATOR_TIER0_FILE"),
         shadow_rate=env.number("ESCALATOR_SHADOW_RATE", dr.shadow_rate, 0.0, 1.0),
         monitor_alpha=env.number("ESCALATOR_MONITOR_ALPHA", dr.monitor_alpha, 1e-9, 0.5),
     )

@@ -1,9 +1,12 @@
-"""Tier 0's training data from the real topics: the service answers requests on the real
-broker (the emulator's models), ``escalator tier0 pairs`` joins the requests topic with the
-results topic without a consumer group, and ``tier0 train`` fits on what it wrote."""
+"""Tier 0 on the real broker: the service answers requests (the emulator's models),
+``escalator tier0 pairs`` joins the requests topic with the results topic without a consumer
+group, ``tier0 train`` fits on what it wrote, ``tier0 certify`` certifies on a later window,
+and the cheap tier then answers with the artefact (ESCALATOR_TIER0_FILE)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import orjson
@@ -59,3 +62,87 @@ async def test_pairs_join_requests_with_their_results_and_train_on_them(
     )
     assert trained.returncode == 0, trained.stderr
     assert f"trained tier 0 on {n} pairs" in trained.stdout
+
+
+def _requests(prefix: str, n: int, start: int = 0) -> list[bytes]:
+    return [
+        orjson.dumps({"id": f"{prefix}-{i}", "text": f"{TEXTS[i % len(TEXTS)]} ({i})"})
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.mark.timeout(600)
+async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
+    kafka_bootstrap: str, sim_url: str, unique: str, tmp_path: Path
+) -> None:
+    """Answers from the models (shadow off) make the pairs; training's window ends where the
+    certification window starts; the service restarted with the certified artefact answers
+    requests at tier 0 (no model call: a single decision, tier tier0, with the artefact's
+    version; cost 0), each with the label the models gave the same text, and every request,
+    new texts included, ends with exactly one result (new texts go to tier 0 or the models, as
+    its certified threshold says: on the emulator's keyword world it may be 0, answering all;
+    the monitor that withdraws tier 0 from traffic unlike its window is the next step)."""
+    env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
+    half = 180
+    results_topic, decisions_topic = (
+        env["ESCALATOR_RESULTS_TOPIC"],
+        env["ESCALATOR_DECISIONS_TOPIC"],
+    )
+    async with running_service(env, ["cheap", "strong"]):
+        await produce(kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], _requests("a", half))
+        await collect(kafka_bootstrap, [results_topic], lambda c: len(c.records) >= half)
+        split_ms = int(time.time() * 1000) + 1
+        await asyncio.sleep(0.01)
+        await produce(kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], _requests("a", half, half))
+        got = await collect(kafka_bootstrap, [results_topic], lambda c: len(c.records) >= 2 * half)
+    routed = {r["id"]: r["label"] for r in (orjson.loads(rec.value) for rec in got.records)}
+    by_text = {TEXTS[int(rid.split("-")[1]) % len(TEXTS)]: label for rid, label in routed.items()}
+
+    pairs, artefact = tmp_path / "pairs.jsonl", tmp_path / "tier0.json"
+    assert run_cli(env, "tier0", "pairs", "--output", str(pairs)).returncode == 0
+    trained = run_cli(
+        env, "tier0", "train", "--input", str(pairs), "--until", str(split_ms),
+        "--output", str(artefact),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    certified = run_cli(
+        env, "tier0", "certify", "--artefact", str(artefact), "--input", str(pairs),
+        "--since", str(split_ms), "--target", "0.95",
+    )  # fmt: skip
+    assert certified.returncode == 0, certified.stdout + certified.stderr
+    version = orjson.loads(artefact.read_bytes())["version"]
+
+    run_env = {**env, "ESCALATOR_TIER0_FILE": str(artefact)}
+    known = _requests("b", 60)
+    novel = [
+        orjson.dumps({"id": f"n-{i}", "text": f"Quarterly figures for region {i} are attached."})
+        for i in range(10)
+    ]
+    ids = {orjson.loads(v)["id"] for v in known + novel}
+    async with running_service(run_env, ["cheap", "strong"]):
+        await produce(kafka_bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], known + novel)
+        got = await collect(
+            kafka_bootstrap,
+            [results_topic, decisions_topic],
+            lambda c: ids <= set(c.results_by_id(results_topic)),
+            linger_s=1.0,
+        )
+    results = {k: v for k, v in got.results_by_id(results_topic).items() if k in ids}
+    assert {k: len(v) for k, v in results.items()} == dict.fromkeys(ids, 1)
+    local = {k: v[0] for k, v in results.items() if v[0]["tier"] == "tier0"}
+    # The known texts are the windows' own: every one is above any certified threshold.
+    assert {k for k in local if k.startswith("b-")} == {k for k in ids if k.startswith("b-")}
+    decisions: dict[str, list[dict[str, object]]] = {}
+    for rec in got.on(decisions_topic):
+        d = orjson.loads(rec.value)
+        if d["id"] in ids:
+            decisions.setdefault(d["id"], []).append(d)
+    for rid, result in local.items():
+        assert result["model"] == version and result["cost_usd"] == 0
+        if rid.startswith("b-"):  # a text the models answered in the windows
+            assert result["label"] == by_text[TEXTS[int(rid.split("-")[1]) % len(TEXTS)]]
+        (only,) = decisions[rid]  # no model call: no cheap decision, no escalation
+        assert only["tier0_version"] == version and only["outcome"] == "accepted"
+    for rid in ids - set(local):
+        assert results[rid][0]["tier"] in ("cheap", "strong")
+        assert all("tier0_version" not in d for d in decisions[rid])

@@ -25,6 +25,12 @@ Agreement of the routed answers with the strong model, at the thresholds in forc
 request was routed, uses calibration's estimators (``estimators``, ``bounds``): a Hájek
 estimate within threshold-version strata and its exact lower bound (a description of the
 window at 95%, not a certification: ``calibrate`` is what certifies).
+
+Tier 0's answers (``attempt.tier`` ``tier0``, ESCALATOR_TIER0_FILE) called no model: they are
+not spend rows, and ``requests`` counts the requests that reached the cheap model. ``tier0``
+says how many tier 0 answered, its share of all requests (tier 0's plus the cheap tier's), and
+what it saved: the cheap calls it avoided, each at the mean re-priced cost of the window's
+real (not shadow) cheap calls (None when the window has none).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
-from escalator.contract.decisions import HUMAN, Decision
+from escalator.contract.decisions import HUMAN, TIER0, Decision
 from escalator.contract.messages import LANES, Attempt
 from escalator.model.prices import PriceTable, Usage
 
@@ -62,7 +68,9 @@ def build_report(
 ) -> dict[str, Any]:
     # People are not priced by tokens: their decisions are counted apart (``human_tier``).
     humans = [r for r in records if r.tier == HUMAN]
-    records = [r for r in records if r.tier != HUMAN]
+    # Tier 0 called no model: counted apart (``tier0_saving``), never priced.
+    local = {r.id for r in records if r.tier == TIER0}
+    records = [r for r in records if r.tier not in (HUMAN, TIER0)]
     spend: dict[tuple[str, str, bool, str], dict[str, Any]] = {}
     cheap_by_id: dict[str, Decision] = {}
     escalated_ids: set[str] = set()
@@ -139,6 +147,8 @@ def build_report(
         "escalation_rate_by_label": dict(sorted(by_label.items())),
         "lanes": lanes(rows),
     }
+    if local:
+        report["tier0"] = tier0_saving(rows, len(local), n)
     report["month_to_date"] = month_to_date(records, prices, spend_cap_usd, now)
     report["agreement_in_force"] = agreement_in_force(records)
     if humans or review_cost is not None:
@@ -153,6 +163,20 @@ def build_report(
             else counterfactual / n * monthly_volume,
         }
     return report
+
+
+def tier0_saving(rows: list[dict[str, Any]], answered: int, cheap: int) -> dict[str, Any]:
+    """Tier 0's share of the requests and the cheap calls it avoided, priced at the mean
+    re-priced cost of the real cheap calls of the same window."""
+    real = [r for r in rows if r["tier"] == "cheap" and not r["shadow"]]
+    calls = sum(r["calls"] for r in real)
+    mean = sum(r["cost_usd"] for r in real) / calls if calls else None
+    return {
+        "answered": answered,
+        "share": answered / (answered + cheap),
+        "cheap_call_usd": mean,
+        "saved_usd": None if mean is None else mean * answered,
+    }
 
 
 def lanes(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -338,6 +362,7 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
         f"  savings:                      {usd(report['savings_usd'])} "
         f"({_pct(report['savings_pct'])})",
         *_lane_lines(report["lanes"], usd),
+        *_tier0_lines(report.get("tier0"), usd),
         "",
     ]
     mtd = report.get("month_to_date")
@@ -382,6 +407,16 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
             f"(all-strong {usd(monthly['all_strong_usd'])})",
         ]
     return "\n".join(lines)
+
+
+def _tier0_lines(t: dict[str, Any] | None, usd: Any) -> list[str]:
+    if not t:
+        return []
+    return [
+        "",
+        f"  tier 0 answered {t['answered']} requests ({_pct(t['share'])} of all), no model "
+        f"call: saved {usd(t['saved_usd'])} (cheap calls at {usd(t['cheap_call_usd'])} each)",
+    ]
 
 
 def _lane_lines(by_lane: dict[str, dict[str, Any]], usd: Any) -> list[str]:

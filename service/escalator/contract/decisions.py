@@ -35,6 +35,8 @@ from escalator.errors import InvalidRequest
 
 #: ``outcome`` of a reviewer's decision, and ``attempt.tier`` and ``gold_source`` with it.
 HUMAN = "human"
+#: ``attempt.tier`` of tier 0's answers: the cheap tier's local classifier, no model call.
+TIER0 = "tier0"
 
 _KNOWN = frozenset(
     {
@@ -55,6 +57,7 @@ _KNOWN = frozenset(
         "adjudication",
         "lane",
         "deadline_s",
+        "tier0_version",
     }
 )
 
@@ -156,6 +159,9 @@ class Decision:
     #: The deadline in force, seconds from the request record's timestamp: the request's
     #: own ``deadline_s``, else the topic default; None: none (added within version 1).
     deadline_s: float | None = None
+    #: Tier 0's answers only: the version of the artefact that answered (added within
+    #: version 1; absent on every other record).
+    tier0_version: str | None = None
     #: Keys this version does not know, kept so that what is read can be written back whole.
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: The object this record was read from (None when written by this process): what
@@ -181,6 +187,7 @@ class Decision:
         adjudication: tuple[bool, float] | None = None,
         lane: str | None = None,
         deadline_s: float | None = None,
+        tier0_version: str | None = None,
     ) -> Decision:
         """One model call's record, stamped now.
 
@@ -207,6 +214,7 @@ class Decision:
             adjudication=Adjudication(*adjudication) if adjudication is not None else None,
             lane=lane if lane is not None else lane_of(attempt, None),
             deadline_s=deadline_s if deadline_s is not None else request.deadline_s,
+            tier0_version=tier0_version,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,6 +239,8 @@ class Decision:
         value["ts_ms"] = self.ts_ms
         value["lane"] = self.lane
         value["deadline_s"] = self.deadline_s
+        if self.tier0_version is not None:
+            value["tier0_version"] = self.tier0_version
         if self.adjudication is not None:
             value["adjudication"] = {
                 "sampled": self.adjudication.sampled,
@@ -288,6 +298,7 @@ class Decision:
             review=Review.from_dict(review) if isinstance(review, Mapping) else None,
             lane=lane_of(attempt, data.get("lane")),
             deadline_s=_positive(data.get("deadline_s")),
+            tier0_version=_opt_str_only(data.get("tier0_version")),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
             raw=data,
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,11 @@ class Loaded:
     threshold: float
     target: float
     manifest: dict[str, Any]
+
+    def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """(label, confidence) per text: what the cheap tier's hook asks (``tiers/handlers.py``,
+        ``LocalAnswers``)."""
+        return self.model.predict(texts)
 
 
 def load(

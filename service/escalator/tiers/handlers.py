@@ -1,7 +1,9 @@
 """What each tier does with one record: the cheap and strong handlers.
 
 Cheap: validate the request, ask the cheap model, accept (-> results) or escalate
-(-> escalations, with the cheap answer attached). An answer that fails validation counts as
+(-> escalations, with the cheap answer attached). With tier 0 on (``ESCALATOR_TIER0_FILE``),
+a request its certified local classifier is confident about is answered before any model call
+(``tier: "tier0"``, docs/CONTRACT.md "Tier 0 answers"). An answer that fails validation counts as
 confidence 0 and escalates (``invalid_answer``); a refusal escalates (``cheap_refused``) and
 is never retried. When the cheap model is down or rate-limited the record is *held*
 (uncommitted, partitions paused), not escalated: escalating would multiply its cost by about
@@ -36,11 +38,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from escalator.contract.decisions import Decision
+from escalator.contract.decisions import TIER0, Decision
 from escalator.contract.messages import (
     H_PREFIX,
     Attempt,
@@ -85,6 +87,18 @@ class PromiseWatch(Protocol):
     unit, its loss (1: the routed answer differs from the reference) and its probability."""
 
     def observe(self, loss: float, probability: float) -> None: ...
+
+
+class LocalAnswers(Protocol):
+    """Tier 0 as the cheap tier uses it: a certified local classifier (``tier0/artefact.py``,
+    ``Loaded``, loaded in ``app.py``: tiers never import tier0, which reads calibration, which
+    reads tiers). It answers a request when its confidence is at least ``threshold``."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
+    def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]: ...
 
 
 class ConfidenceWatch(Protocol):
@@ -166,7 +180,9 @@ class _Base:
         promise_watch: PromiseWatch | None = None,
         confidence_watch: ConfidenceWatch | None = None,
         lane: LaneRule | None = None,
+        tier0: LocalAnswers | None = None,
     ) -> None:
+        self.tier0 = tier0
         self.lane = lane or LaneRule()
         self.review = review or ReviewPolicy()
         self.promise_watch = promise_watch
@@ -284,16 +300,62 @@ class CheapHandler(_Base):
         self.handoff = handoff
 
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
-        """Bad input is answered at once (a dead letter); a request waits for the model."""
+        """Bad input is answered at once (a dead letter), and so is a request tier 0 answers;
+        the rest wait for the model."""
         try:
             request = parse_request(record.value, self.max_text_chars)
         except InvalidRequest as exc:
             return self.dead_letter(record, exc)
+        tier0 = self.tier0
+        if tier0 is not None and (local := self._tier0(tier0, record, request)) is not None:
+            return local
         if self.handoff is not None:
             handed = self.handoff.takes(record, request)
             if handed is not None:  # the batch lane answers it: committed once handed off
                 return handed
         return self.ask(record, request)
+
+    def _tier0(self, tier0: LocalAnswers, record: Record, request: Request) -> list[Output] | None:
+        """Tier 0's answer, at once (no model call, no task), when it is at least as confident
+        as its certified threshold; else None: the model is asked as without it."""
+        start = time.perf_counter()
+        ((label, confidence),) = tier0.predict([request.text])
+        if confidence < tier0.threshold or label not in self.labels:
+            return None
+        version = tier0.version
+        attempt = Attempt(
+            tier=TIER0,
+            model=version,
+            label=label,
+            confidence=confidence,
+            valid=True,
+            latency_ms=(time.perf_counter() - start) * 1000,
+        )
+        key = record.key or request.id.encode()
+        self.metrics.observe_attempt(attempt)
+        self.metrics.decision(TIER0, label, "accepted")
+        self.log_decision(request, attempt, escalated=False)
+        decision = Decision.of_answer(
+            request,
+            attempt,
+            outcome="accepted",
+            threshold_version=self.thresholds.version,
+            threshold=tier0.threshold,
+            deadline_s=self.lane.deadline_s(request),
+            tier0_version=version,
+        ).value()
+        value = result_value(
+            request,
+            attempt,
+            [attempt],
+            escalated=False,
+            escalation_reason=None,
+            threshold_version=self.thresholds.version,
+        )
+        return [
+            Output(self.topics.decisions, decision, key),
+            Output(self.topics.results, value, key, _headers(record)),
+        ]
 
     async def ask(self, record: Record, request: Request) -> list[Output]:
         """The real-time path: ask the cheap model, route its answer."""

@@ -24,6 +24,7 @@ from escalator.observability.metrics import Metrics
 from escalator.tiers.handlers import (
     CheapHandler,
     ConfidenceWatch,
+    LocalAnswers,
     PromiseWatch,
     ReviewPolicy,
     StrongHandler,
@@ -74,6 +75,9 @@ class HandlerParts:
     handoff: HandOff | None = None
     #: The lane worker's batches (built by the service when it runs the lane).
     runner: BatchRunner | None = None
+    #: Tier 0 (ESCALATOR_TIER0_FILE, loaded and checked in ``app.load_parts``): the cheap
+    #: tier answers with it first; None: off.
+    tier0: LocalAnswers | None = None
 
     @classmethod
     def of(
@@ -84,6 +88,7 @@ class HandlerParts:
         thresholds: Thresholds,
         metrics: Metrics,
         watches: Watches | None = None,
+        tier0: LocalAnswers | None = None,
     ) -> HandlerParts:
         t, rv = settings.topics, settings.review
         return cls(
@@ -106,6 +111,7 @@ class HandlerParts:
             watches=watches or NoWatches(),
             lane=LaneRule.of(settings.lane),
             handoff=HandOff.of(settings.lane, t.handoff) if settings.lane.enabled else None,
+            tier0=tier0,
         )
 
 
@@ -148,6 +154,7 @@ def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
         confidence_watch=parts.watches.confidence(),
         lane=parts.lane,
         handoff=parts.handoff,
+        tier0=parts.tier0,
     )
 
 

@@ -220,3 +220,27 @@ def test_report_three_tiers_counts_people_apart_and_prices_them() -> None:
     assert "people, review queue" in render_text(rep)
     plain = build_report(read([r for r in recs if r["attempt"]["tier"] != "human"]), prices)
     assert "three_tier" not in plain
+
+
+def tier0(rid: str) -> dict[str, Any]:
+    """A tier-0 answer: no model call, its model field is the artefact's version."""
+    record = rec(rid, "cheap", (0, 0, 0, 0), outcome="accepted")
+    record["attempt"] |= {"tier": "tier0", "model": "t0-0123456789"}
+    record["tier0_version"] = "t0-0123456789"
+    return record
+
+
+def test_tier0_answers_are_not_priced_and_their_share_and_saving_are_shown() -> None:
+    """The artefact version is no model of the price table (it must not be refused), spend
+    and the cheap tier's figures are unchanged, and the saving is the avoided cheap calls at
+    the mean re-priced cost of the real cheap calls."""
+    r = build_report(read([*RECORDS, tier0("d"), tier0("e")]), PRICES)
+    plain = build_report(read(RECORDS), PRICES)
+    assert r["actual_usd"] == pytest.approx(plain["actual_usd"])
+    assert r["requests"] == plain["requests"] == 3
+    assert all(row["tier"] != "tier0" for row in r["spend"])
+    mean_cheap = (CHEAP_A + CHEAP_B + CHEAP_C) / 3
+    assert r["tier0"]["answered"] == 2 and r["tier0"]["share"] == pytest.approx(2 / 5)
+    assert r["tier0"]["saved_usd"] == pytest.approx(2 * mean_cheap)
+    assert "tier 0 answered 2 requests (40.0% of all)" in render_text(r)
+    assert "tier0" not in plain and "tier 0" not in render_text(plain)

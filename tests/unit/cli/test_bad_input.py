@@ -147,6 +147,12 @@ SETTING_CASES: dict[str, list[Case]] = {
             )
         ),
     ],
+    "ESCALATOR_TIER0_FILE": [
+        Case(MISSING),
+        Case(File("not json")),
+        # A manifest with no weights (a trained one's other refusals: tests/unit/tiers).
+        Case(File('{"schema_version": 1, "kind": "escalator-tier0", "version": "t0-x"}')),
+    ],
     "ESCALATOR_THRESHOLDS_FILE": [
         Case(MISSING),
         Case(_threshold_file(threshold=1.7)),  # would escalate everything: a 20x bill

@@ -61,12 +61,24 @@ def strong_decision() -> Decision:
     )
 
 
+def tier0_decision() -> Decision:
+    local = Attempt("tier0", "t0-0123456789", "safe", 0.97, True, latency_ms=0.02)
+    return Decision.of_answer(
+        REQUEST,
+        local,
+        outcome="accepted",
+        threshold_version="env-1234abcd",
+        threshold=0.9,
+        tier0_version="t0-0123456789",
+    )
+
+
 def human() -> Decision:
     item = make_item("r1", "some text", queue="adjudication", reason="sampled_disagree")
     return human_decision(item, Verdict("alice", None, "neither fits", 4.25), "adj/0/3")
 
 
-@pytest.mark.parametrize("make", [cheap_decision, strong_decision, human])
+@pytest.mark.parametrize("make", [cheap_decision, strong_decision, human, tier0_decision])
 def test_what_is_written_is_read_back_equal_and_follows_the_schema(make: Any) -> None:
     """write -> read equals, for each kind of record the service writes; the bytes validate
     against decision.v1.json."""
