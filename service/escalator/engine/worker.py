@@ -32,7 +32,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -92,7 +92,12 @@ class Handler(Protocol):
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         """Outputs for one record: the list itself when they are known at once (bad input, a
         local answer), else an awaitable (a coroutine: a call to a model), which the worker
-        runs as a task under the in-flight limit. Must not raise except CancelledError."""
+        runs as a task under the in-flight limit. Must not raise except CancelledError.
+
+        A handler may also have ``handle_batch(records)``: the records of one partition of a
+        fetched batch in one call, answered in order, each as ``handle`` would answer it (the
+        cheap tier's tier 0 predicts the whole batch at once). The worker calls it when it is
+        there, and ``handle`` otherwise."""
         ...
 
     def should_pause(self) -> bool:
@@ -401,6 +406,9 @@ class TierWorker:
         not_ready = self._delivery.not_ready
         parking = self._parking
         handle = self._handler.handle
+        # Optional: all the records of a partition's batch in one call (tier 0 predicts them
+        # together), answered in order, each as ``handle`` would.
+        handle_batch = getattr(self._handler, "handle_batch", None)
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
             if tracker is None or tp in not_ready:
@@ -418,12 +426,8 @@ class TierWorker:
             self._series.requests.inc(n)
             started = time.perf_counter()
             ready: list[Done] = []
-            for record in records:
-                if parking is not None and parking.takes(tp, record.offset):
-                    # Parking began as it was fetched: its copy is its output.
-                    ready.append(Done(record.offset, parking.outputs(record)))
-                    continue
-                work = handle(record)
+            works = handle_batch(records) if handle_batch is not None else map(handle, records)
+            for record, work in zip(records, works, strict=True):
                 if isinstance(work, list):
                     ready.append(Done(record.offset, work, started))
                     continue
@@ -554,10 +558,18 @@ class TierWorker:
 
     # -- parking -------------------------------------------------------------------------------
     async def _answer_or_park(
-        self, tp: TopicPartition, record: Any, work: Awaitable[list[Output]], started: float
+        self,
+        tp: TopicPartition,
+        record: Any,
+        work: Coroutine[Any, Any, list[Output]],
+        started: float,
     ) -> Done:
         """The handler's answer, or (if parking cancels the held call) the parked copy."""
         assert self._parking is not None
+        if self._parking.takes(tp, record.offset):
+            # Parking began between its dispatch and now: its copy is its output.
+            work.close()
+            return Done(record.offset, self._parking.outputs(record))
         task = asyncio.current_task()
         assert task is not None
         handling = self._handling.get(tp)

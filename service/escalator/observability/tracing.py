@@ -296,6 +296,10 @@ class _Tracing(Tracing):
 
 # -- the process span ------------------------------------------------------------------------
 class _TracedHandler:
+    #: Each record its own process span: the engine calls ``handle`` per record, never the
+    #: inner handler's ``handle_batch`` (``__getattr__`` would forward it).
+    handle_batch = None
+
     def __init__(self, inner: _Handler, tracer: Tracer, group: str) -> None:
         self._inner = inner
         self._tracer = tracer

@@ -300,26 +300,62 @@ class CheapHandler(_Base):
         self.handoff = handoff
 
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
-        """Bad input is answered at once (a dead letter), and so is a request tier 0 answers;
-        the rest wait for the model."""
-        try:
-            request = parse_request(record.value, self.max_text_chars)
-        except InvalidRequest as exc:
-            return self.dead_letter(record, exc)
-        tier0 = self.tier0
-        if tier0 is not None and (local := self._tier0(tier0, record, request)) is not None:
-            return local
-        if self.handoff is not None:
-            handed = self.handoff.takes(record, request)
-            if handed is not None:  # the batch lane answers it: committed once handed off
-                return handed
-        return self.ask(record, request)
+        """One record: :meth:`handle_batch` of one."""
+        return self.handle_batch([record])[0]
 
-    def _tier0(self, tier0: LocalAnswers, record: Record, request: Request) -> list[Output] | None:
+    def handle_batch(
+        self, records: Sequence[Record]
+    ) -> list[list[Output] | Coroutine[Any, Any, list[Output]]]:
+        """The records of one fetched partition batch, in order. Bad input is answered at
+        once (a dead letter), and so is a request tier 0 answers: tier 0 predicts the whole
+        batch in one call (its cost is per call far more than per text); the rest wait for
+        the model, or go to the batch lane."""
+        parsed: list[Request | InvalidRequest] = []
+        for record in records:
+            try:
+                parsed.append(parse_request(record.value, self.max_text_chars))
+            except InvalidRequest as exc:
+                parsed.append(exc)
+        tier0 = self.tier0
+        predicted: list[tuple[str, float]] = []
+        each_ms = 0.0
+        if tier0 is not None:
+            texts = [r.text for r in parsed if isinstance(r, Request)]
+            if texts:
+                start = time.perf_counter()
+                predicted = tier0.predict(texts)
+                each_ms = (time.perf_counter() - start) * 1000 / len(texts)
+        answers = iter(predicted)
+        out: list[list[Output] | Coroutine[Any, Any, list[Output]]] = []
+        for record, request in zip(records, parsed, strict=True):
+            if isinstance(request, InvalidRequest):
+                out.append(self.dead_letter(record, request))
+                continue
+            if tier0 is not None:
+                label, confidence = next(answers)
+                local = self._tier0(tier0, record, request, label, confidence, each_ms)
+                if local is not None:
+                    out.append(local)
+                    continue
+            if self.handoff is not None:
+                handed = self.handoff.takes(record, request)
+                if handed is not None:  # the batch lane answers it: committed once handed off
+                    out.append(handed)
+                    continue
+            out.append(self.ask(record, request))
+        return out
+
+    def _tier0(
+        self,
+        tier0: LocalAnswers,
+        record: Record,
+        request: Request,
+        label: str,
+        confidence: float,
+        latency_ms: float,
+    ) -> list[Output] | None:
         """Tier 0's answer, at once (no model call, no task), when it is at least as confident
         as its certified threshold; else None: the model is asked as without it."""
-        start = time.perf_counter()
-        ((label, confidence),) = tier0.predict([request.text])
         if confidence < tier0.threshold or label not in self.labels:
             return None
         version = tier0.version
@@ -329,7 +365,7 @@ class CheapHandler(_Base):
             label=label,
             confidence=confidence,
             valid=True,
-            latency_ms=(time.perf_counter() - start) * 1000,
+            latency_ms=latency_ms,
         )
         key = record.key or request.id.encode()
         self.metrics.observe_attempt(attempt)

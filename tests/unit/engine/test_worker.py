@@ -182,3 +182,39 @@ async def test_a_stop_abandons_a_collected_batch_whole_and_counts_it() -> None:
     await asyncio.wait_for(task, 30)
     assert broker.committed == 0
     assert sample(metrics, "escalator_abandoned_in_flight_total", tier="cheap") == 8
+
+
+class Batched(Gated):
+    """Gated, with ``handle_batch``: the worker must call it once per fetched batch (and
+    never ``handle``), and use its answers in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    def handle(self, record: Record) -> Any:
+        raise AssertionError("handle_batch is there: handle must not be called")
+
+    def handle_batch(self, records: Sequence[Record]) -> list[Any]:
+        self.batches.append([r.offset for r in records])
+        return [Gated.handle(self, r) for r in records]
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_handler_with_handle_batch_gets_each_fetched_batch_in_one_call(
+    guarantee: str,
+) -> None:
+    broker = Broker()
+    inner, _ = make_delivery(guarantee, broker)
+    consumer = FakeConsumer(broker, 40)
+    handler = Batched()
+    handler.gate.set()
+    w = worker(consumer, inner, handler, Metrics(), max_in_flight=8)
+    task = asyncio.create_task(w.run())
+    await until(lambda: broker.committed >= 40)
+    w.stop()
+    await asyncio.wait_for(task, 30)
+    assert_delivered(broker, 40, guarantee)
+    assert sorted(o for b in handler.batches for o in b) == list(range(40))
+    assert len(handler.batches) == len(consumer.redo_at_fetch), "one call per fetched batch"
+    assert max(len(b) for b in handler.batches) > 1

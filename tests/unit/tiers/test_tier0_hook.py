@@ -165,3 +165,27 @@ def test_an_artefact_that_does_not_fit_is_a_start_up_error_naming_the_variable(
 def test_a_missing_file_is_refused_when_settings_are_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ESCALATOR_TIER0_FILE"):
         _settings(tmp_path / "absent.json")
+
+
+async def test_a_fetched_batch_is_predicted_in_one_call_and_answered_in_order() -> None:
+    """handle_batch (what the engine calls per partition of a fetched batch): bad input is
+    dead-lettered without a prediction, tier 0 is asked once for the other texts together,
+    and each record gets what ``handle`` would give it, in order: a list for tier 0's
+    confident answers and the dead letter, a coroutine (a model call) for the rest."""
+    model = FakeModel(lambda _: ok())
+    tier0 = FakeTier0({"a": ("safe", 0.95), "b": ("safe", 0.5), "c": ("unsafe", 0.99)})
+    h = _cheap(tier0, model)
+    records = [
+        FakeRecord(request("a"), offset=0),
+        FakeRecord(b"{not json", offset=1),
+        FakeRecord(request("b"), offset=2),
+        FakeRecord(request("c"), offset=3),
+    ]
+    works = h.handle_batch(records)
+    assert tier0.asked == [["a", "b", "c"]], "one prediction for the batch, bad input left out"
+    assert [isinstance(w, list) for w in works] == [True, True, False, True]
+    assert on(works[0], "results") and on(works[3], "results")  # type: ignore[arg-type]
+    assert [o.topic for o in works[1]] == ["dead"]  # type: ignore[union-attr]
+    assert model.calls == 0
+    outputs = await works[2]  # type: ignore[misc]
+    assert model.calls == 1 and on(outputs, "results")
