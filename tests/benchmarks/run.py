@@ -219,6 +219,62 @@ async def b1(bootstrap: str, sim_url: str) -> None:
     )
 
 
+def throughput_artefact(path: Path, settings: Settings) -> None:
+    """A tier-0 artefact trained on the backlog's own texts and *written* as certified at
+    threshold 0, so that tier 0 answers every record: for throughput only (B1z). It claims
+    no guarantee; a real one comes from ``escalator tier0 certify``."""
+    from escalator.tier0 import artefact
+    from escalator.tier0.train import fit
+
+    task = load_task(None)
+    labels = [task.labels[i % len(task.labels)] for i in range(len(TEXTS))]
+    model = fit(TEXTS, labels)
+    body: dict[str, Any] = {
+        "status": "certified",
+        "task": {"name": task.name, "fingerprint": task.fingerprint, "labels": list(task.labels)},
+        "models": {"cheap": settings.model.cheap_model, "strong": settings.model.strong_model},
+        "classes": list(model.classes),
+        "features": model.features.as_json(),
+        "weights": artefact.write_weights(model, path),
+        "threshold": 0.0,
+        "certification": {"target": 0.5, "note": "written by B1z for throughput only"},
+    }
+    artefact.write_manifest(path, body)
+
+
+async def b1z(bootstrap: str, sim_url: str) -> None:
+    """B1 with tier 0 answering every record (issue 25's B9 throughput part): no model call,
+    no task per record, one prediction per partition of a fetched batch; against the same
+    bare pipe, in the same run. The instant model stays configured (it is never asked)."""
+    n = 30_000
+    env = await with_backlog(bootstrap, sim_url, "b1z", n)
+    base = await bare_pipe(
+        bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], f"{env['ESCALATOR_RESULTS_TOPIC']}", n
+    )
+    asked: list[int] = []
+
+    class Counted(InstantModel):
+        async def classify(self, text: str) -> Attempt:
+            asked.append(1)
+            return await super().classify(text)
+
+    def factory(tier: str, model: str, task: Task, prices: PriceTable) -> InstantModel:
+        return Counted(tier, model)
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        path = Path(tmpdir) / "tier0.json"
+        throughput_artefact(path, load_settings(env))
+        env2 = await with_backlog(bootstrap, sim_url, "b1z", n, ESCALATOR_TIER0_FILE=str(path))
+        ours = await run_pipeline(env2, n, factory)
+    report(
+        "B1z",
+        f"bare aiokafka pipe {base:,.0f} msg/s; cheap tier with tier 0 answering every record "
+        f"{ours:,.0f} msg/s ({n:,} records; model calls: {len(asked)})",
+        f"ratio {ours / base:.2f}",
+        "diagnostic (issue 25: B9's throughput against the bare pipe)",
+    )
+
+
 async def b1t(bootstrap: str, sim_url: str, tmp: Path) -> None:
     """B1's cheap tier (instant fake model) with tracing off, on for every record, and on with
     1% of the traces sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio), alternated, twice
@@ -779,6 +835,7 @@ async def b1q(bootstrap: str, sim_url: str) -> None:
 
 BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b1": b1,
+    "b1z": b1z,
     "b1e": b1e,
     "b1q": b1q,
     "b2": b2,
