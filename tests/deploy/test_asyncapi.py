@@ -57,6 +57,7 @@ def test_the_document_matches_the_service_defaults() -> None:
         "escalations": settings.pipeline.strong_group,
         "reviews": settings.review.group,
         "parked": settings.parking.replay_group,
+        "handoff": settings.lane.group,
     }
     referenced = {
         Path(m["payload"]["schema"]["$ref"]).name
