@@ -22,6 +22,7 @@ the learning of the bets (``LEARNING``) added.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,10 +174,16 @@ def required_requests(
         lower = predicted_lower(prof, design, n, delta, power)
         return bool(np.all(lower[goal:-1] >= target))
 
+    return smallest_passing(passes, MAX_REQUESTS)
+
+
+def smallest_passing(passes: Callable[[int], bool], most: int) -> int | None:
+    """The smallest n (from 100, doubling, then bisected to within 0.5%) for which
+    ``passes(n)`` holds, assumed monotone in n; None if not even ``most`` passes."""
     n = 100
     while not passes(n):
         n *= 2
-        if n > MAX_REQUESTS:
+        if n > most:
             return None
     lo, hi = n // 2, n
     while hi - lo > max(1, hi // 200):

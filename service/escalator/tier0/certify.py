@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from escalator.calibration import betting
+from escalator.calibration.sizing import smallest_passing
 from escalator.tier0.model import Tier0Model
 from escalator.tier0.pairs import Window
 
@@ -218,16 +219,4 @@ def needed(c: Certification, delta: float, power: float = 0.8) -> int | None:
         upper = betting.upper(sizes, counts, np.ones((1, 1)), delta, m0)
         return bool(np.all(upper[:-1] < m0)) if len(upper) > 1 else True
 
-    n = 100
-    while not passes(n):
-        n *= 2
-        if n > MAX_PAIRS:
-            return None
-    lo, hi = n // 2, n
-    while hi - lo > max(1, hi // 200):
-        mid = (lo + hi) // 2
-        if passes(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return smallest_passing(passes, MAX_PAIRS)
