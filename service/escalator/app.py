@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from escalator.calibration.live import TierWatches
 from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
-from escalator.config import UNCOMMITTED_PER_IN_FLIGHT, Settings, redacted_url
+from escalator.config import UNCOMMITTED_PER_IN_FLIGHT, RoutingSettings, Settings, redacted_url
 from escalator.engine.guarantee import delivery_for
 from escalator.engine.parking import Parking
 from escalator.engine.worker import Handler, Holder, TierWorker, WorkerOptions, stop_reserve_s
@@ -51,6 +51,7 @@ from escalator.tiers.table import HandlerParts, TierSpec, tier_table, topics_nee
 
 if TYPE_CHECKING:
     from escalator.tier0.artefact import Loaded as Tier0
+    from escalator.tier0.watch import Watched
 
 logger = logging.getLogger("escalator.app")
 
@@ -323,6 +324,15 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
     return Parts(task, prices, profiles, thresholds, (note,) if note else (), promise, tier0)
 
 
+def _watched_tier0(tier0: Tier0 | None, r: RoutingSettings, metrics: Metrics) -> Watched | None:
+    """Tier 0 with its live test (tier0/watch.py): ESCALATOR_TIER0_SAMPLE_RATE."""
+    if tier0 is None:
+        return None
+    from escalator.tier0.watch import watched
+
+    return watched(tier0, sample_rate=r.tier0_sample_rate, alpha=r.monitor_alpha, metrics=metrics)
+
+
 def build_service(
     settings: Settings,
     tiers: list[str],
@@ -362,7 +372,7 @@ def build_service(
         thresholds=parts.thresholds,
         metrics=metrics,
         watches=watches,
-        tier0=parts.tier0,
+        tier0=_watched_tier0(parts.tier0, r, metrics),
     )
     beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
     if "lane" in tiers:

@@ -218,6 +218,9 @@ class RoutingSettings:
     #: ESCALATOR_TIER0_FILE: a certified tier-0 artefact (tier0/artefact.py) the cheap tier
     #: answers with before any model call when it is confident; None: tier 0 off.
     tier0_file: Path | None = None
+    #: ESCALATOR_TIER0_SAMPLE_RATE: the fraction of tier 0's answers also asked of the cheap
+    #: model, the units of its live monitor (tier0/watch.py); 0: never watched.
+    tier0_sample_rate: float = 0.05
     # Fraction of cheap-tier *accepted* requests also answered by the strong tier (shadow).
     shadow_rate: float = 0.05
     #: False-alarm probability of each live monitor of the thresholds file, per process.
@@ -736,6 +739,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         prices_file=env.file("ESCALATOR_PRICES_FILE"),
         thresholds_file=env.file("ESCALATOR_THRESHOLDS_FILE"),
         tier0_file=env.file("ESCALATOR_TIER0_FILE"),
+        tier0_sample_rate=env.number("ESCALATOR_TIER0_SAMPLE_RATE", dr.tier0_sample_rate, 0.0, 1.0),
         shadow_rate=env.number("ESCALATOR_SHADOW_RATE", dr.shadow_rate, 0.0, 1.0),
         monitor_alpha=env.number("ESCALATOR_MONITOR_ALPHA", dr.monitor_alpha, 1e-9, 0.5),
     )

@@ -106,10 +106,12 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "time until the api says it ends",
         "promise monitors: e-value against the rejection level",
         "promise monitors: verdicts",
+        "tier 0: share",
+        "tier 0: state, withdrawals",
     ):
         assert topic in titles, topic
     rows = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"]
-    assert {"Human tier", "Holds and retention", "Promise monitors"} <= set(rows)
+    assert {"Human tier", "Holds and retention", "Promise monitors", "Tier 0"} <= set(rows)
 
 
 def test_every_rule_uses_exported_series(catalogue: dict[str, tuple[str, ...]]) -> None:
@@ -136,6 +138,7 @@ def test_every_alert_has_a_runbook() -> None:
         "EscalatorRecordsLost",
         "EscalatorGuaranteeBroken",
         "EscalatorConfidenceDrift",
+        "EscalatorTier0Withdrawn",
     }
     for alert in alerts:
         assert alert["alert"].lower() in headings, f"no runbook section for {alert['alert']}"

@@ -80,8 +80,9 @@ async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
     requests at tier 0 (no model call: a single decision, tier tier0, with the artefact's
     version; cost 0), each with the label the models gave the same text, and every request,
     new texts included, ends with exactly one result (new texts go to tier 0 or the models, as
-    its certified threshold says: on the emulator's keyword world it may be 0, answering all;
-    the monitor that withdraws tier 0 from traffic unlike its window is the next step)."""
+    its certified threshold says: on the emulator's keyword world it may be 0, answering all);
+    at a sample rate of 0.5 some of tier 0's answers also carry the cheap model's, as shadow
+    decisions, and the results are still tier 0's."""
     env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
     half = 180
     results_topic, decisions_topic = (
@@ -112,7 +113,8 @@ async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
     assert certified.returncode == 0, certified.stdout + certified.stderr
     version = orjson.loads(artefact.read_bytes())["version"]
 
-    run_env = {**env, "ESCALATOR_TIER0_FILE": str(artefact)}
+    # Half of tier 0's answers are also asked of the cheap model (its live test's units).
+    run_env = {**env, "ESCALATOR_TIER0_FILE": str(artefact), "ESCALATOR_TIER0_SAMPLE_RATE": "0.5"}
     known = _requests("b", 60)
     novel = [
         orjson.dumps({"id": f"n-{i}", "text": f"Quarterly figures for region {i} are attached."})
@@ -137,12 +139,22 @@ async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
         d = orjson.loads(rec.value)
         if d["id"] in ids:
             decisions.setdefault(d["id"], []).append(d)
+    sampled = 0
     for rid, result in local.items():
         assert result["model"] == version and result["cost_usd"] == 0
         if rid.startswith("b-"):  # a text the models answered in the windows
             assert result["label"] == by_text[TEXTS[int(rid.split("-")[1]) % len(TEXTS)]]
-        (only,) = decisions[rid]  # no model call: no cheap decision, no escalation
+        # One decision of tier 0's; no escalation; a sampled one also has the cheap model's
+        # answer, as a shadow decision with the sample rate (measurement only).
+        (only,) = [d for d in decisions[rid] if "tier0_version" in d]
         assert only["tier0_version"] == version and only["outcome"] == "accepted"
+        for d in decisions[rid]:
+            if d is not only:
+                assert (d["attempt"]["tier"], d["outcome"], d["shadow"], d["sample_rate"]) == (
+                    "cheap", "shadow", True, 0.5,
+                )  # fmt: skip
+                sampled += 1
+    assert 0 < sampled < len(local)
     for rid in ids - set(local):
         assert results[rid][0]["tier"] in ("cheap", "strong")
         assert all("tier0_version" not in d for d in decisions[rid])

@@ -162,7 +162,7 @@ def pair_decisions(records: Iterable[Decision]) -> Dataset:
         # A person's label (tier "human") is another source, read by adjudications.py.
         if rec.gold_label is not None and attempt.tier != "human":
             gold[rid] = rec.gold_label
-        if attempt.tier == "cheap":
+        if attempt.tier == "cheap" and not rec.shadow:  # shadow: a sample of tier 0's answers
             cheap[rid] = rec
         elif attempt.tier == "strong":
             called.add(rid)

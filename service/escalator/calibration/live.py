@@ -140,6 +140,26 @@ class TierWatches:
         return confidence_watch(self.promise, alpha=self.alpha, metrics=self.metrics)
 
 
+def tier0_watch(
+    target: float, version: str, *, alpha: float, sample_rate: float, metrics: Metrics
+) -> LivePromise | None:
+    """Tier 0's test of its certified target (``tier0/watch.py``): every request the cheap
+    tier sees is a unit, one tier 0 declined agreeing by definition (probability 1), one it
+    answered and sampled agreeing or differing at ``sample_rate`` (None when the target leaves
+    no room or nothing is sampled)."""
+    if sample_rate <= 0 or not 0 < target < 1:
+        log(
+            logger,
+            "monitor_off",
+            logging.WARNING,
+            monitor="tier0",
+            reason="ESCALATOR_TIER0_SAMPLE_RATE=0" if sample_rate <= 0 else f"target {target}",
+        )
+        return None
+    monitor = PromiseMonitor(1.0 - target, alpha=alpha, min_probability=sample_rate)
+    return LivePromise(monitor, _Series(metrics, "tier0", version))
+
+
 class PeopleWatch:
     """The review console's test of a certified human file: each adjudication decision is a
     unit, wrong when the routed answer at the file's thresholds differs from the person's."""

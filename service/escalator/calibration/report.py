@@ -107,7 +107,7 @@ def build_report(
         for kind in TYPES:
             row["cost_by_type_usd"][kind] += prices.cost_usd(model, _only(kind, usage))
         rid = rec.id
-        if tier == "cheap":
+        if tier == "cheap" and not shadow:  # a shadow cheap call: tier 0's sample, spend only
             cheap_by_id[rid] = rec
             if rec.outcome == "escalated":
                 escalated_ids.add(rid)

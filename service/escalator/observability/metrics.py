@@ -338,6 +338,28 @@ class Metrics:
             ["monitor", "result"],
             registry=r,
         )
+        # Tier 0's watch (tier0/watch.py): monitor "tier0" above tests its agreement.
+        self.tier0_active = Gauge(
+            "escalator_tier0_active",
+            "1 while tier 0 (ESCALATOR_TIER0_FILE) answers; 0 once its monitor withdrew it "
+            "(until the process restarts).",
+            ["version"],
+            registry=r,
+        )
+        self.tier0_withdrawals = Counter(
+            "escalator_tier0_withdrawals",
+            "Times tier 0 withdrew itself: its sampled agreement with the cheap model's routed "
+            "answer fell below the certified target.",
+            ["version"],
+            registry=r,
+        )
+        self.tier0_samples = Counter(
+            "escalator_tier0_samples",
+            "Tier-0 answers also asked of the cheap model (ESCALATOR_TIER0_SAMPLE_RATE), by "
+            "result: agree, differ, or failed (no answer had: not tested).",
+            ["result"],
+            registry=r,
+        )
         self.review_depth = Gauge(
             "escalator_review_queue_depth",
             "Items waiting for a reviewer (leased ones included), per queue.",

@@ -92,13 +92,21 @@ class PromiseWatch(Protocol):
 class LocalAnswers(Protocol):
     """Tier 0 as the cheap tier uses it: a certified local classifier (``tier0/artefact.py``,
     ``Loaded``, loaded in ``app.py``: tiers never import tier0, which reads calibration, which
-    reads tiers). It answers a request when its confidence is at least ``threshold``."""
+    reads tiers). It answers a request when its confidence is at least ``threshold``, while
+    ``active``; a ``sample_rate`` share of its answers is asked of the cheap model too, and
+    each request is a unit of its live test (``observe``; ``tier0/watch.py``), which may
+    withdraw it (``active`` false: every later request goes to the models)."""
 
     @property
     def version(self) -> str: ...
     @property
     def threshold(self) -> float: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def sample_rate(self) -> float: ...
     def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]: ...
+    def observe(self, loss: float, probability: float) -> None: ...
 
 
 class ConfidenceWatch(Protocol):
@@ -317,6 +325,8 @@ class CheapHandler(_Base):
             except InvalidRequest as exc:
                 parsed.append(exc)
         tier0 = self.tier0
+        if tier0 is not None and not tier0.active:
+            tier0 = None  # withdrawn by its live test: as without it
         predicted: list[tuple[str, float]] = []
         each_ms = 0.0
         if tier0 is not None:
@@ -334,8 +344,9 @@ class CheapHandler(_Base):
             if tier0 is not None:
                 label, confidence = next(answers)
                 local = self._tier0(tier0, record, request, label, confidence, each_ms)
-                if local is not None:
-                    out.append(local)
+                answered = self._watched(tier0, record, request, local)
+                if answered is not None:
+                    out.append(answered)
                     continue
             if self.handoff is not None:
                 handed = self.handoff.takes(record, request)
@@ -392,6 +403,46 @@ class CheapHandler(_Base):
             Output(self.topics.decisions, decision, key),
             Output(self.topics.results, value, key, _headers(record)),
         ]
+
+    def _watched(
+        self, tier0: LocalAnswers, record: Record, request: Request, local: list[Output] | None
+    ) -> list[Output] | Coroutine[Any, Any, list[Output]] | None:
+        """Tier 0's answer as its live test needs it: a request it declined (``local`` None)
+        is a unit that agrees by definition; an answer is sampled at its ``sample_rate``, and
+        a sampled one goes the coroutine path (:meth:`_sampled`), the rest stay at once."""
+        if local is None:
+            tier0.observe(0.0, 1.0)
+            return None
+        if tier0.sample_rate > 0 and self.rng.random() < tier0.sample_rate:
+            return self._sampled(tier0, record, request, local)
+        return local
+
+    async def _sampled(
+        self, tier0: LocalAnswers, record: Record, request: Request, local: list[Output]
+    ) -> list[Output]:
+        """A sampled tier-0 answer: still tier 0's outputs, plus the cheap model's answer as a
+        ``shadow`` decision with the sample rate, and a unit of tier 0's test: it agrees when
+        that answer, routed by the thresholds in force, is accepted with tier 0's label (an
+        escalation differs: the strong answer is not asked). A sample the model cannot answer
+        for this record alone is no unit (counted ``failed``); account-level trouble holds it
+        like any cheap call."""
+        decided = local[0].value  # _tier0's decision record: its label is tier 0's
+        assert decided is not None
+        label = Decision.from_json(decided).attempt.label
+        try:
+            attempt = await self.caller.answer(request.text, give_up_when_unavailable=True)
+        except (ModelUnavailable, PermanentError):
+            self.metrics.tier0_samples.labels("failed").inc()
+            return local
+        routed, _ = route(attempt, self.thresholds)
+        agree = routed == "accept" and not attempt.refused and attempt.label == label
+        self.metrics.tier0_samples.labels("agree" if agree else "differ").inc()
+        tier0.observe(0.0 if agree else 1.0, tier0.sample_rate)
+        key = record.key or request.id.encode()
+        shadow = self.decision(
+            request, attempt, key, outcome="shadow", shadow=True, sample_rate=tier0.sample_rate
+        )
+        return [*local, shadow]
 
     async def ask(self, record: Record, request: Request) -> list[Output]:
         """The real-time path: ask the cheap model, route its answer."""

@@ -44,6 +44,8 @@ def test_pairing_from_decision_records() -> None:
                 rec("c", "cheap", "safe", conf=0.99, outcome="accepted"),
                 rec("d", "cheap", None, outcome="escalated"),
                 rec("d", "strong", "safe", outcome="final", rate=1.0),
+                # A sample of tier 0's answers asked of the cheap model: no request of its own.
+                rec("e", "cheap", "safe", outcome="shadow", shadow=True, rate=0.05),
             ]
         )
     )

@@ -244,3 +244,16 @@ def test_tier0_answers_are_not_priced_and_their_share_and_saving_are_shown() -> 
     assert r["tier0"]["saved_usd"] == pytest.approx(2 * mean_cheap)
     assert "tier 0 answered 2 requests (40.0% of all)" in render_text(r)
     assert "tier0" not in plain and "tier 0" not in render_text(plain)
+
+
+def test_a_sample_of_tier0s_answers_is_shadow_spend_and_no_request() -> None:
+    """A tier-0 answer the cheap model was also asked about (ESCALATOR_TIER0_SAMPLE_RATE): its
+    cheap call is priced as shadow spend; requests, actual spend and tier 0's figures are as
+    without it."""
+    sample = rec("d", "cheap", (100, 10, 0, 0), outcome="shadow", shadow=True, rate=0.05)
+    r = build_report(read([*RECORDS, tier0("d"), sample]), PRICES)
+    base = build_report(read([*RECORDS, tier0("d")]), PRICES)
+    assert r["requests"] == base["requests"] == 3
+    assert r["actual_usd"] == pytest.approx(base["actual_usd"])
+    assert r["shadow_usd"] == pytest.approx(base["shadow_usd"] + (100 * 0.10 + 10 * 0.50) / 1e6)
+    assert r["tier0"] == base["tier0"]

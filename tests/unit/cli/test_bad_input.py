@@ -201,6 +201,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_TOPIC_PARTITIONS": [Case("0")],
     "ESCALATOR_TOPIC_REPLICATION": [Case("0")],
     "ESCALATOR_MONITOR_ALPHA": [Case("0"), Case("0.9"), Case("rare")],
+    "ESCALATOR_TIER0_SAMPLE_RATE": [Case("1.5"), Case("-0.1"), Case("some")],
     "ESCALATOR_PARKING": [Case("maybe")],
     "ESCALATOR_PARK_AT": [Case("0.99"), Case("half")],
     "ESCALATOR_RETENTION_CHECK_S": [Case("0"), Case("often")],

@@ -32,7 +32,13 @@ class FakeTier0:
     answers: dict[str, tuple[str, float]]
     version: str = "t0-0123456789"
     threshold: float = 0.9
+    sample_rate: float = 0.0
+    active: bool = True
     asked: list[list[str]] = field(default_factory=list)
+    observed: list[tuple[float, float]] = field(default_factory=list)
+
+    def observe(self, loss: float, probability: float) -> None:
+        self.observed.append((loss, probability))
 
     def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         self.asked.append(list(texts))

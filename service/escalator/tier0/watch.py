@@ -1,0 +1,111 @@
+"""Tier 0 under watch in production: a sample of its answers asked of the cheap model too,
+tested against its certified target, and tier 0 withdrawn the moment the test rejects.
+
+The promise certified (docs/CALIBRATION.md, "Tier 0") is over all traffic: the share of
+requests tier 0 answers *differently from the routed answer* is at most ``1 - T``. The cheap
+tier feeds it as the strong tier feeds the agreement watch (``calibration/live.py``,
+``tier0_watch``; the e-process of ``calibration/monitor.py``): a request tier 0 declines is a
+unit that agrees by definition (probability 1); a tier-0 answer is asked of the cheap model
+too with probability ``sample_rate`` (ESCALATOR_TIER0_SAMPLE_RATE), and that sampled unit
+agrees when the cheap answer, routed by the thresholds in force, is accepted with tier 0's
+label. The reference is thus the cheap tier's routed answer as far as the cheap tier can tell:
+a sampled request the cheap model would escalate counts as *differing* (the strong answer is
+never asked), so the test is of a slightly stronger promise than the one certified and can
+only withdraw tier 0 sooner, never later.
+
+When the test rejects, :meth:`Watched.withdraw` sets ``active`` false: from the next record
+on, the cheap tier never asks tier 0 again in this process and every request goes to the
+models; ``escalator_tier0_active`` drops to 0, ``escalator_tier0_withdrawals_total`` counts
+it and an ERROR line ``tier0_withdrawn`` says so. Nothing is persisted: a restart with the
+same artefact answers again, with a fresh test (docs/OPERATIONS.md, "Tier 0", says why
+that is accepted and what the alert asks of the operator).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from escalator.calibration.live import LivePromise, tier0_watch
+from escalator.observability.logs import log
+from escalator.observability.metrics import Metrics
+
+logger = logging.getLogger("escalator.tier0")
+
+
+class Artefact(Protocol):
+    """What the watch needs of a certified artefact (``artefact.Loaded``)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def target(self) -> float: ...
+    def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]: ...
+
+
+class Watched:
+    """A certified artefact with its live test: what the cheap tier asks (``tiers/handlers.py``,
+    ``LocalAnswers``)."""
+
+    def __init__(
+        self,
+        loaded: Artefact,
+        *,
+        sample_rate: float,
+        live: LivePromise | None,
+        metrics: Metrics,
+    ) -> None:
+        self.loaded = loaded
+        self.sample_rate = sample_rate
+        self.live = live
+        self.active = True
+        self._metrics = metrics
+        metrics.tier0_active.labels(loaded.version).set(1)
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    @property
+    def threshold(self) -> float:
+        return self.loaded.threshold
+
+    def predict(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        return self.loaded.predict(texts)
+
+    def observe(self, loss: float, probability: float) -> None:
+        """One unit (module docstring); withdraws tier 0 when the test rejects."""
+        if self.live is None or not self.active:
+            return
+        self.live.observe(loss, probability)
+        if self.live.monitor.rejected:
+            self.withdraw()
+
+    def withdraw(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        version = self.loaded.version
+        self._metrics.tier0_active.labels(version).set(0)
+        self._metrics.tier0_withdrawals.labels(version).inc()
+        monitor = self.live.monitor if self.live is not None else None
+        log(
+            logger,
+            "tier0_withdrawn",
+            logging.ERROR,
+            version=version,
+            target=self.loaded.target,
+            evalue=round(monitor.evalue, 3) if monitor is not None else None,
+            observations=monitor.observations if monitor is not None else None,
+        )
+
+
+def watched(loaded: Artefact, *, sample_rate: float, alpha: float, metrics: Metrics) -> Watched:
+    """Tier 0 as the cheap tier runs it: ESCALATOR_TIER0_SAMPLE_RATE, ESCALATOR_MONITOR_ALPHA."""
+    live = tier0_watch(
+        loaded.target, loaded.version, alpha=alpha, sample_rate=sample_rate, metrics=metrics
+    )
+    return Watched(loaded, sample_rate=sample_rate, live=live, metrics=metrics)
