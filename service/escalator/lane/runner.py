@@ -203,6 +203,16 @@ class BatchRunner:
             if place_of(cid)[0] in partitions and not waiter.done():
                 waiter.cancel()
 
+    def withdraw(self, partition: int, offset: int) -> None:
+        """The record is answered another way (its deadline came first): it leaves the batch
+        being assembled, or its intent's resubmission; a submitted item's result is ignored."""
+        cid = custom_id(partition, offset)
+        if self._assembly.withdraw(partition, offset) or cid in self._intent_of:
+            self._params.pop(cid, None)
+        waiter = self._waiters.pop(cid, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
     async def _run(self) -> None:
         while True:
             try:

@@ -107,7 +107,7 @@ class Metrics:
         self.lane_fallbacks = Counter(
             "escalator_lane_fallbacks",
             "Batch-lane requests answered in real time instead, by their batch result "
-            "(errored, expired, canceled).",
+            "(errored, expired, canceled) or deadline (the batch's result would come too late).",
             ["result"],
             registry=r,
         )

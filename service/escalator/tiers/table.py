@@ -186,7 +186,9 @@ def lane_handler(parts: HandlerParts, caller: ModelCaller) -> LaneHandler:
             "ESCALATOR_BATCH_LANE: the cheap model's client cannot build batch requests "
             f"({type(adapter).__name__})"
         )
-    return LaneHandler(cheap_handler(parts, caller), parts.runner, adapter)
+    return LaneHandler(
+        cheap_handler(parts, caller), parts.runner, adapter, fallback_s=parts.lane.fallback_s
+    )
 
 
 def tier_table(settings: Settings) -> dict[str, TierSpec]:
