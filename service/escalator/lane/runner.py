@@ -43,6 +43,7 @@ from escalator.lane.batches import BatchApi, ItemResult
 from escalator.lane.deadlines import CompletionTimes
 from escalator.lane.state import BatchState
 from escalator.observability.logs import log
+from escalator.observability.metrics import Metrics
 
 logger = logging.getLogger("escalator.lane")
 
@@ -80,8 +81,10 @@ class BatchRunner:
         poll_s: float = 5.0,
         times: CompletionTimes | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
         **limits: int,
     ) -> None:
+        self._metrics = metrics
         self._api = api
         self._state = state
         self._assembly = Assembly(max_age_s=max_age_s, **limits)
@@ -213,6 +216,26 @@ class BatchRunner:
         if waiter is not None and not waiter.done():
             waiter.cancel()
 
+    def in_flight(self) -> tuple[int, float]:
+        """Batches submitted and not ended, and the oldest one's age since submission (s)."""
+        now_ms = self._clock() * 1000
+        ages = [
+            (now_ms - s.submitted_ms) / 1000
+            for k, s in self._open.items()
+            if k not in self._results and s.submitted_ms is not None
+        ]
+        return len(ages), max(ages, default=0.0)
+
+    def gauges(self) -> None:
+        """Set the lane's gauges (after each round)."""
+        if self._metrics is None:
+            return
+        batches, oldest = self.in_flight()
+        self._metrics.lane_waiting.set(sum(1 for w in self._waiters.values() if not w.done()))
+        self._metrics.lane_batches.set(batches)
+        self._metrics.lane_oldest_age.set(oldest)
+        self._metrics.lane_expected.set(self.times.expected_s())
+
     async def _run(self) -> None:
         while True:
             try:
@@ -221,6 +244,7 @@ class BatchRunner:
                 # The API or the broker: the round is tried again (a batch not created stays
                 # cut, one not collected stays open); records keep waiting, never lost.
                 log(logger, "lane_round_failed", logging.WARNING, error=str(exc)[:300])
+            self.gauges()
             await asyncio.sleep(self.poll_s)
 
     async def tick(self) -> None:

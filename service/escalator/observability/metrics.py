@@ -111,6 +111,28 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.lane_waiting = Gauge(
+            "escalator_lane_waiting",
+            "Batch-lane requests waiting for their batch's result (in no batch yet, or in one "
+            "running).",
+            registry=r,
+        )
+        self.lane_batches = Gauge(
+            "escalator_lane_batches_in_flight",
+            "Batches submitted to the Message Batches API and not ended.",
+            registry=r,
+        )
+        self.lane_oldest_age = Gauge(
+            "escalator_lane_oldest_batch_age_seconds",
+            "Age of the oldest batch in flight since its submission (0: none).",
+            registry=r,
+        )
+        self.lane_expected = Gauge(
+            "escalator_lane_expected_completion_seconds",
+            "The lane's completion time as its rule assumes it (observed, else "
+            "ESCALATOR_BATCH_EXPECTED_S).",
+            registry=r,
+        )
         self.shadow_failures = Counter(
             "escalator_shadow_failures",
             "Shadow (measurement) calls abandoned; the request already had its result.",

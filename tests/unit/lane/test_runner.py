@@ -247,3 +247,40 @@ async def test_a_create_that_failed_after_the_api_took_it_is_adopted() -> None:
         await r.tick()  # polled and collected
         assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o4"
         assert len(api.created) == 1 and r.created == 0
+
+
+async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight() -> None:
+    """Requests waiting, batches in flight and the oldest one's age since submission, and the
+    completion time the rule assumes; all back to 0 once the batch has ended."""
+    from escalator.observability.metrics import Metrics
+
+    metrics, clock = Metrics(), Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+
+    def value(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    async with runner(api, state, clock, max_requests=2, metrics=metrics) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2, 3)]
+        await settle()
+        await r.tick()  # p0o1 and p0o2 submitted; p0o3 in the open batch
+        clock.now += 90
+        r.gauges()
+        assert value("escalator_lane_waiting") == 3
+        assert value("escalator_lane_batches_in_flight") == 1
+        assert value("escalator_lane_oldest_batch_age_seconds") == 90
+        assert value("escalator_lane_expected_completion_seconds") == 3600
+        api.finish("b1")
+        await r.tick()  # b1 collected; p0o3, due by now, submitted as b2
+        await settle()
+        r.gauges()
+        assert value("escalator_lane_waiting") == 1
+        assert value("escalator_lane_batches_in_flight") == 1
+        assert value("escalator_lane_oldest_batch_age_seconds") == 0
+        api.finish("b2")
+        await r.tick()
+        await settle()
+        r.gauges()
+        assert value("escalator_lane_waiting") == 0
+        assert value("escalator_lane_batches_in_flight") == 0
+        assert all(w.done() for w in waits)
