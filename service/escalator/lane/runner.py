@@ -283,7 +283,13 @@ class BatchRunner:
             return
         self.created += 1
         state = intent.submitted(batch_id, int(self._clock() * 1000))
-        await self._state.write(state)
+        try:
+            await self._state.write(state)
+        except Exception:
+            # The batch exists but its id is not recorded: adopted by a later round, as after
+            # a kill at this point (never created again).
+            self._hold(intent.key, intent)
+            raise
         log(logger, "lane_batch_submitted", batch_id=batch_id, model=batch.model, size=len(members))
         for m in members:
             self._params.pop(m, None)

@@ -284,3 +284,36 @@ async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight()
         assert value("escalator_lane_waiting") == 0
         assert value("escalator_lane_batches_in_flight") == 0
         assert all(w.done() for w in waits)
+
+
+async def test_a_batch_whose_id_could_not_be_recorded_is_adopted_not_created_again() -> None:
+    """The create succeeded but the state topic refused the id's record: the round fails, and
+    a later one adopts that batch (once it has ended) instead of creating another."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    write = state.write
+    calls = 0
+
+    async def flaky(s: BatchState) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the intent passes, the id's record fails
+            raise OSError("broker away")
+        await write(s)
+
+    state.write = flaky  # type: ignore[method-assign]
+    async with runner(api, state, clock, max_requests=1) as r:
+        wait = asyncio.create_task(r.join("m", 0, 5, PARAMS))
+        await settle()
+        try:
+            await r.tick()
+        except OSError:
+            pass
+        await r.tick()
+        assert len(api.created) == 1 and not wait.done()
+        api.finish("b1")
+        await r.tick()
+        await r.tick()
+        assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o5"
+        assert len(api.created) == 1
+        assert [s.batch_id for s in open_batches(state.records).values()] == ["b1"]
