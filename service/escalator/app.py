@@ -423,6 +423,7 @@ def _lane_runner(
         max_age_s=lane.max_age_s,
         poll_s=lane.poll_s,
         times=parts.handoff.times if parts.handoff is not None else None,
+        metrics=parts.metrics,
     )
 
 

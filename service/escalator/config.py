@@ -37,7 +37,7 @@ MAX_PORT = 65535
 #: ESCALATOR_METRICS_PORT's default for each kind of process, so that a cheap tier, a strong
 #: tier and a review console can run side by side on one host without a port clash.
 #: (Kubernetes and compose set the variable to 9464 on every container.)
-DEFAULT_METRICS_PORTS = {"cheap": 9464, "all": 9464, "strong": 9465, "review": 9466}
+DEFAULT_METRICS_PORTS = {"cheap": 9464, "all": 9464, "strong": 9465, "review": 9466, "lane": 9467}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Variables whose value is never shown (``escalator config`` prints them redacted).
 SECRET_VARIABLES = frozenset({"ANTHROPIC_API_KEY", "ESCALATOR_KAFKA_SASL_PASSWORD"})
@@ -303,8 +303,8 @@ class LaneSettings:
     """Deadlines, and the batch lane on the Message Batches API (``lane/``)."""
 
     #: ESCALATOR_BATCH_LANE: off by default, because batches are not eligible for Zero Data
-    #: Retention. The lane worker is not complete in this version (issue 24, ``lane/``), so
-    #: turning it on is refused at start-up.
+    #: Retention. On: the cheap tier hands what can wait to the hand-off topic, and
+    #: ``run --tier lane`` (or ``--tier all``) runs the lane worker (issue 24, ``lane/``).
     enabled: bool = False
     #: ESCALATOR_DEADLINE_S: the requests topic's default deadline, for requests that set no
     #: ``deadline_s`` of their own; None: none (answered in real time).
@@ -591,12 +591,6 @@ def _lane(env: _Env) -> LaneSettings:
     """ESCALATOR_BATCH_LANE, ESCALATOR_DEADLINE_S and the lane rule's margins."""
     d = LaneSettings()
     enabled = env.flag("ESCALATOR_BATCH_LANE", d.enabled)
-    if enabled:
-        raise ConfigError(
-            "ESCALATOR_BATCH_LANE=on: the batch lane is not complete in this version (issue 24: "
-            "it cannot be run from the command line yet); every request is answered in real "
-            "time, and each decision records its deadline and lane"
-        )
     deadline = env.get("ESCALATOR_DEADLINE_S", None, float, "a number of seconds")
     if deadline is not None and not 1.0 <= deadline <= 30 * 86400.0:
         raise ConfigError(f"ESCALATOR_DEADLINE_S={deadline:g} must be between 1 and 2592000")

@@ -5,11 +5,11 @@ exactly one result."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import httpx2 as httpx
 import orjson
+import pytest
 
 from escalator.config import Settings, load_settings
 from escalator.lane.state import BatchState
@@ -42,11 +42,9 @@ def lane_settings(bootstrap: str, sim: str, unique: str) -> Settings:
         ESCALATOR_BATCH_MAX_AGE_S="2",
         ESCALATOR_BATCH_POLL_S="0.5",
         ESCALATOR_SHUTDOWN_GRACE_S="2",
+        ESCALATOR_BATCH_LANE="on",
     )
-    settings = load_settings(env)
-    # ESCALATOR_BATCH_LANE=on is refused at start-up while the lane is incomplete: turned on
-    # here, past the refusal.
-    return dataclasses.replace(settings, lane=dataclasses.replace(settings.lane, enabled=True))
+    return load_settings(env)
 
 
 async def advance(sim: str, seconds: float) -> None:
@@ -88,13 +86,18 @@ async def sim_stats(url: str) -> dict[str, Any]:
         return stats
 
 
+@pytest.mark.parametrize("id_lost", [False, True])
 async def test_a_lane_worker_killed_after_submission_resumes_the_same_batch(
-    kafka_bootstrap: str, unique: str
+    kafka_bootstrap: str, unique: str, id_lost: bool
 ) -> None:
     """Requests with a day to spare go to the lane; its worker submits one batch and is
     stopped before the batch ends (its records uncommitted). The batch ends; a new worker reads
     the state topic, polls that same batch, and every request gets exactly one result (a batch
-    answer, lane batch in the decisions); the emulator created exactly one batch."""
+    answer, lane batch in the decisions); the emulator created exactly one batch.
+
+    ``id_lost``: the state topic is left as a kill between the create call and the batch id's
+    record leaves it (the intent written again over the id): the new worker lists the API's
+    batches and adopts the one whose results name the intent's custom ids, creating none."""
     with running_sim("--batch-latency", "3600") as sim:
         settings = lane_settings(kafka_bootstrap, sim, unique)
         t = settings.topics
@@ -121,6 +124,12 @@ async def test_a_lane_worker_killed_after_submission_resumes_the_same_batch(
             s.batch_id for r in state.on(t.lane_state) if r.value
             for s in [BatchState.from_value(r.value)] if s.batch_id
         }  # fmt: skip
+        if id_lost:
+            [intent] = [
+                r for r in state.on(t.lane_state)
+                if r.value and BatchState.from_value(r.value).batch_id is None
+            ]  # fmt: skip
+            await produce(kafka_bootstrap, t.lane_state, [intent.value], [intent.key])
         await advance(sim, 2 * 3600)
         async with running_service(settings, ["cheap", "strong", "lane"]):
             got = await answered(kafka_bootstrap, settings)
@@ -130,6 +139,10 @@ async def test_a_lane_worker_killed_after_submission_resumes_the_same_batch(
     assert len(cheap) == N and {d["lane"] for d in cheap} == {"batch"}
     assert {d["attempt"].get("service_tier") for d in cheap} == {"batch"}
     assert batch_id.startswith("msgbatch_")
+    if id_lost:
+        final = await collect(kafka_bootstrap, [t.lane_state], lambda c: False, 2, read_for_s=True)
+        recorded = [BatchState.from_value(r.value) for r in final.on(t.lane_state) if r.value]
+        assert recorded[-1].batch_id == batch_id  # adopted: its id under the intent's key
 
 
 async def test_errored_and_expired_items_are_answered_in_real_time(

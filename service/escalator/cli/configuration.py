@@ -83,9 +83,9 @@ def _validate(settings: Settings, role: str) -> list[str]:
         return notes
     from escalator.app import load_parts
     from escalator.model.stack import anthropic_client
-    from escalator.tiers.table import TIERS
+    from escalator.tiers.table import tiers_to_run
 
-    tiers = list(TIERS) if role == "all" else [role]
+    tiers = tiers_to_run(role, settings)
     parts = load_parts(settings, tiers)
     notes += parts.notes
     client = anthropic_client(settings)  # the key-or-URL rule; constructing connects nowhere
@@ -143,8 +143,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     config.add_argument(
         "--tier",
-        choices=["cheap", "strong", "all", "review"],
+        choices=["cheap", "strong", "lane", "all", "review"],
         default="all",
-        help="check for `run --tier cheap|strong|all` or for `review serve` (default: all)",
+        help="check for `run --tier cheap|strong|lane|all` or for `review serve` (default: all)",
     )
     config.set_defaults(func=cmd_config)

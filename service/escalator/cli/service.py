@@ -30,12 +30,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from escalator.app import build_service, load_parts
     from escalator.kafka.clients import check_connection
     from escalator.observability import logs
-    from escalator.tiers.table import TIERS
+    from escalator.tiers.table import tiers_to_run
 
-    tiers = list(TIERS) if args.tier == "all" else [args.tier]
     # Everything that can be checked without a network, before logging or any socket: the
     # settings, the files they name, the metrics port.
     settings = settings_from_env(role=args.tier)
+    tiers = tiers_to_run(args.tier, settings)
     load_parts(settings, tiers)
     check_port_free(
         settings.metrics_host,
@@ -157,14 +157,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = sub.add_parser("run", help="run one tier (or both) of the service")
+    run = sub.add_parser("run", help="run one tier (or all) of the service")
     run.add_argument(
         "--tier",
-        choices=["cheap", "strong", "all"],
+        choices=["cheap", "strong", "lane", "all"],
         required=True,
-        help="cheap: reads the requests topic; strong: reads the escalations topic; all: both "
-        "in one process (small set-ups). Default metrics ports: 9464 (cheap, all), 9465 "
-        "(strong)",
+        help="cheap: reads the requests topic; strong: reads the escalations topic; lane: the "
+        "batch lane's worker (reads the hand-off topic; needs ESCALATOR_BATCH_LANE=on); all: "
+        "cheap and strong, and the lane when it is on, in one process (small set-ups). "
+        "Default metrics ports: 9464 (cheap, all), 9465 (strong), 9467 (lane)",
     )
     run.set_defaults(func=cmd_run)
 

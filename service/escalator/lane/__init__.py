@@ -13,13 +13,15 @@ lane worker is a row of the tier table (``tiers/table.py``, handler ``tiers/lane
 ``build_service(settings, [..., "lane"])``; tests/integration/test_batch_lane.py runs it on
 the real broker and the emulator.
 
-Still refused at start-up (``ESCALATOR_BATCH_LANE=on``), because these are missing: the
-command line cannot run the lane (``--tier lane``, and ``--tier all`` with the lane on);
-an intent without a batch id is not adopted (a kill between create and its state record can
-bill a batch twice); members whose deadline less ``ESCALATOR_BATCH_FALLBACK_S`` passes while
-their batch runs are not sent to real time yet; a stop waits the whole shutdown grace for the
-records that wait for their batch; the traced model client hides the adapter the lane needs;
-measurement through batches, the report by lane, the metrics, alerts and docs.
+Run by ``escalator run --tier lane`` (or ``--tier all`` with ``ESCALATOR_BATCH_LANE=on``,
+``tiers/table.tiers_to_run``). An intent without a batch id is adopted (``runner.py``), and a
+record whose deadline less ``ESCALATOR_BATCH_FALLBACK_S`` comes before its batch's result is
+answered in real time (``tiers/lane.py``). Still missing: a stop waits the whole shutdown
+grace for the records that wait for their batch; the lane's check of the cheap adapter goes
+through the tracing wrapper's ``__getattr__`` (fine on Python 3.11, whose runtime protocol
+check uses ``hasattr``; 3.12's uses ``getattr_static`` by its release notes, so there it
+would be refused with tracing on: untested);
+measurement through batches, a Grafana row, a deadline-miss alert.
 
 The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 

@@ -138,6 +138,23 @@ class Assembly:
                 del self._open[model]
         return dropped
 
+    def withdraw(self, partition: int, offset: int) -> bool:
+        """Take one member out of its open batch (answered another way); False when it is in
+        none."""
+        if (partition, offset) not in self._places:
+            return False
+        self._places.discard((partition, offset))
+        for model, batch in list(self._open.items()):
+            kept = [m for m in batch.members if (m.partition, m.offset) != (partition, offset)]
+            if len(kept) == len(batch.members):
+                continue
+            if kept:
+                batch.members = kept
+                batch.size_bytes = ENVELOPE_BYTES + sum(m.size_bytes for m in kept)
+            else:
+                del self._open[model]
+        return True
+
     def waiting(self) -> int:
         """Requests in open batches (a gauge: requests waiting for their batch)."""
         return sum(len(b.members) for b in self._open.values())

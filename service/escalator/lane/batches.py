@@ -27,6 +27,18 @@ class ItemResult:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A batch as the list call shows it."""
+
+    batch_id: str
+    #: When the API created it (epoch ms, the API's clock).
+    created_ms: int
+    ended: bool
+    #: How many requests it holds (the sum of its request counts).
+    size: int
+
+
 class BatchApi(Protocol):
     async def create(self, requests: list[dict[str, Any]]) -> str:
         """Submit ``[{"custom_id", "params"}]``; the batch id. Raises ModelUnavailable (try
@@ -39,6 +51,10 @@ class BatchApi(Protocol):
 
     def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
         """The results of an ended batch, in no particular order."""
+        ...
+
+    async def listed(self, since_ms: int) -> list[Listed]:
+        """The batches created at or after ``since_ms`` (epoch ms), newest first."""
         ...
 
 
@@ -61,6 +77,22 @@ class AnthropicBatches:
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
         return batch.processing_status == "ended"
+
+    async def listed(self, since_ms: int) -> list[Listed]:
+        out: list[Listed] = []
+        try:
+            # Newest first ("Most recently created batches are returned first"): stop at the
+            # first one older than ``since_ms``; the paginator fetches further pages.
+            async for batch in self._client.messages.batches.list(limit=100):
+                created = int(batch.created_at.timestamp() * 1000)
+                if created < since_ms:
+                    break
+                c = batch.request_counts
+                size = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+                out.append(Listed(batch.id, created, batch.processing_status == "ended", size))
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc
+        return out
 
     async def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
         try:

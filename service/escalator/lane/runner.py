@@ -10,11 +10,19 @@ id is in a submitted batch waits for that batch (polled, never created again: no
 bill), and one whose batch already ended gets its result from the kept results. A batch is
 closed (its tombstone written) once every member's outputs were delivered here.
 
-Left for later (docs/OPERATIONS.md, "The batch lane"): an intent without a batch id (a kill
-between the create call and its state record) is not adopted yet; its members join a new
-batch when they come again, so that window can bill a batch twice. A batch whose members
-were partly committed before a crash stays open on the state topic (polled, never paid for
-again) until an operator closes it.
+An intent without a batch id (a kill between the create call and its state record, or a
+create that failed in a way that may still have created the batch) is *adopted*, never
+submitted blindly again: the runner lists the batches the API created since the intent
+(less :data:`ADOPT_SKEW_MS` for the two clocks) and adopts the one whose results name exactly
+the intent's custom ids (its id is written under the intent's key, and it is polled like any
+other). A batch of the intent's size still running may be it, so the intent waits for it to
+end; when no batch can be it, the intent is closed (its tombstone) and its members, as they
+come, join a new batch. Until then they wait (the lane handler's deadline timer answers them
+in real time if that takes too long).
+
+Left for later (docs/OPERATIONS.md, "The batch lane"): a batch whose members were partly
+committed before a crash stays open on the state topic (polled, never paid for again) until
+an operator closes it.
 """
 
 from __future__ import annotations
@@ -35,8 +43,13 @@ from escalator.lane.batches import BatchApi, ItemResult
 from escalator.lane.deadlines import CompletionTimes
 from escalator.lane.state import BatchState
 from escalator.observability.logs import log
+from escalator.observability.metrics import Metrics
 
 logger = logging.getLogger("escalator.lane")
+
+#: How much earlier than an intent a batch it led to may seem created (the API's clock
+#: against the worker's): the list call looks back this much further.
+ADOPT_SKEW_MS = 300_000
 
 
 class StateLog(Protocol):
@@ -68,8 +81,10 @@ class BatchRunner:
         poll_s: float = 5.0,
         times: CompletionTimes | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
         **limits: int,
     ) -> None:
+        self._metrics = metrics
         self._api = api
         self._state = state
         self._assembly = Assembly(max_age_s=max_age_s, **limits)
@@ -85,6 +100,14 @@ class BatchRunner:
         self._results: dict[bytes, dict[str, ItemResult]] = {}
         self._delivered: set[str] = set()
         self._cut: list[Batch] = []
+        #: Intents without a batch id, by state key; each member's intent key; the batches
+        #: already read and found not to be an intent's; intents closed here.
+        self._intents: dict[bytes, BatchState] = {}
+        self._intent_of: dict[str, bytes] = {}
+        self._not_it: dict[bytes, set[str]] = {}
+        self._closed: set[bytes] = set()
+        #: The intent whose create call is under way (a re-read must not take it for a lost one).
+        self._submitting: bytes | None = None
         self._loop: asyncio.Task[None] | None = None
         #: Set while what the state topic says is known here: a record joins only then.
         self._fresh = asyncio.Event()
@@ -106,10 +129,11 @@ class BatchRunner:
         """Track every submitted batch the state topic holds open (the same batch is polled
         again, never created again)."""
         for key, state in (await self._state.read()).items():
-            if key in self._open:
+            if key in self._open or key in self._intents or key in self._closed:
                 continue
             if state.batch_id is None:
-                log(logger, "lane_intent_unadopted", logging.WARNING, members=len(state.members))
+                if key != self._submitting:
+                    self._hold(key, state)
                 continue
             self._track(key, state)
         self._fresh.set()
@@ -151,16 +175,21 @@ class BatchRunner:
             kept = self._results.get(key, {}).get(cid)
             if kept is not None:
                 self._resolve(kept)
+        elif cid in self._intent_of:
+            self._params[cid] = params  # held until its intent is adopted or closed
         elif cid not in self._params:
-            self._params[cid] = params
-            size = len(orjson.dumps({"custom_id": cid, "params": params}))
-            member = Member(partition, offset, size, self._clock())
-            try:
-                self._cut += self._assembly.add(model, member)
-            except ValueError:  # larger than a whole batch: the real-time path answers it
-                self._params.pop(cid, None)
-                self._resolve(ItemResult(cid, "errored", error="request_too_large"))
+            self._enqueue(model, cid, params, self._clock())
         return await waiter
+
+    def _enqueue(self, model: str, cid: str, params: dict[str, Any], since_s: float) -> None:
+        self._params[cid] = params
+        size = len(orjson.dumps({"custom_id": cid, "params": params}))
+        partition, offset = place_of(cid)
+        try:
+            self._cut += self._assembly.add(model, Member(partition, offset, size, since_s))
+        except ValueError:  # larger than a whole batch: the real-time path answers it
+            self._params.pop(cid, None)
+            self._resolve(ItemResult(cid, "errored", error="request_too_large"))
 
     def delivered(self, partition: int, offset: int) -> None:
         """The record's outputs are delivered: close its batch once every member's are."""
@@ -171,9 +200,41 @@ class BatchRunner:
         owner redoes them)."""
         for cid in self._assembly.drop(partitions):
             self._params.pop(cid, None)  # not submitted: the next owner batches it
+        for cid in [c for c in self._intent_of if place_of(c)[0] in partitions]:
+            self._params.pop(cid, None)  # held for an intent: the next owner's, too
         for cid, waiter in list(self._waiters.items()):
             if place_of(cid)[0] in partitions and not waiter.done():
                 waiter.cancel()
+
+    def withdraw(self, partition: int, offset: int) -> None:
+        """The record is answered another way (its deadline came first): it leaves the batch
+        being assembled, or its intent's resubmission; a submitted item's result is ignored."""
+        cid = custom_id(partition, offset)
+        if self._assembly.withdraw(partition, offset) or cid in self._intent_of:
+            self._params.pop(cid, None)
+        waiter = self._waiters.pop(cid, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    def in_flight(self) -> tuple[int, float]:
+        """Batches submitted and not ended, and the oldest one's age since submission (s)."""
+        now_ms = self._clock() * 1000
+        ages = [
+            (now_ms - s.submitted_ms) / 1000
+            for k, s in self._open.items()
+            if k not in self._results and s.submitted_ms is not None
+        ]
+        return len(ages), max(ages, default=0.0)
+
+    def gauges(self) -> None:
+        """Set the lane's gauges (after each round)."""
+        if self._metrics is None:
+            return
+        batches, oldest = self.in_flight()
+        self._metrics.lane_waiting.set(sum(1 for w in self._waiters.values() if not w.done()))
+        self._metrics.lane_batches.set(batches)
+        self._metrics.lane_oldest_age.set(oldest)
+        self._metrics.lane_expected.set(self.times.expected_s())
 
     async def _run(self) -> None:
         while True:
@@ -183,14 +244,17 @@ class BatchRunner:
                 # The API or the broker: the round is tried again (a batch not created stays
                 # cut, one not collected stays open); records keep waiting, never lost.
                 log(logger, "lane_round_failed", logging.WARNING, error=str(exc)[:300])
+            self.gauges()
             await asyncio.sleep(self.poll_s)
 
     async def tick(self) -> None:
-        """One round: submit what is cut or due, poll what is submitted, close what is done."""
+        """One round: adopt or close the intents, submit what is cut or due, poll what is
+        submitted, close what is done."""
+        for key, intent in list(self._intents.items()):
+            await self._adopt(key, intent)
         self._cut += self._assembly.due(self._clock())
         while self._cut:
             await self._submit(self._cut[0])
-            self._cut.pop(0)
         for key, state in list(self._open.items()):
             if key not in self._results and state.batch_id is not None:
                 if await self._api.ended(state.batch_id):
@@ -203,13 +267,42 @@ class BatchRunner:
                     self._delivered.discard(m)
 
     async def _submit(self, batch: Batch) -> None:
-        """Intent, create, then the batch id: in that order on the state topic."""
+        """Intent, create, then the batch id: in that order on the state topic. A batch whose
+        intent could not be written stays cut (tried again); once the intent is written it
+        leaves the cut list, and a create that fails leaves an intent to adopt or close."""
         members = tuple(m.custom_id for m in batch.members)
         intent = BatchState(batch.model, members, int(self._clock() * 1000))
-        await self._state.write(intent)
+        self._submitting = intent.key
+        try:
+            await self._state.write(intent)
+            self._cut.remove(batch)
+            batch_id = await self._create(intent)
+        finally:
+            self._submitting = None
+        if batch_id is None:
+            return
+        self.created += 1
+        state = intent.submitted(batch_id, int(self._clock() * 1000))
+        try:
+            await self._state.write(state)
+        except Exception:
+            # The batch exists but its id is not recorded: adopted by a later round, as after
+            # a kill at this point (never created again).
+            self._hold(intent.key, intent)
+            raise
+        log(logger, "lane_batch_submitted", batch_id=batch_id, model=batch.model, size=len(members))
+        for m in members:
+            self._params.pop(m, None)
+        self._track(state.key, state)
+
+    async def _create(self, intent: BatchState) -> str | None:
+        """The batch id; None when the batch was refused whole (its members then go to the
+        real-time path). Any other failure may have created the batch all the same (a timeout
+        after the API took it): the intent is held, and the next round adopts or closes it."""
+        members = intent.members
         requests = [{"custom_id": m, "params": self._params[m]} for m in members]
         try:
-            batch_id = await self._api.create(requests)
+            return await self._api.create(requests)
         except ModelRejected as exc:
             # The batch as a whole is refused: each member goes to the real-time path.
             log(logger, "lane_batch_refused", logging.WARNING, error=str(exc)[:300])
@@ -217,14 +310,60 @@ class BatchRunner:
             for m in members:
                 self._params.pop(m, None)
                 self._resolve(ItemResult(m, "errored", error="batch_refused"))
+            return None
+        except Exception:
+            self._hold(intent.key, intent)
+            raise
+
+    def _hold(self, key: bytes, intent: BatchState) -> None:
+        """An intent without a batch id: its members wait until it is adopted or closed."""
+        if any(m in self._batch_of for m in intent.members):
+            return  # its batch is already tracked (adopted under this key)
+        self._intents[key] = intent
+        for m in intent.members:
+            self._intent_of[m] = key
+
+    async def _adopt(self, key: bytes, intent: BatchState) -> None:
+        """Adopt the batch that ``intent`` led to, if the API has one; close the intent when
+        no batch can be it (its members then join a new batch)."""
+        members = set(intent.members)
+        known = {s.batch_id for s in self._open.values()}
+        not_it = self._not_it.setdefault(key, set())
+        running = False
+        for b in await self._api.listed(intent.intent_ms - ADOPT_SKEW_MS):
+            if b.batch_id in known or b.batch_id in not_it or b.size != len(members):
+                continue
+            if not b.ended:
+                running = True  # its results will say: asked again next round
+                continue
+            if {r.custom_id async for r in self._api.results(b.batch_id)} == members:
+                state = intent.submitted(b.batch_id, b.created_ms)
+                await self._state.write(state)
+                log(logger, "lane_intent_adopted", batch_id=b.batch_id, size=len(members))
+                self._release(key, intent)
+                for m in intent.members:
+                    self._params.pop(m, None)
+                self._track(key, state)
+                return
+            not_it.add(b.batch_id)
+        if running:
             return
-        self.created += 1
-        state = intent.submitted(batch_id, int(self._clock() * 1000))
-        await self._state.write(state)
-        log(logger, "lane_batch_submitted", batch_id=batch_id, model=batch.model, size=len(members))
-        for m in members:
-            self._params.pop(m, None)
-        self._track(state.key, state)
+        await self._state.close(key)
+        self._closed.add(key)
+        log(logger, "lane_intent_closed", size=len(members))
+        self._release(key, intent)
+        # Due at once: they waited for a batch already.
+        since = intent.intent_ms / 1000 - self._assembly.max_age_s
+        for m in intent.members:
+            params = self._params.pop(m, None)
+            if params is not None:
+                self._enqueue(intent.model, m, params, since)
+
+    def _release(self, key: bytes, intent: BatchState) -> None:
+        del self._intents[key]
+        self._not_it.pop(key, None)
+        for m in intent.members:
+            self._intent_of.pop(m, None)
 
     def _track(self, key: bytes, state: BatchState) -> None:
         self._open[key] = state

@@ -107,8 +107,30 @@ class Metrics:
         self.lane_fallbacks = Counter(
             "escalator_lane_fallbacks",
             "Batch-lane requests answered in real time instead, by their batch result "
-            "(errored, expired, canceled).",
+            "(errored, expired, canceled) or deadline (the batch's result would come too late).",
             ["result"],
+            registry=r,
+        )
+        self.lane_waiting = Gauge(
+            "escalator_lane_waiting",
+            "Batch-lane requests waiting for their batch's result (in no batch yet, or in one "
+            "running).",
+            registry=r,
+        )
+        self.lane_batches = Gauge(
+            "escalator_lane_batches_in_flight",
+            "Batches submitted to the Message Batches API and not ended.",
+            registry=r,
+        )
+        self.lane_oldest_age = Gauge(
+            "escalator_lane_oldest_batch_age_seconds",
+            "Age of the oldest batch in flight since its submission (0: none).",
+            registry=r,
+        )
+        self.lane_expected = Gauge(
+            "escalator_lane_expected_completion_seconds",
+            "The lane's completion time as its rule assumes it (observed, else "
+            "ESCALATOR_BATCH_EXPECTED_S).",
             registry=r,
         )
         self.shadow_failures = Counter(

@@ -9,11 +9,20 @@ confident to results, unsure to escalations, the same contract, metrics and deci
 ``lane`` says ``batch`` (the answer's ``service_tier``). Any other item (``errored``,
 ``expired``, ``canceled``, a batch refused whole) is answered by the real-time path, which
 applies the real-time failure policy (retries, holds, a dead letter for a 400 of its own).
+
+Nothing waits past its deadline silently: a record that carries its absolute deadline
+(``x-escalator-deadline-ms``, written at hand-off) waits for its batch only until that
+deadline less the fallback margin (ESCALATOR_BATCH_FALLBACK_S); then it leaves the batch being
+assembled if it is still there and is answered in real time
+(``escalator_lane_fallbacks{result="deadline"}``). Its batch item, if already submitted, is
+paid for at the batch price and its result ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import TopicPartition
@@ -21,8 +30,14 @@ from aiokafka import TopicPartition
 from escalator.contract.messages import Attempt, Request, parse_request
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest
+from escalator.lane.batches import ItemResult
+from escalator.lane.handoff import deadline_ms
 from escalator.lane.runner import BatchRunner
 from escalator.tiers.handlers import CheapHandler
+
+#: The fallback's label when the deadline comes before the batch's result (the other labels
+#: are the batch result kinds).
+DEADLINE = "deadline"
 
 
 @runtime_checkable
@@ -42,10 +57,20 @@ class LaneHandler:
 
     tier = "lane"
 
-    def __init__(self, cheap: CheapHandler, runner: BatchRunner, model: BatchModel) -> None:
+    def __init__(
+        self,
+        cheap: CheapHandler,
+        runner: BatchRunner,
+        model: BatchModel,
+        *,
+        fallback_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cheap = cheap
         self.runner = runner
         self.model = model
+        self.fallback_s = fallback_s
+        self._clock = clock
 
     def should_pause(self) -> bool:
         return self.cheap.should_pause()
@@ -59,11 +84,33 @@ class LaneHandler:
 
     async def _wait(self, record: Record, request: Request) -> list[Output]:
         params = self.model.request(request.text)
-        result = await self.runner.join(self.model.model, record.partition, record.offset, params)
+        join = self.runner.join(self.model.model, record.partition, record.offset, params)
+        result = await self._in_time(join, deadline_ms(record))
+        if result is None:
+            # The deadline less the margin for a real-time answer: that answer, now.
+            self.runner.withdraw(record.partition, record.offset)
+            self.cheap.metrics.lane_fallbacks.labels(DEADLINE).inc()
+            return await self.cheap.ask(record, request)
         if result.kind == "succeeded":
             return self.cheap.routed(record, request, self.model.attempt(result.message))
         self.cheap.metrics.lane_fallbacks.labels(result.kind).inc()
         return await self.cheap.ask(record, request)
+
+    async def _in_time(
+        self, join: Coroutine[Any, Any, ItemResult], deadline: int | None
+    ) -> ItemResult | None:
+        """The batch's result, or None when it has not come by ``deadline`` (epoch ms) less
+        the fallback margin."""
+        if deadline is None:
+            return await join
+        left_s = deadline / 1000 - self.fallback_s - self._clock()
+        if left_s <= 0:
+            join.close()
+            return None
+        try:
+            return await asyncio.wait_for(join, left_s)
+        except TimeoutError:
+            return None
 
     # Holder: the engine tells which hand-off partitions are ours, and what is delivered.
     def assigned(self, partitions: set[TopicPartition]) -> None:

@@ -186,7 +186,23 @@ def lane_handler(parts: HandlerParts, caller: ModelCaller) -> LaneHandler:
             "ESCALATOR_BATCH_LANE: the cheap model's client cannot build batch requests "
             f"({type(adapter).__name__})"
         )
-    return LaneHandler(cheap_handler(parts, caller), parts.runner, adapter)
+    return LaneHandler(
+        cheap_handler(parts, caller), parts.runner, adapter, fallback_s=parts.lane.fallback_s
+    )
+
+
+def tiers_to_run(role: str, settings: Settings) -> list[str]:
+    """The rows ``run --tier role`` runs: ``all`` is every tier of :data:`TIERS` and, with
+    ESCALATOR_BATCH_LANE on, the lane worker; a name is that row alone (the lane only when the
+    lane is on: off, nothing is handed off for it to answer)."""
+    if role == "all":
+        return [*TIERS, "lane"] if settings.lane.enabled else list(TIERS)
+    if role == "lane" and not settings.lane.enabled:
+        raise ConfigError(
+            "ESCALATOR_BATCH_LANE is off: `--tier lane` runs the batch lane's worker, which "
+            "needs it on"
+        )
+    return [role]
 
 
 def tier_table(settings: Settings) -> dict[str, TierSpec]:
@@ -213,8 +229,8 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             model=ModelChoice("strong", m.strong_model, "ESCALATOR_STRONG_MODEL"),
             needs=frozenset(strong_needs),
         ),
-        # The batch lane (issue 24): not in TIERS, run only when asked for by name. Its real-
-        # time fallback is the cheap tier's, on the same model stack.
+        # The batch lane (issue 24): not in TIERS; run by name, or by `all` with the lane on
+        # (tiers_to_run). Its real-time fallback is the cheap tier's, on the same model stack.
         TierSpec(
             "lane",
             lane_handler,

@@ -207,7 +207,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_RETENTION_CHECK_S": [Case("0"), Case("often")],
     "ESCALATOR_PARKED_RETENTION_MS": [Case("1000"), Case("forever")],
     "ESCALATOR_TRACING": [Case("maybe")],
-    "ESCALATOR_BATCH_LANE": [Case("maybe"), Case("on")],
+    "ESCALATOR_BATCH_LANE": [Case("maybe")],
     "ESCALATOR_DEADLINE_S": [Case("0"), Case("tomorrow"), Case("3000000")],
     "ESCALATOR_BATCH_EXPECTED_S": [Case("0"), Case("90000"), Case("soon")],
     "ESCALATOR_BATCH_SLACK_FACTOR": [Case("0.5"), Case("twice")],

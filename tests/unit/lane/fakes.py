@@ -6,16 +6,26 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from escalator.errors import ModelRejected
-from escalator.lane.batches import ItemResult
+from escalator.lane.batches import ItemResult, Listed
 from escalator.lane.state import BatchState, open_batches
 
 
 class FakeBatches:
     """Batches that end when told (``finish``), with results from ``answer(custom_id)``."""
 
-    def __init__(self, answer: Callable[[str, dict[str, Any]], ItemResult]) -> None:
+    def __init__(
+        self,
+        answer: Callable[[str, dict[str, Any]], ItemResult],
+        clock: Callable[[], float] = lambda: 1000.0,
+    ) -> None:
         self.answer = answer
+        self.clock = clock
         self.created: list[list[dict[str, Any]]] = []
+        #: When each batch was created (epoch ms), in creation order.
+        self.created_ms: list[int] = []
+        #: Raised by the next create once the batch is created (a timeout after the API took it).
+        self.fail_after: Exception | None = None
+        self.lists = 0
         self.finished: set[str] = set()
         self.reject = False
         self.polls = 0
@@ -29,6 +39,10 @@ class FakeBatches:
         if self.reject:
             raise ModelRejected("too many", reason="invalid_request_error")
         self.created.append(requests)
+        self.created_ms.append(int(self.clock() * 1000))
+        if self.fail_after is not None:
+            fail, self.fail_after = self.fail_after, None
+            raise fail
         return f"b{len(self.created)}"
 
     def finish(self, batch_id: str) -> None:
@@ -41,6 +55,15 @@ class FakeBatches:
     async def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
         for r in self.created[int(batch_id[1:]) - 1]:
             yield self.answer(r["custom_id"], r["params"])
+
+    async def listed(self, since_ms: int) -> list[Listed]:
+        self.lists += 1
+        out = [
+            Listed(f"b{i + 1}", at, f"b{i + 1}" in self.finished, len(self.created[i]))
+            for i, at in enumerate(self.created_ms)
+            if at >= since_ms
+        ]
+        return out[::-1]
 
 
 class FakeState:

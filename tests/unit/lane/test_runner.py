@@ -155,3 +155,165 @@ async def test_a_create_that_fails_is_tried_again_and_the_records_keep_waiting()
         assert len(api.created) == 1
         api.finish("b1")
         assert (await asyncio.wait_for(wait, 5)).message == "answer-p0o1"
+
+
+def kill_before_the_id(state: FakeState) -> None:
+    """The state topic as a worker killed between create and writing the batch id leaves it:
+    the intent only."""
+    state.records = [
+        (k, v) for k, v in state.records if BatchState.from_value(v or b"").batch_id is None
+    ]
+
+
+async def test_an_intent_whose_batch_was_created_is_adopted_not_billed_again() -> None:
+    """Killed between create and the id's record: the next worker finds the intent, waits
+    while a batch of its size is still running, then adopts the batch whose results name
+    exactly its members (its id under the intent's key); no second create."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    async with runner(api, state, clock, max_requests=2) as first:
+        lost = [asyncio.create_task(first.join("m", 2, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        await first.tick()
+    for task in lost:
+        task.cancel()
+    kill_before_the_id(state)
+    (intent,) = open_batches(state.records).values()
+    clock.now += 30
+    async with runner(api, state, clock, max_requests=2) as second:
+        again = [asyncio.create_task(second.join("m", 2, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        await second.tick()
+        assert len(api.created) == 1 and api.lists >= 1 and not any(t.done() for t in again)
+        assert open_batches(state.records)[intent.key].batch_id is None  # b1 still running
+        api.finish("b1")
+        await second.tick()
+        assert open_batches(state.records)[intent.key].batch_id == "b1"
+        results = await asyncio.wait_for(asyncio.gather(*again), 1)
+        assert [x.message for x in results] == ["answer-p2o1", "answer-p2o2"]
+        for o in (1, 2):
+            second.delivered(2, o)
+        await second.tick()
+        assert open_batches(state.records) == {} and len(api.created) == 1
+
+
+async def test_an_intent_no_batch_matches_is_closed_and_its_members_resubmitted() -> None:
+    """An intent whose create never reached the API: a batch of the same size with other
+    members (another worker's) is not it; the intent is closed and its members go into one new
+    batch."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    other = [{"custom_id": f"p9o{o}", "params": PARAMS} for o in (1, 2)]
+    await api.create(other)
+    api.finish("b1")
+    intent = BatchState("m", ("p3o1", "p3o2"), int(clock.now * 1000))
+    await state.write(intent)
+    clock.now += 1
+    async with runner(api, state, clock) as r:
+        waits = [asyncio.create_task(r.join("m", 3, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        clock.now += 60
+        await r.tick()
+        assert [[q["custom_id"] for q in b] for b in api.created] == [
+            ["p9o1", "p9o2"],
+            ["p3o1", "p3o2"],
+        ]
+        assert (intent.key, None) in state.records
+        assert [s.batch_id for s in open_batches(state.records).values()] == ["b2"]
+        api.finish("b2")
+        await r.tick()
+        assert [x.message for x in await asyncio.gather(*waits)] == ["answer-p3o1", "answer-p3o2"]
+
+
+async def test_a_create_that_failed_after_the_api_took_it_is_adopted() -> None:
+    """A create that raised (a timeout) although the API created the batch: the intent is held
+    and the next round adopts that batch once it ends; one create in all."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    api.fail_after = ModelUnavailable("timeout", kind="timeout")
+    async with runner(api, state, clock, max_requests=1) as r:
+        wait = asyncio.create_task(r.join("m", 0, 4, PARAMS))
+        await settle()
+        try:
+            await r.tick()
+        except ModelUnavailable:
+            pass
+        else:
+            raise AssertionError("the create's failure should fail the round")
+        await r.tick()
+        assert len(api.created) == 1 and not wait.done()
+        api.finish("b1")
+        await r.tick()  # adopted
+        await r.tick()  # polled and collected
+        assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o4"
+        assert len(api.created) == 1 and r.created == 0
+
+
+async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight() -> None:
+    """Requests waiting, batches in flight and the oldest one's age since submission, and the
+    completion time the rule assumes; all back to 0 once the batch has ended."""
+    from escalator.observability.metrics import Metrics
+
+    metrics, clock = Metrics(), Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+
+    def value(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    async with runner(api, state, clock, max_requests=2, metrics=metrics) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2, 3)]
+        await settle()
+        await r.tick()  # p0o1 and p0o2 submitted; p0o3 in the open batch
+        clock.now += 90
+        r.gauges()
+        assert value("escalator_lane_waiting") == 3
+        assert value("escalator_lane_batches_in_flight") == 1
+        assert value("escalator_lane_oldest_batch_age_seconds") == 90
+        assert value("escalator_lane_expected_completion_seconds") == 3600
+        api.finish("b1")
+        await r.tick()  # b1 collected; p0o3, due by now, submitted as b2
+        await settle()
+        r.gauges()
+        assert value("escalator_lane_waiting") == 1
+        assert value("escalator_lane_batches_in_flight") == 1
+        assert value("escalator_lane_oldest_batch_age_seconds") == 0
+        api.finish("b2")
+        await r.tick()
+        await settle()
+        r.gauges()
+        assert value("escalator_lane_waiting") == 0
+        assert value("escalator_lane_batches_in_flight") == 0
+        assert all(w.done() for w in waits)
+
+
+async def test_a_batch_whose_id_could_not_be_recorded_is_adopted_not_created_again() -> None:
+    """The create succeeded but the state topic refused the id's record: the round fails, and
+    a later one adopts that batch (once it has ended) instead of creating another."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    write = state.write
+    calls = 0
+
+    async def flaky(s: BatchState) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the intent passes, the id's record fails
+            raise OSError("broker away")
+        await write(s)
+
+    state.write = flaky  # type: ignore[method-assign]
+    async with runner(api, state, clock, max_requests=1) as r:
+        wait = asyncio.create_task(r.join("m", 0, 5, PARAMS))
+        await settle()
+        try:
+            await r.tick()
+        except OSError:
+            pass
+        await r.tick()
+        assert len(api.created) == 1 and not wait.done()
+        api.finish("b1")
+        await r.tick()
+        await r.tick()
+        assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o5"
+        assert len(api.created) == 1
+        assert [s.batch_id for s in open_batches(state.records).values()] == ["b1"]

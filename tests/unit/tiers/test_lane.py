@@ -14,10 +14,12 @@ from aiokafka import TopicPartition
 
 from escalator.contract.messages import Attempt
 from escalator.lane.batches import ItemResult
+from escalator.lane.handoff import DEADLINE_HEADER
 from escalator.lane.runner import BatchRunner
 from escalator.tiers.handlers import CheapHandler
 from escalator.tiers.lane import LaneHandler
 from tests.unit.lane.fakes import FakeBatches, FakeState
+from tests.unit.lane.test_runner import Clock
 from tests.unit.tiers.test_handlers import FakeModel, FakeRecord, handler, ok, on
 
 
@@ -52,7 +54,7 @@ async def run(result: ItemResult | None, *, confidence: float = 0.95) -> tuple[l
 
     api = FakeBatches(answer)
     async with BatchRunner(api, FakeState(), max_age_s=60, poll_s=0.01, max_requests=1) as r:
-        lane = LaneHandler(cheap, r, Adapter())
+        lane = LaneHandler(cheap, r, Adapter(), fallback_s=300)
         record = FakeRecord(orjson.dumps({"id": "r1", "text": "some text"}), topic="handoff")
         work = lane.handle(record)
         assert not isinstance(work, list)
@@ -87,3 +89,71 @@ async def test_an_item_without_an_answer_is_answered_in_real_time(kind: str) -> 
     assert len(on(outputs, "results")) == 1
     [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
     assert decision["lane"] == "realtime"
+
+
+def fallbacks(cheap: CheapHandler, result: str) -> float:
+    sample = cheap.metrics.registry.get_sample_value(
+        "escalator_lane_fallbacks_total", {"result": result}
+    )
+    return sample or 0.0
+
+
+def with_deadline(deadline_ms: int, offset: int = 7) -> FakeRecord:
+    value = orjson.dumps({"id": f"r{offset}", "text": "some text"})
+    headers = [(DEADLINE_HEADER, str(deadline_ms).encode())]
+    return FakeRecord(value, topic="handoff", offset=offset, headers=headers)
+
+
+@pytest.mark.parametrize("max_requests", [1, 10])
+async def test_a_batch_that_would_end_too_late_is_answered_in_real_time_in_time(
+    max_requests: int,
+) -> None:
+    """The deadline less the fallback margin comes before the batch's result: the request is
+    answered in real time then (one call, lane realtime, a fallback labelled deadline), not
+    later; a submitted item's result is then ignored (max_requests 1), and one still being
+    assembled leaves its batch, never submitted (10)."""
+    clock = Clock()
+    model = FakeModel(lambda n: ok())
+    cheap = handler(CheapHandler, model)
+    api = FakeBatches(lambda cid, p: ItemResult(cid, "succeeded", message=batch_answer(0.95)))
+    # 0.2 s of real time is left before the deadline less its 300 s margin.
+    deadline = int((clock.now + 300.2) * 1000)
+    async with BatchRunner(
+        api, FakeState(), max_age_s=60, poll_s=0.01, clock=clock, max_requests=max_requests
+    ) as r:
+        lane = LaneHandler(cheap, r, Adapter(), fallback_s=300, clock=clock)
+        work = lane.handle(with_deadline(deadline))
+        assert not isinstance(work, list)
+        task = asyncio.create_task(work)
+        await asyncio.sleep(0.1)
+        assert not task.done() and model.calls == 0
+        outputs = await asyncio.wait_for(task, 1)
+        assert model.calls == 1 and fallbacks(cheap, "deadline") == 1
+        [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
+        assert decision["lane"] == "realtime" and len(on(outputs, "results")) == 1
+        assert r.waiting() == 0
+        clock.now += 60
+        await asyncio.sleep(0.05)
+        assert len(api.created) == (1 if max_requests == 1 else 0)
+        if api.created:
+            api.finish("b1")
+            await asyncio.sleep(0.05)
+            assert model.calls == 1
+
+
+async def test_a_request_already_inside_its_margin_never_joins_a_batch() -> None:
+    """Handed off late (its deadline less the margin already past): answered in real time at
+    once, no batch created."""
+    clock = Clock()
+    model = FakeModel(lambda n: ok())
+    cheap = handler(CheapHandler, model)
+    api = FakeBatches(lambda cid, p: ItemResult(cid, "succeeded", message=batch_answer(0.95)))
+    async with BatchRunner(api, FakeState(), max_age_s=0, poll_s=0.01, clock=clock) as r:
+        lane = LaneHandler(cheap, r, Adapter(), fallback_s=300, clock=clock)
+        work = lane.handle(with_deadline(int((clock.now + 299) * 1000)))
+        assert not isinstance(work, list)
+        outputs = await asyncio.wait_for(work, 1)
+        assert model.calls == 1 and fallbacks(cheap, "deadline") == 1
+        assert len(on(outputs, "results")) == 1
+        await asyncio.sleep(0.05)
+        assert api.created == [] and r.waiting() == 0

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 
 from escalator.config import Settings, load_settings
+from escalator.errors import ConfigError
 from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
 from escalator.tiers.handlers import CheapHandler, StrongHandler
 from escalator.tiers.routing import Thresholds
-from escalator.tiers.table import TIERS, HandlerParts, tier_table, topics_needed
+from escalator.tiers.table import TIERS, HandlerParts, tier_table, tiers_to_run, topics_needed
 
 TASK = load_task(None)
 
@@ -61,6 +62,23 @@ def test_the_lane_reads_the_handoff_topic_on_the_cheap_model_stack() -> None:
     assert lane.max_in_flight == 10_000 and lane.holds
     assert lane.needs == {"h", s.topics.lane_state}
     assert "h" not in tier_table(s)["cheap"].needs
+
+
+def test_run_all_runs_the_lane_only_when_it_is_on() -> None:
+    """`--tier all`: cheap and strong, and the lane worker with ESCALATOR_BATCH_LANE on;
+    `--tier lane` with the lane off is refused naming the variable; on, it runs the lane."""
+    off, on = settings(), settings(ESCALATOR_BATCH_LANE="on")
+    assert tiers_to_run("all", off) == ["cheap", "strong"]
+    assert tiers_to_run("all", on) == ["cheap", "strong", "lane"]
+    assert tiers_to_run("lane", on) == ["lane"] and tiers_to_run("strong", on) == ["strong"]
+    with pytest.raises(ConfigError, match="ESCALATOR_BATCH_LANE is off"):
+        tiers_to_run("lane", off)
+    assert (
+        "h"
+        in tier_table(settings(ESCALATOR_BATCH_LANE="on", ESCALATOR_HANDOFF_TOPIC="h"))[
+            "cheap"
+        ].needs
+    )
 
 
 class Watches:
