@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,6 +67,11 @@ STOP_RESERVE_S = 6.0
 MIN_FINAL_COMMIT_S = 1.0
 #: How often a revocation looks whether the revoked partitions' records are finished.
 REVOKE_POLL_S = 0.02
+
+
+#: A model-bound record waiting for a slot: its partition, tracker, record, handler coroutine
+#: and when it was dispatched.
+_Queued = tuple[TopicPartition, PartitionTracker, Any, Coroutine[Any, Any, list[Output]], float]
 
 
 def stop_reserve_s(grace_s: float) -> float:
@@ -220,6 +226,13 @@ class TierWorker:
         # The handler's coroutines whose task has not run yet: closed if it is cancelled first
         # (on stop), so none is left un-awaited.
         self._unstarted: set[Coroutine[Any, Any, list[Output]]] = set()
+        # Records that wait for a model slot: a fetch sized for records answered at once
+        # (``_at_once``) may bring more model-bound ones than there are free slots. They start,
+        # in order, as slots free up (``_release_slot``); the in-flight limit is never passed.
+        self._queued: deque[_Queued] = deque()
+        # The last fetched batch was answered at once, every record (tier 0, say): the next
+        # fetch is sized by the uncommitted budget rather than by the free model slots.
+        self._at_once = False
         self._park_cancels: set[asyncio.Task[None]] = set()
         self._holder = holder
         #: Per partition (its tracker), records whose handler gave them up (CancelledError):
@@ -378,10 +391,9 @@ class TierWorker:
                 )
             )
             return
-        free = min(
-            self.limit.limit - self._in_flight,
-            self.max_pending - self._pending - self._delivery.reserved(),
-        )
+        budget = self.max_pending - self._pending - self._delivery.reserved()
+        slots = self.limit.limit - self._in_flight - len(self._queued)
+        free = budget if self._at_once and slots > 0 else min(slots, budget)
         if free <= 0:
             # Full. Wait for a slot without pausing: pausing makes aiokafka drop the records it
             # has prefetched. Only if no slot frees up for a while (a slow model), pause and
@@ -409,6 +421,7 @@ class TierWorker:
         # Optional: all the records of a partition's batch in one call (tier 0 predicts them
         # together), answered in order, each as ``handle`` would.
         handle_batch = getattr(self._handler, "handle_batch", None)
+        at_once = True
         for tp, records in batch.items():
             tracker = self._trackers.get(tp)
             if tracker is None or tp in not_ready:
@@ -431,11 +444,16 @@ class TierWorker:
                 if isinstance(work, list):
                     ready.append(Done(record.offset, work, started))
                     continue
-                self._in_flight += 1
                 self._unstarted.add(work)
-                self._spawn(self._answer(tp, tracker, record, work, started))
+                if self._in_flight < self.limit.limit and not self._queued:
+                    self._in_flight += 1
+                    self._spawn(self._answer(tp, tracker, record, work, started))
+                else:
+                    self._queued.append((tp, tracker, record, work, started))
             if ready:
                 self._spawn(self._deliver_done(tp, tracker, ready))
+            at_once = at_once and len(ready) == n
+        self._at_once = at_once and bool(batch)
 
     def _dispatch_parked(
         self, parking: Parking, tp: TopicPartition, tracker: PartitionTracker, records: list[Any]
@@ -600,6 +618,23 @@ class TierWorker:
     def _release_slot(self) -> None:
         self._in_flight -= 1
         self._capacity.set()
+        queued = self._queued
+        while queued and self._in_flight < self.limit.limit and not self._stopping.is_set():
+            tp, tracker, record, work, started = queued.popleft()
+            self._in_flight += 1
+            self._spawn(self._answer(tp, tracker, record, work, started))
+
+    def _unqueue(self, tracker: PartitionTracker | None) -> None:
+        """Close the queued records of ``tracker``'s partition (None: every one). They hold no
+        slot; their offsets stay pending, to be redone by the partition's next owner."""
+        kept: deque[_Queued] = deque()
+        for item in self._queued:
+            if tracker is None or item[1] is tracker:
+                item[3].close()
+                self._unstarted.discard(item[3])
+            else:
+                kept.append(item)
+        self._queued = kept
 
     # -- commits ----------------------------------------------------------------------------------
     async def _commit(self) -> None:
@@ -615,6 +650,8 @@ class TierWorker:
             return
         self._handling.pop(tp, None)
         self._given_up.pop(tracker, None)
+        if self._queued:
+            self._unqueue(tracker)
         if self._holder is not None:
             self._holder.revoking({tp})  # again after a revocation; first news if fenced
         if self._parking is not None:
@@ -696,6 +733,7 @@ class TierWorker:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
 
     async def _cancel_remaining(self) -> None:
+        self._unqueue(None)
         await _cancel_all(set(self._tasks))
         for work in self._unstarted:
             work.close()

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -28,6 +29,7 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 
 from escalator.config import KafkaSettings
 from escalator.errors import ConfigError, EscalatorError
@@ -117,6 +119,53 @@ class ProducerHandle:
             log(logger, "producer_stop_timed_out", logging.WARNING, after_s=stop_timeout_s)
             with contextlib.suppress(KafkaError, OSError, TimeoutError):
                 await asyncio.wait_for(self._producer.client.close(), 5)
+
+
+class _Addressed(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+
+_R = TypeVar("_R", bound=_Addressed)
+
+
+async def group_by_partition(
+    producer: AIOKafkaProducer, records: Iterable[_R]
+) -> dict[tuple[str, int], list[_R]]:
+    """Records to produce, grouped by the partition ``producer.send`` would give each, in
+    order within a group: aiokafka's default partitioner (murmur2 of the key, as the Java
+    client; a keyless record to a random available partition). Raises ``KafkaError`` when a
+    topic's metadata cannot be had (as ``send`` would)."""
+    groups: dict[tuple[str, int], list[_R]] = {}
+    layouts: dict[str, tuple[list[int], list[int]]] = {}
+    hashes: dict[bytes, int] = {}  # a record's outputs share its key: hash it once
+    for record in records:
+        topic = record.topic
+        layout = layouts.get(topic)
+        if layout is None:
+            await producer.partitions_for(topic)  # waits for the topic's metadata
+            cluster = producer.client.cluster
+            every = sorted(cluster.partitions_for_topic(topic) or ())
+            available = sorted(cluster.available_partitions_for_topic(topic) or ())
+            layout = layouts[topic] = (every, available)
+        every, available = layout
+        key = record.key
+        if key is None:
+            partition = random.choice(available or every)
+        else:
+            h = hashes.get(key)
+            if h is None:
+                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+            partition = every[h % len(every)]
+        group = groups.get((topic, partition))
+        if group is None:
+            groups[(topic, partition)] = [record]
+        else:
+            group.append(record)
+    return groups
 
 
 def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:

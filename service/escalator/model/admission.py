@@ -438,14 +438,18 @@ class Budget:
         """An answer came without rate-limit headers; after enough of them in a row the
         headers are taken to be gone (a proxy, Bedrock) and calls pass through."""
         self._headerless += 1
-        if self._headerless >= self.tuning.headerless_calls:
-            for b in self.buckets.values():
-                if b.limit > 0:
-                    b.limit = 0.0
-                    b.samples.clear()
-                    b.group_rate = math.nan
-                    if b.cap <= 0:
-                        b.rate = 0.0
+        if self._headerless < self.tuning.headerless_calls:
+            return
+        forgot = False
+        for b in self.buckets.values():
+            if b.limit > 0:
+                forgot = True
+                b.limit = 0.0
+                b.samples.clear()
+                b.group_rate = math.nan
+                if b.cap <= 0:
+                    b.rate = 0.0
+        if forgot:  # once: every headerless call after that finds nothing to forget
             self._active = self._any_paced()
 
     def on_rate_limited(self) -> None:

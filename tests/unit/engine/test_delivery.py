@@ -27,6 +27,7 @@ from escalator.engine.transactional import Transactional
 from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
 from escalator.errors import ConfigError
 from escalator.observability.metrics import Metrics
+from tests.unit.batch_sends import BatchSends
 
 TP = TopicPartition("requests", 0)
 GUARANTEES = ["at_least_once", "exactly_once"]
@@ -140,7 +141,7 @@ class FakeFuture:
     pass
 
 
-class AckingProducer:
+class AckingProducer(BatchSends):
     """ProducerHandle's surface. ``fail_sends`` sends raise first; acks land on the broker."""
 
     def __init__(self, broker: Broker, fail_sends: int = 0) -> None:

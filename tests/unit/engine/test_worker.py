@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from escalator.engine.delivery import Delivery, Done, PartitionTracker
 from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
 from escalator.observability.metrics import Metrics
+from tests.unit.batch_sends import BatchSends
 from tests.unit.engine.test_delivery import (
     GUARANTEES,
     TP,
@@ -120,9 +121,60 @@ async def test_records_answered_at_once_are_delivered_per_fetched_batch(guarante
     assert_delivered(broker, 200, guarantee)
     fetches = len(consumer.redo_at_fetch)
     assert len(delivery.calls) == fetches, "one delivery per fetched batch, not per record"
-    assert max(delivery.calls) == 8, "a batch is as large as the in-flight limit lets a poll be"
+    assert delivery.calls[0] == 8, "the first poll is sized by the free model slots"
+    assert max(delivery.calls) == 32, "once a batch was answered at once, by the budget"
     assert sample(metrics, "escalator_processing_seconds_count", tier="cheap") == 200
     assert sample(metrics, "escalator_requests_total", tier="cheap") == 200
+
+
+class AtOnceThenModel:
+    """Answers the first ``local`` records at once (tier 0, say), then every record waits for
+    a model: counts how many model calls run at the same time."""
+
+    tier = "cheap"
+
+    def __init__(self, local: int) -> None:
+        self.local = local
+        self.running = 0
+        self.most = 0
+
+    def handle(self, record: Record) -> Any:
+        if record.offset < self.local:
+            return [Output("results", str(record.offset).encode(), None)]
+        return self._model(record)
+
+    async def _model(self, record: Record) -> list[Output]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.001)
+        self.running -= 1
+        return [Output("results", str(record.offset).encode(), None)]
+
+    def should_pause(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_fetch_sized_for_answers_at_once_never_passes_the_in_flight_limit(
+    guarantee: str,
+) -> None:
+    """After batches answered at once, a poll is sized by the uncommitted budget (32), not
+    by the model slots (8). When such a batch turns out to need the model, its records wait
+    for slots: never more than 8 model calls at once, and every record is delivered."""
+    broker = Broker()
+    inner, _ = make_delivery(guarantee, broker)
+    delivery = Counting(inner)
+    consumer = FakeConsumer(broker, 300)
+    handler = AtOnceThenModel(local=100)
+    w = worker(consumer, delivery, handler, Metrics())
+    task = asyncio.create_task(w.run())
+    await until(lambda: broker.committed >= 300)
+    w.stop()
+    await asyncio.wait_for(task, 30)
+    assert_delivered(broker, 300, guarantee)
+    assert max(delivery.calls[:5]) == 32, "the at-once batches were fetched to the budget"
+    assert handler.most == 8, "queued records started as slots freed, never past the limit"
+    assert w.in_flight == 0
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
@@ -157,7 +209,7 @@ async def test_a_stop_abandons_a_collected_batch_whole_and_counts_it() -> None:
     that cancels the delivery leaves all of them to be redone, and counts each."""
     broker = Broker()
 
-    class NeverAcked:
+    class NeverAcked(BatchSends):
         def get(self) -> NeverAcked:
             return self
 

@@ -26,6 +26,7 @@ from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
 from escalator.review.consumer import ReviewConsumer
 from escalator.review.handler import ReviewHandler
+from tests.unit.batch_sends import BatchSends
 from tests.unit.tiers.test_handlers import ok
 
 TOPICS = Topics()
@@ -109,7 +110,7 @@ class FakeConsumer:
         return self.commits[-1] if self.commits else None
 
 
-class FakeProducer:
+class FakeProducer(BatchSends):
     """ProducerHandle's surface; with ``fail`` set nothing is acknowledged."""
 
     def __init__(self) -> None:
