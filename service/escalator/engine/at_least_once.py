@@ -20,7 +20,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from escalator.engine.delivery import Bound, Done, Output, PartitionTracker
-from escalator.kafka.clients import ProducerHandle, group_by_partition
+from escalator.kafka.clients import ProducerHandle, send_batches
 from escalator.observability.logs import log, log_repeating
 
 logger = logging.getLogger("escalator.engine")
@@ -114,50 +114,22 @@ class AtLeastOnce:
             await self._produce_each(outputs, producer)
             return
         try:
-            groups = await group_by_partition(producer, outputs)
+            batches = await send_batches(producer, outputs)
         except KafkaError as exc:  # no metadata for a topic: the slow path says why
             await self._produce_failed(exc, producer)
             await self._produce_each(outputs, producer)
             return
-        pending: list[tuple[list[Output], Any]] = []
-        for (topic, partition), group in groups.items():
-            builder = producer.create_batch()
-            members: list[Output] = []
-            for out in group:
-                if (
-                    builder.append(
-                        timestamp=None, key=out.key, value=out.value, headers=out.headers
-                    )
-                    is None
-                ):  # full: send it, start the next (a first record always fits)
-                    pending.append(
-                        (members, await self._send_batch(producer, builder, topic, partition))
-                    )
-                    builder = producer.create_batch()
-                    members = []
-                    builder.append(
-                        timestamp=None, key=out.key, value=out.value, headers=out.headers
-                    )
-                members.append(out)
-            pending.append((members, await self._send_batch(producer, builder, topic, partition)))
-        for members, fut in pending:
+        for members, fut, error in batches:
             if fut is not None:
                 try:
                     await fut
                     continue
                 except KafkaError as exc:
-                    await self._produce_failed(exc, producer)
+                    error = exc
+            assert error is not None
+            await self._produce_failed(error, producer)
             for out in members:
                 await self._resend(out)
-
-    async def _send_batch(
-        self, producer: AIOKafkaProducer, builder: Any, topic: str, partition: int
-    ) -> Any:
-        try:
-            return await producer.send_batch(builder, topic, partition=partition)
-        except KafkaError as exc:
-            await self._produce_failed(exc, producer)
-            return None
 
     async def _produce_each(self, outputs: list[Output], producer: AIOKafkaProducer) -> None:
         pending: list[tuple[Output, Any]] = []

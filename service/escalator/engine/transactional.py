@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from escalator.engine.delivery import Bound, Done, Output, PartitionTracker
+from escalator.kafka.clients import send_batches
 from escalator.observability.logs import log_repeating
 
 logger = logging.getLogger("escalator.engine")
@@ -109,18 +110,16 @@ class Transactional:
             offsets = sorted(o for o in part.outputs if o < upto)
             try:
                 async with producer.transaction():
-                    futures = []
-                    for offset in offsets:
-                        for out in part.outputs[offset]:
-                            futures.append(
-                                await producer.send(
-                                    out.topic, out.value, key=out.key, headers=out.headers
-                                )
-                            )
+                    batches = await send_batches(
+                        producer, [out for offset in offsets for out in part.outputs[offset]]
+                    )
+                    for _, _, error in batches:
+                        if error is not None:
+                            raise error  # aborts the transaction: nothing becomes visible
                     await producer.send_offsets_to_transaction(
                         {tp: OffsetAndMetadata(upto, "")}, self._group_id
                     )
-                await asyncio.gather(*futures)
+                await asyncio.gather(*(fut for _, fut, _ in batches if fut is not None))
             except ProducerFenced:
                 # Another member owns this partition now and has fenced our transactional
                 # id: it will redo these records. Let go of them.

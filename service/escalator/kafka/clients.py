@@ -129,6 +129,14 @@ class _Addressed(Protocol):
     def key(self) -> bytes | None: ...
 
 
+class _Producible(_Addressed, Protocol):
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+
 _R = TypeVar("_R", bound=_Addressed)
 
 
@@ -166,6 +174,44 @@ async def group_by_partition(
         else:
             group.append(record)
     return groups
+
+
+_P = TypeVar("_P", bound=_Producible)
+
+
+async def send_batches(
+    producer: AIOKafkaProducer, records: Iterable[_P]
+) -> list[tuple[list[_P], asyncio.Future[Any] | None, KafkaError | None]]:
+    """Hand ``records`` to aiokafka as record batches (``send_batch``), one or more per
+    partition (as ``group_by_partition`` places them): one future per batch rather than one
+    per record, which is most of what a ``send`` costs. Returns each batch's records with its
+    future, or with the error that kept it from being queued (its records were not sent). A
+    batch is appended by the broker whole or not at all. Raises ``KafkaError`` when a topic's
+    metadata cannot be had (nothing was sent)."""
+    sent: list[tuple[list[_P], asyncio.Future[Any] | None, KafkaError | None]] = []
+
+    async def send(builder: Any, members: list[_P], topic: str, partition: int) -> None:
+        try:
+            future = await producer.send_batch(builder, topic, partition=partition)
+        except KafkaError as exc:
+            sent.append((members, None, exc))
+        else:
+            sent.append((members, future, None))
+
+    for (topic, partition), group in (await group_by_partition(producer, records)).items():
+        builder = producer.create_batch()
+        members: list[_P] = []
+        for r in group:
+            if (
+                builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers) is None
+            ):  # full: queue it and start the next (a first record always fits)
+                await send(builder, members, topic, partition)
+                builder = producer.create_batch()
+                members = []
+                builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers)
+            members.append(r)
+        await send(builder, members, topic, partition)
+    return sent
 
 
 def security_kwargs(kafka: KafkaSettings) -> dict[str, Any]:

@@ -169,7 +169,7 @@ class AckingProducer(BatchSends):
         return fut
 
 
-class TxnProducer:
+class TxnProducer(BatchSends):
     """One transactional producer: sends are buffered and become visible only on commit.
 
     Like the broker, a newer producer with the same transactional id fences an older one:
