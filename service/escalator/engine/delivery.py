@@ -15,7 +15,6 @@ its group coordinator and quixstreams its checkpoint.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -57,15 +56,13 @@ class Done(NamedTuple):
 class PartitionTracker:
     """Offsets dispatched on one partition, and the watermark below which all are done."""
 
-    __slots__ = ("committable", "committed", "done", "idle", "pending")
+    __slots__ = ("committable", "committed", "done", "pending")
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()
         self.done: set[int] = set()
         self.committable: int | None = None
         self.committed: int | None = None
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     @property
     def in_flight(self) -> int:
@@ -73,12 +70,10 @@ class PartitionTracker:
 
     def add(self, offset: int) -> None:
         self.pending.append(offset)
-        self.idle.clear()
 
     def extend(self, offsets: Iterable[int]) -> None:
         """Offsets dispatched together (a fetched batch), in order."""
         self.pending.extend(offsets)
-        self.idle.clear()
 
     def complete(self, offset: int) -> int:
         """Mark ``offset`` done; return how many offsets became committable."""
@@ -93,8 +88,6 @@ class PartitionTracker:
             self.done.discard(first)
             self.committable = first + 1
             popped += 1
-        if not self.pending:
-            self.idle.set()
         return popped
 
     def to_commit(self) -> int | None:

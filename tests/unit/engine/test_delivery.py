@@ -553,4 +553,4 @@ def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
     t.committed = 11
     assert t.to_commit() is None
     t.complete(11)
-    assert t.to_commit() == 14 and t.in_flight == 0 and t.idle.is_set()
+    assert t.to_commit() == 14 and t.in_flight == 0 and not t.pending
