@@ -316,7 +316,7 @@ class _TracedHandler:
 
     async def handle(self, record: _Record) -> list[Any]:
         from opentelemetry import context, propagate, trace
-        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+        from opentelemetry.trace import Link, SpanKind
 
         carrier = _carrier(record.headers)
         parent = propagate.extract(carrier) if carrier else None
@@ -353,12 +353,19 @@ class _TracedHandler:
         except BaseException as exc:
             # Cancelled (stopping, or parked instead): no delivery will end this span.
             _record.set(None)
-            span.set_attribute("error.type", type(exc).__name__)
-            span.set_status(Status(StatusCode.ERROR))
+            _failed(span, type(exc).__name__)
             span.end()
             raise
         finally:
             context.detach(token)
+
+
+def _failed(span: Span, error_type: str) -> None:
+    """Mark a span failed, as the semantic conventions ask: ``error.type`` and status ERROR."""
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR))
 
 
 def _carrier(headers: Any) -> dict[str, str]:
@@ -450,8 +457,7 @@ class _TracedDelivery:
         except BaseException as exc:
             for span in (*sends, *processes):
                 if span.is_recording():
-                    span.set_attribute("error.type", type(exc).__name__)
-                    span.set_status(Status(StatusCode.ERROR))
+                    _failed(span, type(exc).__name__)
             raise
         finally:
             for span in (*sends, *processes):
@@ -497,12 +503,10 @@ class _HumanSpans(HumanSpans):
         return _replaced(headers, injected)
 
     def end(self, error: BaseException | None = None) -> None:
-        from opentelemetry.trace import Status, StatusCode
 
         for span in (*self._sends, self._process):
             if error is not None:
-                span.set_attribute("error.type", type(error).__name__)
-                span.set_status(Status(StatusCode.ERROR))
+                _failed(span, type(error).__name__)
             span.end()
 
 
@@ -537,7 +541,7 @@ class _TracedModel:
         if record is not None and record.trace_id is None:  # its trace is sampled out
             return await self._call(text, credit_token)
         from opentelemetry import context, trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace import SpanKind
 
         span = self._tracer.start_span(
             f"chat {self.model}",
@@ -557,8 +561,7 @@ class _TracedModel:
         except BaseException as exc:
             kind = getattr(exc, "kind", None) or getattr(exc, "reason", None)
             error = kind if isinstance(exc, EscalatorError) and kind else type(exc).__name__
-            span.set_attribute("error.type", str(error))
-            span.set_status(Status(StatusCode.ERROR))
+            _failed(span, str(error))
             raise
         else:
             span.set_attributes(_attempt_attributes(attempt))
