@@ -38,7 +38,8 @@ The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 3. State: a compacted topic keyed by batch, holding the batch id, model, submission time and
    the members as hand-off places (``p<partition>o<offset>``), not texts (a batch may be
    256 MB; a Kafka record is 1 MB by default): the hand-off topic's retention must outlast
-   24 hours plus the fallback. A tombstone closes the batch once every member is routed.
+   24 hours plus the fallback. A tombstone closes the batch once it has ended and the lane
+   group has committed every member's hand-off offset (``runner.py``).
 4. The window between create and the state record: the API takes no idempotency key. Write
    an intent record (members, time) before create; a worker that finds an intent without a
    batch id lists the batches created since, and adopts the one whose results name exactly
