@@ -470,6 +470,9 @@ async def test_errored_and_expired_items_are_answered_in_real_time_before_their_
                 or 0
                 for kind in ("errored", "expired", "deadline")
             }
+            missed = service.metrics.registry.get_sample_value(
+                "escalator_lane_deadline_misses_total"
+            )
         batches = await emulator_batches(sim)
         stats = await sim_stats(sim)
         handed = await collect(kafka_bootstrap, [t.handoff], lambda c: False, 2, read_for_s=True)
@@ -490,6 +493,7 @@ async def test_errored_and_expired_items_are_answered_in_real_time_before_their_
         "expired": counted.count("expired"),
         "deadline": 0,
     }
+    assert missed == 0
     await in_time(kafka_bootstrap, settings, got, deadline_s)
 
 
@@ -509,10 +513,12 @@ async def test_a_batch_that_would_miss_the_deadline_is_answered_in_real_time_in_
         async with running_service(settings, ["cheap", "strong", "lane"]) as service:
             await produce(kafka_bootstrap, t.requests, values)
             got = await drained(kafka_bootstrap, settings, ids)
-            deadline = service.metrics.registry.get_sample_value(
+            registry = service.metrics.registry
+            deadline = registry.get_sample_value(
                 "escalator_lane_fallbacks_total", {"result": "deadline"}
             )
+            missed = registry.get_sample_value("escalator_lane_deadline_misses_total")
         stats = await sim_stats(sim)
-    assert stats["batches_created"] >= 1 and deadline == N
+    assert stats["batches_created"] >= 1 and deadline == N and missed == 0
     assert cheap_lanes(got, settings) == {rid: ["realtime"] for rid in ids}
     await in_time(kafka_bootstrap, settings, got, deadline_s)

@@ -21,7 +21,7 @@ grace for the records that wait for their batch; the lane's check of the cheap a
 through the tracing wrapper's ``__getattr__`` (fine on Python 3.11, whose runtime protocol
 check uses ``hasattr``; 3.12's uses ``getattr_static`` by its release notes, so there it
 would be refused with tracing on: untested);
-measurement through batches, a Grafana row, a deadline-miss alert.
+measurement through batches.
 
 The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 

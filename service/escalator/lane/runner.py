@@ -398,7 +398,10 @@ class BatchRunner:
     async def _collect(self, key: bytes, state: BatchState) -> None:
         results = {r.custom_id: r async for r in self._api.results(state.batch_id or "")}
         if state.submitted_ms is not None:
-            self.times.observe(self._clock() - state.submitted_ms / 1000)
+            took_s = self._clock() - state.submitted_ms / 1000
+            self.times.observe(took_s)
+            if self._metrics is not None:
+                self._metrics.lane_batch_seconds.observe(took_s)
         for m in state.members:
             # A member the results do not name is treated as expired: answered in real time.
             results.setdefault(m, ItemResult(m, "expired"))

@@ -253,14 +253,15 @@ async def test_a_create_that_failed_after_the_api_took_it_is_adopted() -> None:
 
 async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight() -> None:
     """Requests waiting, batches in flight and the oldest one's age since submission, and the
-    completion time the rule assumes; all back to 0 once the batch has ended."""
+    completion time the rule assumes; all back to 0 once the batch has ended; each ended
+    batch's time to results in the histogram."""
     from escalator.observability.metrics import Metrics
 
     metrics, clock = Metrics(), Clock()
     api, state = FakeBatches(succeeded, clock), FakeState()
 
-    def value(name: str) -> float:
-        return metrics.registry.get_sample_value(name) or 0.0
+    def value(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
 
     async with runner(api, state, clock, max_requests=2, metrics=metrics) as r:
         waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2, 3)]
@@ -276,6 +277,10 @@ async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight()
         await r.tick()  # b1 collected; p0o3, due by now, submitted as b2
         await settle()
         r.gauges()
+        assert value("escalator_lane_batch_seconds_count") == 1
+        assert value("escalator_lane_batch_seconds_sum") == 90
+        assert value("escalator_lane_batch_seconds_bucket", le="60.0") == 0
+        assert value("escalator_lane_batch_seconds_bucket", le="300.0") == 1
         assert value("escalator_lane_waiting") == 1
         assert value("escalator_lane_batches_in_flight") == 1
         assert value("escalator_lane_oldest_batch_age_seconds") == 0
