@@ -417,6 +417,7 @@ async def in_time(bootstrap: str, settings: Settings, got: Collected, deadline_s
     assert late == [], f"results after their deadline (id, ms late): {late}"
 
 
+@pytest.mark.timeout(300)
 async def test_errored_and_expired_items_are_answered_in_real_time_before_their_deadline(
     kafka_bootstrap: str, unique: str
 ) -> None:
@@ -497,6 +498,7 @@ async def test_errored_and_expired_items_are_answered_in_real_time_before_their_
     await in_time(kafka_bootstrap, settings, got, deadline_s)
 
 
+@pytest.mark.timeout(300)
 async def test_a_batch_that_would_miss_the_deadline_is_answered_in_real_time_in_time(
     kafka_bootstrap: str, unique: str
 ) -> None:
