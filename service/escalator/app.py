@@ -419,7 +419,13 @@ def _lane_runner(
     lane = settings.lane
     return BatchRunner(
         AnthropicBatches(models.client),
-        KafkaStateLog(settings.kafka, settings.topics.lane_state, producer),
+        KafkaStateLog(
+            settings.kafka,
+            settings.topics.lane_state,
+            producer,
+            handoff=settings.topics.handoff,
+            group=lane.group,
+        ),
         max_age_s=lane.max_age_s,
         poll_s=lane.poll_s,
         times=parts.handoff.times if parts.handoff is not None else None,

@@ -108,10 +108,18 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "promise monitors: verdicts",
         "tier 0: share",
         "tier 0: state, withdrawals",
+        "batch lane: requests waiting, per lane",
+        "batch lane: share of requests",
+        "batches in flight, the oldest one's age against the expected completion",
+        "time to results",
+        "fallbacks to real time by result (expired, errored, canceled, deadline)",
+        "deadline misses",
     ):
         assert topic in titles, topic
     rows = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"]
-    assert {"Human tier", "Holds and retention", "Promise monitors", "Tier 0"} <= set(rows)
+    assert {"Human tier", "Holds and retention", "Promise monitors", "Tier 0", "Batch lane"} <= set(
+        rows
+    )
 
 
 def test_every_rule_uses_exported_series(catalogue: dict[str, tuple[str, ...]]) -> None:
@@ -139,6 +147,8 @@ def test_every_alert_has_a_runbook() -> None:
         "EscalatorGuaranteeBroken",
         "EscalatorConfidenceDrift",
         "EscalatorTier0Withdrawn",
+        "EscalatorLaneBatchOverdue",
+        "EscalatorLaneDeadlineMissed",
     }
     for alert in alerts:
         assert alert["alert"].lower() in headings, f"no runbook section for {alert['alert']}"

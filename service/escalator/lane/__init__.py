@@ -21,7 +21,7 @@ grace for the records that wait for their batch; the lane's check of the cheap a
 through the tracing wrapper's ``__getattr__`` (fine on Python 3.11, whose runtime protocol
 check uses ``hasattr``; 3.12's uses ``getattr_static`` by its release notes, so there it
 would be refused with tracing on: untested);
-measurement through batches, a Grafana row, a deadline-miss alert.
+measurement through batches.
 
 The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 
@@ -38,7 +38,8 @@ The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 3. State: a compacted topic keyed by batch, holding the batch id, model, submission time and
    the members as hand-off places (``p<partition>o<offset>``), not texts (a batch may be
    256 MB; a Kafka record is 1 MB by default): the hand-off topic's retention must outlast
-   24 hours plus the fallback. A tombstone closes the batch once every member is routed.
+   24 hours plus the fallback. A tombstone closes the batch once it has ended and the lane
+   group has committed every member's hand-off offset (``runner.py``).
 4. The window between create and the state record: the API takes no idempotency key. Write
    an intent record (members, time) before create; a worker that finds an intent without a
    batch id lists the batches created since, and adopts the one whose results name exactly

@@ -8,7 +8,11 @@ only once what it led to is delivered. After a crash or a rebalance the records 
 the runner has read the open batches from the state topic on entry, so a record whose custom
 id is in a submitted batch waits for that batch (polled, never created again: no second
 bill), and one whose batch already ended gets its result from the kept results. A batch is
-closed (its tombstone written) once every member's outputs were delivered here.
+closed (its tombstone written) once it has ended and the lane group has committed every
+member's hand-off offset: only then can none of its records come again. Committed, not
+delivered here: a batch's members may be answered by several workers (a rebalance splits its
+partitions), or partly before a crash (those never come again), and a member delivered but
+not yet committed when its worker dies comes again and must find its batch.
 
 An intent without a batch id (a kill between the create call and its state record, or a
 create that failed in a way that may still have created the batch) is *adopted*, never
@@ -19,10 +23,6 @@ other). A batch of the intent's size still running may be it, so the intent wait
 end; when no batch can be it, the intent is closed (its tombstone) and its members, as they
 come, join a new batch. Until then they wait (the lane handler's deadline timer answers them
 in real time if that takes too long).
-
-Left for later (docs/OPERATIONS.md, "The batch lane"): a batch whose members were partly
-committed before a crash stays open on the state topic (polled, never paid for again) until
-an operator closes it.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ class StateLog(Protocol):
         """Write the tombstone of ``key`` and wait for the acknowledgement."""
         ...
 
+    async def committed(self) -> dict[int, int]:
+        """The lane group's committed offset per hand-off partition (none: left out)."""
+        ...
+
 
 class BatchRunner:
     """Assembly, submission, polling and results of the lane's batches (an async context
@@ -96,9 +100,8 @@ class BatchRunner:
         #: Submitted batches not closed, by state key; and each member's batch key.
         self._open: dict[bytes, BatchState] = {}
         self._batch_of: dict[str, bytes] = {}
-        #: Results of ended batches not closed yet; members whose outputs are delivered.
+        #: Results of ended batches not closed yet.
         self._results: dict[bytes, dict[str, ItemResult]] = {}
-        self._delivered: set[str] = set()
         self._cut: list[Batch] = []
         #: Intents without a batch id, by state key; each member's intent key; the batches
         #: already read and found not to be an intent's; intents closed here.
@@ -192,8 +195,11 @@ class BatchRunner:
             self._resolve(ItemResult(cid, "errored", error="request_too_large"))
 
     def delivered(self, partition: int, offset: int) -> None:
-        """The record's outputs are delivered: close its batch once every member's are."""
-        self._delivered.add(custom_id(partition, offset))
+        """The record's outputs are delivered: it waits no more (its batch closes once the
+        group has committed every member, :meth:`tick`)."""
+        waiter = self._waiters.get(custom_id(partition, offset))
+        if waiter is not None and waiter.done():
+            del self._waiters[custom_id(partition, offset)]
 
     def give_up(self, partitions: set[int]) -> None:
         """These hand-off partitions are no longer ours: their waiting records end (the next
@@ -259,12 +265,31 @@ class BatchRunner:
             if key not in self._results and state.batch_id is not None:
                 if await self._api.ended(state.batch_id):
                     await self._collect(key, state)
-            if key in self._results and all(m in self._delivered for m in state.members):
+        await self._close_done()
+
+    async def _close_done(self) -> None:
+        """Close every ended batch none of whose members can come again: each one's hand-off
+        offset is committed by the lane group (asked only when no member still waits here)."""
+        ended = [
+            (key, state)
+            for key, state in self._open.items()
+            if key in self._results and not any(self._pending(m) for m in state.members)
+        ]
+        if not ended:
+            return
+        committed = await self._state.committed()
+        for key, state in ended:
+            if all(place_of(m)[1] < committed.get(place_of(m)[0], 0) for m in state.members):
                 await self._state.close(key)
+                log(logger, "lane_batch_closed", batch_id=state.batch_id, size=len(state.members))
                 del self._open[key], self._results[key]
                 for m in state.members:
                     self._batch_of.pop(m, None)
-                    self._delivered.discard(m)
+                    self._waiters.pop(m, None)
+
+    def _pending(self, cid: str) -> bool:
+        waiter = self._waiters.get(cid)
+        return waiter is not None and not waiter.done()
 
     async def _submit(self, batch: Batch) -> None:
         """Intent, create, then the batch id: in that order on the state topic. A batch whose
@@ -373,7 +398,10 @@ class BatchRunner:
     async def _collect(self, key: bytes, state: BatchState) -> None:
         results = {r.custom_id: r async for r in self._api.results(state.batch_id or "")}
         if state.submitted_ms is not None:
-            self.times.observe(self._clock() - state.submitted_ms / 1000)
+            took_s = self._clock() - state.submitted_ms / 1000
+            self.times.observe(took_s)
+            if self._metrics is not None:
+                self._metrics.lane_batch_seconds.observe(took_s)
         for m in state.members:
             # A member the results do not name is treated as expired: answered in real time.
             results.setdefault(m, ItemResult(m, "expired"))

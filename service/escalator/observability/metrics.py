@@ -21,6 +21,8 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0
 TOKEN_TYPES = ("input", "output", "cache_write", "cache_read")
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ESTIMATE_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4)
+#: A batch's time from submission to its end: seconds (the emulator in tests) to 24 hours.
+LANE_BATCH_BUCKETS = (1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
 
 
 class Metrics:
@@ -131,6 +133,19 @@ class Metrics:
             "escalator_lane_expected_completion_seconds",
             "The lane's completion time as its rule assumes it (observed, else "
             "ESCALATOR_BATCH_EXPECTED_S).",
+            registry=r,
+        )
+        self.lane_batch_seconds = Histogram(
+            "escalator_lane_batch_seconds",
+            "Time from a batch's submission to its end, per batch, observed when its results "
+            "are read (the lane's time to results).",
+            buckets=LANE_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.lane_deadline_misses = Counter(
+            "escalator_lane_deadline_misses",
+            "Batch-lane requests answered after their deadline (the hand-off's absolute "
+            "deadline): by their batch, or by a real-time fallback that came too late.",
             registry=r,
         )
         self.shadow_failures = Counter(

@@ -15,7 +15,9 @@ Nothing waits past its deadline silently: a record that carries its absolute dea
 deadline less the fallback margin (ESCALATOR_BATCH_FALLBACK_S); then it leaves the batch being
 assembled if it is still there and is answered in real time
 (``escalator_lane_fallbacks{result="deadline"}``). Its batch item, if already submitted, is
-paid for at the batch price and its result ignored.
+paid for at the batch price and its result ignored. A request answered after its deadline all
+the same (it reached the lane too late, or its real-time answer took longer than the margin)
+is counted (``escalator_lane_deadline_misses``, alert EscalatorLaneDeadlineMissed).
 """
 
 from __future__ import annotations
@@ -80,7 +82,18 @@ class LaneHandler:
             request = parse_request(record.value, self.cheap.max_text_chars)
         except InvalidRequest as exc:  # the cheap tier read it before: only a foreign record
             return self.cheap.dead_letter(record, exc)
-        return self._wait(record, request)
+        return self._on_time(record, self._wait(record, request))
+
+    async def _on_time(
+        self, record: Record, answering: Coroutine[Any, Any, list[Output]]
+    ) -> list[Output]:
+        """The outputs of ``answering``, counted as a deadline miss when they come after the
+        record's deadline."""
+        outputs = await answering
+        deadline = deadline_ms(record)
+        if deadline is not None and self._clock() * 1000 > deadline:
+            self.cheap.metrics.lane_deadline_misses.inc()
+        return outputs
 
     async def _wait(self, record: Record, request: Request) -> list[Output]:
         params = self.model.request(request.text)

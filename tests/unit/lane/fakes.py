@@ -67,10 +67,13 @@ class FakeBatches:
 
 
 class FakeState:
-    """The compacted state topic as a list of (key, value) records."""
+    """The compacted state topic as a list of (key, value) records, and the lane group's
+    committed offsets (set by the test, as the engine's commits would)."""
 
     def __init__(self, records: list[tuple[bytes, bytes | None]] | None = None) -> None:
         self.records = records or []
+        #: The lane group's committed offset per hand-off partition.
+        self.offsets: dict[int, int] = {}
 
     async def read(self) -> dict[bytes, BatchState]:
         return open_batches(self.records)
@@ -80,3 +83,6 @@ class FakeState:
 
     async def close(self, key: bytes) -> None:
         self.records.append((key, None))
+
+    async def committed(self) -> dict[int, int]:
+        return dict(self.offsets)

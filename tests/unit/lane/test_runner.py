@@ -41,7 +41,7 @@ async def settle() -> None:
 async def test_members_share_one_batch_recorded_before_and_after_create() -> None:
     """Three records join one batch, cut by age: one create with their custom ids and the same
     bodies; the state topic gets the intent (no id) then the id under one key; each record gets
-    its own result when the batch ends; the tombstone follows once all three are delivered."""
+    its own result when the batch ends; the tombstone follows once all three are committed."""
     api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
     async with runner(api, state, clock) as r:
         waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (3, 4, 5)]
@@ -61,11 +61,12 @@ async def test_members_share_one_batch_recorded_before_and_after_create() -> Non
         await r.tick()
         results = await asyncio.gather(*waits)
         assert [x.message for x in results] == ["answer-p0o3", "answer-p0o4", "answer-p0o5"]
-        for o in (3, 4):
+        for o in (3, 4, 5):
             r.delivered(0, o)
+        state.offsets[0] = 5
         await r.tick()
-        assert open_batches(state.records)  # one member not delivered yet: still open
-        r.delivered(0, 5)
+        assert open_batches(state.records)  # p0o5 delivered, not committed: still open
+        state.offsets[0] = 6
         await r.tick()
         assert open_batches(state.records) == {} and state.records[-1] == (intent.key, None)
 
@@ -193,6 +194,7 @@ async def test_an_intent_whose_batch_was_created_is_adopted_not_billed_again() -
         assert [x.message for x in results] == ["answer-p2o1", "answer-p2o2"]
         for o in (1, 2):
             second.delivered(2, o)
+        state.offsets[2] = 3
         await second.tick()
         assert open_batches(state.records) == {} and len(api.created) == 1
 
@@ -251,14 +253,15 @@ async def test_a_create_that_failed_after_the_api_took_it_is_adopted() -> None:
 
 async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight() -> None:
     """Requests waiting, batches in flight and the oldest one's age since submission, and the
-    completion time the rule assumes; all back to 0 once the batch has ended."""
+    completion time the rule assumes; all back to 0 once the batch has ended; each ended
+    batch's time to results in the histogram."""
     from escalator.observability.metrics import Metrics
 
     metrics, clock = Metrics(), Clock()
     api, state = FakeBatches(succeeded, clock), FakeState()
 
-    def value(name: str) -> float:
-        return metrics.registry.get_sample_value(name) or 0.0
+    def value(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
 
     async with runner(api, state, clock, max_requests=2, metrics=metrics) as r:
         waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2, 3)]
@@ -274,6 +277,10 @@ async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight()
         await r.tick()  # b1 collected; p0o3, due by now, submitted as b2
         await settle()
         r.gauges()
+        assert value("escalator_lane_batch_seconds_count") == 1
+        assert value("escalator_lane_batch_seconds_sum") == 90
+        assert value("escalator_lane_batch_seconds_bucket", le="60.0") == 0
+        assert value("escalator_lane_batch_seconds_bucket", le="300.0") == 1
         assert value("escalator_lane_waiting") == 1
         assert value("escalator_lane_batches_in_flight") == 1
         assert value("escalator_lane_oldest_batch_age_seconds") == 0
@@ -317,3 +324,59 @@ async def test_a_batch_whose_id_could_not_be_recorded_is_adopted_not_created_aga
         assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o5"
         assert len(api.created) == 1
         assert [s.batch_id for s in open_batches(state.records).values()] == ["b1"]
+
+
+async def test_a_batch_partly_committed_before_a_crash_is_closed_by_the_next_worker() -> None:
+    """A worker answers and commits one member of an ended batch, then dies: that member never
+    comes again. The next worker answers the other from the kept results and, once the group
+    has committed both, closes the batch (it stayed open for ever when a close waited for every
+    member to be delivered in one process)."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock, max_requests=2) as first:
+        waits = [asyncio.create_task(first.join("m", 0, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        await first.tick()
+        api.finish("b1")
+        await first.tick()
+        await asyncio.gather(*waits)
+        first.delivered(0, 1)
+        state.offsets[0] = 2  # p0o1 committed; p0o2 answered, not delivered: the crash
+    async with runner(api, state, clock) as second:
+        again = await asyncio.wait_for(second.join("m", 0, 2, PARAMS), 1)
+        assert again.message == "answer-p0o2"
+        second.delivered(0, 2)
+        await second.tick()
+        assert open_batches(state.records)  # p0o2 not committed yet
+        state.offsets[0] = 3
+        await second.tick()
+        assert open_batches(state.records) == {} and len(api.created) == 1
+
+
+async def test_a_batch_split_by_a_rebalance_is_closed_once_both_workers_committed() -> None:
+    """A batch whose members' partitions went to two workers: each answers its own; the batch
+    closes once the group has committed every member, not before."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock, max_requests=2) as a:
+        waits = [asyncio.create_task(a.join("m", p, 7, PARAMS)) for p in (0, 1)]
+        await settle()
+        await a.tick()
+        a.give_up({1})
+        await settle()
+        assert waits[1].cancelled()
+        async with runner(api, state, clock) as b:
+            moved = asyncio.create_task(b.join("m", 1, 7, PARAMS))
+            api.finish("b1")
+            await a.tick()
+            await b.tick()
+            await asyncio.wait_for(asyncio.gather(waits[0], moved), 1)
+            a.delivered(0, 7)
+            b.delivered(1, 7)
+            state.offsets[0] = 8
+            await a.tick()
+            await b.tick()
+            assert open_batches(state.records)  # p1o7 not committed yet
+            state.offsets[1] = 8
+            await a.tick()
+            assert open_batches(state.records) == {} and len(api.created) == 1
+            await b.tick()  # the other worker lets it go too (a second tombstone at most)
+            assert open_batches(state.records) == {}

@@ -141,19 +141,53 @@ async def test_a_batch_that_would_end_too_late_is_answered_in_real_time_in_time(
             assert model.calls == 1
 
 
-async def test_a_request_already_inside_its_margin_never_joins_a_batch() -> None:
+def misses(cheap: CheapHandler) -> float:
+    sample = cheap.metrics.registry.get_sample_value("escalator_lane_deadline_misses_total")
+    return sample or 0.0
+
+
+@pytest.mark.parametrize(("left_s", "missed"), [(299, 0), (-1, 1)])
+async def test_a_request_already_inside_its_margin_never_joins_a_batch(
+    left_s: int, missed: int
+) -> None:
     """Handed off late (its deadline less the margin already past): answered in real time at
-    once, no batch created."""
+    once, no batch created; a deadline miss counted only when the deadline itself had passed
+    (the lane worker was that far behind)."""
     clock = Clock()
     model = FakeModel(lambda n: ok())
     cheap = handler(CheapHandler, model)
     api = FakeBatches(lambda cid, p: ItemResult(cid, "succeeded", message=batch_answer(0.95)))
     async with BatchRunner(api, FakeState(), max_age_s=0, poll_s=0.01, clock=clock) as r:
         lane = LaneHandler(cheap, r, Adapter(), fallback_s=300, clock=clock)
-        work = lane.handle(with_deadline(int((clock.now + 299) * 1000)))
+        work = lane.handle(with_deadline(int((clock.now + left_s) * 1000)))
         assert not isinstance(work, list)
         outputs = await asyncio.wait_for(work, 1)
         assert model.calls == 1 and fallbacks(cheap, "deadline") == 1
-        assert len(on(outputs, "results")) == 1
+        assert len(on(outputs, "results")) == 1 and misses(cheap) == missed
         await asyncio.sleep(0.05)
         assert api.created == [] and r.waiting() == 0
+
+
+async def test_a_batch_answer_after_the_deadline_is_counted_as_a_miss() -> None:
+    """A batch answer that comes after the deadline (the clock jumped past it while the
+    batch ran: a worker that could not fall back in time) is delivered, and counted."""
+    clock = Clock()
+    model = FakeModel(lambda n: ok())
+    cheap = handler(CheapHandler, model)
+    api = FakeBatches(lambda cid, p: ItemResult(cid, "succeeded", message=batch_answer(0.95)))
+    async with BatchRunner(
+        api, FakeState(), max_age_s=0, poll_s=0.01, clock=clock, max_requests=1
+    ) as r:
+        lane = LaneHandler(cheap, r, Adapter(), fallback_s=300, clock=clock)
+        work = lane.handle(with_deadline(int((clock.now + 3600) * 1000)))
+        assert not isinstance(work, list)
+        task = asyncio.create_task(work)
+        for _ in range(500):
+            if api.created:
+                break
+            await asyncio.sleep(0.01)
+        clock.now += 7200
+        api.finish("b1")
+        outputs = await asyncio.wait_for(task, 5)
+    [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
+    assert decision["lane"] == "batch" and model.calls == 0 and misses(cheap) == 1
