@@ -112,6 +112,7 @@ reliability: $(STAMP)
 calibration-stats: $(STAMP)
 	ESCALATOR_CALIBRATION_SCALE=full $(PYTEST) -q -s tests/unit/calibration/test_statistics.py \
 		tests/unit/calibration/test_human_backlog.py tests/unit/calibration/test_monitor.py \
+		tests/unit/calibration/test_late_measurement.py \
 		"tests/unit/calibration/test_search.py::test_the_promise_holds_in_a_world_whose_truth_is_known"
 
 # The service image and the emulator image, built from the Dockerfile with buildah (no Docker

@@ -47,7 +47,7 @@ from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 from escalator.tiers.routing import Thresholds, escalation_note, thresholds_in_force
-from escalator.tiers.table import HandlerParts, TierSpec, tier_table, topics_needed
+from escalator.tiers.table import HandlerParts, TierSpec, models_of, tier_table, topics_needed
 
 if TYPE_CHECKING:
     from escalator.tier0.artefact import Loaded as Tier0
@@ -293,7 +293,7 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
     ConfigError names the variable (or file) at fault."""
     tracing_.check(settings.tracing)  # the otel extra, when tracing is on
     table = tier_table(settings)
-    choices = [table[tier].model for tier in tiers]
+    choices = models_of([table[tier] for tier in tiers])
     task = load_task(settings.routing.task_file)
     prices = load_prices(settings.routing.prices_file)
     profiles = model_profiles(settings, choices)
@@ -344,8 +344,9 @@ def build_service(
     one per row of the tier table, over its model stack."""
     parts = load_parts(settings, tiers)
     rows = [tier_table(settings)[tier] for tier in tiers]
-    # One model stack per model tier: the lane answers in real time on the cheap tier's.
-    choices = list({row.model.tier: row.model for row in rows}.values())
+    # One model stack per model tier: the lane answers in real time on the cheap tier's, and
+    # measures shadows on the strong tier's.
+    choices = models_of(rows)
     metrics = metrics or Metrics()
     _set_static_metrics(settings, metrics, parts.thresholds)
     tracing = tracing_.start(settings.tracing)  # a no-op unless ESCALATOR_TRACING / OTEL_*
@@ -377,7 +378,9 @@ def build_service(
     beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
     if "lane" in tiers:
         runner = _lane_runner(settings, models, producer, handler_parts)
-        handler_parts = dataclasses.replace(handler_parts, runner=runner)
+        handler_parts = dataclasses.replace(
+            handler_parts, runner=runner, strong=models["strong"].caller
+        )
         beside.append(runner)
     workers = []
     for row in rows:

@@ -298,6 +298,10 @@ BATCH_EXPIRY_S = 24 * 3600.0
 HANDOFF_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
+#: What ESCALATOR_MEASURE_LANE may say.
+MEASURE_LANES = ("batch", "realtime")
+
+
 @dataclass(frozen=True, slots=True)
 class LaneSettings:
     """Deadlines, and the batch lane on the Message Batches API (``lane/``)."""
@@ -325,6 +329,11 @@ class LaneSettings:
     group: str = "escalator-lane"
     #: ESCALATOR_BATCH_POLL_S: how often the lane asks whether its batches have ended.
     poll_s: float = 10.0
+    #: ESCALATOR_MEASURE_LANE: with the lane on, the strong model's shadow answers (which no
+    #: reader waits for) go through batches at half the price (``batch``), or stay in real time
+    #: (``realtime``: the strong tier answers them, and the live agreement test sees them at
+    #: once). Tier 0's samples always stay in real time: its live test withdraws it.
+    measure: str = "batch"
 
 
 #: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
@@ -594,6 +603,9 @@ def _lane(env: _Env) -> LaneSettings:
     deadline = env.get("ESCALATOR_DEADLINE_S", None, float, "a number of seconds")
     if deadline is not None and not 1.0 <= deadline <= 30 * 86400.0:
         raise ConfigError(f"ESCALATOR_DEADLINE_S={deadline:g} must be between 1 and 2592000")
+    measure = env.text("ESCALATOR_MEASURE_LANE", d.measure).lower()
+    if measure not in MEASURE_LANES:
+        raise ConfigError(f"ESCALATOR_MEASURE_LANE={measure!r} must be batch or realtime")
     return LaneSettings(
         enabled=enabled,
         deadline_s=deadline,
@@ -603,6 +615,7 @@ def _lane(env: _Env) -> LaneSettings:
         max_age_s=env.number("ESCALATOR_BATCH_MAX_AGE_S", d.max_age_s, 1.0, 86400.0),
         group=env.text("ESCALATOR_LANE_GROUP", d.group),
         poll_s=env.number("ESCALATOR_BATCH_POLL_S", d.poll_s, 0.1, 3600.0),
+        measure=measure,
     )
 
 

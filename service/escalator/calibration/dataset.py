@@ -5,6 +5,17 @@ Decisions are paired per request id (``pair_decisions``): the cheap answer (ever
 one), the strong answer where one was due or sampled, the gold label where the request carried
 one, the threshold version and shadow rate in force. Both objectives start here; the human
 objective adds the adjudication sample on top of the pairs (``adjudications.py``).
+
+Measurement through the batch lane arrives late (hours after its request's decision) and in
+any order. Pairing is by id, so order does not matter; what matters is a measurement not in
+the log yet. A cheap decision whose shadow went by batch says so (``shadow_lane: batch``):
+when its strong record is missing, the measurement is *pending*, and counting that request as
+unsampled would lower the real sample rate below the recorded one (the estimate of
+disagreement would fall short by the pending share: an unsafe bias). So the requests are
+cut at the first pending one in decision order: those before it are complete; it is kept as
+a disagreement (conservative); those after it are left out whatever they were
+(``Dataset.pending``). docs/CALIBRATION.md, "Measurement through the batch lane", argues why
+this cut keeps the estimates unbiased but for that one conservative unit.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from escalator.contract.decisions import Decision
+from escalator.contract.messages import BATCH
 from escalator.errors import EscalatorError
 
 FloatArray = npt.NDArray[np.float64]
@@ -71,6 +83,8 @@ class Dataset:
     strata: tuple[str, ...] = ("default",)
     cheap_model: str = ""
     strong_model: str = ""
+    #: Requests left out after the first one whose batch measurement is still pending.
+    pending: int = 0
 
     @property
     def n(self) -> int:
@@ -178,6 +192,7 @@ def pair_decisions(records: Iterable[Decision]) -> Dataset:
             "no strong-tier answers: run with ESCALATOR_SHADOW_RATE > 0 to measure first"
         )
     ids = sorted(cheap, key=lambda r: (cheap[r].ts_ms, r))
+    ids, pending = _settled(ids, cheap, called)
     labels = sorted(
         {
             r.attempt.label
@@ -239,7 +254,19 @@ def pair_decisions(records: Iterable[Decision]) -> Dataset:
         strata=tuple(versions),
         cheap_model=cheap[ids[0]].attempt.model,
         strong_model=first_strong,
+        pending=pending,
     )
+
+
+def _settled(ids: list[str], cheap: dict[str, Decision], called: set[str]) -> tuple[list[str], int]:
+    """``ids`` (in decision order) up to and including the first whose batch measurement is
+    not in the log yet, which is marked called (no valid strong answer: a disagreement); and
+    how many were left out after it."""
+    for i, rid in enumerate(ids):
+        if cheap[rid].shadow_lane == BATCH and rid not in called:
+            called.add(rid)
+            return ids[: i + 1], len(ids) - i - 1
+    return ids, 0
 
 
 def default_grid() -> FloatArray:

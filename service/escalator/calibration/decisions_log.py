@@ -77,13 +77,19 @@ def load(
 
 
 def with_late_decisions(records: list[Decision], until_ms: int | None) -> list[Decision]:
-    """The window's records (before ``until_ms``) plus the human decisions made after it for
-    the window's own requests: a person decides minutes or hours after the request, and the
-    window is defined by its requests, not by when people got to them. ``records`` is
-    everything read from ``--since`` on, ``--until`` not applied."""
+    """The window's records (before ``until_ms``) plus the human decisions and the shadow
+    (measurement) decisions made after it for the window's own requests: a person decides
+    minutes or hours after the request, a shadow measured through the batch lane lands up to
+    a day after it, and the window is defined by its requests, not by when their measurement
+    came. ``records`` is everything read from ``--since`` on, ``--until`` not applied."""
     if until_ms is None:
         return records
     window = [r for r in records if r.ts_ms < until_ms]
-    ids = {r.id for r in window if r.tier == "cheap"}
-    late = [r for r in records if r.ts_ms >= until_ms and r.tier == HUMAN and r.id in ids]
+    ids = {r.id for r in window if r.tier == "cheap" and not r.shadow}
+    late = [r for r in records if r.ts_ms >= until_ms and r.id in ids and _late_kind(r)]
     return window + late
+
+
+def _late_kind(record: Decision) -> bool:
+    """A person's decision, or a strong answer made for measurement (shadow)."""
+    return record.tier == HUMAN or (record.tier == "strong" and record.shadow)

@@ -302,6 +302,8 @@ def agreement_in_force(records: list[Decision], delta: float = 0.05) -> dict[str
         "lower_bound": float(1.0 - bounds.upper(c, delta)[0]),
         "level": 1.0 - delta,
         "shadowed": int(d.shadowed.sum()),
+        # Requests after the first whose batch measurement is not in the log yet: left out.
+        "pending": d.pending,
     }
 
 
@@ -390,6 +392,11 @@ def render_text(report: dict[str, Any], simulated_note: str = "") -> str:
             f"  agreement with strong, as routed: {agree['point']:.4f} (lower bound "
             f"{agree['lower_bound']:.4f} at {agree['level']:.0%}; {agree['shadowed']} shadowed)"
         )
+        if agree.get("pending"):
+            lines.append(
+                f"    ({agree['pending']} later requests left out: a batch measurement before "
+                "them is still pending)"
+            )
     tiers = report.get("three_tier")
     if tiers:
         lines += _three_tier_lines(tiers, usd)

@@ -190,6 +190,13 @@ def calibrate(
     from escalator.calibration.dataset import pair_decisions
 
     data = pair_decisions(records)
+    if data.pending:
+        print(
+            f"calibrate: {data.pending} request(s) left out after the first whose batch "
+            f"measurement is still pending (decided {_iso(int(data.ts_ms.max()))}): the window "
+            "ends there (docs/CALIBRATION.md, measurement through the batch lane)",
+            file=err,
+        )
     ledger = ledger_path(req) if req.objective in CERTIFYING else None
     earlier = (
         []

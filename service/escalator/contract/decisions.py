@@ -58,6 +58,7 @@ _KNOWN = frozenset(
         "lane",
         "deadline_s",
         "tier0_version",
+        "shadow_lane",
     }
 )
 
@@ -162,6 +163,10 @@ class Decision:
     #: Tier 0's answers only: the version of the artefact that answered (added within
     #: version 1; absent on every other record).
     tier0_version: str | None = None
+    #: Cheap accepted decisions whose shadow (the strong model's measurement) was drawn: the
+    #: lane it travels by, ``batch`` or ``realtime``; None: none drawn (added within
+    #: version 1). Calibration knows from it which batch measurements are still pending.
+    shadow_lane: str | None = None
     #: Keys this version does not know, kept so that what is read can be written back whole.
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: The object this record was read from (None when written by this process): what
@@ -188,6 +193,7 @@ class Decision:
         lane: str | None = None,
         deadline_s: float | None = None,
         tier0_version: str | None = None,
+        shadow_lane: str | None = None,
     ) -> Decision:
         """One model call's record, stamped now.
 
@@ -215,6 +221,7 @@ class Decision:
             lane=lane if lane is not None else lane_of(attempt, None),
             deadline_s=deadline_s if deadline_s is not None else request.deadline_s,
             tier0_version=tier0_version,
+            shadow_lane=shadow_lane,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,6 +248,8 @@ class Decision:
         value["deadline_s"] = self.deadline_s
         if self.tier0_version is not None:
             value["tier0_version"] = self.tier0_version
+        if self.shadow_lane is not None:
+            value["shadow_lane"] = self.shadow_lane
         if self.adjudication is not None:
             value["adjudication"] = {
                 "sampled": self.adjudication.sampled,
@@ -299,6 +308,7 @@ class Decision:
             lane=lane_of(attempt, data.get("lane")),
             deadline_s=_positive(data.get("deadline_s")),
             tier0_version=_opt_str_only(data.get("tier0_version")),
+            shadow_lane=_lane_or_none(data.get("shadow_lane")),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
             raw=data,
         )
@@ -311,6 +321,10 @@ def lane_of(attempt: Attempt, recorded: Any) -> str:
     if recorded in LANES:
         return str(recorded)
     return BATCH if attempt.service_tier == BATCH else REALTIME
+
+
+def _lane_or_none(value: Any) -> str | None:
+    return str(value) if value in LANES else None
 
 
 def _is_num(value: Any) -> bool:

@@ -20,8 +20,12 @@ answered in real time (``tiers/lane.py``). Still missing: a stop waits the whole
 grace for the records that wait for their batch; the lane's check of the cheap adapter goes
 through the tracing wrapper's ``__getattr__`` (fine on Python 3.11, whose runtime protocol
 check uses ``hasattr``; 3.12's uses ``getattr_static`` by its release notes, so there it
-would be refused with tracing on: untested);
-measurement through batches.
+would be refused with tracing on: untested).
+
+Measurement (ESCALATOR_MEASURE_LANE=batch, the default with the lane on): the shadows the
+cheap tier draws are handed off too (``handoff.py``) and answered by the strong model in
+batches (``tiers/lane.py``); the cheap decision says so (``shadow_lane``), and calibration
+treats one not answered yet as pending (``calibration/dataset.py``).
 
 The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
 

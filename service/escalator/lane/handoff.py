@@ -10,6 +10,12 @@ from; the lane worker reads them, and every output of the lane drops them again
 
 A record flagged ``x-escalator-lane: realtime`` is never handed off: that is how the lane
 sends back what it could not answer in time (an expired or canceled batch item).
+
+Measurement (ESCALATOR_MEASURE_LANE=batch, the default with the lane on): a shadow the cheap
+tier draws is handed off too (:meth:`HandOff.measurement`), as its escalation value flagged
+``x-escalator-measure: shadow``, instead of going to the escalations topic. It has no
+deadline: no reader waits for it. The lane answers it with the strong model in a batch and
+writes its shadow decision (``tiers/lane.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,14 @@ DEADLINE_HEADER = H_PREFIX + "deadline-ms"
 ORIGIN_HEADER = H_PREFIX + "handoff-of"
 #: ``realtime`` on a request the lane sent back: answered in real time, never handed off again.
 LANE_HEADER = H_PREFIX + "lane"
+#: ``shadow`` on a measurement the lane answers with the strong model (an escalation value).
+MEASURE_HEADER = H_PREFIX + "measure"
+SHADOW = b"shadow"
+
+
+def measurement(record: Record) -> bool:
+    """True when the hand-off ``record`` is a shadow to measure, not a request to answer."""
+    return any(k == MEASURE_HEADER and v == SHADOW for k, v in record.headers or ())
 
 
 def flagged_realtime(record: Record) -> bool:
@@ -55,16 +69,35 @@ class HandOff:
         times: CompletionTimes,
         topic: str,
         *,
+        measures: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rule = rule
         self.times = times
         self.topic = topic
+        #: Shadows go through the lane (ESCALATOR_MEASURE_LANE=batch).
+        self.measures = measures
         self._clock = clock
 
     @classmethod
     def of(cls, settings: LaneSettings, topic: str) -> HandOff:
-        return cls(LaneRule.of(settings), CompletionTimes(settings.expected_s), topic)
+        return cls(
+            LaneRule.of(settings),
+            CompletionTimes(settings.expected_s),
+            topic,
+            measures=settings.measure == BATCH,
+        )
+
+    def measurement(self, record: Record, escalation: bytes) -> Output:
+        """The hand-off of a shadow drawn for ``record`` (its escalation value): an output of
+        ``record``, so the request's offset commits only once the measurement is durable."""
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        headers = [
+            *propagated_headers(record.headers),
+            (MEASURE_HEADER, SHADOW),
+            (ORIGIN_HEADER, origin.encode()),
+        ]
+        return Output(self.topic, escalation, record.key, headers)
 
     def choose(self, record: Record, request: Request) -> Choice:
         waited_s = self._clock() - record.timestamp / 1000

@@ -113,6 +113,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.lane_measurements = Counter(
+            "escalator_lane_measurements",
+            "Shadows measured through the batch lane, by their batch result: succeeded (the "
+            "shadow decision written at the batch price), invalid (asked again in real time), "
+            "errored, expired, canceled (answered in real time instead).",
+            ["result"],
+            registry=r,
+        )
         self.lane_waiting = Gauge(
             "escalator_lane_waiting",
             "Batch-lane requests waiting for their batch's result (in no batch yet, or in one "

@@ -11,6 +11,11 @@ is never retried. When the cheap model is down or rate-limited the record is *he
 transient failures that exhaust their retries. A record whose cheap calls keep failing while
 others succeed is escalated as ``cheap_unavailable`` after a bounded number of attempts.
 
+With the batch lane on and ESCALATOR_MEASURE_LANE=batch, a drawn shadow goes to the lane's
+hand-off topic instead of the escalations topic (the lane answers it with the strong model in
+a batch, through :meth:`StrongHandler.answered`), and the cheap decision records the lane its
+shadow took (``shadow_lane``).
+
 Strong: answer the escalation and publish the final decision. While the strong model's rate
 limit is tight (``admission.py``), shadow escalations are shed at random before any call, and
 the kept ones record the sample rate actually applied (the cheap tier's times the probability
@@ -44,7 +49,9 @@ from typing import Any, Protocol
 
 from escalator.contract.decisions import TIER0, Decision
 from escalator.contract.messages import (
+    BATCH,
     H_PREFIX,
+    REALTIME,
     Attempt,
     Escalation,
     Headers,
@@ -255,6 +262,7 @@ class _Base:
         shadow: bool = False,
         sample_rate: float | None = None,
         adjudication: tuple[bool, float] | None = None,
+        shadow_lane: str | None = None,
     ) -> Output:
         """The decisions-log record of one model answer (counted in metrics here, once)."""
         self.metrics.observe_attempt(attempt, shadow=shadow)
@@ -269,6 +277,7 @@ class _Base:
             shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
             adjudication=adjudication,
             deadline_s=self.lane.deadline_s(request),
+            shadow_lane=shadow_lane,
         ).value()
         return Output(self.topics.decisions, value, key)
 
@@ -479,7 +488,15 @@ class CheapHandler(_Base):
             else:
                 decision, reason = route(attempt, self.thresholds)
             outcome = "accepted" if decision == "accept" else "escalated"
-            outputs.append(self.decision(request, attempt, key, outcome=outcome))
+            # The shadow draw first: the decision records it (``shadow_lane``), so that
+            # calibration knows which measurements are still on their way.
+            drawn = (
+                decision == "accept"
+                and self.shadow_rate > 0
+                and self.rng.random() < self.shadow_rate
+            )
+            via = self._shadow_lane() if drawn else None
+            outputs.append(self.decision(request, attempt, key, outcome=outcome, shadow_lane=via))
         self.log_decision(request, attempt, escalated=decision == "escalate")
         if decision == "accept":
             self.metrics.decision(self.tier, attempt.label or "", "accepted")
@@ -492,19 +509,27 @@ class CheapHandler(_Base):
                 threshold_version=self.thresholds.version,
             )
             outputs.append(Output(self.topics.results, value, key, headers))
-            if self.shadow_rate > 0 and self.rng.random() < self.shadow_rate:
-                # Measurement: the strong tier answers this one too, for the decisions log
-                # only. The rate travels with it so estimates can be weighted by 1/rate.
+            if via is not None:
+                # Measurement: the strong model answers this one too, for the decisions log
+                # only. The rate travels with it so estimates can be weighted by 1/rate. Through
+                # the batch lane at half the price (ESCALATOR_MEASURE_LANE), else the strong tier.
                 shadow = escalation_value(
                     request, "shadow", attempt, shadow=True, sample_rate=self.shadow_rate
                 )
-                outputs.append(Output(self.topics.escalations, shadow, key, headers))
+                if via == BATCH and self.handoff is not None:
+                    outputs.append(self.handoff.measurement(record, shadow))
+                else:
+                    outputs.append(Output(self.topics.escalations, shadow, key, headers))
             return outputs
         self.metrics.decision(self.tier, attempt.label or "", "escalated")
         tracing.escalated(reason or "low_confidence")
         value = escalation_value(request, reason or "low_confidence", attempt)
         outputs.append(Output(self.topics.escalations, value, key, headers))
         return outputs
+
+    def _shadow_lane(self) -> str:
+        """The lane a shadow drawn now travels by."""
+        return BATCH if self.handoff is not None and self.handoff.measures else REALTIME
 
     def _unavailable(self, error: str) -> Attempt:
         return Attempt(
@@ -519,6 +544,13 @@ class CheapHandler(_Base):
 
 class StrongHandler(_Base):
     tier = "strong"
+
+    def __init__(self, *, record_lost: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: Write a decision for a shadow whose strong call failed for good (the batch lane's
+        #: measurements: the cheap decision said one is on its way, and calibration waits for
+        #: it; the record counts as a disagreement there, docs/CALIBRATION.md).
+        self.record_lost = record_lost
 
     def _give_up(
         self,
@@ -559,27 +591,64 @@ class StrongHandler(_Base):
                 escalation = replace(escalation, sample_rate=escalation.sample_rate * keep)
         return self._ask(record, escalation, nominal)
 
-    async def _ask(self, record: Record, escalation: Escalation, nominal: float) -> list[Output]:
+    async def measure_now(
+        self, record: Record, escalation: Escalation, decisions: list[Output]
+    ) -> list[Output]:
+        """A shadow the batch lane could not answer (errored, expired, canceled, or an invalid
+        answer): asked in real time, after ``decisions`` (never shed: it was drawn already)."""
+        return await self._ask(record, escalation, escalation.sample_rate, decisions)
+
+    def invalid(self, record: Record, escalation: Escalation, attempt: Attempt) -> Output:
+        """The decision of an answer that failed validation (logged too)."""
         request = escalation.request
-        key = record.key or request.id.encode()
+        self.log_decision(request, attempt, escalated=True)
+        return self.decision(
+            request,
+            attempt,
+            record.key or request.id.encode(),
+            outcome="invalid",
+            shadow=escalation.shadow,
+            sample_rate=escalation.sample_rate,
+        )
+
+    def _lost(self, record: Record, escalation: Escalation, reason: str) -> Output:
+        """The decision of a measurement that failed for good: no answer, nothing billed."""
+        request = escalation.request
+        attempt = Attempt(
+            tier=self.tier,
+            model=self.caller.model,
+            label=None,
+            confidence=0.0,
+            valid=False,
+            error=f"measurement_lost:{reason}",
+        )
+        value = Decision.of_answer(
+            request,
+            attempt,
+            outcome="shadow",
+            threshold_version=self.thresholds.version,
+            shadow=True,
+            sample_rate=escalation.sample_rate,
+            deadline_s=self.lane.deadline_s(request),
+        ).value()
+        return Output(self.topics.decisions, value, record.key or request.id.encode())
+
+    async def _ask(
+        self,
+        record: Record,
+        escalation: Escalation,
+        nominal: float,
+        decisions: list[Output] | None = None,
+    ) -> list[Output]:
+        request = escalation.request
         shadow = escalation.shadow
-        decisions: list[Output] = []
+        decisions = [] if decisions is None else decisions
         attempts: list[Attempt] = [escalation.cheap]
 
         def invalid(attempt: Attempt) -> None:
             # The caller asks again, up to its policy's limit; each answer is logged.
             attempts.append(attempt)
-            decisions.append(
-                self.decision(
-                    request,
-                    attempt,
-                    key,
-                    outcome="invalid",
-                    shadow=shadow,
-                    sample_rate=escalation.sample_rate,
-                )
-            )
-            self.log_decision(request, attempt, escalated=True)
+            decisions.append(self.invalid(record, escalation, attempt))
 
         # A refused cheap answer carries the API's fallback credit token: the strong call
         # echoes it, so the request is billed as if it had been on the strong model all along.
@@ -590,11 +659,29 @@ class StrongHandler(_Base):
             )
         except PermanentError as exc:  # poison, a 400 for it alone, or invalid answers
             self._watch(escalation, None, nominal)
+            if shadow and self.record_lost:
+                decisions.append(self._lost(record, escalation, exc.reason))
             return self._give_up(record, exc, decisions, shadow)
         attempts.append(attempt)
         self._watch(escalation, attempt, nominal)
+        return self.answered(record, escalation, attempt, attempts, decisions)
+
+    def answered(
+        self,
+        record: Record,
+        escalation: Escalation,
+        attempt: Attempt,
+        attempts: list[Attempt] | None = None,
+        decisions: list[Output] | None = None,
+    ) -> list[Output]:
+        """The outputs of a strong answer, real-time or from the batch lane (a shadow's, whose
+        ``service_tier: batch`` makes its decision say ``lane: batch``): the adjudication
+        draw, then people, the refusal policy or the final (or shadow) decision."""
+        request = escalation.request
+        attempts = [escalation.cheap, attempt] if attempts is None else attempts
+        decisions = [] if decisions is None else decisions
         outputs, draw = self._adjudicate(record, escalation, attempt)
-        if not shadow:
+        if not escalation.shadow:
             reason = self.review.review_reason(escalation.cheap, attempt, self.thresholds)
             if reason is not None:
                 handed = self._to_review(record, escalation, attempt, reason, draw)

@@ -18,6 +18,18 @@ assembled if it is still there and is answered in real time
 paid for at the batch price and its result ignored. A request answered after its deadline all
 the same (it reached the lane too late, or its real-time answer took longer than the margin)
 is counted (``escalator_lane_deadline_misses``, alert EscalatorLaneDeadlineMissed).
+
+Measurement (a hand-off record flagged ``x-escalator-measure: shadow``, ``lane/handoff.py``):
+a shadow the cheap tier drew, as its escalation value. It joins a batch of the strong model
+and has no deadline (no reader waits for it). A ``succeeded`` answer is handled by the strong
+tier's own code (:meth:`StrongHandler.answered`): the shadow decision with its sample rate,
+``lane: batch`` and the batch price, the adjudication draw, and no result (the request has
+its result already). An invalid answer is recorded and asked again in real time, as the
+real-time caller asks again; ``errored``, ``expired`` and ``canceled`` items are asked in real
+time (:meth:`StrongHandler.measure_now`, full price, never shed), and one that fails there
+too is recorded as lost (``measurement_lost:<reason>``), which calibration counts as a
+disagreement (docs/CALIBRATION.md, "Measurement through the batch lane").
+``escalator_lane_measurements_total{result}`` counts them.
 """
 
 from __future__ import annotations
@@ -29,13 +41,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import TopicPartition
 
-from escalator.contract.messages import Attempt, Request, parse_request
+from escalator.contract.messages import (
+    Attempt,
+    Escalation,
+    Request,
+    parse_escalation,
+    parse_request,
+)
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest
 from escalator.lane.batches import ItemResult
-from escalator.lane.handoff import deadline_ms
+from escalator.lane.handoff import deadline_ms, measurement
 from escalator.lane.runner import BatchRunner
-from escalator.tiers.handlers import CheapHandler
+from escalator.tiers.handlers import CheapHandler, StrongHandler
 
 #: The fallback's label when the deadline comes before the batch's result (the other labels
 #: are the batch result kinds).
@@ -66,18 +84,29 @@ class LaneHandler:
         model: BatchModel,
         *,
         fallback_s: float,
+        strong: StrongHandler | None = None,
+        strong_model: BatchModel | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cheap = cheap
         self.runner = runner
         self.model = model
         self.fallback_s = fallback_s
+        #: The strong tier's code and adapter, for the shadows measured here.
+        self.strong = strong
+        self.strong_model = strong_model
         self._clock = clock
 
     def should_pause(self) -> bool:
         return self.cheap.should_pause()
 
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
+        if measurement(record) and self.strong is not None:
+            try:
+                escalation = parse_escalation(record.value, self.strong.max_text_chars)
+            except InvalidRequest as exc:  # the cheap tier wrote it: only a foreign record
+                return self.strong.dead_letter(record, exc)
+            return self._measure(record, escalation)
         try:
             request = parse_request(record.value, self.cheap.max_text_chars)
         except InvalidRequest as exc:  # the cheap tier read it before: only a foreign record
@@ -108,6 +137,26 @@ class LaneHandler:
             return self.cheap.routed(record, request, self.model.attempt(result.message))
         self.cheap.metrics.lane_fallbacks.labels(result.kind).inc()
         return await self.cheap.ask(record, request)
+
+    async def _measure(self, record: Record, escalation: Escalation) -> list[Output]:
+        """A shadow, answered by the strong model in a batch (no deadline: no reader waits)."""
+        strong, model = self.strong, self.strong_model
+        assert strong is not None and model is not None  # handle() checked; built together
+        params = model.request(escalation.request.text)
+        result = await self.runner.join(model.model, record.partition, record.offset, params)
+        counted = self.cheap.metrics.lane_measurements
+        if result.kind != "succeeded":
+            counted.labels(result.kind).inc()
+            return await strong.measure_now(record, escalation, [])
+        attempt = model.attempt(result.message)
+        if not attempt.valid and not attempt.refused:
+            # As the real-time caller does with an answer that fails validation: recorded,
+            # and asked again (in real time: the batch's answer was had).
+            counted.labels("invalid").inc()
+            invalid = strong.invalid(record, escalation, attempt)
+            return await strong.measure_now(record, escalation, [invalid])
+        counted.labels("succeeded").inc()
+        return strong.answered(record, escalation, attempt)
 
     async def _in_time(
         self, join: Coroutine[Any, Any, ItemResult], deadline: int | None

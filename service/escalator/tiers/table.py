@@ -6,6 +6,7 @@ builds each row the same way. Adding a tier, or a lane, is adding a row (and a h
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,6 +76,9 @@ class HandlerParts:
     handoff: HandOff | None = None
     #: The lane worker's batches (built by the service when it runs the lane).
     runner: BatchRunner | None = None
+    #: The strong model's caller, for the shadows the lane measures (the service hands it to
+    #: the lane row, whose ``also`` names the strong model).
+    strong: ModelCaller | None = None
     #: Tier 0 (ESCALATOR_TIER0_FILE, loaded and checked in ``app.load_parts``): the cheap
     #: tier answers with it first; None: off.
     tier0: LocalAnswers | None = None
@@ -137,6 +141,15 @@ class TierSpec:
     max_in_flight: int | None = None
     #: Whether its handler is also the worker's Holder (told of assignments and deliveries).
     holds: bool = False
+    #: Models it calls besides its own (the lane: the strong one, for shadows): the service
+    #: builds and checks their stacks too.
+    also: tuple[ModelChoice, ...] = ()
+
+
+def models_of(rows: list[TierSpec]) -> list[ModelChoice]:
+    """The models ``rows`` call, one per model tier, in order."""
+    every = [m for row in rows for m in (row.model, *row.also)]
+    return list({m.tier: m for m in every}.values())
 
 
 def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
@@ -177,18 +190,37 @@ def strong_handler(parts: HandlerParts, caller: ModelCaller) -> StrongHandler:
 
 def lane_handler(parts: HandlerParts, caller: ModelCaller) -> LaneHandler:
     """The lane worker: the cheap tier's routing and real-time fallback over ``caller``, the
-    batches of ``parts.runner``, the request body and answer parse of the cheap adapter."""
+    batches of ``parts.runner``, the request body and answer parse of the cheap adapter; and
+    for the shadows it measures, the strong tier's code over ``parts.strong`` (with no live
+    agreement test: it would see the shadow units without the escalations, docs/OPERATIONS.md)
+    which records a measurement lost for good."""
     if parts.runner is None:
         raise ConfigError("ESCALATOR_BATCH_LANE: the lane worker was built without its batches")
+    if parts.strong is None:
+        raise ConfigError(
+            "ESCALATOR_BATCH_LANE: the lane worker was built without the strong model"
+        )
+    adapter, strong_adapter = _batch_model(caller), _batch_model(parts.strong)
+    strong = strong_handler(dataclasses.replace(parts, watches=NoWatches()), parts.strong)
+    strong.record_lost = True
+    return LaneHandler(
+        cheap_handler(parts, caller),
+        parts.runner,
+        adapter,
+        fallback_s=parts.lane.fallback_s,
+        strong=strong,
+        strong_model=strong_adapter,
+    )
+
+
+def _batch_model(caller: ModelCaller) -> BatchModel:
     adapter = caller.client
     if not isinstance(adapter, BatchModel):
         raise ConfigError(
-            "ESCALATOR_BATCH_LANE: the cheap model's client cannot build batch requests "
-            f"({type(adapter).__name__})"
+            f"ESCALATOR_BATCH_LANE: the model {caller.model}'s client cannot build batch "
+            f"requests ({type(adapter).__name__})"
         )
-    return LaneHandler(
-        cheap_handler(parts, caller), parts.runner, adapter, fallback_s=parts.lane.fallback_s
-    )
+    return adapter
 
 
 def tiers_to_run(role: str, settings: Settings) -> list[str]:
@@ -209,8 +241,11 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
     """Every tier, by name, in :data:`TIERS` order."""
     t, p, m, rv = settings.topics, settings.pipeline, settings.model, settings.review
     strong_needs = {t.reviews} if rv.human_tier else set()
-    if rv.adjudicate_agree > 0 or rv.adjudicate_disagree > 0:
-        strong_needs.add(t.adjudications)
+    adjudicates = (
+        {t.adjudications} if rv.adjudicate_agree > 0 or rv.adjudicate_disagree > 0 else set()
+    )
+    strong_needs |= adjudicates
+    strong = ModelChoice("strong", m.strong_model, "ESCALATOR_STRONG_MODEL")
     rows = (
         TierSpec(
             "cheap",
@@ -226,20 +261,23 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             strong_handler,
             topic=t.escalations,
             group=p.strong_group,
-            model=ModelChoice("strong", m.strong_model, "ESCALATOR_STRONG_MODEL"),
+            model=strong,
             needs=frozenset(strong_needs),
         ),
         # The batch lane (issue 24): not in TIERS; run by name, or by `all` with the lane on
-        # (tiers_to_run). Its real-time fallback is the cheap tier's, on the same model stack.
+        # (tiers_to_run). Its real-time fallback is the cheap tier's, on the same model stack;
+        # the shadows it measures (ESCALATOR_MEASURE_LANE) are the strong model's, and may be
+        # sampled for adjudication as the strong tier samples them.
         TierSpec(
             "lane",
             lane_handler,
             topic=t.handoff,
             group=settings.lane.group,
             model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
-            needs=frozenset({t.handoff, t.lane_state}),
+            needs=frozenset({t.handoff, t.lane_state} | adjudicates),
             max_in_flight=MAX_REQUESTS,
             holds=True,
+            also=(strong,),
         ),
     )
     return {row.name: row for row in rows}

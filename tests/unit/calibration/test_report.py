@@ -190,6 +190,27 @@ def test_report_uses_the_same_estimators_for_agreement_as_routed() -> None:
     assert got["lower_bound"] < got["point"] <= 1.0
 
 
+def test_report_leaves_out_what_follows_a_pending_batch_measurement() -> None:
+    """A request whose batch shadow is not in the log yet ends the report's agreement window:
+    the later requests are left out, and the text says how many."""
+    from escalator.calibration.report import agreement_in_force
+
+    w = worlds.realistic()
+    records = worlds.records(w, np.random.default_rng(9), 2000, p=0.2, tau=0.7)
+    shadowed = {r["id"] for r in records if r["shadow"]}
+    for r in records:
+        if r["id"] in shadowed and r["attempt"]["tier"] == "cheap":  # type: ignore[index]
+            r["shadow_lane"] = "batch"
+    cut = sorted(shadowed, key=lambda i: int(i[1:]))[len(shadowed) // 2]
+    log = [r for r in records if not (r["id"] == cut and r["shadow"])]
+    got = agreement_in_force(read(log))
+    assert got is not None and got["pending"] == 2000 - 1 - int(cut[1:])
+    assert f"{got['pending']} later requests left out" in render_text(
+        build_report(read(log), load_prices(None))
+    )
+    assert agreement_in_force(read(records))["pending"] == 0  # type: ignore[index]
+
+
 def test_report_three_tiers_counts_people_apart_and_prices_them() -> None:
     """Human decisions are counted by queue (each review_id once), priced at --review-cost,
     and never priced by tokens; without human decisions the report has no such section."""

@@ -214,6 +214,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_BATCH_FALLBACK_S": [Case("-1"), Case("some")],
     "ESCALATOR_BATCH_MAX_AGE_S": [Case("0"), Case("old")],
     "ESCALATOR_BATCH_POLL_S": [Case("0"), Case("often")],
+    "ESCALATOR_MEASURE_LANE": [Case("later")],
     "OTEL_TRACES_EXPORTER": [
         Case("zipkin"),
         Case("none,otlp"),
