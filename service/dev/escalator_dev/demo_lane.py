@@ -165,19 +165,19 @@ def side_by_side(realtime: LaneFigures, lane: LaneFigures) -> Iterator[str]:
     def ratio(top: float, bottom: float) -> str:
         return f"{top / bottom:.0%}" if bottom else "n/a"
 
-    yield f"  {'':<30}{'real time (phase 3)':>22}{'batch lane':>16}{'lane / real time':>18}"
+    yield f"  {'':<28}{'real time (phase 3)':>22}{'batch lane':>18}{'lane / real time':>18}"
     rows = (
         ("cheap model, per 1,000", realtime.cheap_per_1k, lane.cheap_per_1k),
         ("strong model, per 1,000", realtime.strong_per_1k, lane.strong_per_1k),
         ("total, per 1,000 requests", realtime.total_per_1k, lane.total_per_1k),
     )
     for name, rt, ln in rows:
-        yield f"  {name:<30}{f'${rt:.4f}':>22}{f'${ln:.4f}':>16}{ratio(ln, rt):>18}"
+        yield f"  {name:<28}{f'${rt:.4f}':>22}{f'${ln:.4f}':>18}{ratio(ln, rt):>18}"
     times = (
         f"{realtime.p50_s:.1f} s / {realtime.p99_s:.1f} s",
         f"{lane.p50_s:.1f} s / {lane.p99_s:.1f} s",
     )
-    yield f"  {'time to result, p50 / p99':<30}{times[0]:>22}{times[1]:>16}"
+    yield f"  {'time to result, p50 / p99':<28}{times[0]:>22}{times[1]:>18}"
     yield (
         f"  {lane.batch_answers} of {lane.requests} cheap answers came from batches, at half "
         "price; escalations went to the strong model in real time, at full price."
