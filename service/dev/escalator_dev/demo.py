@@ -31,7 +31,7 @@ from escalator.cli._common import fraction, integer, number
 from escalator.config import Settings, load_settings
 from escalator.contract.messages import DeadLetterInfo
 from escalator.errors import EscalatorError
-from escalator_dev import datasets
+from escalator_dev import datasets, demo_lane
 from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, cache_root, kafka_version_from_log
 
@@ -144,6 +144,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         after_t = "all" if result.threshold > 1 else f"{result.threshold:.2f}"
         _compare(f"after:  threshold {after_t} (phase 3)", after, result.threshold)
         _what_it_measures(before, after, result.threshold, args.target)
+        if args.lane_batch_s:
+            thresholds = out_dir / "thresholds.json"
+            lane_s = args.lane_batch_s
+            demo_lane.lane_phase(env, rollout, tally, thresholds, lane_s, simulated, _round_trip)
 
         print(
             f"\nPhase 4: the human tier, on {len(people)} new requests. The strong tier hands "
@@ -571,4 +575,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="demo-output",
         help="where the threshold files, the plot and the decisions log go (default demo-output)",
     )
+    demo_lane.add_arguments(demo)
     demo.set_defaults(func=cmd_demo)

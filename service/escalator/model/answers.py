@@ -47,7 +47,8 @@ def attempt_of(
     if message.stop_reason == "refusal":
         details = getattr(message, "stop_details", None)
         refusal = (details.category if details else None) or "uncategorized"
-        token = details.fallback_credit_token if details else None
+        # The beta's field: a batch result's Message (not beta) has no such attribute.
+        token = getattr(details, "fallback_credit_token", None)
         label, confidence, error = None, 0.0, "refused"
     else:
         raw_text = "".join(b.text for b in message.content if b.type == "text")

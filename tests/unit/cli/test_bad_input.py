@@ -479,6 +479,7 @@ FLAG_CASES: dict[str, list[list[str]]] = {
     "demo --target": [["demo", "--target", "1"]],
     "demo --strong-threshold": [["demo", "--strong-threshold", "2"]],
     "demo --output-dir": [],
+    "demo --lane-batch-s": [["demo", "--lane-batch-s", "-1"], ["demo", "--lane-batch-s", "301"]],
     "tier0 pairs --since": [["tier0", "pairs", "--since", "x"]],
     "tier0 pairs --until": [["tier0", "pairs", "--until", "x"]],
     "tier0 pairs --output": [["tier0", "pairs", "--output", "/no/such/dir/p.jsonl"]],
