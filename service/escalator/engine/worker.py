@@ -32,6 +32,7 @@ import contextlib
 import contextvars
 import logging
 import time
+import traceback
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -478,7 +479,31 @@ class TierWorker:
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A handler answers every record (bad input with a dead letter), and a delivery
+        strategy retries until acknowledged: a task that raises is a bug. Its record stays
+        uncommitted (redone by the next owner); the worker stops and the service exits saying
+        why, rather than leave the partition stalled behind it with a line from asyncio."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        log(
+            logger,
+            "handler_failed",
+            logging.ERROR,
+            tier=self.tier,
+            error=type(exc).__name__,  # not its message: it may quote the record's text
+            at=f"{where[0].filename}:{where[0].lineno}" if where else None,
+        )
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop()
 
     def _set_paused(self, pause: bool, keep: set[TopicPartition] | None = None) -> None:
         assignment = self._consumer.assignment()

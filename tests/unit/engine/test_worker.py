@@ -270,3 +270,45 @@ async def test_a_handler_with_handle_batch_gets_each_fetched_batch_in_one_call(
     assert sorted(o for b in handler.batches for o in b) == list(range(40))
     assert len(handler.batches) == len(consumer.redo_at_fetch), "one call per fetched batch"
     assert max(len(b) for b in handler.batches) > 1
+
+
+class Buggy:
+    """A handler with a bug: its coroutine raises for one record."""
+
+    tier = "cheap"
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def handle(self, record: Record) -> Any:
+        return self._model(record)
+
+    async def _model(self, record: Record) -> list[Output]:
+        await asyncio.sleep(0)
+        if record.offset == self.bad:
+            raise RuntimeError("a bug, quoting the request text")
+        return [Output("results", str(record.offset).encode(), None)]
+
+    def should_pause(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_handler_that_raises_stops_the_worker_and_its_record_stays_uncommitted(
+    guarantee: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler coroutine that raises (a bug, not bad input) must not leave its partition
+    stalled behind it with only asyncio's "exception never retrieved": the worker stops and
+    raises it, having committed nothing at or past its record (redone by the next owner).
+    The log line names the error's type, never its message (it may quote the text)."""
+    broker = Broker()
+    inner, _ = make_delivery(guarantee, broker)
+    consumer = FakeConsumer(broker, 40)
+    w = worker(consumer, inner, Buggy(bad=13), Metrics())
+    with pytest.raises(RuntimeError):
+        await asyncio.wait_for(w.run(), 30)
+    assert broker.committed <= 13
+    [line] = [r for r in caplog.records if r.getMessage() == "handler_failed"]
+    fields = line.fields  # type: ignore[attr-defined]
+    assert fields["error"] == "RuntimeError" and "test_worker.py:" in fields["at"]
+    assert "quoting the request text" not in caplog.text + repr(fields)
