@@ -97,14 +97,18 @@ class Withdrawal:
 
 def latest(records: list[tuple[bytes, bytes | None]], version: str) -> Withdrawal | None:
     """The withdrawal of ``version`` that compaction would keep: its key's last record (a
-    tombstone, a null value, clears it)."""
+    tombstone, a null value, clears it). A value under the key that this code cannot read (a
+    later format) still withdraws it, with what is unknown left out: tier 0 fails closed."""
     found: Withdrawal | None = None
     key = version.encode()
     for k, v in records:
         if k != key:
             continue
-        found = None if v is None else Withdrawal.from_value(v)
-    return found if found is not None and found.version == version else None
+        read = None if v is None else Withdrawal.from_value(v)
+        if v is not None and (read is None or read.version != version):
+            read = Withdrawal(version, 0, float("nan"))
+        found = read
+    return found
 
 
 class WithdrawalLog(Protocol):

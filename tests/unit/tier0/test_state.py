@@ -57,8 +57,10 @@ def test_latest_is_what_compaction_keeps_for_the_version() -> None:
     assert latest([(W.key, W.value()), (W.key, None)], W.version) is None
     later = replace(W, at_ms=W.at_ms + 1)
     assert latest([(W.key, W.value()), (W.key, later.value())], W.version) == later
-    # A value naming another version under this key is not this version's withdrawal.
-    assert latest([(W.key, other.value())], W.version) is None
+    # A value under the key that cannot be read (or names another version) still withdraws.
+    for raw in (b"a later format", other.value()):
+        unread = latest([(W.key, raw)], W.version)
+        assert unread is not None and unread.version == W.version and unread.at_ms == 0
 
 
 def _tier0(metrics: Metrics, version: str = W.version) -> Watched:
