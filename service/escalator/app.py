@@ -333,6 +333,17 @@ def _watched_tier0(tier0: Tier0 | None, r: RoutingSettings, metrics: Metrics) ->
     return watched(tier0, sample_rate=r.tier0_sample_rate, alpha=r.monitor_alpha, metrics=metrics)
 
 
+def _remembered_tier0(
+    settings: Settings, tier0: Watched, producer: ProducerHandle
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Tier 0's withdrawals on the tier-0 state topic (tier0/state.py): read before the tiers
+    consume, recorded as they happen."""
+    from escalator.tier0.state import KafkaWithdrawals, Remembered
+
+    log_ = KafkaWithdrawals(settings.kafka, settings.topics.tier0_state, producer)
+    return Remembered(tier0, log_)
+
+
 def build_service(
     settings: Settings,
     tiers: list[str],
@@ -367,15 +378,18 @@ def build_service(
     )
     r = settings.routing
     watches = TierWatches(parts.promise, r.monitor_alpha, r.shadow_rate, metrics)
+    tier0 = _watched_tier0(parts.tier0, r, metrics)
     handler_parts = HandlerParts.of(
         settings,
         task=parts.task,
         thresholds=parts.thresholds,
         metrics=metrics,
         watches=watches,
-        tier0=_watched_tier0(parts.tier0, r, metrics),
+        tier0=tier0,
     )
     beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
+    if tier0 is not None:
+        beside.append(_remembered_tier0(settings, tier0, producer))
     if "lane" in tiers:
         runner = _lane_runner(settings, models, producer, handler_parts)
         handler_parts = dataclasses.replace(

@@ -119,7 +119,8 @@ class Topics:
     set by ``ESCALATOR_<FIELD>_TOPIC`` (:meth:`variables`): ESCALATOR_REQUESTS_TOPIC,
     ESCALATOR_ESCALATIONS_TOPIC, ESCALATOR_RESULTS_TOPIC, ESCALATOR_DEAD_LETTER_TOPIC,
     ESCALATOR_DECISIONS_TOPIC, ESCALATOR_REVIEWS_TOPIC, ESCALATOR_ADJUDICATIONS_TOPIC,
-    ESCALATOR_PARKED_TOPIC, ESCALATOR_HANDOFF_TOPIC, ESCALATOR_LANE_STATE_TOPIC."""
+    ESCALATOR_PARKED_TOPIC, ESCALATOR_HANDOFF_TOPIC, ESCALATOR_LANE_STATE_TOPIC,
+    ESCALATOR_TIER0_STATE_TOPIC."""
 
     requests: str = "escalator.requests"
     escalations: str = "escalator.escalations"
@@ -138,6 +139,9 @@ class Topics:
     handoff: str = "escalator.handoff"
     #: The batch lane's state, compacted: one record per batch (``lane/state.py``).
     lane_state: str = "escalator.lane-state"
+    #: Tier 0's withdrawals, compacted: one record per withdrawn artefact version
+    #: (``tier0/state.py``); read by a cheap tier with tier 0 on, at start-up.
+    tier0_state: str = "escalator.tier0-state"
 
     def all(self) -> list[str]:
         """Every topic the service reads or writes, in field order."""

@@ -253,6 +253,7 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "parked": "ESCALATOR_PARKED_TOPIC",
         "handoff": "ESCALATOR_HANDOFF_TOPIC",
         "lane_state": "ESCALATOR_LANE_STATE_TOPIC",
+        "tier0_state": "ESCALATOR_TIER0_STATE_TOPIC",
     }
     env = {variable: f"t.{name}" for name, variable in Topics.variables().items()}
     topics = load_settings({**BASE, **env}).topics
@@ -268,6 +269,7 @@ def test_each_topic_has_its_variable_and_all_lists_every_topic() -> None:
         "escalator.parked",
         "escalator.handoff",
         "escalator.lane-state",
+        "escalator.tier0-state",
     ]
 
 

@@ -81,6 +81,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
         # The lane's ledger outlives a batch's 24 hours; its state is one record per batch.
         t.handoff: {"retention.ms": str(HANDOFF_RETENTION_MS)},
         t.lane_state: {"cleanup.policy": "compact"},
+        t.tier0_state: {"cleanup.policy": "compact"},
     }
     created = run_with_kafka(
         settings.kafka,

@@ -18,7 +18,12 @@ variable ``1{conf >= t, disagree}``, bets tuned against the boundary ``1 - T``);
 walked from the top (1.01: tier 0 answers nothing, agreement 1) down, and the first threshold
 whose bound misses the target stops the walk (fixed-sequence testing: the order is fixed before
 the data are seen, so the chance of passing any threshold whose true agreement is below T is at
-most delta). The walk's last pass is the certified threshold. It refuses when that threshold
+most delta). The certified threshold is the highest threshold passed that answers as much of
+the window as the walk's last pass (``settle``): every threshold passed is certified, and those
+below it differ from it only on confidences the window never showed, about which it says
+nothing. (On the emulator's keyword world every pair of a window had confidence >= 0.99 and
+the walk reached 0.00: tier 0 then answered *any* text, however unsure; now it stops at 0.99.)
+It refuses when that threshold
 answers nothing, or answers more than ``margin`` less of the traffic than the best threshold by
 point estimate would: the data are not enough, and ``needed`` says how many pairs a fresh
 window should hold. The ledger of ``calibration/threshold_file.py`` (objective ``tier0``)
@@ -93,6 +98,15 @@ def walk(values: FloatArray, target: float) -> int:
     return chosen
 
 
+def settle(answered: FloatArray, passed: int) -> int:
+    """The highest index at or above ``passed`` (below the top, NOTHING) answering the same
+    share of the window as ``passed``: the walk passed all of them, so it may be chosen."""
+    j = passed
+    while j + 1 < len(answered) - 1 and answered[j + 1] == answered[passed]:
+        j += 1
+    return j
+
+
 def _counts(
     conf: FloatArray, disagree: BoolArray, thresholds: FloatArray
 ) -> tuple[IntArray, FloatArray]:
@@ -139,7 +153,7 @@ def certify_scores(
     among = np.where(at.sum(axis=0) > 0, 1.0 - wrong / np.maximum(at.sum(axis=0), 1), 1.0)
     lower = bound(conf, disagree, t, delta, target) if n else np.zeros(len(t))
     lower[-1] = 1.0  # answering nothing agrees always
-    cert, best = walk(lower, target), walk(agreement, target)
+    cert, best = settle(answered, walk(lower, target)), walk(agreement, target)
     top = len(t) - 1
     status: Literal["certified", "refused"] = "refused"
     reason = ""

@@ -16,20 +16,23 @@ only withdraw tier 0 sooner, never later.
 When the test rejects, :meth:`Watched.withdraw` sets ``active`` false: from the next record
 on, the cheap tier never asks tier 0 again in this process and every request goes to the
 models; ``escalator_tier0_active`` drops to 0, ``escalator_tier0_withdrawals_total`` counts
-it and an ERROR line ``tier0_withdrawn`` says so. Nothing is persisted: a restart with the
-same artefact answers again, with a fresh test (docs/OPERATIONS.md, "Tier 0", says why
-that is accepted and what the alert asks of the operator).
+it and an ERROR line ``tier0_withdrawn`` says so. The withdrawal is remembered
+(tier0/state.py, :class:`~escalator.tier0.state.Remembered`, through ``on_withdraw``): a
+restart with the same artefact starts withdrawn (:meth:`Watched.withdraw` with the recorded
+withdrawal) until ESCALATOR_TIER0_FILE names a newly certified artefact.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from escalator.calibration.live import LivePromise, tier0_watch
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
+from escalator.tier0.state import Withdrawal
 
 logger = logging.getLogger("escalator.tier0")
 
@@ -57,12 +60,16 @@ class Watched:
         sample_rate: float,
         live: LivePromise | None,
         metrics: Metrics,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.loaded = loaded
         self.sample_rate = sample_rate
         self.live = live
         self.active = True
+        #: Told of each withdrawal the live test makes (tier0/state.py records it).
+        self.on_withdraw: Callable[[Withdrawal], None] | None = None
         self._metrics = metrics
+        self._clock_ms = clock_ms
         metrics.tier0_active.labels(loaded.version).set(1)
 
     @property
@@ -84,23 +91,47 @@ class Watched:
         if self.live.monitor.rejected:
             self.withdraw()
 
-    def withdraw(self) -> None:
+    def withdraw(self, remembered: Withdrawal | None = None) -> None:
+        """Tier 0 off in this process: by the live test's rejection, or at start-up by a
+        withdrawal of this version recorded earlier (``remembered``: logged, not counted again
+        in ``escalator_tier0_withdrawals_total``, not recorded again)."""
         if not self.active:
             return
         self.active = False
         version = self.loaded.version
         self._metrics.tier0_active.labels(version).set(0)
+        if remembered is not None:
+            log(
+                logger,
+                "tier0_still_withdrawn",
+                logging.ERROR,
+                version=version,
+                withdrawn_at_ms=remembered.at_ms,
+                target=remembered.target,
+                evalue=remembered.evalue,
+                observations=remembered.observations,
+            )
+            return
         self._metrics.tier0_withdrawals.labels(version).inc()
         monitor = self.live.monitor if self.live is not None else None
+        withdrawal = Withdrawal(
+            version,
+            self._clock_ms(),
+            self.loaded.target,
+            round(monitor.evalue, 3) if monitor is not None else None,
+            monitor.observations if monitor is not None else None,
+        )
         log(
             logger,
             "tier0_withdrawn",
             logging.ERROR,
             version=version,
-            target=self.loaded.target,
-            evalue=round(monitor.evalue, 3) if monitor is not None else None,
-            observations=monitor.observations if monitor is not None else None,
+            target=withdrawal.target,
+            evalue=withdrawal.evalue,
+            observations=withdrawal.observations,
         )
+        if self.on_withdraw is not None:
+            self.on_withdraw(withdrawal)
 
 
 def watched(loaded: Artefact, *, sample_rate: float, alpha: float, metrics: Metrics) -> Watched:

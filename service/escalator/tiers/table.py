@@ -291,4 +291,6 @@ def topics_needed(settings: Settings, rows: list[TierSpec]) -> list[str]:
         needed |= row.needs
     if settings.parking.enabled:
         needed.add(t.parked)
+    if settings.routing.tier0_file is not None and any(row.name == "cheap" for row in rows):
+        needed.add(t.tier0_state)  # tier 0's withdrawals (tier0/state.py)
     return [name for name in t.all() if name in needed]

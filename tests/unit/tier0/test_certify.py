@@ -66,3 +66,18 @@ def test_refusals_say_why_and_what_would_do() -> None:
     assert strict.status == "refused" and "below the best estimate" in strict.reason
     loose = certify_scores(edge_conf, edge_wrong, target=0.98, delta=0.05, margin=0.10)
     assert loose.status == "certified" and loose.threshold > strict.thresholds[strict.best_index]
+
+
+def test_the_threshold_stops_where_the_window_stops_answering_more() -> None:
+    """A window whose confidences are all at least 0.995, never wrong (the emulator's keyword
+    world): every threshold down to 0 passes, but below 0.99 the window answers nothing more,
+    so the certified threshold is 0.99, answering the whole window, not 0.00 (which would
+    answer any text, however unsure). The walk's own last pass is still 0.00."""
+    conf = np.random.default_rng(5).uniform(0.995, 1.0, 400)
+    c = certify_scores(conf, np.zeros(400, bool), target=0.95, delta=0.05)
+    assert walk(c.agreement_lower, 0.95) == 0
+    assert c.status == "certified" and c.threshold == 0.99 and c.answered[c.chosen] == 1.0
+    # Where lower thresholds do answer more of the window, the walk's last pass is kept.
+    spread = np.linspace(0.0, 1.0, 400)
+    d = certify_scores(spread, np.zeros(400, bool), target=0.95, delta=0.05)
+    assert d.threshold == 0.0

@@ -5,7 +5,9 @@ A world has ``templates`` (a sequence of words and the label the models give it)
 is, with probability ``hard``, a fresh random string of words whose routed label is drawn at
 random (nothing to learn), and otherwise a template with each word replaced at random with
 probability ``edit``; its routed label is the template's, or with probability ``noise`` another
-label (the models are not consistent either). Truth for a trained model is its agreement on a
+label (the models are not consistent either). A drift (``relabelled``) changes the label the
+models give a fixed random share of the templates (to the next label): the same near-repeats,
+answered otherwise from then on. Truth for a trained model is its agreement on a
 large pool drawn from the world: certification windows are then drawn from that pool with
 replacement, so the pool *is* the population and its curve is exact.
 """
@@ -34,12 +36,15 @@ class World:
     templates: int = 300
     words: int = 12
     seed: int = 0
+    relabelled: float = 0.0  # share of templates whose routed label has changed (a drift)
 
     def draw(self, n: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
         """``n`` requests: (texts, routed labels)."""
         base = np.random.default_rng(self.seed)  # the templates are the world's, fixed
         t_words = base.integers(0, len(VOCAB), size=(self.templates, self.words))
         t_label = base.integers(0, len(LABELS), size=self.templates)
+        moved = base.random(self.templates) < self.relabelled
+        t_label = np.where(moved, (t_label + 1) % len(LABELS), t_label)
         which = rng.integers(0, self.templates, size=n)
         words = t_words[which]
         swap = rng.random(words.shape) < self.edit
