@@ -1,12 +1,12 @@
 """Benchmarks B1-B5 of the routing pipeline (issue 3), B6, the cost of exactly-once
 (issue 5), B7, admission control against a binding rate limit (issue 14, in ``b7.py``),
 B1q, the cheap tier's plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``), and
-B1t, the cost of tracing (issue 26).
+B1t, the cost of tracing (issue 26), and B9, what tier 0 saves and costs (issue 25, ``b9.py``).
 They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b1e b1q b1t b2 b3 b4 b5 b6 b7]
+    python -m tests.benchmarks.run [b1 b1e b1q b1t b1z b2 b3 b4 b5 b6 b7 b9]
 
-With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7. B1e (the engine alone) and B1t
+With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7 b9. B1e (the engine alone) and B1t
 (tracing's cost, which needs Jaeger from ``make tools``) run when named.
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
@@ -47,6 +47,7 @@ from escalator.observability.metrics import Metrics
 from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from tests.benchmarks import b7 as b7_module
+from tests.benchmarks import b9 as b9_module
 from tests.integration.harness import committed_total, make_env, setup_topics
 from tests.integration.jaeger import running_jaeger
 
@@ -848,11 +849,16 @@ async def b7(bootstrap: str, sim_url: str, tmp: Path) -> None:
     await b7_module.b7(bootstrap, sim_url, tmp, report)
 
 
+async def b9(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    await b9_module.b9(bootstrap, sim_url, tmp, report)
+
+
 SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b4": b4,
     "b5": b5,
     "b7": b7,
     "b1t": b1t,
+    "b9": b9,
 }
 
 
@@ -886,7 +892,7 @@ async def main(selected: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = [a.lower() for a in sys.argv[1:]] or ["b1", "b1q", "b2", "b3", "b4", "b5", "b6", "b7"]
+    chosen = [a.lower() for a in sys.argv[1:]] or "b1 b1q b2 b3 b4 b5 b6 b7 b9".split()
     unknown = set(chosen) - set(BENCHES) - set(SUBPROCESS_BENCHES)
     if unknown:
         sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
