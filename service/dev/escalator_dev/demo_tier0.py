@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -33,15 +34,17 @@ from typing import Any
 from escalator.config import Settings, load_settings
 from escalator_dev import datasets
 
-#: Agreement with the models' routed answers that tier 0 must certify (delta 0.05).
-TARGET = 0.95
+#: Agreement with the models' routed answers that tier 0 must certify (delta 0.05): the
+#: demo's calibration target by default. About 4% of a window of this stream differ from
+#: tier 0 (mostly its never-sent texts), and 300 pairs cannot certify 95% then.
+TARGET = 0.90
 #: The share of each part of the stream that is texts never sent before.
 FRESH_SHARE = 0.1
 RoundTrip = Callable[[Settings, list[datasets.Sample]], Coroutine[Any, Any, tuple[Any, float]]]
 CAVEAT = (
-    "  The emulator's models are keyword rules, which a bag-of-words model learns almost\n"
-    "  perfectly, and this stream repeats texts on purpose: the share tier 0 answers here\n"
-    "  says nothing about what it would answer of real traffic."
+    "  The emulator's models are keyword rules, which a bag-of-words model can learn, and this\n"
+    "  stream repeats texts on purpose: the share tier 0 answers here says nothing about what\n"
+    "  it would answer of real traffic."
 )
 
 
@@ -83,6 +86,19 @@ def compare(
         "share": sum(after[a]["tier"] == "tier0" for _, a in pairs) / n,
         "agreement": sum(before[b]["label"] == after[a]["label"] for b, a in pairs) / n,
     }
+
+
+class Withdrawals(logging.Handler):
+    """Keeps the ``tier0_withdrawn`` events the service logs (tier0/watch.py) while attached
+    to the ``escalator.tier0`` logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "tier0_withdrawn":
+            self.events.append(dict(getattr(record, "fields", {})))
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -186,7 +202,12 @@ def phase(
     again = [dataclasses.replace(s, id=f"{s.id}-t0") for s in second]
     before, _ = asyncio.run(round_trip(settings, second))
     with_tier0 = load_settings({**base, "ESCALATOR_TIER0_FILE": str(artefact)})
-    after, _ = asyncio.run(round_trip(with_tier0, again))
+    withdrawals, watch = Withdrawals(), logging.getLogger("escalator.tier0")
+    watch.addHandler(withdrawals)
+    try:
+        after, _ = asyncio.run(round_trip(with_tier0, again))
+    finally:
+        watch.removeHandler(withdrawals)
     cost = asyncio.run(_costs(settings, {s.id for s in second + again}))
     pairs = [(b.id, a.id) for b, a in zip(second, again, strict=True)]
     f = compare(before.results, after.results, cost, pairs)
@@ -200,3 +221,19 @@ def phase(
         f"these texts\n  (certified: at least {TARGET:.0%} on traffic like the window's){tag}\n"
         f"  artefact: {artefact} (escalator tier0 inspect --artefact {artefact})"
     )
+    unseen = [(b, a) for b, a in pairs if b.rsplit("-", 1)[0] not in ids]
+    local = [(b, a) for b, a in unseen if after.results[a]["tier"] == "tier0"]
+    agreed = sum(before.results[b]["label"] == after.results[a]["label"] for b, a in local)
+    print(
+        f"  Of the {len(unseen)} texts it never saw, tier 0 answered {len(local)} and agreed with "
+        f"the models on {agreed} of those{tag}."
+    )
+    if withdrawals.events:
+        escalated = sum(bool(r["escalated"]) for r in before.results.values()) / max(1, count)
+        print(
+            f"  Its live test withdrew it during that run, after "
+            f"{withdrawals.events[0].get('observations')} samples (the ERROR line above): "
+            "every later\n  request went to the models. The test counts a sampled answer that "
+            "the cheap model would escalate\n  as differing, and the models escalated "
+            f"{escalated:.0%} of these texts without tier 0 (BENCHMARKS.md, B9)."
+        )

@@ -82,3 +82,22 @@ def test_compare_reports_cost_share_and_agreement_text_by_text() -> None:
     assert got == pytest.approx(
         {"before_per_1k": 3.0, "after_per_1k": 1.5, "share": 0.5, "agreement": 0.75}
     )
+
+
+def test_withdrawals_keeps_the_watch_s_withdrawal_events_only() -> None:
+    """The service's ``tier0_withdrawn`` ERROR line (logged as tier0/watch.py logs it) is
+    kept with its fields; other events on the same logger are not."""
+    import logging
+
+    from escalator.observability.logs import log
+
+    logger = logging.getLogger("escalator.tier0")
+    kept = demo_tier0.Withdrawals()
+    logger.addHandler(kept)
+    try:
+        log(logger, "tier0_loaded", logging.ERROR, version="t0-x")
+        log(logger, "tier0_withdrawn", logging.ERROR, version="t0-x", observations=16)
+    finally:
+        logger.removeHandler(kept)
+    log(logger, "tier0_withdrawn", logging.ERROR, version="t0-y", observations=3)
+    assert kept.events == [{"version": "t0-x", "observations": 16}]
