@@ -3,13 +3,14 @@ goes when it answers most records. One run, the real broker, the emulator's mode
 and costs simulated).
 
 The world (``tests/unit/tier0/worlds.py``'s generator, with a three-label task of its own):
-300 templates of 12 words; a request is a template (a repeat), with each word replaced with
-probability ``EDIT``, or with probability ``HARD`` a fresh random string. The emulator
-answers a label set that is not its moderation one with a label chosen by a hash of the whole
-text, cheap and strong models apart, and the cheap tier escalates below its threshold (0.7):
-so an exact repeat always gets the same routed answer (tier 0 can learn it), while an edited
-repeat and a fresh text get a label that nothing in the text predicts (label noise, and hard
-texts: tier 0 cannot be perfect, and a certificate must keep it off them).
+300 templates of 12 words (``WORLD``); a request is, with probability ``WORLD.hard``, a fresh
+random string, else a template (a repeat) with each word replaced with probability
+``WORLD.edit``. The emulator answers a label set that is not its moderation one with a label
+chosen by a hash of the whole text, cheap and strong models apart, and the cheap tier
+escalates below its threshold (0.7): so an exact repeat always gets the same routed answer
+(tier 0 can learn it), while an edited repeat and a fresh text get a label that nothing in the
+text predicts (label noise, and hard texts: tier 0 cannot be perfect, and a certificate must
+keep it off them).
 
 1. The pipeline (both tiers, shadow off, no tier 0) answers ``TRAIN`` + ``CERT`` + ``TEST``
    requests, sent in that order.
@@ -133,14 +134,15 @@ async def _answer(env: dict[str, str], batches: list[tuple[str, list[str]]]) -> 
 
 async def _outcome(env: dict[str, str], prefix: str, n: int) -> dict[str, Any]:
     """Per request ``prefix-i``: its routed label and tier (results) and the cost of every model
-    call made for it (decisions log, shadow samples included)."""
+    call made for it (decisions log; tier 0's live-test samples included)."""
     settings = load_settings(env)
     topic = settings.topics.results
     got = await collect(
         env["KAFKA_BOOTSTRAP_SERVERS"], [topic], _reached(topic, f"{prefix}-", n), 120
     )
     ids = [f"{prefix}-{i}" for i in range(n)]
-    results = {k: v[0] for k, v in got.results_by_id(topic).items() if k in set(ids)}
+    wanted = set(ids)
+    results = {k: v[0] for k, v in got.results_by_id(topic).items() if k in wanted}
     cost = dict.fromkeys(ids, 0.0)
     for d in await read_topic(settings.kafka, settings.topics.decisions):
         if d.id in cost:
@@ -208,8 +210,7 @@ async def _throughput(
         "B9",
         f"bare aiokafka pipe {base:,.0f} msg/s; cheap tier with the certified tier 0 answering "
         f"{share:.1%} of {THROUGHPUT:,} world records (its live test off), the instant fake "
-        f"model the rest, "
-        f"{ours:,.0f} msg/s",
+        f"model the rest, {ours:,.0f} msg/s",
         f"ratio {ours / base:.2f}",
         "measured (issue 25: the pipeline is the limit)",
     )
