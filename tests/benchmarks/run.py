@@ -1,13 +1,13 @@
 """Benchmarks B1-B5 of the routing pipeline (issue 3), B6, the cost of exactly-once
 (issue 5), B7, admission control against a binding rate limit (issue 14, in ``b7.py``),
 B8, the batch lane's cost and time to result (issue 24, ``b8.py``), B1q, the cheap tier's
-plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``), and B1t, the cost of
-tracing (issue 26).
+plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``), B1t, the cost of
+tracing (issue 26), and B9, what tier 0 saves and costs (issue 25, ``b9.py``).
 They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b1e b1q b1t b2 b3 b4 b5 b6 b7 b8]
+    python -m tests.benchmarks.run [b1 b1e b1q b1t b1z b2 b3 b4 b5 b6 b7 b8 b9]
 
-With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7 b8. B1e (the engine alone) and B1t
+With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7 b8 b9. B1e (the engine alone) and B1t
 (tracing's cost, which needs Jaeger from ``make tools``) run when named.
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
@@ -50,6 +50,7 @@ from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
 from tests.benchmarks import b7 as b7_module
 from tests.benchmarks import b8 as b8_module
+from tests.benchmarks import b9 as b9_module
 from tests.integration.harness import committed_total, make_env, setup_topics
 from tests.integration.jaeger import running_jaeger
 
@@ -860,6 +861,8 @@ async def b7(bootstrap: str, sim_url: str, tmp: Path) -> None:
 
 async def b8(bootstrap: str, sim_url: str, tmp: Path) -> None:
     await b8_module.b8(bootstrap, sim_url, tmp, report)
+async def b9(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    await b9_module.b9(bootstrap, sim_url, tmp, report)
 
 
 SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
@@ -868,6 +871,7 @@ SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b7": b7,
     "b8": b8,
     "b1t": b1t,
+    "b9": b9,
 }
 
 
@@ -901,9 +905,7 @@ async def main(selected: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = [a.lower() for a in sys.argv[1:]] or [
-        *("b1", "b1q", "b2", "b3", "b4", "b5", "b6", "b7", "b8")
-    ]
+    chosen = [a.lower() for a in sys.argv[1:]] or "b1 b1q b2 b3 b4 b5 b6 b7 b8 b9".split()
     unknown = set(chosen) - set(BENCHES) - set(SUBPROCESS_BENCHES)
     if unknown:
         sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")

@@ -31,7 +31,7 @@ from escalator.cli._common import fraction, integer, number
 from escalator.config import Settings, load_settings
 from escalator.contract.messages import DeadLetterInfo
 from escalator.errors import EscalatorError
-from escalator_dev import datasets, demo_lane
+from escalator_dev import datasets, demo_lane, demo_tier0
 from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, cache_root, kafka_version_from_log
 
@@ -186,6 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{_accuracy(tally, people):.1%} ({reviewed} decided by the simulated reviewer)"
         )
         print(f"  (phase 3, other requests, models alone: {rollout_accuracy:.1%})")
+        demo_tier0.phase(env, out_dir, pool, _round_trip, simulated)
         print(
             f"\nthreshold file: {out_dir / 'thresholds.json'}; plot: {out_dir / 'calibration.png'}"
             f"; PyRIT licence notice: {out_dir / 'PYRIT-LICENSE.txt'}"
