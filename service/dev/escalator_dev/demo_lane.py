@@ -156,7 +156,7 @@ def _p50_p99_s(latency_ms: list[float]) -> tuple[float, float]:
 
 def _say(line: str) -> None:
     """The demo prints its story."""
-    print(line)  # noqa: T201
+    print(line)
 
 
 def side_by_side(realtime: LaneFigures, lane: LaneFigures) -> Iterator[str]:
