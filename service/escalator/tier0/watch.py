@@ -10,8 +10,12 @@ too with probability ``sample_rate`` (ESCALATOR_TIER0_SAMPLE_RATE), and that sam
 agrees when the cheap answer, routed by the thresholds in force, is accepted with tier 0's
 label. The reference is thus the cheap tier's routed answer as far as the cheap tier can tell:
 a sampled request the cheap model would escalate counts as *differing* (the strong answer is
-never asked), so the test is of a slightly stronger promise than the one certified and can
-only withdraw tier 0 sooner, never later.
+never asked), so the test is of a stronger promise than the one certified and can only
+withdraw tier 0 sooner, never later. How much stronger depends on how often the cheap model
+escalates what tier 0 answers: where it escalates much (B9's world: about 75% of texts), the
+test withdraws a tier 0 that agrees with the final answer 96% of the time (BENCHMARKS.md,
+B9). Resolving an escalated sample with the strong model's answer would test the certified
+promise itself; that is not built.
 
 When the test rejects, :meth:`Watched.withdraw` sets ``active`` false: from the next record
 on, the cheap tier never asks tier 0 again in this process and every request goes to the
