@@ -861,6 +861,8 @@ async def b7(bootstrap: str, sim_url: str, tmp: Path) -> None:
 
 async def b8(bootstrap: str, sim_url: str, tmp: Path) -> None:
     await b8_module.b8(bootstrap, sim_url, tmp, report)
+
+
 async def b9(bootstrap: str, sim_url: str, tmp: Path) -> None:
     await b9_module.b9(bootstrap, sim_url, tmp, report)
 
