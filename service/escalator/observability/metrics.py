@@ -278,7 +278,7 @@ class Metrics:
             ["tier", "model"],
             registry=r,
         )
-        self.admission_wait = Histogram(
+        self.admission_wait = HotHistogram(  # observed on every model call
             "escalator_admission_wait_seconds",
             "Time a model call waited at the admission gate for the rate limit to cover it.",
             ["tier", "model"],
