@@ -182,8 +182,8 @@ def tally(
                 continue
             cost[klass.get(d.id, "?")] += a.cost_usd
             cost[f"{klass.get(d.id, '?')}:{d.tier}"] += a.cost_usd
-            if d.tier == "cheap" and d.lane == BATCH:
-                batch_answers[klass.get(d.id, "?")] += 1
+            if d.lane == BATCH:  # the cheap model's answers, and the strong model's finals
+                batch_answers[f"{klass.get(d.id, '?')}:{d.tier}"] += 1
     case.decided_units = dict(Counter(model for model, _, _ in units))
     for name, _ in CLASSES:
         ids = [rid for rid, c, _ in work if c == name]
@@ -200,7 +200,8 @@ def tally(
             "usd_per_1k": 1000 * cost[name] / len(ids),
             "cheap_usd_per_1k": 1000 * cost[f"{name}:cheap"] / len(ids),
             "strong_usd_per_1k": 1000 * cost[f"{name}:strong"] / len(ids),
-            "batch_answers": batch_answers[name],
+            "batch_answers": batch_answers[f"{name}:cheap"],
+            "strong_batch_answers": batch_answers[f"{name}:strong"],
             "p50_s": p50,
             "p99_s": p99,
         }
@@ -288,7 +289,8 @@ def describe(case: Case) -> str:
             f"{name}: ${c['usd_per_1k']:.4f}/1k (cheap model ${c['cheap_usd_per_1k']:.4f}, "
             f"strong ${c['strong_usd_per_1k']:.4f}), p50 {c['p50_s']:.1f} s, "
             f"p99 {c['p99_s']:.1f} s, "
-            f"{c['batch_answers']} batch answers, {c['missed']} missed, {c['lost']} lost, "
+            f"{c['batch_answers']} cheap and {c['strong_batch_answers']} strong batch answers, "
+            f"{c['missed']} missed, {c['lost']} lost, "
             f"{c['dead_letters']} dead letters, {c['duplicates']} duplicates"
         )
     if case.shadow:

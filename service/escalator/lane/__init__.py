@@ -51,7 +51,9 @@ The plan for the worker (the next step; docs/OPERATIONS.md, "The batch lane"):
    That keeps "never paid twice" across a kill at any point.
 5. Polling: on assignment, read the state topic to its end and poll every open batch (the
    same batch, never a new one); results route as real-time answers do (confident to results,
-   unsure to escalations), with the same contract, metrics and decisions (``lane: batch``).
+   unsure to escalations, or, while the deadline still meets the rule, to a strong-model
+   batch: ``handoff.py``, ``tiers/lane.py``), with the same contract, metrics and decisions
+   (``lane: batch``).
    ``errored`` follows the real-time failure policy; ``expired``, ``canceled``, and members
    whose deadline less ``ESCALATOR_BATCH_FALLBACK_S`` passes while their batch runs go to the
    real-time path (and the batch is canceled when none of it is still useful).

@@ -108,6 +108,10 @@ class LaneRule:
     def required_slack_s(self, expected_s: float) -> float:
         return self.slack_factor * (self.max_age_s + expected_s) + self.fallback_s
 
+    def ample(self, slack_s: float, expected_s: float) -> bool:
+        """True when ``slack_s`` seconds left before a deadline are enough for the lane."""
+        return self.enabled and slack_s >= self.required_slack_s(expected_s)
+
     def choose(self, request: Request, *, waited_s: float, expected_s: float) -> Choice:
         """The lane for ``request``, which has waited ``waited_s`` since its record's
         timestamp, with the lane's completion time ``expected_s``."""
@@ -117,6 +121,6 @@ class LaneRule:
         if deadline is None:
             return Choice(REALTIME, NO_DEADLINE, None)
         required = self.required_slack_s(expected_s)
-        if deadline - max(0.0, waited_s) >= required:
+        if self.ample(deadline - max(0.0, waited_s), expected_s):
             return Choice(BATCH, SLACK_AMPLE, deadline, required)
         return Choice(REALTIME, SLACK_SHORT, deadline, required)

@@ -16,6 +16,13 @@ tier draws is handed off too (:meth:`HandOff.measurement`), as its escalation va
 ``x-escalator-measure: shadow``, instead of going to the escalations topic. It has no
 deadline: no reader waits for it. The lane answers it with the strong model in a batch and
 writes its shadow decision (``tiers/lane.py``).
+
+Escalation: the lane worker routes a cheap batch answer as the cheap tier routes a real-time
+one, and an unsure one whose request still has slack by the same rule (its absolute deadline
+less now, against the lane's expected completion, :meth:`LaneRule.ample`) is handed off again
+(:meth:`HandOff.escalation`), as its escalation value flagged ``x-escalator-escalate: strong``
+with the same deadline: the lane answers it with the strong model in a batch, through the
+strong tier's own code. Too little slack: the escalations topic, in real time, as before.
 """
 
 from __future__ import annotations
@@ -37,11 +44,19 @@ LANE_HEADER = H_PREFIX + "lane"
 #: ``shadow`` on a measurement the lane answers with the strong model (an escalation value).
 MEASURE_HEADER = H_PREFIX + "measure"
 SHADOW = b"shadow"
+#: ``strong`` on an escalation the lane answers with the strong model in a batch.
+ESCALATE_HEADER = H_PREFIX + "escalate"
+STRONG = b"strong"
 
 
 def measurement(record: Record) -> bool:
     """True when the hand-off ``record`` is a shadow to measure, not a request to answer."""
     return any(k == MEASURE_HEADER and v == SHADOW for k, v in record.headers or ())
+
+
+def escalated(record: Record) -> bool:
+    """True when the hand-off ``record`` is an escalation for a strong-model batch."""
+    return any(k == ESCALATE_HEADER and v == STRONG for k, v in record.headers or ())
 
 
 def flagged_realtime(record: Record) -> bool:
@@ -98,6 +113,25 @@ class HandOff:
             (ORIGIN_HEADER, origin.encode()),
         ]
         return Output(self.topic, escalation, record.key, headers)
+
+    def escalation(self, record: Record, escalation: Output) -> Output | None:
+        """The hand-off of ``escalation`` (an output of the lane's ``record``, bound for the
+        escalations topic) for a strong-model batch, with ``record``'s deadline, when its
+        slack still meets the rule; else None (escalate in real time)."""
+        deadline = deadline_ms(record)
+        if deadline is None:
+            return None
+        slack_s = deadline / 1000 - self._clock()
+        if not self.rule.ample(slack_s, self.times.expected_s()):
+            return None
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        headers = [
+            *propagated_headers(record.headers),
+            (DEADLINE_HEADER, str(deadline).encode()),
+            (ORIGIN_HEADER, origin.encode()),
+            (ESCALATE_HEADER, STRONG),
+        ]
+        return Output(self.topic, escalation.value, escalation.key, headers)
 
     def choose(self, record: Record, request: Request) -> Choice:
         waited_s = self._clock() - record.timestamp / 1000

@@ -121,6 +121,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.lane_escalations = Counter(
+            "escalator_lane_escalations",
+            "Unsure cheap answers from the batch lane, by the lane their strong answer takes: "
+            "batch (handed off again for a strong-model batch, the slack allowing) or realtime "
+            "(the escalations topic, as before).",
+            ["lane"],
+            registry=r,
+        )
         self.lane_waiting = Gauge(
             "escalator_lane_waiting",
             "Batch-lane requests waiting for their batch's result (in no batch yet, or in one "

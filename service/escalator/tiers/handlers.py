@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -467,11 +467,19 @@ class CheapHandler(_Base):
             return self.routed(record, request, self._unavailable("unavailable:poison"))
         return self.routed(record, request, attempt)
 
-    def routed(self, record: Record, request: Request, attempt: Attempt) -> list[Output]:
+    def routed(
+        self,
+        record: Record,
+        request: Request,
+        attempt: Attempt,
+        escalate: Callable[[Output], Output | None] | None = None,
+    ) -> list[Output]:
         """The outputs of a cheap answer, real-time or from the batch lane (whose answers say
         ``service_tier: batch``, so their decisions record ``lane: batch``): accepted to
         results (maybe shadowed), or escalated. An attempt made by :meth:`_unavailable`
-        escalates as ``cheap_unavailable`` with no decision record (no answer was had)."""
+        escalates as ``cheap_unavailable`` with no decision record (no answer was had).
+        ``escalate`` (the lane's) may send the escalation elsewhere: what it returns replaces
+        the escalations-topic output, None keeps it."""
         key = record.key or request.id.encode()
         headers = _headers(record)
         decision: Route
@@ -524,7 +532,9 @@ class CheapHandler(_Base):
         self.metrics.decision(self.tier, attempt.label or "", "escalated")
         tracing.escalated(reason or "low_confidence")
         value = escalation_value(request, reason or "low_confidence", attempt)
-        outputs.append(Output(self.topics.escalations, value, key, headers))
+        escalation = Output(self.topics.escalations, value, key, headers)
+        moved = escalate(escalation) if escalate is not None else None
+        outputs.append(moved or escalation)
         return outputs
 
     def _shadow_lane(self) -> str:
@@ -591,11 +601,12 @@ class StrongHandler(_Base):
                 escalation = replace(escalation, sample_rate=escalation.sample_rate * keep)
         return self._ask(record, escalation, nominal)
 
-    async def measure_now(
+    async def ask_now(
         self, record: Record, escalation: Escalation, decisions: list[Output]
     ) -> list[Output]:
-        """A shadow the batch lane could not answer (errored, expired, canceled, or an invalid
-        answer): asked in real time, after ``decisions`` (never shed: it was drawn already)."""
+        """A shadow or escalation the batch lane could not answer (errored, expired, canceled,
+        an invalid answer, or a deadline too near): asked in real time, after ``decisions``
+        (never shed: a shadow was drawn already)."""
         return await self._ask(record, escalation, escalation.sample_rate, decisions)
 
     def invalid(self, record: Record, escalation: Escalation, attempt: Attempt) -> Output:

@@ -26,10 +26,24 @@ tier's own code (:meth:`StrongHandler.answered`): the shadow decision with its s
 ``lane: batch`` and the batch price, the adjudication draw, and no result (the request has
 its result already). An invalid answer is recorded and asked again in real time, as the
 real-time caller asks again; ``errored``, ``expired`` and ``canceled`` items are asked in real
-time (:meth:`StrongHandler.measure_now`, full price, never shed), and one that fails there
+time (:meth:`StrongHandler.ask_now`, full price, never shed), and one that fails there
 too is recorded as lost (``measurement_lost:<reason>``), which calibration counts as a
 disagreement (docs/CALIBRATION.md, "Measurement through the batch lane").
 ``escalator_lane_measurements_total{result}`` counts them.
+
+Escalation (issue 24): an unsure cheap batch answer is routed as in real time, except that
+while its request's slack (its deadline less now) still meets the lane rule
+(:meth:`HandOff.escalation`, the rule and completion times of the hand-off) its escalation is
+handed off again, an output of the record being answered (so durable before that offset
+commits), flagged ``x-escalator-escalate: strong`` with the same deadline. The lane answers
+it with the strong model in a batch through the strong tier's own code
+(:meth:`StrongHandler.answered`): the final result with the strong tier's contract, its
+decision with ``lane: batch`` and the batch price, the adjudication draw, and the review
+hand-off with the human tier on. Its errored, expired and canceled items, an invalid answer,
+and a batch whose result would come after the deadline less the fallback margin are answered
+in real time (:meth:`StrongHandler.ask_now`, the real-time failure policy), counted in
+``escalator_lane_fallbacks`` like the cheap items. Too little slack: the escalations topic, as
+before. ``escalator_lane_escalations_total{lane}`` counts the two ways.
 """
 
 from __future__ import annotations
@@ -51,7 +65,7 @@ from escalator.contract.messages import (
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest
 from escalator.lane.batches import ItemResult
-from escalator.lane.handoff import deadline_ms, measurement
+from escalator.lane.handoff import deadline_ms, escalated, measurement
 from escalator.lane.runner import BatchRunner
 from escalator.tiers.handlers import CheapHandler, StrongHandler
 
@@ -101,12 +115,12 @@ class LaneHandler:
         return self.cheap.should_pause()
 
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
-        if measurement(record) and self.strong is not None:
+        if (measurement(record) or escalated(record)) and self.strong is not None:
             try:
                 escalation = parse_escalation(record.value, self.strong.max_text_chars)
-            except InvalidRequest as exc:  # the cheap tier wrote it: only a foreign record
+            except InvalidRequest as exc:  # the lane or cheap tier wrote it: only a foreign one
                 return self.strong.dead_letter(record, exc)
-            return self._measure(record, escalation)
+            return self._on_time(record, self._strong(record, escalation))
         try:
             request = parse_request(record.value, self.cheap.max_text_chars)
         except InvalidRequest as exc:  # the cheap tier read it before: only a foreign record
@@ -134,28 +148,52 @@ class LaneHandler:
             self.cheap.metrics.lane_fallbacks.labels(DEADLINE).inc()
             return await self.cheap.ask(record, request)
         if result.kind == "succeeded":
-            return self.cheap.routed(record, request, self.model.attempt(result.message))
+            attempt = self.model.attempt(result.message)
+            return self.cheap.routed(
+                record, request, attempt, lambda out: self._escalate(record, out)
+            )
         self.cheap.metrics.lane_fallbacks.labels(result.kind).inc()
         return await self.cheap.ask(record, request)
 
-    async def _measure(self, record: Record, escalation: Escalation) -> list[Output]:
-        """A shadow, answered by the strong model in a batch (no deadline: no reader waits)."""
+    def _escalate(self, record: Record, escalation: Output) -> Output | None:
+        """The hand-off of an unsure batch answer's ``escalation`` for a strong batch when
+        its slack allows (None: the escalations topic, in real time)."""
+        handoff = self.cheap.handoff
+        moved = None
+        if handoff is not None and self.strong is not None:
+            moved = handoff.escalation(record, escalation)
+        lane = "batch" if moved is not None else "realtime"
+        self.cheap.metrics.lane_escalations.labels(lane).inc()
+        return moved
+
+    async def _strong(self, record: Record, escalation: Escalation) -> list[Output]:
+        """A shadow (no deadline: no reader waits) or an escalation (by its deadline),
+        answered by the strong model in a batch, or in real time when the batch cannot."""
         strong, model = self.strong, self.strong_model
         assert strong is not None and model is not None  # handle() checked; built together
         params = model.request(escalation.request.text)
-        result = await self.runner.join(model.model, record.partition, record.offset, params)
-        counted = self.cheap.metrics.lane_measurements
+        join = self.runner.join(model.model, record.partition, record.offset, params)
+        result = await self._in_time(join, deadline_ms(record))
+        metrics = self.cheap.metrics
+        # Shadows count by their batch result; escalations as the cheap items' fallbacks.
+        counted = metrics.lane_measurements if escalation.shadow else metrics.lane_fallbacks
+        if result is None:
+            self.runner.withdraw(record.partition, record.offset)
+            counted.labels(DEADLINE).inc()
+            return await strong.ask_now(record, escalation, [])
         if result.kind != "succeeded":
             counted.labels(result.kind).inc()
-            return await strong.measure_now(record, escalation, [])
+            return await strong.ask_now(record, escalation, [])
         attempt = model.attempt(result.message)
         if not attempt.valid and not attempt.refused:
             # As the real-time caller does with an answer that fails validation: recorded,
             # and asked again (in real time: the batch's answer was had).
-            counted.labels("invalid").inc()
+            if escalation.shadow:
+                counted.labels("invalid").inc()
             invalid = strong.invalid(record, escalation, attempt)
-            return await strong.measure_now(record, escalation, [invalid])
-        counted.labels("succeeded").inc()
+            return await strong.ask_now(record, escalation, [invalid])
+        if escalation.shadow:
+            counted.labels("succeeded").inc()
         return strong.answered(record, escalation, attempt)
 
     async def _in_time(
