@@ -25,8 +25,13 @@ from escalator.observability.logs import log, log_repeating
 
 logger = logging.getLogger("escalator.engine")
 
-#: Up to this many outputs go out one ``send`` each (a record or two: no batch to build).
-_ONE_BY_ONE = 4
+#: Below this many outputs, a delivery sends them one ``send`` each. aiokafka queues a record
+#: batch only once the partition's previous batch has left for the broker, so small
+#: deliveries running side by side (a model-bound tier under moderate load) would each wait
+#: a request round trip as record batches, where ``send`` adds to the batch being filled:
+#: B2 and B4 lost a third of their throughput and gained 150 ms of p99 that way
+#: (BENCHMARKS.md). Large deliveries (a fetched batch answered at once) go as record batches.
+_ONE_BY_ONE = 128
 
 
 class _Partition:
@@ -119,6 +124,7 @@ class AtLeastOnce:
             await self._produce_failed(exc, producer)
             await self._produce_each(outputs, producer)
             return
+        failed: list[Output] = []
         for members, fut, error in batches:
             if fut is not None:
                 try:
@@ -128,27 +134,35 @@ class AtLeastOnce:
                     error = exc
             assert error is not None
             await self._produce_failed(error, producer)
-            for out in members:
-                await self._resend(out)
+            failed.extend(members)  # a record batch is appended whole or not at all
+        if failed:
+            await self._resend(failed)
 
     async def _produce_each(self, outputs: list[Output], producer: AIOKafkaProducer) -> None:
+        failed = await self._send_each(outputs, producer)
+        if failed:
+            await self._resend(failed)
+
+    async def _send_each(self, outputs: list[Output], producer: AIOKafkaProducer) -> list[Output]:
+        """One ``send`` per output, then every acknowledgement; returns those that failed."""
         pending: list[tuple[Output, Any]] = []
+        failed: list[Output] = []
         for out in outputs:
             try:
                 fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
             except KafkaError as exc:
-                fut = None
                 await self._produce_failed(exc, producer)
-            pending.append((out, fut))
+                failed.append(out)
+            else:
+                pending.append((out, fut))
         for out, fut in pending:
-            if fut is not None:
-                try:
-                    await fut
-                    continue
-                except KafkaError as exc:
-                    # The idempotent producer retried internally and gave up.
-                    await self._produce_failed(exc, producer)
-            await self._resend(out)
+            try:
+                await fut
+            except KafkaError as exc:
+                # The idempotent producer retried internally and gave up.
+                await self._produce_failed(exc, producer)
+                failed.append(out)
+        return failed
 
     async def _produce_failed(self, exc: KafkaError, producer: AIOKafkaProducer) -> None:
         self._w.series.produce_errors.inc()
@@ -156,20 +170,14 @@ class AtLeastOnce:
         with contextlib.suppress(KafkaError):
             await self._producer.repair(exc, failed=producer)
 
-    async def _resend(self, out: Output) -> None:
-        """The slow path: send one output again, with backoff, until it is acknowledged."""
+    async def _resend(self, outputs: list[Output]) -> None:
+        """The slow path: send the outputs that failed again, together, with backoff between
+        rounds (not between outputs), until every one is acknowledged."""
         delay = 0.1
-        while True:
+        while outputs:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-            producer = self._producer.get()
-            try:
-                fut = await producer.send(out.topic, out.value, key=out.key, headers=out.headers)
-                await fut
-            except KafkaError as exc:
-                await self._produce_failed(exc, producer)
-            else:
-                return
+            outputs = await self._send_each(outputs, self._producer.get())
 
     # -- commits --------------------------------------------------------------------------------
     async def commit(self, only: set[TopicPartition] | None = None) -> None:

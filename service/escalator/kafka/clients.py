@@ -198,7 +198,8 @@ async def send_batches(
         else:
             sent.append((members, future, None))
 
-    for (topic, partition), group in (await group_by_partition(producer, records)).items():
+    async def one_partition(topic: str, partition: int, group: list[_P]) -> None:
+        # In order within the partition: each batch is queued after the one before it.
         builder = producer.create_batch()
         members: list[_P] = []
         for r in group:
@@ -211,6 +212,11 @@ async def send_batches(
                 builder.append(timestamp=None, key=r.key, value=r.value, headers=r.headers)
             members.append(r)
         await send(builder, members, topic, partition)
+
+    # aiokafka queues a batch only once the partition's previous one has left for the broker
+    # (a request round trip while one is in flight): the partitions wait side by side.
+    groups = await group_by_partition(producer, records)
+    await asyncio.gather(*(one_partition(t, p, g) for (t, p), g in groups.items()))
     return sent
 
 

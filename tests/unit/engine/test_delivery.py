@@ -554,3 +554,29 @@ def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
     assert t.to_commit() is None
     t.complete(11)
     assert t.to_commit() == 14 and t.in_flight == 0 and not t.pending
+
+
+async def test_at_least_once_large_deliveries_go_as_record_batches_a_failed_one_resent() -> None:
+    """A delivery above the one-by-one bound is produced as record batches; a batch that
+    fails is appended by the broker whole or not at all, so every one of its outputs is sent
+    again (together, one backoff for all), until acknowledged. Nothing is lost."""
+    from escalator.engine.at_least_once import _ONE_BY_ONE
+
+    class Counted(AckingProducer):
+        batches = 0
+
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+            self.batches += 1
+            return await super().send_batch(batch, topic, partition=partition)
+
+    broker = Broker()
+    producer = Counted(broker, fail_sends=1)
+    delivery = AtLeastOnce(producer)  # type: ignore[arg-type]
+    metrics = Metrics()
+    make_worker(FakeConsumer(broker, 0), delivery, metrics)  # binds the strategy
+    n = _ONE_BY_ONE + 172
+    outputs = [Output("results", str(i).encode(), f"k{i}".encode()) for i in range(n)]
+    await asyncio.wait_for(delivery._produce_all(outputs), 30)
+    assert producer.batches >= 1, "the batch path was taken"
+    assert sorted(broker.visible) == list(range(n)), "every output once: none lost"
+    assert sample(metrics, "escalator_produce_errors_total", tier="cheap") == 1
