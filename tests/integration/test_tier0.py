@@ -150,7 +150,8 @@ async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
     new texts included, ends with exactly one result (new texts go to the models: the certified
     threshold is 0.99 on the emulator's keyword world, docs/CALIBRATION.md);
     at a sample rate of 0.5 some of tier 0's answers also carry the cheap model's, as shadow
-    decisions, and the results are still tier 0's."""
+    decisions (and the strong model's, exactly where the cheap tier would have escalated),
+    and the results are still tier 0's."""
     env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
     results_topic, decisions_topic = (
         env["ESCALATOR_RESULTS_TOPIC"],
