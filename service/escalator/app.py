@@ -390,6 +390,9 @@ def build_service(
     beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
     if tier0 is not None:
         beside.append(_remembered_tier0(settings, tier0, producer))
+        # Its live test asks the strong model what the cheap tier would escalate (the cheap
+        # row's ``also``).
+        handler_parts = dataclasses.replace(handler_parts, strong=models["strong"].caller)
     if "lane" in tiers:
         runner = _lane_runner(settings, models, producer, handler_parts)
         handler_parts = dataclasses.replace(

@@ -21,9 +21,10 @@ keep it off them).
    asked of the cheap model) and once with it off: from each run's decisions log, cost per
    1,000 requests (every model call, the live test's included); tier 0's share; agreement of
    the routed answers with those without tier 0, text by text (the emulator answers a text
-   the same way every time). The live test counts a sampled answer the cheap model would
-   escalate as differing (tier0/watch.py), and in this world the cheap model escalates most
-   texts: the run with it on shows what that does.
+   the same way every time). The live test's reference is the final routed answer: a
+   sampled answer the cheap model would escalate is asked of the strong model too
+   (tier0/watch.py). In this world the cheap model escalates most texts; until 2026-12-07 such
+   a sample counted as differing, which withdrew tier 0 (BENCHMARKS.md, B9).
 4. Throughput: B1z's measurement with this artefact on ``THROUGHPUT`` world texts (tier 0
    answers most; the instant in-process model the rest), against B1's bare aiokafka pipe in the
    same run.
@@ -277,7 +278,8 @@ async def b9(bootstrap: str, sim_url: str, tmp: Path, report: Any) -> None:
         watch = (
             "its live test off (ESCALATOR_TIER0_SAMPLE_RATE=0)"
             if rate is not None
-            else "its live test on (5% of its answers also asked of the cheap model, included)"
+            else "its live test on (5% of its answers also asked of the cheap model, and of "
+            "the strong one where the cheap would escalate; included)"
         )
         report(
             "B9",

@@ -150,7 +150,8 @@ async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
     new texts included, ends with exactly one result (new texts go to the models: the certified
     threshold is 0.99 on the emulator's keyword world, docs/CALIBRATION.md);
     at a sample rate of 0.5 some of tier 0's answers also carry the cheap model's, as shadow
-    decisions, and the results are still tier 0's."""
+    decisions (and the strong model's, exactly where the cheap tier would have escalated),
+    and the results are still tier 0's."""
     env = make_env(kafka_bootstrap, sim_url, unique, ESCALATOR_SHADOW_RATE="0")
     results_topic, decisions_topic = (
         env["ESCALATOR_RESULTS_TOPIC"],
@@ -185,21 +186,28 @@ async def test_train_certify_then_the_cheap_tier_answers_with_tier0(
         d = orjson.loads(rec.value)
         if d["id"] in ids:
             decisions.setdefault(d["id"], []).append(d)
-    sampled = 0
+    sampled = escalated = 0
     for rid, result in local.items():
         assert result["model"] == version and result["cost_usd"] == 0
         if rid.startswith("b-"):  # a text the models answered in the windows
             assert result["label"] == by_text[TEXTS[int(rid.split("-")[1]) % len(TEXTS)]]
         # One decision of tier 0's; no escalation; a sampled one also has the cheap model's
-        # answer, as a shadow decision with the sample rate (measurement only).
+        # answer, as a shadow decision with the sample rate (measurement only), and when the
+        # cheap tier would have escalated it, the strong model's too (the final routed answer).
         (only,) = [d for d in decisions[rid] if "tier0_version" in d]
         assert only["tier0_version"] == version and only["outcome"] == "accepted"
-        for d in decisions[rid]:
-            if d is not only:
-                assert (d["attempt"]["tier"], d["outcome"], d["shadow"], d["sample_rate"]) == (
-                    "cheap", "shadow", True, 0.5,
-                )  # fmt: skip
-                sampled += 1
+        others = {d["attempt"]["tier"]: d for d in decisions[rid] if d is not only}
+        assert len(others) == len(decisions[rid]) - 1
+        for d in others.values():
+            assert (d["outcome"], d["shadow"], d["sample_rate"]) == ("shadow", True, 0.5)
+        if others:
+            cheap = others["cheap"]
+            a = cheap["attempt"]
+            accepted = a["valid"] and a["confidence"] >= cheap["threshold"]
+            assert ("strong" in others) == (not accepted)
+            sampled += 1
+            escalated += "strong" in others
+    print(f"\n  sampled {sampled} of {len(local)}, {escalated} asked of the strong model")
     assert 0 < sampled < len(local)
     # Texts unlike any in the windows (tier 0 is about 0.87 sure of them, below the 0.99 the
     # window certified; a threshold walked down to 0.00 answered them): the models answer.

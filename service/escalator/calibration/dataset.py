@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from escalator.contract.decisions import Decision
+from escalator.contract.decisions import TIER0, Decision
 from escalator.contract.messages import BATCH
 from escalator.errors import EscalatorError
 
@@ -171,6 +171,10 @@ def pair_decisions(records: Iterable[Decision]) -> Dataset:
     called: set[str] = set()
     gold: dict[str, str] = {}
     shadow_rates: dict[str, set[float]] = {}
+    records = list(records)
+    # Requests tier 0 answered: their sample's strong answer measures tier 0, not the cheap
+    # tier (its sample rate is tier 0's), and is left out like its cheap shadow.
+    local = {r.id for r in records if r.tier == TIER0}
     for rec in records:
         attempt, rid = rec.attempt, rec.id
         # A person's label (tier "human") is another source, read by adjudications.py.
@@ -178,7 +182,7 @@ def pair_decisions(records: Iterable[Decision]) -> Dataset:
             gold[rid] = rec.gold_label
         if attempt.tier == "cheap" and not rec.shadow:  # shadow: a sample of tier 0's answers
             cheap[rid] = rec
-        elif attempt.tier == "strong":
+        elif attempt.tier == "strong" and not (rec.shadow and rid in local):
             called.add(rid)
             if rec.shadow:
                 rate = _rate(rec.sample_rate)

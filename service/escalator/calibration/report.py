@@ -30,7 +30,9 @@ Tier 0's answers (``attempt.tier`` ``tier0``, ESCALATOR_TIER0_FILE) called no mo
 not spend rows, and ``requests`` counts the requests that reached the cheap model. ``tier0``
 says how many tier 0 answered, its share of all requests (tier 0's plus the cheap tier's), and
 what it saved: the cheap calls it avoided, each at the mean re-priced cost of the window's
-real (not shadow) cheap calls (None when the window has none).
+real (not shadow) cheap calls (None when the window has none). The measurements of tier 0's
+sampled answers (the cheap model's, and the strong model's where the cheap tier would have
+escalated: shadow decisions at the tier-0 sample rate) are shadow spend and nothing else.
 """
 
 from __future__ import annotations
@@ -111,7 +113,9 @@ def build_report(
             cheap_by_id[rid] = rec
             if rec.outcome == "escalated":
                 escalated_ids.add(rid)
-        elif tier == "strong" and a.valid:
+        elif tier == "strong" and a.valid and not (shadow and rid in local):
+            # Not a strong shadow of a tier-0 sample: that measures tier 0 (spend only, like
+            # its cheap shadow), and the counterfactual is over what the cheap tier saw.
             cost = prices.cost_usd(model, usage)
             strong_cost_by_id[rid] = cost
             strong_costs.append((cost, 1.0 / (rec.sample_rate or 1.0)))

@@ -7,15 +7,14 @@ tier feeds it as the strong tier feeds the agreement watch (``calibration/live.p
 ``tier0_watch``; the e-process of ``calibration/monitor.py``): a request tier 0 declines is a
 unit that agrees by definition (probability 1); a tier-0 answer is asked of the cheap model
 too with probability ``sample_rate`` (ESCALATOR_TIER0_SAMPLE_RATE), and that sampled unit
-agrees when the cheap answer, routed by the thresholds in force, is accepted with tier 0's
-label. The reference is thus the cheap tier's routed answer as far as the cheap tier can tell:
-a sampled request the cheap model would escalate counts as *differing* (the strong answer is
-never asked), so the test is of a stronger promise than the one certified and can only
-withdraw tier 0 sooner, never later. How much stronger depends on how often the cheap model
-escalates what tier 0 answers: where it escalates much (B9's world: about 75% of texts), the
-test withdraws a tier 0 that agrees with the final answer 96% of the time (BENCHMARKS.md,
-B9). Resolving an escalated sample with the strong model's answer would test the certified
-promise itself; that is not built.
+agrees when the final routed answer has tier 0's label. The reference is the certified one:
+the cheap answer when the thresholds in force accept it; when they would escalate it (or the
+cheap model refuses), the strong model's answer, asked by the cheap tier in real time for this
+measurement (``CheapHandler._sampled``; a strong refusal is the task's ``refusal_label``, none
+differs; an invalid strong answer differs). A sample either model cannot answer for that
+record is no unit. Before 2026-12-07 an escalated sample counted as differing, so where the
+cheap model escalates much (B9's world: about 75% of texts) the test withdrew a tier 0 that
+agreed with the final answer 96% of the time (BENCHMARKS.md, B9).
 
 When the test rejects, :meth:`Watched.withdraw` sets ``active`` false: from the next record
 on, the cheap tier never asks tier 0 again in this process and every request goes to the

@@ -100,7 +100,7 @@ class LocalAnswers(Protocol):
     """Tier 0 as the cheap tier uses it: a certified local classifier (``tier0/artefact.py``,
     ``Loaded``, loaded in ``app.py``: tiers never import tier0, which reads calibration, which
     reads tiers). It answers a request when its confidence is at least ``threshold``, while
-    ``active``; a ``sample_rate`` share of its answers is asked of the cheap model too, and
+    ``active``; a ``sample_rate`` share of its answers is asked of the models too, and
     each request is a unit of its live test (``observe``; ``tier0/watch.py``), which may
     withdraw it (``active`` false: every later request goes to the models)."""
 
@@ -264,8 +264,11 @@ class _Base:
         adjudication: tuple[bool, float] | None = None,
         shadow_lane: str | None = None,
     ) -> Output:
-        """The decisions-log record of one model answer (counted in metrics here, once)."""
+        """The decisions-log record of one model answer (counted in metrics here, once). A
+        cheap answer records its threshold and the shadow rate; the strong model's answer to a
+        sampled tier-0 request, made by the cheap tier, does not, as in the strong tier."""
         self.metrics.observe_attempt(attempt, shadow=shadow)
+        cheap = self.tier == "cheap" and attempt.tier == "cheap"
         value = Decision.of_answer(
             request,
             attempt,
@@ -273,8 +276,8 @@ class _Base:
             threshold_version=self.thresholds.version,
             shadow=shadow,
             sample_rate=sample_rate,
-            threshold=self.thresholds.for_label(attempt.label) if self.tier == "cheap" else None,
-            shadow_rate=self.shadow_rate if self.tier == "cheap" else None,
+            threshold=self.thresholds.for_label(attempt.label) if cheap else None,
+            shadow_rate=self.shadow_rate if cheap else None,
             adjudication=adjudication,
             deadline_s=self.lane.deadline_s(request),
             shadow_lane=shadow_lane,
@@ -311,10 +314,16 @@ class _Base:
 class CheapHandler(_Base):
     tier = "cheap"
 
-    def __init__(self, *, handoff: HandOff | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, handoff: HandOff | None = None, strong: ModelCaller | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         #: The batch lane's hand-off (ESCALATOR_BATCH_LANE), None: everything in real time.
         self.handoff = handoff
+        #: The strong model's caller, with tier 0 on: it answers a sampled tier-0 request the
+        #: cheap model would escalate (:meth:`_sampled`). None: such a sample counts as
+        #: differing (a stronger test than the certified promise).
+        self.strong = strong
 
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         """One record: :meth:`handle_batch` of one."""
@@ -430,11 +439,12 @@ class CheapHandler(_Base):
         self, tier0: LocalAnswers, record: Record, request: Request, local: list[Output]
     ) -> list[Output]:
         """A sampled tier-0 answer: still tier 0's outputs, plus the cheap model's answer as a
-        ``shadow`` decision with the sample rate, and a unit of tier 0's test: it agrees when
-        that answer, routed by the thresholds in force, is accepted with tier 0's label (an
-        escalation differs: the strong answer is not asked). A sample the model cannot answer
-        for this record alone is no unit (counted ``failed``); account-level trouble holds it
-        like any cheap call."""
+        ``shadow`` decision with the sample rate, and a unit of tier 0's test of its certified
+        promise, agreement with the final routed answer: routed by the thresholds in force, an
+        accepted cheap answer is final; one the cheap tier would escalate (or a refusal) is
+        asked of the strong model too (:meth:`_final_strong`, another shadow decision). The unit
+        agrees when the final label is tier 0's. A sample a model cannot answer for this record
+        alone is no unit (counted ``failed``); account-level trouble holds it like any call."""
         decided = local[0].value  # _tier0's decision record: its label is tier 0's
         assert decided is not None
         label = Decision.from_json(decided).attempt.label
@@ -443,15 +453,49 @@ class CheapHandler(_Base):
         except (ModelUnavailable, PermanentError):
             self.metrics.tier0_samples.labels("failed").inc()
             return local
-        routed, _ = route(attempt, self.thresholds)
-        agree = routed == "accept" and not attempt.refused and attempt.label == label
-        self.metrics.tier0_samples.labels("agree" if agree else "differ").inc()
-        tier0.observe(0.0 if agree else 1.0, tier0.sample_rate)
+        rate = tier0.sample_rate
         key = record.key or request.id.encode()
-        shadow = self.decision(
-            request, attempt, key, outcome="shadow", shadow=True, sample_rate=tier0.sample_rate
+        outputs = [
+            *local,
+            self.decision(request, attempt, key, outcome="shadow", shadow=True, sample_rate=rate),
+        ]
+        routed, _ = route(attempt, self.thresholds)
+        final: str | None = attempt.label
+        if attempt.refused or routed != "accept":
+            if self.strong is None:
+                final = None  # the strong answer is not asked: counts as differing
+            else:
+                strong = await self._final_strong(request, key, rate)
+                if strong is None:
+                    self.metrics.tier0_samples.labels("failed").inc()
+                    return outputs
+                final, measured = strong
+                outputs.append(measured)
+        agree = final is not None and final == label
+        self.metrics.tier0_samples.labels("agree" if agree else "differ").inc()
+        tier0.observe(0.0 if agree else 1.0, rate)
+        return outputs
+
+    async def _final_strong(
+        self, request: Request, key: bytes, rate: float
+    ) -> tuple[str | None, Output] | None:
+        """The strong tier's final label for a sampled tier-0 request the cheap tier would
+        escalate (a refusal: the task's ``refusal_label``; an invalid answer: none, so the unit
+        differs), with the strong answer as a shadow decision at the tier-0 sample rate; None
+        when the strong model cannot answer it (for this record alone, or past retries)."""
+        assert self.strong is not None
+        try:
+            attempt = await self.strong.answer(
+                request.text, give_up_when_unavailable=True, shadow=True
+            )
+        except (ModelUnavailable, PermanentError):
+            return None
+        measured = self.decision(
+            request, attempt, key, outcome="shadow", shadow=True, sample_rate=rate
         )
-        return [*local, shadow]
+        if attempt.refused:
+            return self.refusal_label, measured
+        return (attempt.label if attempt.valid else None), measured
 
     async def ask(self, record: Record, request: Request) -> list[Output]:
         """The real-time path: ask the cheap model, route its answer."""

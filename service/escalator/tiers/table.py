@@ -77,7 +77,8 @@ class HandlerParts:
     #: The lane worker's batches (built by the service when it runs the lane).
     runner: BatchRunner | None = None
     #: The strong model's caller, for the shadows the lane measures (the service hands it to
-    #: the lane row, whose ``also`` names the strong model).
+    #: the lane row, whose ``also`` names the strong model), and with tier 0 on, for the
+    #: cheap row's sampled tier-0 answers its model would escalate.
     strong: ModelCaller | None = None
     #: Tier 0 (ESCALATOR_TIER0_FILE, loaded and checked in ``app.load_parts``): the cheap
     #: tier answers with it first; None: off.
@@ -168,6 +169,7 @@ def cheap_handler(parts: HandlerParts, caller: ModelCaller) -> CheapHandler:
         lane=parts.lane,
         handoff=parts.handoff,
         tier0=parts.tier0,
+        strong=parts.strong if parts.tier0 is not None else None,
     )
 
 
@@ -255,6 +257,9 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
             # With the lane on, the cheap tier hands what can wait to the hand-off topic.
             needs=frozenset({t.requests, t.handoff} if settings.lane.enabled else {t.requests}),
+            # With tier 0 on, a sampled tier-0 answer the cheap model would escalate is asked
+            # of the strong model too (its live test's reference: the final routed answer).
+            also=(strong,) if settings.routing.tier0_file is not None else (),
         ),
         TierSpec(
             "strong",

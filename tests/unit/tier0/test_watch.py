@@ -87,7 +87,7 @@ async def test_the_sample_rate_is_honoured_and_sampled_answers_are_still_tier0s(
     [
         (ok("safe", 0.95), 0.0),  # accepted, same label: agrees
         (ok("spam", 0.95), 1.0),  # accepted, another label
-        (ok("safe", 0.5), 1.0),  # would escalate: the strong answer is unknown, counts as differing
+        (ok("safe", 0.5), 1.0),  # would escalate, no strong caller here: counts as differing
     ],
 )
 async def test_a_sampled_unit_agrees_only_when_the_routed_cheap_answer_is_tier0s(
