@@ -27,10 +27,11 @@ logger = logging.getLogger("escalator.engine")
 
 #: Below this many outputs, a delivery sends them one ``send`` each. aiokafka queues a record
 #: batch only once the partition's previous batch has left for the broker, so small
-#: deliveries running side by side (a model-bound tier under moderate load) would each wait
-#: a request round trip as record batches, where ``send`` adds to the batch being filled:
-#: B2 and B4 lost a third of their throughput and gained 150 ms of p99 that way
-#: (BENCHMARKS.md). Large deliveries (a fetched batch answered at once) go as record batches.
+#: deliveries running side by side (a model-bound tier under moderate load) can each wait a
+#: request round trip as record batches, where ``send`` adds to the batch being filled. On a
+#: busy machine B2 and B4 looked worse with record batches for every delivery; alternated on
+#: a quiet one the difference was within the noise (BENCHMARKS.md, 2026-12-07). Large
+#: deliveries (a fetched batch answered at once) go as record batches.
 _ONE_BY_ONE = 128
 
 
