@@ -26,8 +26,8 @@ async def test_the_lane_phase_answers_the_same_texts_through_batches_at_half_the
 ) -> None:
     """Each request of the lane round gets exactly one result, every cheap answer from a batch,
     each at half the recorded cost of the same text's real-time answer (the emulator answers
-    both alike); the escalations cost the same (real time in both), and the
-    lane's answers take longer."""
+    both alike); an escalation costs half as well when it went to a strong batch, the same
+    when it was asked in real time; and the lane's answers take longer."""
     with running_sim() as sim:
         env = make_env(kafka_bootstrap, sim, unique, ESCALATOR_SHADOW_RATE="0")
         samples = [
@@ -51,10 +51,15 @@ async def test_the_lane_phase_answers_the_same_texts_through_batches_at_half_the
     # and an escalation (real time in both rounds) the same.
     compared = {"cheap": 0, "strong": 0}
     for s in samples:
-        for tier, share in (("cheap", 0.5), ("strong", 1.0)):
+        for tier in ("cheap", "strong"):
             rt = [a for a in realtime.results[s.id]["attempts"] if a["tier"] == tier]
             ln = [a for a in lane.results[f"{s.id}-lane"]["attempts"] if a["tier"] == tier]
             assert len(rt) == len(ln) <= 1
+            if tier == "cheap" and ln:
+                assert ln[0].get("service_tier") == "batch"
+            # An escalation with the deadline's slack goes to a strong batch too (half price);
+            # one without it is asked in real time (the same price).
+            share = 0.5 if ln and ln[0].get("service_tier") == "batch" else 1.0
             if rt and rt[0]["cache_write_tokens"] == 0:
                 assert ln[0]["cost_usd"] == pytest.approx(rt[0]["cost_usd"] * share)
                 compared[tier] += 1
