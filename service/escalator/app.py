@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from escalator.calibration.live import TierWatches
 from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
 from escalator.config import UNCOMMITTED_PER_IN_FLIGHT, RoutingSettings, Settings, redacted_url
+from escalator.engine import collector
 from escalator.engine.guarantee import delivery_for
 from escalator.engine.parking import Parking
 from escalator.engine.worker import Handler, Holder, TierWorker, WorkerOptions, stop_reserve_s
@@ -196,6 +197,7 @@ class Service:
                 return  # stopped while waiting: no tier ever runs
             for beside in self.beside:
                 await self._exits.enter_async_context(beside)
+            self._exits.enter_context(collector.tuned(self.settings.pipeline.gc_tuning))
             self._tasks = [
                 asyncio.create_task(w.run(), name=f"tier-{w.tier}") for w in self.workers
             ]

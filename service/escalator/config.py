@@ -207,6 +207,9 @@ class PipelineSettings:
     # capped at this many per worker: it bounds the work a crash can repeat.
     max_uncommitted: int = UNCOMMITTED_PER_IN_FLIGHT * DEFAULT_MAX_IN_FLIGHT
     adaptive_concurrency: bool = True
+    #: ESCALATOR_GC_TUNING: freeze what start-up built and collect the young generation less
+    #: often while the service runs (engine/collector.py).
+    gc_tuning: bool = True
     #: ESCALATOR_PROCESSING_GUARANTEE (validated at start-up, case-insensitive).
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     transactional_id_prefix: str = "escalator"
@@ -735,6 +738,7 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
             "ESCALATOR_MAX_UNCOMMITTED", UNCOMMITTED_PER_IN_FLIGHT * max_in_flight, max_in_flight
         ),
         adaptive_concurrency=env.flag("ESCALATOR_ADAPTIVE_CONCURRENCY", dp.adaptive_concurrency),
+        gc_tuning=env.flag("ESCALATOR_GC_TUNING", dp.gc_tuning),
         processing_guarantee=cast(ProcessingGuarantee, guarantee),
         transactional_id_prefix=env.text(
             "ESCALATOR_TRANSACTIONAL_ID_PREFIX", dp.transactional_id_prefix

@@ -128,6 +128,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_BLOCKED_PROBE_S": [Case("0")],
     "ESCALATOR_MAX_UNCOMMITTED": [Case("1")],
     "ESCALATOR_ADAPTIVE_CONCURRENCY": [Case("maybe")],
+    "ESCALATOR_GC_TUNING": [Case("sometimes")],
     "ESCALATOR_THRESHOLD": [Case("1.5"), Case("high")],
     "ESCALATOR_LABEL_THRESHOLDS": [Case("safe=2"), Case("safe:0.9"), Case("nolabel=0.5")],
     "ESCALATOR_TASK_FILE": [
