@@ -18,6 +18,8 @@ involves the simulator is simulated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import statistics
 import subprocess
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -203,17 +205,59 @@ async def bare_pipe(bootstrap: str, topic: str, out: str, n: int) -> float:
 
 
 # -- the benchmarks ----------------------------------------------------------------------------
+class CpuSpent:
+    """CPU time of this process and of its garbage collector over a block, per record: steadier
+    on a shared machine than msg/s, which the neighbours' load moves."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+        self.gc_s = 0.0
+        self._gc_started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.process_time()
+        else:
+            self.gc_s += time.process_time() - self._gc_started
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        gc.callbacks.append(self._on_gc)
+        started = time.process_time()
+        try:
+            yield
+        finally:
+            self.cpu_s += time.process_time() - started
+            gc.callbacks.remove(self._on_gc)
+
+    def per_record(self, n: int) -> str:
+        return f"{self.cpu_s / n * 1e6:.0f} µs (collector {self.gc_s / n * 1e6:.1f} µs)"
+
+
 async def b1(bootstrap: str, sim_url: str) -> None:
     n = 30_000
-    env = await with_backlog(bootstrap, sim_url, "b1", n)
-    base = await bare_pipe(
-        bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], f"{env['ESCALATOR_RESULTS_TOPIC']}", n
-    )
 
     def factory(tier: str, model: str, task: Task, prices: PriceTable) -> InstantModel:
         return InstantModel(tier, model)
 
-    ours = await run_pipeline(env, n, factory)
+    spent = {side: CpuSpent() for side in ("bare", "tier", "tier, collector untuned")}
+    env = await with_backlog(bootstrap, sim_url, "b1", n)
+    with spent["bare"].counting():
+        base = await bare_pipe(
+            bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], f"{env['ESCALATOR_RESULTS_TOPIC']}", n
+        )
+    with spent["tier"].counting():
+        ours = await run_pipeline(env, n, factory)
+    # The same tier with CPython's collector defaults (ESCALATOR_GC_TUNING=false): what the
+    # tuning (engine/collector.py) is worth, measured beside it.
+    env = await with_backlog(bootstrap, sim_url, "b1", n, ESCALATOR_GC_TUNING="false")
+    with spent["tier, collector untuned"].counting():
+        untuned = await run_pipeline(env, n, factory)
+    print(
+        "    (CPU per record: "
+        + "; ".join(f"{side} {cpu.per_record(n)}" for side, cpu in spent.items())
+        + f"; untuned tier {untuned:,.0f} msg/s, ratio {untuned / base:.2f})"
+    )
     report(
         "B1",
         f"bare aiokafka pipe {base:,.0f} msg/s; cheap tier, instant fake model "
