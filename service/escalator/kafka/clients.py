@@ -29,10 +29,10 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
-from aiokafka.partitioner import murmur2
 
 from escalator.config import KafkaSettings
 from escalator.errors import ConfigError, EscalatorError
+from escalator.kafka.partitioning import KeyPartitioner, positive_hash
 from escalator.observability.logs import log
 
 logger = logging.getLogger("escalator.kafka")
@@ -144,8 +144,8 @@ async def group_by_partition(
     producer: AIOKafkaProducer, records: Iterable[_R]
 ) -> dict[tuple[str, int], list[_R]]:
     """Records to produce, grouped by the partition ``producer.send`` would give each, in
-    order within a group: aiokafka's default partitioner (murmur2 of the key, as the Java
-    client; a keyless record to a random available partition). Raises ``KafkaError`` when a
+    order within a group: the producer's partitioner (kafka/partitioning.py: murmur2 of the key, as
+    the Java client; a keyless record to a random available partition). Raises ``KafkaError`` when a
     topic's metadata cannot be had (as ``send`` would)."""
     groups: dict[tuple[str, int], list[_R]] = {}
     layouts: dict[str, tuple[list[int], list[int]]] = {}
@@ -166,7 +166,7 @@ async def group_by_partition(
         else:
             h = hashes.get(key)
             if h is None:
-                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+                h = hashes[key] = positive_hash(key)
             partition = every[h % len(every)]
         group = groups.get((topic, partition))
         if group is None:
@@ -349,6 +349,8 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         # Many concurrent senders: small batches make aiokafka's accumulator spin on drain.
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 30_000,
+        # The default partitioning, hashed faster (kafka/partitioning.py).
+        "partitioner": KeyPartitioner(),
         **security_kwargs(kafka),
     }
     kwargs.update(overrides)
