@@ -28,6 +28,7 @@ from escalator.contract.messages import (
     SCHEMA_VERSION,
     Attempt,
     Request,
+    attempt_json,
     gold_label,
     iso_from,
 )
@@ -225,11 +226,11 @@ class Decision:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object (Attempts stay objects: orjson writes them field by field)."""
+        """The JSON object, to write (the attempt is already JSON: ``attempt_json``)."""
         value: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "id": self.id,
-            "attempt": self.attempt,
+            "attempt": attempt_json(self.attempt),
             "outcome": self.outcome,
             "threshold_version": self.threshold_version,
             "threshold": self.threshold,

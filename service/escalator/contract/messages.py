@@ -245,6 +245,29 @@ def parse_escalation(value: bytes | None, max_text_chars: int) -> Escalation:
     )
 
 
+class _AttemptJson:
+    """An attempt's JSON, made once for the records that carry it (a cheap answer is in its
+    decision, its result and maybe its shadow or escalation, written one after another): orjson
+    writes a slotted dataclass field by field, about 2 µs, and copies a ``Fragment`` as it is.
+    The last attempt's is kept; an Attempt is frozen, so it cannot go stale."""
+
+    __slots__ = ("_attempt", "_json")
+
+    def __init__(self) -> None:
+        self._attempt: Attempt | None = None
+        self._json = orjson.Fragment(b"null")
+
+    def __call__(self, attempt: Attempt) -> orjson.Fragment:
+        if attempt is not self._attempt:
+            self._json = orjson.Fragment(orjson.dumps(attempt))
+            self._attempt = attempt
+        return self._json
+
+
+#: ``attempt_json(attempt)``: what orjson would write for it, as a Fragment.
+attempt_json = _AttemptJson()
+
+
 def escalation_value(
     request: Request, reason: str, cheap: Attempt, *, shadow: bool = False, sample_rate: float = 1.0
 ) -> bytes:
@@ -253,7 +276,7 @@ def escalation_value(
             "schema_version": SCHEMA_VERSION,
             "request": request_json(request),
             "reason": reason,
-            "cheap": cheap,
+            "cheap": attempt_json(cheap),
             "shadow": shadow,
             "sample_rate": sample_rate,
         }
@@ -285,7 +308,7 @@ def result_value(
             "model": final.model,
             "escalated": escalated,
             "escalation_reason": escalation_reason,
-            "attempts": attempts,  # orjson writes slotted dataclasses natively, field by field
+            "attempts": [attempt_json(a) for a in attempts],
             "cost_usd": round(sum(a.cost_usd for a in attempts), 10),
             "refusal_category": final.refusal_category,
             "metadata": request.metadata,
