@@ -10,8 +10,8 @@ meets both before the API says no:
 - **the processing queue**: the runner counts the members of its batches not yet ended (its
   own, and every other lane worker's it read on the state topic) and submits a batch only if
   that count plus the batch stays within ESCALATOR_LANE_QUEUE_LIMIT (``runner.py``); a batch
-  that does not fit waits, and a member whose deadline the wait would miss leaves it for the
-  real-time path (:func:`too_late`);
+  that does not fit waits, first in line (:class:`Line`), and a member whose deadline the wait
+  would miss leaves it for the real-time path (:func:`too_late`);
 - **requests per minute**: every call to a batch endpoint (create, retrieve, results, list)
   goes through one :class:`Pacer`, one call every ``60 / ESCALATOR_LANE_RPM`` seconds at most
   (the page: "a limit of 60 RPM may effectively be enforced as approximately 1 request per
@@ -28,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from escalator.errors import ModelUnavailable
 from escalator.lane.assembly import ENVELOPE_BYTES, Batch, Member
 from escalator.lane.batches import BatchApi, ItemResult, Listed
+
+T = TypeVar("T")
 
 #: How long a 429 without a ``retry-after`` holds the batch calls (s).
 DEFAULT_HOLD_S = 60.0
@@ -94,37 +96,30 @@ class PacedBatches:
             self.pacer.hold(exc.retry_after_s or DEFAULT_HOLD_S)
             self._on_limited()
 
-    async def create(self, requests: list[dict[str, Any]]) -> str:
+    async def _paced(self, call: Callable[[], Awaitable[T]]) -> T:
         await self.pacer.wait()
         try:
-            return await self._api.create(requests)
+            return await call()
         except ModelUnavailable as exc:
             self._limited(exc)
             raise
 
+    async def create(self, requests: list[dict[str, Any]]) -> str:
+        return await self._paced(lambda: self._api.create(requests))
+
     async def ended(self, batch_id: str) -> bool:
-        await self.pacer.wait()
-        try:
-            return await self._api.ended(batch_id)
-        except ModelUnavailable as exc:
-            self._limited(exc)
-            raise
+        return await self._paced(lambda: self._api.ended(batch_id))
+
+    async def listed(self, since_ms: int) -> list[Listed]:
+        # One wait per call: the SDK's paginator may fetch more than one page (100 batches
+        # each), which only a lane that created more than 100 batches since an intent needs.
+        return await self._paced(lambda: self._api.listed(since_ms))
 
     async def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
         await self.pacer.wait()
         try:
             async for result in self._api.results(batch_id):
                 yield result
-        except ModelUnavailable as exc:
-            self._limited(exc)
-            raise
-
-    async def listed(self, since_ms: int) -> list[Listed]:
-        # One wait per call: the SDK's paginator may fetch more than one page (100 batches
-        # each), which only a lane that created more than 100 batches since an intent needs.
-        await self.pacer.wait()
-        try:
-            return await self._api.listed(since_ms)
         except ModelUnavailable as exc:
             self._limited(exc)
             raise

@@ -529,3 +529,45 @@ async def test_revoked_members_of_a_held_batch_leave_it() -> None:
         assert created_ids(api)[1:] == [["p0o9"]]
         for task in [*first, *held]:
             task.cancel()
+
+
+class GatedBatches(FakeBatches):
+    """FakeBatches whose create waits for ``gate``, then raises ``fail`` if set."""
+
+    def __init__(self) -> None:
+        super().__init__(succeeded)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def create(self, requests: list[dict[str, Any]]) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().create(requests)
+
+
+async def test_members_revoked_or_withdrawn_while_a_429_was_coming_do_not_wait_again() -> None:
+    """While a create that will be refused with a 429 is under way, one member's partition is
+    revoked and another member is withdrawn: the batch waits again without them (the next
+    owner batches the revoked one; never sent twice), and the next round sends the rest."""
+    api, state, clock = GatedBatches(), FakeState(), Clock()
+    api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit")
+    async with runner(api, state, clock, max_requests=3) as r:
+        waits = [asyncio.create_task(r.join("m", p, 5, PARAMS)) for p in (0, 1, 2)]
+        await settle()
+        round_ = asyncio.create_task(r.tick())
+        await asyncio.wait_for(api.entered.wait(), 1)
+        r.give_up({1})
+        r.withdraw(2, 5)
+        api.gate.set()
+        try:
+            await round_
+        except ModelUnavailable:
+            pass
+        else:
+            raise AssertionError("the round should fail")
+        assert api.created == [] and open_batches(state.records) == {}
+        await r.tick()
+        assert created_ids(api) == [["p0o5"]]
+        api.finish("b1")
+        await r.tick()
+        assert await messages(waits[:1]) == ["answer-p0o5"]
