@@ -452,6 +452,9 @@ def _lane_runner(
         poll_s=lane.poll_s,
         times=parts.handoff.times if parts.handoff is not None else None,
         metrics=parts.metrics,
+        rpm=lane.rpm,
+        queue_limit=lane.queue_limit,
+        fallback_s=lane.fallback_s,
     )
 
 

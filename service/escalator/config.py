@@ -305,6 +305,12 @@ BATCH_EXPIRY_S = 24 * 3600.0
 HANDOFF_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 
+#: The Message Batches API's rate limits at the lowest usage tier the Rate limits page
+#: tables (Start: 1,000 requests per minute to the batch endpoints, 200,000 batch requests in
+#: the processing queue; docs/OPERATIONS.md, "The batch lane: its rate limits").
+BATCH_RPM_LOWEST_TIER = 1_000
+BATCH_QUEUE_LOWEST_TIER = 200_000
+
 #: What ESCALATOR_MEASURE_LANE may say.
 MEASURE_LANES = ("batch", "realtime")
 
@@ -341,6 +347,13 @@ class LaneSettings:
     #: (``realtime``: the strong tier answers them, and the live agreement test sees them at
     #: once). Tier 0's samples always stay in real time: its live test withdraws it.
     measure: str = "batch"
+    #: ESCALATOR_LANE_QUEUE_LIMIT: the batch requests the lane lets into the processing queue
+    #: (its batches not ended, across lane workers as read on the state topic); a batch that
+    #: would pass it waits for one to end.
+    queue_limit: int = BATCH_QUEUE_LOWEST_TIER
+    #: ESCALATOR_LANE_RPM: requests per minute this lane process makes to the batch endpoints
+    #: (create, retrieve, results, list), evenly spaced.
+    rpm: int = BATCH_RPM_LOWEST_TIER
 
 
 #: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
@@ -623,6 +636,8 @@ def _lane(env: _Env) -> LaneSettings:
         group=env.text("ESCALATOR_LANE_GROUP", d.group),
         poll_s=env.number("ESCALATOR_BATCH_POLL_S", d.poll_s, 0.1, 3600.0),
         measure=measure,
+        queue_limit=env.integer("ESCALATOR_LANE_QUEUE_LIMIT", d.queue_limit, 1),
+        rpm=env.integer("ESCALATOR_LANE_RPM", d.rpm, 1, 1_000_000),
     )
 
 

@@ -114,6 +114,7 @@ def test_the_dashboard_shows_what_operators_asked_for() -> None:
         "time to results",
         "fallbacks to real time by result (expired, errored, canceled, deadline)",
         "deadline misses",
+        "batch requests in the processing queue against the limit, batches held, 429s",
     ):
         assert topic in titles, topic
     rows = [p["title"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] == "row"]

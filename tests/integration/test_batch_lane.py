@@ -404,10 +404,14 @@ def deadline_env(bootstrap: str, sim: str, unique: str, deadline_s: int) -> dict
 
 async def in_time(bootstrap: str, settings: Settings, got: Collected, deadline_s: int) -> None:
     """Every result was written before its request's deadline (its record's timestamp plus
-    ``deadline_s``)."""
+    its own ``deadline_s``, else ``deadline_s``)."""
     t = settings.topics
     sent = await collect(bootstrap, [t.requests], lambda c: False, 2, read_for_s=True)
-    due = {orjson.loads(r.value)["id"]: r.timestamp + deadline_s * 1000 for r in sent.records}
+    due = {
+        v["id"]: r.timestamp + v.get("deadline_s", deadline_s) * 1000
+        for r in sent.records
+        for v in [orjson.loads(r.value)]
+    }
     late = [
         (rid, r.timestamp - due[rid])
         for r in got.on(t.results)
@@ -523,4 +527,54 @@ async def test_a_batch_that_would_miss_the_deadline_is_answered_in_real_time_in_
         stats = await sim_stats(sim)
     assert stats["batches_created"] >= 1 and deadline == N and missed == 0
     assert cheap_lanes(got, settings) == {rid: ["realtime"] for rid in ids}
+    await in_time(kafka_bootstrap, settings, got, deadline_s)
+
+
+@pytest.mark.timeout(300)
+async def test_the_lane_keeps_the_processing_queue_under_its_limit_and_the_rpm_budget(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """The emulated organisation allows 30 batch requests in the processing queue and 60
+    requests a minute to the batch endpoints (``--batch-limits 60:30``); the lane is told 30
+    and 50 (ESCALATOR_LANE_QUEUE_LIMIT, ESCALATOR_LANE_RPM). 90 requests at once, a third of
+    them due within 40 s: the lane cuts batches of at most 30 and sends the next only once the
+    one before has ended (held, counted), paces its calls, and never meets a 429 (the emulator
+    counts none, for the queue or the rate); each batch item billed once; every request has
+    exactly one result, before its deadline (the urgent ones the held batches cannot serve in
+    time go real time by the deadline fallback)."""
+    deadline_s, urgent_s, n = 86400, 40, 90
+    with running_sim("--batch-latency", "3", "--batch-limits", "60:30") as sim:
+        env = deadline_env(kafka_bootstrap, sim, unique, deadline_s)
+        env.update(ESCALATOR_LANE_QUEUE_LIMIT="30", ESCALATOR_LANE_RPM="50")
+        settings = load_settings(env)
+        t = settings.topics
+        await setup_topics(settings)
+        texts = ["a calm note", "you are an idiot", "buy now cheap pills"]
+        values = [
+            orjson.dumps(
+                {"id": f"{unique}-{i}", "text": texts[i % 3]}
+                | ({"deadline_s": urgent_s} if i % 3 == 0 else {})
+            )
+            for i in range(n)
+        ]
+        ids = [orjson.loads(v)["id"] for v in values]
+        async with running_service(settings, ["cheap", "strong", "lane"]) as service:
+            await produce(kafka_bootstrap, t.requests, values)
+            got = await drained(kafka_bootstrap, settings, ids)
+            registry = service.metrics.registry
+            holds = registry.get_sample_value("escalator_lane_queue_holds_total")
+            limited = registry.get_sample_value("escalator_lane_rate_limited_total")
+            missed = registry.get_sample_value("escalator_lane_deadline_misses_total")
+        batches = await emulator_batches(sim)
+        stats = await sim_stats(sim)
+    refused = {k: v for k, v in stats.items() if k in ("batch_rate_limited", "batch_status:429")}
+    assert refused == {} and limited == 0, stats
+    assert holds is not None and holds >= 1
+    assert len(batches) >= 3 and all(len(b or []) <= 30 for b in batches.values())
+    in_batches = billed_once(batches, stats)
+    lanes = cheap_lanes(got, settings)
+    assert sorted(lanes) == sorted(ids) and all(len(v) == 1 for v in lanes.values())
+    answered_by_batch = sum(v == ["batch"] for v in lanes.values())
+    assert answered_by_batch >= n - n // 3 and in_batches >= answered_by_batch
+    assert missed == 0
     await in_time(kafka_bootstrap, settings, got, deadline_s)

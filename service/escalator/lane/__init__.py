@@ -7,8 +7,9 @@ and the lane), and the rule that picks its lane (``deadlines.py``); the cheap ti
 topic, committed once that is acknowledged); batch assembly per model up to the documented
 limits or an age bound, with custom ids the API accepts (``assembly.py``); the per-batch state
 record and what a restarted worker finds open (``state.py``, on Kafka ``state_topic.py``); the
-Batches API boundary (``batches.py``); and the batches in flight (``runner.py``: intent,
-create, batch id, polling, results to the waiting records, resume of the same batch). The
+Batches API boundary (``batches.py``); its rate limits (``limits.py``); and the batches in
+flight (``runner.py``: intent, create, batch id, polling, results to the waiting records,
+resume of the same batch, the processing queue counted under its limit). The
 lane worker is a row of the tier table (``tiers/table.py``, handler ``tiers/lane.py``), run by
 ``build_service(settings, [..., "lane"])``; tests/integration/test_batch_lane.py runs it on
 the real broker and the emulator.

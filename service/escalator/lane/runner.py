@@ -23,6 +23,14 @@ other). A batch of the intent's size still running may be it, so the intent wait
 end; when no batch can be it, the intent is closed (its tombstone) and its members, as they
 come, join a new batch. Until then they wait (the lane handler's deadline timer answers them
 in real time if that takes too long).
+
+The batch rate limits (``limits.py``): every call to the API is paced under
+ESCALATOR_LANE_RPM, and a batch is submitted only while the batch requests of the batches not
+ended (:meth:`BatchRunner.queued`) leave room for it under ESCALATOR_LANE_QUEUE_LIMIT. A batch
+that does not fit stays cut, first in line, until one ends; its members whose deadline the wait
+would miss are answered in real time meanwhile (``join`` gives them None, the lane handler's
+deadline fallback). A 429 on create means no batch was created: its intent is closed and the
+batch waits again, first in line.
 """
 
 from __future__ import annotations
@@ -37,10 +45,11 @@ from typing import Any, Protocol
 import orjson
 from aiokafka.errors import KafkaError
 
-from escalator.errors import EscalatorError, ModelRejected
-from escalator.lane.assembly import Assembly, Batch, Member, custom_id, place_of
+from escalator.errors import ApiBlocked, EscalatorError, ModelRejected, ModelUnavailable
+from escalator.lane.assembly import MAX_REQUESTS, Assembly, Batch, Member, custom_id, place_of
 from escalator.lane.batches import BatchApi, ItemResult
 from escalator.lane.deadlines import CompletionTimes
+from escalator.lane.limits import Line, PacedBatches, Pacer, too_late
 from escalator.lane.state import BatchState
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
@@ -86,23 +95,38 @@ class BatchRunner:
         times: CompletionTimes | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        rpm: int | None = None,
+        queue_limit: int | None = None,
+        fallback_s: float = 0.0,
         **limits: int,
     ) -> None:
         self._metrics = metrics
-        self._api = api
+        self._api: BatchApi = api
+        if rpm is not None:
+            self._api = PacedBatches(api, Pacer(rpm), self._rate_limited)
         self._state = state
+        #: ESCALATOR_LANE_QUEUE_LIMIT (None: not counted); no batch is cut larger than it.
+        self.queue_limit = queue_limit
+        if queue_limit is not None:
+            limits["max_requests"] = min(limits.get("max_requests", MAX_REQUESTS), queue_limit)
+            if metrics is not None:
+                metrics.lane_queue_limit.set(queue_limit)
+        self.fallback_s = fallback_s
         self._assembly = Assembly(max_age_s=max_age_s, **limits)
         self.poll_s = poll_s
         self.times = times or CompletionTimes(3600.0)
         self._clock = clock
         self._params: dict[str, dict[str, Any]] = {}
-        self._waiters: dict[str, asyncio.Future[ItemResult]] = {}
+        #: Each waiting member's absolute deadline (epoch ms), when it has one.
+        self._deadlines: dict[str, int] = {}
+        #: None: answer it in real time (its batch was held back past its deadline).
+        self._waiters: dict[str, asyncio.Future[ItemResult | None]] = {}
         #: Submitted batches not closed, by state key; and each member's batch key.
         self._open: dict[bytes, BatchState] = {}
         self._batch_of: dict[str, bytes] = {}
         #: Results of ended batches not closed yet.
         self._results: dict[bytes, dict[str, ItemResult]] = {}
-        self._cut: list[Batch] = []
+        self._line = Line()
         #: Intents without a batch id, by state key; each member's intent key; the batches
         #: already read and found not to be an intent's; intents closed here.
         self._intents: dict[bytes, BatchState] = {}
@@ -164,12 +188,21 @@ class BatchRunner:
         return self._assembly.waiting()
 
     async def join(
-        self, model: str, partition: int, offset: int, params: dict[str, Any]
-    ) -> ItemResult:
+        self,
+        model: str,
+        partition: int,
+        offset: int,
+        params: dict[str, Any],
+        deadline_ms: int | None = None,
+    ) -> ItemResult | None:
         """The result for the hand-off record at ``partition``/``offset``: from the batch it
-        is already in (recorded), else from the open batch of ``model`` it joins now."""
+        is already in (recorded), else from the open batch of ``model`` it joins now. None:
+        its batch was held back by the queue limit past what its deadline (absolute, epoch ms)
+        allows: answer it in real time now."""
         await self._fresh.wait()
         cid = custom_id(partition, offset)
+        if deadline_ms is not None:
+            self._deadlines[cid] = deadline_ms
         waiter = self._waiters.get(cid)
         if waiter is None or waiter.done():
             waiter = self._waiters[cid] = asyncio.get_running_loop().create_future()
@@ -189,7 +222,9 @@ class BatchRunner:
         size = len(orjson.dumps({"custom_id": cid, "params": params}))
         partition, offset = place_of(cid)
         try:
-            self._cut += self._assembly.add(model, Member(partition, offset, size, since_s))
+            self._line.batches += self._assembly.add(
+                model, Member(partition, offset, size, since_s)
+            )
         except ValueError:  # larger than a whole batch: the real-time path answers it
             self._params.pop(cid, None)
             self._resolve(ItemResult(cid, "errored", error="request_too_large"))
@@ -208,6 +243,13 @@ class BatchRunner:
             self._params.pop(cid, None)  # not submitted: the next owner batches it
         for cid in [c for c in self._intent_of if place_of(c)[0] in partitions]:
             self._params.pop(cid, None)  # held for an intent: the next owner's, too
+        for cid in self._line.drop(lambda m: m.partition in partitions):
+            self._params.pop(cid, None)  # cut, held back by the queue limit: the next owner's
+        for m in self._line.sending.members if self._line.sending is not None else []:
+            if m.partition in partitions:  # in its intent; left out if it waits again (a 429)
+                self._params.pop(m.custom_id, None)
+        for cid in [c for c in self._deadlines if place_of(c)[0] in partitions]:
+            del self._deadlines[cid]
         for cid, waiter in list(self._waiters.items()):
             if place_of(cid)[0] in partitions and not waiter.done():
                 waiter.cancel()
@@ -216,8 +258,12 @@ class BatchRunner:
         """The record is answered another way (its deadline came first): it leaves the batch
         being assembled, or its intent's resubmission; a submitted item's result is ignored."""
         cid = custom_id(partition, offset)
-        if self._assembly.withdraw(partition, offset) or cid in self._intent_of:
-            self._params.pop(cid, None)
+        self._assembly.withdraw(partition, offset)
+        self._line.drop(lambda m: m.custom_id == cid)
+        # Not in a submitted batch: left out of the batch it was to join (one being created
+        # took its params already; after a 429 it waits again without this one).
+        self._params.pop(cid, None)
+        self._deadlines.pop(cid, None)
         waiter = self._waiters.pop(cid, None)
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -232,10 +278,19 @@ class BatchRunner:
         ]
         return len(ages), max(ages, default=0.0)
 
+    def queued(self) -> int:
+        """Batch requests in the processing queue, as counted here: the members of every
+        batch submitted and not ended (this worker's, and those it read on the state topic),
+        and of every intent that may have created one. An upper bound: the API counts only
+        those not processed yet."""
+        running = sum(len(s.members) for k, s in self._open.items() if k not in self._results)
+        return running + sum(len(i.members) for i in self._intents.values())
+
     def gauges(self) -> None:
         """Set the lane's gauges (after each round)."""
         if self._metrics is None:
             return
+        self._metrics.lane_queued.set(self.queued())
         batches, oldest = self.in_flight()
         self._metrics.lane_waiting.set(sum(1 for w in self._waiters.values() if not w.done()))
         self._metrics.lane_batches.set(batches)
@@ -258,9 +313,13 @@ class BatchRunner:
         submitted, close what is done."""
         for key, intent in list(self._intents.items()):
             await self._adopt(key, intent)
-        self._cut += self._assembly.due(self._clock())
-        while self._cut:
-            await self._submit(self._cut[0])
+        self._line.batches += self._assembly.due(self._clock())
+        while self._line:
+            batch = self._line.first()
+            if self._fits(batch):
+                await self._submit(batch)
+            elif self._hold_back(batch):
+                break
         for key, state in list(self._open.items()):
             if key not in self._results and state.batch_id is not None:
                 if await self._api.ended(state.batch_id):
@@ -291,19 +350,50 @@ class BatchRunner:
         waiter = self._waiters.get(cid)
         return waiter is not None and not waiter.done()
 
+    def _fits(self, batch: Batch) -> bool:
+        """The processing queue has room for ``batch`` under the limit."""
+        return self.queue_limit is None or self.queued() + len(batch.members) <= self.queue_limit
+
+    def _hold_back(self, batch: Batch) -> bool:
+        """``batch`` waits for room in the queue (counted once); the members of every cut
+        batch that cannot wait that long are answered in real time now. False when ``batch``
+        has no member left (the next one is looked at)."""
+        if self._line.held(batch):
+            log(logger, "lane_batch_held", queued=self.queued(), size=len(batch.members))
+            if self._metrics is not None:
+                self._metrics.lane_queue_holds.inc()
+        late = set(
+            too_late(
+                (m.custom_id for m in self._line.members()),
+                self._deadlines,
+                now_s=self._clock(),
+                expected_s=self.times.expected_s(),
+                fallback_s=self.fallback_s,
+            )
+        )
+        for cid in self._line.drop(lambda m: m.custom_id in late):
+            self._params.pop(cid, None)
+            self._deadlines.pop(cid, None)
+            waiter = self._waiters.get(cid)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return bool(self._line) and self._line.first() is batch
+
     async def _submit(self, batch: Batch) -> None:
         """Intent, create, then the batch id: in that order on the state topic. A batch whose
         intent could not be written stays cut (tried again); once the intent is written it
-        leaves the cut list, and a create that fails leaves an intent to adopt or close."""
+        leaves the cut list, and a create that fails leaves an intent to adopt or close (or,
+        refused for the rate limits, the batch first in line again)."""
         members = tuple(m.custom_id for m in batch.members)
+        requests = [{"custom_id": m, "params": self._params[m]} for m in members]
         intent = BatchState(batch.model, members, int(self._clock() * 1000))
-        self._submitting = intent.key
+        self._submitting, self._line.sending = intent.key, batch
         try:
             await self._state.write(intent)
-            self._cut.remove(batch)
-            batch_id = await self._create(intent)
+            self._line.batches.remove(batch)
+            batch_id = await self._create(intent, requests, batch)
         finally:
-            self._submitting = None
+            self._submitting, self._line.sending = None, None
         if batch_id is None:
             return
         self.created += 1
@@ -318,14 +408,19 @@ class BatchRunner:
         log(logger, "lane_batch_submitted", batch_id=batch_id, model=batch.model, size=len(members))
         for m in members:
             self._params.pop(m, None)
+            self._deadlines.pop(m, None)
         self._track(state.key, state)
 
-    async def _create(self, intent: BatchState) -> str | None:
+    async def _create(
+        self, intent: BatchState, requests: list[dict[str, Any]], batch: Batch
+    ) -> str | None:
         """The batch id; None when the batch was refused whole (its members then go to the
-        real-time path). Any other failure may have created the batch all the same (a timeout
-        after the API took it): the intent is held, and the next round adopts or closes it."""
+        real-time path). A 429 (the rate limits) or an account hold created nothing: the
+        intent is closed and the batch waits, first in line (the pacer holds the calls for
+        the 429's retry-after). Any other failure may have created the batch all the same (a
+        timeout after the API took it): the intent is held, and the next round adopts or
+        closes it."""
         members = intent.members
-        requests = [{"custom_id": m, "params": self._params[m]} for m in members]
         try:
             return await self._api.create(requests)
         except ModelRejected as exc:
@@ -336,9 +431,26 @@ class BatchRunner:
                 self._params.pop(m, None)
                 self._resolve(ItemResult(m, "errored", error="batch_refused"))
             return None
+        except ModelUnavailable as exc:
+            if exc.kind == "rate_limit" or isinstance(exc, ApiBlocked):
+                try:
+                    await self._state.close(intent.key)
+                except Exception:
+                    self._hold(intent.key, intent)  # adopted or closed by a later round
+                    raise
+                # Withdrawn or revoked while it was being sent: left out.
+                self._line.put_back(batch, lambda m: m.custom_id in self._params)
+            else:
+                self._hold(intent.key, intent)
+            raise
         except Exception:
             self._hold(intent.key, intent)
             raise
+
+    def _rate_limited(self) -> None:
+        log(logger, "lane_rate_limited", logging.WARNING)
+        if self._metrics is not None:
+            self._metrics.lane_rate_limited.inc()
 
     def _hold(self, key: bytes, intent: BatchState) -> None:
         """An intent without a batch id: its members wait until it is adopted or closed."""
@@ -410,6 +522,7 @@ class BatchRunner:
             self._resolve(result)
 
     def _resolve(self, result: ItemResult) -> None:
+        self._deadlines.pop(result.custom_id, None)
         waiter = self._waiters.get(result.custom_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)

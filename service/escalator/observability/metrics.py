@@ -151,6 +151,31 @@ class Metrics:
             "ESCALATOR_BATCH_EXPECTED_S).",
             registry=r,
         )
+        self.lane_queued = Gauge(
+            "escalator_lane_queued_requests",
+            "Batch requests in the Message Batches API's processing queue as the lane counts "
+            "them: members of its batches not ended (its own and those it read on the state "
+            "topic), held under ESCALATOR_LANE_QUEUE_LIMIT.",
+            registry=r,
+        )
+        self.lane_queue_limit = Gauge(
+            "escalator_lane_queue_limit",
+            "ESCALATOR_LANE_QUEUE_LIMIT: the batch requests the lane lets into the processing "
+            "queue.",
+            registry=r,
+        )
+        self.lane_queue_holds = Counter(
+            "escalator_lane_queue_holds",
+            "Batches held back because the processing queue would pass "
+            "ESCALATOR_LANE_QUEUE_LIMIT (each counted once; it is submitted once a batch ends).",
+            registry=r,
+        )
+        self.lane_rate_limited = Counter(
+            "escalator_lane_rate_limited",
+            "429s from the Message Batches API: each holds every batch call for its "
+            "retry-after, and fails no request.",
+            registry=r,
+        )
         self.lane_batch_seconds = Histogram(
             "escalator_lane_batch_seconds",
             "Time from a batch's submission to its end, per batch, observed when its results "

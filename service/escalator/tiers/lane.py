@@ -140,8 +140,9 @@ class LaneHandler:
 
     async def _wait(self, record: Record, request: Request) -> list[Output]:
         params = self.model.request(request.text)
-        join = self.runner.join(self.model.model, record.partition, record.offset, params)
-        result = await self._in_time(join, deadline_ms(record))
+        deadline = deadline_ms(record)
+        join = self.runner.join(self.model.model, record.partition, record.offset, params, deadline)
+        result = await self._in_time(join, deadline)
         if result is None:
             # The deadline less the margin for a real-time answer: that answer, now.
             self.runner.withdraw(record.partition, record.offset)
@@ -172,8 +173,9 @@ class LaneHandler:
         strong, model = self.strong, self.strong_model
         assert strong is not None and model is not None  # handle() checked; built together
         params = model.request(escalation.request.text)
-        join = self.runner.join(model.model, record.partition, record.offset, params)
-        result = await self._in_time(join, deadline_ms(record))
+        deadline = deadline_ms(record)
+        join = self.runner.join(model.model, record.partition, record.offset, params, deadline)
+        result = await self._in_time(join, deadline)
         metrics = self.cheap.metrics
         # Shadows count by their batch result; escalations as the cheap items' fallbacks.
         counted = metrics.lane_measurements if escalation.shadow else metrics.lane_fallbacks
@@ -197,10 +199,11 @@ class LaneHandler:
         return strong.answered(record, escalation, attempt)
 
     async def _in_time(
-        self, join: Coroutine[Any, Any, ItemResult], deadline: int | None
+        self, join: Coroutine[Any, Any, ItemResult | None], deadline: int | None
     ) -> ItemResult | None:
         """The batch's result, or None when it has not come by ``deadline`` (epoch ms) less
-        the fallback margin."""
+        the fallback margin, or when the runner says it will not (its batch held back by the
+        queue limit past what the deadline allows): the deadline fallback either way."""
         if deadline is None:
             return await join
         left_s = deadline / 1000 - self.fallback_s - self._clock()

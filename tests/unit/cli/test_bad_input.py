@@ -216,6 +216,8 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_BATCH_MAX_AGE_S": [Case("0"), Case("old")],
     "ESCALATOR_BATCH_POLL_S": [Case("0"), Case("often")],
     "ESCALATOR_MEASURE_LANE": [Case("later")],
+    "ESCALATOR_LANE_QUEUE_LIMIT": [Case("0"), Case("many")],
+    "ESCALATOR_LANE_RPM": [Case("0"), Case("fast"), Case("2000000")],
     "OTEL_TRACES_EXPORTER": [
         Case("zipkin"),
         Case("none,otlp"),

@@ -380,3 +380,194 @@ async def test_a_batch_split_by_a_rebalance_is_closed_once_both_workers_committe
             assert open_batches(state.records) == {} and len(api.created) == 1
             await b.tick()  # the other worker lets it go too (a second tombstone at most)
             assert open_batches(state.records) == {}
+
+
+def created_ids(api: FakeBatches) -> list[list[str]]:
+    return [[q["custom_id"] for q in b] for b in api.created]
+
+
+async def messages(waits: list[asyncio.Task[ItemResult | None]]) -> list[Any]:
+    """The batch answers the waiting records get (each one has one)."""
+    results = await asyncio.wait_for(asyncio.gather(*waits), 1)
+    assert None not in results
+    return [r.message for r in results if r is not None]
+
+
+async def test_a_queue_limit_holds_the_next_batch_until_one_ends() -> None:
+    """Queue limit 4, batches of 2: two batches go (4 requests in the queue), the third waits,
+    counted once as held, while neither has ended; once one ends, it goes. The gauge shows the
+    queue as counted, the limit beside it."""
+    from escalator.observability.metrics import Metrics
+
+    metrics, clock = Metrics(), Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+
+    def value(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    async with runner(api, state, clock, max_requests=2, queue_limit=4, metrics=metrics) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in range(6)]
+        await settle()
+        await r.tick()
+        await r.tick()
+        r.gauges()
+        assert created_ids(api) == [["p0o0", "p0o1"], ["p0o2", "p0o3"]]
+        assert r.queued() == 4 and value("escalator_lane_queued_requests") == 4
+        assert value("escalator_lane_queue_limit") == 4
+        assert value("escalator_lane_queue_holds_total") == 1
+        api.finish("b2")
+        await r.tick()  # b2 collected: 2 in the queue, room for the held batch
+        await r.tick()
+        r.gauges()
+        assert created_ids(api)[2:] == [["p0o4", "p0o5"]]
+        assert r.queued() == 4 and value("escalator_lane_queue_holds_total") == 1
+        api.finish("b1")
+        api.finish("b3")
+        await r.tick()
+        assert await messages(waits) == [f"answer-p0o{o}" for o in range(6)]
+
+
+async def test_the_queue_counts_other_workers_batches_read_on_the_state_topic() -> None:
+    """A second worker reads the first one's running batches on the state topic: they fill
+    its queue limit, so its own batch waits for one of them to end (seen when it polls it)."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    async with runner(api, state, clock, max_requests=2) as first:
+        mine = [asyncio.create_task(first.join("m", 0, o, PARAMS)) for o in range(4)]
+        await settle()
+        await first.tick()
+        assert len(api.created) == 2
+        async with runner(api, state, clock, max_requests=2, queue_limit=4) as second:
+            assert second.queued() == 4
+            theirs = [asyncio.create_task(second.join("m", 1, o, PARAMS)) for o in range(2)]
+            await settle()
+            await second.tick()
+            assert len(api.created) == 2
+            api.finish("b1")
+            await second.tick()  # b1 seen ended
+            await second.tick()
+            assert created_ids(api)[2:] == [["p1o0", "p1o1"]]
+            for task in [*mine, *theirs]:
+                task.cancel()
+
+
+async def test_a_held_member_whose_deadline_cannot_wait_goes_real_time_in_time() -> None:
+    """The queue is full; of the two members of the held batch, the one whose deadline less
+    the 10 s margin comes before a batch sent now would end (60 s) is answered in real time at
+    once (``join`` gives None: the handler's deadline fallback); the other waits and is sent
+    alone once the queue has room."""
+    from escalator.lane.deadlines import CompletionTimes
+
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(
+        api, state, clock, max_requests=2, queue_limit=2, fallback_s=10,
+        times=CompletionTimes(60.0),
+    ) as r:  # fmt: skip
+        first = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        await r.tick()
+        soon = int((clock.now + 60 + 10 - 1) * 1000)  # a second short of what a batch needs
+        later = int((clock.now + 3600) * 1000)
+        urgent = asyncio.create_task(r.join("m", 0, 3, PARAMS, soon))
+        patient = asyncio.create_task(r.join("m", 0, 4, PARAMS, later))
+        await settle()
+        await r.tick()
+        await settle()
+        assert urgent.done() and urgent.result() is None and not patient.done()
+        assert len(api.created) == 1
+        r.withdraw(0, 3)  # as the handler does before answering it in real time
+        api.finish("b1")
+        await r.tick()
+        await r.tick()
+        assert created_ids(api)[1:] == [["p0o4"]]
+        api.finish("b2")
+        await r.tick()
+        assert await messages([patient]) == ["answer-p0o4"]
+        for task in first:
+            await task
+
+
+async def test_a_429_on_create_holds_the_batch_first_in_line_and_fails_no_member() -> None:
+    """The API says 429 to create: nothing was created, so the intent is closed (nothing to
+    adopt) and the batch waits, first in line; the round fails, no member does; the next
+    round creates it once and the members get their batch answers."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit", retry_after_s=1)
+    async with runner(api, state, clock, max_requests=2) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        try:
+            await r.tick()
+        except ModelUnavailable:
+            pass
+        else:
+            raise AssertionError("the round should fail")
+        assert api.created == [] and open_batches(state.records) == {}
+        assert not any(w.done() for w in waits) and api.lists == 0
+        await r.tick()
+        assert created_ids(api) == [["p0o1", "p0o2"]]
+        api.finish("b1")
+        await r.tick()
+        assert await messages(waits) == ["answer-p0o1", "answer-p0o2"]
+
+
+async def test_revoked_members_of_a_held_batch_leave_it() -> None:
+    """A batch held back by the queue limit loses the members of revoked partitions (the next
+    owner batches them: never sent twice) and of withdrawn records."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock, max_requests=3, queue_limit=3) as r:
+        first = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2, 3)]
+        held = [asyncio.create_task(r.join("m", p, 9, PARAMS)) for p in (0, 1, 2)]
+        await settle()
+        await r.tick()
+        assert len(api.created) == 1
+        r.give_up({1})
+        r.withdraw(2, 9)
+        api.finish("b1")
+        await r.tick()
+        await r.tick()
+        assert created_ids(api)[1:] == [["p0o9"]]
+        for task in [*first, *held]:
+            task.cancel()
+
+
+class GatedBatches(FakeBatches):
+    """FakeBatches whose create waits for ``gate``, then raises ``fail`` if set."""
+
+    def __init__(self) -> None:
+        super().__init__(succeeded)
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def create(self, requests: list[dict[str, Any]]) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().create(requests)
+
+
+async def test_members_revoked_or_withdrawn_while_a_429_was_coming_do_not_wait_again() -> None:
+    """While a create that will be refused with a 429 is under way, one member's partition is
+    revoked and another member is withdrawn: the batch waits again without them (the next
+    owner batches the revoked one; never sent twice), and the next round sends the rest."""
+    api, state, clock = GatedBatches(), FakeState(), Clock()
+    api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit")
+    async with runner(api, state, clock, max_requests=3) as r:
+        waits = [asyncio.create_task(r.join("m", p, 5, PARAMS)) for p in (0, 1, 2)]
+        await settle()
+        round_ = asyncio.create_task(r.tick())
+        await asyncio.wait_for(api.entered.wait(), 1)
+        r.give_up({1})
+        r.withdraw(2, 5)
+        api.gate.set()
+        try:
+            await round_
+        except ModelUnavailable:
+            pass
+        else:
+            raise AssertionError("the round should fail")
+        assert api.created == [] and open_batches(state.records) == {}
+        await r.tick()
+        assert created_ids(api) == [["p0o5"]]
+        api.finish("b1")
+        await r.tick()
+        assert await messages(waits[:1]) == ["answer-p0o5"]

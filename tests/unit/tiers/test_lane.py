@@ -191,3 +191,33 @@ async def test_a_batch_answer_after_the_deadline_is_counted_as_a_miss() -> None:
         outputs = await asyncio.wait_for(task, 5)
     [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
     assert decision["lane"] == "batch" and model.calls == 0 and misses(cheap) == 1
+
+
+async def test_a_request_held_back_by_the_queue_limit_past_its_deadline_goes_real_time() -> None:
+    """The processing queue is full (limit 1, a batch in flight); a request whose deadline,
+    30 s after its margin, is too close for a batch sent now (the lane expects an hour) is
+    answered in real time at once, by the deadline fallback (counted so), not 30 s later and
+    not in a batch."""
+    clock = Clock()
+    model = FakeModel(lambda n: ok())
+    cheap = handler(CheapHandler, model)
+    api = FakeBatches(lambda cid, p: ItemResult(cid, "succeeded", message=batch_answer(0.95)))
+    async with BatchRunner(
+        api, FakeState(), max_age_s=0, poll_s=0.01, clock=clock, max_requests=1, queue_limit=1,
+        fallback_s=300,
+    ) as r:  # fmt: skip
+        lane = LaneHandler(cheap, r, Adapter(), fallback_s=300, clock=clock)
+        first = lane.handle(with_deadline(int((clock.now + 86400) * 1000), offset=1))
+        assert not isinstance(first, list)
+        waiting = asyncio.create_task(first)
+        for _ in range(500):
+            if api.created:
+                break
+            await asyncio.sleep(0.01)
+        work = lane.handle(with_deadline(int((clock.now + 330) * 1000), offset=2))
+        assert not isinstance(work, list)
+        outputs = await asyncio.wait_for(work, 1)
+        assert model.calls == 1 and fallbacks(cheap, "deadline") == 1
+        [decision] = [orjson.loads(o.value) for o in on(outputs, "decisions")]
+        assert decision["lane"] == "realtime" and len(api.created) == 1
+        waiting.cancel()
