@@ -6,6 +6,8 @@ cheap batch escalates in real time, before its deadline."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,7 +16,13 @@ import pytest
 from escalator.config import Settings, load_settings
 from escalator.model.prices import Usage, load_prices
 from tests.conftest import running_sim
-from tests.integration.harness import produce, requests, running_service, setup_topics
+from tests.integration.harness import (
+    Collected,
+    produce,
+    requests,
+    running_service,
+    setup_topics,
+)
 from tests.integration.test_batch_lane import (
     deadline_env,
     drained,
@@ -51,22 +59,33 @@ def half_price(settings: Settings, attempt: dict[str, Any]) -> bool:
     return full > 0 and abs(attempt["cost_usd"] - full / 2) < 1e-12
 
 
-@pytest.mark.timeout(300)
-async def test_an_unsure_lane_request_is_answered_by_a_strong_batch_at_half_price(
-    kafka_bootstrap: str, unique: str
-) -> None:
-    """A day of deadline: every request goes to the lane; each unsure cheap batch answer is
-    handed off again and answered by the strong model in a batch: exactly one result per
-    request, the escalated ones from the strong tier with both attempts at the batch tier,
-    their final decision lane batch at half the strong price, and no real-time call at all."""
-    with running_sim("--batch-latency", "2") as sim:
-        settings = load_settings(lane_env(kafka_bootstrap, sim, unique))
-        t = settings.topics
+@dataclass(frozen=True)
+class LaneRun:
+    """What one run through the lane gave (:func:`through_the_lane`)."""
+
+    settings: Settings
+    got: Collected
+    #: Each request's one result, by id.
+    results: dict[str, Any]
+    decisions: list[dict[str, Any]]
+    #: escalator_lane_escalations_total per lane, read while the service ran.
+    via: dict[str, float]
+    #: The emulator's counts.
+    stats: dict[str, Any]
+
+
+async def through_the_lane(
+    kafka_bootstrap: str, unique: str, batch_latency_s: int, env: Callable[[str], dict[str, str]]
+) -> LaneRun:
+    """N requests of TEXTS through the cheap, strong and lane tiers, with ``env``'s settings
+    for an emulator whose batches take ``batch_latency_s``; exactly one result per request."""
+    with running_sim("--batch-latency", str(batch_latency_s)) as sim:
+        settings = load_settings(env(sim))
         await setup_topics(settings)
         values = requests(N, unique, TEXTS)
         ids = [orjson.loads(v)["id"] for v in values]
         async with running_service(settings, ["cheap", "strong", "lane"]) as service:
-            await produce(kafka_bootstrap, t.requests, values)
+            await produce(kafka_bootstrap, settings.topics.requests, values)
             got = await drained(kafka_bootstrap, settings, ids)
             registry = service.metrics.registry
             via = {
@@ -76,24 +95,47 @@ async def test_an_unsure_lane_request_is_answered_by_a_strong_batch_at_half_pric
             }
         stats = await sim_stats(sim)
     results = one_result_each(got, settings, ids)
-    every = decisions(got, settings)
-    cheap = [d for d in every if d["attempt"]["tier"] == "cheap"]
+    return LaneRun(settings, got, results, decisions(got, settings), via, stats)
+
+
+def escalated_after_cheap_batches(run: LaneRun) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every request's cheap answer came from a batch; the ids of those it escalated (some),
+    and the strong tier's final decisions, one for each of them."""
+    cheap = [d for d in run.decisions if d["attempt"]["tier"] == "cheap"]
     assert {d["lane"] for d in cheap} == {"batch"} and len(cheap) == N
     escalated = sorted(d["id"] for d in cheap if d["outcome"] == "escalated")
     assert escalated, "the texts should make some cheap answers unsure"
-    finals = [d for d in every if d["attempt"]["tier"] == "strong" and d["outcome"] == "final"]
+    finals = [
+        d for d in run.decisions if d["attempt"]["tier"] == "strong" and d["outcome"] == "final"
+    ]
     assert sorted(d["id"] for d in finals) == escalated
+    return escalated, finals
+
+
+@pytest.mark.timeout(300)
+async def test_an_unsure_lane_request_is_answered_by_a_strong_batch_at_half_price(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """A day of deadline: every request goes to the lane; each unsure cheap batch answer is
+    handed off again and answered by the strong model in a batch: exactly one result per
+    request, the escalated ones from the strong tier with both attempts at the batch tier,
+    their final decision lane batch at half the strong price, and no real-time call at all."""
+    run = await through_the_lane(
+        kafka_bootstrap, unique, 2, lambda sim: lane_env(kafka_bootstrap, sim, unique)
+    )
+    settings, stats = run.settings, run.stats
+    escalated, finals = escalated_after_cheap_batches(run)
     for d in finals:
         assert d["lane"] == "batch" and d["attempt"]["service_tier"] == "batch"
         assert half_price(settings, d["attempt"])
-        result = results[d["id"]]
+        result = run.results[d["id"]]
         assert result["escalated"] is True and result["tier"] == "strong"
         assert [a["service_tier"] for a in result["attempts"]] == ["batch", "batch"]
     strong, cheap_model = settings.model.strong_model, settings.model.cheap_model
     assert stats.get(f"charged_requests:{strong}", 0) == 0
     assert stats.get(f"charged_requests:{cheap_model}", 0) == 0
     assert stats.get(f"batch_answered:{strong}", 0) == len(escalated)
-    assert via == {"batch": len(escalated), "realtime": 0}
+    assert run.via == {"batch": len(escalated), "realtime": 0}
 
 
 @pytest.mark.timeout(300)
@@ -104,30 +146,17 @@ async def test_an_unsure_lane_request_with_too_little_slack_left_escalates_in_re
     cheap batch took 8 s: its escalation goes to the strong tier in real time, as before,
     and every result comes before its deadline."""
     deadline_s = 30
-    with running_sim("--batch-latency", "8") as sim:
-        settings = load_settings(deadline_env(kafka_bootstrap, sim, unique, deadline_s))
-        t = settings.topics
-        await setup_topics(settings)
-        values = requests(N, unique, TEXTS)
-        ids = [orjson.loads(v)["id"] for v in values]
-        async with running_service(settings, ["cheap", "strong", "lane"]) as service:
-            await produce(kafka_bootstrap, t.requests, values)
-            got = await drained(kafka_bootstrap, settings, ids)
-            realtime = service.metrics.registry.get_sample_value(
-                "escalator_lane_escalations_total", {"lane": "realtime"}
-            )
-        stats = await sim_stats(sim)
-    one_result_each(got, settings, ids)
-    every = decisions(got, settings)
-    cheap = [d for d in every if d["attempt"]["tier"] == "cheap"]
-    assert {d["lane"] for d in cheap} == {"batch"} and len(cheap) == N
-    escalated = sorted(d["id"] for d in cheap if d["outcome"] == "escalated")
-    assert escalated
-    finals = [d for d in every if d["attempt"]["tier"] == "strong" and d["outcome"] == "final"]
-    assert sorted(d["id"] for d in finals) == escalated
+    run = await through_the_lane(
+        kafka_bootstrap,
+        unique,
+        8,
+        lambda sim: deadline_env(kafka_bootstrap, sim, unique, deadline_s),
+    )
+    settings, stats = run.settings, run.stats
+    escalated, finals = escalated_after_cheap_batches(run)
     assert {d["lane"] for d in finals} == {"realtime"}
     strong = settings.model.strong_model
     assert stats.get(f"charged_requests:{strong}", 0) == len(escalated)
     assert stats.get(f"batch_answered:{strong}", 0) == 0
-    assert realtime == len(escalated)
-    await in_time(kafka_bootstrap, settings, got, deadline_s)
+    assert run.via["realtime"] == len(escalated)
+    await in_time(kafka_bootstrap, settings, run.got, deadline_s)

@@ -24,6 +24,7 @@ and a duplicate custom id fails the whole batch.) The state topic maps it back.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_REQUESTS = 10_000
@@ -124,40 +125,37 @@ class Assembly:
     def drop(self, partitions: set[int]) -> list[str]:
         """Take the members of these hand-off partitions out of the open batches (their
         partitions were revoked: the next owner batches them); their custom ids."""
-        dropped: list[str] = []
-        for model, batch in list(self._open.items()):
-            kept = [m for m in batch.members if m.partition not in partitions]
-            for m in batch.members:
-                if m.partition in partitions:
-                    dropped.append(m.custom_id)
-                    self._places.discard((m.partition, m.offset))
-            if kept:
-                batch.members = kept
-                batch.size_bytes = ENVELOPE_BYTES + sum(m.size_bytes for m in kept)
-            else:
-                del self._open[model]
-        return dropped
+        return [m.custom_id for m in self._take(lambda m: m.partition in partitions)]
 
     def withdraw(self, partition: int, offset: int) -> bool:
         """Take one member out of its open batch (answered another way); False when it is in
         none."""
         if (partition, offset) not in self._places:
             return False
-        self._places.discard((partition, offset))
-        for model, batch in list(self._open.items()):
-            kept = [m for m in batch.members if (m.partition, m.offset) != (partition, offset)]
-            if len(kept) == len(batch.members):
-                continue
-            if kept:
-                batch.members = kept
-                batch.size_bytes = ENVELOPE_BYTES + sum(m.size_bytes for m in kept)
-            else:
-                del self._open[model]
+        self._take(lambda m: (m.partition, m.offset) == (partition, offset))
         return True
 
     def waiting(self) -> int:
         """Requests in open batches (a gauge: requests waiting for their batch)."""
         return sum(len(b.members) for b in self._open.values())
+
+    def _take(self, leaves: Callable[[Member], bool]) -> list[Member]:
+        """Take the members ``leaves`` picks out of the open batches, in order; a batch left
+        empty is gone."""
+        taken: list[Member] = []
+        for model, batch in list(self._open.items()):
+            kept = [m for m in batch.members if not leaves(m)]
+            if len(kept) == len(batch.members):
+                continue
+            taken += (m for m in batch.members if leaves(m))
+            if kept:
+                batch.members = kept
+                batch.size_bytes = ENVELOPE_BYTES + sum(m.size_bytes for m in kept)
+            else:
+                del self._open[model]
+        for m in taken:
+            self._places.discard((m.partition, m.offset))
+        return taken
 
     def _cut(self, model: str) -> Batch:
         batch = self._open.pop(model)

@@ -104,16 +104,7 @@ class Watched:
         version = self.loaded.version
         self._metrics.tier0_active.labels(version).set(0)
         if remembered is not None:
-            log(
-                logger,
-                "tier0_still_withdrawn",
-                logging.ERROR,
-                version=version,
-                withdrawn_at_ms=remembered.at_ms,
-                target=remembered.target,
-                evalue=remembered.evalue,
-                observations=remembered.observations,
-            )
+            _log("tier0_still_withdrawn", version, remembered, withdrawn_at_ms=remembered.at_ms)
             return
         self._metrics.tier0_withdrawals.labels(version).inc()
         monitor = self.live.monitor if self.live is not None else None
@@ -124,17 +115,23 @@ class Watched:
             round(monitor.evalue, 3) if monitor is not None else None,
             monitor.observations if monitor is not None else None,
         )
-        log(
-            logger,
-            "tier0_withdrawn",
-            logging.ERROR,
-            version=version,
-            target=withdrawal.target,
-            evalue=withdrawal.evalue,
-            observations=withdrawal.observations,
-        )
+        _log("tier0_withdrawn", version, withdrawal)
         if self.on_withdraw is not None:
             self.on_withdraw(withdrawal)
+
+
+def _log(event: str, version: str, withdrawal: Withdrawal, **at: int) -> None:
+    """The ERROR line of a withdrawal, new or remembered (``at``: when it was recorded)."""
+    log(
+        logger,
+        event,
+        logging.ERROR,
+        version=version,
+        **at,
+        target=withdrawal.target,
+        evalue=withdrawal.evalue,
+        observations=withdrawal.observations,
+    )
 
 
 def watched(loaded: Artefact, *, sample_rate: float, alpha: float, metrics: Metrics) -> Watched:

@@ -85,6 +85,25 @@ def test_a_redelivered_record_joins_its_open_batch_once() -> None:
     assert [m.custom_id for m in batch.members] == ["p0o7", "p1o7"]
 
 
+def test_members_taken_out_leave_their_batch_and_free_their_place() -> None:
+    """drop (revoked partitions) and withdraw (answered another way) take members out of the
+    open batches: the rest stay, with their size; a batch left empty is gone; a place taken out
+    is free to join again; withdrawing one in no open batch says so."""
+    a = Assembly(max_age_s=60.0)
+    a.add("haiku", member(1))
+    a.add("haiku", member(2, size=50, partition=1))
+    a.add("haiku", member(4, size=30))
+    a.add("sonnet", member(3, partition=1))
+    assert a.drop({1}) == ["p1o2", "p1o3"] and a.waiting() == 2
+    assert a.withdraw(0, 4) and not a.withdraw(0, 4) and not a.withdraw(1, 2)
+    assert a.drop({1}) == [] and a.due(59.0) == []  # no empty batch left behind
+    a.add("sonnet", member(3, partition=1))
+    haiku, sonnet = sorted(a.due(60.0), key=lambda b: b.model)
+    assert [m.custom_id for m in haiku.members] == ["p0o1"]
+    assert haiku.size_bytes == ENVELOPE_BYTES + 100
+    assert [m.custom_id for m in sonnet.members] == ["p1o3"]
+
+
 @pytest.mark.parametrize(
     ("requests", "size"), [(0, 10**6), (MAX_REQUESTS + 1, 10**6), (10, 256_000_001), (10, 10)]
 )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from escalator.errors import ModelUnavailable
 from escalator.lane.batches import ItemResult
 from escalator.lane.runner import BatchRunner
@@ -36,6 +38,25 @@ def runner(api: FakeBatches, state: FakeState, clock: Clock, **kw: Any) -> Batch
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def failed_then_adopted(
+    r: BatchRunner, api: FakeBatches, offset: int, error: type[Exception]
+) -> None:
+    """The record at ``offset`` joins alone; the round that creates its batch fails with
+    ``error`` although the API created it; the next round creates none and the record waits;
+    once the batch has ended a round adopts it and the next collects the answer."""
+    wait = asyncio.create_task(r.join("m", 0, offset, PARAMS))
+    await settle()
+    with pytest.raises(error):
+        await r.tick()
+    await r.tick()
+    assert len(api.created) == 1 and not wait.done()
+    api.finish("b1")
+    await r.tick()  # adopted
+    await r.tick()  # polled and collected
+    assert (await asyncio.wait_for(wait, 1)).message == f"answer-p0o{offset}"
+    assert len(api.created) == 1
 
 
 async def test_members_share_one_batch_recorded_before_and_after_create() -> None:
@@ -234,21 +255,8 @@ async def test_a_create_that_failed_after_the_api_took_it_is_adopted() -> None:
     api, state = FakeBatches(succeeded, clock), FakeState()
     api.fail_after = ModelUnavailable("timeout", kind="timeout")
     async with runner(api, state, clock, max_requests=1) as r:
-        wait = asyncio.create_task(r.join("m", 0, 4, PARAMS))
-        await settle()
-        try:
-            await r.tick()
-        except ModelUnavailable:
-            pass
-        else:
-            raise AssertionError("the create's failure should fail the round")
-        await r.tick()
-        assert len(api.created) == 1 and not wait.done()
-        api.finish("b1")
-        await r.tick()  # adopted
-        await r.tick()  # polled and collected
-        assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o4"
-        assert len(api.created) == 1 and r.created == 0
+        await failed_then_adopted(r, api, 4, ModelUnavailable)
+        assert r.created == 0
 
 
 async def test_the_gauges_show_waiting_requests_and_the_oldest_batch_in_flight() -> None:
@@ -310,19 +318,7 @@ async def test_a_batch_whose_id_could_not_be_recorded_is_adopted_not_created_aga
 
     state.write = flaky  # type: ignore[method-assign]
     async with runner(api, state, clock, max_requests=1) as r:
-        wait = asyncio.create_task(r.join("m", 0, 5, PARAMS))
-        await settle()
-        try:
-            await r.tick()
-        except OSError:
-            pass
-        await r.tick()
-        assert len(api.created) == 1 and not wait.done()
-        api.finish("b1")
-        await r.tick()
-        await r.tick()
-        assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o5"
-        assert len(api.created) == 1
+        await failed_then_adopted(r, api, 5, OSError)
         assert [s.batch_id for s in open_batches(state.records).values()] == ["b1"]
 
 

@@ -208,14 +208,21 @@ async def running(
     watch: Callable[[str, Metrics, Clock], Parking | None] = lambda topic, m, c: None,
     buffer: int = 100,
     retention: TopicRetention | None = None,
+    high: int | None = None,
 ) -> AsyncIterator[Console]:
-    """A console on fakes, running; the values arrive on partition 0 of the reviews topic."""
+    """A console on fakes, running; the values arrive on partition 0 of the reviews topic,
+    whose high watermark is ``high`` from the start (None: unknown, until a test sets it)."""
     clock, metrics, producer = Clock(), Metrics(), FakeProducer()
     consumers = {
         t: FakeConsumer(TopicPartition(t, 0)) for t in (TOPICS.reviews, TOPICS.adjudications)
     }
 
+    scanned = asyncio.Event()
+
     async def read_decided(since_ms: int) -> list[str]:
+        # The scan goes on without a pause once this returns: its items are shown (or settled
+        # as decided) before the set-up, woken by the event, runs again.
+        scanned.set()
         return sorted(decided or ())
 
     handler = ReviewHandler(
@@ -249,12 +256,14 @@ async def running(
     )
     records = [v if isinstance(v, Rec) else Rec(i, v) for i, v in enumerate(values)]
     consumers[TOPICS.reviews].pending = records
+    consumers[TOPICS.reviews].high = high
     async with q:
         task = asyncio.create_task(q.run())
         await asyncio.wait_for(q.wait_joined(), 5)
         left = max(0, len(records) - buffer)
         await eventually(lambda: len(consumers[TOPICS.reviews].pending) <= left)
-        await asyncio.sleep(0.1)  # the recovery scan
+        if records:  # they hold a review item: the recovery scan shows them, however slow
+            await asyncio.wait_for(scanned.wait(), 10)
         try:
             yield Console(q, consumers[TOPICS.reviews], producer, clock, metrics, consumers)
         finally:

@@ -86,10 +86,18 @@ async def test_items_near_retention_are_parked_and_leave_the_queue() -> None:
     old = [Rec(0, item("a"), timestamp=1_600_000), Rec(1, item("b"), timestamp=1_600_000)]
     young = Rec(2, item("c"), timestamp=1_900_000)
     view = View([*old, young])
-    async with running([*old, young], retention=RETENTION, watch=watch_with(view)) as c:
-        c.consumer.high = 3
+    # The end offset known from the start: the console's check after the clock moves sees it.
+    async with running([*old, young], retention=RETENTION, watch=watch_with(view), high=3) as c:
         lease = c.q.lease("review", "alice")
         assert lease is not None and lease.item.review_id == "review:a"
+        m = c.metrics
+        # The console checks on its own clock: moved a second, a tick reads it (the oldest
+        # item's age, 2,001 s less its creation at 1 s) and checks in the same step.
+        c.clock.now += 1
+        await eventually(
+            lambda: value(m, "escalator_review_oldest_age_seconds", queue="review") == 2000
+        )
+        assert value(m, "escalator_review_oldest_age_seconds", queue="review") == 2000
         await asyncio.sleep(0.1)
         assert c.consumer.committed is None, "at 0.4 of retention nothing is parked"
         assert [i.review_id for i in c.q.waiting("review")] == ["review:a", "review:b", "review:c"]
@@ -104,7 +112,6 @@ async def test_items_near_retention_are_parked_and_leave_the_queue() -> None:
         assert c.consumer.committed == 2, "the watermark passed the parked items, not the young one"
         assert [i.review_id for i in c.q.waiting("review")] == ["review:c"]
         assert await c.q.decide(lease.id, "alice", "safe", None) == "lost"
-        m = c.metrics
         assert value(m, "escalator_parked_total", tier="review", topic=TP.topic) == 2
         await eventually(
             lambda: (
@@ -120,11 +127,11 @@ async def test_an_unacknowledged_copy_is_delivered_when_the_broker_is_back() -> 
     decided) but uncommitted and not counted; once the broker is back the copy is delivered,
     counted and committed past."""
     rec = Rec(0, item("a"), timestamp=1_600_000)
-    async with running([rec], retention=RETENTION, watch=watch_with(View([rec]))) as c:
-        c.consumer.high = 1
+    async with running([rec], retention=RETENTION, watch=watch_with(View([rec])), high=1) as c:
         c.producer.fail = True
         c.clock.now += 200
         await eventually(lambda: c.q.waiting("review") == [])
+        assert c.q.waiting("review") == [], "parking it was decided"
         await asyncio.sleep(0.2)
         assert c.consumer.committed is None
         assert value(c.metrics, "escalator_parked_total", tier="review", topic=TP.topic) == 0

@@ -15,6 +15,7 @@ import pytest
 
 from escalator.contract.decisions import Decision
 from escalator.observability.metrics import Metrics
+from escalator.tier0.state import Withdrawal
 from escalator.tier0.watch import Watched, watched
 from escalator.tiers.handlers import CheapHandler
 from tests.integration.harness import validator
@@ -158,6 +159,49 @@ async def test_a_withdrawal_sends_every_later_record_to_the_model() -> None:
         (result,) = on(await asyncio.wait_for(out, 10), "results")
         assert orjson.loads(result.value)["tier"] == "cheap"
     assert model.calls == calls + 20
+
+
+def test_a_withdrawal_and_a_remembered_one_each_say_so_in_an_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A withdrawal by the live test logs ``tier0_withdrawn`` with what was recorded; one
+    remembered at start-up logs ``tier0_still_withdrawn`` with the recorded figures and when."""
+    tier0 = _watch(1.0, 0.01, Metrics())
+    while tier0.active:
+        tier0.observe(1.0, 1.0)
+    monitor = tier0.live.monitor if tier0.live is not None else None
+    assert monitor is not None
+    restarted = _watch(1.0, 0.01, Metrics())
+    restarted.withdraw(remembered=Withdrawal(restarted.version, 1234, 0.9, 250.0, 7))
+    lines = [
+        (r.levelname, r.getMessage(), r.fields)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage().startswith("tier0_")
+    ]
+    version = tier0.version
+    assert lines == [
+        (
+            "ERROR",
+            "tier0_withdrawn",
+            {
+                "version": version,
+                "target": 0.95,
+                "evalue": round(monitor.evalue, 3),
+                "observations": monitor.observations,
+            },
+        ),
+        (
+            "ERROR",
+            "tier0_still_withdrawn",
+            {
+                "version": version,
+                "withdrawn_at_ms": 1234,
+                "target": 0.9,
+                "evalue": 250.0,
+                "observations": 7,
+            },
+        ),
+    ]
 
 
 def test_no_sampling_or_no_room_under_the_target_means_no_test() -> None:
