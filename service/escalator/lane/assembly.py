@@ -1,7 +1,7 @@
 """Batch assembly: which handed-off requests go into which Message Batch, and when it is sent.
 
-Not wired yet (issue 24, slice 3): the lane worker that will feed it is the next step; see
-``lane/__init__.py``.
+The lane's runner (``lane/runner.py``) feeds it the handed-off requests and submits what it
+cuts; ``lane/__init__.py`` tells the whole path.
 
 Batches are assembled per model and cut at the documented limits, whichever comes first
 (the batch-processing guide and the Create reference; docs/SIMULATOR.md cites both):
