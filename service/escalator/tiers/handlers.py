@@ -284,6 +284,32 @@ class _Base:
         ).value()
         return Output(self.topics.decisions, value, key)
 
+    def result(
+        self,
+        record: Record,
+        request: Request,
+        final: Attempt,
+        attempts: list[Attempt],
+        key: bytes,
+        headers: Headers | None = None,
+        *,
+        escalated: str | None = None,
+    ) -> Output:
+        """The results-topic record of a decided request: answered by ``final`` after
+        ``attempts``; ``escalated`` is the escalation's reason (None: decided where it came
+        in, by tier 0 or the cheap model)."""
+        value = result_value(
+            request,
+            final,
+            attempts,
+            escalated=escalated is not None,
+            escalation_reason=escalated,
+            threshold_version=self.thresholds.version,
+        )
+        return Output(
+            self.topics.results, value, key, _headers(record) if headers is None else headers
+        )
+
     def log_decision(self, request: Request, attempt: Attempt, *, escalated: bool) -> None:
         fields: dict[str, object] = {
             "id": request.id,
@@ -409,17 +435,9 @@ class CheapHandler(_Base):
             deadline_s=self.lane.deadline_s(request),
             tier0_version=version,
         ).value()
-        value = result_value(
-            request,
-            attempt,
-            [attempt],
-            escalated=False,
-            escalation_reason=None,
-            threshold_version=self.thresholds.version,
-        )
         return [
             Output(self.topics.decisions, decision, key),
-            Output(self.topics.results, value, key, _headers(record)),
+            self.result(record, request, attempt, [attempt], key),
         ]
 
     def _watched(
@@ -552,15 +570,7 @@ class CheapHandler(_Base):
         self.log_decision(request, attempt, escalated=decision == "escalate")
         if decision == "accept":
             self.metrics.decision(self.tier, attempt.label or "", "accepted")
-            value = result_value(
-                request,
-                attempt,
-                [attempt],
-                escalated=False,
-                escalation_reason=None,
-                threshold_version=self.thresholds.version,
-            )
-            outputs.append(Output(self.topics.results, value, key, headers))
+            outputs.append(self.result(record, request, attempt, [attempt], key, headers))
             if via is not None:
                 # Measurement: the strong model answers this one too, for the decisions log
                 # only. The rate travels with it so estimates can be weighted by 1/rate. Through
@@ -859,15 +869,8 @@ class StrongHandler(_Base):
         if shadow:
             return decisions  # one decision per request, always: shadow answers never go to results
         self.metrics.decision(self.tier, attempt.label or "", "accepted")
-        value = result_value(
-            request,
-            attempt,
-            attempts,
-            escalated=True,
-            escalation_reason=escalation.reason,
-            threshold_version=self.thresholds.version,
-        )
-        return [*decisions, Output(self.topics.results, value, key, _headers(record))]
+        result = self.result(record, request, attempt, attempts, key, escalated=escalation.reason)
+        return [*decisions, result]
 
     def _refused(
         self,
