@@ -64,6 +64,18 @@ class AnthropicBatches:
     def __init__(self, client: anthropic.AsyncAnthropic) -> None:
         self._client = client
 
+    @property
+    def timeout_s(self) -> float | None:
+        """The client's timeout of one call (s): the runner gives up a create after it
+        (``runner.CREATE_TIMEOUT_S``); the longest phase when it states several."""
+        stated = self._client.timeout
+        if isinstance(stated, int | float):
+            return float(stated)
+        if isinstance(stated, anthropic.Timeout):
+            phases = [stated.connect, stated.read, stated.write, stated.pool]
+            return max((p for p in phases if p is not None), default=None)
+        return None
+
     async def create(self, requests: list[dict[str, Any]]) -> str:
         try:
             batch = await self._client.messages.batches.create(requests=requests)  # type: ignore[arg-type]

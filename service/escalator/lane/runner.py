@@ -20,17 +20,36 @@ submitted blindly again: the runner lists the batches the API created since the 
 (less :data:`ADOPT_SKEW_MS` for the two clocks) and adopts the one whose results name exactly
 the intent's custom ids (its id is written under the intent's key, and it is polled like any
 other). A batch of the intent's size still running may be it, so the intent waits for it to
-end; when no batch can be it, the intent is closed (its tombstone) and its members, as they
-come, join a new batch. Until then they wait (the lane handler's deadline timer answers them
-in real time if that takes too long).
+end; when no batch can be it and the intent is older than the grace
+(:attr:`BatchRunner.adopt_grace_s`: the create's timeout, :attr:`BatchRunner.create_timeout_s`,
+after which a worker gives its create up, plus :data:`ADOPT_MARGIN_S`), the intent is closed
+(its tombstone) and its members, as they come, join a new batch. Until then they wait (the
+lane handler's deadline timer answers them in real time if that takes too long, and those
+whose deadline cannot wait for the grace and a batch are answered in real time at once).
+
+A rebalance while the old owner submits a batch with members of a revoked partition (its intent
+write or its create under way): :meth:`BatchRunner.give_up` takes their params, and once the
+intent is acknowledged the old owner looks: a member gone closes the intent and creates nothing
+(the rest wait again). So the old owner's create holds only members it still owned when its
+intent was acknowledged: before its revocation, so before the next owner's assignment and the
+state read that follows it (:meth:`BatchRunner.refresh`), which finds the intent. The next
+owner holds those members and closes that intent only past the grace, when the old owner's
+create has ended (or been given up) and its batch, if any, is listed: adopted, never created
+again. If the next owner read an intent the old owner then closed that way, it waits the grace
+before it batches those members. And after an assignment the next intent reads the state topic
+again first: members found in another worker's intent or batch leave it and wait for that one.
+What is left: an old owner not told of its revocation before the next owner's assignment (a
+zombie: its session expired or its loop stalled, so the group moved on without it) whose intent
+lands after that second read still creates its batch; and the grace assumes the two workers'
+clocks within about :data:`ADOPT_MARGIN_S` of each other.
 
 The batch rate limits (``limits.py``): every call to the API is paced under
 ESCALATOR_LANE_RPM, and a batch is submitted only while the batch requests of the batches not
 ended (:meth:`BatchRunner.queued`) leave room for it under ESCALATOR_LANE_QUEUE_LIMIT. A batch
 that does not fit stays cut, first in line, until one ends; its members whose deadline the wait
 would miss are answered in real time meanwhile (``join`` gives them None, the lane handler's
-deadline fallback). A 429 on create means no batch was created: its intent is closed and the
-batch waits again, first in line.
+deadline fallback). A 429 (or a 529) on create means no batch was created: its intent is closed
+and the batch waits again, first in line.
 """
 
 from __future__ import annotations
@@ -59,6 +78,16 @@ logger = logging.getLogger("escalator.lane")
 #: How much earlier than an intent a batch it led to may seem created (the API's clock
 #: against the worker's): the list call looks back this much further.
 ADOPT_SKEW_MS = 300_000
+#: How long a create call may take, counted from its intent (the intent's write and the
+#: pacer's wait included), when the API client states no timeout of its own: the default of
+#: ESCALATOR_MODEL_TIMEOUT_S, the timeout of the client the lane shares (``max_retries=0``).
+CREATE_TIMEOUT_S = 30.0
+#: Added to the create's timeout for the grace of an intent (:attr:`BatchRunner.adopt_grace_s`):
+#: the API finishing a create whose caller has gone, and the two workers' clocks.
+ADOPT_MARGIN_S = 30.0
+#: What a create can fail with having created nothing (``model.caller.translate_error``'s
+#: kinds): a 429 and a 529 refuse the request before it is processed.
+REFUSED = frozenset({"rate_limit", "overloaded"})
 
 
 class StateLog(Protocol):
@@ -98,9 +127,14 @@ class BatchRunner:
         rpm: int | None = None,
         queue_limit: int | None = None,
         fallback_s: float = 0.0,
+        create_timeout_s: float | None = None,
         **limits: int,
     ) -> None:
         self._metrics = metrics
+        #: A create call is given up this long after its intent; an intent younger than the
+        #: grace may still have a create under way (another worker's): it is never closed.
+        self.create_timeout_s = create_timeout_s or _timeout_s(api)
+        self.adopt_grace_s = self.create_timeout_s + ADOPT_MARGIN_S
         self._api: BatchApi = api
         if rpm is not None:
             self._api = PacedBatches(api, Pacer(rpm), self._rate_limited)
@@ -139,6 +173,11 @@ class BatchRunner:
         #: Set while what the state topic says is known here: a record joins only then.
         self._fresh = asyncio.Event()
         self._refreshing: set[asyncio.Task[None]] = set()
+        #: Assignments so far, and how many of them a read begun before an intent followed:
+        #: the next intent after an assignment reads the state topic again first (the old
+        #: owner's intent may have landed after the assignment's own read).
+        self._assignments = 0
+        self._rechecked = 0
         self.created = 0
 
     async def __aenter__(self) -> BatchRunner:
@@ -152,23 +191,42 @@ class BatchRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _read(self) -> None:
+    async def _read(self, *, fresh: bool = True) -> None:
         """Track every submitted batch the state topic holds open (the same batch is polled
-        again, never created again)."""
+        again, never created again); members found in one, or in an intent, leave the batches
+        being assembled or cut here. ``fresh``: records may join once it is done."""
+        found: set[str] = set()
         for key, state in (await self._state.read()).items():
             if key in self._open or key in self._intents or key in self._closed:
                 continue
             if state.batch_id is None:
                 if key != self._submitting:
                     self._hold(key, state)
+                    if key in self._intents:
+                        found.update(state.members)
                 continue
             self._track(key, state)
-        self._fresh.set()
+            found.update(state.members)
+        if found:
+            self._leave(found)
+        if fresh:
+            self._fresh.set()
+
+    def _leave(self, found: set[str]) -> None:
+        """``found`` are in another batch or intent: out of those not sent yet. Params stay
+        for a member held for an intent (its close enqueues it again)."""
+        for cid in found:
+            self._assembly.withdraw(*place_of(cid))
+        self._line.drop(lambda m: m.custom_id in found)
+        for cid in found:
+            if cid in self._batch_of:
+                self._params.pop(cid, None)
 
     def refresh(self) -> None:
         """Partitions were assigned: read the state topic again before their records join
         (another worker may have submitted their batches)."""
         self._fresh.clear()
+        self._assignments += 1
         task = asyncio.create_task(self._reread(), name="batch-lane-refresh")
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
@@ -246,7 +304,8 @@ class BatchRunner:
         for cid in self._line.drop(lambda m: m.partition in partitions):
             self._params.pop(cid, None)  # cut, held back by the queue limit: the next owner's
         for m in self._line.sending.members if self._line.sending is not None else []:
-            if m.partition in partitions:  # in its intent; left out if it waits again (a 429)
+            # In its intent: created only if that was acknowledged before now (``_submit``).
+            if m.partition in partitions:
                 self._params.pop(m.custom_id, None)
         for cid in [c for c in self._deadlines if place_of(c)[0] in partitions]:
             del self._deadlines[cid]
@@ -371,19 +430,32 @@ class BatchRunner:
                 fallback_s=self.fallback_s,
             )
         )
-        for cid in self._line.drop(lambda m: m.custom_id in late):
+        self._real_time(self._line.drop(lambda m: m.custom_id in late))
+        return bool(self._line) and self._line.first() is batch
+
+    def _real_time(self, members: list[str]) -> None:
+        """``members`` wait no more: ``join`` gives them None (the deadline fallback, now)."""
+        for cid in members:
             self._params.pop(cid, None)
             self._deadlines.pop(cid, None)
             waiter = self._waiters.get(cid)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        return bool(self._line) and self._line.first() is batch
 
     async def _submit(self, batch: Batch) -> None:
         """Intent, create, then the batch id: in that order on the state topic. A batch whose
         intent could not be written stays cut (tried again); once the intent is written it
         leaves the cut list, and a create that fails leaves an intent to adopt or close (or,
-        refused for the rate limits, the batch first in line again)."""
+        refused for the rate limits, the batch first in line again). After an assignment the
+        state topic is read first; a member revoked or withdrawn while the intent was written
+        closes the intent, creating nothing (the module's docstring: a rebalance)."""
+        if self._rechecked < self._assignments:
+            assignments = self._assignments
+            await self._read(fresh=False)
+            self._rechecked = assignments
+        self._line.drop(lambda m: m.custom_id not in self._params)  # gone since it was cut
+        if batch not in self._line.batches:
+            return
         members = tuple(m.custom_id for m in batch.members)
         requests = [{"custom_id": m, "params": self._params[m]} for m in members]
         intent = BatchState(batch.model, members, int(self._clock() * 1000))
@@ -391,6 +463,11 @@ class BatchRunner:
         try:
             await self._state.write(intent)
             self._line.batches.remove(batch)
+            if any(m not in self._params for m in members):
+                # Revoked (or withdrawn) while the intent was written: the next owner may not
+                # have seen it. Nothing is created; the rest wait again.
+                await self._put_back(intent, batch)
+                return
             batch_id = await self._create(intent, requests, batch)
         finally:
             self._submitting, self._line.sending = None, None
@@ -415,14 +492,21 @@ class BatchRunner:
         self, intent: BatchState, requests: list[dict[str, Any]], batch: Batch
     ) -> str | None:
         """The batch id; None when the batch was refused whole (its members then go to the
-        real-time path). A 429 (the rate limits) or an account hold created nothing: the
-        intent is closed and the batch waits, first in line (the pacer holds the calls for
-        the 429's retry-after). Any other failure may have created the batch all the same (a
-        timeout after the API took it): the intent is held, and the next round adopts or
-        closes it."""
+        real-time path). A 429 (the rate limits), a 529 (overloaded) or an account hold
+        created nothing: the intent is closed and the batch waits, first in line (the pacer
+        holds the calls for the 429's retry-after). Any other failure may have created the
+        batch all the same (a timeout after the API took it, which includes a call given up
+        :attr:`create_timeout_s` after its intent): the intent is held, and a later round
+        adopts it or, past the grace, closes it."""
         members = intent.members
+        left_s = self.create_timeout_s - (self._clock() - intent.intent_ms / 1000)
         try:
-            return await self._api.create(requests)
+            try:
+                async with asyncio.timeout(max(left_s, 0.0)):
+                    return await self._api.create(requests)
+            except TimeoutError as exc:
+                # Given up, so that it ends within the grace another worker gives the intent.
+                raise ModelUnavailable("batch create timed out", kind="timeout") from exc
         except ModelRejected as exc:
             # The batch as a whole is refused: each member goes to the real-time path.
             log(logger, "lane_batch_refused", logging.WARNING, error=str(exc)[:300])
@@ -432,20 +516,24 @@ class BatchRunner:
                 self._resolve(ItemResult(m, "errored", error="batch_refused"))
             return None
         except ModelUnavailable as exc:
-            if exc.kind == "rate_limit" or isinstance(exc, ApiBlocked):
-                try:
-                    await self._state.close(intent.key)
-                except Exception:
-                    self._hold(intent.key, intent)  # adopted or closed by a later round
-                    raise
-                # Withdrawn or revoked while it was being sent: left out.
-                self._line.put_back(batch, lambda m: m.custom_id in self._params)
+            if exc.kind in REFUSED or isinstance(exc, ApiBlocked):
+                await self._put_back(intent, batch)
             else:
                 self._hold(intent.key, intent)
             raise
         except Exception:
             self._hold(intent.key, intent)
             raise
+
+    async def _put_back(self, intent: BatchState, batch: Batch) -> None:
+        """``intent`` created nothing: closed, and ``batch`` first in line again without the
+        members withdrawn or revoked while it was being sent."""
+        try:
+            await self._state.close(intent.key)
+        except Exception:
+            self._hold(intent.key, intent)  # adopted or closed by a later round
+            raise
+        self._line.put_back(batch, lambda m: m.custom_id in self._params)
 
     def _rate_limited(self) -> None:
         log(logger, "lane_rate_limited", logging.WARNING)
@@ -462,7 +550,10 @@ class BatchRunner:
 
     async def _adopt(self, key: bytes, intent: BatchState) -> None:
         """Adopt the batch that ``intent`` led to, if the API has one; close the intent when
-        no batch can be it (its members then join a new batch)."""
+        no batch can be it (its members then join a new batch): not while it is younger than
+        :attr:`adopt_grace_s` (its create may be under way, another worker's). Its members
+        meanwhile wait, but those whose deadline would not allow a batch sent after the grace
+        are answered in real time at once."""
         members = set(intent.members)
         known = {s.batch_id for s in self._open.values()}
         not_it = self._not_it.setdefault(key, set())
@@ -484,6 +575,17 @@ class BatchRunner:
                 return
             not_it.add(b.batch_id)
         if running:
+            return
+        young_s = self.adopt_grace_s - (self._clock() - intent.intent_ms / 1000)
+        if young_s > 0:
+            late = too_late(
+                (m for m in intent.members if m in self._params),
+                self._deadlines,
+                now_s=self._clock(),
+                expected_s=young_s + self.times.expected_s(),
+                fallback_s=self.fallback_s,
+            )
+            self._real_time(late)
             return
         await self._state.close(key)
         self._closed.add(key)
@@ -526,3 +628,10 @@ class BatchRunner:
         waiter = self._waiters.get(result.custom_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
+
+
+def _timeout_s(api: BatchApi) -> float:
+    """The timeout of ``api``'s client (``AnthropicBatches.timeout_s``), else
+    :data:`CREATE_TIMEOUT_S`."""
+    stated = getattr(api, "timeout_s", None)
+    return stated if isinstance(stated, float) and stated > 0 else CREATE_TIMEOUT_S
