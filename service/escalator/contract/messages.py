@@ -249,7 +249,8 @@ class _AttemptJson:
     """An attempt's JSON, made once for the records that carry it (a cheap answer is in its
     decision, its result and maybe its shadow or escalation, written one after another): orjson
     writes a slotted dataclass field by field, about 2 µs, and copies a ``Fragment`` as it is.
-    The last attempt's is kept; an Attempt is frozen, so it cannot go stale."""
+    The last attempt's is kept; an Attempt is frozen, so it cannot go stale. Called on the
+    event loop's thread only (the service writes no record from another thread)."""
 
     __slots__ = ("_attempt", "_json")
 
@@ -259,8 +260,7 @@ class _AttemptJson:
 
     def __call__(self, attempt: Attempt) -> orjson.Fragment:
         if attempt is not self._attempt:
-            self._json = orjson.Fragment(orjson.dumps(attempt))
-            self._attempt = attempt
+            self._attempt, self._json = attempt, orjson.Fragment(orjson.dumps(attempt))
         return self._json
 
 

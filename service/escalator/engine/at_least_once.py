@@ -114,7 +114,8 @@ class AtLeastOnce:
         A batch's outputs are grouped by topic and partition and handed to aiokafka as record
         batches (``send_batch``): one future per output partition rather than one per output,
         which is most of what a ``send`` costs. The partition is the one ``send`` would pick
-        (the producer's default partitioner: murmur2 of the key, as the Java client)."""
+        (the producer's partitioner, ``kafka/partitioning.py``: murmur2 of the key, as the Java
+        client)."""
         producer = self._producer.get()
         if len(outputs) <= _ONE_BY_ONE:
             await self._produce_each(outputs, producer)

@@ -90,21 +90,40 @@ class PacedBatches:
         self._api = api
         self.pacer = pacer
         self._on_limited = on_limited
+        #: The pacer was waited for already, for the next ``create`` (:meth:`reserve`).
+        self._reserved = False
 
     def _limited(self, exc: ModelUnavailable) -> None:
         if exc.kind == "rate_limit":
-            self.pacer.hold(exc.retry_after_s or DEFAULT_HOLD_S)
+            self.pacer.hold(DEFAULT_HOLD_S if exc.retry_after_s is None else exc.retry_after_s)
             self._on_limited()
 
     async def _paced(self, call: Callable[[], Awaitable[T]]) -> T:
         await self.pacer.wait()
+        return await self._called(call)
+
+    async def _called(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
         except ModelUnavailable as exc:
             self._limited(exc)
             raise
 
+    async def reserve(self) -> None:
+        """Wait for the pacer now, for the next :meth:`create`, which then goes at once: the
+        runner writes a batch's intent only when its create may go, so that the create's
+        timeout, counted from the intent, never spends itself in a hold of the pacer."""
+        await self.pacer.wait()
+        self._reserved = True
+
+    def unreserve(self) -> None:
+        """No create followed the reservation (the batch was put back)."""
+        self._reserved = False
+
     async def create(self, requests: list[dict[str, Any]]) -> str:
+        if self._reserved:
+            self._reserved = False
+            return await self._called(lambda: self._api.create(requests))
         return await self._paced(lambda: self._api.create(requests))
 
     async def ended(self, batch_id: str) -> bool:

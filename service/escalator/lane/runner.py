@@ -135,9 +135,8 @@ class BatchRunner:
         #: grace may still have a create under way (another worker's): it is never closed.
         self.create_timeout_s = create_timeout_s or _timeout_s(api)
         self.adopt_grace_s = self.create_timeout_s + ADOPT_MARGIN_S
-        self._api: BatchApi = api
-        if rpm is not None:
-            self._api = PacedBatches(api, Pacer(rpm), self._rate_limited)
+        self._paced = PacedBatches(api, Pacer(rpm), self._rate_limited) if rpm is not None else None
+        self._api: BatchApi = self._paced or api
         self._state = state
         #: ESCALATOR_LANE_QUEUE_LIMIT (None: not counted); no batch is cut larger than it.
         self.queue_limit = queue_limit
@@ -456,6 +455,13 @@ class BatchRunner:
         self._line.drop(lambda m: m.custom_id not in self._params)  # gone since it was cut
         if batch not in self._line.batches:
             return
+        if self._paced is not None:
+            # The create may go once the intent is written: its timeout, counted from the
+            # intent, is never spent waiting out a 429's hold.
+            await self._paced.reserve()
+            if any(m.custom_id not in self._params for m in batch.members):
+                self._paced.unreserve()
+                return  # revoked or withdrawn meanwhile: cut again next round
         members = tuple(m.custom_id for m in batch.members)
         requests = [{"custom_id": m, "params": self._params[m]} for m in members]
         intent = BatchState(batch.model, members, int(self._clock() * 1000))
@@ -471,6 +477,8 @@ class BatchRunner:
             batch_id = await self._create(intent, requests, batch)
         finally:
             self._submitting, self._line.sending = None, None
+            if self._paced is not None:
+                self._paced.unreserve()
         if batch_id is None:
             return
         self.created += 1
@@ -542,7 +550,7 @@ class BatchRunner:
 
     def _hold(self, key: bytes, intent: BatchState) -> None:
         """An intent without a batch id: its members wait until it is adopted or closed."""
-        if any(m in self._batch_of for m in intent.members):
+        if key in self._open or any(m in self._batch_of for m in intent.members):
             return  # its batch is already tracked (adopted under this key)
         self._intents[key] = intent
         for m in intent.members:
@@ -605,6 +613,12 @@ class BatchRunner:
             self._intent_of.pop(m, None)
 
     def _track(self, key: bytes, state: BatchState) -> None:
+        """``state``'s batch is polled here. Its key is no intent any more: a state read
+        between this worker's create and the write of its id (a rebalance's) took the intent
+        for one to adopt, and would otherwise close it, tombstoning the live batch's record."""
+        intent = self._intents.get(key)
+        if intent is not None:
+            self._release(key, intent)
         self._open[key] = state
         for m in state.members:
             self._batch_of[m] = key

@@ -187,3 +187,12 @@ def test_reserved_headers_are_recognised_in_any_case() -> None:
 
     arrived = [("X-Escalator-Reason", b"fake"), ("X-ESCALATOR-TIER", b"x"), ("Trace", b"t")]
     assert propagated_headers(arrived) == [("Trace", b"t")]
+
+
+def test_an_attempts_json_is_what_orjson_writes_for_it_whichever_came_last() -> None:
+    from escalator.contract.messages import attempt_json
+
+    a = Attempt("cheap", "m", "safe", 0.9, True, 10, 2)
+    b = Attempt("strong", "n", "toxic", 0.8, True, 20, 3)
+    for attempt in (a, b, a, a, b):
+        assert orjson.dumps(attempt_json(attempt)) == orjson.dumps(attempt)

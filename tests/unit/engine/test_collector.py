@@ -48,3 +48,16 @@ def test_tuned_leaves_the_collector_alone_when_off_or_managed_elsewhere(why: str
             assert gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def test_nested_blocks_tune_and_restore_once_whatever_order_they_end_in() -> None:
+    gc.set_threshold(700, 10, 10)
+    first, second = collector.tuned(), collector.tuned()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first service closes first
+    assert gc.get_threshold() == (collector.YOUNG, collector.OLDER, collector.OLDER)
+    assert gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0

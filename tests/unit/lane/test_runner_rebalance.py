@@ -7,6 +7,7 @@ than the grace that covers a create in flight."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from typing import Any
 
@@ -15,6 +16,7 @@ import anthropic
 from escalator.errors import ModelUnavailable
 from escalator.lane.batches import AnthropicBatches, ItemResult
 from escalator.lane.deadlines import CompletionTimes
+from escalator.lane.limits import PacedBatches
 from escalator.lane.runner import BatchRunner
 from escalator.lane.state import BatchState, open_batches
 from tests.unit.lane.fakes import FakeBatches, FakeState
@@ -270,3 +272,68 @@ async def test_the_grace_follows_the_api_clients_timeout() -> None:
     assert BatchRunner(FakeBatches(succeeded), state, max_age_s=60).adopt_grace_s == 60.0
     await client.close()
     await phased.close()
+
+
+class SlowIdWrite(FakeState):
+    """The state topic, whose next write of a batch id waits for ``gate`` once ``slow`` is set
+    (the batch is created; its id is not recorded yet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = False
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def write(self, state: BatchState) -> None:
+        if self.slow and state.batch_id is not None:
+            self.slow = False
+            self.entered.set()
+            await self.gate.wait()
+        await super().write(state)
+
+
+async def test_a_read_between_the_create_and_its_id_never_closes_the_running_batch() -> None:
+    """An assignment's state read lands after this worker's create and before the write of
+    its id: the read sees the intent and holds it. Once the batch is tracked it is no intent
+    any more, so no round closes it (which would tombstone the live batch's record: after a
+    restart the next owner would not see it and would create its members again)."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), SlowIdWrite()
+    async with runner(api, state, clock, max_requests=2) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        state.slow = True
+        submitting = asyncio.create_task(r.tick())
+        await asyncio.wait_for(state.entered.wait(), 1)
+        r.refresh()  # other partitions assigned: the state topic is read now
+        await settle()
+        state.gate.set()
+        await submitting
+        clock.now += r.adopt_grace_s + 1
+        await r.tick()
+        assert len(open_batches(state.records)) == 1, "the running batch's record was closed"
+        assert r.queued() == 2  # counted once
+        for w in waits:
+            w.cancel()
+
+
+async def test_a_held_pacer_is_waited_out_before_the_intent_not_inside_the_creates_timeout() -> (
+    None
+):
+    """A 429's hold longer than the create's timeout: the round waits for the pacer, then
+    writes the intent and creates the batch (before, the create was given up while it still
+    waited for the pacer, and its members waited out the grace for a batch never sent)."""
+    clock = Clock()
+    api, state = FakeBatches(succeeded, clock), FakeState()
+    async with runner(api, state, clock, max_requests=2, rpm=60_000, create_timeout_s=0.2) as r:
+        waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2)]
+        await settle()
+        assert isinstance(r._api, PacedBatches)
+        r._api.pacer.hold(0.5)  # a 429's retry-after, seen on another endpoint
+        with contextlib.suppress(ModelUnavailable):  # before the fix: the create gave up
+            await r.tick()
+        assert len(api.created) == 1
+        assert not r._intents
+        assert len(open_batches(state.records)) == 1
+        for w in waits:
+            w.cancel()
