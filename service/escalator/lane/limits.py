@@ -30,14 +30,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from escalator.errors import ModelUnavailable
+from escalator.errors import ApiBlocked, ModelUnavailable
 from escalator.lane.assembly import ENVELOPE_BYTES, Batch, Member
 from escalator.lane.batches import BatchApi, ItemResult, Listed
 
 T = TypeVar("T")
 
-#: How long a 429 without a ``retry-after`` holds the batch calls (s).
+#: How long a 429 without a ``retry-after`` holds the batch calls (s), and an account hold
+#: (``ApiBlocked``) between two tries.
 DEFAULT_HOLD_S = 60.0
+#: How long a 529 (overloaded) without a ``retry-after`` holds them.
+OVERLOADED_HOLD_S = 10.0
 
 
 class Pacer:
@@ -97,6 +100,12 @@ class PacedBatches:
         if exc.kind == "rate_limit":
             self.pacer.hold(DEFAULT_HOLD_S if exc.retry_after_s is None else exc.retry_after_s)
             self._on_limited()
+        elif isinstance(exc, ApiBlocked):
+            # Account trouble (spend limit, billing, key...): nothing goes until someone
+            # acts; one try a minute, not an intent and its tombstone every round.
+            self.pacer.hold(DEFAULT_HOLD_S)
+        elif exc.kind == "overloaded":
+            self.pacer.hold(OVERLOADED_HOLD_S if exc.retry_after_s is None else exc.retry_after_s)
 
     async def _paced(self, call: Callable[[], Awaitable[T]]) -> T:
         await self.pacer.wait()

@@ -8,9 +8,15 @@ import asyncio
 
 import pytest
 
-from escalator.errors import ModelUnavailable
+from escalator.errors import ApiBlocked, ModelUnavailable
 from escalator.lane.batches import ItemResult
-from escalator.lane.limits import DEFAULT_HOLD_S, PacedBatches, Pacer, too_late
+from escalator.lane.limits import (
+    DEFAULT_HOLD_S,
+    OVERLOADED_HOLD_S,
+    PacedBatches,
+    Pacer,
+    too_late,
+)
 from tests.unit.lane.fakes import FakeBatches
 
 
@@ -84,6 +90,35 @@ async def test_a_429_holds_every_batch_call_for_its_retry_after_and_fails_no_ite
     with pytest.raises(ModelUnavailable):
         await paced.create([{"custom_id": "p0o1", "params": {}}])
     assert paced.pacer.held_s() == 0 and len(limited) == 2
+    # retry-after 0 holds nothing (not the default).
+    api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit", retry_after_s=0)
+    with pytest.raises(ModelUnavailable):
+        await paced.create([{"custom_id": "p0o1", "params": {}}])
+    assert paced.pacer.held_s() == 0
+
+
+@pytest.mark.parametrize(
+    ("fail", "held_s"),
+    [
+        (ApiBlocked("spend limit reached", kind="spend_limit"), DEFAULT_HOLD_S),
+        (ModelUnavailable("overloaded (529)", kind="overloaded"), OVERLOADED_HOLD_S),
+        (ModelUnavailable("overloaded (529)", kind="overloaded", retry_after_s=3), 3.0),
+    ],
+)
+async def test_an_account_hold_or_an_overload_spaces_the_tries(
+    fail: ModelUnavailable, held_s: float
+) -> None:
+    """Account trouble and a 529 create nothing: the next try waits (one a minute while the
+    account is held), rather than an intent and its tombstone every round; no 429 is counted."""
+    time = FakeTime()
+    api = Timed(time)
+    limited: list[float] = []
+    paced = PacedBatches(api, Pacer(6000, clock=time, sleep=time.sleep), lambda: limited.append(0))
+    api.fail = fail
+    with pytest.raises(ModelUnavailable):
+        await paced.create([{"custom_id": "p0o1", "params": {}}])
+    assert paced.pacer.held_s() == pytest.approx(held_s)
+    assert limited == []
 
 
 async def test_results_and_lists_are_paced_too() -> None:
