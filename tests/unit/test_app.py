@@ -63,14 +63,15 @@ class FakeModels(ModelStacks):
         self.closed += 1
 
 
+ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+    "ESCALATOR_METRICS_PORT": "0",
+    "ESCALATOR_METRICS_HOST": "127.0.0.1",
+}
+
+
 def settings() -> Settings:
-    return load_settings(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
-            "ESCALATOR_METRICS_PORT": "0",
-            "ESCALATOR_METRICS_HOST": "127.0.0.1",
-        }
-    )
+    return load_settings(ENV)
 
 
 def service(
@@ -181,3 +182,33 @@ async def test_leaving_the_block_without_stopping_drains_the_tiers_before_the_pr
     async with svc:
         await worker.wait_joined()
     assert order == ["tier drained", "producer stopped", "models closed"]
+
+
+@pytest.mark.parametrize("tuning", ["true", "false"])
+async def test_the_collector_is_tuned_while_the_tiers_run_and_left_as_found(tuning: str) -> None:
+    """ESCALATOR_GC_TUNING (engine/collector.py): once started, what start-up built is frozen
+    and young collections are rarer; closing restores both. Off: the collector is untouched."""
+    import gc
+
+    from escalator.engine import collector
+
+    before = gc.get_threshold()
+    gc.unfreeze()
+    worker = FakeWorker("cheap")
+    producer, models = FakeProducer(), FakeModels({}, [])
+    tuned = load_settings({**ENV, "ESCALATOR_GC_TUNING": tuning})
+    svc = Service(tuned, Metrics(), [worker], producer, models)  # type: ignore[arg-type]
+    try:
+        async with svc:
+            await worker.wait_joined()
+            if tuning == "true":
+                assert gc.get_threshold() == (collector.YOUNG, collector.OLDER, collector.OLDER)
+                assert gc.get_freeze_count() > 0
+            else:
+                assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+            svc.stop()
+            await svc.wait()
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
