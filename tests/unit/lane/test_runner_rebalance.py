@@ -24,21 +24,31 @@ from tests.unit.lane.test_runner import PARAMS, Clock, runner, settle, succeeded
 
 
 class SlowState(FakeState):
-    """The state topic, whose next intent write waits for ``gate`` once ``slow`` is set (the
-    broker has not acknowledged it yet: a reader does not see it)."""
+    """The state topic, whose next intent write (or, with ``ids``, the next write of a batch
+    id) waits for ``gate`` once ``slow`` is set (the broker has not acknowledged it yet: a
+    reader does not see it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ids: bool = False) -> None:
         super().__init__()
+        self.ids = ids
         self.slow = False
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
     async def write(self, state: BatchState) -> None:
-        if self.slow and state.batch_id is None:
+        if self.slow and (state.batch_id is not None) == self.ids:
             self.slow = False
             self.entered.set()
             await self.gate.wait()
         await super().write(state)
+
+
+async def held_in_write(r: BatchRunner, state: SlowState) -> asyncio.Task[None]:
+    """A round of ``r`` under way, held in the state write ``state`` gates."""
+    state.slow = True
+    round_ = asyncio.create_task(r.tick())
+    await asyncio.wait_for(state.entered.wait(), 1)
+    return round_
 
 
 class SlowBatches(FakeBatches):
@@ -99,9 +109,7 @@ async def test_an_intent_still_being_written_at_revocation_is_not_created_twice(
     async with runner(api, state, clock, max_requests=2) as old:
         lost = joins(old, (1, 2))
         await settle()
-        state.slow = True
-        sending = asyncio.create_task(old.tick())
-        await asyncio.wait_for(state.entered.wait(), 1)
+        sending = await held_in_write(old, state)
         old.give_up({0})  # the rebalance: the intent write is still under way
         async with runner(api, state, clock, max_requests=2) as new:
             new.refresh()  # the engine's assignment
@@ -131,9 +139,7 @@ async def test_an_intent_landing_before_the_new_owners_intent_is_waited_for() ->
     async with runner(api, state, clock, max_requests=2) as old:
         lost = joins(old, (1, 2))
         await settle()
-        state.slow = True
-        sending = asyncio.create_task(old.tick())
-        await asyncio.wait_for(state.entered.wait(), 1)
+        sending = await held_in_write(old, state)
         async with runner(api, state, clock, max_requests=2) as new:
             new.refresh()
             moved = joins(new, (1, 2))
@@ -274,37 +280,17 @@ async def test_the_grace_follows_the_api_clients_timeout() -> None:
     await phased.close()
 
 
-class SlowIdWrite(FakeState):
-    """The state topic, whose next write of a batch id waits for ``gate`` once ``slow`` is set
-    (the batch is created; its id is not recorded yet)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slow = False
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    async def write(self, state: BatchState) -> None:
-        if self.slow and state.batch_id is not None:
-            self.slow = False
-            self.entered.set()
-            await self.gate.wait()
-        await super().write(state)
-
-
 async def test_a_read_between_the_create_and_its_id_never_closes_the_running_batch() -> None:
     """An assignment's state read lands after this worker's create and before the write of
     its id: the read sees the intent and holds it. Once the batch is tracked it is no intent
     any more, so no round closes it (which would tombstone the live batch's record: after a
     restart the next owner would not see it and would create its members again)."""
     clock = Clock()
-    api, state = FakeBatches(succeeded, clock), SlowIdWrite()
+    api, state = FakeBatches(succeeded, clock), SlowState(ids=True)
     async with runner(api, state, clock, max_requests=2) as r:
         waits = [asyncio.create_task(r.join("m", 0, o, PARAMS)) for o in (1, 2)]
         await settle()
-        state.slow = True
-        submitting = asyncio.create_task(r.tick())
-        await asyncio.wait_for(state.entered.wait(), 1)
+        submitting = await held_in_write(r, state)
         r.refresh()  # other partitions assigned: the state topic is read now
         await settle()
         state.gate.set()
