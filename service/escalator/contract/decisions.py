@@ -225,6 +225,52 @@ class Decision:
             shadow_lane=shadow_lane,
         )
 
+    @classmethod
+    def answer_value(
+        cls,
+        request: Request,
+        attempt: Attempt,
+        *,
+        outcome: str,
+        threshold_version: str,
+        shadow: bool = False,
+        sample_rate: float | None = None,
+        threshold: float | None = None,
+        shadow_rate: float | None = None,
+        adjudication: tuple[bool, float] | None = None,
+        lane: str | None = None,
+        deadline_s: float | None = None,
+        tier0_version: str | None = None,
+        shadow_lane: str | None = None,
+    ) -> bytes:
+        """``of_answer(...).value()``, the same bytes (tests/unit/contract pin it), without
+        building the record: the tiers write one per answer, and a frozen record of twenty
+        fields costs more to build than its JSON does to write."""
+        now = time.time()
+        value: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "id": request.id,
+            "attempt": attempt_json(attempt),
+            "outcome": outcome,
+            "threshold_version": threshold_version,
+            "threshold": threshold,
+            "shadow_rate": shadow_rate,
+            "shadow": shadow,
+            "sample_rate": sample_rate,
+            "gold_label": gold_label(request),
+            "ts": iso_from(now),
+            "ts_ms": int(now * 1000),
+            "lane": lane if lane is not None else lane_of(attempt, None),
+            "deadline_s": deadline_s if deadline_s is not None else request.deadline_s,
+        }
+        if tier0_version is not None:
+            value["tier0_version"] = tier0_version
+        if shadow_lane is not None:
+            value["shadow_lane"] = shadow_lane
+        if adjudication is not None:
+            value["adjudication"] = {"sampled": adjudication[0], "rate": adjudication[1]}
+        return orjson.dumps(value)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, to write (the attempt is already JSON: ``attempt_json``)."""
         value: dict[str, Any] = {

@@ -75,7 +75,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from escalator.config import AdmissionSettings, default_of
 
@@ -88,11 +88,13 @@ Limits = Mapping[str, tuple[float, float]]
 Cap = tuple[float, float, float]
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     """What one call draws from each bucket: ``output_tokens`` is what the API reserves when
     it admits the call (``max_tokens``), held until the call ends; ``paced_output`` what it
-    is expected to keep (the real output, learned from answers; None: the reservation)."""
+    is expected to keep (the real output, learned from answers; None: the reservation).
+
+    A named tuple, not a frozen dataclass: two are built per model call, and a frozen
+    dataclass's ``__init__`` costs four times as much (B1 in BENCHMARKS.md)."""
 
     requests: float
     input_tokens: float
@@ -115,6 +117,20 @@ class Cost:
         if kind == "tokens":
             return self.input_tokens + self.paced_output
         return self.paced_output
+
+    def draws(self) -> tuple[float, float, float, float]:
+        """:meth:`of` for every kind, in the order of ``KINDS``."""
+        return (
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.input_tokens + self.output_tokens,
+        )
+
+    def paces(self) -> tuple[float, float, float, float]:
+        """:meth:`pace` for every kind, in the order of ``KINDS``."""
+        out = self.output_tokens if self.paced_output is None else self.paced_output
+        return (self.requests, self.input_tokens, out, self.input_tokens + out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,8 +305,7 @@ class Budget:
         now = self._clock()
         self._advance(now)
         seen = False
-        while self._recent and self._recent[0][0] < now - self.tuning.header_lag_s:
-            self._recent.popleft()
+        self._trim_recent(now)
         for kind, b in self.buckets.items():
             got = limits.get(kind)
             if kind == "tokens" and got is not None:
@@ -324,6 +339,12 @@ class Budget:
         if seen:
             self._headerless = 0
             self._control(now)
+
+    def _trim_recent(self, now: float) -> None:
+        """Forget the calls the next headers will have counted (admitted before the lag)."""
+        recent = self._recent
+        while recent and recent[0][0] < now - self.tuning.header_lag_s:
+            recent.popleft()
 
     def _tolerance(self, b: _Bucket) -> float:
         """How far below the limit ``remaining`` may read while the bucket counts as full: one
@@ -417,12 +438,15 @@ class Budget:
         now = self._clock()
         self._advance(now)
         self._last_call = now
-        for kind, b in self.buckets.items():
-            need = cost.of(kind)
+        in_flight = self.in_flight
+        for b, need, pace in zip(self.buckets.values(), cost.draws(), cost.paces(), strict=True):
             b.level -= need
             b.quota -= need
-            b.allowance -= cost.pace(kind)
-            self.in_flight[kind] += need
+            b.allowance -= pace
+            in_flight[b.kind] += need
+        # Trimmed here as well as in ``observe``: without headers (a proxy, Bedrock) nothing
+        # else would, and the list would grow by one entry per call.
+        self._trim_recent(now)
         self._recent.append((now, cost))
         if real:
             self.pressure += 0.05 * ((1.0 if waited else 0.0) - self.pressure)
@@ -431,8 +455,9 @@ class Budget:
         """A call admitted with ``cost`` ended; ``actual`` is what the API charged (None: no
         answer). The API gives back the unused output reservation when the response ends; the
         next headers show it, so the level is not credited here."""
-        for kind in KINDS:
-            self.in_flight[kind] = max(0.0, self.in_flight[kind] - cost.of(kind))
+        in_flight = self.in_flight
+        for kind, need in zip(KINDS, cost.draws(), strict=True):
+            in_flight[kind] = max(0.0, in_flight[kind] - need)
 
     def no_headers(self) -> None:
         """An answer came without rate-limit headers; after enough of them in a row the

@@ -269,7 +269,7 @@ class _Base:
         sampled tier-0 request, made by the cheap tier, does not, as in the strong tier."""
         self.metrics.observe_attempt(attempt, shadow=shadow)
         cheap = self.tier == "cheap" and attempt.tier == "cheap"
-        value = Decision.of_answer(
+        value = Decision.answer_value(
             request,
             attempt,
             outcome=outcome,
@@ -281,7 +281,7 @@ class _Base:
             adjudication=adjudication,
             deadline_s=self.lane.deadline_s(request),
             shadow_lane=shadow_lane,
-        ).value()
+        )
         return Output(self.topics.decisions, value, key)
 
     def result(
@@ -426,7 +426,7 @@ class CheapHandler(_Base):
         self.metrics.observe_attempt(attempt)
         self.metrics.decision(TIER0, label, "accepted")
         self.log_decision(request, attempt, escalated=False)
-        decision = Decision.of_answer(
+        decision = Decision.answer_value(
             request,
             attempt,
             outcome="accepted",
@@ -434,7 +434,7 @@ class CheapHandler(_Base):
             threshold=tier0.threshold,
             deadline_s=self.lane.deadline_s(request),
             tier0_version=version,
-        ).value()
+        )
         return [
             Output(self.topics.decisions, decision, key),
             self.result(record, request, attempt, [attempt], key),
@@ -687,7 +687,7 @@ class StrongHandler(_Base):
             valid=False,
             error=f"measurement_lost:{reason}",
         )
-        value = Decision.of_answer(
+        value = Decision.answer_value(
             request,
             attempt,
             outcome="shadow",
@@ -695,7 +695,7 @@ class StrongHandler(_Base):
             shadow=True,
             sample_rate=escalation.sample_rate,
             deadline_s=self.lane.deadline_s(request),
-        ).value()
+        )
         return Output(self.topics.decisions, value, record.key or request.id.encode())
 
     async def _ask(

@@ -262,3 +262,37 @@ def test_export_writes_each_record_back_as_it_was_read() -> None:
     write_jsonl([read], out)
     assert orjson.loads(out.getvalue()) == odd
     assert out.getvalue() == orjson.dumps(odd) + b"\n"
+
+
+@pytest.mark.parametrize("request_", [REQUEST, Request("r2", "t", {}, deadline_s=30.0)])
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        CHEAP,
+        STRONG,
+        replace(CHEAP, service_tier="batch"),
+        Attempt("tier0", "t0-0123456789", "safe", 0.97, True, latency_ms=0.02),
+        Attempt("strong", "claude-sonnet-5-5", None, 0.0, False, error="measurement_lost:x"),
+    ],
+)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"outcome": "accepted", "threshold": 0.8, "shadow_rate": 0.05},
+        {"outcome": "accepted", "threshold": 0.8, "shadow_rate": 0.05, "shadow_lane": "batch"},
+        {"outcome": "final", "sample_rate": 1.0, "adjudication": (True, 0.1)},
+        {"outcome": "shadow", "shadow": True, "sample_rate": 0.05, "deadline_s": 600.0},
+        {"outcome": "accepted", "threshold": 0.9, "tier0_version": "t0-01", "lane": "realtime"},
+    ],
+)
+def test_answer_value_writes_the_bytes_of_of_answer(
+    monkeypatch: pytest.MonkeyPatch, request_: Request, attempt: Attempt, kwargs: dict[str, Any]
+) -> None:
+    """The tiers write ``answer_value``; readers and ``export`` go through ``Decision``: the
+    two must be the same record, byte for byte, whatever is given."""
+    clock = iter([1_796_000_000.1234, 1_796_000_000.1234])
+    monkeypatch.setattr("escalator.contract.decisions.time.time", lambda: next(clock))
+    fast = Decision.answer_value(request_, attempt, threshold_version="env-1", **kwargs)
+    slow = Decision.of_answer(request_, attempt, threshold_version="env-1", **kwargs).value()
+    assert fast == slow
+    assert Decision.from_json(fast).value() == slow  # and reads back the same

@@ -164,6 +164,20 @@ async def test_without_headers_the_gate_falls_back_to_pass_through() -> None:
     assert ticket.cost is not None
 
 
+async def test_calls_without_headers_keep_no_growing_memory() -> None:
+    """Behind a proxy or on Bedrock no response brings headers, so nothing ever reads the
+    calls just admitted (kept for the next headers): they must not pile up, one per call."""
+    clock = Clock()
+    gate = Admission(Budget(clock=clock), TokenEstimate(1.0), max_tokens=128)
+    for _ in range(10_000):
+        clock.now += 0.01
+        ticket = await gate.acquire("some text to classify")
+        gate.settle(ticket, input_tokens=100, cache_write_tokens=0, output_tokens=10)
+    assert not gate.budget.active
+    # Only the calls of the last header_lag_s (0.05 s) can still be missing from headers.
+    assert len(gate.budget._recent) <= 6
+
+
 def test_an_unpredicted_429_halves_the_rates_once_per_cooldown() -> None:
     """The backstop: a 429 the budget did not prevent halves every rate, once per second."""
     clock = Clock()
