@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
+from escalator.contract.messages import MAX_DEADLINE_S
 from escalator.errors import ConfigError
 
 T = TypeVar("T")
@@ -621,8 +622,10 @@ def _lane(env: _Env) -> LaneSettings:
     d = LaneSettings()
     enabled = env.flag("ESCALATOR_BATCH_LANE", d.enabled)
     deadline = env.get("ESCALATOR_DEADLINE_S", None, float, "a number of seconds")
-    if deadline is not None and not 1.0 <= deadline <= 30 * 86400.0:
-        raise ConfigError(f"ESCALATOR_DEADLINE_S={deadline:g} must be between 1 and 2592000")
+    if deadline is not None and not 1.0 <= deadline <= MAX_DEADLINE_S:
+        raise ConfigError(
+            f"ESCALATOR_DEADLINE_S={deadline:g} must be between 1 and {MAX_DEADLINE_S}"
+        )
     measure = env.text("ESCALATOR_MEASURE_LANE", d.measure).lower()
     if measure not in MEASURE_LANES:
         raise ConfigError(f"ESCALATOR_MEASURE_LANE={measure!r} must be batch or realtime")

@@ -7,7 +7,6 @@ validate what the service writes against them. See docs/CONTRACT.md.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -105,16 +104,16 @@ class Attempt:
                 label=None if data.get("label") is None else str(data["label"]),
                 confidence=float(data["confidence"]),
                 valid=bool(data["valid"]),
-                input_tokens=int(data.get("input_tokens", 0)),
-                output_tokens=int(data.get("output_tokens", 0)),
-                cache_write_tokens=int(data.get("cache_write_tokens", 0)),
-                cache_read_tokens=int(data.get("cache_read_tokens", 0)),
+                input_tokens=_tokens(data, "input_tokens"),
+                output_tokens=_tokens(data, "output_tokens"),
+                cache_write_tokens=_tokens(data, "cache_write_tokens"),
+                cache_read_tokens=_tokens(data, "cache_read_tokens"),
                 cost_usd=float(data.get("cost_usd", 0.0)),
                 latency_ms=float(data.get("latency_ms", 0.0)),
                 error=_opt_str(data.get("error")),
                 stop_reason=_opt_str(data.get("stop_reason")),
                 refusal_category=_opt_str(data.get("refusal_category")),
-                cache_write_1h_tokens=int(data.get("cache_write_1h_tokens", 0)),
+                cache_write_1h_tokens=_tokens(data, "cache_write_1h_tokens"),
                 inference_geo=_opt_str(data.get("inference_geo")),
                 request_id=_opt_str(data.get("request_id")),
                 fallback_credit_token=_opt_str(data.get("fallback_credit_token")),
@@ -127,6 +126,14 @@ class Attempt:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _tokens(data: dict[str, Any], key: str) -> int:
+    """A token count: a whole number from 0 to 2**63 - 1 (what every writer can carry)."""
+    value = int(data.get(key, 0))
+    if not 0 <= value < 2**63:
+        raise ValueError(f"{key} must be a count of tokens, got {value}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +207,15 @@ def request_from_json(data: Any, max_text_chars: int) -> Request:
     return Request(id=rid, text=text, metadata=metadata, deadline_s=_deadline(data))
 
 
+#: The longest deadline a request (or ESCALATOR_DEADLINE_S) may set: 30 days. The batch lane
+#: waits at most 24 hours, so anything longer changes nothing but is most likely milliseconds
+#: sent as seconds; and a deadline must stay a number of milliseconds (x-escalator-deadline-ms).
+MAX_DEADLINE_S = 30 * 86400
+
+
 def _deadline(data: dict[str, Any]) -> float | None:
-    """The optional ``deadline_s``: a positive, finite number of seconds (null: absent)."""
+    """The optional ``deadline_s``: a positive number of seconds, at most MAX_DEADLINE_S
+    (null: absent)."""
     value = data.get("deadline_s")
     if value is None:
         return None
@@ -209,8 +223,12 @@ def _deadline(data: dict[str, Any]) -> float | None:
         raise _fail(
             "invalid_deadline", f"'deadline_s' must be a number, got {type(value).__name__}"
         )
-    if not 0 < value < math.inf:
-        raise _fail("invalid_deadline", f"'deadline_s' must be a positive number, got {value}")
+    if not 0 < value <= MAX_DEADLINE_S:
+        raise _fail(
+            "invalid_deadline",
+            f"'deadline_s' must be a positive number of seconds, at most {MAX_DEADLINE_S} "
+            f"(30 days), got {value}",
+        )
     return float(value)
 
 

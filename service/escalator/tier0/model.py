@@ -96,12 +96,19 @@ class Features:
         if not texts:
             return empty
         # NUL separates the texts (a NUL inside one only splits its n-grams there).
-        raw = "\x00".join(texts).lower().encode("utf-8", "surrogatepass")
+        parts = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
+        raw = b"\x00".join(parts)
         b = np.frombuffer(raw, np.uint8)
         if len(b) == 0:
             return empty
         sep = b == 0
-        doc = np.cumsum(sep)  # the separator before a text carries that text's index
+        # An n-gram stays within a run between NULs; the text it belongs to comes from the
+        # lengths (the separator before a text carries that text's index), so that a NUL
+        # inside a text cannot shift the texts after it.
+        run = np.cumsum(sep)
+        lengths = np.fromiter((len(p) + 1 for p in parts), np.int64, len(parts))
+        lengths[0] -= 1
+        doc = np.repeat(np.arange(len(parts)), lengths)
         code = b.astype(np.uint64) + np.uint64(1)
         shift = np.uint64(64 - self.bits)
         docs: list[IntArray] = []
@@ -115,7 +122,7 @@ class Features:
                 h = np.zeros(m, np.uint64)
                 for j in range(n):
                     h = h * _BASE + code[j : j + m]
-                keep = (doc[:m] == doc[n - 1 :]) & ~sep[:m]
+                keep = (run[:m] == run[n - 1 :]) & ~sep[:m]
                 docs.append(doc[:m][keep])
                 cols.append(((h[keep] ^ np.uint64(n)) * _MIX) >> shift)
             if self.words:

@@ -26,7 +26,8 @@ validation are dead-lettered as ``model_output_invalid``. A refusal becomes the 
 ``refusal_label`` when it names one, else a dead letter ``model_refused``; never retried.
 
 Account-level failures (spend limit, billing, credentials, an unknown or retired model) hold
-traffic at both tiers: nothing is dead-lettered or escalated for them (see ``model.py``).
+traffic at both tiers: nothing is dead-lettered or escalated for them (see ``model/caller.py``
+and ``model/holds.py``).
 
 Only permanent errors reach the dead-letter topic: malformed input, text over the limit, a
 400 for this request while others succeed, a refusal without a refusal label, or the two

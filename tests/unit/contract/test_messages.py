@@ -43,6 +43,8 @@ from tests.integration.harness import validator
         (b'{"id": "a", "text": "t", "deadline_s": true}', "invalid_deadline"),
         (b'{"id": "a", "text": "t", "deadline_s": 0}', "invalid_deadline"),
         (b'{"id": "a", "text": "t", "deadline_s": -5}', "invalid_deadline"),
+        (b'{"id": "a", "text": "t", "deadline_s": 2592000.5}', "invalid_deadline"),
+        (b'{"id": "a", "text": "t", "deadline_s": 1e306}', "invalid_deadline"),
         (b'{"id": "a", "text": "t", "deadline_s": 1e999}', "invalid_json"),
     ],
 )
@@ -62,7 +64,12 @@ def test_valid_request_keeps_metadata() -> None:
 
 @pytest.mark.parametrize(
     ("field", "expected"),
-    [("", None), (', "deadline_s": null', None), (', "deadline_s": 90', 90.0)],
+    [
+        ("", None),
+        (', "deadline_s": null', None),
+        (', "deadline_s": 90', 90.0),
+        (', "deadline_s": 2592000', 2592000.0),
+    ],
 )
 def test_a_deadline_is_optional_and_travels_with_the_escalation(
     field: str, expected: float | None
@@ -196,3 +203,31 @@ def test_an_attempts_json_is_what_orjson_writes_for_it_whichever_came_last() -> 
     b = Attempt("strong", "n", "toxic", 0.8, True, 20, 3)
     for attempt in (a, b, a, a, b):
         assert orjson.dumps(attempt_json(attempt)) == orjson.dumps(attempt)
+
+
+@pytest.mark.parametrize("tokens", [b"9223372036854775808", b"1e30", b"-1", b'"12x"'])
+def test_an_escalation_whose_attempt_counts_no_writer_can_carry_is_invalid(tokens: bytes) -> None:
+    """A foreign or corrupt escalation whose cheap attempt says 10**30 tokens would pass as
+    read, then fail when its result or decision is written (orjson stops at 64 bits): the
+    strong tier would stop on it. It is an invalid escalation, dead-lettered as such."""
+    req = Request("r1", "hello", {})
+    cheap = Attempt("cheap", "claude-haiku-5-5", "safe", 0.4, True, 10, 5, 0, 1300, 1e-5, 12.5)
+    esc = escalation_value(req, "low_confidence", cheap)
+    assert esc.count(b'"output_tokens":5,') == 1
+    with pytest.raises(InvalidRequest) as err:
+        parse_escalation(
+            esc.replace(b'"output_tokens":5,', b'"output_tokens":' + tokens + b","), 100
+        )
+    assert err.value.reason == "invalid_escalation"
+    # The largest count that can be written is kept, and written.
+    largest = esc.replace(b'"output_tokens":5,', b'"output_tokens":9223372036854775807,')
+    parsed = parse_escalation(largest, 100)
+    assert parsed.cheap.output_tokens == 2**63 - 1
+    result_value(
+        req,
+        parsed.cheap,
+        [parsed.cheap],
+        escalated=False,
+        escalation_reason=None,
+        threshold_version="v1",
+    )

@@ -1,4 +1,5 @@
-"""One retry layer: ModelCaller retries transient errors, honours retry-after, then gives up."""
+"""ModelCaller's retries (model/caller.py): transient errors are retried, retry-after is
+honoured, then it gives up."""
 
 from __future__ import annotations
 

@@ -33,12 +33,15 @@ def test_a_word_hashes_to_the_same_column_wherever_it_stands() -> None:
 
 def test_no_ngram_spans_two_texts_and_a_batch_scores_as_its_texts_alone() -> None:
     """Predicting a batch gives each text what predicting it alone gives (the texts do not
-    leak into each other), including empty, non-ASCII and very short texts."""
+    leak into each other), including empty, non-ASCII, very short texts and texts with NULs."""
     rng = np.random.default_rng(0)
     world = WORLDS[0]
     texts, labels = world.draw(600, rng)
-    model = fit(texts, labels, features=Features(bits=16))
-    batch = ["", "é", "ab", "Ärger über die Rechnung 💳", *texts[:50]]
+    # A NUL inside a text (valid JSON: "\u0000") splits its n-grams there, and must not shift
+    # the texts after it, in training or in a batch.
+    nul = ["where is my\x00parcel", "\x00", "a\x00\x00b"]
+    model = fit([*texts, *nul], [*labels, *labels[:3]], features=Features(bits=16))
+    batch = ["", "é", "ab", *nul, "Ärger über die Rechnung 💳", *texts[:50]]
     together = model.probabilities(batch)
     alone = np.vstack([model.probabilities([t]) for t in batch])
     np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-9)
