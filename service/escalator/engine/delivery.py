@@ -111,6 +111,10 @@ class Bound:
     wake: Callable[[], None]
     #: Let a partition go now (it was fenced): the worker drops it and calls ``release``.
     drop: Callable[[TopicPartition, str], None]
+    #: The strategy cannot go on (a partition's producer will not start): the worker stops
+    #: (drain, final commit) and ``run`` raises this error, as for a failed assignment, so
+    #: the process exits and the orchestrator restarts it. The strategy logs why first.
+    fail: Callable[[BaseException], None]
 
     def due(self, only: set[TopicPartition] | None) -> dict[TopicPartition, int]:
         """The offset to commit per partition, where the watermark moved past the last one."""

@@ -9,6 +9,13 @@ Each input partition has its own transactional producer, with an id stable acros
 owners (``{prefix}-{group}-{topic}-{partition}``): a new owner's ``init_transactions`` fences
 the previous one and aborts its open transaction. aiokafka sends TxnOffsetCommit v0 (no KIP-447
 fencing by generation), which is why the id is per partition, not per process.
+
+A transaction that aborts (a broker error) keeps its outputs for the next commit, on a fresh
+producer. Until one starts the partition cannot commit: its held answers fill
+``max_uncommitted`` and the worker takes no new work. So the start is bounded, a failed one is
+tried again at the partition's next commits with backoff, and past a bound (at once for an
+error that waiting cannot cure, e.g. an authorisation) the worker stops, as a failed
+assignment does, for the orchestrator to restart it: a loud stop, never a silent stall.
 """
 
 from __future__ import annotations
@@ -16,35 +23,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from escalator.engine.delivery import Bound, Done, Output, PartitionTracker
 from escalator.kafka.clients import send_batches
-from escalator.observability.logs import log_repeating
+from escalator.observability.logs import log, log_repeating
 
 logger = logging.getLogger("escalator.engine")
 
+#: One start of a replacement producer (``init_transactions``) waits at most this long: it
+#: holds the partition's lock, which the revocation's commit needs.
+START_TIMEOUT_S = 10.0
+#: A start that failed is tried again at the partition's next commit this long after, doubling
+#: up to RETRY_MAX_S...
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 15.0
+#: ...until the partition has been without a producer this long: then the worker stops. Longer
+#: than a broker's failover (its session timeout and a leader election, seconds); an outage
+#: that outlasts it restarts the process, which then waits to join the group until a broker
+#: answers.
+GIVE_UP_S = 120.0
+
 
 class _Partition:
-    """Outputs held until their transaction commits, by input offset, for one tracker."""
+    """Outputs held until their transaction commits, by input offset, for one tracker; and,
+    while its producer is being replaced, since when and how often its start failed."""
 
-    __slots__ = ("outputs", "tracker")
+    __slots__ = ("down_since", "failures", "outputs", "retry_at", "tracker")
 
     def __init__(self, tracker: PartitionTracker) -> None:
         self.tracker = tracker
         self.outputs: dict[int, list[Output]] = {}
+        #: Loop time when its producer was let go after an aborted transaction (None: it has one
+        #: or is being assigned one).
+        self.down_since: float | None = None
+        self.failures = 0
+        #: No start before this loop time (infinity: given up, the worker is stopping).
+        self.retry_at = 0.0
 
 
 class Transactional:
     def __init__(
-        self, producer_for: Callable[[TopicPartition], AIOKafkaProducer], group_id: str
+        self,
+        producer_for: Callable[[TopicPartition], AIOKafkaProducer],
+        group_id: str,
+        *,
+        start_timeout_s: float = START_TIMEOUT_S,
+        give_up_s: float = GIVE_UP_S,
     ) -> None:
         self._factory = producer_for
         self._group_id = group_id
+        self._start_timeout_s = start_timeout_s
+        self._give_up_s = give_up_s
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
         self._parts: dict[TopicPartition, _Partition] = {}
@@ -92,7 +127,9 @@ class Transactional:
         The run loop and the rebalance listener can both commit: a lock per partition keeps
         them to one transaction at a time on its producer. Once a partition is being revoked,
         the periodic commit leaves it alone: a transaction it opened after the revocation's
-        own would still be open when the partition is let go and its producer closed.
+        own would still be open when the partition is let go and its producer closed. A
+        partition whose producer was let go after an aborted transaction starts a fresh one
+        first (``_restart``), unless it is being revoked.
         """
         w = self._w
         lock = self._locks.setdefault(tp, asyncio.Lock())
@@ -101,12 +138,18 @@ class Transactional:
                 return
             tracker = w.trackers.get(tp)
             part = self._parts.get(tp)
-            producer = self._producers.get(tp)
             upto = tracker.to_commit() if tracker is not None else None
-            if tracker is None or part is None or producer is None or upto is None:
+            if tracker is None or part is None or upto is None:
                 return
             if part.tracker is not tracker:
                 return  # let go and taken again since: the new ownership commits its own
+            producer = self._producers.get(tp)
+            if producer is None:
+                if part.down_since is None or tp in self._closing:
+                    return  # being assigned; or revoked: the next owner redoes these
+                producer = await self._restart(tp, part)
+                if producer is None:
+                    return
             offsets = sorted(o for o in part.outputs if o < upto)
             try:
                 async with producer.transaction():
@@ -129,13 +172,13 @@ class Transactional:
                 return
             except KafkaError as exc:
                 # The transaction was aborted (or could not complete): keep the outputs and
-                # try again at the next commit, with a fresh producer.
+                # try again with a fresh producer, now and at the next commits.
                 w.metrics.transactions.labels(w.tier, "aborted").inc()
                 log_repeating(
                     logger, "transaction_failed", logging.WARNING, tier=w.tier, error=repr(exc)
                 )
                 if self._producers.get(tp) is producer:
-                    await self._replace(tp)
+                    await self._replace(tp, part)
                 return
             for offset in offsets:
                 del part.outputs[offset]
@@ -187,26 +230,93 @@ class Transactional:
     async def close(self) -> None:
         await self._close(set(self._producers))
 
-    async def _replace(self, tp: TopicPartition) -> None:
+    # -- replacing a producer after an aborted transaction ----------------------------------------
+    async def _replace(self, tp: TopicPartition, part: _Partition) -> None:
+        """Let the producer of ``tp`` go, and start a fresh one unless ``tp`` is being revoked
+        (its producer would be closed at once)."""
         old = self._producers.pop(tp, None)
         if old is not None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(old.stop(), timeout=5)
+            await _stop(old)
+        if part.down_since is None:
+            part.down_since = asyncio.get_running_loop().time()
+        if tp not in self._closing:
+            await self._restart(tp, part)
+
+    async def _restart(self, tp: TopicPartition, part: _Partition) -> AIOKafkaProducer | None:
+        """A fresh producer for ``tp`` (None if its start failed, or it is not time to try)."""
+        assert part.down_since is not None
+        loop = asyncio.get_running_loop()
+        if loop.time() < part.retry_at:
+            return None
         fresh = self._factory(tp)
         try:
-            await fresh.start()
-        except KafkaError as exc:
-            log_repeating(logger, "transactional_producer_failed", logging.WARNING, error=repr(exc))
-            return
+            await asyncio.wait_for(fresh.start(), self._start_timeout_s)
+        except (KafkaError, OSError) as exc:  # OSError: TimeoutError, ours
+            await _stop(fresh)  # a start cut short may hold connections
+            self._start_failed(tp, part, exc, loop.time())
+            return None
+        except asyncio.CancelledError:  # the final commit's bound, say
+            await _stop(fresh)
+            raise
         self._producers[tp] = fresh
+        if part.failures:
+            w = self._w
+            log(
+                logger,
+                "transactional_producer_restarted",
+                tier=w.tier,
+                partition=f"{tp.topic}-{tp.partition}",
+                failures=part.failures,
+                down_s=round(loop.time() - part.down_since, 3),
+            )
+        part.down_since, part.failures, part.retry_at = None, 0, 0.0
+        return fresh
+
+    def _start_failed(
+        self, tp: TopicPartition, part: _Partition, exc: BaseException, now: float
+    ) -> None:
+        """Try again later with backoff; past the bound, or for an error that waiting cannot
+        cure, stop the worker."""
+        assert part.down_since is not None
+        w = self._w
+        w.metrics.transactions.labels(w.tier, "producer_failed").inc()
+        part.failures += 1
+        down_s = now - part.down_since
+        fields = {
+            "tier": w.tier,
+            "partition": f"{tp.topic}-{tp.partition}",
+            "failures": part.failures,
+            "down_s": round(down_s, 3),
+            "error": repr(exc),
+        }
+        if _transient(exc) and down_s < self._give_up_s:
+            delay = min(RETRY_FIRST_S * 2 ** (part.failures - 1), RETRY_MAX_S)
+            part.retry_at = now + delay
+            log_repeating(
+                logger, "transactional_producer_failed", logging.WARNING, **fields, retry_s=delay
+            )
+            return
+        # Its held answers can never commit: stop, as a failed assignment does (worker.py),
+        # and let the orchestrator restart the process. Nothing past them was committed.
+        part.retry_at = math.inf
+        log(logger, "transactional_producer_gave_up", logging.ERROR, **fields)
+        w.fail(exc)
 
     async def _close(self, partitions: set[TopicPartition]) -> None:
         """Stop the partitions' producers, side by side: one by one, in a broker outage (each
         waits for its bound), they would take longer than the shutdown grace."""
         found = [self._producers.pop(tp, None) for tp in partitions]
+        await asyncio.gather(*(_stop(p, timeout_s=10) for p in found if p is not None))
 
-        async def stop(producer: AIOKafkaProducer) -> None:
-            with contextlib.suppress(KafkaError, TimeoutError):
-                await asyncio.wait_for(producer.stop(), timeout=10)
 
-        await asyncio.gather(*(stop(p) for p in found if p is not None))
+async def _stop(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:
+    with contextlib.suppress(KafkaError, TimeoutError):
+        await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether waiting may cure a failed start: a timeout, no broker reachable, a coordinator
+    moving (aiokafka's ``retriable``); not an authorisation or a protocol error."""
+    if isinstance(exc, OSError | KafkaTimeoutError):
+        return True
+    return isinstance(exc, KafkaError) and bool(exc.retriable)

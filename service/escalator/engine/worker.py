@@ -251,6 +251,7 @@ class TierWorker:
                 max_in_flight=options.max_in_flight,
                 wake=self._capacity.set,
                 drop=self._drop_partition,
+                fail=self._fail,
             )
         )
         # Read at scrape time: no per-record cost on the hot path.
@@ -667,6 +668,12 @@ class TierWorker:
         self._uncommitted_done = 0
         await self._delivery.commit()
         _update_lag(self._metrics, self.tier, self._consumer, self._trackers)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The strategy cannot go on: stop, and let ``run`` raise ``exc`` (the first error)."""
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop()
 
     def _drop_partition(self, tp: TopicPartition, reason: str) -> None:
         """Let go of a partition; count what its next owner will redo."""

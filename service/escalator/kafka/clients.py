@@ -425,7 +425,8 @@ async def read_to_end(
     kafka: KafkaSettings, topic: str, *, since_ms: int | None = None, **overrides: Any
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` (from ``since_ms`` if given) up to the end offsets seen at the
-    start, read group-less: nothing is committed and no group is joined."""
+    start, read group-less: nothing is committed and no group is joined. Tombstones (value
+    None) are yielded like any record (the lane's state topic reads them to close batches)."""
     consumer = make_consumer(kafka, None, **overrides)
     try:
         await consumer.start()

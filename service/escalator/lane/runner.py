@@ -234,7 +234,8 @@ class BatchRunner:
         while True:
             try:
                 await self._read()
-            except (KafkaError, OSError) as exc:
+            except (EscalatorError, KafkaError, OSError) as exc:
+                # EscalatorError: kafka/clients.py's own, e.g. the topic's metadata missing.
                 log(logger, "lane_state_read_failed", logging.WARNING, error=str(exc)[:300])
                 await asyncio.sleep(self.poll_s)
             else:

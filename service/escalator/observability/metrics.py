@@ -249,7 +249,8 @@ class Metrics:
         )
         self.transactions = Counter(
             "escalator_transactions",
-            "Exactly-once transactions, by result (committed, aborted, fenced).",
+            "Exactly-once transactions, by result (committed, aborted, fenced; producer_failed: a "
+            "fresh producer after an abort did not start).",
             ["tier", "result"],
             registry=r,
         )

@@ -73,8 +73,8 @@ RECOVERY_SKEW_MS = 5 * 60 * 1000
 #: the fetched batch joins the same scan.
 RECOVERY_GATHER_S = 0.05
 NOTE_MAX_CHARS = 2000
-#: How long a decision waits for the broker's acknowledgement before the page is told it
-#: failed (the engine keeps delivering it: a second try says "duplicate").
+#: How long a decision waits for the broker's acknowledgement before the page is told it is
+#: pending (the engine keeps delivering it: a second try says "duplicate").
 DECIDE_WAIT_S = 30.0
 #: How often leases expire and the queue metrics are refreshed.
 TICK_S = 0.5
@@ -551,6 +551,12 @@ class ReviewHandler:
             if not entry.delivered.cancelled():
                 raise
             return self._count(item.queue, reviewer, "lost")  # the console stopped first
+        except TimeoutError:
+            # Not lost: the engine keeps the verdict and delivers it once the broker answers
+            # (unless the console stops first: then the item comes back undecided).
+            log(logger, "review_decision_pending", logging.WARNING, queue=item.queue,
+                id=item.request.id, reviewer=reviewer, waited_s=self._decide_wait_s)  # fmt: skip
+            return self._count(item.queue, reviewer, "pending")
         self._metrics.review_seconds.labels(item.queue).observe(verdict.seconds)
         log(logger, "review_decided", queue=item.queue, id=item.request.id, reviewer=reviewer,
             verdict=label or "neither", seconds=round(verdict.seconds, 3))  # fmt: skip

@@ -27,6 +27,11 @@ OUTCOME_TEXT: dict[Outcome, str] = {
     ),
     "lost": "Your lease expired; the item went back to the queue and nothing was recorded.",
     "invalid": "That label is not one of this item's labels; nothing was recorded.",
+    "pending": (
+        "Your decision was sent but not confirmed yet; it will be recorded once the message "
+        "broker answers. If the console restarts before then, the item comes back to the "
+        "queue undecided."
+    ),
 }
 NOTE_MAX_CHARS = 2000
 #: The reasons of ``contract.reviews.REVIEW_REASONS`` in words that name no tier, so that the

@@ -20,8 +20,10 @@ from escalator.contract.reviews import Queue, ReviewItem
 #: done: published and acknowledged. duplicate: this item (review_id) was already decided; the
 #: decision is ignored. lost: the lease is not this reviewer's any more (expired and taken, or
 #: the partition moved to another console); nothing was published. invalid: the label is not
-#: one of the item's labels.
-Outcome = Literal["done", "duplicate", "lost", "invalid"]
+#: one of the item's labels. pending: sent, but the broker has not acknowledged it in time;
+#: it is kept and delivered once the broker answers (if the console stops first, the item
+#: comes back to the queue undecided).
+Outcome = Literal["done", "duplicate", "lost", "invalid", "pending"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,8 +74,12 @@ class FakeState:
         self.records = records or []
         #: The lane group's committed offset per hand-off partition.
         self.offsets: dict[int, int] = {}
+        #: Raised by the next reads, one each, in order.
+        self.read_fails: list[Exception] = []
 
     async def read(self) -> dict[bytes, BatchState]:
+        if self.read_fails:
+            raise self.read_fails.pop(0)
         return open_batches(self.records)
 
     async def write(self, state: BatchState) -> None:

@@ -8,8 +8,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
-from escalator.errors import ModelUnavailable
+from escalator.errors import EscalatorError, ModelUnavailable
 from escalator.lane.batches import ItemResult
 from escalator.lane.runner import BatchRunner
 from escalator.lane.state import BatchState, open_batches
@@ -163,20 +164,49 @@ async def test_a_member_the_results_do_not_name_is_treated_as_expired() -> None:
         assert (await wait).kind == "expired"
 
 
+async def answered_by_the_loop(r: BatchRunner, api: FakeBatches) -> None:
+    """The record p0o1 joins; the runner's own loop (polling every few ms) creates its batch,
+    once, and collects its answer once the batch has ended."""
+    wait = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+    for _ in range(300):
+        if api.created:
+            break
+        await asyncio.sleep(0.01)
+    assert len(api.created) == 1
+    api.finish("b1")
+    assert (await asyncio.wait_for(wait, 5)).message == "answer-p0o1"
+
+
 async def test_a_create_that_fails_is_tried_again_and_the_records_keep_waiting() -> None:
     """The API unavailable at create: the round fails, the batch stays cut, the next round
     creates it once; the loop survives and the records get their results."""
     api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
     api.fail = ModelUnavailable("overloaded", kind="overloaded")
     async with BatchRunner(api, state, max_age_s=60, poll_s=0.01, clock=clock, max_requests=1) as r:
-        wait = asyncio.create_task(r.join("m", 0, 1, PARAMS))
-        for _ in range(300):
-            if api.created:
-                break
-            await asyncio.sleep(0.01)
-        assert len(api.created) == 1
-        api.finish("b1")
-        assert (await asyncio.wait_for(wait, 5)).message == "answer-p0o1"
+        await answered_by_the_loop(r, api)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EscalatorError("topic 'lane-state' does not exist"),
+        KafkaConnectionError("no broker"),
+        OSError("connection reset"),
+    ],
+    ids=["escalator", "kafka", "os"],
+)
+async def test_a_state_read_that_fails_after_an_assignment_is_tried_again(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state topic cannot be read when partitions are assigned (its metadata missing, no
+    broker): each failure is logged and the read tried again; once it succeeds the records
+    join and get their results."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with BatchRunner(api, state, max_age_s=60, poll_s=0.01, clock=clock, max_requests=1) as r:
+        state.read_fails = [error, error]
+        r.refresh()
+        await answered_by_the_loop(r, api)
+    assert caplog.text.count("lane_state_read_failed") == 2
 
 
 def kill_before_the_id(state: FakeState) -> None:

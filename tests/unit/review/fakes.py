@@ -3,7 +3,8 @@
 It behaves as the protocol says the Kafka one does: one reviewer holds an item at a time, a
 lease runs out after ``lease_s`` (then the item is anybody's), a decision needs the
 reviewer's own live lease, and an item (``review_id``) is decided once: a second decision is
-``duplicate``. Every accepted decision is kept in ``decisions``, every call in ``calls``.
+``duplicate``. Every accepted decision is kept in ``decisions``, every call in ``calls``;
+with ``unacknowledged`` set it is answered ``pending`` (kept, not yet acknowledged).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class FakeReviewQueues:
         self._decided: set[str] = set()
         self.decisions: list[Recorded] = []
         self.calls: list[tuple[str, ...]] = []
+        #: While True the broker is slow: an accepted decision is kept but answered "pending".
+        self.unacknowledged = False
 
     def put(self, item: ReviewItem) -> None:
         self._items.append(item)
@@ -160,4 +163,4 @@ class FakeReviewQueues:
         self._decided.add(lease.item.review_id)
         self._finished.add(lease_id)
         self.decisions.append(Recorded(lease.item.review_id, reviewer, label, note))
-        return "done"
+        return "pending" if self.unacknowledged else "done"

@@ -412,15 +412,14 @@ async def test_a_label_outside_the_set_is_refused() -> None:
 
 
 async def test_an_unacknowledged_decision_is_delivered_when_the_broker_is_back() -> None:
-    """When the broker does not acknowledge, decide fails (the page says so), the item stays
-    uncommitted, and the engine keeps the verdict: once the broker is back it is published and
-    committed; deciding again meanwhile is a double submit."""
+    """When the broker does not acknowledge, decide says "pending" (the page says so), the
+    item stays uncommitted, and the engine keeps the verdict: once the broker is back it is
+    published and committed; deciding again meanwhile is a double submit."""
     async with running([item("a")]) as c:
         lease = c.q.lease("review", "alice")
         assert lease is not None
         c.producer.fail = True
-        with pytest.raises(TimeoutError):
-            await c.q.decide(lease.id, "alice", "safe", None)
+        assert await c.q.decide(lease.id, "alice", "safe", None) == "pending"
         assert c.consumer.committed is None
         assert await c.q.decide(lease.id, "alice", "unsafe", None) == "duplicate"
         c.producer.fail = False
@@ -428,6 +427,32 @@ async def test_an_unacknowledged_decision_is_delivered_when_the_broker_is_back()
         assert c.consumer.committed == 1
         assert [t for t, _ in c.producer.sent] == [TOPICS.results, TOPICS.decisions]
         assert orjson.loads(c.producer.sent[0][1])["label"] == "safe"
+
+
+async def test_a_slow_acknowledgement_is_pending_counted_and_delivered_later() -> None:
+    """An acknowledgement slower than the decision's wait: decide answers "pending" (not an
+    exception, which the page would show as a server error), counts it, and the item leaves
+    the queue; when the acknowledgement comes the decision is committed, published once."""
+    async with running([item("a", 1), item("b", 2)]) as c:
+        lease = c.q.lease("review", "alice")
+        assert lease is not None and lease.item.request.id == "a"
+        c.producer.slow = asyncio.Event()
+        try:
+            assert await c.q.decide(lease.id, "alice", "safe", None) == "pending"
+            counted = c.metrics.exposition().decode()
+            assert (
+                'escalator_review_decisions_total{outcome="pending",queue="review",'
+                'reviewer="alice"} 1.0'
+            ) in counted
+            assert 'outcome="done"' not in counted
+            assert c.consumer.committed is None
+            following = c.q.lease("review", "alice")
+            assert following is not None and following.item.request.id == "b"
+        finally:
+            c.producer.slow.set()
+        await eventually(lambda: c.consumer.committed == 1)
+        assert c.consumer.committed == 1
+        assert [t for t, _ in c.producer.sent] == [TOPICS.results, TOPICS.decisions]
 
 
 async def test_a_skipped_item_comes_back_last_for_whoever_skipped_it() -> None:

@@ -376,6 +376,23 @@ async def test_after_a_decision_comes_the_next_item_and_a_repeat_counts_once(
     assert len(console.queues.decisions) == 1
 
 
+async def test_a_pending_decision_says_so_and_shows_the_next_item(console: Console) -> None:
+    """A decision the broker has not acknowledged yet: the page says it is not confirmed (not
+    recorded, not lost) and goes on to the next item; it is counted as "pending"."""
+    await signed_in(console)
+    page = await console.page("/queue/review")
+    data = {"lease": field_of(page, "lease"), "csrf": field_of(page, "csrf"), "label": "safe"}
+    console.queues.unacknowledged = True
+    response = await console.post("/queue/review/decide", data)
+    assert response.status == 303
+    assert response.headers["Location"] == "/queue/review?outcome=pending"
+    page = await console.page(response.headers["Location"])
+    assert 'class="notice outcome-pending"' in page
+    assert "not confirmed yet" in page and "Decision recorded." not in page
+    assert "second text" in page
+    assert [o for *_, o in console.observed.decisions] == ["pending"]
+
+
 async def test_neither_and_an_unknown_label(console: Console) -> None:
     """ "neither" decides with no label; a label not of the item is "invalid"."""
     await signed_in(console)

@@ -1,0 +1,147 @@
+"""Exactly-once: the fresh producer after an aborted transaction, when it will not start.
+
+Driven by the real TierWorker against the fakes of ``test_delivery.py``. Without a producer a
+partition cannot commit, its held answers fill ``max_uncommitted`` and the worker stops taking
+work: the start is bounded and retried, and past a bound the worker stops with the error (the
+orchestrator restarts it), never a silent stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TransactionalIdAuthorizationFailed,
+)
+
+from escalator.engine.transactional import Transactional
+from escalator.observability.metrics import Metrics
+from tests.unit.engine.test_delivery import (
+    TP,
+    Broker,
+    FakeConsumer,
+    TxnFactory,
+    TxnProducer,
+    assert_delivered,
+    make_worker,
+    run,
+    sample,
+    until,
+)
+
+
+class StartFaults(TxnFactory):
+    """The first producer starts; the next ``failing`` ones do not (``init_transactions``):
+    their start raises ``error``, or with no error never returns (a broker that does not
+    answer). The first producer's next transaction aborts when a test adds to ``faults``."""
+
+    def __init__(self, broker: Broker, error: KafkaError | None, failing: float) -> None:
+        super().__init__(broker)
+        self.error = error
+        self.failing = failing
+
+    def __call__(self, tp: TopicPartition) -> TxnProducer:
+        producer = super().__call__(tp)
+        if len(self.made) > 1 and self.failing > 0:
+            self.failing -= 1
+            producer.start = self._start  # type: ignore[method-assign]
+        return producer
+
+    async def _start(self) -> None:
+        if self.error is None:
+            await asyncio.Event().wait()
+        raise self.error  # type: ignore[misc]
+
+
+def failed_starts(metrics: Metrics) -> float:
+    return sample(metrics, "escalator_transactions_total", tier="cheap", result="producer_failed")
+
+
+@pytest.mark.parametrize(
+    "error", [KafkaConnectionError("broker away for a moment"), None], ids=["raises", "hangs"]
+)
+async def test_a_replacement_that_does_not_start_is_tried_again_and_nothing_is_lost(
+    error: KafkaError | None,
+) -> None:
+    """The transaction aborts and its fresh producer fails to start (or its start hangs, cut
+    at the bound): the next commits start another, and every record commits exactly once."""
+    broker = Broker()
+    factory = StartFaults(broker, error, failing=1)
+    factory.faults.append(KafkaTimeoutError)  # the first transaction aborts
+    delivery = Transactional(factory, "group", start_timeout_s=0.2)  # type: ignore[arg-type]
+    consumer = FakeConsumer(broker, 300)
+    metrics = Metrics()
+    await run(consumer, delivery, metrics)  # returns: the worker stopped when asked, no error
+    assert_delivered(broker, 300, "exactly_once")
+    assert sample(metrics, "escalator_transactions_total", tier="cheap", result="aborted") == 1
+    assert failed_starts(metrics) == 1
+    assert len(factory.made) == 3, "the first, the one that did not start, the one that did"
+    assert factory.made[1].stopped, "a start cut short is closed (its connections)"
+    assert delivery.held == 0
+
+
+async def test_a_replacement_that_keeps_failing_stops_the_worker_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past the bound the worker stops and ``run`` raises the start's error; nothing past the
+    last committed transaction was committed or became visible."""
+    broker = Broker(commit_s=0.05)  # slow commits: the fault lands mid-run
+    factory = StartFaults(broker, KafkaConnectionError("no broker"), failing=math.inf)
+    delivery = Transactional(factory, "group", give_up_s=0.5)  # type: ignore[arg-type]
+    consumer = FakeConsumer(broker, 2000)
+    metrics = Metrics()
+    worker = make_worker(consumer, delivery, metrics)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: broker.committed >= 100)
+    factory.faults.append(KafkaTimeoutError)
+    with pytest.raises(KafkaConnectionError, match="no broker"):
+        await asyncio.wait_for(task, 10)
+    committed = broker.committed
+    assert 100 <= committed < 2000
+    assert sorted(broker.visible) == list(range(committed)), "outputs below the commit, once"
+    assert delivery.held > 0, "the answers held for the aborted transaction never committed"
+    assert failed_starts(metrics) == 2, "tried again once (1 s later), then past the bound"
+    gave_up = [r for r in caplog.records if r.getMessage() == "transactional_producer_gave_up"]
+    assert len(gave_up) == 1 and gave_up[0].levelno == logging.ERROR
+
+
+async def test_a_replacement_refused_for_good_stops_the_worker_at_once() -> None:
+    """An error that waiting cannot cure (authorisation) stops the worker at the first try."""
+    broker = Broker()
+    error = TransactionalIdAuthorizationFailed("escalator-group-requests-0")
+    factory = StartFaults(broker, error, failing=math.inf)
+    factory.faults.append(KafkaTimeoutError)
+    delivery = Transactional(factory, "group")  # type: ignore[arg-type]
+    metrics = Metrics()
+    worker = make_worker(FakeConsumer(broker, 300), delivery, metrics)
+    with pytest.raises(TransactionalIdAuthorizationFailed):
+        await asyncio.wait_for(worker.run(), 10)
+    assert broker.committed == 0 and broker.visible == []
+    assert failed_starts(metrics) == 1
+
+
+async def test_a_revocation_whose_transaction_aborts_lets_go_without_a_new_producer() -> None:
+    """The revoked partition's producer is closed right after its commit: starting a fresh one
+    there (here one that never answers) would only hold the revocation up."""
+    broker = Broker()
+    factory = StartFaults(broker, None, failing=math.inf)
+    delivery = Transactional(factory, "group")  # type: ignore[arg-type]
+    consumer = FakeConsumer(broker, 10)
+    metrics = Metrics()
+    worker = make_worker(consumer, delivery, metrics)
+    await worker.on_assigned({TP})
+    worker._dispatch(await consumer.getmany(max_records=10))
+    await until(lambda: delivery.held == 10)
+    factory.faults.append(KafkaTimeoutError)  # the revocation's transaction aborts
+    await asyncio.wait_for(worker.on_revoked({TP}), 5)
+    assert len(factory.made) == 1 and factory.made[0].stopped
+    assert broker.committed == 0 and broker.visible == []
+    discarded = sample(metrics, "escalator_discarded_answers_total", tier="cheap", reason="revoked")
+    assert discarded == 10 and delivery.held == 0
