@@ -650,9 +650,12 @@ def _load(env: _Env, require_kafka: bool, role: str) -> Settings:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port[,host:port...])")
     bootstrap = bootstrap or ""
     try:
-        parse_bootstrap(bootstrap)
+        addresses = parse_bootstrap(bootstrap)
     except ValueError as exc:
         raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {exc}") from None
+    if not addresses and (require_kafka or bootstrap.strip()):
+        # "," or " " would reach aiokafka as no broker at all.
+        raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap!r} names no host:port")
 
     dk = KafkaSettings(bootstrap_servers=bootstrap)
     protocol = env.choice(

@@ -59,10 +59,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+#: OpenSSL's default cap (32 MiB) is just above n=2**14, r=8; allow up to n=2**17 at r=15.
+SCRYPT_MAXMEM = 256 * 1024 * 1024
+
+
+def _scrypt_memory(n: int, r: int, p: int) -> int:
+    """The bytes OpenSSL's scrypt asks for, which it refuses above ``maxmem``."""
+    return 128 * r * (n + p + 2)
+
+
 def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
-    # maxmem: OpenSSL's default cap (32 MiB) is just above n=2**14, r=8; allow up to n=2**17.
     return hashlib.scrypt(
-        secret.encode(), salt=salt, n=n, r=r, p=p, dklen=size, maxmem=256 * 1024 * 1024
+        secret.encode(), salt=salt, n=n, r=r, p=p, dklen=size, maxmem=SCRYPT_MAXMEM
     )
 
 
@@ -102,6 +110,9 @@ def _parse_scrypt(text: str) -> _Scrypt:
     # Bounds keep a typo from making every login take minutes or gigabytes.
     if n < 2 or n & (n - 1) or n > 2**17 or not 1 <= r <= 32 or not 1 <= p <= 16:
         raise ValueError("n must be a power of two up to 2**17, r 1 to 32, p 1 to 16")
+    if _scrypt_memory(n, r, p) > SCRYPT_MAXMEM:
+        # Refused here, not at every sign-in (OpenSSL's "memory limit exceeded").
+        raise ValueError(f"n*r too large: 128*r*(n+p+2) must be at most {SCRYPT_MAXMEM} bytes")
     if len(salt) < 8 or len(key) < 16:
         raise ValueError("the salt must be at least 8 bytes and the hash at least 16")
     return _Scrypt(n, r, p, salt, key)

@@ -90,7 +90,12 @@ VALID_HASH = "scrypt$16384$8$1$7VL37_6juiaOvFdIiuTaVQ$YkxgGtzSyXy-t8ZTikS2vZhvZu
 
 #: Each setting's bad values. The message must name the variable.
 SETTING_CASES: dict[str, list[Case]] = {
-    "KAFKA_BOOTSTRAP_SERVERS": [Case(None), Case("no-port"), Case("127.0.0.1:99999")],
+    "KAFKA_BOOTSTRAP_SERVERS": [
+        Case(None),
+        Case("no-port"),
+        Case("127.0.0.1:99999"),
+        Case(","),
+    ],
     "ESCALATOR_KAFKA_SECURITY_PROTOCOL": [Case("SASL_TLS")],
     "ESCALATOR_KAFKA_SASL_MECHANISM": [Case("GSSAPI", SASL)],
     "ESCALATOR_KAFKA_SASL_USERNAME": [Case(None, {**SASL, "ESCALATOR_KAFKA_SASL_USERNAME": ""})],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,8 @@ def test_a_bad_tokens_line_names_the_variable_and_line(
         ("scrypt$16384$8$1$c2FsdHNhbHQ", "scrypt$n$r$p$salt$hash"),
         ("scrypt$1000$8$1$c2FsdHNhbHQ$" + "A" * 43, "power of two"),
         ("scrypt$1048576$8$1$c2FsdHNhbHQ$" + "A" * 43, "power of two"),
+        # Within each bound, but 512 MiB: OpenSSL would refuse it at every sign-in.
+        ("scrypt$131072$32$1$c2FsdHNhbHQ$" + "A" * 43, "n*r too large"),
         ("scrypt$x$8$1$c2FsdHNhbHQ$" + "A" * 43, "integers"),
         ("scrypt$16384$8$1$c2E$" + "A" * 43, "salt"),
     ],
@@ -113,6 +117,16 @@ def test_a_bad_passwords_line_names_the_variable_and_line(
         load_authenticator(None, path)
     assert str(caught.value).startswith(f"{PASSWORDS_VARIABLE}={path} line 1:")
     assert problem in str(caught.value)
+
+
+def test_the_largest_parameters_accepted_can_sign_in(tmp_path: Path) -> None:
+    """The memory bound and OpenSSL's agree: n=2**17, r=15 is accepted and checks a secret."""
+    salt = b"saltsalt"
+    key = hashlib.scrypt(b"s3cret", salt=salt, n=2**17, r=15, p=1, dklen=32, maxmem=2**30)
+    b64 = [base64.urlsafe_b64encode(x).rstrip(b"=").decode() for x in (salt, key)]
+    line = f"scrypt$131072$15$1${b64[0]}${b64[1]}"
+    auth = load_authenticator(None, write(tmp_path, f"ana:{line}\n"))
+    assert auth.verify("ana", "s3cret") and not auth.verify("ana", "other")
 
 
 def test_a_reviewer_listed_twice_is_an_error(tmp_path: Path) -> None:
