@@ -278,6 +278,8 @@ class Parts:
     """What the service is built from, once validated: everything checked before a socket
     opens (``escalator config`` runs this too)."""
 
+    #: The tier table's rows of the tiers this process runs, in their order.
+    rows: tuple[TierSpec, ...]
     task: Task
     prices: PriceTable
     profiles: dict[str, ModelProfile]
@@ -295,7 +297,8 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
     ConfigError names the variable (or file) at fault."""
     tracing_.check(settings.tracing)  # the otel extra, when tracing is on
     table = tier_table(settings)
-    choices = models_of([table[tier] for tier in tiers])
+    rows = tuple(table[tier] for tier in tiers)
+    choices = models_of(rows)
     task = load_task(settings.routing.task_file)
     prices = load_prices(settings.routing.prices_file)
     profiles = model_profiles(settings, choices)
@@ -323,7 +326,8 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
             cheap_model=table["cheap"].model.model,
             strong_model=table["strong"].model.model,
         )
-    return Parts(task, prices, profiles, thresholds, (note,) if note else (), promise, tier0)
+    notes = (note,) if note else ()
+    return Parts(rows, task, prices, profiles, thresholds, notes, promise, tier0)
 
 
 def _watched_tier0(tier0: Tier0 | None, r: RoutingSettings, metrics: Metrics) -> Watched | None:
@@ -356,7 +360,7 @@ def build_service(
     """Validate everything that can be validated before connecting, then build the workers:
     one per row of the tier table, over its model stack."""
     parts = load_parts(settings, tiers)
-    rows = [tier_table(settings)[tier] for tier in tiers]
+    rows = parts.rows
     # One model stack per model tier: the lane answers in real time on the cheap tier's, and
     # measures shadows on the strong tier's.
     choices = models_of(rows)

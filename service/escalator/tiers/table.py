@@ -7,7 +7,7 @@ builds each row the same way. Adding a tier, or a lane, is adding a row (and a h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -147,7 +147,7 @@ class TierSpec:
     also: tuple[ModelChoice, ...] = ()
 
 
-def models_of(rows: list[TierSpec]) -> list[ModelChoice]:
+def models_of(rows: Sequence[TierSpec]) -> list[ModelChoice]:
     """The models ``rows`` call, one per model tier, in order."""
     every = [m for row in rows for m in (row.model, *row.also)]
     return list({m.tier: m for m in every}.values())
@@ -288,7 +288,7 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
     return {row.name: row for row in rows}
 
 
-def topics_needed(settings: Settings, rows: list[TierSpec]) -> list[str]:
+def topics_needed(settings: Settings, rows: Sequence[TierSpec]) -> list[str]:
     """The topics ``rows`` read or write, in Topics' order."""
     t = settings.topics
     needed = {t.escalations, t.results, t.dead_letter, t.decisions}
