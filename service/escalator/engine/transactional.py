@@ -12,10 +12,12 @@ fencing by generation), which is why the id is per partition, not per process.
 
 A transaction that aborts (a broker error) keeps its outputs for the next commit, on a fresh
 producer. Until one starts the partition cannot commit: its held answers fill
-``max_uncommitted`` and the worker takes no new work. So the start is bounded, a failed one is
-tried again at the partition's next commits with backoff, and past a bound (at once for an
-error that waiting cannot cure, e.g. an authorisation) the worker stops, as a failed
-assignment does, for the orchestrator to restart it: a loud stop, never a silent stall.
+``max_uncommitted`` and the worker takes no new work. So the replacement runs in a task of
+its own (never under a commit: the other partitions' commits and a revocation do not wait for
+it), its start is bounded, a failed one is tried again at the partition's next commits with
+backoff, and past a bound (at once for an error that waiting cannot cure, e.g. an
+authorisation) the worker stops, as a failed assignment does, for the orchestrator to restart
+it: a loud stop, never a silent stall.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ from escalator.observability.logs import log, log_repeating
 
 logger = logging.getLogger("escalator.engine")
 
-#: One start of a replacement producer (``init_transactions``) waits at most this long: it
-#: holds the partition's lock, which the revocation's commit needs.
+#: One start of a replacement producer (``init_transactions``) waits at most this long.
 START_TIMEOUT_S = 10.0
 #: A start that failed is tried again at the partition's next commit this long after, doubling
 #: up to RETRY_MAX_S...
@@ -88,6 +89,10 @@ class Transactional:
         self.not_ready: set[TopicPartition] = set()
         # Being revoked: only the revocation's own commit may open a transaction on these.
         self._closing: set[TopicPartition] = set()
+        #: Replacements under way (``_replace``), one task per partition.
+        self._starting: dict[TopicPartition, asyncio.Task[None]] = {}
+        #: Closing down: no more replacements, and a failed one no longer stops the worker.
+        self._stopping = False
 
     def bind(self, worker: Bound) -> None:
         self._w = worker
@@ -128,8 +133,8 @@ class Transactional:
         them to one transaction at a time on its producer. Once a partition is being revoked,
         the periodic commit leaves it alone: a transaction it opened after the revocation's
         own would still be open when the partition is let go and its producer closed. A
-        partition whose producer was let go after an aborted transaction starts a fresh one
-        first (``_restart``), unless it is being revoked.
+        partition whose producer was let go after an aborted transaction waits for its fresh
+        one (``_replace``), and asks for another if the last start failed.
         """
         w = self._w
         lock = self._locks.setdefault(tp, asyncio.Lock())
@@ -145,11 +150,9 @@ class Transactional:
                 return  # let go and taken again since: the new ownership commits its own
             producer = self._producers.get(tp)
             if producer is None:
-                if part.down_since is None or tp in self._closing:
-                    return  # being assigned; or revoked: the next owner redoes these
-                producer = await self._restart(tp, part)
-                if producer is None:
-                    return
+                if part.down_since is not None and tp not in self._closing:
+                    self._replace(tp, part, None)  # the last start failed: try again, later
+                return  # else being assigned; or revoked: the next owner redoes these
             offsets = sorted(o for o in part.outputs if o < upto)
             try:
                 async with producer.transaction():
@@ -172,13 +175,13 @@ class Transactional:
                 return
             except KafkaError as exc:
                 # The transaction was aborted (or could not complete): keep the outputs and
-                # try again with a fresh producer, now and at the next commits.
+                # try again at the next commits, on a fresh producer.
                 w.metrics.transactions.labels(w.tier, "aborted").inc()
                 log_repeating(
                     logger, "transaction_failed", logging.WARNING, tier=w.tier, error=repr(exc)
                 )
                 if self._producers.get(tp) is producer:
-                    await self._replace(tp, part)
+                    self._replace(tp, part, self._producers.pop(tp))
                 return
             for offset in offsets:
                 del part.outputs[offset]
@@ -228,49 +231,70 @@ class Transactional:
         self._closing -= partitions
 
     async def close(self) -> None:
-        await self._close(set(self._producers))
+        self._stopping = True
+        await self._close(set(self._producers) | set(self._starting))
 
     # -- replacing a producer after an aborted transaction ----------------------------------------
-    async def _replace(self, tp: TopicPartition, part: _Partition) -> None:
-        """Let the producer of ``tp`` go, and start a fresh one unless ``tp`` is being revoked
-        (its producer would be closed at once)."""
-        old = self._producers.pop(tp, None)
-        if old is not None:
-            await _stop(old)
-        if part.down_since is None:
-            part.down_since = asyncio.get_running_loop().time()
-        if tp not in self._closing:
-            await self._restart(tp, part)
-
-    async def _restart(self, tp: TopicPartition, part: _Partition) -> AIOKafkaProducer | None:
-        """A fresh producer for ``tp`` (None if its start failed, or it is not time to try)."""
-        assert part.down_since is not None
+    def _replace(self, tp: TopicPartition, part: _Partition, old: AIOKafkaProducer | None) -> None:
+        """Let ``old`` go (the producer of an aborted transaction) and start a fresh producer
+        for ``tp``, in a task of its own; nothing if one is under way, or it is too early
+        after a failed start."""
         loop = asyncio.get_running_loop()
-        if loop.time() < part.retry_at:
-            return None
+        if part.down_since is None:
+            part.down_since = loop.time()
+        if tp in self._starting or (old is None and loop.time() < part.retry_at):
+            return
+        task = asyncio.create_task(self._restart(tp, part, old), name=f"restart-{tp}")
+        self._starting[tp] = task
+        task.add_done_callback(lambda t: self._starting.pop(tp, None) if t is task else None)
+
+    async def _restart(
+        self, tp: TopicPartition, part: _Partition, old: AIOKafkaProducer | None
+    ) -> None:
+        assert part.down_since is not None
+        if old is not None:
+            stopping = asyncio.ensure_future(_stop(old))
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                await stopping  # bounded: never leave a producer half-stopped
+                raise
+        loop = asyncio.get_running_loop()
+        if not self._wanted(tp, part) or loop.time() < part.retry_at:
+            return
         fresh = self._factory(tp)
         try:
             await asyncio.wait_for(fresh.start(), self._start_timeout_s)
         except (KafkaError, OSError) as exc:  # OSError: TimeoutError, ours
             await _stop(fresh)  # a start cut short may hold connections
             self._start_failed(tp, part, exc, loop.time())
-            return None
-        except asyncio.CancelledError:  # the final commit's bound, say
-            await _stop(fresh)
+            return
+        except asyncio.CancelledError:  # revoked, or closing
+            await _stop(fresh, timeout_s=1)
             raise
+        except Exception as exc:  # not Kafka's: a defect; stop loudly, never a silent stall
+            await _stop(fresh, timeout_s=1)
+            logger.exception("transactional_producer_failed")
+            self._w.fail(exc)
+            return
+        if not self._wanted(tp, part):  # revoked while it started: the next owner's now
+            await _stop(fresh)
+            return
         self._producers[tp] = fresh
         if part.failures:
-            w = self._w
             log(
                 logger,
                 "transactional_producer_restarted",
-                tier=w.tier,
+                tier=self._w.tier,
                 partition=f"{tp.topic}-{tp.partition}",
                 failures=part.failures,
                 down_s=round(loop.time() - part.down_since, 3),
             )
         part.down_since, part.failures, part.retry_at = None, 0, 0.0
-        return fresh
+
+    def _wanted(self, tp: TopicPartition, part: _Partition) -> bool:
+        """Whether ``tp`` still needs a producer for this ownership."""
+        return not self._stopping and tp not in self._closing and self._parts.get(tp) is part
 
     def _start_failed(
         self, tp: TopicPartition, part: _Partition, exc: BaseException, now: float
@@ -289,7 +313,7 @@ class Transactional:
             "down_s": round(down_s, 3),
             "error": repr(exc),
         }
-        if _transient(exc) and down_s < self._give_up_s:
+        if self._stopping or (_transient(exc) and down_s < self._give_up_s):
             delay = min(RETRY_FIRST_S * 2 ** (part.failures - 1), RETRY_MAX_S)
             part.retry_at = now + delay
             log_repeating(
@@ -304,9 +328,17 @@ class Transactional:
 
     async def _close(self, partitions: set[TopicPartition]) -> None:
         """Stop the partitions' producers, side by side: one by one, in a broker outage (each
-        waits for its bound), they would take longer than the shutdown grace."""
+        waits for its bound), they would take longer than the shutdown grace. A replacement
+        under way is cancelled (it stops what it started)."""
+        starting = [t for tp in partitions if (t := self._starting.get(tp)) is not None]
+        for task in starting:
+            task.cancel()
         found = [self._producers.pop(tp, None) for tp in partitions]
-        await asyncio.gather(*(_stop(p, timeout_s=10) for p in found if p is not None))
+        await asyncio.gather(
+            *starting,
+            *(_stop(p, timeout_s=10) for p in found if p is not None),
+            return_exceptions=True,
+        )
 
 
 async def _stop(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:

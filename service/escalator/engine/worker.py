@@ -670,7 +670,11 @@ class TierWorker:
         _update_lag(self._metrics, self.tier, self._consumer, self._trackers)
 
     def _fail(self, exc: BaseException) -> None:
-        """The strategy cannot go on: stop, and let ``run`` raise ``exc`` (the first error)."""
+        """The strategy cannot go on: stop, and let ``run`` raise ``exc`` (the first error).
+        Already stopping (asked to, or by an earlier error): nothing more to do; the strategy
+        logged the error."""
+        if self._stopping.is_set():
+            return
         if self._fatal is None:
             self._fatal = exc
         self.stop()

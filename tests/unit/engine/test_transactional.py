@@ -9,8 +9,10 @@ orchestrator restarts it), never a silent stall.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import TopicPartition
@@ -21,6 +23,7 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
+from escalator.engine.delivery import Bound, Done, PartitionTracker
 from escalator.engine.transactional import Transactional
 from escalator.observability.metrics import Metrics
 from tests.unit.engine.test_delivery import (
@@ -145,3 +148,90 @@ async def test_a_revocation_whose_transaction_aborts_lets_go_without_a_new_produ
     assert broker.committed == 0 and broker.visible == []
     discarded = sample(metrics, "escalator_discarded_answers_total", tier="cheap", reason="revoked")
     assert discarded == 10 and delivery.held == 0
+
+
+class _HangingProducer:
+    """Partition 0's first producer aborts its first transaction; every later one of partition 0
+    never finishes ``init_transactions``. Partition 1's are healthy."""
+
+    def __init__(self, tp: TopicPartition, hang: bool, abort: bool) -> None:
+        self.tp, self.hang, self.abort, self.stopped = tp, hang, abort, False
+
+    async def start(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        if self.abort:
+            self.abort = False
+            raise KafkaTimeoutError()
+        yield
+
+    async def send_offsets_to_transaction(self, *args: object) -> None:
+        pass
+
+
+class _Paused:
+    def pause(self, *args: object) -> None:
+        pass
+
+    def resume(self, *args: object) -> None:
+        pass
+
+    async def seek_to_committed(self, *args: object) -> None:
+        pass
+
+
+async def test_a_replacement_that_hangs_holds_up_no_other_commit() -> None:
+    """Partition 0's transaction aborts and its fresh producer's start hangs (bounded at 30 s
+    here): partition 1 keeps committing at once, and a revocation of partition 0 takes its
+    commit and lets go at once, closing what the replacement started. Before, the replacement
+    ran under the commit: every partition's next commit, and the revocation, waited for it."""
+    tp0, tp1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    made: list[_HangingProducer] = []
+
+    def factory(tp: TopicPartition) -> _HangingProducer:
+        earlier = sum(1 for p in made if p.tp == tp)
+        made.append(_HangingProducer(tp, hang=tp == tp0 and earlier > 0, abort=tp == tp0))
+        return made[-1]
+
+    trackers = {tp0: PartitionTracker(), tp1: PartitionTracker()}
+    delivery = Transactional(factory, "g", start_timeout_s=30)  # type: ignore[arg-type]
+    metrics = Metrics()
+    failed: list[BaseException] = []
+    delivery.bind(
+        Bound(
+            "cheap",
+            _Paused(),
+            trackers,
+            metrics,
+            metrics.tier("cheap"),
+            4,
+            wake=lambda: None,
+            drop=lambda tp, reason: None,
+            fail=failed.append,
+        )
+    )
+    await delivery.assigned({tp0, tp1})
+
+    async def commit_offset(offset: int, only: set[TopicPartition] | None = None) -> None:
+        for tp, tracker in trackers.items():
+            tracker.add(offset)
+            tracker.complete(offset)
+            await delivery.deliver(tp, tracker, [Done(offset, [])])
+        await asyncio.wait_for(delivery.commit(only), 2)
+
+    await commit_offset(0)  # partition 0 aborts: its replacement starts, and hangs
+    assert (trackers[tp0].committed, trackers[tp1].committed) == (None, 1)
+    await commit_offset(1)
+    assert (trackers[tp0].committed, trackers[tp1].committed) == (None, 2)
+    delivery.revoking({tp0})
+    await commit_offset(2, {tp0})  # the revocation's commit: no producer, nothing to wait for
+    await asyncio.wait_for(delivery.revoked({tp0}), 2)
+    assert [p.stopped for p in made if p.tp == tp0] == [True, True], "the hanging start closed"
+    assert not failed
+    await delivery.close()
