@@ -172,6 +172,10 @@ class BatchRunner:
         #: Set while what the state topic says is known here: a record joins only then.
         self._fresh = asyncio.Event()
         self._refreshing: set[asyncio.Task[None]] = set()
+        #: What ended the lane's loop or a re-read unexpectedly (a record on the state topic that
+        #: is not a state, a defect): every join raises it from then on, so the lane's worker
+        #: stops loudly instead of its records waiting for ever.
+        self._failed: BaseException | None = None
         #: Assignments so far, and how many of them a read begun before an intent followed:
         #: the next intent after an assignment reads the state topic again first (the old
         #: owner's intent may have landed after the assignment's own read).
@@ -182,6 +186,7 @@ class BatchRunner:
     async def __aenter__(self) -> BatchRunner:
         await self._read()
         self._loop = asyncio.create_task(self._run(), name="batch-lane")
+        self._loop.add_done_callback(self._ended)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -229,6 +234,19 @@ class BatchRunner:
         task = asyncio.create_task(self._reread(), name="batch-lane-refresh")
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A task of the lane raised what it does not retry: fail every record waiting, and
+        every join from now on, with its error."""
+        if task.cancelled() or (exc := task.exception()) is None or self._failed is not None:
+            return
+        self._failed = exc
+        log(logger, "lane_failed", logging.ERROR, task=task.get_name(), error=repr(exc)[:300])
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._fresh.set()  # joins waiting for a read raise it too
 
     async def _reread(self) -> None:
         while True:
@@ -258,6 +276,8 @@ class BatchRunner:
         its batch was held back by the queue limit past what its deadline (absolute, epoch ms)
         allows: answer it in real time now."""
         await self._fresh.wait()
+        if self._failed is not None:
+            raise self._failed
         cid = custom_id(partition, offset)
         if deadline_ms is not None:
             self._deadlines[cid] = deadline_ms

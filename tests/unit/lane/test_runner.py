@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 from escalator.errors import EscalatorError, ModelUnavailable
 from escalator.lane.batches import ItemResult
 from escalator.lane.runner import BatchRunner
-from escalator.lane.state import BatchState, open_batches
+from escalator.lane.state import BatchState, NotAState, open_batches
 from tests.unit.lane.fakes import FakeBatches, FakeState
 
 PARAMS = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
@@ -207,6 +207,25 @@ async def test_a_state_read_that_fails_after_an_assignment_is_tried_again(
         r.refresh()
         await answered_by_the_loop(r, api)
     assert caplog.text.count("lane_state_read_failed") == 2
+
+
+async def test_a_record_that_is_not_a_state_stops_the_lane_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A foreign record lands on the state topic and an assignment re-reads it: the lane cannot
+    know which batches are open, so the record waiting and every later join raise the error
+    (the lane's worker stops, the process exits) instead of waiting for ever; logged once."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with BatchRunner(api, state, max_age_s=60, poll_s=0.01, clock=clock, max_requests=2) as r:
+        waiting = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+        await settle()
+        state.records.append((b"stray", b"not json"))
+        r.refresh()
+        with pytest.raises(NotAState, match="not JSON"):
+            await asyncio.wait_for(waiting, 5)
+        with pytest.raises(NotAState):
+            await asyncio.wait_for(r.join("m", 0, 2, PARAMS), 5)
+    assert caplog.text.count("lane_failed") == 1
 
 
 def kill_before_the_id(state: FakeState) -> None:
