@@ -218,6 +218,12 @@ class ReviewHandler:
             self._sent.pop(entry.sent_as, None)
         if isinstance(outcome, Verdict):
             self._decided.add(entry.item.review_id)
+            # Here, not in decide(): a decision that was 'pending' there is logged when it lands.
+            item = entry.item
+            self._metrics.review_seconds.labels(item.queue).observe(outcome.seconds)
+            log(logger, "review_decided", queue=item.queue, id=item.request.id,
+                reviewer=outcome.reviewer, verdict=outcome.label or "neither",
+                seconds=round(outcome.seconds, 3))  # fmt: skip
         elif isinstance(outcome, Park):
             self._metrics.parked.labels(TIER, tp.topic).inc()
             log(logger, "review_item_parked", logging.WARNING, queue=entry.item.queue,
@@ -553,13 +559,11 @@ class ReviewHandler:
             return self._count(item.queue, reviewer, "lost")  # the console stopped first
         except TimeoutError:
             # Not lost: the engine keeps the verdict and delivers it once the broker answers
-            # (unless the console stops first: then the item comes back undecided).
+            # (review_decided is logged then). If the console stops first the item comes back,
+            # and is shown again unless the broker had in fact recorded the decision.
             log(logger, "review_decision_pending", logging.WARNING, queue=item.queue,
                 id=item.request.id, reviewer=reviewer, waited_s=self._decide_wait_s)  # fmt: skip
             return self._count(item.queue, reviewer, "pending")
-        self._metrics.review_seconds.labels(item.queue).observe(verdict.seconds)
-        log(logger, "review_decided", queue=item.queue, id=item.request.id, reviewer=reviewer,
-            verdict=label or "neither", seconds=round(verdict.seconds, 3))  # fmt: skip
         return self._count(item.queue, reviewer, "done")
 
     def _count(self, queue: str, reviewer: str, outcome: Said) -> Said:

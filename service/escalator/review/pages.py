@@ -30,7 +30,7 @@ OUTCOME_TEXT: dict[Outcome, str] = {
     "pending": (
         "Your decision was sent but not confirmed yet; it will be recorded once the message "
         "broker answers. If the console restarts before then, the item comes back to the "
-        "queue undecided."
+        "queue unless the decision was in fact recorded."
     ),
 }
 NOTE_MAX_CHARS = 2000

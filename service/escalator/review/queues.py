@@ -22,7 +22,7 @@ from escalator.contract.reviews import Queue, ReviewItem
 #: the partition moved to another console); nothing was published. invalid: the label is not
 #: one of the item's labels. pending: sent, but the broker has not acknowledged it in time;
 #: it is kept and delivered once the broker answers (if the console stops first, the item
-#: comes back to the queue undecided).
+#: comes back to the queue unless the broker had in fact recorded the decision).
 Outcome = Literal["done", "duplicate", "lost", "invalid", "pending"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -429,10 +430,14 @@ async def test_an_unacknowledged_decision_is_delivered_when_the_broker_is_back()
         assert orjson.loads(c.producer.sent[0][1])["label"] == "safe"
 
 
-async def test_a_slow_acknowledgement_is_pending_counted_and_delivered_later() -> None:
+async def test_a_slow_acknowledgement_is_pending_counted_and_delivered_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """An acknowledgement slower than the decision's wait: decide answers "pending" (not an
     exception, which the page would show as a server error), counts it, and the item leaves
-    the queue; when the acknowledgement comes the decision is committed, published once."""
+    the queue; when the acknowledgement comes the decision is committed, published once, and
+    logged and timed as decided then."""
+    caplog.set_level(logging.INFO, "escalator.review")
     async with running([item("a", 1), item("b", 2)]) as c:
         lease = c.q.lease("review", "alice")
         assert lease is not None and lease.item.request.id == "a"
@@ -445,6 +450,7 @@ async def test_a_slow_acknowledgement_is_pending_counted_and_delivered_later() -
                 'reviewer="alice"} 1.0'
             ) in counted
             assert 'outcome="done"' not in counted
+            assert "review_decided" not in caplog.text
             assert c.consumer.committed is None
             following = c.q.lease("review", "alice")
             assert following is not None and following.item.request.id == "b"
@@ -453,6 +459,9 @@ async def test_a_slow_acknowledgement_is_pending_counted_and_delivered_later() -
         await eventually(lambda: c.consumer.committed == 1)
         assert c.consumer.committed == 1
         assert [t for t, _ in c.producer.sent] == [TOPICS.results, TOPICS.decisions]
+        assert caplog.text.count("review_decided") == 1
+        timed = 'escalator_review_decision_seconds_count{queue="review"} 1.0'
+        assert timed in c.metrics.exposition().decode()
 
 
 async def test_a_skipped_item_comes_back_last_for_whoever_skipped_it() -> None:
