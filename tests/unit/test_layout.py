@@ -232,3 +232,23 @@ def test_offsets_are_committed_only_by_the_engine() -> None:
 
 def test_the_review_console_commits_through_the_engine() -> None:
     assert SECOND_COMMIT_PATH not in MODULES or commits_in(SECOND_COMMIT_PATH) == []
+
+
+# -- one dead-letter writer --------------------------------------------------------------------
+def importers_of(name: str) -> set[str]:
+    """Runtime modules that import ``name`` from another module of the package."""
+    found = set()
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and any(a.name == name for a in node.names):
+                found.add(module)
+    return found
+
+
+def test_dead_letters_are_written_only_by_the_engine() -> None:
+    """One dead-letter writer (``engine/dead_letters.py``): the tiers, the lane and the review
+    console call it; nothing else builds a dead letter's headers (the review console had its
+    own copy before issue 23)."""
+    assert importers_of("dead_letter_headers") == {"escalator.engine.dead_letters"}
+    callers = importers_of("dead_letter") - {"escalator.engine.dead_letters"}
+    assert {"escalator.tiers.handlers", "escalator.review.handler"} <= callers

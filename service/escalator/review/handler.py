@@ -42,7 +42,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from escalator.config import ParkingSettings, ReviewSettings, Topics
-from escalator.contract.messages import Headers, dead_letter_headers, propagated_headers
+from escalator.contract.messages import propagated_headers
 from escalator.contract.reviews import (
     QUEUES,
     Queue,
@@ -52,6 +52,7 @@ from escalator.contract.reviews import (
     human_result_value,
     parse_review_item,
 )
+from escalator.engine.dead_letters import dead_letter
 from escalator.engine.delivery import Output
 from escalator.engine.worker import Record
 from escalator.errors import InvalidRequest
@@ -163,7 +164,7 @@ class ReviewHandler:
         try:
             item = parse_review_item(record.value, self._max_text_chars)
         except InvalidRequest as exc:
-            return self._dead_letter(record, headers, exc, queue)
+            return self._dead_letter(record, exc, queue)
         part = self._parts.get(tp)
         if part is None:  # fetched before the assignment was heard of
             part = self._parts[tp] = _Part()
@@ -310,23 +311,12 @@ class ReviewHandler:
         outputs.append(Output(topic, decision, key, spans.headers(topic, [])))
         return outputs
 
-    def _dead_letter(
-        self, record: Record, headers: Headers, error: InvalidRequest, queue: str
-    ) -> list[Output]:
-        """Like the tiers': the original key, value and headers, plus why and where from."""
+    def _dead_letter(self, record: Record, error: InvalidRequest, queue: str) -> list[Output]:
+        """Like the tiers' (engine/dead_letters.py), counted per queue."""
         self._metrics.review_invalid_items.labels(queue).inc()
-        log(logger, "dead_letter", logging.WARNING, tier=TIER, reason=error.reason,
-            topic=record.topic, partition=record.partition, offset=record.offset)  # fmt: skip
-        out = dead_letter_headers(
-            headers,
-            reason=error.reason,
-            error=error,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            tier=TIER,
-        )
-        return [Output(self._topics.dead_letter, record.value or b"", record.key, out)]
+        return [
+            dead_letter(record, error, tier=TIER, topic=self._topics.dead_letter, logger=logger)
+        ]
 
     # -- beside the workers: recovery, leases, metrics, parking --------------------------------
     async def run(self, backlog: Backlog) -> None:

@@ -57,7 +57,6 @@ from escalator.contract.messages import (
     Escalation,
     Headers,
     Request,
-    dead_letter_headers,
     escalation_value,
     parse_escalation,
     parse_request,
@@ -65,6 +64,7 @@ from escalator.contract.messages import (
     result_value,
 )
 from escalator.contract.reviews import Queue, ReviewItem, review_item_value
+from escalator.engine.dead_letters import dead_letter
 from escalator.engine.worker import Output, Record
 from escalator.errors import InvalidRequest, ModelUnavailable, PermanentError
 from escalator.lane.deadlines import LaneRule
@@ -227,31 +227,11 @@ class _Base:
     ) -> list[Output]:
         self.metrics.dead_letters.labels(self.tier, error.reason).inc()
         self.metrics.decision(self.tier, label, "dead_lettered")
-        log(
-            logger,
-            "dead_letter",
-            logging.WARNING,
-            tier=self.tier,
-            reason=error.reason,
-            error=str(error)[:300],
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        headers = dead_letter_headers(
-            _headers(record),
-            reason=error.reason,
-            error=error,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            tier=self.tier,
-        )
-        return [
-            Output(
-                self.topics.dead_letter, record.value or b"", record.key, headers + (extra or [])
-            )
-        ]
+        out = dead_letter(
+            record, error, tier=self.tier, topic=self.topics.dead_letter, logger=logger,
+            extra=extra or (),
+        )  # fmt: skip
+        return [out]
 
     def decision(
         self,
