@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from escalator.calibration.live import TierWatches
 from escalator.calibration.threshold_file import Promise, load_promise, load_threshold_file
-from escalator.config import UNCOMMITTED_PER_IN_FLIGHT, RoutingSettings, Settings, redacted_url
+from escalator.config import UNCOMMITTED_PER_IN_FLIGHT, Settings, redacted_url
 from escalator.engine import collector
 from escalator.engine.guarantee import delivery_for
 from escalator.engine.parking import Parking
@@ -29,9 +29,6 @@ from escalator.errors import ConfigError, ModelUnavailable
 from escalator.kafka.admin import KafkaLogView
 from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer
 from escalator.kafka.watch import BrokerWatch, TopicWatch
-from escalator.lane.batches import AnthropicBatches
-from escalator.lane.runner import BatchRunner
-from escalator.lane.state_topic import KafkaStateLog
 from escalator.model.prices import PriceTable, load_prices
 from escalator.model.profiles import ModelProfile
 from escalator.model.stack import (
@@ -48,11 +45,17 @@ from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 from escalator.tiers.routing import Thresholds, escalation_note, thresholds_in_force
-from escalator.tiers.table import HandlerParts, TierSpec, models_of, tier_table, topics_needed
+from escalator.tiers.table import (
+    HandlerParts,
+    Process,
+    TierSpec,
+    models_of,
+    tier_table,
+    topics_needed,
+)
 
 if TYPE_CHECKING:
     from escalator.tier0.artefact import Loaded as Tier0
-    from escalator.tier0.watch import Watched
 
 logger = logging.getLogger("escalator.app")
 
@@ -326,28 +329,15 @@ def load_parts(settings: Settings, tiers: list[str]) -> Parts:
             cheap_model=table["cheap"].model.model,
             strong_model=table["strong"].model.model,
         )
+        from escalator.tier0.running import beside
+
+        # Tier 0 runs beside the cheap row's worker (its live test, its withdrawals).
+        rows = tuple(
+            dataclasses.replace(row, beside=beside(tier0)) if row.name == "cheap" else row
+            for row in rows
+        )
     notes = (note,) if note else ()
     return Parts(rows, task, prices, profiles, thresholds, notes, promise, tier0)
-
-
-def _watched_tier0(tier0: Tier0 | None, r: RoutingSettings, metrics: Metrics) -> Watched | None:
-    """Tier 0 with its live test (tier0/watch.py): ESCALATOR_TIER0_SAMPLE_RATE."""
-    if tier0 is None:
-        return None
-    from escalator.tier0.watch import watched
-
-    return watched(tier0, sample_rate=r.tier0_sample_rate, alpha=r.monitor_alpha, metrics=metrics)
-
-
-def _remembered_tier0(
-    settings: Settings, tier0: Watched, producer: ProducerHandle
-) -> contextlib.AbstractAsyncContextManager[Any]:
-    """Tier 0's withdrawals on the tier-0 state topic (tier0/state.py): read before the tiers
-    consume, recorded as they happen."""
-    from escalator.tier0.state import KafkaWithdrawals, Remembered
-
-    log_ = KafkaWithdrawals(settings.kafka, settings.topics.tier0_state, producer)
-    return Remembered(tier0, log_)
 
 
 def build_service(
@@ -384,27 +374,17 @@ def build_service(
     )
     r = settings.routing
     watches = TierWatches(parts.promise, r.monitor_alpha, r.shadow_rate, metrics)
-    tier0 = _watched_tier0(parts.tier0, r, metrics)
     handler_parts = HandlerParts.of(
-        settings,
-        task=parts.task,
-        thresholds=parts.thresholds,
-        metrics=metrics,
-        watches=watches,
-        tier0=tier0,
+        settings, task=parts.task, thresholds=parts.thresholds, metrics=metrics, watches=watches
     )
+    # What the rows run beside their workers (the lane's batches, tier 0's withdrawals), and
+    # what that adds to the parts every handler is built from.
     beside: list[contextlib.AbstractAsyncContextManager[Any]] = []
-    if tier0 is not None:
-        beside.append(_remembered_tier0(settings, tier0, producer))
-        # Its live test asks the strong model what the cheap tier would escalate (the cheap
-        # row's ``also``).
-        handler_parts = dataclasses.replace(handler_parts, strong=models["strong"].caller)
-    if "lane" in tiers:
-        runner = _lane_runner(settings, models, producer, handler_parts)
-        handler_parts = dataclasses.replace(
-            handler_parts, runner=runner, strong=models["strong"].caller
-        )
-        beside.append(runner)
+    process = Process(settings, models, producer)
+    for row in rows:
+        if row.beside is not None:
+            handler_parts, more = row.beside(process, handler_parts)
+            beside += more
     workers = []
     for row in rows:
         stack = models[row.model.tier]
@@ -432,33 +412,6 @@ def build_service(
         topics=TopicWatch(settings.kafka, topics_needed(settings, rows)),
         notes=list(parts.notes),
         beside=beside,
-    )
-
-
-def _lane_runner(
-    settings: Settings, models: ModelStacks, producer: ProducerHandle, parts: HandlerParts
-) -> BatchRunner:
-    """The lane's batches: on the Message Batches API of the process's API client, recorded
-    on the state topic through the process's producer."""
-    if models.client is None:
-        raise ConfigError("ESCALATOR_BATCH_LANE: the batch lane needs the Anthropic API client")
-    lane = settings.lane
-    return BatchRunner(
-        AnthropicBatches(models.client),
-        KafkaStateLog(
-            settings.kafka,
-            settings.topics.lane_state,
-            producer,
-            handoff=settings.topics.handoff,
-            group=lane.group,
-        ),
-        max_age_s=lane.max_age_s,
-        poll_s=lane.poll_s,
-        times=parts.handoff.times if parts.handoff is not None else None,
-        metrics=parts.metrics,
-        rpm=lane.rpm,
-        queue_limit=lane.queue_limit,
-        fallback_s=lane.fallback_s,
     )
 
 

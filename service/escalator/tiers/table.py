@@ -1,25 +1,29 @@
 """The tier table: one row (:class:`TierSpec`) per tier this service can run, resolved from
 settings by :func:`tier_table`. A row names the tier's input topic and consumer group, the
-model it calls, the topics it needs, and the factory of its handler; ``app.build_service``
-builds each row the same way. Adding a tier, or a lane, is adding a row (and a handler).
+model it calls, the topics it needs, the factory of its handler, and what it runs beside its
+worker (the lane: its batches); ``app.build_service`` builds each row the same way. Adding a
+tier, or a lane, is adding a row (and a handler).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from escalator.config import Settings
 from escalator.engine.worker import Handler
 from escalator.errors import ConfigError
+from escalator.kafka.clients import ProducerHandle
+from escalator.lane.assemble import lane_runner
 from escalator.lane.assembly import MAX_REQUESTS
 from escalator.lane.deadlines import LaneRule
 from escalator.lane.handoff import HandOff
 from escalator.lane.runner import BatchRunner
 from escalator.model.caller import ModelCaller
-from escalator.model.stack import ModelChoice
+from escalator.model.stack import ModelChoice, ModelStacks
 from escalator.model.task import Task
 from escalator.observability.metrics import Metrics
 from escalator.tiers.handlers import (
@@ -125,6 +129,21 @@ HandlerFactory = Callable[[HandlerParts, ModelCaller], Handler]
 
 
 @dataclass(frozen=True, slots=True)
+class Process:
+    """What the service builds once and a row's ``beside`` may use."""
+
+    settings: Settings
+    models: ModelStacks
+    producer: ProducerHandle
+
+
+#: What runs beside the workers (entered once the producer runs, before any tier consumes),
+#: and its effect on the handler parts every row's handler is then built from.
+Besides = list[contextlib.AbstractAsyncContextManager[Any]]
+BesideFactory = Callable[[Process, HandlerParts], tuple[HandlerParts, Besides]]
+
+
+@dataclass(frozen=True, slots=True)
 class TierSpec:
     """One tier: what it reads, as which group, with which model, and what it does."""
 
@@ -145,6 +164,8 @@ class TierSpec:
     #: Models it calls besides its own (the lane: the strong one, for shadows): the service
     #: builds and checks their stacks too.
     also: tuple[ModelChoice, ...] = ()
+    #: What it runs beside its worker (None: nothing), built before any handler.
+    beside: BesideFactory | None = None
 
 
 def models_of(rows: Sequence[TierSpec]) -> list[ModelChoice]:
@@ -225,6 +246,20 @@ def _batch_model(caller: ModelCaller) -> BatchModel:
     return adapter
 
 
+def lane_beside(process: Process, parts: HandlerParts) -> tuple[HandlerParts, Besides]:
+    """The lane's batches (``lane/assemble.py``), and the strong model's caller for the
+    shadows it measures."""
+    runner = lane_runner(
+        process.settings,
+        process.models.client,
+        process.producer,
+        handoff=parts.handoff,
+        metrics=parts.metrics,
+    )
+    parts = dataclasses.replace(parts, runner=runner, strong=process.models["strong"].caller)
+    return parts, [runner]
+
+
 def tiers_to_run(role: str, settings: Settings) -> list[str]:
     """The rows ``run --tier role`` runs: ``all`` is every tier of :data:`TIERS` and, with
     ESCALATOR_BATCH_LANE on, the lane worker; a name is that row alone (the lane only when the
@@ -255,8 +290,13 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             topic=t.requests,
             group=p.cheap_group,
             model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
-            # With the lane on, the cheap tier hands what can wait to the hand-off topic.
-            needs=frozenset({t.requests, t.handoff} if settings.lane.enabled else {t.requests}),
+            # With the lane on, the cheap tier hands what can wait to the hand-off topic; with
+            # tier 0 on, it records tier 0's withdrawals (tier0/state.py).
+            needs=frozenset(
+                {t.requests}
+                | ({t.handoff} if settings.lane.enabled else set())
+                | ({t.tier0_state} if settings.routing.tier0_file is not None else set())
+            ),
             # With tier 0 on, a sampled tier-0 answer the cheap model would escalate is asked
             # of the strong model too (its live test's reference: the final routed answer).
             also=(strong,) if settings.routing.tier0_file is not None else (),
@@ -283,6 +323,7 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             max_in_flight=MAX_REQUESTS,
             holds=True,
             also=(strong,),
+            beside=lane_beside,
         ),
     )
     return {row.name: row for row in rows}
@@ -296,6 +337,4 @@ def topics_needed(settings: Settings, rows: Sequence[TierSpec]) -> list[str]:
         needed |= row.needs
     if settings.parking.enabled:
         needed.add(t.parked)
-    if settings.routing.tier0_file is not None and any(row.name == "cheap" for row in rows):
-        needed.add(t.tier0_state)  # tier 0's withdrawals (tier0/state.py)
     return [name for name in t.all() if name in needed]

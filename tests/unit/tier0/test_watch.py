@@ -269,17 +269,3 @@ def test_the_watch_withdraws_tier0_soon_after_a_drift(q_after: float) -> None:
     )
     assert withdrawn >= 0.95 * REPS
     assert early / REPS <= ALPHA + 3 * (ALPHA * (1 - ALPHA) / REPS) ** 0.5
-
-
-def test_the_service_runs_tier0_under_watch_at_the_settings_rate() -> None:
-    """app.py wraps the loaded artefact: ESCALATOR_TIER0_SAMPLE_RATE and ESCALATOR_MONITOR_ALPHA."""
-    from escalator.app import _watched_tier0
-    from escalator.config import RoutingSettings
-
-    metrics = Metrics()
-    routing = RoutingSettings(tier0_sample_rate=0.2, monitor_alpha=0.02)
-    w = _watched_tier0(Fixed(), routing, metrics)  # type: ignore[arg-type]
-    assert w is not None and w.active and w.sample_rate == 0.2
-    assert w.live is not None and w.live.monitor.detector.alpha == 0.02
-    assert 'escalator_tier0_active{version="t0-abcdef0123"} 1.0' in metrics.exposition().decode()
-    assert _watched_tier0(None, routing, metrics) is None
