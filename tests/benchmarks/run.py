@@ -475,7 +475,7 @@ async def b1e(bootstrap: str, sim_url: str) -> None:
 
 async def sdk_loop(sim_url: str, n: int, concurrency: int) -> float:
     """Baseline for B2: the same requests straight through the SDK, at the same concurrency."""
-    from escalator.model.caller import AnthropicClassifier
+    from escalator.model.adapter import AnthropicClassifier
     from escalator.model.prices import load_prices
 
     client = anthropic.AsyncAnthropic(base_url=sim_url, api_key="bench", max_retries=0)
@@ -520,7 +520,7 @@ async def one_await_per_message(
     bootstrap: str, sim_url: str, topic: str, out: str, n: int
 ) -> float:
     """The naive design: poll one record, await the model, await the produce, commit."""
-    from escalator.model.caller import AnthropicClassifier
+    from escalator.model.adapter import AnthropicClassifier
     from escalator.model.prices import load_prices
 
     kafka = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}).kafka

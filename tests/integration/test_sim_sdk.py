@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from escalator.errors import ConfigError
-from escalator.model.caller import AnthropicClassifier
+from escalator.model.adapter import AnthropicClassifier
 from escalator.model.check import check_model
 from escalator.model.prices import load_prices
 from escalator.model.profiles import BUILTIN, ModelProfile, load_profiles

@@ -176,7 +176,8 @@ def test_the_circle_finder_finds_circles() -> None:
 
 #: What the model stack (model/stack.py) assembles: the wiring takes them from it, finished.
 MODEL_PARTS = {
-    f"escalator.model.{m}" for m in ("admission", "breaker", "caller", "limits", "holds", "check")
+    f"escalator.model.{m}"
+    for m in ("adapter", "admission", "breaker", "caller", "limits", "holds", "check")
 }
 
 

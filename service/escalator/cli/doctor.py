@@ -66,7 +66,7 @@ def _usd(x: float) -> str:
 async def check_model_end_to_end(
     settings: Settings, tier: str, client: anthropic.AsyncAnthropic
 ) -> list[Check]:
-    from escalator.model.caller import AnthropicClassifier, RateLimits
+    from escalator.model.adapter import AnthropicClassifier, RateLimits
     from escalator.model.check import check_model
     from escalator.model.prices import load_prices
     from escalator.model.stack import model_profiles

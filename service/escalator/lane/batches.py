@@ -1,6 +1,6 @@
 """The Message Batches API as the lane sees it (:class:`BatchApi`), and its implementation on
 the ``anthropic`` SDK (``client.messages.batches``), with errors translated once, here, as the
-real-time adapter translates them (``model.caller.translate_error``)."""
+real-time adapter translates them (``model.adapter.translate_error``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol
 
 import anthropic
 
-from escalator.model.caller import translate_error
+from escalator.model.adapter import translate_error
 
 #: What an item of an ended batch came to (the API's result types).
 Kind = Literal["succeeded", "errored", "canceled", "expired"]

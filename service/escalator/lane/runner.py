@@ -85,7 +85,7 @@ CREATE_TIMEOUT_S = 30.0
 #: Added to the create's timeout for the grace of an intent (:attr:`BatchRunner.adopt_grace_s`):
 #: the API finishing a create whose caller has gone, and the two workers' clocks.
 ADOPT_MARGIN_S = 30.0
-#: What a create can fail with having created nothing (``model.caller.translate_error``'s
+#: What a create can fail with having created nothing (``model.adapter.translate_error``'s
 #: kinds): a 429 and a 529 refuse the request before it is processed.
 REFUSED = frozenset({"rate_limit", "overloaded"})
 

@@ -1,5 +1,5 @@
 """A Messages-API message read as an :class:`~escalator.contract.messages.Attempt`: the one
-parse of an answer, for a real-time call (``caller.AnthropicClassifier``) and a batch result
+parse of an answer, for a real-time call (``adapter.AnthropicClassifier``) and a batch result
 (the batch lane) alike, so a batch answer is judged, priced and logged exactly as a real-time
 one is. ``usage.service_tier`` says ``batch`` on a batch result, and the price table halves it.
 """

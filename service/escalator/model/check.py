@@ -17,7 +17,7 @@ import anthropic
 
 from escalator.config import redacted_url
 from escalator.errors import ApiBlocked, ConfigError, ModelUnavailable
-from escalator.model.caller import translate_error
+from escalator.model.adapter import translate_error
 from escalator.model.profiles import ModelProfile
 
 

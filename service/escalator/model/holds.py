@@ -24,7 +24,7 @@ from typing import Protocol
 
 from escalator.model.breaker import CircuitBreaker
 
-#: 429 ``error.details.error_code`` values of a monthly cap (model/caller.py's SPEND_CAP_CODES).
+#: 429 ``error.details.error_code`` values of a monthly cap (model/adapter.py's SPEND_CAP_CODES).
 MONTHLY_CAP_CODES = (
     "enforced_spend_limit_reached",
     "contract_spend_limit_reached",

@@ -21,15 +21,10 @@ import anthropic
 
 from escalator.config import Settings
 from escalator.errors import ConfigError, ModelUnavailable
+from escalator.model.adapter import AnthropicClassifier, RateLimits
 from escalator.model.admission import Admission, Budget, TokenEstimate, Tuning
 from escalator.model.breaker import CircuitBreaker
-from escalator.model.caller import (
-    AnthropicClassifier,
-    ModelCaller,
-    ModelClient,
-    RateLimits,
-    RetryPolicy,
-)
+from escalator.model.caller import ModelCaller, ModelClient, RetryPolicy
 from escalator.model.check import ModelFacts, check_model
 from escalator.model.holds import Hold, HoldClock, held_by
 from escalator.model.limits import AdaptiveLimit

@@ -54,7 +54,7 @@ class Task:
 
         Only keywords structured outputs support: numerical constraints (``minimum``,
         ``maximum``) are documented to return a 400, so the range of ``confidence`` is said
-        in its description and checked in code (``model.AnthropicClassifier``).
+        in its description and checked in code (``model.adapter.AnthropicClassifier``).
         """
         return {
             "type": "object",

@@ -76,7 +76,7 @@ DEADLINE = "deadline"
 
 @runtime_checkable
 class BatchModel(Protocol):
-    """What the lane needs of the cheap model's adapter (``model.caller.AnthropicClassifier``):
+    """What the lane needs of the cheap model's adapter (``model.adapter.AnthropicClassifier``):
     the request body it sends in real time, and its reading of an answer."""
 
     model: str

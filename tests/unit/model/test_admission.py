@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from escalator.model.adapter import rate_limits
 from escalator.model.admission import Admission, Budget, Cost, Ticket, TokenEstimate, Tuning
-from escalator.model.caller import rate_limits
 from escalator_dev.emulator.limits import Charge, Exceeded, Limits
 from escalator_dev.emulator.rules import RateLimiter
 

@@ -1,5 +1,5 @@
-"""The Anthropic adapter against a fake transport: request shape per model, validation,
-refusals, billing fields, rate-limit headers and error mapping."""
+"""model/adapter.py, the Anthropic adapter, against a fake transport: request shape per model,
+validation, refusals, billing fields, rate-limit headers and error mapping."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import httpx2 as httpx
 import pytest
 
 from escalator.errors import ApiBlocked, ModelRejected, ModelUnavailable
-from escalator.model.caller import AnthropicClassifier, RateLimits, retry_after_s
+from escalator.model.adapter import AnthropicClassifier, RateLimits, retry_after_s
 from escalator.model.prices import load_prices
 from escalator.model.profiles import load_profiles
 from escalator.model.task import load_task
