@@ -229,6 +229,8 @@ class BatchRunner:
     def refresh(self) -> None:
         """Partitions were assigned: read the state topic again before their records join
         (another worker may have submitted their batches)."""
+        if self._failed is not None:
+            return  # failed for good: every join raises, none waits for a read
         self._fresh.clear()
         self._assignments += 1
         task = asyncio.create_task(self._reread(), name="batch-lane-refresh")
@@ -239,14 +241,16 @@ class BatchRunner:
     def _ended(self, task: asyncio.Task[None]) -> None:
         """A task of the lane raised what it does not retry: fail every record waiting, and
         every join from now on, with its error."""
-        if task.cancelled() or (exc := task.exception()) is None or self._failed is not None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        self._fresh.set()  # joins waiting for a read raise it too
+        if self._failed is not None:
             return
         self._failed = exc
         log(logger, "lane_failed", logging.ERROR, task=task.get_name(), error=repr(exc)[:300])
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(exc)
-        self._fresh.set()  # joins waiting for a read raise it too
 
     async def _reread(self) -> None:
         while True:
@@ -275,7 +279,8 @@ class BatchRunner:
         is already in (recorded), else from the open batch of ``model`` it joins now. None:
         its batch was held back by the queue limit past what its deadline (absolute, epoch ms)
         allows: answer it in real time now."""
-        await self._fresh.wait()
+        if self._failed is None:
+            await self._fresh.wait()
         if self._failed is not None:
             raise self._failed
         cid = custom_id(partition, offset)

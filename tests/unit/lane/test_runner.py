@@ -228,6 +228,22 @@ async def test_a_record_that_is_not_a_state_stops_the_lane_loudly(
     assert caplog.text.count("lane_failed") == 1
 
 
+async def test_a_lane_failed_with_nothing_waiting_fails_the_next_join_after_more_assignments() -> (
+    None
+):
+    """The foreign record fails a re-read while no record waits, and the next assignments'
+    re-reads fail again: the next join still raises at once (it used to wait for ever for a
+    read that never came)."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with BatchRunner(api, state, max_age_s=60, poll_s=0.01, clock=clock, max_requests=2) as r:
+        state.records.append((b"stray", b"not json"))
+        for _ in range(2):
+            r.refresh()
+            await settle()
+        with pytest.raises(NotAState):
+            await asyncio.wait_for(r.join("m", 0, 2, PARAMS), 5)
+
+
 def kill_before_the_id(state: FakeState) -> None:
     """The state topic as a worker killed between create and writing the batch id leaves it:
     the intent only."""
