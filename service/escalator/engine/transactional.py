@@ -244,41 +244,49 @@ class Transactional:
             part.down_since = loop.time()
         if tp in self._starting or (old is None and loop.time() < part.retry_at):
             return
-        task = asyncio.create_task(self._restart(tp, part, old), name=f"restart-{tp}")
-        self._starting[tp] = task
-        task.add_done_callback(lambda t: self._starting.pop(tp, None) if t is task else None)
+        self._starting[tp] = asyncio.create_task(self._restart(tp, part, old), name=f"restart-{tp}")
 
     async def _restart(
         self, tp: TopicPartition, part: _Partition, old: AIOKafkaProducer | None
     ) -> None:
+        try:
+            await self._start_fresh(tp, part, old)
+        finally:
+            # Here, not in a done callback: a commit on the producer just installed must find
+            # no replacement under way if it aborts at once.
+            if self._starting.get(tp) is asyncio.current_task():
+                del self._starting[tp]
+
+    async def _start_fresh(
+        self, tp: TopicPartition, part: _Partition, old: AIOKafkaProducer | None
+    ) -> None:
         assert part.down_since is not None
         if old is not None:
-            stopping = asyncio.ensure_future(_stop(old))
-            try:
-                await asyncio.shield(stopping)
-            except asyncio.CancelledError:
-                await stopping  # bounded: never leave a producer half-stopped
-                raise
+            await _stop_whole(old)
         loop = asyncio.get_running_loop()
         if not self._wanted(tp, part) or loop.time() < part.retry_at:
             return
-        fresh = self._factory(tp)
+        fresh: AIOKafkaProducer | None = None
         try:
+            fresh = self._factory(tp)
             await asyncio.wait_for(fresh.start(), self._start_timeout_s)
         except (KafkaError, OSError) as exc:  # OSError: TimeoutError, ours
-            await _stop(fresh)  # a start cut short may hold connections
+            if fresh is not None:
+                await _stop_whole(fresh)  # a start cut short may hold connections
             self._start_failed(tp, part, exc, loop.time())
             return
         except asyncio.CancelledError:  # revoked, or closing
-            await _stop(fresh, timeout_s=1)
+            if fresh is not None:
+                await _stop_whole(fresh, timeout_s=1)
             raise
         except Exception as exc:  # not Kafka's: a defect; stop loudly, never a silent stall
-            await _stop(fresh, timeout_s=1)
+            if fresh is not None:
+                await _stop_whole(fresh, timeout_s=1)
             logger.exception("transactional_producer_failed")
             self._w.fail(exc)
             return
         if not self._wanted(tp, part):  # revoked while it started: the next owner's now
-            await _stop(fresh)
+            await _stop_whole(fresh)
             return
         self._producers[tp] = fresh
         if part.failures:
@@ -344,6 +352,17 @@ class Transactional:
 async def _stop(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:
     with contextlib.suppress(KafkaError, TimeoutError):
         await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+
+
+async def _stop_whole(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:
+    """:func:`_stop`, finished even if the caller is cancelled meanwhile (then re-raised):
+    a stop cut short can leave connections and aiokafka's sender task behind."""
+    stopping = asyncio.ensure_future(_stop(producer, timeout_s))
+    try:
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        await stopping  # bounded by timeout_s
+        raise
 
 
 def _transient(exc: BaseException) -> bool:

@@ -130,9 +130,10 @@ class Withdrawable(Protocol):
 
 
 class Remembered:
-    """Runs beside the cheap tier (app.py, ``beside``): on entry, before any tier consumes,
-    starts tier 0 withdrawn if its version is recorded so; afterwards, records each withdrawal
-    its live test makes, and on exit waits up to :data:`CLOSE_WAIT_S` for that record."""
+    """Runs beside the cheap tier (built by ``running.py``, entered by app.py): on entry,
+    before any tier consumes, starts tier 0 withdrawn if its version is recorded so;
+    afterwards, records each withdrawal its live test makes, and on exit waits up to
+    :data:`CLOSE_WAIT_S` for that record."""
 
     def __init__(
         self,

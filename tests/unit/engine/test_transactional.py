@@ -235,3 +235,66 @@ async def test_a_replacement_that_hangs_holds_up_no_other_commit() -> None:
     assert [p.stopped for p in made if p.tp == tp0] == [True, True], "the hanging start closed"
     assert not failed
     await delivery.close()
+
+
+class _SlowStop(_HangingProducer):
+    """Partition 0's first producer aborts its first transaction; the next one starts when
+    ``gate`` is set; every stop takes 0.3 s."""
+
+    gate = asyncio.Event()
+
+    def __init__(self, tp: TopicPartition, first: bool) -> None:
+        super().__init__(tp, hang=False, abort=first)
+        self.first, self.stop_done = first, False
+
+    async def start(self) -> None:
+        if not self.first:
+            await self.gate.wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await asyncio.sleep(0.3)
+        self.stop_done = True
+
+
+async def test_a_revocation_never_cuts_a_replacements_stop_short() -> None:
+    """The replacement starts just after its partition began to be revoked: it is not wanted
+    and is stopped, and the revocation, which cancels the replacement's task, lets that stop
+    finish (one cut short can leave connections and aiokafka's sender task behind)."""
+    tp0 = TopicPartition("t", 0)
+    made: list[_SlowStop] = []
+    _SlowStop.gate = asyncio.Event()
+
+    def factory(tp: TopicPartition) -> _SlowStop:
+        made.append(_SlowStop(tp, first=not made))
+        return made[-1]
+
+    trackers = {tp0: PartitionTracker()}
+    delivery = Transactional(factory, "g", start_timeout_s=30)  # type: ignore[arg-type]
+    metrics = Metrics()
+    failed: list[BaseException] = []
+    delivery.bind(
+        Bound(
+            "cheap",
+            _Paused(),
+            trackers,
+            metrics,
+            metrics.tier("cheap"),
+            4,
+            wake=lambda: None,
+            drop=lambda tp, reason: None,
+            fail=failed.append,
+        )
+    )
+    await delivery.assigned({tp0})
+    trackers[tp0].add(0)
+    trackers[tp0].complete(0)
+    await delivery.deliver(tp0, trackers[tp0], [Done(0, [])])
+    await delivery.commit()  # aborts: the replacement stops the first producer, then starts
+    await until(lambda: len(made) == 2)
+    delivery.revoking({tp0})
+    _SlowStop.gate.set()  # the start completes: not wanted, its stop begins
+    await until(lambda: made[1].stopped)
+    await asyncio.wait_for(delivery.revoked({tp0}), 5)
+    assert made[1].stop_done, "the replacement's stop was cut short"
+    assert made[0].stop_done and not failed
