@@ -262,7 +262,7 @@ class Transactional:
     ) -> None:
         assert part.down_since is not None
         if old is not None:
-            await _stop_whole(old)
+            await _stop(old)
         loop = asyncio.get_running_loop()
         if not self._wanted(tp, part) or loop.time() < part.retry_at:
             return
@@ -272,21 +272,21 @@ class Transactional:
             await asyncio.wait_for(fresh.start(), self._start_timeout_s)
         except (KafkaError, OSError) as exc:  # OSError: TimeoutError, ours
             if fresh is not None:
-                await _stop_whole(fresh)  # a start cut short may hold connections
+                await _stop(fresh)  # a start cut short may hold connections
             self._start_failed(tp, part, exc, loop.time())
             return
         except asyncio.CancelledError:  # revoked, or closing
             if fresh is not None:
-                await _stop_whole(fresh, timeout_s=1)
+                await _stop(fresh, timeout_s=1)
             raise
         except Exception as exc:  # not Kafka's: a defect; stop loudly, never a silent stall
             if fresh is not None:
-                await _stop_whole(fresh, timeout_s=1)
+                await _stop(fresh, timeout_s=1)
             logger.exception("transactional_producer_failed")
             self._w.fail(exc)
             return
         if not self._wanted(tp, part):  # revoked while it started: the next owner's now
-            await _stop_whole(fresh)
+            await _stop(fresh)
             return
         self._producers[tp] = fresh
         if part.failures:
@@ -350,14 +350,15 @@ class Transactional:
 
 
 async def _stop(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:
-    with contextlib.suppress(KafkaError, TimeoutError):
-        await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+    """Stop ``producer`` within ``timeout_s``, finished even if the caller is cancelled
+    meanwhile (then re-raised): a stop cut short can leave connections and aiokafka's sender
+    task behind."""
 
+    async def stop() -> None:
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(producer.stop(), timeout=timeout_s)
 
-async def _stop_whole(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:
-    """:func:`_stop`, finished even if the caller is cancelled meanwhile (then re-raised):
-    a stop cut short can leave connections and aiokafka's sender task behind."""
-    stopping = asyncio.ensure_future(_stop(producer, timeout_s))
+    stopping = asyncio.ensure_future(stop())
     try:
         await asyncio.shield(stopping)
     except asyncio.CancelledError:

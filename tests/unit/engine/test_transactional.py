@@ -186,6 +186,29 @@ class _Paused:
         pass
 
 
+def bind(
+    delivery: Transactional, trackers: dict[TopicPartition, PartitionTracker]
+) -> list[BaseException]:
+    """Bind ``delivery`` to a worker of ``trackers`` without a consumer: the test drives the
+    commits; returns the errors the strategy fails the worker with."""
+    metrics = Metrics()
+    failed: list[BaseException] = []
+    delivery.bind(
+        Bound(
+            "cheap",
+            _Paused(),  # type: ignore[arg-type]
+            trackers,
+            metrics,
+            metrics.tier("cheap"),
+            4,
+            wake=lambda: None,
+            drop=lambda tp, reason: None,
+            fail=failed.append,
+        )
+    )
+    return failed
+
+
 async def test_a_replacement_that_hangs_holds_up_no_other_commit() -> None:
     """Partition 0's transaction aborts and its fresh producer's start hangs (bounded at 30 s
     here): partition 1 keeps committing at once, and a revocation of partition 0 takes its
@@ -201,21 +224,7 @@ async def test_a_replacement_that_hangs_holds_up_no_other_commit() -> None:
 
     trackers = {tp0: PartitionTracker(), tp1: PartitionTracker()}
     delivery = Transactional(factory, "g", start_timeout_s=30)  # type: ignore[arg-type]
-    metrics = Metrics()
-    failed: list[BaseException] = []
-    delivery.bind(
-        Bound(
-            "cheap",
-            _Paused(),
-            trackers,
-            metrics,
-            metrics.tier("cheap"),
-            4,
-            wake=lambda: None,
-            drop=lambda tp, reason: None,
-            fail=failed.append,
-        )
-    )
+    failed = bind(delivery, trackers)
     await delivery.assigned({tp0, tp1})
 
     async def commit_offset(offset: int, only: set[TopicPartition] | None = None) -> None:
@@ -271,21 +280,7 @@ async def test_a_revocation_never_cuts_a_replacements_stop_short() -> None:
 
     trackers = {tp0: PartitionTracker()}
     delivery = Transactional(factory, "g", start_timeout_s=30)  # type: ignore[arg-type]
-    metrics = Metrics()
-    failed: list[BaseException] = []
-    delivery.bind(
-        Bound(
-            "cheap",
-            _Paused(),
-            trackers,
-            metrics,
-            metrics.tier("cheap"),
-            4,
-            wake=lambda: None,
-            drop=lambda tp, reason: None,
-            fail=failed.append,
-        )
-    )
+    failed = bind(delivery, trackers)
     await delivery.assigned({tp0})
     trackers[tp0].add(0)
     trackers[tp0].complete(0)
