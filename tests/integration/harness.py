@@ -16,9 +16,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from referencing import Registry, Resource
 
-from escalator.app import Service, build_service
+from escalator.app import build_service
 from escalator.config import Settings, load_settings
 from escalator.kafka.clients import create_topics
+from escalator.process import Service
 
 
 def make_env(bootstrap: str, sim_url: str, unique: str, **overrides: str) -> dict[str, str]:

@@ -28,12 +28,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from escalator.app import Service
 from escalator.cli.doctor import check_kafka, check_service
 from escalator.config import Settings, load_settings
 from escalator.contract.messages import REPLAY_HEADER
 from escalator.kafka.admin import config_entries
 from escalator.model.holds import first_of_next_month
+from escalator.process import Service
 from escalator_dev.kafka_local import LocalKafkaCluster
 from tests.conftest import SESSION_BROKER_PROPS, running_sim
 from tests.integration.harness import (

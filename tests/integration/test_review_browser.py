@@ -6,7 +6,7 @@ test rather than skipping it, so a green run always means a browser ran.
 
 The queues behind the console come from the ``console_backend`` fixture, one variant per
 entry of ``BACKENDS``: the in-memory fake here; a variant on the real broker
-(``review/consumer.py``) adds an entry that puts items on the reviews topic and reads the
+(``review/assemble.py``) adds an entry that puts items on the reviews topic and reads the
 decision records back. The page-driving steps (:func:`login`, :func:`open_queue`,
 :func:`decide_by_key`) are plain functions, for such variants to reuse.
 
@@ -36,8 +36,9 @@ from escalator.config import Settings, load_settings
 from escalator.contract.reviews import Queue, ReviewItem, review_item_value
 from escalator.kafka.clients import read_to_end
 from escalator.observability.metrics import Metrics
+from escalator.review.assemble import build_console
 from escalator.review.auth import Authenticator, hash_secret
-from escalator.review.consumer import ReviewConsumer
+from escalator.review.handler import ReviewHandler
 from escalator.review.queues import ReviewQueues
 from escalator.review.web import ReviewConsole
 from tests.conftest import repo_root
@@ -99,11 +100,11 @@ async def memory_backend() -> AsyncIterator[ConsoleBackend]:
 
 @dataclass
 class KafkaBackend:
-    """The real queues (review/consumer.py) on the test broker: an item is put on the
+    """The real queues (review/assemble.py) on the test broker: an item is put on the
     reviews topic, and a decision counts once its records are on the decisions topic and,
     for the reviews queue, the results topic."""
 
-    queues: ReviewConsumer
+    queues: ReviewHandler
     settings: Settings
     producer: AIOKafkaProducer
 
@@ -145,18 +146,13 @@ async def kafka_backend(where: tuple[str, str]) -> AsyncIterator[ConsoleBackend]
     env = make_env(bootstrap, "http://127.0.0.1:9", unique)
     settings = load_settings(env)
     await setup_topics(settings)
-    queues = ReviewConsumer.from_settings(settings, Metrics())
+    console = build_console(settings, Metrics())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        async with queues:
-            task = asyncio.create_task(queues.run())
-            try:
-                await asyncio.wait_for(queues.wait_joined(), 60)
-                yield KafkaBackend(queues, settings, producer)
-            finally:
-                queues.stop()
-                await task
+        async with console.service as service:
+            await asyncio.wait_for(service.wait_joined(), 60)
+            yield KafkaBackend(console.queues, settings, producer)
     finally:
         await producer.stop()
 

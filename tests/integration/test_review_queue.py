@@ -32,8 +32,9 @@ from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery
 from escalator.kafka.clients import ProducerHandle
 from escalator.observability.metrics import Metrics
+from escalator.review.assemble import build_console
 from escalator.review.auth import hash_secret
-from escalator.review.consumer import ReviewConsumer
+from escalator.review.handler import ReviewHandler
 from tests.integration.harness import (
     collect,
     committed_total,
@@ -72,16 +73,12 @@ def human_env(bootstrap: str, sim_url: str, unique: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def console(env: dict[str, str], metrics: Metrics) -> AsyncIterator[ReviewConsumer]:
-    queues = ReviewConsumer.from_settings(load_settings(env), metrics)
-    async with queues:
-        task = asyncio.create_task(queues.run())
-        try:
-            await asyncio.wait_for(queues.wait_joined(), 60)
-            yield queues
-        finally:
-            queues.stop()
-            await task
+async def console(env: dict[str, str], metrics: Metrics) -> AsyncIterator[ReviewHandler]:
+    """The console's process, running and joined, for the block; its queues are yielded."""
+    built = build_console(load_settings(env), metrics)
+    async with built.service as service:
+        await asyncio.wait_for(service.wait_joined(), 60)
+        yield built.queues
 
 
 async def fill_reviews(env: dict[str, str], bootstrap: str, n: int, prefix: str) -> None:
@@ -174,17 +171,15 @@ async def test_a_console_that_dies_uncommitted_loses_nothing_and_counts_repeats_
     n = 10
     await fill_reviews(env, kafka_bootstrap, n, "cr")
     settings = load_settings(env)
-    first = ReviewConsumer.from_settings(settings, Metrics(), strategy=crashing)
-    async with first:
-        task = asyncio.create_task(first.run())
-        await asyncio.wait_for(first.wait_joined(), 60)
-        await wait_for(lambda: first.stats()[0].depth == n, timeout_s=60)
+    first = build_console(settings, Metrics(), strategy=crashing)
+    async with first.service as service:
+        await asyncio.wait_for(service.wait_joined(), 60)
+        q = first.queues
+        await wait_for(lambda: q.stats()[0].depth == n, timeout_s=60)
         for _ in range(n // 2):
-            lease = first.lease("review", "alice")
+            lease = q.lease("review", "alice")
             assert lease is not None
-            assert await first.decide(lease.id, "alice", lease.item.labels[0], None) == "done"
-        first.stop()
-        await task
+            assert await q.decide(lease.id, "alice", lease.item.labels[0], None) == "done"
     metrics = Metrics()
     async with console(env, metrics) as queues:
         await wait_for(lambda: queues.stats()[0].depth == n - n // 2, timeout_s=60)

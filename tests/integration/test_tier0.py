@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from escalator.app import Service
+from escalator.process import Service
 from escalator.tier0.artefact import read_manifest, read_model
 from tests.integration.harness import collect, make_env, produce, running_service
 from tests.integration.test_measure import run_cli

@@ -26,7 +26,7 @@ from escalator.config import load_settings
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
 from escalator.observability.tracing import SCOPE
-from escalator.review.consumer import ReviewConsumer
+from escalator.review.assemble import build_console
 from escalator_dev.emulator.server import classify
 from escalator_dev.kafka_local import free_port
 from tests.integration.harness import collect, make_env, produce, running_service
@@ -364,20 +364,16 @@ async def test_the_human_tier_continues_the_trace(
             headers=[upstream],
         )
         await collect(kafka_bootstrap, [env["ESCALATOR_REVIEWS_TOPIC"]], lambda c: c.records)
-    queues = ReviewConsumer.from_settings(load_settings(env), Metrics())
-    async with queues:
-        task = asyncio.create_task(queues.run())
-        try:
-            await asyncio.wait_for(queues.wait_joined(), 60)
-            deadline = time.monotonic() + 30
-            while (lease := queues.lease("review", "alice")) is None:
-                assert time.monotonic() < deadline, "no review item came"
-                await asyncio.sleep(0.2)
-            label = lease.item.labels[0]
-            assert await queues.decide(lease.id, "alice", label, None) == "done"
-        finally:
-            queues.stop()
-            await task
+    console = build_console(load_settings(env), Metrics())
+    async with console.service as service:
+        await asyncio.wait_for(service.wait_joined(), 60)
+        queues = console.queues
+        deadline = time.monotonic() + 30
+        while (lease := queues.lease("review", "alice")) is None:
+            assert time.monotonic() < deadline, "no review item came"
+            await asyncio.sleep(0.2)
+        label = lease.item.labels[0]
+        assert await queues.decide(lease.id, "alice", label, None) == "done"
     got = await collect(kafka_bootstrap, [env["ESCALATOR_RESULTS_TOPIC"]], lambda c: c.records)
     (record,) = got.records
     _, trace_id, result_send_span, _ = _traceparent(record.headers).split("-")

@@ -205,9 +205,6 @@ COMMIT_CALLS = {"commit", "send_offsets_to_transaction", "commit_transaction"}
 #: the parked topic's replay command records how far it has sent (a one-shot scan to the end
 #: offsets seen at its start, like a CLI tool's bookmark), not a consumer of work.
 COMMITS_ALLOWED = {"escalator.kafka.parked"}
-#: Where the review console's queues committed on their own before issue 23 put them on the
-#: engine: they must not again.
-SECOND_COMMIT_PATH = "escalator.review.consumer"
 
 
 def commits_in(module: str) -> list[int]:
@@ -224,15 +221,25 @@ def commits_in(module: str) -> list[int]:
 
 def test_offsets_are_committed_only_by_the_engine() -> None:
     """One commit path: every offset commit of the runtime is in ``engine/`` (save the
-    allowed exceptions above, and the review console's, tracked by the test below)."""
+    allowed exceptions above)."""
     committing = {m for m in MODULES if m.startswith("escalator.") and commits_in(m)}
     assert {m for m in committing if m.startswith("escalator.engine.")}, "the scan saw nothing"
-    outside = committing - COMMITS_ALLOWED - {SECOND_COMMIT_PATH}
+    outside = committing - COMMITS_ALLOWED
     assert {m for m in outside if not m.startswith("escalator.engine.")} == set()
 
 
-def test_the_review_console_commits_through_the_engine() -> None:
-    assert SECOND_COMMIT_PATH not in MODULES or commits_in(SECOND_COMMIT_PATH) == []
+def test_the_review_console_has_no_engine_or_lifecycle_of_its_own() -> None:
+    """Before issue 23 the console committed through its own code, then ran its own process
+    lifecycle: no review module commits, the console's process is a ``process.Service`` like
+    the tiers', and only that class answers signals (the CLI's ``read`` aside: not a consumer
+    of work)."""
+    review = [m for m in MODULES if m.startswith("escalator.review.")]
+    assert "escalator.review.handler" in review, "the scan saw nothing"
+    assert [m for m in review if commits_in(m)] == []
+    assert "escalator.process" in GRAPH["escalator.review.assemble"]
+    assert "escalator.process" in GRAPH["escalator.app"]
+    answering = {m for m, path in MODULES.items() if "add_signal_handler" in path.read_text()}
+    assert answering == {"escalator.process", "escalator.cli.read"}
 
 
 # -- one dead-letter writer --------------------------------------------------------------------

@@ -383,19 +383,16 @@ async def _simulated_people(
 ) -> AsyncIterator[None]:
     """The review queues with the simulated reviewer deciding them, while the block runs."""
     from escalator.observability.metrics import Metrics
-    from escalator.review.consumer import ReviewConsumer
+    from escalator.review.assemble import build_console
 
-    async with ReviewConsumer.from_settings(settings, Metrics()) as queues:
-        tasks = [
-            asyncio.create_task(queues.run()),
-            asyncio.create_task(_simulated_reviewer(queues, gold, tally)),
-        ]
+    console = build_console(settings, Metrics())
+    async with console.service:
+        reviewer = asyncio.create_task(_simulated_reviewer(console.queues, gold, tally))
         try:
             yield
         finally:
-            queues.stop()
-            tasks[1].cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            reviewer.cancel()
+            await asyncio.gather(reviewer, return_exceptions=True)
 
 
 async def _round_trip(

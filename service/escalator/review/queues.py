@@ -1,8 +1,8 @@
 """What the console's web page asks of the review queues: the protocol, and its values.
 
 The page (``review/web.py``) never touches Kafka; ``review/handler.py`` implements this over
-the reviews and adjudications topics (``review/consumer.py`` runs it on the engine). Tests
-use an in-memory fake of the same protocol.
+the reviews and adjudications topics (``review/assemble.py`` runs it on the engine, in the
+process's ``Service``). Tests use an in-memory fake of the same protocol.
 
 Leasing: an item is shown to one reviewer at a time. ``lease`` gives a reviewer the item they
 already hold in that queue, else the oldest item nobody holds (an expired lease counts as

@@ -1,5 +1,6 @@
 """``escalator review serve``: the review queues over Kafka, the web page in front of them,
-and the operator's port (``/metrics``, ``/healthz``, ``/readyz``), with their lifecycle.
+and the operator's port (``/metrics``, ``/healthz``, ``/readyz``), in one
+:class:`~escalator.process.Service` (its lifecycle is the tiers').
 
 On SIGTERM or SIGINT: stop serving decisions, commit what is decided, leave the group, exit 0.
 Leased, undecided items are not committed: they go back to the queue, for this console's
@@ -8,20 +9,17 @@ next start or another one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Callable
 
 from escalator.calibration import live
 from escalator.calibration.threshold_file import load_promise
 from escalator.config import Settings
 from escalator.contract.reviews import Queue
-from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
+from escalator.review.assemble import build_console
 from escalator.review.auth import Authenticator
-from escalator.review.consumer import ReviewConsumer
 from escalator.review.queues import Lease, Outcome, QueueStat, ReviewQueues
 from escalator.review.web import LoginOutcome, ReviewConsole
 
@@ -99,46 +97,33 @@ async def serve(
     install_signals: bool = True,
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Run the console until a signal (or ``stop`` through ``on_ready``'s caller)."""
+    """Run the console until a signal (or ``stop`` through ``on_ready``'s caller): its
+    :class:`~escalator.process.Service` (``assemble.py``) with the page beside the queues."""
     metrics = Metrics()
-    queues = ReviewConsumer.from_settings(settings, metrics)
-    rv = settings.review
-    loop = asyncio.get_running_loop()
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, queues.stop)
+    console = build_console(settings, metrics)
+    rv, service = settings.review, console.service
+    page = ReviewConsole(
+        watched(settings, console.queues, metrics),
+        auth,
+        host=rv.host,
+        port=rv.port,
+        secure_cookies=rv.secure_cookies,
+        observer=MetricsObserver(metrics),
+    )
+    service.beside.append(page)
     try:
-        async with (
-            queues,
-            HealthServer(
-                metrics,
-                host=settings.metrics_host,
-                port=settings.metrics_port,
-                live=lambda: True,
-                ready=lambda: [TierHealth("review", queues.joined)],
-            ) as health,
-            ReviewConsole(
-                watched(settings, queues, metrics),
-                auth,
-                host=rv.host,
-                port=rv.port,
-                secure_cookies=rv.secure_cookies,
-                observer=MetricsObserver(metrics),
-            ) as console,
-        ):
-            log(
-                logger,
-                "review_console_started",
-                url=console.url,
-                metrics_port=health.port,
-                reviewers=len(auth.reviewers),
-                sign_in=auth.kind,
-            )
-            if on_ready is not None:
-                on_ready(console.url, health.port)
-            await queues.run()
+        await service.start(install_signals=install_signals)
+        log(
+            logger,
+            "review_console_started",
+            url=page.url,
+            metrics_port=service.health_port,
+            reviewers=len(auth.reviewers),
+            sign_in=auth.kind,
+        )
+        if on_ready is not None:
+            on_ready(page.url, service.health_port)
+        await service.wait()
     finally:
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        await service.close()
         log(logger, "review_console_stopped")

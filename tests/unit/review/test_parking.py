@@ -15,7 +15,7 @@ from escalator.engine.parking import Parking
 from escalator.kafka.admin import Peek
 from escalator.kafka.retention import TopicRetention
 from escalator.observability.metrics import Metrics
-from tests.unit.review.test_consumer import (
+from tests.unit.review.test_assemble import (
     TOPICS,
     TP,
     Clock,

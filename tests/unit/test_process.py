@@ -1,4 +1,4 @@
-"""The service's lifecycle (app.Service) over fake workers, producer and models: start, wait,
+"""The service's lifecycle (process.Service) over fake workers, producer and models: start, wait,
 and the one close path, whichever way the service ends."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from escalator.app import Service
 from escalator.config import Settings, load_settings
 from escalator.errors import ConfigError
 from escalator.model.check import ModelFacts
 from escalator.model.stack import ModelStacks
 from escalator.observability.metrics import Metrics
+from escalator.process import Service
 
 
 class FakeWorker:
@@ -212,3 +212,38 @@ async def test_the_collector_is_tuned_while_the_tiers_run_and_left_as_found(tuni
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def test_workers_of_one_tier_are_one_tier_in_health_and_joined_when_all_are() -> None:
+    """The review console runs two workers as tier ``review``: /readyz shows the tier once,
+    joined only when both have joined; tiers of one worker each are listed as they are."""
+    first, second, strong = FakeWorker("review"), FakeWorker("review"), FakeWorker("strong")
+    svc, _, _ = service([first, second, strong])
+    assert [(h.tier, h.joined) for h in svc.health()] == [("review", False), ("strong", False)]
+    first._joined.set()
+    strong._joined.set()
+    assert [(h.tier, h.joined) for h in svc.health()] == [("review", False), ("strong", True)]
+    assert not svc.ready()
+    second._joined.set()
+    assert [(h.tier, h.joined) for h in svc.health()] == [("review", True), ("strong", True)]
+    assert svc.ready()
+
+
+async def test_stop_tells_its_hooks_before_the_workers() -> None:
+    """``on_stop`` (the review console giving back its undecided items) runs before any
+    worker is told to stop, so that no worker's drain waits for an item a person holds."""
+    told: list[str] = []
+
+    class Recording(FakeWorker):
+        def stop(self) -> None:
+            told.append(self.tier)
+            super().stop()
+
+    worker = Recording("review")
+    svc, _, _ = service([worker])
+    svc.on_stop.append(lambda: told.append("hook"))
+    async with svc:
+        await worker.wait_joined()
+        svc.stop()
+        await svc.wait()
+    assert told == ["hook", "review"]

@@ -1,6 +1,7 @@
-"""The review queues' rules, on the engine's real worker and at-least-once delivery against
-fakes of the consumer and producer: leases, the commit watermark, duplicates and recovery,
-bad items, a revocation, and a broker that does not acknowledge."""
+"""The review console as assembled (``review/assemble.py``): its queues' rules, on the
+engine's real worker in the process's ``Service`` and at-least-once delivery against fakes of
+the consumer and producer: leases, the commit watermark, duplicates and recovery, bad items, a
+revocation, a broker that does not acknowledge, and the console built from its settings."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from escalator.config import ParkingSettings, ReviewSettings, Topics
+from escalator.config import ParkingSettings, ReviewSettings, Topics, load_settings
 from escalator.contract.messages import Request
 from escalator.contract.reviews import ReviewItem, review_item_value
 from escalator.engine.at_least_once import AtLeastOnce
@@ -25,12 +26,18 @@ from escalator.engine.worker import TierWorker, WorkerOptions
 from escalator.kafka.retention import TopicRetention
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
-from escalator.review.consumer import ReviewConsumer
+from escalator.review.assemble import build_console, console_service
 from escalator.review.handler import ReviewHandler
 from tests.unit.batch_sends import BatchSends
 from tests.unit.tiers.test_handlers import ok
 
 TOPICS = Topics()
+#: The console's process settings (its health port on any free port).
+SETTINGS = {
+    "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+    "ESCALATOR_METRICS_PORT": "0",
+    "ESCALATOR_METRICS_HOST": "127.0.0.1",
+}
 TP = TopicPartition(TOPICS.reviews, 0)
 LABELS = load_task(None).labels
 
@@ -183,7 +190,7 @@ class Clock:
 
 @dataclass
 class Console:
-    q: ReviewConsumer
+    q: ReviewHandler
     consumer: FakeConsumer
     producer: FakeProducer
     clock: Clock
@@ -252,15 +259,20 @@ async def running(
         )
         for t, c in consumers.items()
     ]
-    q = ReviewConsumer(
-        handler=handler, workers=workers, consumers=list(consumers.values()), producer=producer
+    service = console_service(
+        load_settings(SETTINGS),
+        metrics,
+        handler=handler,
+        workers=workers,
+        consumers=list(consumers.values()),
+        producer=producer,
     )
+    q = handler
     records = [v if isinstance(v, Rec) else Rec(i, v) for i, v in enumerate(values)]
     consumers[TOPICS.reviews].pending = records
     consumers[TOPICS.reviews].high = high
-    async with q:
-        task = asyncio.create_task(q.run())
-        await asyncio.wait_for(q.wait_joined(), 5)
+    async with service:
+        await asyncio.wait_for(asyncio.gather(*(w.wait_joined() for w in workers)), 5)
         left = max(0, len(records) - buffer)
         await eventually(lambda: len(consumers[TOPICS.reviews].pending) <= left)
         if records:  # they hold a review item: the recovery scan shows them, however slow
@@ -268,8 +280,8 @@ async def running(
         try:
             yield Console(q, consumers[TOPICS.reviews], producer, clock, metrics, consumers)
         finally:
-            q.stop()
-            await asyncio.wait_for(task, 10)
+            service.stop()
+            await asyncio.wait_for(service.wait(), 10)
 
 
 async def test_two_reviewers_get_different_items_and_keep_their_own() -> None:
@@ -556,15 +568,19 @@ async def test_the_console_is_built_from_its_settings(guarantee: str) -> None:
             "ESCALATOR_PROCESSING_GUARANTEE": guarantee,
         }
     )
-    q = ReviewConsumer.from_settings(settings, Metrics())
-    assert [w.topic for w in q.workers] == [TOPICS.reviews, TOPICS.adjudications]
-    for worker in q.workers:
+    console = build_console(settings, Metrics())
+    workers = console.service.workers
+    assert [w.topic for w in workers] == [TOPICS.reviews, TOPICS.adjudications]
+    for worker in workers:
         assert (worker.limit.limit, worker.max_pending) == (7, 7)
         assert worker.tier == "review"
         assert isinstance(worker._delivery, Transactional) == (guarantee == "exactly_once")
         assert worker._parking is not None and worker._parking.topic == worker.topic
         assert worker._consumer._group_id == settings.review.group
-    await q.__aexit__(None, None, None)  # never ran: closes the consumers and the producer
+        assert worker._handler is console.queues
+    # The handler gives back its undecided items before the workers stop.
+    assert console.service.on_stop == [console.queues.stop]
+    await console.service.close()  # never ran: closes the consumers and the producer
 
 
 async def test_a_revocation_waits_for_a_decision_being_delivered_and_commits_it() -> None:
