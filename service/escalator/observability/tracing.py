@@ -510,6 +510,7 @@ class _TracedDelivery:
         processes: list[Span] = []
         sends: list[Span] = []
         traced: list[Any] = []
+        answered: _Open | None = None  # the last sampled record of a batch answered at once
         for d in done:
             if d.context is not None:  # it ran as a task, in its span's context
                 current = d.context.get(_record)
@@ -517,6 +518,8 @@ class _TracedDelivery:
                     d.context.run(_record.set, current._replace(span=_ENDED))
             elif isinstance(d.outputs, _Answered):  # answered at once by handle_batch
                 current = d.outputs.open
+                if current.trace_id is not None:
+                    answered = current
             else:
                 current = None
             if current is None:
@@ -568,6 +571,12 @@ class _TracedDelivery:
         finally:
             for span in (*sends, *processes):
                 span.end()
+        if answered is not None:
+            # The engine observes the processing time of records delivered with no context of
+            # their own in the context of this call (``_deliver_done``): the exemplar names
+            # the last sampled one, as it would have in its own context (they were dispatched
+            # together, so each observes the same value: the last observation wins).
+            _record.set(answered._replace(span=_ENDED))
 
 
 def _with_headers(out: Any, injected: dict[str, str]) -> Any:

@@ -400,7 +400,7 @@ async def test_a_batch_is_one_call_and_each_of_its_records_keeps_its_spans() -> 
     its process span, child of (and linked to) its own traceparent or a trace of its own,
     with its attributes; its send spans are children of it, and the chat span of the one
     that waits too. Answers given at once are delivered as they came, with no task, and
-    reach the strategy as plain lists."""
+    reach the strategy as plain lists; their exemplar is the last sampled one's trace."""
     on, exporter = traced()
     delivery = FakeDelivery()
     inner = BatchHandler(on.model_client(FakeModel()))
@@ -463,6 +463,8 @@ async def test_a_batch_is_one_call_and_each_of_its_records_keeps_its_spans() -> 
     assert chat.context.trace_id == 3
     assert all(type(outs) is list for outs in delivery.delivered), "plain lists to the strategy"
     assert exemplars[14] == f"{3:032x}"
+    last = format(process[15].context.trace_id, "032x")
+    assert exemplars[11] == exemplars[13] == exemplars[15] == last
     for span in spans:
         for value in (span.attributes or {}).values():
             assert "Kumquat" not in str(value)
