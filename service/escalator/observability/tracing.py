@@ -11,7 +11,14 @@ On, the service's parts are wrapped where app.py assembles them:
 
 - the tier's handler: a Kafka consumer ``process`` span per record (kind CONSUMER), whose
   parent is the context in the record's ``traceparent`` (W3C; also a link to it, as the
-  messaging conventions ask), or a new trace without one;
+  messaging conventions ask), or a new trace without one. A handler with ``handle_batch``
+  (the cheap tier: tier 0 predicts a fetched batch in one call) is still called per batch:
+  the spans of a batch open before it is handled, a record answered at once carries its span
+  to the delivery wrapper in its outputs (no task, so no context of its own), and a record
+  that waits for a model runs its coroutine in its span's context, as with ``handle``.
+  Hooks called by ``handle_batch`` itself, outside the coroutines it returns, find no
+  record: the cheap tier calls none there, but observes tier 0's latency there, which so
+  has no exemplar;
 - the tier's delivery strategy: a ``send`` span (kind PRODUCER) per output, child of the
   ``process`` span, written into the output's ``traceparent``: the strong tier's ``process``
   span of an escalation continues the same trace, and so does whoever reads a result. It ends
@@ -38,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import importlib.util
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
@@ -71,7 +78,8 @@ class _Open(NamedTuple):
 
 
 #: Per record task: its open ``process`` span (set by the handler wrapper, read by the
-#: delivery wrapper, the hooks and the exemplars; each record is its own asyncio task).
+#: delivery wrapper, the hooks and the exemplars; each record that waits for a model is its
+#: own asyncio task; one answered at once in a batch carries it in :class:`_Answered`).
 _record: ContextVar[_Open | None] = ContextVar("escalator_trace_record", default=None)
 #: The ``chat`` span of the model call in progress in this task.
 _model: ContextVar[Span | None] = ContextVar("escalator_trace_model", default=None)
@@ -296,9 +304,9 @@ class _Tracing(Tracing):
 
 # -- the process span ------------------------------------------------------------------------
 class _TracedHandler:
-    #: Each record its own process span: the engine calls ``handle`` per record, never the
-    #: inner handler's ``handle_batch`` (``__getattr__`` would forward it).
-    handle_batch = None
+    #: The inner handler's ``handle_batch``, traced (set in ``__init__`` when it has one);
+    #: None otherwise, so that the engine calls ``handle`` (``__getattr__`` would forward it).
+    handle_batch: Callable[[Sequence[_Record]], list[Any]] | None = None
 
     def __init__(self, inner: _Handler, tracer: Tracer, group: str) -> None:
         self._inner = inner
@@ -307,6 +315,11 @@ class _TracedHandler:
         self.tier = inner.tier
         thresholds = getattr(inner, "thresholds", None)
         self._threshold_version: str | None = getattr(thresholds, "version", None)
+        self._inner_batch: Callable[[Sequence[_Record]], Sequence[Any]] | None = getattr(
+            inner, "handle_batch", None
+        )
+        if self._inner_batch is not None:
+            self.handle_batch = self._handle_batch
 
     def should_pause(self) -> bool:
         return self._inner.should_pause()
@@ -314,7 +327,34 @@ class _TracedHandler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def handle(self, record: _Record) -> list[Any]:
+    def handle(self, record: _Record) -> Coroutine[Any, Any, list[Any]]:
+        """One record in its own task: its span opens when the task starts."""
+        return self._in_span(record, None, None)
+
+    def _handle_batch(self, records: Sequence[_Record]) -> list[Any]:
+        """The records of one partition's fetched batch, in one call to the inner handler's
+        ``handle_batch``: each its ``process`` span, opened first. An answer given at once is
+        the outputs with their span (:class:`_Answered`), which the delivery wrapper ends; a
+        coroutine (a model call) runs in its record's span context (:class:`_InSpan`)."""
+        assert self._inner_batch is not None
+        opened = [self._open(record) for record in records]
+        try:
+            works = self._inner_batch(records)
+        except BaseException as exc:  # a bug (a handler answers every record): as ``handle``
+            for current in opened:
+                _failed(current.span, type(exc).__name__)
+                current.span.end()
+            raise
+        out: list[Any] = []
+        for record, current, work in zip(records, opened, works, strict=True):
+            if isinstance(work, list):
+                out.append(_Answered(work, current))
+            else:
+                out.append(_InSpan(self._in_span(record, current, work), work))
+        return out
+
+    def _open(self, record: _Record) -> _Open:
+        """The record's ``process`` span, started, and its trace id if sampled."""
         from opentelemetry import context, propagate, trace
         from opentelemetry.trace import Link, SpanKind
 
@@ -343,12 +383,28 @@ class _TracedHandler:
             links=links,
         )
         sampled = span.is_recording()
-        _record.set(
-            _Open(span, format(span.get_span_context().trace_id, "032x") if sampled else None)
-        )
+        return _Open(span, format(span.get_span_context().trace_id, "032x") if sampled else None)
+
+    async def _in_span(
+        self,
+        record: _Record,
+        current: _Open | None,
+        work: list[Any] | Awaitable[list[Any]] | None,
+    ) -> list[Any]:
+        """The record's outputs, worked out in its span's context (the hooks, the model
+        client's ``chat`` span and the delivery wrapper find the span there). ``current``
+        and ``work`` come from ``handle_batch`` (the span and the inner handler's coroutine);
+        None: ``handle``, which opens the span and asks the inner handler here."""
+        from opentelemetry import context, trace
+
+        if current is None:
+            current = self._open(record)
+        span = current.span
+        _record.set(current)
         token = context.attach(trace.set_span_in_context(span))
         try:
-            work = self._inner.handle(record)
+            if work is None:
+                work = self._inner.handle(record)
             return work if isinstance(work, list) else await work
         except BaseException as exc:
             # Cancelled (stopping, or parked instead): no delivery will end this span.
@@ -358,6 +414,49 @@ class _TracedHandler:
             raise
         finally:
             context.detach(token)
+
+
+class _Answered(list[Any]):
+    """A record's outputs that the inner ``handle_batch`` gave at once, with the record's open
+    ``process`` span: the engine delivers them with no task, so with no context of its own
+    for the delivery wrapper to read the span from (it reads it here, and gives the strategy
+    a plain list)."""
+
+    __slots__ = ("open",)
+
+    def __init__(self, outputs: list[Any], current: _Open) -> None:
+        super().__init__(outputs)
+        self.open = current
+
+
+class _InSpan(Coroutine[Any, Any, list[Any]]):
+    """The traced coroutine of a record that waits for a model, given to the engine in
+    place of the inner handler's. Closing it closes the inner one too: the engine closes
+    what it queued and never started (stopping, revoked, parked), and a coroutine never
+    started and never closed is a "never awaited" warning."""
+
+    __slots__ = ("_inner", "_run")
+
+    def __init__(self, run: Coroutine[Any, Any, list[Any]], inner: Awaitable[list[Any]]) -> None:
+        self._run = run
+        self._inner = inner
+
+    def send(self, value: Any) -> Any:
+        return self._run.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
+        if val is None and tb is None:
+            return self._run.throw(typ)
+        return self._run.throw(typ, val, tb)  # the old signature
+
+    def close(self) -> None:
+        self._run.close()  # started: closes the inner one it awaits
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()  # never started: nothing ran, and the inner one is still to close
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        return self._run.__await__()
 
 
 def _failed(span: Span, error_type: str) -> None:
@@ -402,21 +501,31 @@ class _TracedDelivery:
         return self._inner.not_ready
 
     async def deliver(self, tp: Any, tracker: Any, done: Sequence[Any]) -> None:
-        """``done``: the engine's ``Done`` records; each that ran in a traced context gets a
-        ``send`` span per output, and its process span ends with the delivery."""
+        """``done``: the engine's ``Done`` records; each that ran in a traced context (or was
+        answered at once by a traced ``handle_batch``: :class:`_Answered`) gets a ``send``
+        span per output, and its process span ends with the delivery."""
         from opentelemetry import propagate, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         processes: list[Span] = []
         sends: list[Span] = []
         traced: list[Any] = []
+        answered: _Open | None = None  # the last sampled record of a batch answered at once
         for d in done:
-            current = d.context.get(_record) if d.context is not None else None
+            if d.context is not None:  # it ran as a task, in its span's context
+                current = d.context.get(_record)
+                if current is not None:
+                    d.context.run(_record.set, current._replace(span=_ENDED))
+            elif isinstance(d.outputs, _Answered):  # answered at once by handle_batch
+                current = d.outputs.open
+                if current.trace_id is not None:
+                    answered = current
+            else:
+                current = None
             if current is None:
                 # Not a record of ours (a parked copy, kept byte for byte): as it is.
                 traced.append(d)
                 continue
-            d.context.run(_record.set, current._replace(span=_ENDED))
             process = current.span
             processes.append(process)
             parent = trace.set_span_in_context(process)
@@ -462,6 +571,12 @@ class _TracedDelivery:
         finally:
             for span in (*sends, *processes):
                 span.end()
+        if answered is not None:
+            # The engine observes the processing time of records delivered with no context of
+            # their own in the context of this call (``_deliver_done``): the exemplar names
+            # the last sampled one, as it would have in its own context (they were dispatched
+            # together, so each observes the same value: the last observation wins).
+            _record.set(answered._replace(span=_ENDED))
 
 
 def _with_headers(out: Any, injected: dict[str, str]) -> Any:

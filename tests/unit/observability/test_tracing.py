@@ -1,15 +1,19 @@
 """observability/tracing.py with fakes: off it changes nothing; on, a record's spans, their
 parents and links, the traceparent its outputs carry, the model call's attributes, no text;
-a missing extra is a one-line start-up error; exemplars on the latency histograms.
+the same spans for a handler's ``handle_batch`` (answered at once or by a model, by a fake,
+by the cheap tier with tier 0, and through the engine); a missing extra is a one-line
+start-up error; exemplars on the latency histograms.
 (tests/integration/test_tracing.py runs the real thing against Jaeger.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +131,98 @@ async def one_record(handler: Any, delivery: Any, record: Any) -> str | None:
     await asyncio.create_task(delivery.deliver(None, None, [done]))
     assert done.context is not None
     return done.context.run(tracing.trace_id)
+
+
+def upstream(n: int) -> tuple[str, bytes]:
+    """A traceparent of its own for the ``n``-th record of a batch (trace and span id ``n``)."""
+    return ("traceparent", f"00-{n:032x}-{n:016x}-01".encode())
+
+
+def offset_of(span: Any) -> int:
+    """The offset of the record a ``process`` span is for."""
+    offset = (span.attributes or {})["messaging.kafka.offset"]
+    assert isinstance(offset, int)
+    return offset
+
+
+@dataclass
+class BatchHandler:
+    """A handler with ``handle_batch``, shaped like the cheap tier with tier 0: in one call per
+    fetched batch, a record whose value is ``b"bad"`` is dead-lettered at once, another with an
+    odd offset is answered at once (a local answer), and one with an even offset waits for the
+    model and escalates. Every output's value is the record's offset. The engine never calls
+    ``handle`` when ``handle_batch`` is there."""
+
+    model: Any
+    tier: str = "cheap"
+    thresholds: FakeThresholds = field(default_factory=FakeThresholds)
+    batches: list[list[int]] = field(default_factory=list)
+
+    def handle(self, record: Any) -> list[Output]:
+        raise AssertionError("handle_batch is there: handle must not be called")
+
+    def handle_batch(self, records: Sequence[Any]) -> list[Any]:
+        self.batches.append([r.offset for r in records])
+        out: list[Any] = []
+        for r in records:
+            value, headers = str(r.offset).encode(), list(r.headers)
+            if r.value == b"bad":
+                out.append([Output("dlq", value, r.key, [*headers, ("x-escalator-reason", b"x")])])
+            elif r.offset % 2:
+                out.append([Output("results", value, r.key, headers)])
+            else:
+                out.append(self._ask(r))
+        return out
+
+    async def _ask(self, record: Any) -> list[Output]:
+        await self.model.classify(TEXT)
+        tracing.escalated("low_confidence")
+        value = str(record.offset).encode()
+        return [
+            Output("escalations", value, record.key, list(record.headers)),
+            Output("decisions", value, None),
+        ]
+
+    def should_pause(self) -> bool:
+        return False
+
+
+async def dispatched(
+    handler: Any, delivery: Any, records: Sequence[Any], *, batch: bool = True
+) -> tuple[list[int], dict[int, str | None]]:
+    """What the worker does with one partition's fetched batch (engine/worker.py:
+    ``_dispatch``, ``_answer``, ``_deliver_done``): ``handle_batch`` when the handler has it
+    (and ``batch``), else ``handle`` per record; the records answered at once are delivered
+    together by one task, with no context of their own; each coroutine runs in a task and is
+    delivered with the context it ran in. Returns the offsets answered at once and, per
+    offset, the exemplar trace id of its processing-time observation, read where the worker
+    observes it."""
+    handle_batch = getattr(handler, "handle_batch", None) if batch else None
+    works = handle_batch(records) if handle_batch is not None else map(handler.handle, records)
+    ready: list[Done] = []
+    tasks: list[asyncio.Task[dict[int, str | None]]] = []
+
+    async def answer(record: Any, work: Any) -> dict[int, str | None]:
+        done = Done(record.offset, await work, 0.0, contextvars.copy_context())
+        await delivery.deliver(None, None, [done])
+        assert done.context is not None
+        return {record.offset: done.context.run(tracing.trace_id)}
+
+    async def deliver_ready() -> dict[int, str | None]:
+        await delivery.deliver(None, None, ready)
+        return {d.offset: tracing.trace_id() for d in ready}
+
+    for record, work in zip(records, works, strict=True):
+        if isinstance(work, list):
+            ready.append(Done(record.offset, work, 0.0))
+        else:
+            tasks.append(asyncio.create_task(answer(record, work)))
+    if ready:
+        tasks.append(asyncio.create_task(deliver_ready()))
+    exemplars: dict[int, str | None] = {}
+    for task in tasks:
+        exemplars |= await task
+    return [d.offset for d in ready], exemplars
 
 
 async def test_off_the_parts_are_themselves_and_the_hooks_do_nothing() -> None:
@@ -288,6 +384,262 @@ async def test_exemplars_name_the_trace_in_openmetrics_only() -> None:
     openmetrics = metrics.exposition(openmetrics=True).decode()
     assert f'# {{trace_id="{UPSTREAM_TRACE}"}} 0.3' in openmetrics
     assert "trace_id" not in metrics.exposition().decode()
+
+
+def test_the_traced_handler_has_handle_batch_exactly_when_its_handler_has_one() -> None:
+    """The engine calls ``handle_batch`` when it is there (one call per partition of a fetched
+    batch, no task for what is answered at once), else ``handle`` per record."""
+    on, _ = traced()
+    assert getattr(on.handler(FakeHandler(FakeModel()), group="g"), "handle_batch", None) is None
+    batched = on.handler(BatchHandler(FakeModel()), group="g")
+    assert callable(getattr(batched, "handle_batch", None))
+
+
+async def test_a_batch_is_one_call_and_each_of_its_records_keeps_its_spans() -> None:
+    """Records answered at once and a record that waits for the model, in one call: each has
+    its process span, child of (and linked to) its own traceparent or a trace of its own,
+    with its attributes; its send spans are children of it, and the chat span of the one
+    that waits too. Answers given at once are delivered as they came, with no task, and
+    reach the strategy as plain lists; their exemplar is the last sampled one's trace."""
+    on, exporter = traced()
+    delivery = FakeDelivery()
+    inner = BatchHandler(on.model_client(FakeModel()))
+    handler = on.handler(inner, group="cheap-group")
+    records = [
+        FakeRecord(offset=11, headers=[upstream(1)]),  # at once
+        FakeRecord(offset=13, headers=[upstream(2)], value=b"bad"),  # at once, dead letter
+        FakeRecord(offset=14, headers=[upstream(3)]),  # waits for the model
+        FakeRecord(offset=15, headers=[]),  # at once, a trace of its own
+    ]
+    at_once, exemplars = await dispatched(handler, on.delivery(delivery), records)
+    assert inner.batches == [[11, 13, 14, 15]], "one call for the batch"
+    assert at_once == [11, 13, 15]
+    spans = exporter.get_finished_spans()
+    process = {offset_of(s): s for s in spans if s.name == "process requests"}
+    assert sorted(process) == [11, 13, 14, 15] and len(spans) == 4 + 1 + 5  # chat, sends
+    for offset, n in ((11, 1), (13, 2), (14, 3)):
+        span = process[offset]
+        assert span.parent is not None and span.parent.span_id == n, offset
+        assert span.context.trace_id == n
+        assert [link.context.span_id for link in span.links] == [n]
+    assert process[15].parent is None and not process[15].links
+    base = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": "requests",
+        "messaging.destination.partition.id": "3",
+        "messaging.consumer.group.name": "cheap-group",
+        "escalator.tier": "cheap",
+        "escalator.threshold_version": "cal-7",
+    }
+    outputs = {int(outs[0].value or b""): outs for outs in delivery.delivered}
+    assert sorted(outputs) == [11, 13, 14, 15]
+    for offset, span in process.items():
+        record = next(r for r in records if r.offset == offset)
+        expected = base | {
+            "messaging.kafka.offset": offset,
+            "messaging.message.body.size": len(record.value or b""),
+        }
+        if offset == 13:
+            expected["escalator.dead_letter_reason"] = "x"
+        if offset == 14:
+            expected["escalator.escalation_reason"] = "low_confidence"
+        assert dict(span.attributes or {}) == expected, offset
+        error = StatusCode.ERROR if offset == 13 else StatusCode.UNSET
+        assert span.status.status_code is error, offset
+        # Each output's traceparent is the context of a send span, child of this span.
+        children = [s for s in spans if s.parent and s.parent.span_id == span.context.span_id]
+        sends = {s.context.span_id: s for s in children if s.name.startswith("send")}
+        assert len(sends) == len(outputs[offset])
+        for out in outputs[offset]:
+            (parent,) = [v for k, v in out.headers if k == "traceparent" and v]
+            send = sends[int(parent[36:52], 16)]
+            ids = f"00-{send.context.trace_id:032x}-{send.context.span_id:016x}-"
+            assert parent.startswith(ids.encode())
+            assert send.name == f"send {out.topic}" and send.kind is SpanKind.PRODUCER
+    (chat,) = [s for s in spans if s.name.startswith("chat")]
+    assert chat.parent is not None and chat.parent.span_id == process[14].context.span_id
+    assert chat.context.trace_id == 3
+    assert all(type(outs) is list for outs in delivery.delivered), "plain lists to the strategy"
+    assert exemplars[14] == f"{3:032x}"
+    last = format(process[15].context.trace_id, "032x")
+    assert exemplars[11] == exemplars[13] == exemplars[15] == last
+    for span in spans:
+        for value in (span.attributes or {}).values():
+            assert "Kumquat" not in str(value)
+
+
+async def test_a_batch_the_sampler_leaves_out_costs_no_spans_and_stays_one_trace() -> None:
+    """Sampled out, in a batch as alone: no span is exported, no exemplar names a trace, and
+    each output carries its record's context flagged not sampled (the next tier leaves it
+    out too); a record whose producer sampled it is traced, in the same batch."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    on = tracing._Tracing(provider)
+    delivery = FakeDelivery()
+    handler = on.handler(BatchHandler(on.model_client(FakeModel())), group="g")
+    records = [FakeRecord(offset=o, headers=[]) for o in (1, 2, 3)]
+    _, exemplars = await dispatched(
+        handler, on.delivery(delivery), [*records, FakeRecord(offset=4)]
+    )
+    assert exemplars == {1: None, 2: None, 3: None, 4: UPSTREAM_TRACE}
+    spans = exporter.get_finished_spans()
+    assert {format(s.context.trace_id, "032x") for s in spans} == {UPSTREAM_TRACE}
+    assert len(spans) == 4  # offset 4's process, chat and two sends
+    outputs = {int(outs[0].value or b""): outs for outs in delivery.delivered}
+    for offset in (1, 2, 3):
+        (parent,) = {
+            v for out in outputs[offset] for k, v in out.headers if k == "traceparent" and v
+        }
+        assert len(parent) == 55 and int(parent[-2:], 16) & 1 == 0, parent  # the sampled bit
+
+
+@dataclass
+class HeldModel(FakeModel):
+    """A model call that waits until ``answer`` is set."""
+
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def classify(self, text: str, *, credit_token: str | None = None) -> Attempt:
+        await self.answer.wait()
+        return await super().classify(text, credit_token=credit_token)
+
+
+async def test_a_batch_record_that_waits_ends_as_one_handled_alone_would() -> None:
+    """A record of a batch whose call is cancelled (stopping, parked instead): its process
+    and chat spans end failed, as with ``handle``. One the engine closes without starting
+    (queued, then stopped or revoked) closes the handler's coroutine too, and no span of it
+    is exported, as none is when a queued ``handle`` never starts."""
+    on, exporter = traced()
+    inner = BatchHandler(on.model_client(HeldModel()))
+    handler = on.handler(inner, group="g")
+    cancelled, closed = handler.handle_batch([FakeRecord(offset=2), FakeRecord(offset=4)])
+    task = asyncio.create_task(cancelled)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    chat, process = exporter.get_finished_spans()
+    assert chat.name.startswith("chat") and process.name == "process requests"
+    assert chat.parent is not None and chat.parent.span_id == process.context.span_id
+    for span in (chat, process):
+        assert (span.attributes or {})["error.type"] == "CancelledError"
+        assert span.status.status_code is StatusCode.ERROR
+    assert (process.attributes or {})["messaging.kafka.offset"] == 2
+    inner_work = closed._inner
+    assert inspect.getcoroutinestate(inner_work) == inspect.CORO_CREATED
+    closed.close()
+    assert inspect.getcoroutinestate(inner_work) == inspect.CORO_CLOSED
+    assert len(exporter.get_finished_spans()) == 2
+
+
+def _shape(spans: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Each span by what it is and where it hangs in its trace (not by its ids, which are
+    random): name, kind, parent, links, status, attributes."""
+    by_id = {s.context.span_id: s for s in spans}
+
+    def label(span_id: int) -> str:
+        span = by_id.get(span_id)
+        if span is None:
+            return f"upstream {span_id:016x}"
+        if span.name.startswith("process"):
+            return f"process @{(span.attributes or {})['messaging.kafka.offset']}"
+        return f"{span.name} under {label(span.parent.span_id)}"
+
+    return sorted(
+        (
+            label(s.context.span_id),
+            s.kind.name,
+            label(s.parent.span_id) if s.parent is not None else None,
+            [label(link.context.span_id) for link in s.links],
+            s.status.status_code.name,
+            sorted((k, repr(v)) for k, v in (s.attributes or {}).items()),
+        )
+        for s in spans
+    )
+
+
+async def test_the_cheap_tier_s_batch_spans_are_those_it_makes_one_record_at_a_time() -> None:
+    """The cheap tier with tier 0 (its ``handle_batch``), traced: a batch of a tier-0 answer,
+    bad input, a request the model answers (and escalates) and a tier-0 answer without a
+    traceparent makes, span for span, what handling each record alone makes: the same
+    names, kinds, parents, links, statuses and attributes; tier 0 is asked once."""
+    from escalator.tiers.handlers import CheapHandler
+    from tests.unit.tiers.test_handlers import FakeModel as TierModel
+    from tests.unit.tiers.test_handlers import FakeRecord as TierRecord
+    from tests.unit.tiers.test_handlers import caller, handler, ok, request
+    from tests.unit.tiers.test_tier0_hook import FakeTier0
+
+    shapes = []
+    for batch in (False, True):
+        on, exporter = traced()
+        model = TierModel(lambda _: ok(confidence=0.4))
+        tier0 = FakeTier0({"hello friend": ("safe", 0.97), "ask the model": ("safe", 0.5)})
+        cheap = handler(CheapHandler, model, caller=caller(on.model_client(model)), tier0=tier0)
+        records = [
+            TierRecord(request("hello friend"), offset=0, headers=[upstream(1)]),
+            TierRecord(b"not json", offset=1, headers=[upstream(2)]),
+            TierRecord(request("ask the model"), offset=2, headers=[upstream(3)]),
+            TierRecord(request("hello friend"), offset=3, headers=[]),
+        ]
+        delivery = FakeDelivery()
+        await dispatched(on.handler(cheap, group="g"), on.delivery(delivery), records, batch=batch)
+        assert len(tier0.asked) == (1 if batch else 3) and model.calls == 1
+        assert sorted(out.topic for outputs in delivery.delivered for out in outputs) == [
+            "dead", "decisions", "decisions", "decisions", "escalations", "results", "results"
+        ]  # fmt: skip
+        spans = exporter.get_finished_spans()
+        assert sum(s.name.startswith("process") for s in spans) == 4
+        for span in spans:
+            for value in (span.attributes or {}).values():
+                assert "hello friend" not in str(value) and "ask the model" not in str(value)
+        shapes.append(_shape(spans))
+    alone, batched = shapes
+    assert batched == alone
+
+
+async def test_through_the_engine_each_record_of_a_batch_has_one_trace_of_its_spans() -> None:
+    """The worker (engine/worker.py) with a traced handler that has ``handle_batch``: it gets
+    each fetched batch in one call, and every record ends with one process span whose
+    children are its own (a chat span when it waited for the model, a send span per output),
+    all in a trace of its own (these records carry no traceparent)."""
+    from tests.unit.engine.test_delivery import Broker, FakeConsumer, make_delivery, until
+    from tests.unit.engine.test_worker import worker
+
+    on, exporter = traced()
+    broker = Broker()
+    strategy, _ = make_delivery("at_least_once", broker)
+    inner = BatchHandler(on.model_client(FakeModel()))
+    consumer = FakeConsumer(broker, 40)
+    w = worker(consumer, on.delivery(strategy), on.handler(inner, group="g"), Metrics())
+    task = asyncio.create_task(w.run())
+    await until(lambda: broker.committed >= 40)
+    w.stop()
+    await asyncio.wait_for(task, 30)
+    assert broker.committed == 40
+    assert sorted(o for b in inner.batches for o in b) == list(range(40))
+    assert max(len(b) for b in inner.batches) > 1, "whole batches, in one call"
+    traces: dict[int, list[Any]] = {}
+    for span in exporter.get_finished_spans():
+        traces.setdefault(span.context.trace_id, []).append(span)
+    assert len(traces) == 40
+    offsets = []
+    for spans in traces.values():
+        (process,) = [s for s in spans if s.name == "process requests"]
+        offset = offset_of(process)
+        offsets.append(offset)
+        children = sorted(s.name for s in spans if s is not process)
+        if offset % 2:
+            assert children == ["send results"], offset
+        else:
+            assert children == ["chat claude-haiku-5-5", "send decisions", "send escalations"]
+        for span in spans:
+            if span is not process:
+                assert span.parent is not None
+                assert span.parent.span_id == process.context.span_id, (offset, span.name)
+    assert sorted(offsets) == list(range(40))
 
 
 def test_settings_turn_it_on_by_the_standard_variables() -> None:
