@@ -177,6 +177,8 @@ class _Bucket:
     limit: float = 0.0
     #: Hard cap for the deployment, per minute (0: none).
     cap: float = 0.0
+    #: Level, quota and allowance mean something only while the bucket paces calls (a limit
+    #: or a cap); without, nothing reads or draws them, and a limit arriving sets them anew.
     level: float = 0.0
     rate: float = 0.0
     allowance: float = 0.0
@@ -224,7 +226,13 @@ class Budget:
         if cap is not None:
             for kind, value in zip(KINDS[:3], cap, strict=True):
                 self.buckets[kind].cap = float(value)
-        self._active = self._any_paced()
+        #: The buckets in the order of ``KINDS``; those that pace calls, with their index
+        #: there; those with a limit from the headers (see :meth:`_limits_changed`).
+        self._kinds = tuple(self.buckets.values())
+        self._pacing: tuple[tuple[int, _Bucket], ...] = ()
+        self._headed: tuple[_Bucket, ...] = ()
+        self._active = False
+        self._limits_changed()
         self.in_flight = dict.fromkeys(KINDS, 0.0)
         #: (admitted at, cost) of recent calls: those the next headers may not count yet.
         self._recent: deque[tuple[float, Cost]] = deque()
@@ -244,8 +252,15 @@ class Budget:
         Read on every call; kept up to date where a limit or cap changes."""
         return self._active
 
-    def _any_paced(self) -> bool:
-        return any(b.limit > 0 or b.cap > 0 for b in self.buckets.values())
+    def _limits_changed(self) -> None:
+        """Called wherever a bucket's limit changes (its cap never does): which buckets pace
+        calls, which have a limit, and whether the budget is active. The calls' hot path
+        loops over these only; a bucket that paces nothing keeps no level, quota or
+        allowance (they are set anew when a limit arrives, see :meth:`observe`)."""
+        kinds = self._kinds
+        self._pacing = tuple((i, b) for i, b in enumerate(kinds) if b.limit > 0 or b.cap > 0)
+        self._headed = tuple(b for b in kinds if b.limit > 0)
+        self._active = bool(self._pacing)
 
     def share(self) -> float:
         return min(1.0, max(0.01, self._share()))
@@ -275,25 +290,45 @@ class Budget:
         return {k: b.rate * 60.0 for k, b in self.buckets.items() if self._paced(b)}
 
     # -- time -------------------------------------------------------------------------------
-    def _advance(self, now: float) -> None:
-        dt = max(0.0, now - self._advanced)
+    def _advance(self, now: float) -> float:
+        """Refill every paced bucket up to ``now``. Returns the share it read (-1: none),
+        for its caller to reuse: ``share()`` asks the consumer, and it cannot change within
+        one call of this class.
+
+        Run up to three times per model call, so it avoids ``min``/``max``: ``b if b < a
+        else a`` is ``min(a, b)`` (``max``: ``>``), the same value for every input."""
+        dt = now - self._advanced
+        if not dt > 0.0:
+            dt = 0.0
         self._advanced = now
-        if now - self._last_call > self.tuning.idle_s and self._last_call > -math.inf:
+        last = self._last_call
+        if now - last > self.tuning.idle_s and last > -math.inf:
             # A long idle: the group may have moved on; ramp again from the start rate.
-            for b in self.buckets.values():
-                if self._paced(b):
-                    b.rate = min(b.rate, self._start_rate(b))
-                    b.slow_start = True
+            for _, b in self._pacing:
+                b.rate = min(b.rate, self._start_rate(b))
+                b.slow_start = True
             self._last_call = now
-        for b in self.buckets.values():
-            if b.limit > 0:
-                b.level = min(b.limit, b.level + dt * b.limit / 60.0)
-                b.quota = min(b.limit, b.quota + dt * b.limit / 60.0 * self.share())
-            if self._paced(b):
-                if b.rate <= 0:
-                    b.rate = self._start_rate(b)
-                    b.allowance = self._depth(b)
-                b.allowance = min(self._depth(b), b.allowance + dt * b.rate)
+        if not self._pacing:
+            return -1.0
+        burst_s = self.tuning.burst_s
+        share = self.share() if self._headed else -1.0
+        for _, b in self._pacing:
+            limit = b.limit
+            if limit > 0:
+                level = b.level + dt * limit / 60.0
+                b.level = level if level < limit else limit
+                quota = b.quota + dt * limit / 60.0 * share
+                b.quota = quota if quota < limit else limit
+            rate = b.rate
+            if rate <= 0:
+                rate = b.rate = self._start_rate(b)
+                b.allowance = self._depth(b)
+            depth = rate * burst_s
+            if 1.0 > depth:
+                depth = 1.0
+            allowance = b.allowance + dt * rate
+            b.allowance = allowance if allowance < depth else depth
+        return share
 
     def _depth(self, b: _Bucket) -> float:
         """The pacing bucket's depth: ``burst_s`` of the rate, and at least one unit."""
@@ -303,12 +338,15 @@ class Budget:
     def observe(self, limits: Limits) -> None:
         """One response's ``{kind: (limit, remaining)}``."""
         now = self._clock()
-        self._advance(now)
+        share = self._advance(now)  # -1: read when first needed
         seen = False
         self._trim_recent(now)
-        for kind, b in self.buckets.items():
+        recent = self._recent
+        t = self.tuning
+        for i, b in enumerate(self._kinds):
+            kind = b.kind
             got = limits.get(kind)
-            if kind == "tokens" and got is not None:
+            if i == 3 and got is not None:
                 if got in (limits.get("input_tokens"), limits.get("output_tokens")):
                     got = None  # the most restrictive of the two, already counted
             if got is None or got[0] <= 0:
@@ -317,18 +355,30 @@ class Budget:
             limit, remaining = float(got[0]), float(got[1])
             if b.limit != limit:
                 b.limit = limit  # first sight, or the organisation changed tier
-                self._active = True
+                self._limits_changed()
                 b.samples.clear()
                 if b.rate <= 0 or b.slow_start:
                     b.rate = self._start_rate(b)
                     b.allowance = self._depth(b)
             low = max(0.0, min(limit, remaining - ROUNDING[kind]))
-            b.level = max(0.0, low - sum(c.of(kind) for _, c in self._recent))
-            reserve = (1.0 - self.tuning.target) * limit
-            b.quota = self.share() * max(0.0, b.level - reserve)
-            b.samples.append((now, remaining))
-            while b.samples and b.samples[0][0] < now - self.tuning.window_s:
-                b.samples.popleft()
+            # What the calls sent since the API wrote these headers drew (``Cost.of``).
+            if i == 0:
+                lagged = sum([c.requests for _, c in recent])
+            elif i == 1:
+                lagged = sum([c.input_tokens for _, c in recent])
+            elif i == 2:
+                lagged = sum([c.output_tokens for _, c in recent])
+            else:
+                lagged = sum([c.input_tokens + c.output_tokens for _, c in recent])
+            b.level = max(0.0, low - lagged)
+            reserve = (1.0 - t.target) * limit
+            if share < 0:
+                share = self.share()
+            b.quota = share * max(0.0, b.level - reserve)
+            samples = b.samples
+            samples.append((now, remaining))
+            while samples and samples[0][0] < now - t.window_s:
+                samples.popleft()
             if remaining >= limit - self._tolerance(b):
                 b.last_full = now
                 if b.full_since == -math.inf:
@@ -409,45 +459,67 @@ class Budget:
     def wait_s(self, cost: Cost) -> float:
         """Seconds until ``cost`` can be admitted (0: now). Marks the buckets that hold it."""
         now = self._clock()
-        self._advance(now)
-        self._control(now)
+        share = self._advance(now)
+        if now - self._controlled >= 0.05:  # what _control checks first: skip the call
+            self._control(now)
         wait = 0.0
-        reserve_share = 1.0 - self.tuning.target
-        for kind, b in self.buckets.items():
-            need = cost.of(kind)
-            if b.limit > 0:
-                reserve = reserve_share * b.limit
-                need_level = min(need, b.limit - reserve)
+        if not self._pacing:
+            return wait
+        t = self.tuning
+        reserve_share = 1.0 - t.target
+        burst_s = t.burst_s
+        needs = cost.draws()
+        paces = cost.paces()
+        for i, b in self._pacing:
+            limit = b.limit
+            if limit > 0:
+                need = needs[i]
+                reserve = reserve_share * limit
+                need_level = min(need, limit - reserve)
                 short = need_level + reserve - b.level
                 if short > 0:
-                    wait = max(wait, short / (b.limit / 60.0))
+                    wait = max(wait, short / (limit / 60.0))
                 # This process's part of what the last reading left free: every process reads
                 # the same headers, so between two readings each draws only its share of it.
-                short = min(need, b.limit - reserve) - b.quota
+                # (``share`` was read by _advance: this bucket has a limit.)
+                short = need_level - b.quota
                 if short > 0:
-                    wait = max(wait, short / (b.limit / 60.0 * self.share()))
-            if self._paced(b) and b.rate > 0:
-                need_pace = min(cost.pace(kind), self._depth(b))
+                    wait = max(wait, short / (limit / 60.0 * share))
+            rate = b.rate
+            if rate > 0:
+                need_pace = min(paces[i], max(rate * burst_s, 1.0))
                 short = need_pace - b.allowance
                 if short > 0:
                     b.limited = True
-                    wait = max(wait, short / b.rate)
+                    wait = max(wait, short / rate)
         return wait
 
     def admit(self, cost: Cost, *, waited: bool, real: bool = True) -> None:
         now = self._clock()
         self._advance(now)
         self._last_call = now
+        requests, input_tokens, output_tokens, _ = cost
+        both = input_tokens + output_tokens
         in_flight = self.in_flight
-        for b, need, pace in zip(self.buckets.values(), cost.draws(), cost.paces(), strict=True):
-            b.level -= need
-            b.quota -= need
-            b.allowance -= pace
-            in_flight[b.kind] += need
+        in_flight["requests"] += requests
+        in_flight["input_tokens"] += input_tokens
+        in_flight["output_tokens"] += output_tokens
+        in_flight["tokens"] += both
+        if self._pacing:  # a bucket that paces nothing keeps no level (see _limits_changed)
+            needs = (requests, input_tokens, output_tokens, both)  # cost.draws()
+            paces = cost.paces()
+            for i, b in self._pacing:
+                need = needs[i]
+                b.level -= need
+                b.quota -= need
+                b.allowance -= paces[i]
         # Trimmed here as well as in ``observe``: without headers (a proxy, Bedrock) nothing
         # else would, and the list would grow by one entry per call.
-        self._trim_recent(now)
-        self._recent.append((now, cost))
+        recent = self._recent
+        since = now - self.tuning.header_lag_s
+        while recent and recent[0][0] < since:
+            recent.popleft()
+        recent.append((now, cost))
         if real:
             self.pressure += 0.05 * ((1.0 if waited else 0.0) - self.pressure)
 
@@ -455,27 +527,31 @@ class Budget:
         """A call admitted with ``cost`` ended; ``actual`` is what the API charged (None: no
         answer). The API gives back the unused output reservation when the response ends; the
         next headers show it, so the level is not credited here."""
+        requests, input_tokens, output_tokens, _ = cost
         in_flight = self.in_flight
-        for kind, need in zip(KINDS, cost.draws(), strict=True):
-            in_flight[kind] = max(0.0, in_flight[kind] - need)
+        # Never below 0: ``v if v > 0.0 else 0.0`` is ``max(0.0, v)`` (see _advance).
+        v = in_flight["requests"] - requests
+        in_flight["requests"] = v if v > 0.0 else 0.0
+        v = in_flight["input_tokens"] - input_tokens
+        in_flight["input_tokens"] = v if v > 0.0 else 0.0
+        v = in_flight["output_tokens"] - output_tokens
+        in_flight["output_tokens"] = v if v > 0.0 else 0.0
+        v = in_flight["tokens"] - (input_tokens + output_tokens)
+        in_flight["tokens"] = v if v > 0.0 else 0.0
 
     def no_headers(self) -> None:
         """An answer came without rate-limit headers; after enough of them in a row the
         headers are taken to be gone (a proxy, Bedrock) and calls pass through."""
         self._headerless += 1
-        if self._headerless < self.tuning.headerless_calls:
-            return
-        forgot = False
-        for b in self.buckets.values():
-            if b.limit > 0:
-                forgot = True
-                b.limit = 0.0
-                b.samples.clear()
-                b.group_rate = math.nan
-                if b.cap <= 0:
-                    b.rate = 0.0
-        if forgot:  # once: every headerless call after that finds nothing to forget
-            self._active = self._any_paced()
+        if self._headerless < self.tuning.headerless_calls or not self._headed:
+            return  # not yet, or nothing (left) to forget
+        for b in self._headed:
+            b.limit = 0.0
+            b.samples.clear()
+            b.group_rate = math.nan
+            if b.cap <= 0:
+                b.rate = 0.0
+        self._limits_changed()
 
     def on_rate_limited(self) -> None:
         """A 429 the budget did not prevent: halve every rate (once per cooldown)."""
@@ -517,7 +593,9 @@ class TokenEstimate:
         self.cache_read = 0.0
 
     def tokens(self, text: str) -> int:
-        return math.ceil(len(text.encode()) / 4 * self.factor)
+        # An ASCII text's UTF-8 is as long as the text (isascii is a flag: no copy made).
+        size = len(text) if text.isascii() else len(text.encode())
+        return math.ceil(size / 4 * self.factor)
 
     def estimate(self, x: float) -> float:
         mx = self._sx / self._w
@@ -713,15 +791,16 @@ class Admission:
             counted += cache_read_tokens
         actual = Cost(1.0, float(counted), float(output_tokens))
         self._observer.used(actual)
-        if ticket.cost is not None:
-            self._observer.estimated(ticket.cost, actual)
+        cost = ticket.cost
+        if cost is not None:
+            self._observer.estimated(cost, actual)
             self.output_estimate += 0.1 * (output_tokens - self.output_estimate)
             self.estimate.observe(
                 ticket.x, float(input_tokens), float(cache_write_tokens), float(cache_read_tokens)
             )
-            self.budget.settle(ticket.cost, actual)
-        if ticket.cost is not None and self.observations == ticket.seen:
-            self.budget.no_headers()
+            self.budget.settle(cost, actual)
+            if self.observations == ticket.seen:
+                self.budget.no_headers()
         if self._heap:
             self._schedule()
 

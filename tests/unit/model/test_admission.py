@@ -178,6 +178,38 @@ async def test_calls_without_headers_keep_no_growing_memory() -> None:
     assert len(gate.budget._recent) <= 6
 
 
+def test_a_limit_arriving_after_calls_passed_through_starts_from_the_headers() -> None:
+    """Calls that passed through (no headers yet, or the headers forgotten) draw nothing from
+    buckets that pace nothing; when a limit arrives its level, quota and allowance start from
+    the headers: remaining, less the rounding and the calls sent within header_lag_s."""
+    clock = Clock()
+    budget = Budget(Tuning(headerless_calls=1), share=lambda: 0.5, clock=clock)
+    for _ in range(2):
+        for _ in range(100):
+            clock.now += 0.1
+            budget.admit(CALL, waited=False)
+        assert not budget.active
+        budget.observe(headers(600, 500, 200_000, 150_000))
+        assert budget.active
+        req, inp = budget.buckets["requests"], budget.buckets["input_tokens"]
+        # The last call was admitted just now: the API had not counted it yet.
+        assert req.level == 499 and inp.level == 149_000 - 200
+        assert req.quota == 0.5 * (499 - 0.05 * 600)
+        assert req.allowance == max(req.rate * 1.0, 1.0)
+        budget.no_headers()  # the headers go away; the next round passes through again
+        assert budget.buckets["requests"].limit == 0
+    assert budget.in_flight["requests"] == 200
+
+
+def test_token_count_of_a_text_is_its_utf8_length_by_the_factor() -> None:
+    """ASCII texts are counted without encoding them; others by their UTF-8 bytes."""
+    est = TokenEstimate(1.0)
+    assert est.tokens("abcd" * 10) == 10
+    assert est.tokens("é" * 20) == 10  # two bytes each
+    assert est.tokens("日本" * 4) == 6  # 24 bytes
+    assert est.tokens("") == 0
+
+
 def test_an_unpredicted_429_halves_the_rates_once_per_cooldown() -> None:
     """The backstop: a 429 the budget did not prevent halves every rate, once per second."""
     clock = Clock()
