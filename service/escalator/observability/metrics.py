@@ -312,7 +312,7 @@ class Metrics:
             ["tier", "model"],
             registry=r,
         )
-        self.admission_wait = HotHistogram(  # observed on every model call
+        self.admission_wait = HotHistogram(  # observed on each call the gate paces (headers seen)
             "escalator_admission_wait_seconds",
             "Time a model call waited at the admission gate for the rate limit to cover it.",
             ["tier", "model"],
