@@ -103,7 +103,7 @@ def test_builds_with_every_expected_object(path: str) -> None:
         "ScaledObject": 2,
         "Service": 2,
         "ServiceMonitor": 1,
-        "KafkaTopic": 8,
+        "KafkaTopic": 11,
         "ConfigMap": 2,
     }.items():
         assert kinds.count(kind) == count, (kind, kinds)
@@ -240,13 +240,26 @@ def test_each_tier_is_configured_consistently(
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
 
 
-def test_every_output_topic_is_a_kafka_topic() -> None:
+def test_every_topic_is_a_kafka_topic_configured_as_topics_create_does() -> None:
+    """The ConfigMap names every topic the service reads or writes (the lane's and tier 0's
+    too: turning either on must not leave a tier waiting with ``topics_missing``), each is a
+    KafkaTopic, and each carries the configuration ``escalator topics create`` sets."""
+    from escalator.cli.service import topic_configs
+
     data = next(c for c in objects("deploy/k8s/base", "ConfigMap") if "task.json" not in c["data"])[
         "data"
     ]
-    topics = {o["metadata"]["name"] for o in objects("deploy/k8s/base", "KafkaTopic")}
+    kafka_topics = {o["metadata"]["name"]: o for o in objects("deploy/k8s/base", "KafkaTopic")}
     wanted = {v for k, v in data.items() if k.endswith("_TOPIC")}
-    assert wanted == topics
+    assert wanted == set(kafka_topics)
+    # The pods' settings, the task file aside (mounted in the pod, not here).
+    settings = load_settings({k: v for k, v in data.items() if k != "ESCALATOR_TASK_FILE"})
+    assert set(settings.topics.all()) == wanted
+    configs = topic_configs(settings)
+    assert configs, "nothing to compare"
+    for name, config in configs.items():
+        given = {k: str(v) for k, v in kafka_topics[name]["spec"]["config"].items()}
+        assert config.items() <= given.items(), (name, config, given)
 
 
 def task_json(path: str) -> str:

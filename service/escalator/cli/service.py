@@ -13,7 +13,7 @@ import errno
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from escalator.cli._common import (
     check_port_free,
@@ -24,6 +24,9 @@ from escalator.cli._common import (
     topic_name,
 )
 from escalator.errors import ConfigError, EscalatorError, InvalidRequest
+
+if TYPE_CHECKING:
+    from escalator.config import Settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -66,23 +69,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_topics(args: argparse.Namespace) -> int:
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The topics whose configuration is not the broker's default, and that configuration
+    (``topics create`` sets it; ``deploy/k8s/base/topics.yaml`` says the same, tested)."""
     from escalator.config import HANDOFF_RETENTION_MS
-    from escalator.kafka.clients import create_topics
 
-    settings = settings_from_env()
-    partitions = args.partitions or settings.topic_partitions
-    replication = args.replication or settings.topic_replication
-    names = settings.topics.all()
-    # The parked topic keeps what it holds until replayed (ESCALATOR_PARKED_RETENTION_MS).
     t = settings.topics
-    configs = {
+    return {
+        # The parked topic keeps what it holds until replayed (ESCALATOR_PARKED_RETENTION_MS).
         t.parked: {"retention.ms": str(settings.parking.parked_retention_ms)},
         # The lane's ledger outlives a batch's 24 hours; its state is one record per batch.
         t.handoff: {"retention.ms": str(HANDOFF_RETENTION_MS)},
         t.lane_state: {"cleanup.policy": "compact"},
         t.tier0_state: {"cleanup.policy": "compact"},
     }
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from escalator.kafka.clients import create_topics
+
+    settings = settings_from_env()
+    partitions = args.partitions or settings.topic_partitions
+    replication = args.replication or settings.topic_replication
+    names = settings.topics.all()
+    configs = topic_configs(settings)
     created = run_with_kafka(
         settings.kafka,
         lambda: create_topics(settings.kafka, names, partitions, replication, configs),
