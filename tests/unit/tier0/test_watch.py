@@ -20,8 +20,15 @@ from escalator.tier0.watch import Watched, watched
 from escalator.tiers.handlers import CheapHandler
 from tests.integration.harness import validator
 from tests.unit.tier0.test_statistics import FULL
-from tests.unit.tiers.test_handlers import FakeModel, FakeRecord, handler, ok, on, request
-from tests.unit.tiers.test_tier0_hook import FakeTier0
+from tests.unit.tiers.test_handlers import (
+    FakeModel,
+    FakeRecord,
+    FakeTier0,
+    handler,
+    ok,
+    on,
+    request,
+)
 
 
 @dataclass(frozen=True)

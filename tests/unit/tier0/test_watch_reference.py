@@ -34,14 +34,15 @@ from tests.unit.tiers.test_handlers import (
     TASK,
     FakeModel,
     FakeRecord,
+    FakeTier0,
     caller,
     handler,
     ok,
     on,
     refusal,
     request,
+    write_artefact,
 )
-from tests.unit.tiers.test_tier0_hook import FakeTier0, write_artefact
 
 
 def strong_ok(label: str) -> Attempt:
