@@ -3,7 +3,7 @@ traceback and no asyncio noise at exit ("Unclosed AIOKafka...", "Task exception 
 retrieved"). With nothing listening where the broker should be, for every command that needs
 Kafka; with a busy or out-of-range port; with a bad log level (checked before logging is
 configured); and, on the real broker, for topics that do not exist. The in-process table of
-every setting and flag is tests/unit/cli/test_bad_input.py."""
+every setting and flag is tests/unit/cli/test_main.py."""
 
 from __future__ import annotations
 

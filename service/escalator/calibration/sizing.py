@@ -46,7 +46,7 @@ HUMAN_PILOT_LEVEL = 0.5
 #: Sizing a fresh window on human truth: the bets learn from earlier blocks and the first
 #: block bets nothing, so a window needs this much more than the Kelly growth of a known
 #: distribution would say (checked against worlds with known truth:
-#: tests/unit/calibration/test_human_backlog.py).
+#: tests/unit/calibration/test_search.py).
 LEARNING = 1.5
 #: Windows larger than this many times the pilot are not sized further (human truth).
 MAX_FACTOR = 1e6

@@ -1,31 +1,45 @@
-"""The worker's batch-shaped dispatch, against the fakes of test_delivery.py.
+"""The tier worker (engine/worker.py), against the fakes of test_delivery.py.
 
-Records answered at once (a list from ``handle``) are delivered per fetched batch, with no
-task each; records answered by a coroutine (a model call) run as tasks under the in-flight
-limit, and those of a partition that finish in the same turn of the loop are delivered
-together. Either way an offset commits only once its outputs are taken by the strategy.
+Its batch-shaped dispatch: records answered at once (a list from ``handle``) are delivered per
+fetched batch, with no task each; records answered by a coroutine (a model call) run as tasks
+under the in-flight limit, and those of a partition that finish in the same turn of the loop
+are delivered together. Either way an offset commits only once its outputs are taken by the
+strategy.
+
+Its ``Holder`` hook, for a handler that holds records until something outside decides them
+(the review console): it hears of assignments, revocations and deliveries, and a revocation
+waits only for the records it did not give up.
+
+Its stop when the broker cannot help: a join that never completes (before the first
+assignment, or no broker at all), and acknowledgements and commits that never come (a broker
+outage). Either way the worker ends after ``stop()`` within the shutdown grace, and what it
+did not commit stays uncommitted (redone by the next owner; nothing is dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
+from escalator.engine.at_least_once import AtLeastOnce
 from escalator.engine.delivery import Delivery, Done, PartitionTracker
-from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions
+from escalator.engine.worker import Output, Record, TierWorker, WorkerOptions, stop_reserve_s
 from escalator.observability.metrics import Metrics
 from tests.unit.batch_sends import BatchSends
 from tests.unit.engine.test_delivery import (
     GUARANTEES,
     TP,
+    AckingProducer,
     Broker,
     FakeConsumer,
     assert_delivered,
     make_delivery,
+    make_worker,
     sample,
     until,
 )
@@ -219,8 +233,6 @@ async def test_a_stop_abandons_a_collected_batch_whole_and_counts_it() -> None:
         async def send(self, topic: str, value: bytes, **kwargs: Any) -> asyncio.Future[None]:
             return asyncio.get_running_loop().create_future()
 
-    from escalator.engine.at_least_once import AtLeastOnce
-
     delivery = Counting(AtLeastOnce(NeverAcked()))  # type: ignore[arg-type]
     consumer = FakeConsumer(broker, 8)
     handler = Gated()
@@ -312,3 +324,143 @@ async def test_a_handler_that_raises_stops_the_worker_and_its_record_stays_uncom
     fields = line.fields  # type: ignore[attr-defined]
     assert fields["error"] == "RuntimeError" and "test_worker.py:" in fields["at"]
     assert "quoting the request text" not in caplog.text + repr(fields)
+
+
+# -- the Holder hook ----------------------------------------------------------------------------
+class HoldingHandler:
+    """Holds every record until released (or given up on a revocation)."""
+
+    tier = "review"
+
+    def __init__(self) -> None:
+        self.held: dict[int, asyncio.Future[None]] = {}
+        self.events: list[tuple[str, object]] = []
+        self.delivered_offsets: list[int] = []
+
+    async def handle(self, record: Record) -> list[Output]:
+        future = self.held[record.offset] = asyncio.get_running_loop().create_future()
+        await future  # cancelled by revoking(): the CancelledError leaves handle()
+        return [Output("results", str(record.offset).encode(), None)]
+
+    def should_pause(self) -> bool:
+        return False
+
+    def release(self, offset: int) -> None:
+        self.held[offset].set_result(None)
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        self.events.append(("assigned", frozenset(partitions)))
+
+    def revoking(self, partitions: set[TopicPartition]) -> None:
+        self.events.append(("revoking", frozenset(partitions)))
+        for future in self.held.values():
+            if not future.done():
+                future.cancel()
+
+    def delivered(self, tp: TopicPartition, offset: int) -> None:
+        self.delivered_offsets.append(offset)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_a_holder_hears_of_partitions_and_deliveries(guarantee: str) -> None:
+    """Deliveries are reported once the strategy has the outputs; the commit never passes a
+    held record; a revocation does not wait out its bound for records given up, and they are
+    counted as abandoned (redone by the next owner)."""
+    broker = Broker()
+    delivery, _ = make_delivery(guarantee, broker)
+    consumer = FakeConsumer(broker, 3)
+    handler = HoldingHandler()
+    metrics = Metrics()
+    worker = TierWorker(
+        topic=TP.topic,
+        consumer=consumer,  # type: ignore[arg-type]
+        delivery=delivery,
+        handler=handler,
+        metrics=metrics,
+        options=WorkerOptions(max_in_flight=8, max_uncommitted=8, commit_interval_s=0.02),
+        holder=handler,
+    )
+    task = asyncio.create_task(worker.run())
+    await until(lambda: len(handler.held) == 3)
+    assert handler.events == [("assigned", frozenset({TP}))]
+    handler.release(0)
+    handler.release(2)
+    await until(lambda: broker.committed == 1 and len(handler.delivered_offsets) == 2)
+    assert sorted(handler.delivered_offsets) == [0, 2]
+    await asyncio.sleep(0.1)
+    assert broker.committed == 1, "never past the held record 1"
+    started = time.monotonic()
+    await consumer.listener.on_partitions_revoked({TP})
+    assert time.monotonic() - started < 2, "the revocation waited for a record given up"
+    assert handler.events[-1] == ("revoking", frozenset({TP}))
+    assert broker.committed == 1
+    abandoned = metrics.registry.get_sample_value(
+        "escalator_abandoned_in_flight_total", {"tier": "review"}
+    )
+    assert abandoned is not None and abandoned >= 1
+    worker.stop()
+    await asyncio.wait_for(task, 30)
+
+
+# -- stop when the broker cannot help ----------------------------------------------------------
+class NeverJoins(FakeConsumer):
+    """aiokafka's start() waits for the first assignment: here it never comes."""
+
+    async def start(self) -> None:
+        await asyncio.Event().wait()
+
+
+class BrokerGone(FakeConsumer):
+    """Fetches work once, then the broker is gone: commits never return."""
+
+    async def commit(self, offsets: dict[Any, Any]) -> None:
+        await asyncio.Event().wait()
+
+
+class NoAcks(AckingProducer):
+    """Sends are accepted; their acknowledgements never come."""
+
+    async def send(self, topic: str, value: bytes, **kwargs: Any) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_stop_before_the_first_assignment_ends_the_worker() -> None:
+    """A worker stopped while its consumer still waits to join ends, and never ran a record."""
+    broker = Broker()
+    consumer = NeverJoins(broker, 10)
+    worker = make_worker(consumer, AtLeastOnce(AckingProducer(broker)), Metrics())  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    worker.stop()
+    await asyncio.wait_for(task, 10)  # a bound against a hang, not a timing
+    assert broker.visible == [] and broker.committed == 0
+
+
+async def test_stop_in_an_outage_ends_within_the_grace_and_commits_nothing_unacknowledged() -> None:
+    """No acknowledgement and no commit ever returns: the drain waits the grace less its
+    reserve, the final commit gives up at its bound, the worker ends, nothing is committed."""
+    broker = Broker()
+    grace = 1.2
+    options = WorkerOptions(
+        max_in_flight=8, max_uncommitted=32, commit_interval_s=0.02, shutdown_grace_s=grace
+    )
+    consumer = BrokerGone(broker, 50)
+    metrics = Metrics()
+    worker = make_worker(consumer, AtLeastOnce(NoAcks(broker)), metrics, options)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    for _ in range(500):
+        if worker.in_flight == 0 and consumer.position > 0:
+            break
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    worker.stop()
+    await asyncio.wait_for(task, 30)  # a bound against a hang
+    took = time.monotonic() - started
+    assert broker.committed == 0 and broker.visible == []
+    # The drain's share of the grace was spent waiting: the stop was not cut short.
+    assert took >= grace - stop_reserve_s(grace)
+    abandoned = metrics.registry.get_sample_value(
+        "escalator_abandoned_in_flight_total", {"tier": "cheap"}
+    )
+    assert abandoned is not None and abandoned > 0

@@ -570,7 +570,7 @@ async def test_the_cheap_tier_s_batch_spans_are_those_it_makes_one_record_at_a_t
     from tests.unit.tiers.test_handlers import FakeModel as TierModel
     from tests.unit.tiers.test_handlers import FakeRecord as TierRecord
     from tests.unit.tiers.test_handlers import caller, handler, ok, request
-    from tests.unit.tiers.test_tier0_hook import FakeTier0
+    from tests.unit.tiers.test_handlers import FakeTier0
 
     shapes = []
     for batch in (False, True):

@@ -1,5 +1,5 @@
-"""Every bad input is one line on stderr and exit code 2: each setting, each flag of each
-command (the development commands too).
+"""The one entry point (cli/main.py): every bad input is one line on stderr and exit code 2:
+each setting, each flag of each command (the development commands too).
 
 The cases are checked for completeness against the code, not against a list kept by hand:
 the settings are every variable ``load_settings`` reads (its sources, with SASL on so that

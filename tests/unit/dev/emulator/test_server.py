@@ -1,5 +1,6 @@
-"""The spawned simulator's output is drained: a full pipe would freeze it (found in the
-full-scale crash loop, where it stopped answering after about four minutes)."""
+"""The emulator's server (escalator_dev/emulator/server.py): the spawned simulator's output is
+drained, since a full pipe would freeze it (found in the full-scale crash loop, where it
+stopped answering after about four minutes)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The emulator's Message Batches API, driven through the real ``anthropic`` SDK
-(``client.messages.batches``) against the emulator's aiohttp application in this process:
-each documented behaviour of docs/SIMULATOR.md ("Message Batches") is what a client sees."""
+"""The emulator's Message Batches API (escalator_dev/emulator/batches.py, batch_routes.py),
+driven through the real ``anthropic`` SDK (``client.messages.batches``) against the emulator's
+aiohttp application in this process: each documented behaviour of docs/SIMULATOR.md ("Message
+Batches") is what a client sees."""
 
 from __future__ import annotations
 
