@@ -260,3 +260,37 @@ def test_dead_letters_are_written_only_by_the_engine() -> None:
     assert importers_of("dead_letter_headers") == {"escalator.engine.dead_letters"}
     callers = importers_of("dead_letter") - {"escalator.engine.dead_letters"}
     assert {"escalator.tiers.handlers", "escalator.review.handler"} <= callers
+
+
+# -- tests mirror the code ---------------------------------------------------------------------
+def mirrored_module(test: Path) -> str:
+    """The module ``tests/unit/<folder>/test_<name>.py`` is the test module of:
+    ``escalator.<folder>.<name>`` (``tests/unit/dev/`` mirrors ``escalator_dev``)."""
+    rel = test.relative_to(ROOT / "tests" / "unit")
+    folders = list(rel.parts[:-1])
+    top = "escalator"
+    if folders[:1] == ["dev"]:
+        top, folders = "escalator_dev", folders[1:]
+    return ".".join([top, *folders, rel.stem.removeprefix("test_")])
+
+
+def test_every_unit_test_module_is_named_after_the_module_it_tests() -> None:
+    """No test module named after a behaviour or after two modules, none in another folder
+    than its module's: ``tests/unit/<folder>/test_<module>.py`` for
+    ``service/escalator/<folder>/<module>.py`` (the layout test itself aside)."""
+    tests = sorted((ROOT / "tests" / "unit").rglob("test_*.py"))
+    assert len(tests) > 50, "the scan saw nothing"
+    orphans = [
+        t.relative_to(ROOT).as_posix()
+        for t in tests
+        if t != Path(__file__).resolve() and mirrored_module(t) not in MODULES
+    ]
+    assert orphans == []
+
+
+def test_the_mirror_rule_can_fail() -> None:
+    unit = ROOT / "tests" / "unit"
+    assert mirrored_module(unit / "engine" / "test_worker.py") in MODULES
+    assert mirrored_module(unit / "dev" / "emulator" / "test_server.py") in MODULES
+    assert mirrored_module(unit / "engine" / "test_worker_shutdown.py") not in MODULES
+    assert mirrored_module(unit / "tiers" / "test_worker.py") not in MODULES

@@ -569,8 +569,7 @@ async def test_the_cheap_tier_s_batch_spans_are_those_it_makes_one_record_at_a_t
     from escalator.tiers.handlers import CheapHandler
     from tests.unit.tiers.test_handlers import FakeModel as TierModel
     from tests.unit.tiers.test_handlers import FakeRecord as TierRecord
-    from tests.unit.tiers.test_handlers import caller, handler, ok, request
-    from tests.unit.tiers.test_handlers import FakeTier0
+    from tests.unit.tiers.test_handlers import FakeTier0, caller, handler, ok, request
 
     shapes = []
     for batch in (False, True):

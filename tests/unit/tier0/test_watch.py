@@ -64,6 +64,7 @@ from escalator.tiers.handlers import CheapHandler
 from escalator.tiers.routing import Thresholds
 from escalator.tiers.table import HandlerParts, cheap_handler, models_of, tier_table
 from tests.integration.harness import validator
+from tests.unit.test_app import write_artefact
 from tests.unit.tier0.test_certify import DELTA, FULL, Truth
 from tests.unit.tier0.worlds import WORLDS, World
 from tests.unit.tiers.test_handlers import (
@@ -77,7 +78,6 @@ from tests.unit.tiers.test_handlers import (
     on,
     refusal,
     request,
-    write_artefact,
 )
 
 

@@ -9,8 +9,7 @@
   model's budget is tight and records the sample rate actually applied, so that the
   calibration's inverse-probability weights stay right (a known world shows it).
 - Tier 0 in the cheap tier (``CheapHandler._tier0``): a confident answer is delivered at once
-  with no model call, anything else goes to the model as without tier 0; and, at start-up
-  (app.py's ``load_parts``), an artefact that does not fit is refused.
+  with no model call, anything else goes to the model as without tier 0.
 """
 
 from __future__ import annotations
@@ -27,13 +26,11 @@ from typing import Any
 import orjson
 import pytest
 
-from escalator.app import load_parts
-from escalator.config import load_settings
 from escalator.contract.decisions import Decision
 from escalator.contract.messages import Attempt, escalation_value, parse_request
 from escalator.contract.reviews import parse_review_item
 from escalator.engine.worker import Output
-from escalator.errors import ConfigError, ModelRejected, ModelUnavailable
+from escalator.errors import ModelRejected, ModelUnavailable
 from escalator.lane.deadlines import CompletionTimes, LaneRule
 from escalator.lane.handoff import (
     DEADLINE_HEADER,
@@ -47,9 +44,6 @@ from escalator.model.breaker import CircuitBreaker
 from escalator.model.caller import ModelCaller, RetryPolicy
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
-from escalator.tier0 import artefact
-from escalator.tier0.model import Features
-from escalator.tier0.train import fit
 from escalator.tiers import handlers as handlers_module
 from escalator.tiers.handlers import CheapHandler, ReviewPolicy, StrongHandler, TierTopics
 from escalator.tiers.routing import Thresholds
@@ -973,72 +967,6 @@ def test_bad_input_is_dead_lettered_before_tier0_is_asked() -> None:
     out = _cheap(tier0, FakeModel(lambda _: ok())).handle(FakeRecord(b"not json"))
     assert isinstance(out, list) and len(on(out, "dead")) == 1
     assert tier0.asked == []
-
-
-# -- start-up: ESCALATOR_TIER0_FILE (app.py's load_parts) ------------------------------------------
-CHEAP, STRONG = "claude-haiku-5-5", "claude-sonnet-5-5"
-
-
-def write_artefact(tmp_path: Path, **changes: Any) -> Path:
-    """A certified artefact for the bundled task and the default model pair (or ``changes``)."""
-    texts = ["have a nice day", "i will hurt you", "is this allowed here"] * 4
-    model = fit(texts, [TASK.labels[i % 3] for i in range(len(texts))], features=Features(bits=12))
-    path = tmp_path / "tier0.json"
-    body: dict[str, Any] = {
-        "status": "certified",
-        "task": {"name": TASK.name, "fingerprint": TASK.fingerprint, "labels": list(TASK.labels)},
-        "models": {"cheap": CHEAP, "strong": STRONG},
-        "classes": list(model.classes),
-        "features": model.features.as_json(),
-        "weights": artefact.write_weights(model, path),
-        "threshold": 0.9,
-        "certification": {"target": 0.98},
-    }
-    body.update(changes)
-    artefact.write_manifest(path, body)
-    return path
-
-
-def _settings(path: Path) -> Any:
-    return load_settings(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
-            "ESCALATOR_CHEAP_MODEL": CHEAP,
-            "ESCALATOR_STRONG_MODEL": STRONG,
-            "ESCALATOR_TIER0_FILE": str(path),
-        }
-    )
-
-
-def test_a_fitting_artefact_is_loaded_for_the_cheap_tier_only(tmp_path: Path) -> None:
-    path = write_artefact(tmp_path)
-    parts = load_parts(_settings(path), ["cheap", "strong"])
-    assert parts.tier0 is not None and parts.tier0.threshold == 0.9
-    assert parts.tier0.predict(["have a nice day"])[0][0] in TASK.labels
-    assert load_parts(_settings(path), ["strong"]).tier0 is None
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"models": {"cheap": "claude-haiku-4-5", "strong": STRONG}}, "learned from"),
-        ({"task": {"name": "x", "fingerprint": "other", "labels": ["a", "b"]}}, "fingerprint"),
-        ({"status": "trained", "threshold": None}, "not certified"),
-    ],
-)
-def test_an_artefact_that_does_not_fit_is_a_start_up_error_naming_the_variable(
-    tmp_path: Path, changes: dict[str, Any], message: str
-) -> None:
-    path = write_artefact(tmp_path, **changes)
-    with pytest.raises(ConfigError, match=message) as err:
-        load_parts(_settings(path), ["cheap", "strong"])
-    assert str(err.value).startswith("ESCALATOR_TIER0_FILE=")
-    assert "\n" not in str(err.value)
-
-
-def test_a_missing_file_is_refused_when_settings_are_read(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="ESCALATOR_TIER0_FILE"):
-        _settings(tmp_path / "absent.json")
 
 
 async def test_a_fetched_batch_is_predicted_in_one_call_and_answered_in_order() -> None:
