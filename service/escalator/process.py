@@ -29,13 +29,15 @@ from escalator.observability.health import HealthServer, TierHealth
 from escalator.observability.logs import log
 from escalator.observability.metrics import Metrics
 
+# The logger the lifecycle's lines (service_started, service_stopped) have always had.
 logger = logging.getLogger("escalator.app")
 
 
 @dataclass
 class Service:
-    """Everything one process runs. Build with :func:`build_service`, then ``await run()``,
-    or ``async with service: await service.wait()`` (the signals are then the caller's).
+    """Everything one process runs. Built by ``app.build_service`` (the tiers) or
+    ``review.assemble.build_console`` (the review console); then ``await run()``, or
+    ``async with service: await service.wait()`` (the signals are then the caller's).
 
     :meth:`start` checks the models, starts the producer and the health port, waits for the
     topics and starts the tiers; :meth:`wait` returns when they stop; :meth:`close` is the one

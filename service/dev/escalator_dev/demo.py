@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -385,7 +386,8 @@ async def _simulated_people(
     from escalator.observability.metrics import Metrics
     from escalator.review.assemble import build_console
 
-    console = build_console(settings, Metrics())
+    # Its own health port (any free one): the tiers' service in this process has the other.
+    console = build_console(dataclasses.replace(settings, metrics_port=0), Metrics())
     async with console.service:
         reviewer = asyncio.create_task(_simulated_reviewer(console.queues, gold, tally))
         try:

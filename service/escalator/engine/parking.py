@@ -240,7 +240,8 @@ class Parking:
                 log(logger, "retention_check_failed", logging.WARNING, tier=self.tier,
                     error=repr(exc))  # fmt: skip
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._check_s)
+                async with asyncio.timeout(self._check_s):
+                    await self._wake.wait()
 
     async def check(self) -> None:
         """One pass over the owned partitions: losses, oldest held record, parking."""

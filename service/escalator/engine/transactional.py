@@ -269,7 +269,8 @@ class Transactional:
         fresh: AIOKafkaProducer | None = None
         try:
             fresh = self._factory(tp)
-            await asyncio.wait_for(fresh.start(), self._start_timeout_s)
+            async with asyncio.timeout(self._start_timeout_s):
+                await fresh.start()
         except (KafkaError, OSError) as exc:  # OSError: TimeoutError, ours
             if fresh is not None:
                 await _stop(fresh)  # a start cut short may hold connections
@@ -356,7 +357,8 @@ async def _stop(producer: AIOKafkaProducer, timeout_s: float = 5) -> None:
 
     async def stop() -> None:
         with contextlib.suppress(KafkaError, TimeoutError):
-            await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await producer.stop()
 
     stopping = asyncio.ensure_future(stop())
     try:

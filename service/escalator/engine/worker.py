@@ -402,7 +402,8 @@ class TierWorker:
             # poll empty-handed, so the member never drifts past max_poll_interval_ms.
             self._capacity.clear()
             try:
-                await asyncio.wait_for(self._capacity.wait(), self._keepalive_s)
+                async with asyncio.timeout(self._keepalive_s):
+                    await self._capacity.wait()
             except TimeoutError:
                 self._set_paused(True)
                 self._dispatch(await self._consumer.getmany(timeout_ms=0))

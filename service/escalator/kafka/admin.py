@@ -181,4 +181,5 @@ class KafkaLogView:
 async def _quietly(closing: Awaitable[Any]) -> None:
     """Close a client whose connection may be gone already."""
     with contextlib.suppress(KafkaError, OSError, TimeoutError):
-        await asyncio.wait_for(closing, timeout=10)
+        async with asyncio.timeout(10):
+            await closing

@@ -99,7 +99,8 @@ class ProducerHandle:
             log(logger, "producer_recreate", logging.WARNING, reason=reason)
             old = self._producer
             with contextlib.suppress(KafkaError, TimeoutError, OSError):
-                await asyncio.wait_for(old.stop(), timeout=5)
+                async with asyncio.timeout(5):
+                    await old.stop()
             fresh = self._factory()
             await fresh.start()
             self._producer = fresh
@@ -112,13 +113,16 @@ class ProducerHandle:
         waits for its batches to expire): past the bounds the connections are closed anyway.
         Unacknowledged outputs were never committed past, so their records are redone."""
         with contextlib.suppress(KafkaError, TimeoutError):
-            await asyncio.wait_for(self._producer.flush(), timeout=flush_timeout_s)
+            async with asyncio.timeout(flush_timeout_s):
+                await self._producer.flush()
         try:
-            await asyncio.wait_for(self._producer.stop(), timeout=stop_timeout_s)
+            async with asyncio.timeout(stop_timeout_s):
+                await self._producer.stop()
         except TimeoutError:
             log(logger, "producer_stop_timed_out", logging.WARNING, after_s=stop_timeout_s)
             with contextlib.suppress(KafkaError, OSError, TimeoutError):
-                await asyncio.wait_for(self._producer.client.close(), 5)
+                async with asyncio.timeout(5):
+                    await self._producer.client.close()
 
 
 class _Addressed(Protocol):
@@ -317,16 +321,14 @@ async def check_connection(kafka: KafkaSettings, timeout_s: float = 15.0) -> str
     for host, port in kafka.addresses:
         address = f"{host}:{port}"
         try:
-            conn = await asyncio.wait_for(
-                create_conn(
+            async with asyncio.timeout(timeout_s):
+                conn = await create_conn(
                     host,
                     port,
                     client_id=kafka.client_id,
                     request_timeout_ms=int(timeout_s * 1000),
                     **security,
-                ),
-                timeout=timeout_s,
-            )
+                )
         except (KafkaError, OSError, TimeoutError) as exc:
             definitive, reason = _explain(kafka, address, exc)
             if definitive:
@@ -518,6 +520,10 @@ async def stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float | None = No
     """
     current = asyncio.current_task()
     try:
+        # wait_for, not asyncio.timeout: stop() runs in a task of its own, so a cancellation
+        # it raises itself is told apart from ours by ``cancelling()`` (a one-shot close: a
+        # cancellation of ours lost as stop() ends, Python 3.11's wait_for race, only lets the
+        # close finish).
         await asyncio.wait_for(consumer.stop(), timeout_s)
     except asyncio.CancelledError:
         if current is not None and current.cancelling():
@@ -538,4 +544,5 @@ async def _finish_close(consumer: AIOKafkaConsumer) -> None:
     client = getattr(consumer, "_client", None)
     if client is not None:
         with contextlib.suppress(KafkaError, OSError):
-            await asyncio.wait_for(client.close(), 5)
+            async with asyncio.timeout(5):
+                await client.close()

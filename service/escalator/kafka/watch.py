@@ -200,5 +200,6 @@ class TopicWatch:
                     error=error,
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._poll_s)
+                async with asyncio.timeout(self._poll_s):
+                    await stop.wait()
         return False

@@ -177,6 +177,7 @@ class CircuitBreaker:
             remaining = (self._open_until or 0.0) - self._clock()
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), max(0.05, min(remaining, 1.0)))
+                async with asyncio.timeout(max(0.05, min(remaining, 1.0))):
+                    await self._changed.wait()
             except TimeoutError:
                 pass

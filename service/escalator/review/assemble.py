@@ -39,7 +39,6 @@ from escalator.engine.worker import TierWorker, WorkerOptions
 from escalator.kafka.admin import KafkaLogView
 from escalator.kafka.clients import ProducerHandle, make_consumer, make_producer, read_to_end
 from escalator.kafka.retention import TopicRetention
-from escalator.kafka.watch import BrokerWatch
 from escalator.model.stack import ModelStacks
 from escalator.observability import tracing as tracing_
 from escalator.observability.metrics import Metrics
@@ -54,6 +53,12 @@ class Console:
 
     service: Service
     queues: ReviewHandler
+
+    def serve_page(self, page: contextlib.AbstractAsyncContextManager[Any]) -> None:
+        """Run ``page`` beside the workers, entered first and so left last: after the
+        handler's close, which answers the decisions still waiting for the broker (a page
+        waits for its requests in progress as it closes, up to a minute for aiohttp)."""
+        self.service.beside.insert(0, page)
 
 
 def build_console(
@@ -154,7 +159,6 @@ def build_console(
         consumers=consumers,
         producer=producer,
         tracing=tracing,
-        broker=BrokerWatch(settings.kafka),
     )
     return Console(service, handler)
 
@@ -168,10 +172,11 @@ def console_service(
     consumers: Sequence[Any],
     producer: Any,
     tracing: tracing_.Tracing | None = None,
-    broker: BrokerWatch | None = None,
 ) -> Service:
     """The console's workers in a :class:`Service`, with the handler running beside them and
-    told first when the service stops. No model, so no model check and no API hold."""
+    told first when the service stops. No model, so no model check and no API hold; and no
+    broker watch: readiness is "joined", so that the page stays reachable through a Kafka
+    outage (reviewers go on deciding, their decisions ``pending``: docs/OPERATIONS.md)."""
     # Both workers report as tier "review": the in-flight gauge is the console's sum.
     metrics.tier(TIER).in_flight.set_function(lambda: sum(w.in_flight for w in workers))
     return Service(
@@ -181,7 +186,6 @@ def console_service(
         producer,
         ModelStacks({}),
         tracing=tracing or tracing_.Tracing(),
-        broker=broker,
         beside=[handler_running(handler, backlog_of(consumers))],
         on_stop=[handler.stop],
     )

@@ -1,7 +1,7 @@
 """The review queues as a handler of the engine: :class:`ReviewHandler` implements both the
 engine's ``Handler`` (and its ``Holder`` hook) and the page's ``ReviewQueues``.
 
-The console's workers (``consumer.py``) consume the reviews and adjudications topics and
+The console's workers (``assemble.py``) consume the reviews and adjudications topics and
 commit through the engine, like the tiers. For each review item, ``handle(record)`` puts the
 item in its queue and waits until a person decides it, or until it is found already decided,
 or until it has waited so long that it is parked; then it returns the outputs (a result for
@@ -300,7 +300,7 @@ class ReviewHandler:
         # The result first, then the decision (the recovery scan skips items with a decision).
         # Exactly-once they commit together; at-least-once the engine sends both and resends
         # each until acknowledged, so a decision can precede its result only while a failed
-        # result is being resent; the scan then wants the result too (consumer.py,
+        # result is being resent; the scan then wants the result too (assemble.py,
         # read_decided; docs/CONTRACT.md, "Human decision").
         if item.queue == "review":
             topic = self._topics.results
@@ -335,7 +335,8 @@ class ReviewHandler:
     async def tick(self, backlog: Backlog) -> None:
         self._expire()
         try:
-            found = await asyncio.wait_for(backlog(), BACKLOG_WAIT_S)
+            async with asyncio.timeout(BACKLOG_WAIT_S):
+                found = await backlog()
         except (KafkaError, OSError, TimeoutError) as exc:
             log(logger, "review_backlog_unknown", logging.WARNING, error=repr(exc))
             found = {}

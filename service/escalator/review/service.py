@@ -110,7 +110,7 @@ async def serve(
         secure_cookies=rv.secure_cookies,
         observer=MetricsObserver(metrics),
     )
-    service.beside.append(page)
+    console.serve_page(page)
     try:
         await service.start(install_signals=install_signals)
         log(

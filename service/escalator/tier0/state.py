@@ -158,7 +158,8 @@ class Remembered:
         self.tier0.on_withdraw = None
         if self._tasks:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._tasks), CLOSE_WAIT_S)
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await asyncio.gather(*self._tasks)
 
     def _record(self, withdrawal: Withdrawal) -> None:
         task = asyncio.get_running_loop().create_task(self._write(withdrawal))

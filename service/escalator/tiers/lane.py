@@ -211,7 +211,8 @@ class LaneHandler:
             join.close()
             return None
         try:
-            return await asyncio.wait_for(join, left_s)
+            async with asyncio.timeout(left_s):
+                return await join
         except TimeoutError:
             return None
 

@@ -30,6 +30,7 @@ class FakeProducer:
         self.started = True
 
     async def stop(self) -> None:
+        await asyncio.sleep(0)  # aiokafka's stop talks to the broker: it always yields
         self.stopped = True
 
     async def flush(self) -> None:

@@ -26,7 +26,7 @@ from escalator.engine.worker import TierWorker, WorkerOptions
 from escalator.kafka.retention import TopicRetention
 from escalator.model.task import load_task
 from escalator.observability.metrics import Metrics
-from escalator.review.assemble import build_console, console_service
+from escalator.review.assemble import Console, build_console, console_service, handler_running
 from escalator.review.handler import ReviewHandler
 from tests.unit.batch_sends import BatchSends
 from tests.unit.tiers.test_handlers import ok
@@ -189,7 +189,7 @@ class Clock:
 
 
 @dataclass
-class Console:
+class Running:
     q: ReviewHandler
     consumer: FakeConsumer
     producer: FakeProducer
@@ -217,7 +217,7 @@ async def running(
     buffer: int = 100,
     retention: TopicRetention | None = None,
     high: int | None = None,
-) -> AsyncIterator[Console]:
+) -> AsyncIterator[Running]:
     """A console on fakes, running; the values arrive on partition 0 of the reviews topic,
     whose high watermark is ``high`` from the start (None: unknown, until a test sets it)."""
     clock, metrics, producer = Clock(), Metrics(), FakeProducer()
@@ -278,7 +278,7 @@ async def running(
         if records:  # they hold a review item: the recovery scan shows them, however slow
             await asyncio.wait_for(scanned.wait(), 10)
         try:
-            yield Console(q, consumers[TOPICS.reviews], producer, clock, metrics, consumers)
+            yield Running(q, consumers[TOPICS.reviews], producer, clock, metrics, consumers)
         finally:
             service.stop()
             await asyncio.wait_for(service.wait(), 10)
@@ -601,3 +601,150 @@ async def test_a_revocation_waits_for_a_decision_being_delivered_and_commits_it(
         assert await asyncio.wait_for(deciding, 5) == "done"
         await asyncio.wait_for(revoking, 5)
         assert c.consumer.committed == 1, "committed with the revocation, not past b"
+
+
+# -- the console's process: its Service, on fakes ----------------------------------------------
+def fake_console(
+    *, tick_s: float = 60, decide_wait_s: float = 30.0, grace_s: float = 25.0
+) -> tuple[Console, FakeProducer, dict[str, FakeConsumer]]:
+    """A console's Service over fakes, built as ``build_console`` builds it, not started."""
+    metrics, producer = Metrics(), FakeProducer()
+    consumers = {
+        t: FakeConsumer(TopicPartition(t, 0)) for t in (TOPICS.reviews, TOPICS.adjudications)
+    }
+
+    async def read_decided(since_ms: int) -> list[str]:
+        return []
+
+    handler = ReviewHandler(
+        topics=TOPICS,
+        settings=replace(ReviewSettings(), buffer=10),
+        parking_settings=ParkingSettings(check_s=0.01),
+        metrics=metrics,
+        max_text_chars=1000,
+        read_decided=read_decided,
+        decide_wait_s=decide_wait_s,
+        tick_s=tick_s,
+    )
+    options = WorkerOptions(
+        max_in_flight=10, max_uncommitted=10, commit_interval_s=0.01, shutdown_grace_s=grace_s
+    )
+    workers = [
+        TierWorker(
+            topic=t,
+            consumer=c,  # type: ignore[arg-type]
+            delivery=AtLeastOnce(producer),  # type: ignore[arg-type]
+            handler=handler,
+            metrics=metrics,
+            options=options,
+            holder=handler,
+        )
+        for t, c in consumers.items()
+    ]
+    settings = load_settings({**SETTINGS, "ESCALATOR_SHUTDOWN_GRACE_S": str(grace_s)})
+    service = console_service(
+        settings,
+        metrics,
+        handler=handler,
+        workers=workers,
+        consumers=list(consumers.values()),
+        producer=producer,
+    )
+    return Console(service, handler), producer, consumers
+
+
+async def test_a_decision_waiting_at_shutdown_does_not_hold_the_page_open() -> None:
+    """A decision waiting for an acknowledgement that never comes as the console stops: the
+    handler's close answers it ("lost") before the page closes, since a page waits for its
+    requests in progress as it closes (review of 981b1cf: the page closed first, and the
+    close waited for the decision's own timeout)."""
+    console, producer, consumers = fake_console(decide_wait_s=10.0, grace_s=1.0)
+    handler, service = console.queues, console.service
+    requests: list[asyncio.Task[str]] = []
+
+    @contextlib.asynccontextmanager
+    async def page() -> AsyncIterator[None]:
+        """Like aiohttp's AppRunner.cleanup: waits for the requests in progress."""
+        yield
+        await asyncio.gather(*requests, return_exceptions=True)
+
+    console.serve_page(page())
+    consumers[TOPICS.reviews].pending = [Rec(0, item("a"))]
+    async with service:
+        await asyncio.wait_for(service.wait_joined(), 5)
+        await eventually(lambda: handler.lease("review", "alice") is not None)
+        lease = handler.lease("review", "alice")
+        assert lease is not None
+        producer.slow = asyncio.Event()  # never acknowledged
+        requests.append(asyncio.create_task(handler.decide(lease.id, "alice", "safe", None)))
+        await eventually(lambda: len(producer.sent) == 2)
+        service.stop()
+        await service.wait()
+        started = asyncio.get_running_loop().time()
+    assert asyncio.get_running_loop().time() - started < 3, "the close waited for the decision"
+    assert requests[0].result() == "lost"
+
+
+async def test_the_handler_stops_when_cancelled_as_a_backlog_read_ends() -> None:
+    """The handler's loop is cancelled by the console's close just as a backlog read returns:
+    it ends (Python 3.11's ``asyncio.wait_for`` lost that cancellation, and the close waited
+    for ever; review of 981b1cf)."""
+    console, _, _ = fake_console(tick_s=0.01)
+    inside = asyncio.Event()
+    calls = 0
+
+    async def backlog() -> dict[TopicPartition, tuple[int, int]]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            inside.set()
+        return {}
+
+    async def body() -> None:
+        async with handler_running(console.queues, backlog):
+            await inside.wait()  # wakes as backlog() returns: the exit cancels then
+
+    await asyncio.wait_for(body(), 3)
+
+
+async def test_sigterm_stops_the_console_and_removes_its_signal_handlers() -> None:
+    import os
+    import signal
+
+    console, _, _ = fake_console()
+    service = console.service
+    await service.start(install_signals=True)
+    try:
+        await asyncio.wait_for(service.wait_joined(), 5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(service.wait(), 10)
+        assert console.queues._stopped
+    finally:
+        await service.close()
+    assert not asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+
+async def test_a_failing_worker_stops_the_console_and_its_error_comes_out() -> None:
+    console, _, consumers = fake_console()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("fetch broke")
+
+    async with console.service as service:
+        await asyncio.wait_for(service.wait_joined(), 5)
+        consumers[TOPICS.adjudications].getmany = broken  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="fetch broke"):
+            await asyncio.wait_for(service.wait(), 10)
+        assert console.queues._stopped
+        assert all(t.done() for t in service._tasks)
+
+
+async def test_the_console_is_one_review_tier_in_health_and_never_held() -> None:
+    """No model and no broker watch: ready once both queue workers have joined (the page
+    stays reachable through a Kafka outage)."""
+    console, _, _ = fake_console()
+    assert console.service.broker is None
+    async with console.service as service:
+        await asyncio.wait_for(service.wait_joined(), 5)
+        assert [(h.tier, h.joined, h.held) for h in service.health()] == [("review", True, None)]
+        assert service.ready()
