@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -206,6 +207,72 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> 
         await asyncio.sleep(0.01)
 
 
+def fake_console(
+    *,
+    tick_s: float = 60,
+    decide_wait_s: float = 30.0,
+    grace_s: float = 25.0,
+    buffer: int = 10,
+    lease_s: float = 60,
+    read_decided: Callable[[int], Awaitable[list[str]]] | None = None,
+    parking: ParkingSettings | None = None,
+    parked: Callable[[str], Parking | None] = lambda topic: None,
+    retention: TopicRetention | None = None,
+    clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
+) -> tuple[Console, FakeProducer, dict[str, FakeConsumer]]:
+    """A console's Service over fakes, built as ``build_console`` builds it, not started."""
+    metrics, producer = metrics or Metrics(), FakeProducer()
+    consumers = {
+        t: FakeConsumer(TopicPartition(t, 0)) for t in (TOPICS.reviews, TOPICS.adjudications)
+    }
+
+    async def nothing_decided(since_ms: int) -> list[str]:
+        return []
+
+    handler = ReviewHandler(
+        topics=TOPICS,
+        settings=replace(ReviewSettings(), lease_s=lease_s, buffer=buffer),
+        parking_settings=parking or ParkingSettings(check_s=0.01),
+        metrics=metrics,
+        max_text_chars=1000,
+        read_decided=read_decided or nothing_decided,
+        retention=lambda topic: retention,
+        clock=clock,
+        decide_wait_s=decide_wait_s,
+        tick_s=tick_s,
+    )
+    options = WorkerOptions(
+        max_in_flight=buffer,
+        max_uncommitted=buffer,
+        commit_interval_s=0.01,
+        shutdown_grace_s=grace_s,
+    )
+    workers = [
+        TierWorker(
+            topic=t,
+            consumer=c,  # type: ignore[arg-type]
+            delivery=AtLeastOnce(producer),  # type: ignore[arg-type]
+            handler=handler,
+            metrics=metrics,
+            options=options,
+            parking=parked(t),
+            holder=handler,
+        )
+        for t, c in consumers.items()
+    ]
+    settings = load_settings({**SETTINGS, "ESCALATOR_SHUTDOWN_GRACE_S": str(grace_s)})
+    service = console_service(
+        settings,
+        metrics,
+        handler=handler,
+        workers=workers,
+        consumers=list(consumers.values()),
+        producer=producer,
+    )
+    return Console(service, handler), producer, consumers
+
+
 @contextlib.asynccontextmanager
 async def running(
     values: list[bytes | None] | list[Rec],
@@ -218,13 +285,10 @@ async def running(
     retention: TopicRetention | None = None,
     high: int | None = None,
 ) -> AsyncIterator[Running]:
-    """A console on fakes, running; the values arrive on partition 0 of the reviews topic,
-    whose high watermark is ``high`` from the start (None: unknown, until a test sets it)."""
-    clock, metrics, producer = Clock(), Metrics(), FakeProducer()
-    consumers = {
-        t: FakeConsumer(TopicPartition(t, 0)) for t in (TOPICS.reviews, TOPICS.adjudications)
-    }
-
+    """A console on fakes (``fake_console``), running; the values arrive on partition 0 of the
+    reviews topic, whose high watermark is ``high`` from the start (None: unknown, until a test
+    sets it)."""
+    clock, metrics = Clock(), Metrics()
     scanned = asyncio.Event()
 
     async def read_decided(since_ms: int) -> list[str]:
@@ -233,52 +297,32 @@ async def running(
         scanned.set()
         return sorted(decided or ())
 
-    handler = ReviewHandler(
-        topics=TOPICS,
-        settings=replace(ReviewSettings(), lease_s=lease_s, buffer=buffer),
-        parking_settings=parking or ParkingSettings(check_s=0.01),
-        metrics=metrics,
-        max_text_chars=1000,
-        read_decided=read_decided,
-        retention=lambda topic: retention,
-        clock=clock,
-        decide_wait_s=0.3,
+    console, producer, consumers = fake_console(
         tick_s=0.01,
+        decide_wait_s=0.3,
+        buffer=buffer,
+        lease_s=lease_s,
+        read_decided=read_decided,
+        parking=parking,
+        parked=lambda topic: watch(topic, metrics, clock),
+        retention=retention,
+        clock=clock,
+        metrics=metrics,
     )
-    options = WorkerOptions(max_in_flight=buffer, max_uncommitted=buffer, commit_interval_s=0.01)
-    workers = [
-        TierWorker(
-            topic=t,
-            consumer=c,  # type: ignore[arg-type]
-            delivery=AtLeastOnce(producer),  # type: ignore[arg-type]
-            handler=handler,
-            metrics=metrics,
-            options=options,
-            parking=watch(t, metrics, clock),
-            holder=handler,
-        )
-        for t, c in consumers.items()
-    ]
-    service = console_service(
-        load_settings(SETTINGS),
-        metrics,
-        handler=handler,
-        workers=workers,
-        consumers=list(consumers.values()),
-        producer=producer,
-    )
-    q = handler
+    service = console.service
     records = [v if isinstance(v, Rec) else Rec(i, v) for i, v in enumerate(values)]
     consumers[TOPICS.reviews].pending = records
     consumers[TOPICS.reviews].high = high
     async with service:
-        await asyncio.wait_for(asyncio.gather(*(w.wait_joined() for w in workers)), 5)
+        await asyncio.wait_for(service.wait_joined(), 5)
         left = max(0, len(records) - buffer)
         await eventually(lambda: len(consumers[TOPICS.reviews].pending) <= left)
         if records:  # they hold a review item: the recovery scan shows them, however slow
             await asyncio.wait_for(scanned.wait(), 10)
         try:
-            yield Running(q, consumers[TOPICS.reviews], producer, clock, metrics, consumers)
+            yield Running(
+                console.queues, consumers[TOPICS.reviews], producer, clock, metrics, consumers
+            )
         finally:
             service.stop()
             await asyncio.wait_for(service.wait(), 10)
@@ -604,55 +648,6 @@ async def test_a_revocation_waits_for_a_decision_being_delivered_and_commits_it(
 
 
 # -- the console's process: its Service, on fakes ----------------------------------------------
-def fake_console(
-    *, tick_s: float = 60, decide_wait_s: float = 30.0, grace_s: float = 25.0
-) -> tuple[Console, FakeProducer, dict[str, FakeConsumer]]:
-    """A console's Service over fakes, built as ``build_console`` builds it, not started."""
-    metrics, producer = Metrics(), FakeProducer()
-    consumers = {
-        t: FakeConsumer(TopicPartition(t, 0)) for t in (TOPICS.reviews, TOPICS.adjudications)
-    }
-
-    async def read_decided(since_ms: int) -> list[str]:
-        return []
-
-    handler = ReviewHandler(
-        topics=TOPICS,
-        settings=replace(ReviewSettings(), buffer=10),
-        parking_settings=ParkingSettings(check_s=0.01),
-        metrics=metrics,
-        max_text_chars=1000,
-        read_decided=read_decided,
-        decide_wait_s=decide_wait_s,
-        tick_s=tick_s,
-    )
-    options = WorkerOptions(
-        max_in_flight=10, max_uncommitted=10, commit_interval_s=0.01, shutdown_grace_s=grace_s
-    )
-    workers = [
-        TierWorker(
-            topic=t,
-            consumer=c,  # type: ignore[arg-type]
-            delivery=AtLeastOnce(producer),  # type: ignore[arg-type]
-            handler=handler,
-            metrics=metrics,
-            options=options,
-            holder=handler,
-        )
-        for t, c in consumers.items()
-    ]
-    settings = load_settings({**SETTINGS, "ESCALATOR_SHUTDOWN_GRACE_S": str(grace_s)})
-    service = console_service(
-        settings,
-        metrics,
-        handler=handler,
-        workers=workers,
-        consumers=list(consumers.values()),
-        producer=producer,
-    )
-    return Console(service, handler), producer, consumers
-
-
 async def test_a_decision_waiting_at_shutdown_does_not_hold_the_page_open() -> None:
     """A decision waiting for an acknowledgement that never comes as the console stops: the
     handler's close answers it ("lost") before the page closes, since a page waits for its
