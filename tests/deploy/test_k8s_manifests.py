@@ -1,11 +1,15 @@
 """The Kubernetes manifests: they build with kustomize, every built-in object validates
 against the Kubernetes schemas (kubernetes-validate, offline), the KEDA and Prometheus
 Operator resources against their own CRDs' schemas, the Strimzi topics structurally, and the
-settings that must agree with each other do."""
+settings that must agree with each other do. Each kustomization is built as it is and with the
+batch-lane component opted into, as an operator would (``+batch-lane``)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -23,6 +27,12 @@ from tests.deploy.tools import ROOT, crd_file, tool
 
 K8S_VERSION = "1.33.0"
 KUSTOMIZATIONS = ["deploy/k8s/base", "deploy/k8s/overlays/example"]
+# The batch lane's component: each kustomization above built with it too (see ``source``).
+LANE = "+batch-lane"
+WITH_LANE = [path + LANE for path in KUSTOMIZATIONS]
+EVERY = KUSTOMIZATIONS + WITH_LANE
+# What an operator uncomments in the example overlay to turn the lane on.
+LANE_OPT_IN = "# components:\n#   - ../../components/batch-lane\n"
 CRDS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentications.yaml",
@@ -59,9 +69,38 @@ STRIMZI_TOPIC = {
 
 
 @cache
+def _lane_tree() -> Path:
+    """A copy of deploy/k8s where the base is opted into the batch-lane component by an overlay
+    of its own, and the example overlay by uncommenting its ``components:`` lines."""
+    tree = Path(tempfile.mkdtemp(prefix="escalator-k8s-")) / "k8s"
+    atexit.register(shutil.rmtree, tree.parent, True)
+    shutil.copytree(ROOT / "deploy/k8s", tree)
+    (tree / "overlays/base-lane").mkdir()
+    (tree / "overlays/base-lane/kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources:\n  - ../../base\ncomponents:\n  - ../../components/batch-lane\n"
+    )
+    example = tree / "overlays/example/kustomization.yaml"
+    text = example.read_text()
+    assert text.count(LANE_OPT_IN) == 1, "the example overlay no longer shows how to opt in"
+    example.write_text(text.replace(LANE_OPT_IN, LANE_OPT_IN.replace("# ", "").replace("#", "")))
+    return tree
+
+
+def source(path: str) -> Path:
+    """The directory kustomize builds for ``path`` (one of :data:`EVERY`)."""
+    if not path.endswith(LANE):
+        return ROOT / path
+    path = path.removesuffix(LANE)
+    if path == "deploy/k8s/base":
+        return _lane_tree() / "overlays/base-lane"
+    return _lane_tree() / Path(path).relative_to("deploy/k8s")
+
+
+@cache
 def build(path: str) -> tuple[dict[str, Any], ...]:
     proc = subprocess.run(
-        [tool("kustomize"), "build", str(ROOT / path)],
+        [tool("kustomize"), "build", str(source(path))],
         capture_output=True,
         text=True,
         check=False,
@@ -94,11 +133,11 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
     raise AssertionError(f"{kind}: the CRD has no version {version}")
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+@pytest.mark.parametrize("path", EVERY)
 def test_builds_with_every_expected_object(path: str) -> None:
     kinds = sorted(o["kind"] for o in objects(path))
     for kind, count in {
-        "Deployment": 3,
+        "Deployment": 4 if path.endswith(LANE) else 3,
         "PodDisruptionBudget": 2,
         "ScaledObject": 2,
         "Service": 2,
@@ -109,7 +148,7 @@ def test_builds_with_every_expected_object(path: str) -> None:
         assert kinds.count(kind) == count, (kind, kinds)
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+@pytest.mark.parametrize("path", EVERY)
 def test_builtin_objects_match_the_kubernetes_schemas(path: str) -> None:
     checked = 0
     for obj in objects(path):
@@ -125,7 +164,7 @@ def test_builtin_objects_match_the_kubernetes_schemas(path: str) -> None:
     assert checked >= 9
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+@pytest.mark.parametrize("path", EVERY)
 def test_custom_resources_match_their_crds(path: str) -> None:
     checked = 0
     for obj in objects(path):
@@ -156,7 +195,7 @@ def _env(container: dict[str, Any], config: dict[str, str]) -> dict[str, str]:
 
 
 def _pod_settings(
-    path: str, container: dict[str, Any], tmp_path: Path
+    path: str, container: dict[str, Any], tmp_path: Path, role: str = "cheap"
 ) -> tuple[dict[str, str], Settings]:
     """The pod's environment, and the settings the service makes of it. Files the pod mounts
     are stood in for by local copies (the task) or empty files (the CA, the passwords)."""
@@ -173,10 +212,10 @@ def _pod_settings(
             stand_in = tmp_path / name
             stand_in.write_text(task_json(path) if name == "ESCALATOR_TASK_FILE" else "")
             local[name] = str(stand_in)
-    return env, load_settings({**local, "ANTHROPIC_API_KEY": "sk-placeholder"})
+    return env, load_settings({**local, "ANTHROPIC_API_KEY": "sk-placeholder"}, role=role)
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+@pytest.mark.parametrize("path", EVERY)
 @pytest.mark.parametrize(
     ("tier", "topic_var", "group"),
     [
@@ -273,7 +312,7 @@ def test_the_task_in_the_config_map_is_a_valid_task() -> None:
     assert task.labels == load_task(None).labels
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+@pytest.mark.parametrize("path", EVERY)
 def test_the_review_console_is_configured_consistently(path: str, tmp_path: Path) -> None:
     """One console replica (leases live in its memory), never two during a rollout; the page
     on every interface behind its Service, Secure cookies, passwords from a Secret mounted
@@ -327,3 +366,100 @@ def test_the_review_console_is_configured_consistently(path: str, tmp_path: Path
     assert not monitor["spec"]["selector"]["matchLabels"].items() <= (
         service["metadata"]["labels"].items()
     ), "the ServiceMonitor scrapes the metrics Service, not the page"
+
+
+def _runs(deployment: dict[str, Any]) -> list[str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args: list[str] = container["args"]
+    return args
+
+
+@pytest.mark.parametrize("path", EVERY)
+def test_the_lane_runs_only_where_the_component_is(path: str, tmp_path: Path) -> None:
+    """Without the component no lane worker runs (``run --tier lane`` would refuse to start
+    with the lane off), and every worker that reads the config has the lane off; with it, one
+    lane worker runs and every tier has the lane on: the cheap tier and the lane worker must
+    agree (docs/OPERATIONS.md, "The batch lane")."""
+    on = path.endswith(LANE)
+    workers = [d for d in objects(path, "Deployment") if _runs(d)[0] == "run"]
+    lanes = [d for d in workers if _runs(d) == ["run", "--tier", "lane"]]
+    assert [d["metadata"]["name"] for d in lanes] == (["escalator-lane"] if on else [])
+    assert len(workers) == (3 if on else 2)
+    for deployment in workers:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        _, settings = _pod_settings(path, container, tmp_path, role=_runs(deployment)[2])
+        assert settings.lane.enabled is on, deployment["metadata"]["name"]
+
+
+@pytest.mark.parametrize("path", WITH_LANE)
+def test_the_lane_worker_is_configured_consistently(path: str, tmp_path: Path) -> None:
+    """The lane worker starts (its settings and files pass `run --tier lane`'s checks), shares
+    the tiers' image, config, Secret, mounts and hardening, probes and exposes its own metrics
+    port, runs one replica replaced with Recreate and not autoscaled (see the comment in its
+    manifest), is scraped through the metrics Service, and neither selects nor is selected by
+    another workload's Deployment or PodDisruptionBudget."""
+    from escalator.app import load_parts
+    from escalator.tiers.table import tier_table, tiers_to_run, topics_needed
+
+    deployment = named(path, "Deployment", "escalator-lane")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    _, settings = _pod_settings(path, container, tmp_path, role="lane")
+    assert container["args"] == ["run", "--tier", "lane"]
+    assert tiers_to_run("lane", settings) == ["lane"]
+    load_parts(settings, ["lane"])
+    assert settings.pipeline.shutdown_grace_s < pod["terminationGracePeriodSeconds"]
+    # Every topic it reads or writes is a KafkaTopic of this build (no `topics_missing`).
+    kafka_topics = {o["metadata"]["name"]: o for o in objects(path, "KafkaTopic")}
+    assert set(topics_needed(settings, [tier_table(settings)["lane"]])) <= set(kafka_topics)
+
+    # What the tiers have, the lane worker has: the image, the config, the API key's Secret,
+    # every variable but the tier's in-flight limit (the lane's is its own), the mounts, the
+    # security context.
+    cheap = named(path, "Deployment", "escalator-cheap")["spec"]["template"]["spec"]
+    (tier,) = cheap["containers"]
+    for key in ("image", "imagePullPolicy", "envFrom", "volumeMounts", "securityContext"):
+        assert container[key] == tier[key], key
+    for key in ("volumes", "securityContext", "automountServiceAccountToken"):
+        assert pod[key] == cheap[key], key
+    lane_env = {e["name"]: e for e in container["env"]}
+    for entry in tier["env"]:
+        if entry["name"] != "ESCALATOR_MAX_IN_FLIGHT":
+            assert lane_env.get(entry["name"]) == entry, entry["name"]
+    assert "secretKeyRef" in lane_env["ANTHROPIC_API_KEY"]["valueFrom"]
+    assert {"requests", "limits"} <= set(container["resources"])
+
+    # Its own port, the one the process listens on, probed there.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": settings.metrics_port}
+    for probe, where in (
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ):
+        assert container[probe]["httpGet"] == {"path": where, "port": "metrics"}, probe
+
+    # One replica, never two during a rollout, no KEDA.
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    scaled = {s["spec"]["scaleTargetRef"]["name"] for s in objects(path, "ScaledObject")}
+    assert "escalator-lane" not in scaled
+    assert spec["replicas"] <= kafka_topics[settings.topics.handoff]["spec"]["partitions"]
+
+    # Its pods are its Deployment's alone, and no budget of a tier counts them.
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "escalator"
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    for other in objects(path, "Deployment"):
+        if other is deployment:
+            continue
+        other_labels = other["spec"]["template"]["metadata"]["labels"]
+        assert not spec["selector"]["matchLabels"].items() <= other_labels.items()
+        assert not other["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for pdb in objects(path, "PodDisruptionBudget"):
+        assert not pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    # Scraped like the tiers: the metrics Service selects it, on its named metrics port.
+    service = named(path, "Service", "escalator-metrics")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] in ports

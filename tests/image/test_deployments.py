@@ -34,8 +34,10 @@ def _health_path(config: dict[str, Any]) -> str:
 
 
 def _deployments() -> list[dict[str, Any]]:
+    """The base's Deployments and the components' (the batch lane's)."""
     found = []
-    for path in sorted((DEPLOY / "k8s" / "base").glob("*.yaml")):
+    k8s = DEPLOY / "k8s"
+    for path in sorted([*(k8s / "base").glob("*.yaml"), *(k8s / "components").glob("*/*.yaml")]):
         found += [
             d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Deployment"
         ]
@@ -55,6 +57,7 @@ def test_kubernetes_runs_the_image_as_built(
         "escalator-cheap",
         "escalator-strong",
         "escalator-review",
+        "escalator-lane",
     }
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
