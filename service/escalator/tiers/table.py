@@ -319,7 +319,9 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             topic=t.handoff,
             group=settings.lane.group,
             model=ModelChoice("cheap", m.cheap_model, "ESCALATOR_CHEAP_MODEL"),
-            needs=frozenset({t.handoff, t.lane_state} | adjudicates),
+            # It answers escalations with the strong tier's code: reviews too, with the
+            # human tier on.
+            needs=frozenset({t.handoff, t.lane_state} | strong_needs),
             max_in_flight=MAX_REQUESTS,
             holds=True,
             also=(strong,),

@@ -62,6 +62,10 @@ def test_the_lane_reads_the_handoff_topic_on_the_cheap_model_stack() -> None:
     assert lane.max_in_flight == 10_000 and lane.holds
     assert lane.needs == {"h", s.topics.lane_state}
     assert "h" not in tier_table(s)["cheap"].needs
+    # Its strong batch answers go to review as the strong tier's do (StrongHandler.answered).
+    human = settings(ESCALATOR_HUMAN_TIER="on")
+    assert human.topics.reviews in tier_table(human)["lane"].needs
+    assert human.topics.reviews in tier_table(human)["strong"].needs
 
 
 def test_run_all_runs_the_lane_only_when_it_is_on() -> None:
