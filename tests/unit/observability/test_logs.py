@@ -209,6 +209,11 @@ class _Module:
                         self.helpers[a.asname or a.name] = a.name
             elif isinstance(node, ast.ImportFrom) and node.module == "escalator.observability":
                 self.modules |= {a.asname or a.name for a in node.names if a.name == "logs"}
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name == "escalator.observability.logs":
+                        assert a.asname, f"{self.at(node)}: import logs with a name to read"
+                        self.modules.add(a.asname)
 
     def at(self, node: ast.AST) -> str:
         return f"{self.where}:{getattr(node, 'lineno', '?')}"
@@ -254,6 +259,21 @@ class _Module:
                         continue
                     assert EVENT_NAME.match(e), f"{self.at(node)}: free text, not an event: {e!r}"
                     found.append(Emitted(e, level, self.at(node)))
+            elif (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr in METHODS
+                and isinstance(
+                    first := _arg(node, 1 if node.func.attr == "log" else 0, "msg"), ast.Constant
+                )
+                and isinstance(first.value, str)
+                and EVENT_NAME.match(first.value)
+            ):
+                # An event logged through a logger this finder does not follow (a parameter,
+                # an attribute): read it, or it would be missing from both sides unseen.
+                raise AssertionError(
+                    f"{self.at(node)}: {first.value!r} logged through a logger not read: "
+                    f"{ast.unparse(node.func.value)}"
+                )
         return found
 
     def helper(self, func: ast.expr) -> str | None:
@@ -365,6 +385,9 @@ def test_the_event_finder_finds_each_way_the_runtime_logs() -> None:
 
 
 def test_the_event_finder_refuses_what_it_cannot_read() -> None:
+    """A name it cannot read, free text where an event goes, and an event logged through a
+    logger it does not follow all fail the finder; a helper's parameter and the module imported
+    under a name are followed."""
     imports = "import logging\nfrom escalator.observability.logs import log\n"
     imports += "logger = logging.getLogger('x')\n"
     with pytest.raises(AssertionError, match="not read"):
@@ -375,6 +398,14 @@ def test_the_event_finder_refuses_what_it_cannot_read() -> None:
         {"c.py": imports + "def f(e):\n    log(logger, e, logging.ERROR)\nf('one')\nf('two')\n"}
     )
     assert [(e.event, e.level) for e in shapes] == [("one", "error"), ("two", "error")]
+    with pytest.raises(AssertionError, match=r"logger not read: self\._logger"):
+        emitted(
+            {"d.py": imports + "class A:\n    def f(self):\n        self._logger.info('gone')\n"}
+        )
+    with pytest.raises(AssertionError, match="logger not read: given"):
+        emitted({"e.py": imports + "def f(given):\n    given.log(logging.INFO, 'gone')\n"})
+    aliased = "import escalator.observability.logs as L\nL.log(x, 'seen')\n"
+    assert [e.event for e in emitted({"f.py": aliased})] == ["seen"]
 
 
 def test_every_event_is_in_operations_and_every_row_is_still_logged() -> None:
@@ -398,6 +429,7 @@ def _slug(heading: str) -> str:
 
 
 def test_log_events_links_lead_somewhere() -> None:
+    """Each link in "Log events" names a heading of its document."""
     for target, anchor in re.findall(r"\]\(([\w./]*)#([\w-]+)\)", log_events_section()):
         doc = OPERATIONS.parent / target if target else OPERATIONS
         headings = re.findall(r"^#{1,6} (.+)$", doc.read_text(), re.M)
