@@ -180,12 +180,12 @@ def required_requests(
 def smallest_passing(passes: Callable[[int], bool], most: int) -> int | None:
     """The smallest n (from 100, doubling, then bisected to within 0.5%) for which
     ``passes(n)`` holds, assumed monotone in n; None if not even ``most`` passes."""
-    n = 100
+    lo, n = 50, 100
     while not passes(n):
-        n *= 2
-        if n > most:
+        if n >= most:
             return None
-    lo, hi = n // 2, n
+        lo, n = n, min(n * 2, most)  # the last step tries ``most`` itself
+    hi = n
     while hi - lo > max(1, hi // 200):
         mid = (lo + hi) // 2
         if passes(mid):

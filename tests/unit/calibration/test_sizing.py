@@ -65,12 +65,8 @@ def test_durations_read_in_minutes_hours_or_days() -> None:
     assert got == ["n/a", "30 min", "1.0 h", "47.9 h", "2.0 days", "10.0 days"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smallest_passing returns None once its doubling overshoots `most`, without trying "
-    "`most` itself: a size that passes at `most` (here 150,000 <= 200,000) is reported as none "
-    "(its docstring: 'None if not even `most` passes')",
-)
 def test_a_size_that_passes_at_the_most_is_found_even_past_the_last_doubling() -> None:
+    """The doubling overshoots ``most``: ``most`` itself is tried before "no size" (it was
+    not, and a size passing at 150,000 of 200,000 came back None)."""
     n = sizing.smallest_passing(lambda n: n >= 150_000, 200_000)
     assert n is not None and 150_000 <= n <= 200_000
