@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 
 import anthropic
 
+from escalator.errors import EscalatorError
 from escalator.model.adapter import translate_error
 
 #: What an item of an ended batch came to (the API's result types).
@@ -39,6 +40,20 @@ class Listed:
     size: int
 
 
+class BatchGone(EscalatorError):
+    """The API knows no batch of this id (404): deleted, its results past their 29 days, or
+    created in another workspace than the key's. Its requests will never be answered by it."""
+
+
+def _gone(batch_id: str, exc: anthropic.AnthropicError) -> EscalatorError:
+    """A 404 on a batch's own endpoint is about the batch, not the account (the real-time
+    adapter reads a 404 as a retired model, an account-level hold)."""
+    if isinstance(exc, anthropic.NotFoundError):
+        rid = f" (request-id {exc.request_id})" if exc.request_id else ""
+        return BatchGone(f"message batch {batch_id} not found (404){rid}")
+    return translate_error(exc)
+
+
 class BatchApi(Protocol):
     async def create(self, requests: list[dict[str, Any]]) -> str:
         """Submit ``[{"custom_id", "params"}]``; the batch id. Raises ModelUnavailable (try
@@ -46,11 +61,13 @@ class BatchApi(Protocol):
         ...
 
     async def ended(self, batch_id: str) -> bool:
-        """True once the batch's processing has ended (its results can be read)."""
+        """True once the batch's processing has ended (its results can be read). Raises
+        BatchGone when the API knows no such batch."""
         ...
 
     def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
-        """The results of an ended batch, in no particular order."""
+        """The results of an ended batch, in no particular order. Raises BatchGone when the
+        API has none for it (no such batch, or its results past their 29 days)."""
         ...
 
     async def listed(self, since_ms: int) -> list[Listed]:
@@ -87,7 +104,7 @@ class AnthropicBatches:
         try:
             batch = await self._client.messages.batches.retrieve(batch_id)
         except anthropic.AnthropicError as exc:
-            raise translate_error(exc) from exc
+            raise _gone(batch_id, exc) from exc
         return batch.processing_status == "ended"
 
     async def listed(self, since_ms: int) -> list[Listed]:
@@ -120,4 +137,4 @@ class AnthropicBatches:
                 else:
                     yield ItemResult(line.custom_id, result.type)
         except anthropic.AnthropicError as exc:
-            raise translate_error(exc) from exc
+            raise _gone(batch_id, exc) from exc

@@ -66,7 +66,7 @@ from aiokafka.errors import KafkaError
 
 from escalator.errors import ApiBlocked, EscalatorError, ModelRejected, ModelUnavailable
 from escalator.lane.assembly import MAX_REQUESTS, Assembly, Batch, Member, custom_id, place_of
-from escalator.lane.batches import BatchApi, ItemResult
+from escalator.lane.batches import BatchApi, BatchGone, ItemResult
 from escalator.lane.deadlines import CompletionTimes
 from escalator.lane.limits import Line, PacedBatches, Pacer, too_late
 from escalator.lane.state import BatchState
@@ -406,9 +406,22 @@ class BatchRunner:
                 break
         for key, state in list(self._open.items()):
             if key not in self._results and state.batch_id is not None:
-                if await self._api.ended(state.batch_id):
-                    await self._collect(key, state)
+                try:
+                    if await self._api.ended(state.batch_id):
+                        await self._collect(key, state)
+                except BatchGone as exc:
+                    self._gone(key, state, exc)
         await self._close_done()
+
+    def _gone(self, key: bytes, state: BatchState, exc: BatchGone) -> None:
+        """The API knows ``state``'s batch no more: its members are answered in real time
+        (``errored``, as a refused batch's), and it closes as an ended one does. Retrying would
+        hold every batch polled after it for ever."""
+        log(logger, "lane_batch_gone", logging.ERROR, batch_id=state.batch_id, error=str(exc))
+        results = {m: ItemResult(m, "errored", error="batch_gone") for m in state.members}
+        self._results[key] = results
+        for result in results.values():
+            self._resolve(result)
 
     async def _close_done(self) -> None:
         """Close every ended batch none of whose members can come again: each one's hand-off

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from escalator.errors import ModelRejected
-from escalator.lane.batches import ItemResult, Listed
+from escalator.lane.batches import BatchGone, ItemResult, Listed
 from escalator.lane.state import BatchState, open_batches
 
 
@@ -31,6 +31,8 @@ class FakeBatches:
         self.polls = 0
         #: Raised by the next create, once.
         self.fail: Exception | None = None
+        #: Batches the API no longer knows (BatchGone when polled or read).
+        self.gone: set[str] = set()
 
     async def create(self, requests: list[dict[str, Any]]) -> str:
         if self.fail is not None:
@@ -50,9 +52,13 @@ class FakeBatches:
 
     async def ended(self, batch_id: str) -> bool:
         self.polls += 1
+        if batch_id in self.gone:
+            raise BatchGone(f"message batch {batch_id} not found (404)")
         return batch_id in self.finished
 
     async def results(self, batch_id: str) -> AsyncIterator[ItemResult]:
+        if batch_id in self.gone:
+            raise BatchGone(f"message batch {batch_id} not found (404)")
         for r in self.created[int(batch_id[1:]) - 1]:
             yield self.answer(r["custom_id"], r["params"])
 

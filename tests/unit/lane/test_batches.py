@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from escalator.errors import ModelRejected, ModelUnavailable
-from escalator.lane.batches import AnthropicBatches
+from escalator.lane.batches import AnthropicBatches, BatchGone
 from escalator_dev.emulator.batches import BatchSettings
 from escalator_dev.emulator.server import SimConfig, make_app
 from tests.unit.dev.emulator.test_batches import HOUR, Sim, params
@@ -99,3 +99,17 @@ async def test_api_errors_are_translated_a_refused_batch_is_rejected_a_limit_is_
     await api.listed(0)
     with pytest.raises(ModelUnavailable):
         await api.listed(0)
+
+
+async def test_a_batch_the_api_does_not_know_is_gone_not_an_account_hold(sim: Sim) -> None:
+    """A 404 on a batch's endpoints is about that batch (deleted, its results past their 29
+    days, another workspace's), not a retired model: BatchGone, which the runner answers in
+    real time, where the real-time adapter's reading (ApiBlocked) would hold the lane."""
+    api = AnthropicBatches(sim.client)
+    with pytest.raises(BatchGone, match="msgbatch_nope"):
+        await api.ended("msgbatch_nope")
+    batch_id = await api.create([{"custom_id": "ok", "params": params()}])
+    await sim.advance(30 * 24 * HOUR)
+    assert await api.ended(batch_id) is True
+    with pytest.raises(BatchGone, match=batch_id):
+        [r async for r in api.results(batch_id)]

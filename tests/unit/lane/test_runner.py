@@ -175,6 +175,30 @@ async def test_a_member_the_results_do_not_name_is_treated_as_expired() -> None:
         assert (await wait).kind == "expired"
 
 
+async def test_a_batch_the_api_no_longer_knows_sends_its_members_to_real_time() -> None:
+    """A batch gone from the API (404: deleted, another workspace's): its members' results are
+    errored (the handler answers them in real time), the round goes on to the next batch, and
+    the next rounds do not ask for it again. Before, the round failed on it every time and no
+    batch polled after it was ever collected."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    async with runner(api, state, clock, max_requests=1) as r:
+        lost = asyncio.create_task(r.join("m", 0, 1, PARAMS))
+        await settle()
+        await r.tick()
+        kept = asyncio.create_task(r.join("m", 0, 2, PARAMS))
+        await settle()
+        await r.tick()
+        assert len(api.created) == 2
+        api.gone.add("b1")
+        api.finish("b2")
+        await r.tick()
+        assert ((await lost).kind, (await lost).error) == ("errored", "batch_gone")
+        assert (await kept).message == "answer-p0o2"
+        polls = api.polls
+        await r.tick()
+        assert api.polls == polls
+
+
 async def answered_by_the_loop(r: BatchRunner, api: FakeBatches) -> None:
     """The record p0o1 joins; the runner's own loop (polling every few ms) creates its batch,
     once, and collects its answer once the batch has ended."""
