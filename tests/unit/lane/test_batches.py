@@ -7,31 +7,16 @@ translated as the real-time adapter translates them."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-import aiohttp
-import anthropic
 import pytest
-from aiohttp.test_utils import TestServer
 
 from escalator.errors import ModelRejected, ModelUnavailable
 from escalator.lane.batches import AnthropicBatches, BatchGone
-from escalator_dev.emulator.batches import BatchSettings
-from escalator_dev.emulator.server import SimConfig, make_app
+from tests.unit.dev.emulator import test_batches as emulated
 from tests.unit.dev.emulator.test_batches import HOUR, Sim, params
 
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Sim]:
-    """The emulator in this process, as ``tests/unit/dev/emulator/test_batches.py`` runs it."""
-    server = TestServer(make_app(SimConfig(batch=BatchSettings(latency_s=3600.0))))
-    await server.start_server()
-    url = str(server.make_url("")).rstrip("/")
-    client = anthropic.AsyncAnthropic(base_url=url, api_key="sim-key", max_retries=0, timeout=10)
-    async with aiohttp.ClientSession() as http:
-        yield Sim(url, client, http)
-    await client.close()
-    await server.close()
+#: The emulator in this process, as ``tests/unit/dev/emulator/test_batches.py`` runs it.
+sim = emulated.sim
 
 
 async def test_an_ended_batch_gives_each_item_its_kind_and_an_answer_or_an_error_type(
