@@ -1,21 +1,19 @@
 """The decisions-log record (contract/decisions.py): what is written is read back equal, it
 follows decision.v1.json, reading is lenient with old and partial records and loses nothing
-on export, and the log readers (JSONL, the review console's recovery scan) go through it."""
+on export, and the review console's recovery scan goes through it. The JSONL reader and
+writer and the late decisions of a window: tests/unit/calibration/test_decisions_log.py."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from escalator.calibration.decisions_log import read_jsonl, with_late_decisions, write_jsonl
 from escalator.contract.decisions import Adjudication, Decision, NotADecision
 from escalator.contract.messages import Attempt, Request
 from escalator.contract.reviews import Verdict, human_decision
-from escalator.errors import EscalatorError
 from escalator.review.ledger import review_id_of
 from tests.integration.harness import validator
 from tests.unit.review.fakes import make_item
@@ -197,71 +195,11 @@ def test_what_is_not_a_decision_says_so(value: bytes) -> None:
         Decision.from_json(value)
 
 
-def test_an_export_round_trips_through_jsonl_and_skips_what_is_not_a_decision(
-    tmp_path: Path,
-) -> None:
-    """write_jsonl then read_jsonl gives the same decisions; a JSON line that is not a
-    decision is skipped; a line that is not JSON is an error naming the line."""
-    decisions = [cheap_decision(), strong_decision(), human()]
-    path = tmp_path / "log.jsonl"
-    with path.open("wb") as f:
-        write_jsonl(decisions, f)
-        f.write(b'{"something": "else"}\n\n')
-    assert read_jsonl(path) == decisions
-    with path.open("ab") as f:
-        f.write(b"{oops\n")
-    with pytest.raises(EscalatorError, match=r"log.jsonl:6: not JSON"):
-        read_jsonl(path)
-
-
-def test_late_human_decisions_join_their_window() -> None:
-    """Human decisions after --until count when their request's cheap answer is inside."""
-    inside = cheap_decision()
-    late = replace(human(), ts_ms=inside.ts_ms + 10_000)
-    other = replace(late, id="r2")
-    got = with_late_decisions([inside, late, other], inside.ts_ms + 1)
-    assert got == [inside, late]
-
-
 def test_the_review_console_recognises_human_decisions_only() -> None:
     assert review_id_of(human().value()) == "adjudication:r1"
     assert review_id_of(strong_decision().value()) is None
     assert review_id_of(b"garbage") is None
     assert review_id_of(None) is None
-
-
-def test_export_writes_each_record_back_as_it_was_read() -> None:
-    """Nested unknown keys, wrong-typed values, a missing field and an older schema version
-    survive a read and a write unchanged; a record written by this process is written whole."""
-    import io
-
-    odd = {
-        "schema_version": 0,
-        "id": "r-odd",
-        "outcome": "accepted",
-        "threshold_version": "v1",
-        "sample_rate": "0.25",
-        "ts_ms": 1.5,
-        "adjudication": {"sampled": True, "future": [1, 2]},
-        "attempt": {
-            "tier": "cheap",
-            "model": "claude-haiku-5-5",
-            "label": "safe",
-            "confidence": 0.9,
-            "valid": True,
-            "input_tokens": 10,
-            "output_tokens": 2,
-            "latency_ms": 5,
-            "cost_usd": 0.0001,
-            "a_key_from_the_future": {"nested": True},
-        },
-        "unknown_top": "kept",
-    }
-    read = Decision.from_dict(orjson.loads(orjson.dumps(odd)))
-    out = io.BytesIO()
-    write_jsonl([read], out)
-    assert orjson.loads(out.getvalue()) == odd
-    assert out.getvalue() == orjson.dumps(odd) + b"\n"
 
 
 @pytest.mark.parametrize("request_", [REQUEST, Request("r2", "t", {}, deadline_s=30.0)])
