@@ -355,6 +355,10 @@ class LaneSettings:
     #: ESCALATOR_LANE_RPM: requests per minute this lane process makes to the batch endpoints
     #: (create, retrieve, results, list), evenly spaced.
     rpm: int = BATCH_RPM_LOWEST_TIER
+    #: ESCALATOR_LANE_MAX_WAITING: the requests one lane worker holds while they wait for
+    #: their batch (its records' in-flight bound; no batch is cut larger). Its memory grows
+    #: with it: docs/OPERATIONS.md, "The batch lane's memory".
+    max_waiting: int = 10_000
 
 
 #: The exporters OTEL_TRACES_EXPORTER may name (the ``otel`` extra ships OTLP over
@@ -641,6 +645,7 @@ def _lane(env: _Env) -> LaneSettings:
         measure=measure,
         queue_limit=env.integer("ESCALATOR_LANE_QUEUE_LIMIT", d.queue_limit, 1),
         rpm=env.integer("ESCALATOR_LANE_RPM", d.rpm, 1, 1_000_000),
+        max_waiting=env.integer("ESCALATOR_LANE_MAX_WAITING", d.max_waiting, 1, 10_000),
     )
 
 

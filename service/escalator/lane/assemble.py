@@ -10,6 +10,7 @@ import anthropic
 from escalator.config import Settings
 from escalator.errors import ConfigError
 from escalator.kafka.clients import ProducerHandle
+from escalator.lane.assembly import MAX_REQUESTS
 from escalator.lane.batches import AnthropicBatches
 from escalator.lane.handoff import HandOff
 from escalator.lane.runner import BatchRunner
@@ -43,5 +44,7 @@ def lane_runner(
         metrics=metrics,
         rpm=lane.rpm,
         queue_limit=lane.queue_limit,
+        # A worker that holds its most cuts its batch at once rather than at its age.
+        max_requests=min(MAX_REQUESTS, lane.max_waiting),
         fallback_s=lane.fallback_s,
     )

@@ -18,7 +18,6 @@ from escalator.engine.worker import Handler
 from escalator.errors import ConfigError
 from escalator.kafka.clients import ProducerHandle
 from escalator.lane.assemble import lane_runner
-from escalator.lane.assembly import MAX_REQUESTS
 from escalator.lane.deadlines import LaneRule
 from escalator.lane.handoff import HandOff
 from escalator.lane.runner import BatchRunner
@@ -322,7 +321,7 @@ def tier_table(settings: Settings) -> dict[str, TierSpec]:
             # It answers escalations with the strong tier's code: reviews too, with the
             # human tier on.
             needs=frozenset({t.handoff, t.lane_state} | strong_needs),
-            max_in_flight=MAX_REQUESTS,
+            max_in_flight=settings.lane.max_waiting,
             holds=True,
             also=(strong,),
             beside=lane_beside,

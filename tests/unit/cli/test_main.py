@@ -223,6 +223,7 @@ SETTING_CASES: dict[str, list[Case]] = {
     "ESCALATOR_MEASURE_LANE": [Case("later")],
     "ESCALATOR_LANE_QUEUE_LIMIT": [Case("0"), Case("many")],
     "ESCALATOR_LANE_RPM": [Case("0"), Case("fast"), Case("2000000")],
+    "ESCALATOR_LANE_MAX_WAITING": [Case("0"), Case("all"), Case("10001")],
     "OTEL_TRACES_EXPORTER": [
         Case("zipkin"),
         Case("none,otlp"),

@@ -60,6 +60,8 @@ def test_the_lane_reads_the_handoff_topic_on_the_cheap_model_stack() -> None:
         "claude-haiku-4-5",
     )
     assert lane.max_in_flight == 10_000 and lane.holds
+    # ESCALATOR_LANE_MAX_WAITING bounds what one worker holds (its memory: OPERATIONS).
+    assert tier_table(settings(ESCALATOR_LANE_MAX_WAITING="500"))["lane"].max_in_flight == 500
     assert lane.needs == {"h", s.topics.lane_state}
     assert "h" not in tier_table(s)["cheap"].needs
     # Its strong batch answers go to review as the strong tier's do (StrongHandler.answered).
