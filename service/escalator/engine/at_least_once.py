@@ -25,13 +25,15 @@ from escalator.observability.logs import log, log_repeating
 
 logger = logging.getLogger("escalator.engine")
 
-#: Below this many outputs, a delivery sends them one ``send`` each. aiokafka queues a record
-#: batch only once the partition's previous batch has left for the broker, so small
-#: deliveries running side by side (a model-bound tier under moderate load) can each wait a
-#: request round trip as record batches, where ``send`` adds to the batch being filled. On a
-#: busy machine B2 and B4 looked worse with record batches for every delivery; alternated on
-#: a quiet one the difference was within the noise (BENCHMARKS.md, 2026-12-07). Large
-#: deliveries (a fetched batch answered at once) go as record batches.
+#: Below this many outputs, a delivery of records that waited for a model sends them one
+#: ``send`` each. aiokafka queues a record batch only once the partition's previous batch has
+#: left for the broker, so small deliveries running side by side (a model-bound tier under
+#: moderate load) can each wait a request round trip as record batches, where ``send`` adds to
+#: the batch being filled. On a busy machine B2 and B4 looked worse with record batches for
+#: every delivery; alternated on a quiet one the difference was within the noise
+#: (BENCHMARKS.md, 2026-12-07). Large deliveries, and every delivery of records answered at
+#: once (tier 0, a dead letter: one per partition of a fetched batch, never side by side), go
+#: as record batches.
 _ONE_BY_ONE = 128
 
 
@@ -71,15 +73,20 @@ class AtLeastOnce:
         return max(0, self.finished - self._w.max_in_flight)
 
     async def deliver(
-        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
+        self,
+        tp: TopicPartition,
+        tracker: PartitionTracker,
+        done: Sequence[Done],
+        *,
+        at_once: bool = False,
     ) -> None:
         n = len(done)
         self._awaiting_ack += n
         try:
             if n == 1:
-                await self._produce_all(done[0].outputs)
+                await self._produce_all(done[0].outputs, at_once=at_once)
             else:
-                await self._produce_all([out for d in done for out in d.outputs])
+                await self._produce_all([out for d in done for out in d.outputs], at_once=at_once)
         finally:
             self._awaiting_ack -= n
 
@@ -108,7 +115,7 @@ class AtLeastOnce:
         pass
 
     # -- producing ------------------------------------------------------------------------------
-    async def _produce_all(self, outputs: list[Output]) -> None:
+    async def _produce_all(self, outputs: list[Output], *, at_once: bool = False) -> None:
         """Send every output, then wait for every acknowledgement. Retries until acknowledged.
 
         A batch's outputs are grouped by topic and partition and handed to aiokafka as record
@@ -117,7 +124,7 @@ class AtLeastOnce:
         (the producer's partitioner, ``kafka/partitioning.py``: murmur2 of the key, as the Java
         client)."""
         producer = self._producer.get()
-        if len(outputs) <= _ONE_BY_ONE:
+        if len(outputs) <= (1 if at_once else _ONE_BY_ONE):
             await self._produce_each(outputs, producer)
             return
         try:

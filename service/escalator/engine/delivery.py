@@ -155,10 +155,16 @@ class Delivery(Protocol):
         ...
 
     async def deliver(
-        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
+        self,
+        tp: TopicPartition,
+        tracker: PartitionTracker,
+        done: Sequence[Done],
+        *,
+        at_once: bool = False,
     ) -> None:
         """Take the outputs of these records of ``tp`` (a batch, in any order). On return
-        they may all count as done."""
+        they may all count as done. ``at_once``: they were answered together when dispatched
+        (no model call: tier 0, dead letters, parked copies), not as they finished."""
         ...
 
     def advanced(self, tp: TopicPartition, popped: int) -> None:

@@ -108,9 +108,15 @@ class Transactional:
         return self.held
 
     async def deliver(
-        self, tp: TopicPartition, tracker: PartitionTracker, done: Sequence[Done]
+        self,
+        tp: TopicPartition,
+        tracker: PartitionTracker,
+        done: Sequence[Done],
+        *,
+        at_once: bool = False,
     ) -> None:
-        # Produced and committed with the offsets, in the partition's next transaction.
+        # Produced and committed with the offsets, in the partition's next transaction (always
+        # as record batches: ``at_once`` changes nothing here).
         part = self._parts.get(tp)
         if part is not None and part.tracker is tracker:  # not revoked meanwhile
             for d in done:

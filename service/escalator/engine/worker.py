@@ -454,7 +454,7 @@ class TierWorker:
                 else:
                     self._queued.append((tp, tracker, record, work, started))
             if ready:
-                self._spawn(self._deliver_done(tp, tracker, ready))
+                self._spawn(self._deliver_done(tp, tracker, ready, at_once=True))
             at_once = at_once and len(ready) == n
         self._at_once = at_once and bool(batch)
 
@@ -476,7 +476,7 @@ class TierWorker:
             if record.offset + 1 >= until:
                 parking.reached(tp)
         if copies:
-            self._spawn(self._deliver_done(tp, tracker, copies))
+            self._spawn(self._deliver_done(tp, tracker, copies, at_once=True))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -573,10 +573,10 @@ class TierWorker:
         await self._deliver_done(tp, tracker, batch)
 
     async def _deliver_done(
-        self, tp: TopicPartition, tracker: PartitionTracker, done: list[Done]
+        self, tp: TopicPartition, tracker: PartitionTracker, done: list[Done], at_once: bool = False
     ) -> None:
         try:
-            await self._delivery.deliver(tp, tracker, done)
+            await self._delivery.deliver(tp, tracker, done, at_once=at_once)
         except asyncio.CancelledError:
             self._series.abandoned.inc(len(done))
             raise

@@ -500,7 +500,9 @@ class _TracedDelivery:
     def not_ready(self) -> Any:
         return self._inner.not_ready
 
-    async def deliver(self, tp: Any, tracker: Any, done: Sequence[Any]) -> None:
+    async def deliver(
+        self, tp: Any, tracker: Any, done: Sequence[Any], *, at_once: bool = False
+    ) -> None:
         """``done``: the engine's ``Done`` records; each that ran in a traced context (or was
         answered at once by a traced ``handle_batch``: :class:`_Answered`) gets a ``send``
         span per output, and its process span ends with the delivery."""
@@ -562,7 +564,7 @@ class _TracedDelivery:
                 outputs.append(out)
             traced.append(d._replace(outputs=outputs))
         try:
-            await self._inner.deliver(tp, tracker, traced)
+            await self._inner.deliver(tp, tracker, traced, at_once=at_once)
         except BaseException as exc:
             for span in (*sends, *processes):
                 if span.is_recording():

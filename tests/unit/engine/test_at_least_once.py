@@ -97,3 +97,44 @@ async def test_at_least_once_large_deliveries_go_as_record_batches_a_failed_one_
     assert producer.batches >= 1, "the batch path was taken"
     assert sorted(broker.visible) == list(range(n)), "every output once: none lost"
     assert sample(metrics, "escalator_produce_errors_total", tier="cheap") == 1
+
+
+async def test_at_least_once_records_answered_at_once_go_as_record_batches_however_few() -> None:
+    """A delivery of records answered at once (tier 0, dead letters: one per partition of a
+    fetched batch) goes as record batches even below the one-by-one bound; the same outputs
+    from records that waited for a model go one ``send`` each. Both deliver every output."""
+    from escalator.engine.at_least_once import _ONE_BY_ONE
+    from escalator.engine.delivery import Done, PartitionTracker
+
+    class Counted(AckingProducer):
+        batches = 0
+        sends = 0  # the strategy's own ``send`` calls (the fake's batches send through it too)
+        batching = False
+
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+            self.batches += 1
+            self.batching = True
+            try:
+                return await super().send_batch(batch, topic, partition=partition)
+            finally:
+                self.batching = False
+
+        async def send(self, topic: str, value: bytes, **kwargs: Any) -> asyncio.Future[None]:
+            self.sends += not self.batching
+            return await super().send(topic, value, **kwargs)
+
+    n = 6
+    assert 2 * n <= _ONE_BY_ONE
+    done = [
+        Done(i, [Output("results", str(2 * i + j).encode(), b"k") for j in range(2)])
+        for i in range(n)
+    ]
+    for at_once, batches, sends in ((True, 1, 0), (False, 0, 2 * n)):
+        broker = Broker()
+        producer = Counted(broker)
+        delivery = AtLeastOnce(producer)  # type: ignore[arg-type]
+        make_worker(FakeConsumer(broker, 0), delivery, Metrics())  # binds the strategy
+        deliver = delivery.deliver(None, PartitionTracker(), done, at_once=at_once)  # type: ignore[arg-type]
+        await asyncio.wait_for(deliver, 30)
+        assert (producer.batches, producer.sends) == (batches, sends), at_once
+        assert sorted(broker.visible) == list(range(2 * n)), "every output once"

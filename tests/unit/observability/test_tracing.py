@@ -103,9 +103,13 @@ class FakeHandler:
 class FakeDelivery:
     delivered: list[list[Output]] = field(default_factory=list)
     awaiting_ack: int = 0
+    at_once: list[bool] = field(default_factory=list)
 
-    async def deliver(self, tp: Any, tracker: Any, done: list[Done]) -> None:
+    async def deliver(
+        self, tp: Any, tracker: Any, done: list[Done], *, at_once: bool = False
+    ) -> None:
         self.delivered.extend(d.outputs for d in done)
+        self.at_once.append(at_once)
 
     def reserved(self) -> int:
         return 7
@@ -715,3 +719,16 @@ def test_without_the_extra_the_service_runs_and_tracing_on_is_one_line(args: lis
     assert len(lines) == 1, done.stderr
     assert "ESCALATOR_TRACING turns tracing on" in lines[0]
     assert "escalator[otel]" in lines[0]
+
+
+async def test_the_traced_delivery_passes_on_whether_records_were_answered_at_once() -> None:
+    """The strategy sends records answered at once as record batches: the send spans'
+    wrapper must not hide that from it."""
+    on, _ = traced()
+    inner = FakeDelivery()
+    delivery = on.delivery(inner)
+    await delivery.deliver(None, None, [Done(1, [Output("results", b"{}", None)], 0.0)])
+    await delivery.deliver(
+        None, None, [Done(2, [Output("results", b"{}", None)], 0.0)], at_once=True
+    )
+    assert inner.at_once == [False, True]
