@@ -418,10 +418,7 @@ class BatchRunner:
         (``errored``, as a refused batch's), and it closes as an ended one does. Retrying would
         hold every batch polled after it for ever."""
         log(logger, "lane_batch_gone", logging.ERROR, batch_id=state.batch_id, error=str(exc))
-        results = {m: ItemResult(m, "errored", error="batch_gone") for m in state.members}
-        self._results[key] = results
-        for result in results.values():
-            self._resolve(result)
+        self._settle(key, {m: ItemResult(m, "errored", error="batch_gone") for m in state.members})
 
     async def _close_done(self) -> None:
         """Close every ended batch none of whose members can come again: each one's hand-off
@@ -672,6 +669,11 @@ class BatchRunner:
         for m in state.members:
             # A member the results do not name is treated as expired: answered in real time.
             results.setdefault(m, ItemResult(m, "expired"))
+        self._settle(key, results)
+
+    def _settle(self, key: bytes, results: dict[str, ItemResult]) -> None:
+        """The batch ``key`` has ended with ``results``, one per member: each member's waiter
+        is answered; the batch closes once none of them can come again (``_close_done``)."""
         self._results[key] = results
         for result in results.values():
             self._resolve(result)
