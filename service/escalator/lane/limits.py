@@ -129,11 +129,11 @@ class PacedBatches:
         """No create followed the reservation (the batch was put back)."""
         self._reserved = False
 
-    async def create(self, requests: list[dict[str, Any]]) -> str:
+    async def create(self, entries: list[bytes]) -> str:
         if self._reserved:
             self._reserved = False
-            return await self._called(lambda: self._api.create(requests))
-        return await self._paced(lambda: self._api.create(requests))
+            return await self._called(lambda: self._api.create(entries))
+        return await self._paced(lambda: self._api.create(entries))
 
     async def ended(self, batch_id: str) -> bool:
         return await self._paced(lambda: self._api.ended(batch_id))

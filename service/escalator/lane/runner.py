@@ -28,7 +28,7 @@ lane handler's deadline timer answers them in real time if that takes too long, 
 whose deadline cannot wait for the grace and a batch are answered in real time at once).
 
 A rebalance while the old owner submits a batch with members of a revoked partition (its intent
-write or its create under way): :meth:`BatchRunner.give_up` takes their params, and once the
+write or its create under way): :meth:`BatchRunner.give_up` drops their entries, and once the
 intent is acknowledged the old owner looks: a member gone closes the intent and creates nothing
 (the rest wait again). So the old owner's create holds only members it still owned when its
 intent was acknowledged: before its revocation, so before the next owner's assignment and the
@@ -149,7 +149,11 @@ class BatchRunner:
         self.poll_s = poll_s
         self.times = times or CompletionTimes(3600.0)
         self._clock = clock
-        self._params: dict[str, dict[str, Any]] = {}
+        #: Each waiting member's entry in its batch's create body, ``{"custom_id", "params"}``
+        #: as JSON: bytes, not the params, whose prompt holds the text escaped (up to five
+        #: characters each) in a Python string (up to four bytes a character): docs/
+        #: OPERATIONS.md, "The batch lane's memory".
+        self._entries: dict[str, bytes] = {}
         #: Each waiting member's absolute deadline (epoch ms), when it has one.
         self._deadlines: dict[str, int] = {}
         #: None: answer it in real time (its batch was held back past its deadline).
@@ -224,7 +228,7 @@ class BatchRunner:
         self._line.drop(lambda m: m.custom_id in found)
         for cid in found:
             if cid in self._batch_of:
-                self._params.pop(cid, None)
+                self._entries.pop(cid, None)
 
     def refresh(self) -> None:
         """Partitions were assigned: read the state topic again before their records join
@@ -278,12 +282,17 @@ class BatchRunner:
         """The result for the hand-off record at ``partition``/``offset``: from the batch it
         is already in (recorded), else from the open batch of ``model`` it joins now. None:
         its batch was held back by the queue limit past what its deadline (absolute, epoch ms)
-        allows: answer it in real time now."""
+        allows: answer it in real time now. ``params`` are encoded at once and not kept:
+        pass them as an expression, so that no caller's frame keeps them while it waits."""
+        cid = custom_id(partition, offset)
+        # Copied to its own size: orjson's bytes keep the capacity it reserved for the worst
+        # escaping (about ten times a 20,000-character text's entry, measured), and thousands wait.
+        entry = bytes(memoryview(orjson.dumps({"custom_id": cid, "params": params})))
+        del params
         if self._failed is None:
             await self._fresh.wait()
         if self._failed is not None:
             raise self._failed
-        cid = custom_id(partition, offset)
         if deadline_ms is not None:
             self._deadlines[cid] = deadline_ms
         waiter = self._waiters.get(cid)
@@ -295,21 +304,23 @@ class BatchRunner:
             if kept is not None:
                 self._resolve(kept)
         elif cid in self._intent_of:
-            self._params[cid] = params  # held until its intent is adopted or closed
-        elif cid not in self._params:
-            self._enqueue(model, cid, params, self._clock())
+            self._entries[cid] = entry  # held until its intent is adopted or closed
+        elif cid not in self._entries:
+            self._enqueue(model, cid, entry, self._clock())
+        del entry
         return await waiter
 
-    def _enqueue(self, model: str, cid: str, params: dict[str, Any], since_s: float) -> None:
-        self._params[cid] = params
-        size = len(orjson.dumps({"custom_id": cid, "params": params}))
+    def _enqueue(self, model: str, cid: str, entry: bytes, since_s: float) -> None:
+        """``entry``: ``cid``'s ``{"custom_id", "params"}`` as JSON; its size in the body."""
+        self._entries[cid] = entry
+        size = len(entry)
         partition, offset = place_of(cid)
         try:
             self._line.batches += self._assembly.add(
                 model, Member(partition, offset, size, since_s)
             )
         except ValueError:  # larger than a whole batch: the real-time path answers it
-            self._params.pop(cid, None)
+            self._entries.pop(cid, None)
             self._resolve(ItemResult(cid, "errored", error="request_too_large"))
 
     def delivered(self, partition: int, offset: int) -> None:
@@ -323,15 +334,15 @@ class BatchRunner:
         """These hand-off partitions are no longer ours: their waiting records end (the next
         owner redoes them)."""
         for cid in self._assembly.drop(partitions):
-            self._params.pop(cid, None)  # not submitted: the next owner batches it
+            self._entries.pop(cid, None)  # not submitted: the next owner batches it
         for cid in [c for c in self._intent_of if place_of(c)[0] in partitions]:
-            self._params.pop(cid, None)  # held for an intent: the next owner's, too
+            self._entries.pop(cid, None)  # held for an intent: the next owner's, too
         for cid in self._line.drop(lambda m: m.partition in partitions):
-            self._params.pop(cid, None)  # cut, held back by the queue limit: the next owner's
+            self._entries.pop(cid, None)  # cut, held back by the queue limit: the next owner's
         for m in self._line.sending.members if self._line.sending is not None else []:
             # In its intent: created only if that was acknowledged before now (``_submit``).
             if m.partition in partitions:
-                self._params.pop(m.custom_id, None)
+                self._entries.pop(m.custom_id, None)
         for cid in [c for c in self._deadlines if place_of(c)[0] in partitions]:
             del self._deadlines[cid]
         for cid, waiter in list(self._waiters.items()):
@@ -345,8 +356,8 @@ class BatchRunner:
         self._assembly.withdraw(partition, offset)
         self._line.drop(lambda m: m.custom_id == cid)
         # Not in a submitted batch: left out of the batch it was to join (one being created
-        # took its params already; after a 429 it waits again without this one).
-        self._params.pop(cid, None)
+        # took its entry already; after a 429 it waits again without this one).
+        self._entries.pop(cid, None)
         self._deadlines.pop(cid, None)
         waiter = self._waiters.pop(cid, None)
         if waiter is not None and not waiter.done():
@@ -471,7 +482,7 @@ class BatchRunner:
     def _real_time(self, members: list[str]) -> None:
         """``members`` wait no more: ``join`` gives them None (the deadline fallback, now)."""
         for cid in members:
-            self._params.pop(cid, None)
+            self._entries.pop(cid, None)
             self._deadlines.pop(cid, None)
             waiter = self._waiters.get(cid)
             if waiter is not None and not waiter.done():
@@ -488,29 +499,29 @@ class BatchRunner:
             assignments = self._assignments
             await self._read(fresh=False)
             self._rechecked = assignments
-        self._line.drop(lambda m: m.custom_id not in self._params)  # gone since it was cut
+        self._line.drop(lambda m: m.custom_id not in self._entries)  # gone since it was cut
         if batch not in self._line.batches:
             return
         if self._paced is not None:
             # The create may go once the intent is written: its timeout, counted from the
             # intent, is never spent waiting out a 429's hold.
             await self._paced.reserve()
-            if any(m.custom_id not in self._params for m in batch.members):
+            if any(m.custom_id not in self._entries for m in batch.members):
                 self._paced.unreserve()
                 return  # revoked or withdrawn meanwhile: cut again next round
         members = tuple(m.custom_id for m in batch.members)
-        requests = [{"custom_id": m, "params": self._params[m]} for m in members]
+        entries = [self._entries[m] for m in members]
         intent = BatchState(batch.model, members, int(self._clock() * 1000))
         self._submitting, self._line.sending = intent.key, batch
         try:
             await self._state.write(intent)
             self._line.batches.remove(batch)
-            if any(m not in self._params for m in members):
+            if any(m not in self._entries for m in members):
                 # Revoked (or withdrawn) while the intent was written: the next owner may not
                 # have seen it. Nothing is created; the rest wait again.
                 await self._put_back(intent, batch)
                 return
-            batch_id = await self._create(intent, requests, batch)
+            batch_id = await self._create(intent, entries, batch)
         finally:
             self._submitting, self._line.sending = None, None
             if self._paced is not None:
@@ -528,13 +539,11 @@ class BatchRunner:
             raise
         log(logger, "lane_batch_submitted", batch_id=batch_id, model=batch.model, size=len(members))
         for m in members:
-            self._params.pop(m, None)
+            self._entries.pop(m, None)
             self._deadlines.pop(m, None)
         self._track(state.key, state)
 
-    async def _create(
-        self, intent: BatchState, requests: list[dict[str, Any]], batch: Batch
-    ) -> str | None:
+    async def _create(self, intent: BatchState, entries: list[bytes], batch: Batch) -> str | None:
         """The batch id; None when the batch was refused whole (its members then go to the
         real-time path). A 429 (the rate limits), a 529 (overloaded) or an account hold
         created nothing: the intent is closed and the batch waits, first in line (the pacer
@@ -547,7 +556,7 @@ class BatchRunner:
         try:
             try:
                 async with asyncio.timeout(max(left_s, 0.0)):
-                    return await self._api.create(requests)
+                    return await self._api.create(entries)
             except TimeoutError as exc:
                 # Given up, so that it ends within the grace another worker gives the intent.
                 raise ModelUnavailable("batch create timed out", kind="timeout") from exc
@@ -556,7 +565,7 @@ class BatchRunner:
             log(logger, "lane_batch_refused", logging.WARNING, error=str(exc)[:300])
             await self._state.close(intent.key)
             for m in members:
-                self._params.pop(m, None)
+                self._entries.pop(m, None)
                 self._resolve(ItemResult(m, "errored", error="batch_refused"))
             return None
         except ModelUnavailable as exc:
@@ -577,7 +586,7 @@ class BatchRunner:
         except Exception:
             self._hold(intent.key, intent)  # adopted or closed by a later round
             raise
-        self._line.put_back(batch, lambda m: m.custom_id in self._params)
+        self._line.put_back(batch, lambda m: m.custom_id in self._entries)
 
     def _rate_limited(self) -> None:
         log(logger, "lane_rate_limited", logging.WARNING)
@@ -614,7 +623,7 @@ class BatchRunner:
                 log(logger, "lane_intent_adopted", batch_id=b.batch_id, size=len(members))
                 self._release(key, intent)
                 for m in intent.members:
-                    self._params.pop(m, None)
+                    self._entries.pop(m, None)
                 self._track(key, state)
                 return
             not_it.add(b.batch_id)
@@ -623,7 +632,7 @@ class BatchRunner:
         young_s = self.adopt_grace_s - (self._clock() - intent.intent_ms / 1000)
         if young_s > 0:
             late = too_late(
-                (m for m in intent.members if m in self._params),
+                (m for m in intent.members if m in self._entries),
                 self._deadlines,
                 now_s=self._clock(),
                 expected_s=young_s + self.times.expected_s(),
@@ -638,9 +647,9 @@ class BatchRunner:
         # Due at once: they waited for a batch already.
         since = intent.intent_ms / 1000 - self._assembly.max_age_s
         for m in intent.members:
-            params = self._params.pop(m, None)
-            if params is not None:
-                self._enqueue(intent.model, m, params, since)
+            entry = self._entries.pop(m, None)
+            if entry is not None:
+                self._enqueue(intent.model, m, entry, since)
 
     def _release(self, key: bytes, intent: BatchState) -> None:
         del self._intents[key]

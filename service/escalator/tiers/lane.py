@@ -117,15 +117,15 @@ class LaneHandler:
     def handle(self, record: Record) -> list[Output] | Coroutine[Any, Any, list[Output]]:
         if (measurement(record) or escalated(record)) and self.strong is not None:
             try:
-                escalation = parse_escalation(record.value, self.strong.max_text_chars)
+                parse_escalation(record.value, self.strong.max_text_chars)
             except InvalidRequest as exc:  # the lane or cheap tier wrote it: only a foreign one
                 return self.strong.dead_letter(record, exc)
-            return self._on_time(record, self._strong(record, escalation))
+            return self._on_time(record, self._strong(record))
         try:
-            request = parse_request(record.value, self.cheap.max_text_chars)
+            parse_request(record.value, self.cheap.max_text_chars)
         except InvalidRequest as exc:  # the cheap tier read it before: only a foreign record
             return self.cheap.dead_letter(record, exc)
-        return self._on_time(record, self._wait(record, request))
+        return self._on_time(record, self._wait(record))
 
     async def _on_time(
         self, record: Record, answering: Coroutine[Any, Any, list[Output]]
@@ -138,11 +138,21 @@ class LaneHandler:
             self.cheap.metrics.lane_deadline_misses.inc()
         return outputs
 
-    async def _wait(self, record: Record, request: Request) -> list[Output]:
-        params = self.model.request(request.text)
+    async def _wait(self, record: Record) -> list[Output]:
+        """A handed-off request's answer from its batch. While it waits, only the record is
+        held here (its bytes, as fetched): the runner keeps the params encoded, and the request
+        is read from the record again when the result comes. A parsed text is a Python string,
+        at up to 4 bytes a character (docs/OPERATIONS.md, "The batch lane's memory")."""
         deadline = deadline_ms(record)
-        join = self.runner.join(self.model.model, record.partition, record.offset, params, deadline)
+        join = self.runner.join(
+            self.model.model,
+            record.partition,
+            record.offset,
+            self.model.request(self._request(record).text),
+            deadline,
+        )
         result = await self._in_time(join, deadline)
+        request = self._request(record)
         if result is None:
             # The deadline less the margin for a real-time answer: that answer, now.
             self.runner.withdraw(record.partition, record.offset)
@@ -167,15 +177,22 @@ class LaneHandler:
         self.cheap.metrics.lane_escalations.labels(lane).inc()
         return moved
 
-    async def _strong(self, record: Record, escalation: Escalation) -> list[Output]:
+    async def _strong(self, record: Record) -> list[Output]:
         """A shadow (no deadline: no reader waits) or an escalation (by its deadline),
-        answered by the strong model in a batch, or in real time when the batch cannot."""
+        answered by the strong model in a batch, or in real time when the batch cannot. Held
+        while it waits: the record only, as in :meth:`_wait`."""
         strong, model = self.strong, self.strong_model
         assert strong is not None and model is not None  # handle() checked; built together
-        params = model.request(escalation.request.text)
         deadline = deadline_ms(record)
-        join = self.runner.join(model.model, record.partition, record.offset, params, deadline)
+        join = self.runner.join(
+            model.model,
+            record.partition,
+            record.offset,
+            model.request(self._escalation(record).request.text),
+            deadline,
+        )
         result = await self._in_time(join, deadline)
+        escalation = self._escalation(record)
         metrics = self.cheap.metrics
         # Shadows count by their batch result; escalations as the cheap items' fallbacks.
         counted = metrics.lane_measurements if escalation.shadow else metrics.lane_fallbacks
@@ -197,6 +214,15 @@ class LaneHandler:
         if escalation.shadow:
             counted.labels("succeeded").inc()
         return strong.answered(record, escalation, attempt)
+
+    def _request(self, record: Record) -> Request:
+        """The record's request, read again (:meth:`handle` read it first: it parses)."""
+        return parse_request(record.value, self.cheap.max_text_chars)
+
+    def _escalation(self, record: Record) -> Escalation:
+        """The record's escalation, read again (:meth:`handle` read it first: it parses)."""
+        assert self.strong is not None
+        return parse_escalation(record.value, self.strong.max_text_chars)
 
     async def _in_time(
         self, join: Coroutine[Any, Any, ItemResult | None], deadline: int | None

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
+
 from escalator.errors import ModelRejected
 from escalator.lane.batches import BatchGone, ItemResult, Listed
 from escalator.lane.state import BatchState, open_batches
+
+
+def encoded(requests: list[dict[str, Any]]) -> list[bytes]:
+    """A create's requests as the runner holds them: each entry encoded as JSON."""
+    return [orjson.dumps(r) for r in requests]
 
 
 class FakeBatches:
@@ -34,7 +41,8 @@ class FakeBatches:
         #: Batches the API no longer knows (BatchGone when polled or read).
         self.gone: set[str] = set()
 
-    async def create(self, requests: list[dict[str, Any]]) -> str:
+    async def create(self, entries: list[bytes]) -> str:
+        requests = [orjson.loads(e) for e in entries]  # as the API reads the body
         if self.fail is not None:
             fail, self.fail = self.fail, None
             raise fail

@@ -17,7 +17,7 @@ from escalator.lane.limits import (
     Pacer,
     too_late,
 )
-from tests.unit.lane.fakes import FakeBatches
+from tests.unit.lane.fakes import FakeBatches, encoded
 
 
 class FakeTime:
@@ -76,24 +76,24 @@ async def test_a_429_holds_every_batch_call_for_its_retry_after_and_fails_no_ite
     )
     api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit", retry_after_s=7)
     with pytest.raises(ModelUnavailable):
-        await paced.create([{"custom_id": "p0o1", "params": {}}])
+        await paced.create(encoded([{"custom_id": "p0o1", "params": {}}]))
     assert limited == [0.0] and api.created == []
     await paced.ended("b1")
     assert api.calls == [pytest.approx(7.0)]
     api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit")
     with pytest.raises(ModelUnavailable):
-        await paced.create([{"custom_id": "p0o1", "params": {}}])
+        await paced.create(encoded([{"custom_id": "p0o1", "params": {}}]))
     assert paced.pacer.held_s() == pytest.approx(DEFAULT_HOLD_S)
     # An outage that is not a rate limit holds nothing (the caller's round is retried).
     api.fail = ModelUnavailable("API error 500", kind="server_error")
     time.now += DEFAULT_HOLD_S
     with pytest.raises(ModelUnavailable):
-        await paced.create([{"custom_id": "p0o1", "params": {}}])
+        await paced.create(encoded([{"custom_id": "p0o1", "params": {}}]))
     assert paced.pacer.held_s() == 0 and len(limited) == 2
     # retry-after 0 holds nothing (not the default).
     api.fail = ModelUnavailable("rate limited (429)", kind="rate_limit", retry_after_s=0)
     with pytest.raises(ModelUnavailable):
-        await paced.create([{"custom_id": "p0o1", "params": {}}])
+        await paced.create(encoded([{"custom_id": "p0o1", "params": {}}]))
     assert paced.pacer.held_s() == 0
 
 
@@ -116,7 +116,7 @@ async def test_an_account_hold_or_an_overload_spaces_the_tries(
     paced = PacedBatches(api, Pacer(6000, clock=time, sleep=time.sleep), lambda: limited.append(0))
     api.fail = fail
     with pytest.raises(ModelUnavailable):
-        await paced.create([{"custom_id": "p0o1", "params": {}}])
+        await paced.create(encoded([{"custom_id": "p0o1", "params": {}}]))
     assert paced.pacer.held_s() == pytest.approx(held_s)
     assert limited == []
 
@@ -126,7 +126,7 @@ async def test_results_and_lists_are_paced_too() -> None:
     time = FakeTime()
     api = FakeBatches(succeeded)
     paced = PacedBatches(api, Pacer(60, clock=time, sleep=time.sleep))
-    await paced.create([{"custom_id": "p0o1", "params": {}}])
+    await paced.create(encoded([{"custom_id": "p0o1", "params": {}}]))
     assert [r.custom_id async for r in paced.results("b1")] == ["p0o1"]
     await paced.listed(0)
     assert time.now == pytest.approx(2.0)  # three calls, a second apart at 60 per minute

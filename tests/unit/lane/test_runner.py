@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import tracemalloc
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -20,12 +23,13 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from escalator.errors import EscalatorError, ModelUnavailable
+from escalator.lane import runner as runner_module
 from escalator.lane.batches import AnthropicBatches, ItemResult
 from escalator.lane.deadlines import CompletionTimes
 from escalator.lane.limits import PacedBatches
 from escalator.lane.runner import BatchRunner
 from escalator.lane.state import BatchState, NotAState, open_batches
-from tests.unit.lane.fakes import FakeBatches, FakeState
+from tests.unit.lane.fakes import FakeBatches, FakeState, encoded
 
 PARAMS = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
 
@@ -102,6 +106,45 @@ async def test_members_share_one_batch_recorded_before_and_after_create() -> Non
         state.offsets[0] = 6
         await r.tick()
         assert open_batches(state.records) == {} and state.records[-1] == (intent.key, None)
+
+
+class Params(dict[str, Any]):
+    """Params a weak reference can follow (a plain dict cannot be weakly referenced)."""
+
+
+async def test_a_waiting_member_is_held_encoded_not_as_its_params() -> None:
+    """The lane holds up to 10,000 waiting requests; their params hold each text escaped, in
+    a Python string (up to 4 bytes a character). The runner keeps each member's entry as
+    JSON bytes only: nothing keeps the params while the record waits, and the create gets the
+    same entry, byte for byte (docs/OPERATIONS.md, "The batch lane's memory")."""
+    api, state, clock = FakeBatches(succeeded), FakeState(), Clock()
+    text = "a" * 20_000
+    long = {**PARAMS, "messages": [{"role": "user", "content": text}]}
+    async with runner(api, state, clock) as r:
+        params = Params(long)
+        seen = weakref.ref(params)
+        tracemalloc.start()
+        try:
+            wait = asyncio.create_task(r.join("m", 0, 3, params))
+            del params
+            await settle()
+            gc.collect()
+            held = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, runner_module.__file__)]
+            )
+        finally:
+            tracemalloc.stop()
+        assert r.waiting() == 1 and not wait.done()
+        assert seen() is None, "the params are not kept while the member waits"
+        # orjson's bytes keep about ten times a long text's size reserved for escaping.
+        size = sum(stat.size for stat in held.statistics("filename"))
+        assert size < 2 * len(text), f"the entry is held at its own size, not {size} bytes"
+        clock.now += 60
+        await r.tick()
+        assert api.created == [[{"custom_id": "p0o3", "params": long}]]
+        api.finish("b1")
+        await r.tick()
+        assert (await asyncio.wait_for(wait, 1)).message == "answer-p0o3"
 
 
 async def test_a_restarted_runner_polls_the_same_batch_and_creates_none() -> None:
@@ -327,7 +370,7 @@ async def test_an_intent_no_batch_matches_is_closed_and_its_members_resubmitted(
     clock = Clock()
     api, state = FakeBatches(succeeded, clock), FakeState()
     other = [{"custom_id": f"p9o{o}", "params": PARAMS} for o in (1, 2)]
-    await api.create(other)
+    await api.create(encoded(other))
     api.finish("b1")
     intent = BatchState("m", ("p3o1", "p3o2"), int(clock.now * 1000))
     await state.write(intent)
@@ -633,10 +676,10 @@ class GatedBatches(FakeBatches):
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
-    async def create(self, requests: list[dict[str, Any]]) -> str:
+    async def create(self, entries: list[bytes]) -> str:
         self.entered.set()
         await self.gate.wait()
-        return await super().create(requests)
+        return await super().create(entries)
 
 
 async def test_members_revoked_or_withdrawn_while_a_429_was_coming_do_not_wait_again() -> None:
@@ -706,12 +749,12 @@ class SlowBatches(FakeBatches):
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
-    async def create(self, requests: list[dict[str, Any]]) -> str:
+    async def create(self, entries: list[bytes]) -> str:
         if self.slow:
             self.slow = False
             self.entered.set()
             await self.gate.wait()
-        return await super().create(requests)
+        return await super().create(entries)
 
 
 def creates_per_member(api: FakeBatches) -> Counter[str]:
