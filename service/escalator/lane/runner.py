@@ -221,7 +221,7 @@ class BatchRunner:
             self._fresh.set()
 
     def _leave(self, found: set[str]) -> None:
-        """``found`` are in another batch or intent: out of those not sent yet. Params stay
+        """``found`` are in another batch or intent: out of those not sent yet. Entries stay
         for a member held for an intent (its close enqueues it again)."""
         for cid in found:
             self._assembly.withdraw(*place_of(cid))

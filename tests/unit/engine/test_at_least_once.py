@@ -138,3 +138,35 @@ async def test_at_least_once_records_answered_at_once_go_as_record_batches_howev
         await asyncio.wait_for(deliver, 30)
         assert (producer.batches, producer.sends) == (batches, sends), at_once
         assert sorted(broker.visible) == list(range(2 * n)), "every output once"
+
+
+async def test_at_least_once_a_batch_without_metadata_is_resent_one_by_one_after_a_pause() -> None:
+    """No metadata for a topic (``send_batches`` raises before anything is sent): counted as a
+    produce error, the producer repaired, and every output sent again one by one after a
+    pause, on the producer the handle holds then. Nothing lost, nothing twice."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    from escalator.engine.delivery import Done, PartitionTracker
+
+    class NoMetadataOnce(AckingProducer):
+        asked = 0
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            self.asked += 1
+            if self.asked == 1:
+                raise KafkaTimeoutError()
+            return {0}
+
+    broker = Broker()
+    producer = NoMetadataOnce(broker)
+    delivery = AtLeastOnce(producer)  # type: ignore[arg-type]
+    metrics = Metrics()
+    make_worker(FakeConsumer(broker, 0), delivery, metrics)  # binds the strategy
+    done = [Done(i, [Output("results", str(i).encode(), b"k")]) for i in range(4)]
+    started = asyncio.get_running_loop().time()
+    deliver = delivery.deliver(None, PartitionTracker(), done, at_once=True)  # type: ignore[arg-type]
+    await asyncio.wait_for(deliver, 30)
+    assert sorted(broker.visible) == [0, 1, 2, 3], "every output once"
+    assert sample(metrics, "escalator_produce_errors_total", tier="cheap") == 1
+    assert producer.repairs == 1
+    assert asyncio.get_running_loop().time() - started >= 0.1, "after the resend's pause"
