@@ -40,6 +40,7 @@ from escalator.contract.messages import (
     Request,
     iso_from,
     request_from_json,
+    text_json,
 )
 from escalator.errors import InvalidRequest
 
@@ -89,7 +90,7 @@ class ReviewItem:
 
 def review_item_value(item: ReviewItem) -> bytes:
     r = item.request
-    return orjson.dumps(
+    return text_json(
         {
             "schema_version": SCHEMA_VERSION,
             "queue": item.queue,

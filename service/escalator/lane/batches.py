@@ -107,8 +107,7 @@ class AnthropicBatches:
                 "/v1/messages/batches",
                 content=body,
                 cast_to=MessageBatch,
-                options={"headers": {"Content-Type": "application/json"}},
-            )
+            )  # the client's default headers say application/json
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
         return batch.id

@@ -61,9 +61,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
 from aiokafka.errors import KafkaError
 
+from escalator.contract.messages import text_json
 from escalator.errors import ApiBlocked, EscalatorError, ModelRejected, ModelUnavailable
 from escalator.lane.assembly import MAX_REQUESTS, Assembly, Batch, Member, custom_id, place_of
 from escalator.lane.batches import BatchApi, BatchGone, ItemResult
@@ -285,9 +285,8 @@ class BatchRunner:
         allows: answer it in real time now. ``params`` are encoded at once and not kept:
         pass them as an expression, so that no caller's frame keeps them while it waits."""
         cid = custom_id(partition, offset)
-        # Copied to its own size: orjson's bytes keep the capacity it reserved for the worst
-        # escaping (about ten times a 20,000-character text's entry, measured), and thousands wait.
-        entry = bytes(memoryview(orjson.dumps({"custom_id": cid, "params": params})))
+        # Copied to its own size (text_json): thousands wait, for hours.
+        entry = text_json({"custom_id": cid, "params": params})
         del params
         if self._failed is None:
             await self._fresh.wait()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from collections.abc import Callable
+
 import orjson
 import pytest
 
@@ -15,6 +18,7 @@ from escalator.contract.messages import (
     parse_escalation,
     parse_request,
     result_value,
+    text_json,
 )
 from escalator.errors import InvalidRequest
 from tests.integration.harness import validator
@@ -231,3 +235,36 @@ def test_an_escalation_whose_attempt_counts_no_writer_can_carry_is_invalid(token
         escalation_reason=None,
         threshold_version="v1",
     )
+
+
+def held_size(make: Callable[[], bytes]) -> tuple[int, bytes]:
+    """The bytes still allocated after ``make()`` (its value alive), and the value. Made once
+    untraced first: what outlives the value is not counted (the attempt's JSON, cached for
+    the next output; the UTF-8 form CPython keeps with a text that is not ASCII)."""
+    make()
+    tracemalloc.start()
+    try:
+        value = make()
+        return tracemalloc.get_traced_memory()[0], value
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 20_000, "\u00e9" * 20_000, "\x01" * 20_000, "<&>" * 6_000 + "\U0001f600"],
+    ids=["ascii", "two-byte", "control", "escaped-and-emoji"],
+)
+def test_a_value_carrying_a_text_is_held_at_its_own_size(text: str) -> None:
+    """orjson's bytes keep what it reserved for the worst escaping (about 260 KB for 20,000
+    ASCII characters); an escalation waits for its acknowledgement or transaction, so it is
+    copied to its size (text_json). Fails on plain orjson.dumps (a tenth or less)."""
+    req = Request("r1", text, {})
+    cheap = Attempt("cheap", "claude-haiku-5-5", "safe", 0.4, True, 10, 5)
+    held, value = held_size(lambda: escalation_value(req, "low_confidence", cheap))
+    assert held < len(value) + 1024, f"{held} bytes held for a value of {len(value)}"
+    assert orjson.loads(value)["request"]["text"] == text
+    # What the copy saves: the same document through orjson alone.
+    reserved, _ = held_size(lambda: orjson.dumps(orjson.loads(value)))
+    assert reserved > 2 * held
+    assert text_json({"t": text}) == orjson.dumps({"t": text})

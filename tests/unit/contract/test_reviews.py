@@ -3,6 +3,7 @@ result it leads to follow the schemas, and anything that is not a review item is
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from escalator.contract.reviews import (
 from escalator.errors import InvalidRequest
 from escalator.model.task import load_task
 from tests.integration.harness import validator
+from tests.unit.contract.test_messages import held_size
 from tests.unit.tiers.test_handlers import ok
 
 TASK = load_task(None)
@@ -78,3 +80,12 @@ def test_a_malformed_review_item_is_refused_with_its_reason(change: dict[str, An
     value = {**orjson.loads(review_item_value(item())), **change}
     with pytest.raises(InvalidRequest):
         parse_review_item(orjson.dumps(value), 1000)
+
+
+def test_a_review_item_is_held_at_its_own_size() -> None:
+    """A review item carries the request's text and waits for its acknowledgement or its
+    transaction: copied to its size (contract/messages.py's text_json)."""
+    long = replace(item(), request=Request("r1", "x" * 20_000, {}))
+    held, value = held_size(lambda: review_item_value(long))
+    assert held < len(value) + 1024, f"{held} bytes held for a value of {len(value)}"
+    assert parse_review_item(value, 20_000) == long

@@ -549,6 +549,16 @@ def _version(request: web.Request) -> str:
     return version
 
 
+def _content_type(request: web.Request) -> None:
+    """A body must say it is JSON: "You will need to send the content-type: application/json
+    header in requests" (API overview, "Content types"). The docs do not say what a request
+    without it gets; the stricter reading, a 400. A request with no body (a cancel) needs none."""
+    if not request.can_read_body:
+        return
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise bad_request("content-type: must be application/json")
+
+
 def _model(state: SimState, model: Any) -> ModelSpec:
     if not isinstance(model, str):
         raise bad_request("model: Field required")
@@ -665,6 +675,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     try:
         api_key = _authenticate(state, request)
         version = _version(request)
+        _content_type(request)
         betas = frozenset(
             b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
         )
@@ -1209,6 +1220,7 @@ class _BatchHost:
     def authenticate(self, request: web.Request) -> tuple[str, str, frozenset[str]]:
         api_key = _authenticate(self.state, request)
         version = _version(request)
+        _content_type(request)
         betas = frozenset(
             b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
         )

@@ -398,6 +398,32 @@ async def test_batch_endpoints_authenticate_like_the_messages_endpoint(sim: Sim)
         await sim.client.messages.batches.retrieve("msgbatch_nope")
 
 
+async def test_a_body_that_does_not_say_json_is_a_400(sim: Sim) -> None:
+    """The API wants ``content-type: application/json`` on a body (SIMULATOR.md): without it
+    both endpoints answer 400, and a cancel (no body) needs none. (The lane's create posts a
+    body it joined itself, relying on the SDK's default headers: tests/unit/lane/test_batches.py
+    creates through this emulator.)"""
+    headers = {"x-api-key": "sim-key", "anthropic-version": "2023-06-01"}
+    body = orjson.dumps({"requests": [{"custom_id": "a", "params": params()}]})
+    for path, payload in (
+        ("/v1/messages/batches", body),
+        ("/v1/messages", orjson.dumps(params())),
+    ):
+        for kind in ("text/plain", None):
+            sent = headers if kind is None else {**headers, "content-type": kind}
+            async with sim.http.post(f"{sim.url}{path}", data=payload, headers=sent) as response:
+                assert response.status == 400, (path, kind, await response.text())
+                assert "content-type" in (await response.json())["error"]["message"]
+        sent = {**headers, "content-type": "application/json; charset=utf-8"}
+        async with sim.http.post(f"{sim.url}{path}", data=payload, headers=sent) as response:
+            assert response.status == 200, await response.text()
+    batch = await sim.client.messages.batches.create(
+        requests=[{"custom_id": "b", "params": params()}]  # type: ignore[typeddict-item]
+    )
+    cancelled = await sim.client.messages.batches.cancel(batch.id)
+    assert cancelled.processing_status in ("canceling", "ended")
+
+
 async def test_bad_batch_settings_at_run_time_are_a_400(sim: Sim) -> None:
     """/_sim/config refuses a clock moved back and malformed batch settings."""
     for change in (
