@@ -143,8 +143,16 @@ $(QUIX)/.installed: tests/benchmarks/quix-requirements.txt
 	$(QUIX)/bin/pip install -q -r tests/benchmarks/quix-requirements.txt
 	touch $@
 
-bench: $(STAMP) $(QUIX)/.installed
-	ESCALATOR_QUIX_PYTHON=$(QUIX)/bin/python $(BIN)/python -m tests.benchmarks.run
+# B1p's sampling profiler, py-spy, likewise in a virtualenv of its own (a binary; benchmark-only).
+PYSPY := .bench/pyspy
+$(PYSPY)/.installed: tests/benchmarks/pyspy-requirements.txt
+	$(PY) -m venv $(PYSPY)
+	$(PYSPY)/bin/pip install -q -r tests/benchmarks/pyspy-requirements.txt
+	touch $@
+
+bench: $(STAMP) $(QUIX)/.installed $(PYSPY)/.installed
+	ESCALATOR_QUIX_PYTHON=$(QUIX)/bin/python ESCALATOR_PYSPY=$(PYSPY)/bin/py-spy \
+		$(BIN)/python -m tests.benchmarks.run
 
 # Re-pin every Python package to what is installed in the venv now.
 lock: $(STAMP)

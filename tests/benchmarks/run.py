@@ -2,13 +2,15 @@
 (issue 5), B7, admission control against a binding rate limit (issue 14, in ``b7.py``),
 B8, the batch lane's cost and time to result (issue 24, ``b8.py``), B1q, the cheap tier's
 plumbing against a peer, Quix Streams (issue 23, ``quix_app.py``), B1t, the cost of
-tracing (issue 26), and B9, what tier 0 saves and costs (issue 25, ``b9.py``).
+tracing (issue 26), B9, what tier 0 saves and costs (issue 25, ``b9.py``), and B1p, where a
+cheap-tier record's CPU goes, sampled by py-spy (issue 23, ``b1p.py``).
 They print figures; they assert nothing.
 
-    python -m tests.benchmarks.run [b1 b1e b1q b1t b1z b2 b3 b4 b5 b6 b7 b8 b9]
+    python -m tests.benchmarks.run [b1 b1e b1p b1q b1t b1z b2 b3 b4 b5 b6 b7 b8 b9]
 
-With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7 b8 b9. B1e (the engine alone) and B1t
-(tracing's cost, which needs Jaeger from ``make tools``) run when named.
+With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7 b8 b9. B1e (the engine alone), B1p (a
+profile, which needs py-spy from ``make bench``) and B1t (tracing's cost, which needs Jaeger from
+``make tools``) run when named.
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
 Absolute numbers on a 2-core machine are noisy; the ratios are the result. Anything that
@@ -51,6 +53,7 @@ from escalator.observability import logs
 from escalator.observability.metrics import Metrics
 from escalator_dev.emulator import server as sim
 from escalator_dev.kafka_local import LocalKafkaCluster, kafka_version_from_log
+from tests.benchmarks import b1p as b1p_module
 from tests.benchmarks import b7 as b7_module
 from tests.benchmarks import b8 as b8_module
 from tests.benchmarks import b9 as b9_module
@@ -913,6 +916,10 @@ async def b9(bootstrap: str, sim_url: str, tmp: Path) -> None:
     await b9_module.b9(bootstrap, sim_url, tmp, report)
 
 
+async def b1p(bootstrap: str, sim_url: str, tmp: Path) -> None:
+    await b1p_module.b1p(bootstrap, sim_url, tmp, report)
+
+
 SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b4": b4,
     "b5": b5,
@@ -920,6 +927,7 @@ SUBPROCESS_BENCHES: dict[str, Callable[..., Awaitable[None]]] = {
     "b8": b8,
     "b1t": b1t,
     "b9": b9,
+    "b1p": b1p,
 }
 
 
@@ -959,4 +967,6 @@ if __name__ == "__main__":
         sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     if "b1q" in chosen and not os.path.exists(QUIX_PYTHON):
         sys.exit(f"B1q needs Quix Streams in its own virtualenv ({QUIX_PYTHON}): run `make bench`")
+    if "b1p" in chosen and not os.path.exists(b1p_module.PYSPY):
+        sys.exit(f"B1p needs py-spy in its own virtualenv ({b1p_module.PYSPY}): run `make bench`")
     asyncio.run(main(chosen))
