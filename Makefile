@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
-.PHONY: help venv tools apt-packages lint types audit unit check integration deploy-check reliability-ci reliability calibration-stats test demo bench lock clean
+.PHONY: help venv tools apt-packages lint types audit unit check integration deploy-check reliability-ci reliability calibration-stats test demo bench profile lock clean
 
 help:
-	@echo "make demo | test | check | bench | lock"
+	@echo "make demo | test | check | bench | profile | lock"
 
 $(STAMP): pyproject.toml service/dev/pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -143,16 +143,19 @@ $(QUIX)/.installed: tests/benchmarks/quix-requirements.txt
 	$(QUIX)/bin/pip install -q -r tests/benchmarks/quix-requirements.txt
 	touch $@
 
-# B1p's sampling profiler, py-spy, likewise in a virtualenv of its own (a binary; benchmark-only).
+bench: $(STAMP) $(QUIX)/.installed
+	ESCALATOR_QUIX_PYTHON=$(QUIX)/bin/python $(BIN)/python -m tests.benchmarks.run
+
+# B1p: where a cheap-tier record's CPU goes, sampled by py-spy, which lives in a virtualenv of
+# its own (a binary; benchmark-only). Attaching needs ptrace (root, or CAP_SYS_PTRACE).
 PYSPY := .bench/pyspy
 $(PYSPY)/.installed: tests/benchmarks/pyspy-requirements.txt
 	$(PY) -m venv $(PYSPY)
 	$(PYSPY)/bin/pip install -q -r tests/benchmarks/pyspy-requirements.txt
 	touch $@
 
-bench: $(STAMP) $(QUIX)/.installed $(PYSPY)/.installed
-	ESCALATOR_QUIX_PYTHON=$(QUIX)/bin/python ESCALATOR_PYSPY=$(PYSPY)/bin/py-spy \
-		$(BIN)/python -m tests.benchmarks.run
+profile: $(STAMP) $(PYSPY)/.installed
+	ESCALATOR_PYSPY=$(PYSPY)/bin/py-spy $(BIN)/python -m tests.benchmarks.run b1p
 
 # Re-pin every Python package to what is installed in the venv now.
 lock: $(STAMP)

@@ -4,22 +4,36 @@ B1 and B1q ask the cheap tier to run at about the bare aiokafka pipe's speed. Th
 which part of the tier's work stands in the way, so that the choice between a faster Kafka
 client and less work per record is made on figures. Two set-ups, each as in B1 (30,000
 requests, 6 partitions, the instant in-process model): the model-bound path (B1) and tier 0
-answering every record (B1z). For each, the tier runs in a child process (``child`` below)
-that py-spy samples from its first request to its last (``py-spy record --pid``, 250 Hz,
-``--nonblocking``; py-spy from ``make bench``'s ``.bench/pyspy``, never a runtime dependency,
-and it needs ptrace: root, or ``CAP_SYS_PTRACE`` in a container). Each sample is given to the
-part its innermost recognised frame belongs to (``PARTS``); "other" is what no rule names.
+answering every record (B1z). For each, the tier runs in a child process (``child``), and
+py-spy samples its event-loop thread from its first request to its last (``py-spy record
+--pid``, 250 Hz, stopped with SIGINT when the child has counted its last record; py-spy pauses
+the process for each sample, which slows it by about a tenth: ``--nonblocking`` lost more than
+half of the samples here, and not evenly, which moved the shares by up to ten points. py-spy
+comes from ``make profile``'s ``.bench/pyspy``, never a runtime dependency, and attaching
+needs ptrace: root, or ``CAP_SYS_PTRACE`` in a container).
 
-From the shares and the CPU a record measured in the same run (the child's own, and the bare
-pipe's in this process), it prints the tier's CPU a record outside the Kafka client: with a
-Kafka client that cost nothing, B1 could not exceed the bare pipe's CPU a record divided by
-that (both sides are CPU-bound on one thread). An estimate from samples, labelled as one.
+Each sample goes to the part its innermost recognised frame belongs to (``PARTS``); frames no
+rule names (the standard library's: ``asyncio``, a namedtuple's ``__new__``; a helper such as
+``iso_from``) pass the sample to their caller; a stack no rule names goes to its innermost
+Escalator (or bench) frame (``FALLBACK``), else to the event loop itself. Sockets and the
+selector count as the Kafka client's (the tier has no other socket busy), and this bench's
+own polling of the metrics counts as neither side.
+
+From the shares and the loop thread's CPU over the same window (``time.thread_time``) it
+prints the tier's CPU a record outside the Kafka client, and the **ceiling** that puts on B1
+with a Kafka client that cost nothing: the loop thread doing only that work, fully busy, makes
+``1e6 / outside_us`` msg/s, over the bare pipe's msg/s measured in this run. Generous to the
+client: a C client would still cost something. An estimate from samples, labelled as one.
+
+    python -m tests.benchmarks.run b1p          # `make profile` installs py-spy and runs it
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -31,17 +45,21 @@ import orjson
 
 PYSPY = os.environ.get("ESCALATOR_PYSPY", ".bench/pyspy/bin/py-spy")
 
-#: The parts of a record's work, each named by substrings of py-spy frame names (function,
-#: then file). The innermost frame that any rule names decides a sample's part.
+KAFKA = "Kafka client (aiokafka, record batches, sockets, the selector)"
+LOOP = "the event loop itself (no recognised frame)"
+#: The parts of a record's work, each named by substrings of py-spy's frame names
+#: (``Class.function (path/file.py:line)``). The innermost frame a rule names decides.
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     (
-        "Kafka client (aiokafka, record batches, sockets)",
+        KAFKA,
         (
             "aiokafka/",
             "kafka/clients.py",
             "kafka/partitioning.py",
             "selectors.py",
             "selector_events.py",
+            "asyncio/streams.py",
+            "sslproto.py",
         ),
     ),
     (
@@ -49,7 +67,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
         ("model/caller.py", "model/admission.py", "model/breaker.py", "InstantModel"),
     ),
     ("tier 0's prediction", ("tier0/",)),
-    ("decision record", ("_Base.decision ", "Decision.answer_value", "_tier0 ")),
+    ("decision record", ("_Base.decision ", "Decision.answer_value")),
     ("result record", ("_Base.result ", "result_value")),
     ("decision log line", ("log_decision", "EventLog")),
     ("request parsing", ("parse_request", "request_from_json")),
@@ -59,36 +77,41 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
         ("engine/at_least_once.py", "engine/delivery.py", "_deliver_done", "PartitionTracker"),
     ),
     (
-        "engine: a task per record and the event loop",
+        "engine: a task per model-bound record",
         (
-            "asyncio/",
             "TierWorker._answer",
             "TierWorker._finished",
             "TierWorker._spawn",
             "TierWorker._task_done",
             "TierWorker._release_slot",
-            "<lambda> (<string>",
         ),
     ),
     ("engine: polling and dispatch", ("TierWorker._poll_once", "TierWorker._dispatch")),
     ("handler: routing and the rest", ("tiers/",)),
 ]
-KAFKA = PARTS[0][0]
+HARNESS = "this bench's own polling"
+#: Where no frame of the stack is named above: the innermost frame of these.
+FALLBACK: list[tuple[str, tuple[str, ...]]] = [
+    ("other Escalator code", ("escalator/",)),
+    (HARNESS, ("<locals>.run (tests/benchmarks/b1p.py",)),  # not ``child``: every stack's root
+]
 
 
 def part_of(stack: str) -> str:
     """The part of one sampled stack (frames outermost first, ``;``-separated)."""
-    for frame in reversed(stack.split(";")):
-        for name, keys in PARTS:
-            if any(key in frame for key in keys):
-                return name
-    return "other"
+    frames = stack.split(";")
+    for rules in (PARTS, FALLBACK):
+        for frame in reversed(frames):
+            for name, keys in rules:
+                if any(key in frame for key in keys):
+                    return name
+    return LOOP
 
 
 def split(raw: Iterable[str], within: str = "BaseEventLoop._run_once") -> Counter[str]:
     """Samples by part, from py-spy's raw (collapsed) output: one stack and a count a line.
-    Only stacks through ``within`` count (the event loop's thread: py-spy also samples the
-    process's helper threads, which wait)."""
+    Only stacks through ``within`` count (the event loop's thread; the process's helper
+    threads wait)."""
     parts: Counter[str] = Counter()
     for line in raw:
         stack, _, count = line.rstrip("\n").rpartition(" ")
@@ -99,14 +122,17 @@ def split(raw: Iterable[str], within: str = "BaseEventLoop._run_once") -> Counte
 
 # -- the child: the tier alone, sampled ------------------------------------------------------
 def child(env_file: str, n: int) -> None:
-    """Run the cheap tier (instant model) over the backlog ``env_file`` names, once the parent
-    writes a line (py-spy attached); print its msg/s and CPU a record as JSON. With tier 0 on,
-    the model answers tier 0's labels, as in B1z, so that its live test keeps it on."""
+    """Run the cheap tier (instant model) over the backlog ``env_file`` names. Prints
+    ``first`` at its first request, then its msg/s and the loop thread's CPU a record from
+    there to the n-th as JSON, and stops once the parent writes a line (py-spy stopped). With
+    tier 0 on, the model answers tier 0's labels, as in B1z, so that its live test keeps it on."""
     from dataclasses import replace
 
+    from escalator.app import build_service
+    from escalator.config import load_settings
     from escalator.contract.messages import Attempt
     from escalator.observability import logs
-    from tests.benchmarks.run import TIER0_LABELS, InstantModel, run_pipeline
+    from tests.benchmarks.run import TIER0_LABELS, InstantModel
 
     class Agreeing(InstantModel):
         async def classify(self, text: str) -> Attempt:
@@ -115,16 +141,34 @@ def child(env_file: str, n: int) -> None:
     env = orjson.loads(Path(env_file).read_bytes())
     model = Agreeing if "ESCALATOR_TIER0_FILE" in env else InstantModel
     logs.configure("INFO", stream=open(os.devnull, "w"))  # for the process's life
-    print("ready", flush=True)
-    sys.stdin.readline()
 
     def factory(tier: str, name: str, task: object, prices: object) -> InstantModel:
         return model(tier, name)
 
-    started = time.process_time()
-    rate = asyncio.run(run_pipeline(env, n, factory))
-    cpu_us = (time.process_time() - started) / n * 1e6
-    print(orjson.dumps({"rate": rate, "cpu_us": cpu_us}).decode(), flush=True)
+    async def run() -> None:
+        service = build_service(load_settings(env), ["cheap"], model_factory=factory)
+        task = asyncio.create_task(service.run(install_signals=False))
+        registry = service.metrics.registry
+        requests = ("escalator_requests_total", {"tier": "cheap"})
+        done = ("escalator_processing_seconds_count", {"tier": "cheap"})
+        try:
+            while not registry.get_sample_value(*requests):  # noqa: ASYNC110 (a metric, no event)
+                await asyncio.sleep(0.01)
+            wall, cpu = time.perf_counter(), time.thread_time()
+            print("first", flush=True)
+            while (registry.get_sample_value(*done) or 0) < n:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.2)  # the polling is sampled too: its own part
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            figures = {"rate": n / wall, "cpu_us": cpu / n * 1e6}
+            print(orjson.dumps(figures).decode(), flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
+        finally:
+            service.stop()
+            await task
+
+    asyncio.run(run())
 
 
 async def _sampled(env: dict[str, str], n: int, raw: Path) -> dict[str, float]:
@@ -132,54 +176,57 @@ async def _sampled(env: dict[str, str], n: int, raw: Path) -> dict[str, float]:
     ``raw``."""
     env_file = raw.with_suffix(".env.json")
     env_file.write_bytes(orjson.dumps(env))
+    spy_log = raw.with_suffix(".pyspy.log")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.benchmarks.b1p", "child", str(env_file), str(n),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
+    spy: asyncio.subprocess.Process | None = None
     try:
-        if await proc.stdout.readline() != b"ready\n":
+        if await proc.stdout.readline() != b"first\n":
             raise AssertionError(f"the profiled tier did not start ({await proc.wait()})")
-        spy = await asyncio.create_subprocess_exec(
-            PYSPY, "record", "-r", "250", "-f", "raw", "--nonblocking", "-o", str(raw),
-            "--pid", str(proc.pid),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        await asyncio.sleep(2)  # attached
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
-        line = b""
-        while not line.startswith(b"{"):  # run_pipeline prints a line of its own first
-            line = await proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"the profiled tier exited with {await proc.wait()}")
+        with spy_log.open("wb") as log:
+            spy = await asyncio.create_subprocess_exec(
+                PYSPY, "record", "-r", "250", "-f", "raw", "-o", str(raw),
+                "--pid", str(proc.pid),
+                stdout=log,
+                stderr=log,
+            )  # fmt: skip
+        line = await proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the profiled tier exited with {await proc.wait()}")
         figures: dict[str, float] = orjson.loads(line)
+        if spy.returncode is None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and ends
+        if await spy.wait() != 0 or not await asyncio.to_thread(raw.exists):
+            raise AssertionError(
+                f"py-spy sampled nothing (ptrace allowed?): {spy_log.read_text()[-500:]}"
+            )
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
         await proc.wait()
-        if await spy.wait() != 0:
-            raise AssertionError(f"py-spy recorded nothing: is ptrace allowed? ({PYSPY})")
         return figures
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
+        for process in (spy, proc):
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+                await process.wait()
 
 
 async def b1p(
     bootstrap: str, sim_url: str, tmp: Path, report: Callable[[str, str, str, str], None]
 ) -> None:
     from escalator.config import load_settings
-    from tests.benchmarks.run import CpuSpent, bare_pipe, throughput_artefact, with_backlog
+    from tests.benchmarks.run import bare_pipe, throughput_artefact, with_backlog
 
     n = 30_000
     env = await with_backlog(bootstrap, sim_url, "b1pb", n)
-    bare = CpuSpent()
-    with bare.counting():
-        await bare_pipe(
-            bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], env["ESCALATOR_RESULTS_TOPIC"], n
-        )
-    bare_us = bare.cpu_s / n * 1e6
+    bare = await bare_pipe(
+        bootstrap, env["ESCALATOR_REQUESTS_TOPIC"], env["ESCALATOR_RESULTS_TOPIC"], n
+    )
     with tempfile.TemporaryDirectory(dir=tmp) as scratch:
         artefact = Path(scratch) / "tier0.json"
         setups: dict[str, dict[str, str]] = {"model-bound (B1)": {}, "tier 0 answers (B1z)": {}}
@@ -193,15 +240,18 @@ async def b1p(
             with raw.open() as lines:
                 parts = split(lines)
             total = sum(parts.values())
-            outside_us = figures["cpu_us"] * (total - parts[KAFKA]) / total
+            tier = total - parts[HARNESS]
+            if tier <= 0 or parts[KAFKA] == tier:
+                raise AssertionError(f"{name}: no sample outside the Kafka client ({parts})")
+            outside_us = figures["cpu_us"] * (tier - parts[KAFKA]) / total
             shares = "; ".join(f"{part} {100 * k / total:.0f}%" for part, k in parts.most_common())
             print(f"    ({name}: {total:,} samples: {shares})", flush=True)
             report(
                 "B1p",
-                f"{name}: tier {figures['rate']:,.0f} msg/s, CPU a record {figures['cpu_us']:.0f} "
-                f"µs, of it outside the Kafka client {outside_us:.0f} µs (sampled); bare pipe "
-                f"{bare_us:.0f} µs a record",
-                f"ceiling on B1 with a Kafka client costing nothing: {bare_us / outside_us:.2f}",
+                f"{name}: tier {figures['rate']:,.0f} msg/s, loop thread's CPU a record "
+                f"{figures['cpu_us']:.0f} µs, of it outside the Kafka client {outside_us:.0f} µs "
+                f"(sampled); bare pipe {bare:,.0f} msg/s",
+                f"ceiling on B1 with a Kafka client costing nothing: {1e6 / outside_us / bare:.2f}",
                 "diagnostic (issue 23)",
             )
 

@@ -9,7 +9,7 @@ They print figures; they assert nothing.
     python -m tests.benchmarks.run [b1 b1e b1p b1q b1t b1z b2 b3 b4 b5 b6 b7 b8 b9]
 
 With no names (``make bench``): b1 b1q b2 b3 b4 b5 b6 b7 b8 b9. B1e (the engine alone), B1p (a
-profile, which needs py-spy from ``make bench``) and B1t (tracing's cost, which needs Jaeger from
+profile, which needs py-spy: ``make profile``) and B1t (tracing's cost, which needs Jaeger from
 ``make tools``) run when named.
 
 Each ratio is measured in one run, on one broker, against a baseline measured in the same run.
@@ -968,5 +968,5 @@ if __name__ == "__main__":
     if "b1q" in chosen and not os.path.exists(QUIX_PYTHON):
         sys.exit(f"B1q needs Quix Streams in its own virtualenv ({QUIX_PYTHON}): run `make bench`")
     if "b1p" in chosen and not os.path.exists(b1p_module.PYSPY):
-        sys.exit(f"B1p needs py-spy in its own virtualenv ({b1p_module.PYSPY}): run `make bench`")
+        sys.exit(f"B1p needs py-spy in its own virtualenv ({b1p_module.PYSPY}): `make profile`")
     asyncio.run(main(chosen))

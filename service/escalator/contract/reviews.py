@@ -232,7 +232,7 @@ def human_result_value(item: ReviewItem, verdict: Verdict) -> bytes:
     A "neither" verdict is published with ``label`` null: no label of the task applies."""
     now = time.time()
     attempts = [item.cheap, item.strong, human_attempt(item, verdict)]
-    return orjson.dumps(
+    return text_json(  # the request's metadata
         {
             "schema_version": SCHEMA_VERSION,
             "id": item.request.id,

@@ -89,3 +89,7 @@ def test_a_review_item_is_held_at_its_own_size() -> None:
     held, value = held_size(lambda: review_item_value(long))
     assert held < len(value) + 1024, f"{held} bytes held for a value of {len(value)}"
     assert parse_review_item(value, 20_000) == long
+    verdict = Verdict("alice", "safe", "looked twice", 4.5)
+    noted = replace(item(), request=Request("r1", "t", {"notes": "x" * 15_000}))
+    held, value = held_size(lambda: human_result_value(noted, verdict))
+    assert held < len(value) + 1024, f"{held} bytes held for the human result of {len(value)}"

@@ -411,7 +411,11 @@ async def test_a_body_that_does_not_say_json_is_a_400(sim: Sim) -> None:
     ):
         for kind in ("text/plain", None):
             sent = headers if kind is None else {**headers, "content-type": kind}
-            async with sim.http.post(f"{sim.url}{path}", data=payload, headers=sent) as response:
+            # aiohttp would say application/octet-stream for bytes: send no content-type at all
+            skip = ["Content-Type"] if kind is None else []
+            async with sim.http.post(
+                f"{sim.url}{path}", data=payload, headers=sent, skip_auto_headers=skip
+            ) as response:
                 assert response.status == 400, (path, kind, await response.text())
                 assert "content-type" in (await response.json())["error"]["message"]
         sent = {**headers, "content-type": "application/json; charset=utf-8"}
