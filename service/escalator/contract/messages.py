@@ -232,18 +232,25 @@ def _deadline(data: dict[str, Any]) -> float | None:
     return float(value)
 
 
+#: Below this many bytes a value keeps orjson's reservation (8,145 bytes for a 700-byte
+#: result, 16,257 at most: some MB for every output of ``ESCALATOR_MAX_UNCOMMITTED``
+#: records), so that the usual result pays no copy on the hot path.
+_COPY_FROM = 1024
+
+
 def text_json(doc: Any) -> bytes:
     """orjson's bytes for a value that carries a request's text or metadata, copied to their
-    own size.
+    own size when they are long.
 
     orjson reserves room for the worst escaping and keeps it: a 20,000-character text's
     escalation holds 259,617 bytes (519,201 for 2-byte characters, 1,038,369 for 4-byte
-    ones; tracemalloc, orjson 3.13), and any value at least 4 KB. Held for microseconds that
-    is nothing; but a record's outputs wait for their acknowledgement (minutes while the
-    broker is away, up to ``ESCALATOR_MAX_UNCOMMITTED`` records) or for their transaction
-    (exactly-once), and the lane keeps thousands for hours. The copy costs 1.4 µs for such a
-    text, 0.6 µs for a result (timeit, 2026-12-08)."""
-    return bytes(memoryview(orjson.dumps(doc)))
+    ones; tracemalloc, orjson 3.13). Held for microseconds that is nothing; but a record's
+    outputs wait for their acknowledgement (minutes while the broker is away, up to
+    ``ESCALATOR_MAX_UNCOMMITTED`` records) or for their transaction (exactly-once), and the
+    lane keeps thousands for hours. The copy costs 1.4 µs for such a text (timeit,
+    2026-12-08); 0.6 µs for a short result, which is why those are not copied."""
+    out = orjson.dumps(doc)
+    return out if len(out) < _COPY_FROM else bytes(memoryview(out))
 
 
 def request_json(request: Request) -> dict[str, Any]:

@@ -549,6 +549,18 @@ def _version(request: web.Request) -> str:
     return version
 
 
+def _caller(state: SimState, request: web.Request) -> tuple[str, str, frozenset[str]]:
+    """What every API endpoint checks first: the key, ``anthropic-version``, a JSON body;
+    the key, the version and the betas asked for."""
+    api_key = _authenticate(state, request)
+    version = _version(request)
+    _content_type(request)
+    betas = frozenset(
+        b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
+    )
+    return api_key, version, betas
+
+
 def _content_type(request: web.Request) -> None:
     """A body must say it is JSON: "You will need to send the content-type: application/json
     header in requests" (API overview, "Content types"). The docs do not say what a request
@@ -673,12 +685,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     request_id = state.request_id()
     limiter: Limits | None = None
     try:
-        api_key = _authenticate(state, request)
-        version = _version(request)
-        _content_type(request)
-        betas = frozenset(
-            b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
-        )
+        api_key, version, betas = _caller(state, request)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -1218,13 +1225,7 @@ class _BatchHost:
         self.state.stats[stat] += 1
 
     def authenticate(self, request: web.Request) -> tuple[str, str, frozenset[str]]:
-        api_key = _authenticate(self.state, request)
-        version = _version(request)
-        _content_type(request)
-        betas = frozenset(
-            b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()
-        )
-        return api_key, version, betas
+        return _caller(self.state, request)
 
     def error_response(self, error: ApiError, request_id: str) -> web.Response:
         return _error_response(error, request_id, {})
